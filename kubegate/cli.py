@@ -14,7 +14,7 @@ import sys
 COMMAND_MODULES: tuple[str, ...] = (
     # "kubegate.commands.demo",
     # "kubegate.commands.start",
-    # "kubegate.commands.config",
+    "kubegate.commands.config",
     # "kubegate.commands.sandbox",
     # "kubegate.commands.ca",
     # "kubegate.commands.users",

@@ -1,0 +1,580 @@
+"""kubegate configuration: load, validate and print ``kubegate.yaml`` (DESIGN §10).
+
+    cfg = load_config("kubegate.yaml")     # raises ConfigError listing every problem
+    cfg = load_config(None)                # defaults; state_dir = ./state (absolute, from the cwd)
+    cfg.proxy.limits.header_timeout        # 10.0 (seconds, float)
+    cfg.proxy.limits.max_header_bytes      # 65536 (bytes, int)
+    cfg.proxy.listen.host, cfg.proxy.listen.port
+
+Sizes carry a unit (``64KiB``, ``1MiB``, ``512B``, ``10MB``), durations too (``250ms``, ``10s``,
+``5m``, ``8h``, ``1d``, ``1h30m``); durations are stored as float seconds, sizes as int bytes.
+Unknown keys, wrong types, values out of range: every problem is reported at once, each naming the
+file and the key path (``kubegate.yaml: proxy.limits.header_timeout: "10 parsecs" is not a
+duration``). Relative paths are resolved against the directory of the config file (the current
+directory when there is no file); ``~`` is expanded.
+
+The schema lives in the dataclasses below: each field's ``metadata`` says how to parse it (see
+``_spec``), so the loader, the defaults and the printer (``config_to_dict``) cannot disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+CONFIG_VERSION = "v1"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; ``problems`` lists every message (each names file and key)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# --------------------------------------------------------------------------------------------------
+# Value parsers (pure): raise _Bad(message) with a message that does not yet name the key.
+
+
+class _Bad(Exception):
+    pass
+
+
+_SIZE_UNITS = {
+    "b": 1,
+    "kib": KiB,
+    "mib": MiB,
+    "gib": GiB,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "k": KiB,
+    "m": MiB,
+    "g": GiB,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_size(value: object) -> int:
+    """``64KiB`` → 65536. Units: B, KiB, MiB, GiB (K/M/G mean the same), KB, MB, GB. ``0`` allowed."""
+    if isinstance(value, bool):
+        raise _Bad(f"{value!r} is not a size (use a unit, e.g. 64KiB)")
+    if isinstance(value, int) and value == 0:
+        return 0
+    if isinstance(value, int | float):
+        raise _Bad(f"{value!r} is not a size: give a unit, e.g. {value}B or 64KiB")
+    if not isinstance(value, str):
+        raise _Bad(f"{_show(value)} is not a size")
+    match = _SIZE_RE.match(value)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise _Bad(f"{_show(value)} is not a size (e.g. 512B, 64KiB, 1MiB, 2GiB)")
+    amount = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if amount != int(amount):
+        raise _Bad(f"{_show(value)} is not a whole number of bytes")
+    return int(amount)
+
+
+def parse_duration(value: object) -> float:
+    """``10s`` → 10.0; ``1h30m`` → 5400.0; ``250ms`` → 0.25. ``0`` allowed without a unit."""
+    if isinstance(value, bool):
+        raise _Bad(f"{value!r} is not a duration (e.g. 10s, 5m, 8h)")
+    if isinstance(value, int | float) and value == 0:
+        return 0.0
+    if isinstance(value, int | float):
+        raise _Bad(f"{value!r} is not a duration: give a unit, e.g. {value}s")
+    if not isinstance(value, str):
+        raise _Bad(f"{_show(value)} is not a duration")
+    text = value.strip()
+    pos = 0
+    total = 0.0
+    for match in _DURATION_PART_RE.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise _Bad(f"{_show(value)} is not a duration (e.g. 250ms, 10s, 5m, 8h, 1h30m)")
+    return total
+
+
+def format_size(n: int) -> str:
+    for unit, factor in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n}B"
+
+
+def format_duration(seconds: float) -> str:
+    if seconds == 0:
+        return "0s"
+    for unit, factor in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= factor and math.isclose(seconds % factor, 0.0, abs_tol=1e-9):
+            return f"{int(seconds // factor)}{unit}"
+    return f"{round(seconds * 1000)}ms"
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace('"', '\\"') + '"'
+    return repr(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """``host:port`` (``[::1]:443`` for IPv6; ``:3026`` means all interfaces). Port 0: any free port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(value: object, default_host: str = "0.0.0.0") -> Address:
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad(f"{_show(value)} is not an address (host:port)")
+    text = value.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or not text[end + 1 :].startswith(":"):
+            raise _Bad(f"{_show(value)} is not an address ([ipv6]:port)")
+        host, port_text = text[1:end], text[end + 2 :]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise _Bad(f"{_show(value)} is not an address (host:port)")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise _Bad(f"{_show(value)}: port must be a number 0-65535")
+    return Address(host or default_host, int(port_text))
+
+
+# --------------------------------------------------------------------------------------------------
+# Field specs: dataclass field metadata that drives the generic loader.
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    kind: str  # size | duration | int | float | bool | str | path | address | choice | section |
+    #          list_of_sections | str_list | path_list | selector | str_map
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] = ()
+    optional: bool = False  # None allowed (null / absent means None)
+    section: type | None = None
+    secret: bool = False
+    help: str = ""
+
+
+def _f(kind: str, default: Any = None, *, factory: Callable[[], Any] | None = None, **spec: Any) -> Any:
+    meta = {"spec": _Spec(kind, **spec)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _section(cls: type, **spec: Any) -> Any:
+    return field(default_factory=cls, metadata={"spec": _Spec("section", section=cls, **spec)})
+
+
+# --------------------------------------------------------------------------------------------------
+# The schema.
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """The proxy's serving certificate. Unset: issued by the kubegate CA (``<state_dir>/ca/``)."""
+
+    cert_file: str | None = _f("path", optional=True)
+    key_file: str | None = _f("path", optional=True)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_header_bytes: int = _f("size", 64 * KiB, min=1 * KiB, max=16 * MiB)
+    max_body_bytes: int | None = _f("size", None, optional=True, min=1, help="unset: unlimited, streamed")
+    header_timeout: float = _f("duration", 10.0, min=0.1, max=600.0)
+    idle_timeout: float = _f("duration", 90.0, min=1.0, max=86400.0)
+    max_connections: int = _f("int", 20000, min=1, max=1_000_000)
+    shutdown_grace: float = _f("duration", 30.0, min=0.0, max=3600.0)
+    upstream_connect_timeout: float = _f("duration", 10.0, min=0.1, max=600.0)
+    upstream_response_timeout: float = _f("duration", 60.0, min=0.1, max=86400.0)
+    write_high_water: int = _f("size", 1 * MiB, min=4 * KiB, max=1 * GiB)
+    h2_initial_window: int = _f("size", 1 * MiB, min=64 * KiB - 1, max=2**31 - 1)
+    h2_max_concurrent_streams: int = _f("int", 1000, min=1, max=100_000)
+    upstream_max_connections: int = _f("int", 16, min=1, max=10_000, help="per cluster")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    listen: Address = _f("address", Address("0.0.0.0", 3026))
+    public_addr: str | None = _f("str", None, optional=True, help="default: derived from listen")
+    workers: int = _f("int", 1, min=1, max=256)
+    tls: TLSConfig = _section(TLSConfig)
+    client_ca_file: str | None = _f("path", optional=True, help="default: the kubegate CA")
+    limits: LimitsConfig = _section(LimitsConfig)
+
+    @property
+    def public_address(self) -> str:
+        """``public_addr``, or the listen address with a wildcard host replaced by ``localhost``."""
+        if self.public_addr:
+            return self.public_addr
+        host = self.listen.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "localhost"
+        return str(Address(host, self.listen.port))
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    enabled: bool = _f("bool", True)
+    listen: Address = _f("address", Address("127.0.0.1", 3081))
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    roles_dir: str = _f("path", "./roles")
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceMatcher:
+    labels: dict[str, str | list[str]] = _f("selector", factory=lambda: {"*": "*"})
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesServiceConfig:
+    kubeconfig_files: tuple[str, ...] = _f("path_list", ())
+    clusters_dir: str | None = _f("path", optional=True)
+    resources: tuple[ResourceMatcher, ...] = field(
+        default_factory=lambda: (ResourceMatcher(),),
+        metadata={"spec": _Spec("list_of_sections", section=ResourceMatcher)},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AWSMatcher:
+    types: tuple[str, ...] = _f("str_list", ("eks",), choices=("eks",))
+    regions: tuple[str, ...] = _f("str_list", ("*",))
+    tags: dict[str, str | list[str]] = _f("selector", factory=lambda: {"*": "*"})
+    assume_role_arn: str | None = _f("str", None, optional=True)
+    external_id: str | None = _f("str", None, optional=True, secret=True)
+
+
+@dataclass(frozen=True, slots=True)
+class AzureMatcher:
+    types: tuple[str, ...] = _f("str_list", ("aks",), choices=("aks",))
+    subscriptions: tuple[str, ...] = _f("str_list", ("*",))
+    resource_groups: tuple[str, ...] = _f("str_list", ("*",))
+    regions: tuple[str, ...] = _f("str_list", ("*",))
+    tags: dict[str, str | list[str]] = _f("selector", factory=lambda: {"*": "*"})
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryServiceConfig:
+    enabled: bool = _f("bool", False)
+    discovery_group: str = _f("str", "")
+    poll_interval: float = _f("duration", 300.0, min=1.0, max=86400.0)
+    aws: tuple[AWSMatcher, ...] = field(
+        default=(), metadata={"spec": _Spec("list_of_sections", section=AWSMatcher)}
+    )
+    azure: tuple[AzureMatcher, ...] = field(
+        default=(), metadata={"spec": _Spec("list_of_sections", section=AzureMatcher)}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    enabled: bool = _f("bool", True)
+    log_file: str | None = _f("path", optional=True, help="default: <state_dir>/audit.log; '-' = stdout")
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = _f("choice", "info", choices=("debug", "info", "warning", "error"))
+    format: str = _f("choice", "json", choices=("json", "text"))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    version: str = _f("choice", CONFIG_VERSION, choices=(CONFIG_VERSION,))
+    state_dir: str = _f("path", "./state")
+    proxy: ProxyConfig = _section(ProxyConfig)
+    metrics: MetricsConfig = _section(MetricsConfig)
+    auth: AuthConfig = _section(AuthConfig)
+    kubernetes_service: KubernetesServiceConfig = _section(KubernetesServiceConfig)
+    discovery_service: DiscoveryServiceConfig = _section(DiscoveryServiceConfig)
+    audit: AuditConfig = _section(AuditConfig)
+    log: LogConfig = _section(LogConfig)
+    # Where this config came from (None: defaults). Not a config key.
+    source: str | None = field(default=None, compare=False, metadata={"internal": True})
+
+    # Convenience paths inside the state directory.
+    @property
+    def ca_dir(self) -> str:
+        return os.path.join(self.state_dir, "ca")
+
+    @property
+    def registry_dir(self) -> str:
+        return os.path.join(self.state_dir, "clusters")
+
+    @property
+    def locks_file(self) -> str:
+        return os.path.join(self.state_dir, "locks")
+
+    @property
+    def bots_dir(self) -> str:
+        return os.path.join(self.state_dir, "bots")
+
+    @property
+    def audit_log_file(self) -> str:
+        """Effective audit log path (``-`` means stdout)."""
+        return self.audit.log_file or os.path.join(self.state_dir, "audit.log")
+
+
+# --------------------------------------------------------------------------------------------------
+# The loader.
+
+
+class _Loader:
+    def __init__(self, source_name: str, base_dir: Path) -> None:
+        self.source_name = source_name
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+
+    def bad(self, key_path: str, message: str) -> None:
+        self.problems.append(f"{self.source_name}: {key_path}: {message}" if key_path else
+                             f"{self.source_name}: {message}")
+
+    def section(self, cls: type, data: object, key_path: str) -> Any:
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            self.bad(key_path, f"must be a mapping, not {_show(data)}")
+            return cls()
+        fields = {f.name: f for f in dataclasses.fields(cls) if "spec" in f.metadata}
+        for key in data:
+            if key not in fields:
+                where = f"{key_path}.{key}" if key_path else str(key)
+                known = ", ".join(sorted(fields))
+                self.bad(where, f"unknown key (known keys here: {known})")
+        values: dict[str, Any] = {}
+        for name, f in fields.items():
+            if name not in data:
+                spec = f.metadata["spec"]
+                if spec.kind == "path" and isinstance(f.default, str):
+                    values[name] = self.path(f.default)  # relative defaults resolve like given paths
+                elif spec.kind == "section":
+                    where = f"{key_path}.{name}" if key_path else name
+                    values[name] = self.section(spec.section, {}, where)
+                continue
+            where = f"{key_path}.{name}" if key_path else name
+            values[name] = self.value(f.metadata["spec"], data[name], where)
+        return cls(**values)
+
+    def value(self, spec: _Spec, raw: object, where: str) -> Any:
+        if raw is None:
+            if spec.optional:
+                return None
+            if spec.kind in ("section",):
+                return self.section(spec.section, {}, where)  # type: ignore[arg-type]
+            if spec.kind in ("list_of_sections", "str_list", "path_list"):
+                return ()
+            self.bad(where, "must not be empty")
+            return None
+        try:
+            return self._convert(spec, raw, where)
+        except _Bad as exc:
+            self.bad(where, str(exc))
+            return None
+
+    def _convert(self, spec: _Spec, raw: object, where: str) -> Any:
+        kind = spec.kind
+        if kind == "section":
+            return self.section(spec.section, raw, where)  # type: ignore[arg-type]
+        if kind == "list_of_sections":
+            if not isinstance(raw, list):
+                raise _Bad(f"must be a list, not {_show(raw)}")
+            return tuple(self.section(spec.section, item, f"{where}[{i}]")  # type: ignore[arg-type]
+                         for i, item in enumerate(raw))
+        if kind == "size":
+            return self._range(parse_size(raw), spec, format_size)
+        if kind == "duration":
+            return self._range(parse_duration(raw), spec, format_duration)
+        if kind == "int":
+            if isinstance(raw, bool) or not isinstance(raw, int):
+                raise _Bad(f"{_show(raw)} is not a whole number")
+            return self._range(raw, spec, str)
+        if kind == "bool":
+            if not isinstance(raw, bool):
+                raise _Bad(f"{_show(raw)} is not true or false")
+            return raw
+        if kind == "str":
+            if not isinstance(raw, str):
+                raise _Bad(f"{_show(raw)} is not a string")
+            return raw
+        if kind == "choice":
+            if not isinstance(raw, str) or raw.lower() not in spec.choices:
+                raise _Bad(f"{_show(raw)} is not one of: {', '.join(spec.choices)}")
+            return raw.lower()
+        if kind == "path":
+            if not isinstance(raw, str) or not raw.strip():
+                raise _Bad(f"{_show(raw)} is not a path")
+            return self.path(raw)
+        if kind == "address":
+            return parse_address(raw)
+        if kind in ("str_list", "path_list"):
+            items = [raw] if isinstance(raw, str) else raw
+            if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+                raise _Bad(f"{_show(raw)} is not a list of strings")
+            if spec.choices:
+                for item in items:
+                    if item not in spec.choices:
+                        raise _Bad(f"{_show(item)} is not one of: {', '.join(spec.choices)}")
+            if kind == "path_list":
+                return tuple(self.path(i) for i in items)
+            return tuple(items)
+        if kind == "selector":
+            if not isinstance(raw, Mapping):
+                raise _Bad(f"{_show(raw)} is not a label mapping (key: value or key: [values])")
+            out: dict[str, str | list[str]] = {}
+            for key, val in raw.items():
+                if not isinstance(key, str):
+                    raise _Bad(f"label key {_show(key)} is not a string")
+                if isinstance(val, str):
+                    out[key] = val
+                elif isinstance(val, list) and all(isinstance(v, str) for v in val):
+                    out[key] = list(val)
+                else:
+                    raise _Bad(f"label {key}: {_show(val)} is not a string or a list of strings")
+            return out
+        raise AssertionError(f"unknown field kind {kind}")  # pragma: no cover - schema bug
+
+    @staticmethod
+    def _range(value: float, spec: _Spec, fmt: Callable[[Any], str]) -> Any:
+        if spec.min is not None and value < spec.min:
+            raise _Bad(f"{fmt(value)} is below the minimum {fmt(type(value)(spec.min))}")
+        if spec.max is not None and value > spec.max:
+            raise _Bad(f"{fmt(value)} is above the maximum {fmt(type(value)(spec.max))}")
+        return value
+
+    def path(self, raw: str) -> str:
+        if raw == "-":
+            return raw
+        expanded = Path(os.path.expanduser(raw))
+        if not expanded.is_absolute():
+            expanded = self.base_dir / expanded
+        return os.path.normpath(str(expanded))
+
+
+def _cross_checks(cfg: Config, loader: _Loader) -> None:
+    tls = cfg.proxy.tls
+    if (tls.cert_file is None) != (tls.key_file is None):
+        loader.bad("proxy.tls", "cert_file and key_file go together (set both or neither)")
+    if cfg.discovery_service.enabled:
+        if not cfg.discovery_service.discovery_group:
+            loader.bad("discovery_service.discovery_group",
+                       "must be set when discovery_service.enabled is true")
+        if not cfg.discovery_service.aws and not cfg.discovery_service.azure:
+            loader.bad("discovery_service", "enabled but has no aws or azure matchers")
+    if cfg.proxy.public_addr is not None:
+        try:
+            parse_address(cfg.proxy.public_addr, default_host="")
+        except _Bad:
+            if not re.fullmatch(r"[A-Za-z0-9.\-]+", cfg.proxy.public_addr):
+                loader.bad("proxy.public_addr",
+                           f"{_show(cfg.proxy.public_addr)} is not host or host:port")
+    if (cfg.metrics.enabled and cfg.metrics.listen.port != 0
+            and cfg.metrics.listen.port == cfg.proxy.listen.port):
+        loader.bad("metrics.listen", f"port {cfg.metrics.listen.port} is also proxy.listen's port")
+
+
+def config_from_mapping(data: object, *, source_name: str = "<config>", base_dir: str | None = None) -> Config:
+    """Validate an already-parsed YAML document. ``base_dir`` anchors relative paths (default: cwd)."""
+    loader = _Loader(source_name, Path(base_dir or os.getcwd()).resolve())
+    if data is None:
+        data = {}
+    cfg: Config = loader.section(Config, data, "")
+    if loader.problems:
+        raise ConfigError(loader.problems)
+    _cross_checks(cfg, loader)
+    if loader.problems:
+        raise ConfigError(loader.problems)
+    return dataclasses.replace(cfg, source=source_name if source_name != "<config>" else None)
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Load and validate a config file; ``None`` → all defaults with ``state_dir`` = ``./state``."""
+    if path is None:
+        return config_from_mapping({}, base_dir=os.getcwd())
+    file_path = Path(path)
+    name = str(path)
+    try:
+        text = file_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{name}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{name}: not valid YAML{where}: {problem}"]) from None
+    return config_from_mapping(data, source_name=name, base_dir=str(file_path.resolve().parent))
+
+
+# --------------------------------------------------------------------------------------------------
+# Printing the effective configuration.
+
+REDACTED = "<redacted>"
+
+
+def config_to_dict(cfg: Any, *, redact: bool = True) -> Any:
+    """The effective config as plain YAML-able data, units re-attached, secrets redacted."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        spec: _Spec | None = f.metadata.get("spec")
+        if spec is None:
+            continue
+        value = getattr(cfg, f.name)
+        out[f.name] = _plain(spec, value, redact)
+    return out
+
+
+def _plain(spec: _Spec, value: Any, redact: bool) -> Any:
+    if value is None:
+        return None
+    if spec.secret and redact:
+        return REDACTED
+    if spec.kind == "section":
+        return config_to_dict(value, redact=redact)
+    if spec.kind == "list_of_sections":
+        return [config_to_dict(v, redact=redact) for v in value]
+    if spec.kind == "size":
+        return format_size(value)
+    if spec.kind == "duration":
+        return format_duration(value)
+    if spec.kind == "address":
+        return str(value)
+    if spec.kind in ("str_list", "path_list"):
+        return list(value)
+    if spec.kind == "selector":
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in value.items()}
+    return value
+
+
+def config_to_yaml(cfg: Config, *, redact: bool = True) -> str:
+    return yaml.safe_dump(config_to_dict(cfg, redact=redact), sort_keys=False, default_flow_style=False)
