@@ -1,0 +1,546 @@
+"""Sans-IO HTTP/1.1 server codec on httptools (llhttp): bytes in, ``proxy.protocol.events`` out.
+
+    conn = Http1ServerConnection(ServerLimits())
+    for event in conn.receive_data(data): ...
+    conn.send_response_head(ResponseHead(stream_id, 200, headers, content_length=n))
+    conn.send_body(stream_id, chunk); conn.send_end(stream_id)
+    sock.write(conn.data_to_send()); if conn.must_close: close after writing
+
+Facts the code relies on:
+- Requests of one connection are numbered 1, 3, 5, ... . Pipelined requests are all parsed and
+  reported, but responses leave in request order: output for a later request is held back until every
+  earlier response has ended (servers usually answer one request at a time anyway).
+- Keep-alive follows HTTP/1.1 / HTTP/1.0 rules (``Connection: close`` / ``keep-alive``). A response
+  without a known length is chunked for HTTP/1.1 and close-delimited for HTTP/1.0.
+- ``Expect: 100-continue`` is answered with ``100 Continue`` as soon as the head is accepted.
+- Request smuggling shapes (Content-Length with Transfer-Encoding, several differing Content-Length,
+  a Transfer-Encoding other than ``chunked``) and malformed heads or chunks are ``ProtocolError``:
+  the codec queues a 400 (431 for heads over ``max_header_bytes``, 413 for bodies over
+  ``max_body_bytes``, 501 for an unknown transfer-coding) Kubernetes ``Status`` answer, stops
+  parsing, and sets ``must_close``.
+- A request with ``Connection: Upgrade`` + ``Upgrade: ...`` (or CONNECT) yields ``UpgradeRequested``
+  carrying the bytes that followed the head; parsing stops for good. The answer (``101`` or a refusal)
+  may be written with ``send_response_head`` (a ``101`` head is written as is, no body framing).
+- ``receive_data(b"")`` (EOF) yields ``StreamReset`` for a request whose body was still arriving, then
+  ``ConnectionClosed``. ``ConnectionClosed`` means every stream of the connection is gone.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httptools
+
+from proxy.protocol.events import (
+    ConnectionClosed,
+    Event,
+    Headers,
+    ProtocolError,
+    RequestBody,
+    RequestEnd,
+    RequestHead,
+    ResponseHead,
+    ServerLimits,
+    StreamReset,
+    UpgradeRequested,
+)
+
+REASONS: dict[int, bytes] = {
+    100: b"Continue",
+    101: b"Switching Protocols",
+    200: b"OK",
+    201: b"Created",
+    202: b"Accepted",
+    204: b"No Content",
+    206: b"Partial Content",
+    301: b"Moved Permanently",
+    302: b"Found",
+    304: b"Not Modified",
+    307: b"Temporary Redirect",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    406: b"Not Acceptable",
+    408: b"Request Timeout",
+    409: b"Conflict",
+    410: b"Gone",
+    411: b"Length Required",
+    413: b"Request Entity Too Large",
+    415: b"Unsupported Media Type",
+    422: b"Unprocessable Entity",
+    426: b"Upgrade Required",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+_STATUS_REASONS = {
+    400: "BadRequest",
+    413: "RequestEntityTooLarge",
+    431: "RequestHeaderFieldsTooLarge",
+    501: "NotImplemented",
+}
+
+_BIG_WINDOW = 1 << 62
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Response headers the codec owns (framing / connection management).
+_OWNED = frozenset((b"connection", b"transfer-encoding", b"keep-alive"))
+
+
+def status_json(code: int, message: str) -> bytes:
+    """A Kubernetes ``Status`` body (kept local so the codec depends on nothing above it)."""
+    return json.dumps(
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": _STATUS_REASONS.get(code, "BadRequest"),
+            "code": code,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+class _Abort(Exception):
+    """Raised inside a parser callback to stop parsing with an HTTP error."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Stream:
+    """Per-request bookkeeping (one small object per request)."""
+
+    __slots__ = (
+        "keep_alive",
+        "head_request",
+        "http10",
+        "head_sent",
+        "mode",
+        "remaining",
+        "ended",
+        "upgrade",
+        "dropped",
+    )
+
+    def __init__(self, keep_alive: bool, head_request: bool, http10: bool, upgrade: bool) -> None:
+        self.keep_alive = keep_alive
+        self.head_request = head_request
+        self.http10 = http10
+        self.upgrade = upgrade
+        self.head_sent = False
+        self.mode = 0  # 0 none, 1 content-length, 2 chunked, 3 until close, 4 raw (after 101)
+        self.remaining = 0
+        self.ended = False
+        self.dropped = False  # the codec answered this request itself; the app's writes are ignored
+
+
+class Http1ServerConnection:
+    """HTTP/1.1 server side of one connection. Implements ``events.ServerConnection``."""
+
+    http_version = "1.1"
+
+    def __init__(self, limits: ServerLimits | None = None) -> None:
+        self._limits = limits or ServerLimits()
+        self._max_head = self._limits.max_header_bytes
+        self._max_body = self._limits.max_body_bytes
+        self._parser = httptools.HttpRequestParser(self)
+        self._events: list[Event] = []
+        self._out = bytearray()
+        self._next_sid = 1
+        self._sid = 0  # stream being parsed
+        self._url = b""
+        self._headers: Headers = []
+        self._head_bytes = 0
+        self._head_fed = 0
+        self._in_msg = False
+        self._in_head = False
+        self._in_body = False
+        self._body_bytes = 0
+        self._pending_upgrade: RequestHead | None = None
+        self._streams: dict[int, _Stream] = {}
+        self._resp_sid = 1  # the stream whose response may be written now
+        self._held: dict[int, list[bytes]] = {}
+        self._stopped = False  # parsing has stopped (error, upgrade, EOF)
+        self._must_close = False
+        self._eof = False
+
+    # ------------------------------------------------------------------ public state
+
+    @property
+    def must_close(self) -> bool:
+        """True once the connection is to be closed after ``data_to_send()`` has been written."""
+        return self._must_close
+
+    @property
+    def upgraded(self) -> bool:
+        return self._pending_upgrade is not None
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        if self._stopped:
+            if not data and not self._eof:
+                self._eof = True
+                return [ConnectionClosed("peer closed the connection")]
+            return []
+        if not data:
+            return self._on_eof()
+        events = self._events
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args else len(data)
+            head = self._pending_upgrade
+            if head is None:  # pragma: no cover - llhttp always reports the head first
+                self._fail(400, "upgrade without a request head")
+            else:
+                self._stopped = True
+                events.append(UpgradeRequested(head.stream_id, head, bytes(data[offset:])))
+        except _Abort as exc:
+            self._fail(exc.status, exc.message)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Abort):
+                self._fail(cause.status, cause.message)
+            else:
+                self._fail(400, f"bad request: {exc}")
+        except httptools.HttpParserError as exc:
+            message = str(exc.args[0]) if exc.args else str(exc)
+            status = 501 if "Transfer-Encoding" in message and "Content-Length" not in message else 400
+            self._fail(status, f"bad request: {message}")
+        else:
+            if self._in_head:
+                self._head_fed += len(data)
+                if self._head_fed > self._max_head:
+                    self._fail(431, f"request header fields larger than {self._max_head} bytes")
+        if not events:
+            return []
+        self._events = []
+        return events
+
+    def _on_eof(self) -> list[Event]:
+        self._stopped = True
+        self._eof = True
+        events = self._events
+        self._events = []
+        if self._in_body:
+            events.append(StreamReset(self._sid))
+            self._in_body = False
+            stream = self._streams.get(self._sid)
+            if stream is not None:
+                stream.dropped = True
+        events.append(ConnectionClosed("peer closed the connection"))
+        return events
+
+    def _fail(self, status: int, message: str) -> None:
+        """Stop parsing; answer ``status`` in this request's turn unless the app already answers it."""
+        self._stopped = True
+        sid = self._sid if self._in_msg else self._next_sid
+        stream = self._streams.get(sid) if self._in_msg else None
+        self._events.append(ProtocolError(message, status, sid))
+        if stream is None:
+            stream = _Stream(False, False, False, False)
+            self._streams[sid] = stream
+            if self._next_sid <= sid:
+                self._next_sid = sid + 2
+        elif self._in_body:
+            self._events.append(StreamReset(sid))
+        self._in_body = False
+        self._in_head = False
+        stream.keep_alive = False
+        if stream.head_sent:
+            # The app's response already started: cut the connection after what was queued.
+            stream.dropped = True
+            self._must_close = True
+            return
+        stream.dropped = True
+        body = status_json(status, message)
+        self._write(
+            sid,
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, REASONS.get(status, b"Error"), len(body), body),
+        )
+        stream.ended = True
+        self._finish(sid, stream)
+
+    # httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._sid = self._next_sid
+        self._next_sid += 2
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+        self._head_fed = 0
+        self._in_msg = True
+        self._in_head = True
+        self._body_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._max_head:
+            raise _Abort(431, f"request line longer than {self._max_head} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes + len(self._url) > self._max_head:
+            raise _Abort(431, f"request header fields larger than {self._max_head} bytes")
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        headers = self._headers
+        version = parser.get_http_version()
+        content_length: int | None = None
+        chunked = False
+        expect_continue = False
+        host = ""
+        for key, value in headers:
+            if key == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    raise _Abort(400, "invalid Content-Length") from None
+                if content_length is not None and content_length != length:
+                    raise _Abort(400, "several differing Content-Length headers")
+                content_length = length
+            elif key == b"transfer-encoding":
+                if value.strip().lower() != b"chunked" or chunked:
+                    raise _Abort(501, f"unsupported transfer encoding: {value.decode('latin-1')!r}")
+                chunked = True
+            elif key == b"host":
+                host = value.decode("latin-1")
+            elif key == b"expect" and value.lower() == b"100-continue":
+                expect_continue = True
+        if chunked and content_length is not None:
+            raise _Abort(400, "Content-Length and Transfer-Encoding together")
+        if chunked and version == "1.0":
+            raise _Abort(400, "Transfer-Encoding on an HTTP/1.0 request")
+        if self._max_body is not None and content_length is not None and content_length > self._max_body:
+            raise _Abort(413, f"request body larger than {self._max_body} bytes")
+        method = parser.get_method().decode("ascii")
+        try:
+            target = self._url.decode("ascii")
+        except UnicodeDecodeError:
+            raise _Abort(400, "request target is not ASCII") from None
+        upgrade = parser.should_upgrade()
+        keep_alive = parser.should_keep_alive()
+        sid = self._sid
+        head = RequestHead(
+            sid,
+            method,
+            target,
+            headers,
+            version,
+            host,
+            "https",
+            upgrade,
+            0 if content_length is None and not chunked else content_length,
+        )
+        self._streams[sid] = _Stream(keep_alive, method == "HEAD", version == "1.0", upgrade)
+        if upgrade:
+            self._pending_upgrade = head
+            return
+        self._in_body = True
+        self._events.append(head)
+        if expect_continue and version == "1.1" and (chunked or content_length):
+            self._write(sid, _CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        if self._max_body is not None:
+            self._body_bytes += len(body)
+            if self._body_bytes > self._max_body:
+                raise _Abort(413, f"request body larger than {self._max_body} bytes")
+        self._events.append(RequestBody(self._sid, body))
+
+    def on_message_complete(self) -> None:
+        if self._pending_upgrade is not None:
+            return
+        self._in_body = False
+        self._in_msg = False
+        self._url = b""
+        self._events.append(RequestEnd(self._sid))
+
+    # ------------------------------------------------------------------ sending
+
+    def _write(self, sid: int, data: bytes) -> None:
+        if sid == self._resp_sid:
+            self._out += data
+        else:
+            held = self._held.get(sid)
+            if held is None:
+                self._held[sid] = [data]
+            else:
+                held.append(data)
+
+    def send_response_head(self, head: ResponseHead, *, end_stream: bool = False) -> None:
+        sid = head.stream_id
+        stream = self._streams.get(sid)
+        if stream is None or stream.dropped or (self._must_close and sid != self._resp_sid):
+            return
+        if stream.head_sent:
+            raise RuntimeError(f"response head already sent on stream {sid}")
+        status = head.status
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, head.reason or REASONS.get(status, b"Unknown"))]
+        append = parts.append
+        length = head.content_length
+        has_length = False
+        for key, value in head.headers:
+            if key in _OWNED:
+                continue
+            if b"\n" in value or b"\r" in value:
+                raise ValueError(f"response header {key!r} holds a line break")
+            if key == b"content-length":
+                has_length = True
+                length = int(value)
+            append(key + b": " + value + b"\r\n")
+        stream.head_sent = True
+        if status == 101:
+            stream.mode = 4
+            append(b"connection: upgrade\r\n\r\n")
+            self._write(sid, b"".join(parts))
+            return
+        if status < 200:
+            stream.head_sent = False  # informational: the final head follows
+            append(b"\r\n")
+            self._write(sid, b"".join(parts))
+            return
+        if stream.head_request or status == 204 or status == 304:
+            stream.mode = 0
+            if length is not None and not has_length and status != 204:
+                append(b"content-length: %d\r\n" % length)
+        elif length is not None:
+            stream.mode = 1
+            stream.remaining = length
+            if not has_length:
+                append(b"content-length: %d\r\n" % length)
+        elif end_stream:
+            stream.mode = 1
+            append(b"content-length: 0\r\n")
+        elif stream.http10:
+            stream.mode = 3
+            stream.keep_alive = False
+        else:
+            stream.mode = 2
+            append(b"transfer-encoding: chunked\r\n")
+        if stream.upgrade:
+            stream.keep_alive = False  # a refused upgrade: the rest of the bytes are not HTTP
+        if not stream.keep_alive:
+            append(b"connection: close\r\n\r\n")
+        elif stream.http10:
+            append(b"connection: keep-alive\r\n\r\n")
+        else:
+            append(b"\r\n")
+        self._write(sid, b"".join(parts))
+        if end_stream:
+            self.send_end(sid)
+
+    def send_body(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.dropped or stream.ended:
+            return
+        if data:
+            mode = stream.mode
+            if mode == 2:
+                self._write(stream_id, b"%x\r\n%s\r\n" % (len(data), data))
+            elif mode == 1:
+                if len(data) > stream.remaining:
+                    raise ValueError(f"response body longer than its content-length on stream {stream_id}")
+                stream.remaining -= len(data)
+                self._write(stream_id, data)
+            elif mode in (3, 4):
+                self._write(stream_id, data)
+            elif not stream.head_sent:
+                raise RuntimeError(f"body before response head on stream {stream_id}")
+        if end_stream:
+            self.send_end(stream_id)
+
+    def send_end(self, stream_id: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.ended:
+            return
+        if stream.dropped:
+            return
+        if not stream.head_sent:
+            raise RuntimeError(f"end before response head on stream {stream_id}")
+        stream.ended = True
+        if stream.mode == 2:
+            self._write(stream_id, b"0\r\n\r\n")
+        elif stream.mode == 1 and stream.remaining:
+            stream.keep_alive = False  # short body: the client can only tell by the close
+        elif stream.mode in (3, 4):
+            stream.keep_alive = False
+        self._finish(stream_id, stream)
+
+    def _finish(self, sid: int, stream: _Stream) -> None:
+        if not stream.keep_alive:
+            if sid == self._resp_sid:
+                self._must_close = True
+                self._stopped = True
+            else:
+                # Close once the earlier responses are out.
+                self._held.setdefault(sid, [])
+        if sid != self._resp_sid:
+            return
+        del self._streams[sid]
+        if self._must_close:
+            self._held.clear()
+            return
+        nxt = sid + 2
+        self._resp_sid = nxt
+        while nxt in self._held:
+            self._out += b"".join(self._held.pop(nxt))
+            following = self._streams.get(nxt)
+            if following is None or not following.ended:
+                break
+            if not following.keep_alive:
+                self._must_close = True
+                self._stopped = True
+                self._held.clear()
+                del self._streams[nxt]
+                return
+            del self._streams[nxt]
+            nxt += 2
+            self._resp_sid = nxt
+
+    def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
+        """HTTP/1.1 cannot reset one request: abandon it and close the connection."""
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.dropped = True
+        self._stopped = True
+        self._must_close = True
+
+    def acknowledge_received(self, stream_id: int, nbytes: int) -> None:
+        return None
+
+    def send_window(self, stream_id: int) -> int:
+        return _BIG_WINDOW
+
+    def close(self) -> None:
+        """Stop taking requests; close once every response already started has ended."""
+        self._stopped = True
+        if not self._streams:
+            self._must_close = True
+            return
+        for stream in self._streams.values():
+            stream.keep_alive = False
+
+    def data_to_send(self) -> bytes:
+        if not self._out:
+            return b""
+        out = bytes(self._out)
+        self._out.clear()
+        return out

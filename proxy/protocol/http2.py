@@ -1,0 +1,412 @@
+"""Sans-IO HTTP/2 server codec on the ``h2`` library, with the same shape as ``http1``.
+
+Facts the code relies on:
+- Pseudo-headers are lifted into ``RequestHead`` fields; ``headers`` holds the rest (lower case).
+- Flow control: received DATA is reported as ``RequestBody``; its credit goes back to the peer only
+  when ``acknowledge_received(stream_id, nbytes)`` is called (padding is returned at once).
+  ``send_body`` never fails for lack of window: what the window cannot take is held by the codec and
+  sent as the peer grants credit; ``send_window`` says how much more may be written without being held
+  (0 -> wait for ``WindowOpened``).
+- ``close()`` sends GOAWAY at once (a frame written beside h2's state machine, so streams already
+  open finish normally); streams opened after it are refused (RST_STREAM REFUSED_STREAM); once no
+  stream is open ``must_close`` is set.
+- Request heads above ``max_header_bytes`` are answered 431 with a ``Status`` body on their stream; the
+  rest of the connection goes on. A peer breaking HTTP/2 gets GOAWAY and ``ProtocolError``.
+- Writing to a stream the peer reset is silently ignored (the ``StreamReset`` event says so).
+"""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from hyperframe.frame import GoAwayFrame
+
+from proxy.protocol.events import (
+    ConnectionClosed,
+    Event,
+    Headers,
+    ProtocolError,
+    RequestBody,
+    RequestEnd,
+    RequestHead,
+    ResponseHead,
+    ServerLimits,
+    StreamReset,
+    WindowOpened,
+)
+from proxy.protocol.http1 import status_json
+
+# Connection-specific headers that must not appear in HTTP/2 (RFC 9113 §8.2.2).
+_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
+_STATUS = {code: str(code).encode() for code in range(100, 600)}
+
+
+class _Out:
+    """Response bytes a stream could not send yet for lack of flow-control window."""
+
+    __slots__ = ("chunks", "size", "end")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.end = False
+
+
+class Http2ServerConnection:
+    """HTTP/2 server side of one connection. Implements ``events.ServerConnection``."""
+
+    http_version = "2"
+
+    def __init__(self, limits: ServerLimits | None = None) -> None:
+        self._limits = limits or ServerLimits()
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=True,
+            normalize_inbound_headers=True,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        self._h2 = h2.connection.H2Connection(config=config)
+        # Let the HPACK decoder take somewhat more than the limit, so an oversized head becomes a 431
+        # on its stream rather than a connection error.
+        self._h2.decoder.max_header_list_size = self._limits.max_header_bytes * 2 + 4096
+        self._max_head = self._limits.max_header_bytes
+        window = self._limits.h2_initial_window
+        self._h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self._limits.h2_max_concurrent_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self._limits.max_header_bytes,
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+            },
+        )
+        self._h2.initiate_connection()
+        if window > 65535:
+            self._h2.increment_flow_control_window(window - 65535)
+        self._out = bytearray(self._h2.data_to_send())
+        self._held: dict[int, _Out] = {}
+        self._ignored: set[int] = set()  # streams the codec answered itself (431) or refused
+        self._open: set[int] = set()  # streams with a request head seen and the response not ended
+        self._goaway_sent = False
+        self._must_close = False
+        self._terminated = False
+        self._max_body = self._limits.max_body_bytes
+        self._body_sizes: dict[int, int] = {}
+
+    @property
+    def must_close(self) -> bool:
+        """True once the connection is to be closed after ``data_to_send()`` has been written."""
+        return self._must_close
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        if self._terminated:
+            return []
+        if not data:
+            self._terminated = True
+            self._must_close = True
+            return [ConnectionClosed("peer closed the connection")]
+        try:
+            h2_events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            return self._connection_error(exc)
+        out: list[Event] = []
+        for ev in h2_events:
+            kind = type(ev)
+            if kind is h2.events.DataReceived:
+                sid = ev.stream_id
+                padding = ev.flow_controlled_length - len(ev.data)
+                if padding:
+                    self._h2.acknowledge_received_data(padding, sid)
+                if sid in self._ignored:
+                    self._h2.acknowledge_received_data(len(ev.data), sid)
+                    continue
+                if self._max_body is not None:
+                    total = self._body_sizes.get(sid, 0) + len(ev.data)
+                    self._body_sizes[sid] = total
+                    if total > self._max_body:
+                        self._refuse(sid, 413, f"request body larger than {self._max_body} bytes")
+                        out.append(ProtocolError("request body too large", 413, sid))
+                        out.append(StreamReset(sid, h2.errors.ErrorCodes.CANCEL))
+                        continue
+                if ev.data:
+                    out.append(RequestBody(sid, ev.data))
+                if ev.stream_ended is not None:
+                    out.append(RequestEnd(sid))
+            elif kind is h2.events.RequestReceived:
+                head = self._head(ev)
+                if head is not None:
+                    out.append(head)
+                    if ev.stream_ended is not None:
+                        out.append(RequestEnd(ev.stream_id))
+                elif not self._goaway_sent:
+                    out.append(ProtocolError("request header fields too large", 431, ev.stream_id))
+            elif kind is h2.events.StreamEnded:
+                continue  # reported with the DataReceived / RequestReceived it came with
+            elif kind is h2.events.StreamReset:
+                sid = ev.stream_id
+                self._drop(sid)
+                if ev.remote_reset:
+                    out.append(StreamReset(sid, int(ev.error_code)))
+            elif kind is h2.events.WindowUpdated:
+                out.extend(self._flush_held(ev.stream_id))
+            elif kind is h2.events.RemoteSettingsChanged:
+                if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
+                    out.extend(self._flush_held(0))
+            elif kind is h2.events.ConnectionTerminated:
+                self._terminated = True
+                self._must_close = True
+                out.append(ConnectionClosed(f"peer sent GOAWAY ({ev.error_code!s})"))
+            elif kind is h2.events.TrailersReceived:
+                continue  # request trailers are not used by Kubernetes clients
+        self._pull()
+        return out
+
+    def _head(self, ev: h2.events.RequestReceived) -> RequestHead | None:
+        sid = ev.stream_id
+        if self._goaway_sent:
+            self._ignored.add(sid)
+            self._h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return None
+        method = target = authority = ""
+        scheme = "https"
+        headers: Headers = []
+        size = 0
+        content_length: int | None = None
+        for key, value in ev.headers:
+            size += len(key) + len(value) + 32
+            if key[0] == 58:  # b":"
+                if key == b":method":
+                    method = value.decode("ascii")
+                elif key == b":path":
+                    target = value.decode("ascii", "replace")
+                elif key == b":authority":
+                    authority = value.decode("ascii", "replace")
+                elif key == b":scheme":
+                    scheme = value.decode("ascii", "replace")
+                continue
+            if key == b"content-length":
+                content_length = int(value)  # h2 has validated it against the body
+            headers.append((key, value))
+        if size > self._max_head:
+            self._refuse(sid, 431, f"request header fields larger than {self._max_head} bytes")
+            return None
+        if authority == "":
+            for key, value in headers:
+                if key == b"host":
+                    authority = value.decode("ascii", "replace")
+                    break
+        if ev.stream_ended is not None and content_length is None:
+            content_length = 0
+        self._open.add(sid)
+        return RequestHead(sid, method, target, headers, "2", authority, scheme, False, content_length)
+
+    def _refuse(self, sid: int, status: int, message: str) -> None:
+        self._ignored.add(sid)
+        self._open.discard(sid)
+        self._held.pop(sid, None)
+        body = status_json(status, message)
+        try:
+            self._h2.send_headers(
+                sid,
+                [
+                    (b":status", _STATUS[status]),
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            )
+            if len(body) <= self._h2.local_flow_control_window(sid):
+                self._h2.send_data(sid, body, end_stream=True)
+            else:
+                self._h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+        except h2.exceptions.H2Error:
+            pass
+
+    def _connection_error(self, exc: Exception) -> list[Event]:
+        self._terminated = True
+        self._must_close = True
+        self._pull()
+        code = getattr(exc, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        try:
+            self._h2.close_connection(error_code=code)
+        except h2.exceptions.H2Error:
+            pass
+        self._pull()
+        return [ProtocolError(f"HTTP/2 protocol error: {exc}", 400, 0), ConnectionClosed(str(exc))]
+
+    # ------------------------------------------------------------------ sending
+
+    def _pull(self) -> None:
+        data = self._h2.data_to_send()
+        if data:
+            self._out += data
+
+    def send_response_head(self, head: ResponseHead, *, end_stream: bool = False) -> None:
+        sid = head.stream_id
+        if sid in self._ignored or sid not in self._open:
+            return
+        headers = [(b":status", _STATUS[head.status])]
+        has_length = False
+        for key, value in head.headers:
+            if key in _HOP:
+                continue
+            if key == b"content-length":
+                has_length = True
+            headers.append((key, value))
+        if head.content_length is not None and not has_length:
+            headers.append((b"content-length", b"%d" % head.content_length))
+        try:
+            self._h2.send_headers(sid, headers, end_stream=end_stream)
+        except h2.exceptions.StreamClosedError:
+            self._drop(sid)
+            return
+        if end_stream:
+            self._ended(sid)
+
+    def send_body(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
+        if stream_id in self._ignored or stream_id not in self._open:
+            return
+        held = self._held.get(stream_id)
+        if held is not None:
+            if data:
+                held.chunks.append(data)
+                held.size += len(data)
+            held.end = held.end or end_stream
+            return
+        conn = self._h2
+        try:
+            window = conn.local_flow_control_window(stream_id)
+            max_frame = conn.max_outbound_frame_size
+            if len(data) <= window and len(data) <= max_frame:
+                conn.send_data(stream_id, data, end_stream=end_stream)
+                if end_stream:
+                    self._ended(stream_id)
+                return
+            view = memoryview(data)
+            while view and window > 0:
+                size = min(len(view), window, max_frame)
+                last = size == len(view)
+                conn.send_data(stream_id, view[:size].tobytes(), end_stream=end_stream and last)
+                view = view[size:]
+                window -= size
+            if not view:
+                if end_stream:
+                    self._ended(stream_id)
+                return
+            held = _Out()
+            held.chunks.append(view.tobytes())
+            held.size = len(view)
+            held.end = end_stream
+            self._held[stream_id] = held
+        except h2.exceptions.StreamClosedError:
+            self._drop(stream_id)
+
+    def send_end(self, stream_id: int) -> None:
+        if stream_id in self._ignored or stream_id not in self._open:
+            return
+        held = self._held.get(stream_id)
+        if held is not None:
+            held.end = True
+            return
+        try:
+            self._h2.end_stream(stream_id)
+        except h2.exceptions.StreamClosedError:
+            self._drop(stream_id)
+            return
+        self._ended(stream_id)
+
+    def _flush_held(self, stream_id: int) -> list[Event]:
+        """Send what the new window allows; report the streams that may write again."""
+        opened: list[Event] = []
+        sids = list(self._held) if stream_id == 0 else [stream_id]
+        conn = self._h2
+        for sid in sids:
+            held = self._held.get(sid)
+            if held is None:
+                continue
+            try:
+                window = conn.local_flow_control_window(sid)
+                max_frame = conn.max_outbound_frame_size
+                while held.chunks and window > 0:
+                    chunk = held.chunks[0]
+                    size = min(len(chunk), window, max_frame)
+                    if size == len(chunk):
+                        held.chunks.pop(0)
+                    else:
+                        held.chunks[0] = chunk[size:]
+                        chunk = chunk[:size]
+                    held.size -= size
+                    window -= size
+                    conn.send_data(sid, chunk, end_stream=held.end and not held.chunks)
+                if not held.chunks:
+                    del self._held[sid]
+                    if held.end:
+                        self._ended(sid)
+            except h2.exceptions.StreamClosedError:
+                self._drop(sid)
+        opened.append(WindowOpened(stream_id))
+        return opened
+
+    def _ended(self, sid: int) -> None:
+        self._open.discard(sid)
+        self._body_sizes.pop(sid, None)
+        if self._goaway_sent and not self._open:
+            self._must_close = True
+
+    def _drop(self, sid: int) -> None:
+        self._held.pop(sid, None)
+        self._ended(sid)
+
+    def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
+        self._drop(stream_id)
+        self._ignored.add(stream_id)
+        try:
+            self._h2.reset_stream(stream_id, error_code or h2.errors.ErrorCodes.CANCEL)
+        except h2.exceptions.H2Error:
+            pass
+
+    def acknowledge_received(self, stream_id: int, nbytes: int) -> None:
+        if nbytes <= 0:
+            return
+        try:
+            self._h2.acknowledge_received_data(nbytes, stream_id)
+        except h2.exceptions.H2Error:
+            pass
+
+    def send_window(self, stream_id: int) -> int:
+        held = self._held.get(stream_id)
+        if held is not None:
+            return 0
+        try:
+            return max(0, self._h2.local_flow_control_window(stream_id))
+        except h2.exceptions.H2Error:
+            return 0
+
+    def close(self) -> None:
+        """Send GOAWAY now; let open streams finish; ``must_close`` once none is left."""
+        if self._goaway_sent or self._terminated:
+            self._must_close = self._must_close or not self._open
+            return
+        self._goaway_sent = True
+        self._pull()
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self._h2.highest_inbound_stream_id
+        frame.error_code = 0
+        self._out += frame.serialize()
+        if not self._open:
+            self._must_close = True
+
+    def data_to_send(self) -> bytes:
+        self._pull()
+        if not self._out:
+            return b""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
