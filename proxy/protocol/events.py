@@ -173,6 +173,11 @@ class ServerConnection(Protocol):
 
     http_version: str
 
+    # True once the connection must be closed after the bytes of data_to_send() are written (HTTP/1.1
+    # Connection: close / HTTP/1.0 / an answered protocol error; HTTP/2 after GOAWAY with no open stream).
+    @property
+    def must_close(self) -> bool: ...
+
     def receive_data(self, data: bytes) -> list[Event]: ...
 
     def send_response_head(self, head: ResponseHead, *, end_stream: bool = False) -> None: ...
