@@ -1,0 +1,218 @@
+"""Wiring: config → CA / serving certificate → roles → cluster registry and its sources → lock list →
+audit sink → ``proxy.app.Proxy``; one ``ProxyService`` per process (see ``kubegate.workers``).
+
+    service = ProxyService(cfg, host, port, worker_index)
+    await service.start()          # bind (SO_REUSEPORT), serve; service.port is the bound port
+    service.readiness()            # (True, "") once listening with roles and clusters loaded
+    await service.stop(grace)      # graceful: stop accepting, drain, close
+
+``prepare(cfg)`` does the one-time, process-independent work (CA, serving certificate, directories)
+so that with several workers the supervisor does it once before the workers start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubegate.config import Config
+
+log = logging.getLogger("kubegate.app")
+
+
+class StartupError(RuntimeError):
+    """kubegate cannot start with this configuration (the message says why and what to do)."""
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    cert_file: str
+    key_file: str
+    client_ca_file: str
+
+
+def prepare(cfg: Config) -> TLSFiles:
+    """Create the state directory, the CA (first start) and the serving certificate when the config
+    does not name its own. Idempotent; safe to call in every process."""
+    from certs.ca import CertificateAuthority, server_hosts
+
+    Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
+    tls = cfg.proxy.tls
+    ca = None
+    if tls.cert_file is None or cfg.proxy.client_ca_file is None:
+        ca, created = CertificateAuthority.load_or_create(cfg.ca_dir)
+        if created:
+            log.info("created the kubegate CA", extra={"ca_dir": cfg.ca_dir,
+                                                       "fingerprint": ca.fingerprint_sha256})
+    if tls.cert_file is not None and tls.key_file is not None:
+        cert_file, key_file = tls.cert_file, tls.key_file
+    else:
+        assert ca is not None
+        hosts = server_hosts([cfg.proxy.public_address], str(cfg.proxy.listen))
+        cert_path, key_path, issued = ca.ensure_server_certificate(hosts)
+        if issued:
+            log.info("issued the proxy's serving certificate", extra={"hosts": hosts})
+        cert_file, key_file = str(cert_path), str(key_path)
+    client_ca = cfg.proxy.client_ca_file or (str(ca.cert_path) if ca is not None else "")
+    for what, path in (("proxy.tls.cert_file", cert_file), ("proxy.tls.key_file", key_file),
+                       ("proxy.client_ca_file", client_ca)):
+        if not os.path.isfile(path):
+            raise StartupError(f"{what}: {path} does not exist")
+    return TLSFiles(cert_file, key_file, client_ca)
+
+
+def load_roles(cfg: Config) -> Any:
+    """The hot-reloading role source; refuses to start without a valid role directory."""
+    from rbac.roles import RoleError, RoleWatcher
+
+    roles_dir = Path(cfg.auth.roles_dir)
+    if not roles_dir.is_dir():
+        raise StartupError(
+            f"auth.roles_dir: {roles_dir} is not a directory: kubegate needs roles to decide anything "
+            "(see examples/roles/)")
+
+    def on_error(exc: RoleError) -> None:
+        log.error("roles failed to reload; keeping the last good set", extra={"error": str(exc)})
+
+    def on_reload(roles: Any) -> None:
+        log.info("roles reloaded", extra={"roles": roles.names()})
+
+    try:
+        watcher = RoleWatcher(roles_dir, time.monotonic, on_error=on_error, on_reload=on_reload)
+    except RoleError as exc:
+        raise StartupError(f"auth.roles_dir: {exc}") from None
+    names = watcher.current().names()
+    if not names:
+        log.warning("the roles directory holds no roles: every request will be denied",
+                    extra={"roles_dir": str(roles_dir)})
+    log.info("roles loaded", extra={"roles": names})
+    return watcher
+
+
+def build_registry(cfg: Config) -> Any:
+    """The cluster registry, filled from ``kubernetes_service.kubeconfig_files`` (each context → a
+    cluster) and the ``kube_cluster`` sources that the discovery part provides."""
+    from discovery.kubeconfig import kubeconfig_clusters_with_errors
+    from discovery.registry import ClusterRegistry
+
+    registry = ClusterRegistry([dict(r.labels) for r in cfg.kubernetes_service.resources])
+    for path in cfg.kubernetes_service.kubeconfig_files:
+        try:
+            clusters, errors = kubeconfig_clusters_with_errors(path)
+        except Exception as exc:  # DiscoveryError: unreadable / not a kubeconfig
+            log.error("cannot load kubeconfig file", extra={"path": path, "error": str(exc)})
+            continue
+        registry.replace_source(f"kubeconfig:{path}", clusters)
+        log.info("clusters from kubeconfig", extra={
+            "path": path, "clusters": [c.name for c in clusters], "skipped": len(errors)})
+    return registry
+
+
+@dataclass
+class ProxyService:
+    """One full proxy in this process (see the module docstring)."""
+
+    cfg: Config
+    host: str
+    port: int
+    worker_index: int = 0
+    proxy: Any = None
+    registry: Any = None
+    roles: Any = None
+    audit: Any = None
+    _sockets: list[Any] = field(default_factory=list)
+    _started: bool = False
+    _stopping: bool = False
+    _background: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    @classmethod
+    def factory(cls, cfg: Config, host: str, port: int, worker_index: int) -> ProxyService:
+        return cls(cfg, host, port, worker_index)
+
+    async def start(self) -> None:
+        from kubegate.workers import reuseport_socket
+
+        tls = prepare(self.cfg)
+        self.roles = load_roles(self.cfg)
+        self.registry = build_registry(self.cfg)
+        self.audit = _audit_sink(self.cfg)
+        ssl_context = _server_context(tls)
+        self.proxy = _make_proxy(self.cfg, ssl_context, tls, self.registry, self.roles, self.audit)
+        sock = reuseport_socket(self.host, self.port, listen=True, backlog=min(
+            4096, self.cfg.proxy.limits.max_connections))
+        self._sockets.append(sock)
+        self.port = sock.getsockname()[1]
+        await self.proxy.start([sock])
+        self._started = True
+        log.info("proxy listening", extra={"listen": f"{self.host}:{self.port}", "worker": self.worker_index})
+
+    def readiness(self) -> tuple[bool, str]:
+        if self._stopping:
+            return False, "shutting down"
+        if not self._started:
+            return False, "starting"
+        ready = getattr(self.proxy, "readiness", None)
+        if callable(ready):
+            return ready()
+        return True, ""
+
+    async def stop(self, grace: float) -> None:
+        self._stopping = True
+        if self.proxy is not None and self._started:
+            await self.proxy.shutdown(grace)
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._sockets.clear()
+        for task in self._background:
+            task.cancel()
+        if self.audit is not None and hasattr(self.audit, "close"):
+            self.audit.close()
+
+
+def _server_context(tls: TLSFiles) -> ssl.SSLContext:
+    from proxy.tls import server_context
+
+    return server_context(tls.cert_file, tls.key_file, tls.client_ca_file)
+
+
+def _audit_sink(cfg: Config) -> Any:
+    from proxy.audit import AuditLog
+
+    if not cfg.audit.enabled:
+        return None
+    path = cfg.audit_log_file
+    if path == "-":
+        return _StdoutAudit()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return AuditLog(path)
+
+
+class _StdoutAudit:
+    def __call__(self, event: dict[str, Any]) -> None:
+        import json
+        import sys
+
+        sys.stdout.write(json.dumps(event, separators=(",", ":"), default=str) + "\n")
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        pass
+
+
+def _make_proxy(cfg: Config, ssl_context: ssl.SSLContext, tls: TLSFiles, registry: Any, roles: Any,
+                audit: Any) -> Any:
+    from proxy.app import Proxy
+
+    from certs.locks import LockList
+
+    locks = LockList(cfg.locks_file)
+    return Proxy.from_config(cfg, ssl_context=ssl_context, clusters=registry, roles=roles, locks=locks,
+                             audit=audit)
