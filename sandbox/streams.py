@@ -777,9 +777,8 @@ class WsChannels(Channels):
     async def send(self, channel: int, data: bytes) -> None:
         await self._write(self.ws.send(self.codec.encode(channel, data)))
 
-    async def close_channel(self, channel: int) -> None:
-        if self.codec.protocol.close_frames:
-            await self._write(self.ws.send(self.codec.encode_close(channel)))
+    # close_channel: no-op. v5 close messages go client -> server only (client-go's reader logs
+    # "Unknown stream" for a 255 from the server); the server ends its output by closing the WebSocket.
 
     async def finish(self, status: dict[str, Any] | None, error_text: str) -> None:
         if self.codec.protocol.status_errors and status is not None:
