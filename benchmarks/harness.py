@@ -1,0 +1,455 @@
+"""The benchmark harness: the same load against the sandbox directly and through kubegate, in one run.
+
+    python -m benchmarks [--quick] [--duration S] [--only requests,watches,exec,events] [--out DIR]
+    kubegate bench …                                   (the same)
+
+What it does:
+1. starts the sandbox cluster in its own process (``benchmarks.sandbox_proc``), seeded with 500 pods;
+2. writes a kubegate state (CA, demo roles, user certificate, config naming the sandbox) and starts
+   ``kubegate start`` in its own process, pinned to CPU 0 with ``taskset -c 0`` when there are ≥ 2
+   CPUs; the load generator (this process) and the sandbox are pinned to CPU 1;
+3. measures, for GET one pod and LIST 500 pods, over HTTP/1.1 and h2, at 1/16/64 concurrent clients,
+   against the sandbox directly and through kubegate: requests/s, p50/p99 latency, and the proxy's CPU
+   time per request (its utime+stime from ``/proc/<pid>/stat`` ÷ requests: robust on a noisy machine);
+4. proxy memory (RSS delta) with 1,000 and 10,000 idle watches (raises ``ulimit -n`` first);
+5. exec stdout relay (``head -c N /dev/zero`` over WebSocket) MB/s and proxy CPU-seconds per GB;
+6. watch event relay: proxy CPU per 1,000 events;
+then prints a table and writes ``benchmarks/results/<timestamp>.json`` (gitignored).
+
+Everything is bounded: each request cell runs ``duration`` seconds; counts are fixed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from benchmarks import load
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+GET_PATH = "/api/v1/namespaces/bench/pods/pod-0"
+LIST_PATH = "/api/v1/namespaces/bench/pods"
+IDLE_WATCH_PATH = "/api/v1/namespaces/bench-idle/configmaps?watch=true"
+EVENT_WATCH_PATH = "/api/v1/namespaces/bench-watch/configmaps?watch=true"
+
+
+@dataclass
+class Settings:
+    mode: str = "full"
+    duration: float = 3.0
+    concurrencies: tuple[int, ...] = (1, 16, 64)
+    protocols: tuple[str, ...] = ("h1", "h2")
+    operations: tuple[str, ...] = ("get", "list")
+    pods: int = 500
+    idle_watches: tuple[int, ...] = (1000, 10000)
+    exec_bytes: int = 256 * 1024 * 1024
+    watch_events: int = 5000
+    only: tuple[str, ...] = ("requests", "watches", "exec", "events")
+    workers: int = 1
+    out_dir: str = str(RESULTS_DIR)
+    pin: bool = True
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(mode="quick", duration=0.3, concurrencies=(1, 4), pods=20, idle_watches=(20,),
+                   exec_bytes=1024 * 1024, watch_events=50)
+
+
+# ------------------------------------------------------------------------------------ /proc helpers
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm", "rb") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _can_pin() -> bool:
+    return shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
+
+
+# ------------------------------------------------------------------------------------- processes
+
+class Processes:
+    """The sandbox and the proxy under test, as child processes; ``close()`` ends both."""
+
+    def __init__(self, settings: Settings, workdir: Path) -> None:
+        self.settings = settings
+        self.workdir = workdir
+        self.sandbox: subprocess.Popen[str] | None = None
+        self.proxy: subprocess.Popen[bytes] | None = None
+        self.sandbox_info: dict = {}
+        self.state = None
+        self.pinned = settings.pin and _can_pin()
+        self.proxy_log = workdir / "proxy.log"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        return env
+
+    def start(self) -> None:
+        from kubegate.demo import free_port, prepare_demo_state
+
+        cmd = [sys.executable, "-m", "benchmarks.sandbox_proc", str(self.workdir / "sandbox"),
+               "--pods", str(self.settings.pods)]
+        if self.pinned:
+            cmd = ["taskset", "-c", "1", *cmd]
+        self.sandbox = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env=self._env(), cwd=ROOT)
+        assert self.sandbox.stdout is not None
+        line = self.sandbox.stdout.readline()
+        if not line:
+            raise RuntimeError("the sandbox process did not start")
+        self.sandbox_info = json.loads(line)
+
+        proxy_port, metrics_port = free_port(), free_port()
+        self.state = prepare_demo_state(
+            self.workdir / "state", self.sandbox_info["admin_kubeconfig"], proxy_port=proxy_port,
+            metrics_port=metrics_port, workers=self.settings.workers, log_level="warning",
+            extra_config={"audit": {"enabled": False}})
+        cmd = [sys.executable, "-m", "kubegate", "start", "-c", str(self.state.config_path)]
+        if self.pinned and self.settings.workers == 1:
+            cmd = ["taskset", "-c", "0", *cmd]
+        log_file = open(self.proxy_log, "wb")  # noqa: SIM115 - closed in close()
+        self._log_file = log_file
+        self.proxy = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=self._env(), cwd=ROOT)
+        self._wait_ready(metrics_port)
+        if self.pinned:
+            os.sched_setaffinity(0, {1})
+
+    def _wait_ready(self, metrics_port: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{metrics_port}/readyz"
+        while time.monotonic() < deadline:
+            assert self.proxy is not None
+            if self.proxy.poll() is not None:
+                raise RuntimeError(f"kubegate exited ({self.proxy.returncode}):\n{self.proxy_log.read_text()[-3000:]}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            time.sleep(0.1)
+        raise RuntimeError(f"kubegate not ready after {timeout}s:\n{self.proxy_log.read_text()[-3000:]}")
+
+    @property
+    def proxy_pid(self) -> int:
+        assert self.proxy is not None
+        return self.proxy.pid
+
+    def direct(self) -> load.Endpoint:
+        info = self.sandbox_info
+        return load.Endpoint("127.0.0.1", info["port"], info["ca_file"], info["cert_file"], info["key_file"])
+
+    def through_proxy(self) -> load.Endpoint:
+        st = self.state
+        assert st is not None
+        return load.Endpoint("127.0.0.1", st.proxy_port, str(st.ca_file), str(st.cert_file), str(st.key_file),
+                             prefix=f"/k8s/clusters/{st.cluster_name}")
+
+    def close(self) -> None:
+        if self.proxy is not None and self.proxy.poll() is None:
+            self.proxy.send_signal(signal.SIGTERM)
+            try:
+                self.proxy.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proxy.kill()
+                self.proxy.wait()
+        if getattr(self, "_log_file", None) is not None:
+            self._log_file.close()
+        if self.sandbox is not None and self.sandbox.poll() is None:
+            assert self.sandbox.stdin is not None
+            with contextlib.suppress(OSError):
+                self.sandbox.stdin.close()
+            try:
+                self.sandbox.wait(20)
+            except subprocess.TimeoutExpired:
+                self.sandbox.kill()
+                self.sandbox.wait()
+
+
+# -------------------------------------------------------------------------------------- measuring
+
+@dataclass
+class Cell:
+    op: str
+    protocol: str
+    concurrency: int
+    direct: dict = field(default_factory=dict)
+    proxy: dict = field(default_factory=dict)
+    proxy_cpu_us_per_request: float = 0.0
+    added_p50_ms: float = 0.0
+
+
+async def measure_requests(procs: Processes, settings: Settings) -> list[Cell]:
+    paths = {"get": GET_PATH, "list": LIST_PATH}
+    cells: list[Cell] = []
+    direct, proxied = procs.direct(), procs.through_proxy()
+    for protocol in settings.protocols:
+        for ep in (direct, proxied):  # warm both paths (connections, caches, upstream pool)
+            await load.run_load(ep, GET_PATH, protocol=protocol, concurrency=4,
+                                duration=min(0.5, settings.duration))
+        for op in settings.operations:
+            for conc in settings.concurrencies:
+                cell = Cell(op, protocol, conc)
+                res = await load.run_load(direct, paths[op], protocol=protocol, concurrency=conc,
+                                          duration=settings.duration)
+                cell.direct = res.summary()
+                cpu0 = cpu_seconds(procs.proxy_pid)
+                res = await load.run_load(proxied, paths[op], protocol=protocol, concurrency=conc,
+                                          duration=settings.duration)
+                cpu = cpu_seconds(procs.proxy_pid) - cpu0
+                cell.proxy = res.summary()
+                ok = max(1, res.requests - res.errors)
+                cell.proxy_cpu_us_per_request = round(cpu / ok * 1e6, 1)
+                cell.added_p50_ms = round(cell.proxy["p50_ms"] - cell.direct["p50_ms"], 3)
+                cells.append(cell)
+                print(f"  {op:4} {protocol} c={conc:<3} direct {cell.direct['rps']:>8} rps   "
+                      f"proxy {cell.proxy['rps']:>8} rps  {cell.proxy_cpu_us_per_request:>7} µs CPU/req",
+                      file=sys.stderr, flush=True)
+    return cells
+
+
+async def measure_idle_watches(procs: Processes, settings: Settings) -> list[dict]:
+    out = []
+    proxied = procs.through_proxy()
+    for count in settings.idle_watches:
+        await asyncio.sleep(1.0)
+        rss0 = rss_bytes(procs.proxy_pid)
+        holder = load.WatchHolder(proxied, IDLE_WATCH_PATH, count)
+        t0 = time.perf_counter()
+        try:
+            await holder.open(timeout=max(30.0, count / 50))
+            opened_in = time.perf_counter() - t0
+            await asyncio.sleep(1.0)
+            rss1 = rss_bytes(procs.proxy_pid)
+        finally:
+            await holder.close()
+        delta = rss1 - rss0
+        entry = {"watches": count, "opened": holder.opened, "failed": holder.failed,
+                 "open_seconds": round(opened_in, 2), "rss_before_mib": round(rss0 / 2**20, 1),
+                 "rss_after_mib": round(rss1 / 2**20, 1), "rss_delta_mib": round(delta / 2**20, 1),
+                 "kib_per_watch": round(delta / 1024 / max(1, holder.opened), 2)}
+        out.append(entry)
+        print(f"  idle watches {count}: opened {holder.opened}, {entry['kib_per_watch']} KiB/watch",
+              file=sys.stderr, flush=True)
+    return out
+
+
+async def measure_exec(procs: Processes, settings: Settings) -> dict:
+    pod = "/api/v1/namespaces/bench/pods/pod-0"
+    nbytes, secs = await load.exec_stdout(procs.direct(), pod, settings.exec_bytes)
+    direct = {"bytes": nbytes, "seconds": round(secs, 3), "mb_per_s": round(nbytes / secs / 1e6, 1) if secs else 0}
+    cpu0 = cpu_seconds(procs.proxy_pid)
+    nbytes, secs = await load.exec_stdout(procs.through_proxy(), pod, settings.exec_bytes)
+    cpu = cpu_seconds(procs.proxy_pid) - cpu0
+    proxied = {"bytes": nbytes, "seconds": round(secs, 3), "mb_per_s": round(nbytes / secs / 1e6, 1) if secs else 0,
+               "proxy_cpu_seconds": round(cpu, 3),
+               "proxy_cpu_seconds_per_gb": round(cpu / nbytes * 1e9, 2) if nbytes else None}
+    print(f"  exec stdout: direct {direct['mb_per_s']} MB/s, proxy {proxied['mb_per_s']} MB/s, "
+          f"{proxied['proxy_cpu_seconds_per_gb']} CPU-s/GB", file=sys.stderr, flush=True)
+    return {"direct": direct, "proxy": proxied, "requested_bytes": settings.exec_bytes}
+
+
+async def measure_watch_events(procs: Processes, settings: Settings) -> dict:
+    direct = procs.direct()
+    run = int(time.time() * 1000) % 10**9
+    n = settings.watch_events
+    conns = [await load.h1_connect(direct) for _ in range(8)]
+
+    async def trigger() -> None:
+        async def creator(k: int) -> None:
+            conn = conns[k]
+            for i in range(k, n, len(conns)):
+                body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap",
+                                   "metadata": {"name": f"cm-{run}-{i}", "namespace": "bench-watch"},
+                                   "data": {"key": "v" * 64}}).encode()
+                status, _ = await conn.request(load.h1_request_bytes(
+                    "POST", "/api/v1/namespaces/bench-watch/configmaps", direct.authority, body))
+                if status >= 300:
+                    raise RuntimeError(f"creating a configmap answered {status}")
+        await asyncio.gather(*(creator(k) for k in range(len(conns))))
+
+    cpu0 = cpu_seconds(procs.proxy_pid)
+    # resourceVersion is omitted: the watch starts "now" only if the sandbox honours it; existing
+    # configmaps (earlier runs) would come first as ADDED, so count only what we create on top.
+    events, secs = await load.watch_events(procs.through_proxy(), EVENT_WATCH_PATH + "&resourceVersion=0",
+                                           expect=n, trigger=trigger)
+    cpu = cpu_seconds(procs.proxy_pid) - cpu0
+    for conn in conns:
+        assert conn.transport is not None
+        conn.transport.close()
+    result = {"events": events, "seconds": round(secs, 3), "proxy_cpu_seconds": round(cpu, 4),
+              "proxy_cpu_ms_per_1000_events": round(cpu / max(1, events) * 1000 * 1000, 2)}
+    print(f"  watch events: {events} in {result['seconds']} s, "
+          f"{result['proxy_cpu_ms_per_1000_events']} ms CPU / 1000 events", file=sys.stderr, flush=True)
+    return result
+
+
+# ------------------------------------------------------------------------------------------ report
+
+def render_table(report: dict) -> str:
+    lines = []
+    cells = report.get("requests") or []
+    if cells:
+        lines.append("| op | proto | clients | direct req/s | direct p50/p99 ms | kubegate req/s | "
+                     "kubegate p50/p99 ms | added p50 ms | kubegate CPU µs/req |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for c in cells:
+            d, p = c["direct"], c["proxy"]
+            lines.append(
+                f"| {c['op'].upper()} | {'HTTP/1.1' if c['protocol'] == 'h1' else 'h2'} | {c['concurrency']} | "
+                f"{d['rps']:.0f} | {d['p50_ms']:.2f} / {d['p99_ms']:.2f} | {p['rps']:.0f} | "
+                f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f} | {c['added_p50_ms']:+.2f} | "
+                f"{c['proxy_cpu_us_per_request']:.0f} |")
+    if report.get("idle_watches"):
+        lines.append("")
+        lines.append("| idle watches | opened | proxy RSS delta MiB | KiB per watch |")
+        lines.append("|---:|---:|---:|---:|")
+        for w in report["idle_watches"]:
+            lines.append(f"| {w['watches']} | {w['opened']} | {w['rss_delta_mib']} | {w['kib_per_watch']} |")
+    if report.get("exec"):
+        e = report["exec"]
+        lines.append("")
+        lines.append(f"exec stdout relay: direct {e['direct']['mb_per_s']} MB/s, through kubegate "
+                     f"{e['proxy']['mb_per_s']} MB/s, kubegate {e['proxy']['proxy_cpu_seconds_per_gb']} "
+                     f"CPU-seconds per GB ({e['proxy']['bytes'] / 2**20:.0f} MiB)")
+    if report.get("watch_events"):
+        w = report["watch_events"]
+        lines.append(f"watch event relay: {w['events']} events, kubegate "
+                     f"{w['proxy_cpu_ms_per_1000_events']} ms CPU per 1,000 events")
+    return "\n".join(lines)
+
+
+def _git_commit() -> str:
+    with contextlib.suppress(Exception):
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=5).stdout.strip()
+    return ""
+
+
+def run(settings: Settings) -> dict:
+    load.install_uvloop()
+    nofile = raise_nofile()
+    workdir = Path(tempfile.mkdtemp(prefix="kubegate-bench-"))
+    procs = Processes(settings, workdir)
+    report: dict = {
+        "meta": {"mode": settings.mode, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "commit": _git_commit(), "python": platform.python_version(), "cpus": os.cpu_count(),
+                 "cpu_model": _cpu_model(), "nofile": nofile, "settings": asdict(settings)},
+    }
+    affinity = os.sched_getaffinity(0)
+    try:
+        procs.start()
+        report["meta"]["pinned"] = procs.pinned
+        report["meta"]["proxy_workers"] = settings.workers
+
+        async def main() -> None:
+            if "requests" in settings.only:
+                print("requests:", file=sys.stderr, flush=True)
+                report["requests"] = [asdict(c) for c in await measure_requests(procs, settings)]
+            if "watches" in settings.only:
+                print("idle watches:", file=sys.stderr, flush=True)
+                report["idle_watches"] = await measure_idle_watches(procs, settings)
+            if "exec" in settings.only:
+                report["exec"] = await measure_exec(procs, settings)
+            if "events" in settings.only:
+                report["watch_events"] = await measure_watch_events(procs, settings)
+
+        asyncio.run(main())
+    finally:
+        procs.close()
+        os.sched_setaffinity(0, affinity)
+        shutil.rmtree(workdir, ignore_errors=True)
+    report["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out_dir = Path(settings.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{settings.mode}.json"
+    path.write_text(json.dumps(report, indent=2))
+    report["meta"]["json_path"] = str(path)
+    return report
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny numbers (seconds, for smoke tests): 20 pods, 1 and 4 clients, 0.3 s cells")
+    parser.add_argument("--duration", type=float, help="seconds per request cell (default 3, quick 0.3)")
+    parser.add_argument("--concurrency", help="comma-separated client counts (default 1,16,64)")
+    parser.add_argument("--only", help="comma-separated parts: requests,watches,exec,events (default all)")
+    parser.add_argument("--idle-watches", help="comma-separated idle watch counts (default 1000,10000)")
+    parser.add_argument("--workers", type=int, default=1, help="kubegate worker processes (default 1)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs with taskset")
+    parser.add_argument("--out", help=f"directory for the JSON result (default {RESULTS_DIR})")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    settings = Settings.quick() if args.quick else Settings()
+    if args.duration:
+        settings.duration = args.duration
+    if args.concurrency:
+        settings.concurrencies = tuple(int(x) for x in args.concurrency.split(","))
+    if args.only:
+        settings.only = tuple(x.strip() for x in args.only.split(","))
+    if args.idle_watches:
+        settings.idle_watches = tuple(int(x) for x in args.idle_watches.split(","))
+    settings.workers = args.workers
+    settings.pin = not args.no_pin
+    if args.out:
+        settings.out_dir = args.out
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    return run_and_print(settings_from_args(args))
+
+
+def run_and_print(settings: Settings) -> int:
+    report = run(settings)
+    print(render_table(report))
+    print(f"\nJSON: {report['meta']['json_path']}")
+    return 0
