@@ -40,7 +40,7 @@ Decisions (``rbac.decision``, ``rbac.impersonation``)::
         Decision.allowed, .status (200/403/404), .body (Status JSON bytes when denied), .reason,
         .message, .user, .groups (send as Impersonate-User / Impersonate-Group, REPLACING the
         client's headers), .filter (ItemFilter | None), .force_json (== filter is not None),
-        .matched_roles, .denied_by
+        .matched_roles, .denied_by, .review (set on self-review creates: see below)
     cluster_visible(identity, roles, labels, cluster_name=None) -> bool
     cluster_not_found_body(cluster_name) -> bytes  # the same 404 for unknown and invisible clusters
 
@@ -53,7 +53,7 @@ Access reviews (``rbac.reviews``)::
 
     review_access(identity, roles, cluster_name, labels, ssar_body: dict, catalog) -> ReviewOutcome
         .ask_cluster: bool      # True: forward the SSAR upstream (as the impersonated user)
-        .response: dict | None  # when kubegate denies: the SSAR with status.allowed=false
+        .response: dict | None  # when kubegate denies: answer it yourself, HTTP 201, this JSON
     restrict_rules_review(identity, roles, cluster_name, labels, ssrr_response: dict) -> dict
         # the cluster's SelfSubjectRulesReview answer intersected with kubegate's rules
 
@@ -69,6 +69,7 @@ from rbac.decision import Decision, ItemFilter, cluster_not_found_body, cluster_
 from rbac.impersonation import ImpersonationRequest
 from rbac.labels import labels_match, value_matches
 from rbac.request import RequestInfo, RequestParseError, parse_request
+from rbac.reviews import ReviewOutcome, restrict_rules_review, review_access
 from rbac.roles import Role, RoleError, RoleSet, RoleWatcher, load_roles_dir
 from rbac.status import status_body
 
@@ -79,6 +80,7 @@ __all__ = [
     "RequestInfo",
     "RequestParseError",
     "ResourceCatalog",
+    "ReviewOutcome",
     "ResourceInfo",
     "Role",
     "RoleError",
@@ -90,6 +92,8 @@ __all__ = [
     "labels_match",
     "load_roles_dir",
     "parse_request",
+    "restrict_rules_review",
+    "review_access",
     "status_body",
     "value_matches",
 ]

@@ -6,22 +6,24 @@ Rules, in order:
    role's deny ``kubernetes_labels`` match (trait templates in label values are expanded first). A
    certificate pinned to another cluster sees nothing. Not visible → 404, worded like an unknown cluster.
 2. Client impersonation headers are checked (``rbac.impersonation``): ``-Uid``/``-Extra-*`` → 403.
-3. Non-resource paths: discovery, version, OpenAPI and health paths are allowed; others → 403.
-4. Resource requests: deny rules of EVERY role of the identity are checked first (whatever their labels);
+3. Creating a self review (SelfSubjectAccessReview, SelfSubjectRulesReview, SelfSubjectReview) is
+   allowed; ``Decision.review`` tells the proxy to apply ``rbac.reviews`` to it.
+4. Non-resource paths: discovery, version, OpenAPI and health paths are allowed; others → 403.
+5. Resource requests: deny rules of EVERY role of the identity are checked first (whatever their labels);
    then some allow rule of a role whose allow labels match the cluster must match, in that same role.
    A rule matches when its verbs contain the verb (or ``*``), and kind / api_group / name / namespace
    patterns match (``rbac.labels.value_matches``; the namespace of cluster-scoped resources is
    ignored). ``kind: namespaces, name: X`` matches everything inside namespace X (and the namespace
    object X). An allow rule naming resources in namespace X also lets its holder get/list/watch the
    namespace object X (Teleport does the same, so ``kubectl get ns`` works).
-5. Unknown resources (not in the catalog): an allow rule matches only when its kind is ``*`` or the
+6. Unknown resources (not in the catalog): an allow rule matches only when its kind is ``*`` or the
    resource plural literally; ``kind: namespaces`` scopes do not cover them. Deny rules match them as
    usual (fail closed).
-6. Lists and watches (and the collection a fieldSelector=metadata.name narrows): allowed without a
+7. Lists and watches (and the collection a fieldSelector=metadata.name narrows): allowed without a
    filter when an allow rule covers the whole collection and no deny rule can match any of its items;
    allowed with ``Decision.filter`` when rules only cover some items; 403 when none can match.
    ``deletecollection`` needs full cover (it cannot be filtered).
-7. Impersonation: union of ``kubernetes_users`` / ``kubernetes_groups`` over the roles whose allow rules
+8. Impersonation: union of ``kubernetes_users`` / ``kubernetes_groups`` over the roles whose allow rules
    matched, minus every role's denied ones; see ``rbac.impersonation.resolve_impersonation``.
 
 Subresources are checked as their parent resource with the verb of the request (``pods/log`` → get on
@@ -60,6 +62,14 @@ __all__ = [
 
 _MATCH_ALL = frozenset({"*", "^.*$", "^.+$"})
 _READ_VERBS = frozenset({"get", "list", "watch"})
+# "Self" reviews reveal only the caller's own permissions: anyone who sees the cluster may create them.
+SELF_REVIEWS = frozenset(
+    {
+        ("authorization.k8s.io", "selfsubjectaccessreviews"),
+        ("authorization.k8s.io", "selfsubjectrulesreviews"),
+        ("authentication.k8s.io", "selfsubjectreviews"),
+    }
+)
 
 
 def cluster_not_found_body(cluster_name: str) -> bytes:
@@ -246,6 +256,7 @@ class Decision:
     info: RequestInfo | None = None
     matched_roles: tuple[str, ...] = ()  # roles whose allow rules granted the request
     denied_by: str | None = None  # the role whose deny rule matched
+    review: str | None = None  # "selfsubjectaccessreviews" | "selfsubjectrulesreviews" | "selfsubjectreviews"
 
     @property
     def force_json(self) -> bool:
@@ -321,6 +332,11 @@ def decide(
             return _deny(info, "non_resource_denied", msg)
         return _with_impersonation(identity, allowing, mine, info, impersonation, None, "allowed")
 
+    if info.verb == "create" and not info.subresource and (info.api_group, info.resource) in SELF_REVIEWS:
+        return _with_impersonation(
+            identity, allowing, mine, info, impersonation, None, "allowed", info.resource
+        )
+
     t = _target(info)
     # 1. deny rules of every role
     collection = info.is_collection or (
@@ -389,6 +405,7 @@ def _with_impersonation(
     impersonation: ImpersonationRequest,
     item_filter: ItemFilter | None,
     reason: str,
+    review: str | None = None,
 ) -> Decision:
     users, groups = allowed_principals(granting, mine, identity.traits)
     try:
@@ -397,5 +414,16 @@ def _with_impersonation(
         what = _describe(info) if info.is_resource_request else f'non-resource URL "{info.path}"'
         return _deny(info, "impersonation_refused", f"{what} is forbidden: {exc}")
     return Decision(
-        True, 200, reason, "", None, user, chosen, item_filter, info, tuple(r.name for r in granting)
+        True,
+        200,
+        reason,
+        "",
+        None,
+        user,
+        chosen,
+        item_filter,
+        info,
+        tuple(r.name for r in granting),
+        None,
+        review,
     )
