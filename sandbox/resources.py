@@ -1,0 +1,134 @@
+"""The sandbox's resource catalog: what discovery advertises and what the API serves.
+
+One ``ResourceType`` per (group, version, plural). Subresources are listed apart (``SUBRESOURCES``)
+because discovery shows them as ``pods/status`` entries and RBAC names them ``pods/exec``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CRUD_VERBS: tuple[str, ...] = (
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+)
+READ_VERBS: tuple[str, ...] = ("get", "list", "watch")
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceType:
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+    verbs: tuple[str, ...] = CRUD_VERBS
+    short_names: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    singular: str = ""
+    # create-only virtual resources (reviews) are answered by the ReviewService, never stored
+    virtual: bool = False
+    # strategic merge patch is only understood for built-in kinds (the apiserver answers 415 for CRs)
+    builtin: bool = True
+    list_kind: str = ""
+    subresources: tuple[str, ...] = field(default=())
+
+    @property
+    def group_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def singular_name(self) -> str:
+        return self.singular or self.kind.lower()
+
+    @property
+    def list_kind_name(self) -> str:
+        return self.list_kind or f"{self.kind}List"
+
+
+CUSTOM_GROUP = "example.kubegate.dev"
+
+RESOURCES: tuple[ResourceType, ...] = (
+    ResourceType("", "v1", "namespaces", "Namespace", False, ("create", "delete", "get", "list", "patch", "update", "watch"),
+                 ("ns",), subresources=("status",)),
+    ResourceType("", "v1", "pods", "Pod", True, CRUD_VERBS, ("po",), ("all",),
+                 subresources=("status", "log", "exec", "attach", "portforward")),
+    ResourceType("", "v1", "configmaps", "ConfigMap", True, CRUD_VERBS, ("cm",)),
+    ResourceType("", "v1", "secrets", "Secret", True, CRUD_VERBS),
+    ResourceType("", "v1", "services", "Service", True, CRUD_VERBS, ("svc",), ("all",), subresources=("status",)),
+    ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, CRUD_VERBS, ("sa",)),
+    ResourceType("", "v1", "events", "Event", True, CRUD_VERBS, ("ev",)),
+    ResourceType("", "v1", "nodes", "Node", False, CRUD_VERBS, ("no",), subresources=("status",)),
+    ResourceType("apps", "v1", "deployments", "Deployment", True, CRUD_VERBS, ("deploy",), ("all",),
+                 subresources=("status",)),
+    ResourceType("rbac.authorization.k8s.io", "v1", "roles", "Role", True),
+    ResourceType("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
+    ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
+    ResourceType("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False),
+    ResourceType("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", False,
+                 ("create",), virtual=True),
+    ResourceType("authorization.k8s.io", "v1", "selfsubjectrulesreviews", "SelfSubjectRulesReview", False,
+                 ("create",), virtual=True),
+    ResourceType("authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview", False,
+                 ("create",), virtual=True),
+    ResourceType("authorization.k8s.io", "v1", "localsubjectaccessreviews", "LocalSubjectAccessReview", True,
+                 ("create",), virtual=True),
+    ResourceType("authentication.k8s.io", "v1", "selfsubjectreviews", "SelfSubjectReview", False,
+                 ("create",), virtual=True),
+    ResourceType(CUSTOM_GROUP, "v1", "widgets", "Widget", True, CRUD_VERBS, ("wg",), ("all",), builtin=False),
+)
+
+# Preferred order of API groups in /apis (the apiserver lists them in a fixed priority order).
+GROUP_ORDER: tuple[str, ...] = (
+    "apps",
+    "authentication.k8s.io",
+    "authorization.k8s.io",
+    "rbac.authorization.k8s.io",
+    CUSTOM_GROUP,
+)
+
+
+class Catalog:
+    """Lookups by (group, plural), by (group, version, plural) and by kind."""
+
+    def __init__(self, resources: tuple[ResourceType, ...] = RESOURCES) -> None:
+        self.resources = resources
+        self._by_gvr: dict[tuple[str, str, str], ResourceType] = {}
+        self._by_gr: dict[tuple[str, str], ResourceType] = {}
+        self._by_kind: dict[tuple[str, str], ResourceType] = {}
+        for rt in resources:
+            self._by_gvr[(rt.group, rt.version, rt.plural)] = rt
+            self._by_gr.setdefault((rt.group, rt.plural), rt)
+            self._by_kind[(rt.group_version, rt.kind)] = rt
+        self.group_versions: dict[str, list[str]] = {}
+        for rt in resources:
+            versions = self.group_versions.setdefault(rt.group, [])
+            if rt.version not in versions:
+                versions.append(rt.version)
+
+    def get(self, group: str, version: str, plural: str) -> ResourceType | None:
+        return self._by_gvr.get((group, version, plural))
+
+    def by_group_resource(self, group: str, plural: str) -> ResourceType | None:
+        return self._by_gr.get((group, plural))
+
+    def by_kind(self, api_version: str, kind: str) -> ResourceType | None:
+        return self._by_kind.get((api_version, kind))
+
+    def in_group_version(self, group: str, version: str) -> list[ResourceType]:
+        return [rt for rt in self.resources if rt.group == group and rt.version == version]
+
+    def has_group_version(self, group: str, version: str) -> bool:
+        return version in self.group_versions.get(group, ())
+
+    def stored(self) -> list[ResourceType]:
+        return [rt for rt in self.resources if not rt.virtual]
+
+
+CATALOG = Catalog()
