@@ -12,8 +12,8 @@ import importlib
 import sys
 
 COMMAND_MODULES: tuple[str, ...] = (
-    # "kubegate.commands.demo",
-    # "kubegate.commands.start",
+    "kubegate.commands.demo",
+    "kubegate.commands.start",
     "kubegate.commands.config",
     # "kubegate.commands.sandbox",
     # "kubegate.commands.ca",
@@ -21,7 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     # "kubegate.commands.kubeconfig",
     # "kubegate.commands.bot",
     # "kubegate.commands.clusters",
-    # "kubegate.commands.bench",
+    "kubegate.commands.bench",
 )
 
 

@@ -1,0 +1,103 @@
+"""``kubegate demo``: the embedded default — a sandbox cluster behind kubegate, ready for kubectl."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run a sandbox cluster behind kubegate and print the kubectl line to try",
+        description=(
+            "Start the embedded sandbox Kubernetes API server (in this process), create a kubegate CA, a "
+            "roles directory with demo roles (demo-admin: everything as group system:masters; viewer: "
+            "read-only, no secrets), issue a demo user certificate, write a kubeconfig whose cluster "
+            "'sandbox' is reached through kubegate, start the proxy and its metrics listener, and print "
+            "the `kubectl --kubeconfig … get pods -A` line to paste. Runs until Ctrl-C, then stops and "
+            "removes its temporary state (kept when --state is given)."
+        ),
+    )
+    parser.add_argument("--state", metavar="DIR",
+                        help="keep the demo state (CA, roles, kubeconfig, audit log) in DIR (default: temporary)")
+    parser.add_argument("--port", type=int, default=0, metavar="N",
+                        help="proxy port on 127.0.0.1 (default: a free port)")
+    parser.add_argument("--metrics-port", type=int, default=0, metavar="N",
+                        help="metrics/healthz/readyz port on 127.0.0.1 (default: a free port)")
+    parser.add_argument("--user", default="demo", help="the demo user's name (default: demo)")
+    parser.add_argument("--role", action="append", dest="roles", metavar="ROLE",
+                        help="role(s) in the demo certificate: demo-admin (default) or viewer; repeatable")
+    parser.set_defaults(func=run)
+
+
+def kubectl_command() -> str:
+    """The kubectl to suggest: the checkout's .tools/bin/kubectl when installed, else the one on PATH."""
+    local = ROOT / ".tools" / "bin" / "kubectl"
+    if local.exists():
+        return str(local)
+    return shutil.which("kubectl") or "kubectl"
+
+
+def run(args: argparse.Namespace) -> int:
+    from kubegate import logging as kglog
+    from kubegate.app import ProxyService
+    from kubegate.config import load_config
+    from kubegate.demo import free_port, prepare_demo_state
+    from kubegate.workers import install_uvloop, serve_single
+
+    temporary = args.state is None
+    state_dir = Path(args.state).resolve() if args.state else Path(tempfile.mkdtemp(prefix="kubegate-demo-"))
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = state_dir / "kubegate.log"
+    log_stream = open(log_path, "a", buffering=1)  # noqa: SIM115 - closed below
+    kglog.configure("info", "json", log_stream)
+    roles = tuple(args.roles or ("demo-admin",))
+    try:
+        from sandbox.testing import running_sandbox
+
+        print("starting the sandbox cluster …", flush=True)
+        with running_sandbox(state_dir / "sandbox") as sb:
+            state = prepare_demo_state(
+                state_dir, sb.admin_kubeconfig, proxy_port=args.port or free_port(),
+                metrics_port=args.metrics_port or free_port(), user=args.user, roles=roles)
+            cfg = load_config(str(state.config_path))
+
+            def on_ready(service: object, metrics: object) -> None:
+                kubectl = kubectl_command()
+                print(f"""
+kubegate is running: https://127.0.0.1:{state.proxy_port} → cluster '{state.cluster_name}' (sandbox at {sb.url})
+  user {args.user!r} with roles {', '.join(roles)}; state in {state_dir}{' (temporary)' if temporary else ''}
+  metrics: http://127.0.0.1:{state.metrics_port}/metrics   logs: {log_path}   audit: {cfg.audit_log_file}
+
+Try it (in another terminal):
+
+  {shlex.quote(kubectl)} --kubeconfig {shlex.quote(str(state.kubeconfig_path))} get pods -A
+
+Press Ctrl-C to stop.""", flush=True)
+
+            install_uvloop()
+
+            async def main() -> None:
+                stop = asyncio.Event()
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, stop.set)
+                await serve_single(cfg, ProxyService.factory, stop, on_ready)
+
+            asyncio.run(main())
+            print("\nstopping …", flush=True)
+    finally:
+        log_stream.close()
+        if temporary:
+            shutil.rmtree(state_dir, ignore_errors=True)
+    print("stopped" + ("" if temporary else f"; state kept in {state_dir}"), flush=True)
+    return 0
+

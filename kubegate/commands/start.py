@@ -1,0 +1,64 @@
+"""``kubegate start``: run the proxy (and its metrics listener) from a config file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kubegate.config import ConfigError, load_config
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "start",
+        help="run the proxy from a config file",
+        description=(
+            "Run kubegate: the mTLS proxy on proxy.listen and the plain-HTTP /metrics, /healthz and /readyz "
+            "listener on metrics.listen. Clusters come from kubernetes_service.kubeconfig_files (each "
+            "context is a cluster), kube_cluster resources and discovery; roles from auth.roles_dir. The "
+            "first start creates the kubegate CA in <state_dir>/ca and a serving certificate for "
+            "proxy.public_addr unless proxy.tls names one. With --workers N > 1 a supervisor runs N worker "
+            "processes sharing the port (SO_REUSEPORT) and restarts any that crash. SIGTERM or Ctrl-C: stop "
+            "accepting, let in-flight requests finish within proxy.limits.shutdown_grace, exit 0."
+        ),
+    )
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help="kubegate.yaml (default: built-in defaults, state in ./state)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="worker processes (default: proxy.workers from the config)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    workers = args.workers if args.workers is not None else cfg.proxy.workers
+    if workers < 1:
+        print("--workers: must be at least 1", file=sys.stderr)
+        return 1
+    return start(cfg, args.config, workers)
+
+
+def start(cfg: object, config_path: str | None, workers: int) -> int:
+    from kubegate import logging as kglog
+    from kubegate.app import ProxyService, StartupError, prepare
+    from kubegate.config import Config
+    from kubegate.workers import run_single, run_supervisor
+
+    assert isinstance(cfg, Config)
+    kglog.configure(cfg.log.level, cfg.log.format)
+    try:
+        prepare(cfg)  # once, before any worker: CA, serving certificate, state directory
+        if workers == 1:
+            return run_single(cfg, ProxyService.factory)
+        return run_supervisor(cfg, config_path, workers)
+    except StartupError as exc:
+        print(f"kubegate: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"kubegate: cannot start: {exc}", file=sys.stderr)
+        return 1
