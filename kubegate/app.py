@@ -209,9 +209,8 @@ class _StdoutAudit:
 
 def _make_proxy(cfg: Config, ssl_context: ssl.SSLContext, tls: TLSFiles, registry: Any, roles: Any,
                 audit: Any) -> Any:
-    from proxy.app import Proxy
-
     from certs.locks import LockList
+    from proxy.app import Proxy
 
     locks = LockList(cfg.locks_file)
     return Proxy.from_config(cfg, ssl_context=ssl_context, clusters=registry, roles=roles, locks=locks,

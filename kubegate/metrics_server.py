@@ -87,8 +87,7 @@ class _MetricsProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
         self.timer = asyncio.get_running_loop().call_later(_HEAD_TIMEOUT, transport.close)
 
     def data_received(self, data: bytes) -> None:
