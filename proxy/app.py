@@ -1,0 +1,221 @@
+"""``Proxy``: one full kubegate data path on the running event loop (one per worker process).
+
+    proxy = Proxy(clusters=registry, roles=role_watcher, ssl_context=server_context(cert, key, ca),
+                  locks=lock_list, audit=AuditLog(path), settings=ProxySettings(...))
+    await proxy.start([sock])            # or start() with host/port given to the constructor
+    ...
+    await proxy.shutdown(grace=10)       # stop accepting, let requests finish, end streams cleanly
+
+Everything arrives as explicit values: no configuration parsing here (``from_config`` only reads the
+attributes of an already validated config object). Without a role source or an explicit ``policy`` the
+proxy refuses to start: it never allows everything by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from discovery.model import Cluster, ClusterSource
+from proxy import metrics
+from proxy.catalogs import CatalogCache
+from proxy.forward import Forwarder, ProxySettings
+from proxy.policy import Policy, RbacPolicy
+from proxy.server import Listener, listening_socket
+from proxy.tls import server_context
+from proxy.upstream import ClusterPools, PoolSettings
+from proxy.upstream.pool import connection_changed
+
+log = logging.getLogger("kubegate.proxy")
+
+__all__ = ["Proxy", "ProxySettings", "PoolSettings"]
+
+
+class Proxy:
+    def __init__(
+        self,
+        *,
+        clusters: ClusterSource,
+        roles: Any = None,
+        policy: Policy | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        client_ca_file: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        reuse_port: bool = False,
+        locks: Any = None,
+        audit: Callable[[dict[str, Any]], None] | None = None,
+        settings: ProxySettings | None = None,
+        pool_settings: PoolSettings | None = None,
+        sweep_interval: float = 1.0,
+    ) -> None:
+        if policy is None:
+            if roles is None:
+                raise ValueError("kubegate refuses to start without roles (a roles directory): nothing would be allowed")
+            policy = RbacPolicy(roles)
+        if ssl_context is None:
+            if not (cert_file and key_file and client_ca_file):
+                raise ValueError("the proxy needs a server certificate, its key and the client CA (or an ssl_context)")
+            ssl_context = server_context(cert_file, key_file, client_ca_file)
+        self.clusters = clusters
+        self.policy = policy
+        self.ssl_context = ssl_context
+        self.host = host
+        self.port = port
+        self.reuse_port = reuse_port
+        self.locks = locks
+        self.audit = audit
+        self.settings = settings or ProxySettings()
+        self.pool_settings = pool_settings or PoolSettings(response_head_timeout=self.settings.response_head_timeout)
+        self.sweep_interval = sweep_interval
+        self.fwd: Forwarder | None = None
+        self.listener: Listener | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._own_sockets: list[socket.socket] = []
+        self.started = False
+        self.stopping = False
+
+    @classmethod
+    def from_config(cls, cfg: Any, **kwargs: Any) -> Proxy:
+        """Read limits from a validated ``kubegate.config.Config`` (attributes only; no parsing here)."""
+        limits = cfg.proxy.limits
+        settings = ProxySettings(
+            header_timeout=limits.header_timeout,
+            idle_timeout=limits.idle_timeout,
+            max_connections=limits.max_connections,
+            max_header_bytes=limits.max_header_bytes,
+            shutdown_grace=getattr(limits, "shutdown_grace", 10.0),
+            response_head_timeout=getattr(limits, "upstream_response_timeout", 60.0),
+        )
+        pool_settings = PoolSettings(
+            connect_timeout=getattr(limits, "upstream_connect_timeout", 10.0),
+            response_head_timeout=settings.response_head_timeout,
+            high_water=getattr(limits, "write_high_water", 256 * 1024),
+        )
+        kwargs.setdefault("settings", settings)
+        kwargs.setdefault("pool_settings", pool_settings)
+        return cls(**kwargs)
+
+    # --- life cycle ---------------------------------------------------------------------------------
+    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        pools = ClusterPools(self.pool_settings, on_error=metrics.upstream_error)
+        self.fwd = Forwarder(
+            loop=loop,
+            clusters=self.clusters,
+            policy=self.policy,
+            pools=pools,
+            catalogs=CatalogCache(),
+            settings=self.settings,
+            audit=self.audit,
+            locks=self.locks,
+        )
+        if not sockets:
+            sock = listening_socket(self.host, self.port, reuse_port=self.reuse_port)
+            self._own_sockets.append(sock)
+            sockets = [sock]
+        self.listener = Listener(self.fwd, self.ssl_context)
+        await self.listener.listen(sockets)
+        self.port = self.listener.ports[0]
+        self._unsubscribe = self.clusters.subscribe(self._cluster_changed)
+        self._sweeper = loop.create_task(self._sweep_loop())
+        self.started = True
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.stopping:
+            return False, "shutting down"
+        if not self.started:
+            return False, "starting"
+        return True, ""
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting; let in-flight requests finish within ``grace``; then end streams cleanly."""
+        if self.fwd is None or self.stopping:
+            return
+        self.stopping = True
+        fwd = self.fwd
+        grace = self.settings.shutdown_grace if grace is None else grace
+        fwd.shutting_down = True
+        if self.listener is not None:
+            self.listener.close()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        # Idle connections close now (HTTP/2 GOAWAY); busy ones after their last exchange.
+        for conn in list(fwd.connections):
+            conn.close()
+        # Long-lived streams would never finish: end them now; ordinary requests get the grace period.
+        for ex in list(fwd.exchanges):
+            if ex.kind is not None:
+                ex.stop("kubegate is shutting down")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while fwd.exchanges and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for ex in list(fwd.exchanges):
+            ex.stop("kubegate is shutting down")
+        for _ in range(50):
+            if not fwd.exchanges:
+                break
+            await asyncio.sleep(0.01)
+        for conn in list(fwd.connections):
+            conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+        fwd.pools.close()
+        for sock in self._own_sockets:
+            sock.close()
+        self._own_sockets.clear()
+
+    # --- introspection (tests, /readyz) ---------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        fwd = self.fwd
+        if fwd is None:
+            return {}
+        return {
+            "connections": len(fwd.connections),
+            "exchanges": len(fwd.exchanges),
+            "handshakes": len(self.listener.handshakes) if self.listener else 0,
+            "streams": sorted(ex.kind for ex in fwd.exchanges if ex.kind),
+            "pools": {name: pool.state() for name, pool in fwd.pools.pools.items()},
+        }
+
+    # --- internals ----------------------------------------------------------------------------------
+    def _cluster_changed(self, name: str, cluster: Cluster | None) -> None:
+        fwd = self.fwd
+        if fwd is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not fwd.loop:  # registry updated from another thread: hop onto the proxy's loop
+            fwd.loop.call_soon_threadsafe(self._cluster_changed, name, cluster)
+            return
+        old = fwd.pools.pools.get(name)
+        if cluster is None or (old is not None and connection_changed(old.cluster, cluster)):
+            fwd.pools.drop(name)
+            fwd.stop_cluster(name)
+
+    async def _sweep_loop(self) -> None:
+        fwd = self.fwd
+        assert fwd is not None
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                fwd.sweep()
+                for name, pool in fwd.pools.pools.items():
+                    for state, value in pool.state().items():
+                        metrics.UPSTREAM_CONNECTIONS.labels(name, state).set(value)
+            except Exception:
+                log.exception("stream sweep failed")

@@ -1,0 +1,308 @@
+"""One client connection: TLS already established; drives the HTTP/1.1 or HTTP/2 server codec chosen by
+ALPN, hands request events to ``forward.Exchange`` objects, writes what they answer.
+
+Limits: a request head must complete within ``header_timeout`` of its first byte (slowloris), an idle
+connection (no request in flight) closes after ``idle_timeout``. Backpressure: ``drain(stream_id)``
+waits while the socket's write buffer is above the high-water mark (transport ``pause_writing``) or the
+HTTP/2 stream has no send window; HTTP/1.1 request bodies pause reading from the socket while the
+exchange cannot pass them on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from proxy.protocol.events import (
+    ConnectionClosed,
+    ProtocolError,
+    RequestBody,
+    RequestEnd,
+    RequestHead,
+    ResponseHead,
+    StreamReset,
+    UpgradeRequested,
+    WindowOpened,
+)
+from rbac.identity import Identity
+
+if TYPE_CHECKING:
+    from proxy.forward import Exchange, Forwarder
+
+log = logging.getLogger("kubegate.proxy.connection")
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, fwd: Forwarder, peer_ip: str) -> None:
+        self.fwd = fwd
+        self.peer_ip = peer_ip
+        self.transport: asyncio.Transport | None = None
+        self.codec: Any = None
+        self.identity: Identity | None = None
+        self.exchanges: dict[int, Exchange] = {}
+        self.closed = False
+        self._write_paused = False
+        self._read_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._window_waiters: dict[int, asyncio.Future[None]] = {}
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._closing_after_flush = False
+        self.upgraded = False  # the codec stopped at an upgrade head
+        self.detached = False  # the raw transport belongs to an upgrade relay
+
+    # --- set-up -------------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        fwd = self.fwd
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:
+            fwd.handshake_failed("no_client_cert")
+            transport.abort()
+            self.closed = True
+            return
+        problem, identity = fwd.identify(der)
+        if identity is None:
+            fwd.handshake_failed("client_cert_rejected")
+            log.info("client certificate rejected", extra={"peer": self.peer_ip, "problem": problem})
+            transport.abort()
+            self.closed = True
+            return
+        self.identity = identity
+        alpn = ssl_object.selected_alpn_protocol()
+        self.codec = fwd.new_codec(alpn == "h2")
+        fwd.connection_opened(self)
+        self._flush()
+        self._arm_idle()
+
+    # --- asyncio.Protocol -------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        codec = self.codec
+        if codec is None:
+            return
+        if self.upgraded:  # bytes of the new protocol before the relay started: keep them for it
+            for ex in self.exchanges.values():
+                if ex.upgrade is not None:
+                    ex.upgrade.trailing += data
+            return
+        if not self.exchanges and self._header_timer is None:
+            self._cancel_idle()
+            self._header_timer = self.fwd.loop.call_later(self.fwd.settings.header_timeout, self._header_timeout)
+        events = codec.receive_data(data)
+        for event in events:
+            self._dispatch(event)
+        self._flush()
+
+    def _dispatch(self, event: object) -> None:
+        if isinstance(event, RequestHead):
+            self._cancel_header_timer()
+            self._cancel_idle()
+            ex = self.fwd.new_exchange(self, event)
+            self.exchanges[event.stream_id] = ex
+            ex.start()
+        elif isinstance(event, RequestBody):
+            ex = self.exchanges.get(event.stream_id)
+            if ex is not None:
+                ex.on_body(event.data)
+        elif isinstance(event, RequestEnd):
+            ex = self.exchanges.get(event.stream_id)
+            if ex is not None:
+                ex.on_end()
+        elif isinstance(event, WindowOpened):
+            self._window_opened(event.stream_id)
+        elif isinstance(event, StreamReset):
+            ex = self.exchanges.pop(event.stream_id, None)
+            if ex is not None:
+                ex.on_reset()
+        elif isinstance(event, UpgradeRequested):
+            self._cancel_header_timer()
+            self._cancel_idle()
+            self.upgraded = True
+            ex = self.fwd.new_exchange(self, event.head)
+            self.exchanges[event.stream_id] = ex
+            ex.start_upgrade(event.trailing)
+        elif isinstance(event, ProtocolError):
+            self._cancel_header_timer()
+            self.fwd.protocol_error(self, event)
+            self._closing_after_flush = True
+        elif isinstance(event, ConnectionClosed):
+            self._close_all()
+
+    def eof_received(self) -> bool | None:
+        if self.codec is not None and not self.detached:
+            for event in self.codec.receive_data(b""):
+                self._dispatch(event)
+            self._flush()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._close_all()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --- used by exchanges ----------------------------------------------------------------------------
+    def send_head(self, head: ResponseHead, end_stream: bool = False) -> None:
+        if not self.closed:
+            self.codec.send_response_head(head, end_stream=end_stream)
+
+    def send_body(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        if not self.closed:
+            self.codec.send_body(stream_id, data, end_stream=end_stream)
+
+    def send_end(self, stream_id: int) -> None:
+        if not self.closed:
+            self.codec.send_end(stream_id)
+
+    def reset(self, stream_id: int) -> None:
+        if not self.closed:
+            self.codec.reset_stream(stream_id)
+            self._flush()
+
+    def acknowledge(self, stream_id: int, nbytes: int) -> None:
+        if not self.closed:
+            self.codec.acknowledge_received(stream_id, nbytes)
+
+    def flush(self) -> None:
+        self._flush()
+
+    async def drain(self, stream_id: int) -> None:
+        """Wait until this stream may be written again (socket buffer below high water, h2 window open)."""
+        loop = self.fwd.loop
+        while not self.closed:
+            if self._write_paused:
+                waiter = loop.create_future()
+                self._drain_waiters.append(waiter)
+                await waiter
+                continue
+            if self.codec.http_version == "2" and self.codec.send_window(stream_id) <= 0:
+                waiter = loop.create_future()
+                self._window_waiters[stream_id] = waiter
+                try:
+                    await waiter
+                finally:
+                    self._window_waiters.pop(stream_id, None)
+                continue
+            return
+
+    def pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None and not self.closed:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._read_paused and self.transport is not None and not self.closed:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def exchange_done(self, stream_id: int) -> None:
+        self.exchanges.pop(stream_id, None)
+        if not self.exchanges and not self.upgraded:
+            if self.fwd.shutting_down:
+                self.close()
+            else:
+                self._arm_idle()
+
+    def detach(self) -> asyncio.Transport:
+        """Hand the raw transport over (upgrade relay); this object stops handling the connection."""
+        assert self.transport is not None
+        self.upgraded = True
+        self.detached = True
+        self._cancel_idle()
+        self._cancel_header_timer()
+        return self.transport
+
+    def close(self) -> None:
+        """Close gracefully: HTTP/2 GOAWAY, then the socket once the queued bytes are written."""
+        if self.closed or self.transport is None:
+            return
+        if self.codec is not None and not self.detached:
+            self.codec.close()
+            self._flush()
+        if not self.exchanges or self.detached:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self._close_all()
+
+    # --- internals ----------------------------------------------------------------------------------
+    def _flush(self) -> None:
+        if self.closed or self.codec is None or self.detached:
+            return
+        data = self.codec.data_to_send()
+        transport = self.transport
+        if data and transport is not None:
+            transport.write(data)
+        if (self._closing_after_flush or self.codec.must_close) and transport is not None:
+            if not self.exchanges:
+                transport.close()
+                self._close_all()
+
+    def _window_opened(self, stream_id: int) -> None:
+        if stream_id == 0:
+            waiters, self._window_waiters = self._window_waiters, {}
+            for waiter in waiters.values():
+                if not waiter.done():
+                    waiter.set_result(None)
+            return
+        waiter = self._window_waiters.pop(stream_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if not self.exchanges and not self.closed:
+            self.fwd.connection_rejected("header_timeout")
+            log.info("request head not complete in time; closing", extra={"peer": self.peer_ip})
+            self.abort()
+
+    def _idle_timeout(self) -> None:
+        self._idle_timer = None
+        if not self.exchanges and not self.closed:
+            self.close()
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.close()
+
+    def _arm_idle(self) -> None:
+        if self._idle_timer is None and not self.closed:
+            self._idle_timer = self.fwd.loop.call_later(self.fwd.settings.idle_timeout, self._idle_timeout)
+
+    def _cancel_idle(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _close_all(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._cancel_idle()
+        self._cancel_header_timer()
+        exchanges, self.exchanges = self.exchanges, {}
+        for ex in exchanges.values():
+            ex.on_reset()
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        for waiter in self._window_waiters.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters = []
+        self._window_waiters = {}
+        self.fwd.connection_closed(self)

@@ -1,0 +1,577 @@
+"""The per-request pipeline: route → authorize once → rewrite headers once → stream both ways.
+
+``Forwarder`` holds what every request shares (cluster source, policy, pools, catalogs, limits, metrics,
+audit); ``Exchange`` is one request. Its work after the head is bytes only: the response body goes
+through the decision's filter when there is one, and otherwise straight to the client codec. Each
+chunk is written and flushed as it arrives (watch events, ``logs -f``), then the exchange waits for the
+client side to drain before crediting the upstream (``consumed``): a slow reader slows the server.
+No timeout applies to a body in flight; only the upstream response head has one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from discovery.model import Cluster, ClusterSource
+from proxy import metrics
+from proxy.catalogs import CatalogCache
+from proxy.headers import REQUEST_ID_HEADER, rewrite_request_headers, rewrite_response_headers
+from proxy.identity import IdentityCache
+from proxy.policy import Policy, Verdict
+from proxy.protocol.events import ProtocolError, RequestHead, ResponseHead, ServerLimits
+from proxy.routing import split_target, upstream_target
+from proxy.tls import check_client_certificate
+from proxy.upstream import ClusterPools, UpstreamError, UpstreamStream
+from rbac.identity import Identity
+from rbac.status import REASONS, status_body
+
+log = logging.getLogger("kubegate.proxy")
+
+_JSON = b"application/json"
+_REQUEST_BODY_HIGH_WATER = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    header_timeout: float = 10.0
+    idle_timeout: float = 90.0
+    max_connections: int = 20000
+    max_header_bytes: int = 64 * 1024
+    shutdown_grace: float = 10.0
+    response_head_timeout: float = 60.0
+
+
+def _request_ids() -> Callable[[], str]:
+    prefix = f"{os.getpid():x}{int(time.time()) & 0xFFFFFF:06x}"
+    counter = itertools.count(1)
+    return lambda: f"{prefix}-{next(counter):x}"
+
+
+def stream_kind(verdict: Verdict, head: RequestHead, path: str, query: str) -> str | None:
+    """The long-lived stream kind of a request (for metrics and closing on expiry), or None."""
+    if verdict.verb == "watch" or "watch=true" in query or "watch=1" in query or "/watch/" in path:
+        return "watch"
+    if path.endswith("/log") and "follow=true" in query:
+        return "log"
+    if head.upgrade:
+        for kind in ("exec", "attach", "portforward"):
+            if path.endswith("/" + kind):
+                return kind
+        return "upgrade"
+    return None
+
+
+class Forwarder:
+    def __init__(
+        self,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        clusters: ClusterSource,
+        policy: Policy,
+        pools: ClusterPools,
+        catalogs: CatalogCache,
+        settings: ProxySettings,
+        audit: Callable[[dict[str, Any]], None] | None = None,
+        locks: Any = None,
+        identity_cache: IdentityCache | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.clusters = clusters
+        self.policy = policy
+        self.pools = pools
+        self.catalogs = catalogs
+        self.settings = settings
+        self.audit = audit
+        self.locks = locks
+        self.identities = identity_cache or IdentityCache()
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.limits = ServerLimits(max_header_bytes=settings.max_header_bytes)
+        self.connections: set[Any] = set()
+        self.exchanges: set[Exchange] = set()
+        self.next_request_id = _request_ids()
+        self.shutting_down = False
+        self._codec_h1: Any = None
+        self._codec_h2: Any = None
+
+    # --- connections --------------------------------------------------------------------------------
+    def identify(self, der: bytes) -> tuple[str | None, Identity | None]:
+        try:
+            cert, identity = self.identities.get(der)
+        except Exception as exc:  # unparsable certificate or kubegate extension
+            return f"cannot read identity: {exc}", None
+        problem = check_client_certificate(cert, self.clock())
+        if problem is not None:
+            return problem, None
+        if not identity.user:
+            return "certificate has no common name", None
+        return None, identity
+
+    def new_codec(self, h2: bool) -> Any:
+        if h2:
+            from proxy.protocol.http2 import Http2ServerConnection
+
+            return Http2ServerConnection(self.limits)
+        from proxy.protocol.http1 import Http1ServerConnection
+
+        return Http1ServerConnection(self.limits)
+
+    def connection_opened(self, conn: Any) -> None:
+        self.connections.add(conn)
+        metrics.CONNECTIONS.inc()
+
+    def connection_closed(self, conn: Any) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            metrics.CONNECTIONS.dec()
+
+    def handshake_failed(self, reason: str) -> None:
+        metrics.TLS_HANDSHAKE_FAILURES.labels(reason).inc()
+
+    def connection_rejected(self, reason: str) -> None:
+        metrics.CONNECTIONS_REJECTED.labels(reason).inc()
+
+    def protocol_error(self, conn: Any, event: ProtocolError) -> None:
+        metrics.PROTOCOL_ERRORS.labels(str(event.status)).inc()
+        log.info(
+            "client request refused by the HTTP codec",
+            extra={"peer": conn.peer_ip, "status": event.status, "problem": event.message},
+        )
+
+    def new_exchange(self, conn: Any, head: RequestHead) -> Exchange:
+        return Exchange(self, conn, head)
+
+    # --- long-lived streams -------------------------------------------------------------------------
+    def sweep(self) -> None:
+        """End the long-lived streams of identities whose certificate expired or that were locked."""
+        now = self.clock()
+        for ex in list(self.exchanges):
+            if ex.kind is None or ex.finished:
+                continue
+            identity = ex.identity
+            if identity.not_after is not None and identity.not_after <= now:
+                ex.stop("client certificate expired")
+                continue
+            if self.locks is not None:
+                reason = self.locks.is_locked(identity)
+                if reason:
+                    ex.stop(f"locked: {reason}")
+
+    def stop_cluster(self, name: str) -> None:
+        """The cluster was removed or changed: end its streams cleanly."""
+        for ex in list(self.exchanges):
+            if ex.cluster is not None and ex.cluster.name == name and not ex.finished:
+                ex.stop(f"cluster {name} changed")
+
+
+class Exchange:
+    """One request, from its head to the end of its response."""
+
+    __slots__ = (
+        "fwd", "conn", "head", "sid", "identity", "request_id", "started", "body_parts", "body_size",
+        "request_ended", "stream", "task", "finished", "kind", "cluster", "verdict", "status",
+        "bytes_out", "bytes_in", "_body_waiter", "reset", "_response_started", "_stop_reason", "upgrade",
+        "catalog",
+    )  # fmt: skip
+
+    def __init__(self, fwd: Forwarder, conn: Any, head: RequestHead) -> None:
+        self.fwd = fwd
+        self.conn = conn
+        self.head = head
+        self.sid = head.stream_id
+        self.identity: Identity = conn.identity
+        self.request_id = fwd.next_request_id()
+        self.started = time.perf_counter()
+        self.body_parts: list[bytes] = []
+        self.body_size = 0
+        self.request_ended = False
+        self.stream: UpstreamStream | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.finished = False
+        self.kind: str | None = None
+        self.cluster: Cluster | None = None
+        self.verdict: Verdict | None = None
+        self.status = 0
+        self.bytes_out = 0
+        self.bytes_in = 0
+        self._body_waiter: asyncio.Future[None] | None = None
+        self.reset = False
+        self._response_started = False
+        self._stop_reason: str | None = None
+        self.upgrade: Any = None
+        self.catalog: Any = None
+
+    # --- events from the client codec -------------------------------------------------------------
+    def start(self) -> None:
+        self.fwd.exchanges.add(self)
+        metrics.IN_FLIGHT.inc()
+        self.task = self.fwd.loop.create_task(self._run())
+
+    def start_upgrade(self, trailing: bytes) -> None:
+        from proxy.upgrade import UpgradeSession
+
+        self.fwd.exchanges.add(self)
+        metrics.IN_FLIGHT.inc()
+        self.upgrade = UpgradeSession(self, trailing)
+        self.task = self.fwd.loop.create_task(self.upgrade.run())
+
+    def on_body(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        stream = self.stream
+        if stream is not None:
+            stream.send_body(data)
+            self.conn.acknowledge(self.sid, len(data))
+            return
+        self.body_parts.append(data)
+        self.body_size += len(data)
+        if self.body_size > _REQUEST_BODY_HIGH_WATER and self.conn.codec.http_version != "2":
+            self.conn.pause_reading()
+        self._wake_body()
+
+    def on_end(self) -> None:
+        self.request_ended = True
+        if self.stream is not None:
+            self.stream.end_request()
+        self._wake_body()
+
+    def on_reset(self) -> None:
+        """The client abandoned the request (stream reset or connection gone)."""
+        if self.finished:
+            return
+        self.reset = True
+        if self.stream is not None:
+            self.stream.abort()
+        if self.upgrade is not None:
+            self.upgrade.client_gone()
+        elif self.task is not None and not self.task.done():
+            self.task.cancel()
+        self._wake_body()
+
+    def stop(self, reason: str) -> None:
+        """End a long-lived response cleanly (watch ends; kubectl re-watches or reports)."""
+        self._stop_reason = reason
+        log.info("ending stream", extra={"request_id": self.request_id, "user": self.identity.user, "reason": reason})
+        if self.upgrade is not None:
+            self.upgrade.stop(reason)
+            return
+        if self.stream is not None:
+            self.stream.abort()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def _wake_body(self) -> None:
+        waiter = self._body_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- the pipeline -------------------------------------------------------------------------------
+    def authorize(self) -> tuple[Cluster, Verdict, str] | tuple[None, int, bytes]:
+        """Route and decide (no I/O except a catalog refresh done by the caller). Returns
+        (cluster, verdict, upstream target) or (None, status, Status body)."""
+        head = self.head
+        fwd = self.fwd
+        route = split_target(head.target)
+        if route is None:
+            return None, 404, status_body(
+                404, "NotFound", f"the path {head.path!r} is not served here: kubegate serves clusters at /k8s/clusters/<name>/"
+            )
+        cluster = fwd.clusters.get(route.cluster_name)
+        identity = self.identity
+        if cluster is None or not fwd.policy.visible(identity, cluster):
+            metrics.DENIALS.labels("cluster_not_visible" if cluster else "unknown_cluster").inc()
+            return None, 404, status_body(
+                404, "NotFound", f'cluster "{route.cluster_name}" not found', {"name": route.cluster_name, "kind": "clusters"}
+            )
+        self.cluster = cluster
+        if identity.not_after is not None and identity.not_after <= fwd.clock():
+            metrics.DENIALS.labels("certificate_expired").inc()
+            return None, 401, status_body(401, "Unauthorized", "client certificate expired")
+        if fwd.locks is not None:
+            reason = fwd.locks.is_locked(identity)
+            if reason:
+                metrics.DENIALS.labels("locked").inc()
+                return None, 403, status_body(403, "Forbidden", f"user {identity.user!r} is locked: {reason}")
+        return cluster, route, ""  # type: ignore[return-value]
+
+    async def _decide(self) -> tuple[Cluster, Verdict, str] | tuple[None, int, bytes]:
+        first = self.authorize()
+        if first[0] is None:
+            return first
+        cluster, route, _ = first
+        fwd = self.fwd
+        head = self.head
+        pool = fwd.pools.get(cluster)  # type: ignore[arg-type]
+        catalog = fwd.catalogs.cached(cluster, pool)  # type: ignore[arg-type]
+        if catalog is None:
+            catalog = await fwd.catalogs.fetch(cluster, pool)  # type: ignore[arg-type]
+        verdict = fwd.policy.decide(self.identity, cluster, head.method, route.path, route.query, head.headers, catalog)  # type: ignore[arg-type, union-attr]
+        if verdict.catalog_miss and fwd.catalogs.may_refresh(cluster):  # type: ignore[arg-type]
+            catalog = await fwd.catalogs.fetch(cluster, pool, force=True)  # type: ignore[arg-type]
+            verdict = fwd.policy.decide(self.identity, cluster, head.method, route.path, route.query, head.headers, catalog)  # type: ignore[arg-type, union-attr]
+        self.verdict = verdict
+        self.catalog = catalog
+        if not verdict.allowed:
+            metrics.DENIALS.labels(verdict.reason or "denied").inc()
+            return None, verdict.status or 403, verdict.body or status_body(403, "Forbidden", "forbidden by kubegate roles")
+        target = upstream_target(cluster, route)  # type: ignore[arg-type]
+        if verdict.query is not None and verdict.query != route.query:  # type: ignore[union-attr]
+            target = target.split("?", 1)[0] + ("?" + verdict.query if verdict.query else "")
+        return cluster, verdict, target  # type: ignore[return-value]
+
+    async def _run(self) -> None:
+        fwd = self.fwd
+        conn = self.conn
+        head = self.head
+        try:
+            try:
+                decided = await self._decide()
+                if decided[0] is None:
+                    _, code, body = decided
+                    self._respond_error(code, body, "denied")  # type: ignore[arg-type]
+                    return
+                cluster, verdict, target = decided
+                assert isinstance(verdict, Verdict)
+                self.kind = stream_kind(verdict, head, head.path, head.query)
+                pool = fwd.pools.get(cluster)
+                await pool.ensure_credentials()
+                if verdict.review == "selfsubjectaccessreviews":
+                    answer = fwd.policy.review_access(self.identity, cluster, await self._whole_body(), self.catalog)
+                    if answer is not None:
+                        self._respond(201, answer)
+                        return
+                headers = rewrite_request_headers(
+                    head.headers,
+                    user=verdict.user or self.identity.user,
+                    groups=verdict.groups,
+                    client_ip=conn.peer_ip,
+                    upstream_authority=pool.authority,
+                    bearer_token=pool.bearer_token,
+                    accept=verdict.accept,
+                )
+                body = await self._whole_body_if_ready()
+                stream = await pool.open(head.method, target, headers, body=body, streaming_body=body is None)
+                self.stream = stream
+                if body is None:
+                    parts, self.body_parts = self.body_parts, []
+                    for part in parts:
+                        stream.send_body(part)
+                        conn.acknowledge(self.sid, len(part))
+                    conn.resume_reading()
+                    if self.request_ended:
+                        stream.end_request()
+                if self.kind is not None:
+                    metrics.OPEN_STREAMS.labels(self.kind).inc()
+                try:
+                    await self._relay_response(stream, verdict)
+                finally:
+                    if self.kind is not None:
+                        metrics.OPEN_STREAMS.labels(self.kind).dec()
+            except UpstreamError as exc:
+                metrics.upstream_error(self.cluster.name if self.cluster else "", exc.kind)
+                if self._response_started:
+                    log.warning("upstream failed mid-response", extra={"request_id": self.request_id, "problem": exc.message})
+                    conn.reset(self.sid)
+                    self.status = self.status or 502
+                else:
+                    log.warning("upstream error", extra={"request_id": self.request_id, "code": exc.status, "problem": exc.message})
+                    self._respond_error(exc.status, status_body(exc.status, REASONS.get(exc.status, "InternalError"), exc.message), exc.kind)
+        except asyncio.CancelledError:
+            if self._stop_reason is not None and self._response_started:
+                conn.send_end(self.sid)  # clean end of a watch / log stream
+                conn.flush()
+            elif not self.reset:
+                conn.reset(self.sid)
+        except Exception as exc:
+            log.exception("internal error serving request", extra={"request_id": self.request_id})
+            if not self._response_started:
+                self._respond_error(500, status_body(500, "InternalError", f"kubegate internal error (request id {self.request_id})"), "internal")
+            else:
+                conn.reset(self.sid)
+            del exc
+        finally:
+            self._finish()
+
+    async def _whole_body_if_ready(self) -> bytes | None:
+        """The request body when it is all here already (or will be soon and is small); None to stream."""
+        if self.request_ended:
+            parts, self.body_parts = self.body_parts, []
+            self.conn.resume_reading()
+            return b"".join(parts)
+        declared = self.head.content_length
+        if declared is not None and declared <= _REQUEST_BODY_HIGH_WATER:
+            return await self._whole_body()
+        return None
+
+    async def _relay_response(self, stream: UpstreamStream, verdict: Verdict) -> None:
+        conn = self.conn
+        sid = self.sid
+        timeout = self.fwd.settings.response_head_timeout
+        timer = self.fwd.loop.call_later(timeout, _head_timeout, stream, self.cluster.name if self.cluster else "")
+        try:
+            status, up_headers = await stream.response_head()
+        finally:
+            timer.cancel()
+        self.status = status
+        if verdict.review == "selfsubjectrulesreviews" and 200 <= status < 300:
+            await self._relay_rules_review(stream, status, up_headers)
+            return
+        filt = verdict.filter() if verdict.filter is not None and 200 <= status < 300 else None
+        headers = rewrite_response_headers(up_headers, request_id=self.request_id, body_rewritten=filt is not None)
+        length = None
+        if filt is None:
+            for key, value in up_headers:
+                if key == b"content-length":
+                    try:
+                        length = int(value)
+                    except ValueError:
+                        length = None
+                    break
+        conn.send_head(ResponseHead(sid, status, headers, content_length=length))
+        self._response_started = True
+        self._observe_head()
+        while True:
+            data = await stream.read()
+            if not data:
+                break
+            n = len(data)
+            if filt is not None:
+                data = filt.feed(data)
+            if data:
+                self.bytes_out += len(data)
+                conn.send_body(sid, data)
+                conn.flush()
+                await conn.drain(sid)
+            stream.consumed(n)
+        if filt is not None:
+            tail = filt.close()
+            if tail:
+                self.bytes_out += len(tail)
+                conn.send_body(sid, tail)
+        conn.send_end(sid)
+        conn.flush()
+        stream.release()
+
+    async def _relay_rules_review(self, stream: UpstreamStream, status: int, up_headers: list[tuple[bytes, bytes]]) -> None:
+        chunks = []
+        while chunk := await stream.read():
+            chunks.append(chunk)
+            stream.consumed(len(chunk))
+        stream.release()
+        assert self.cluster is not None
+        try:
+            body = self.fwd.policy.restrict_rules(self.identity, self.cluster, b"".join(chunks), self.catalog)
+        except ValueError:
+            body = status_body(502, "InternalError", f"cluster {self.cluster.name} sent an unreadable SelfSubjectRulesReview")
+            status = 502
+        self._respond(status, body)
+
+    async def _whole_body(self) -> bytes:
+        while not self.request_ended and not self.reset:
+            self._body_waiter = self.fwd.loop.create_future()
+            try:
+                await self._body_waiter
+            finally:
+                self._body_waiter = None
+        parts, self.body_parts = self.body_parts, []
+        for part in parts:
+            self.conn.acknowledge(self.sid, len(part))
+        self.conn.resume_reading()
+        return b"".join(parts)
+
+    def _respond(self, code: int, body: bytes) -> None:
+        """A complete JSON response of kubegate's own making (review answers)."""
+        self.status = code
+        headers = [
+            (b"content-type", _JSON),
+            (b"content-length", str(len(body)).encode()),
+            (REQUEST_ID_HEADER, self.request_id.encode()),
+        ]
+        self.conn.send_head(ResponseHead(self.sid, code, headers, content_length=len(body)))
+        self.conn.send_body(self.sid, body, end_stream=True)
+        self._response_started = True
+        self.conn.flush()
+        self._observe_head()
+
+    def _observe_head(self) -> None:
+        verb = self.verdict.verb if self.verdict else ""
+        cluster = self.cluster.name if self.cluster else ""
+        metrics.REQUEST_SECONDS.labels(cluster, verb).observe(time.perf_counter() - self.started)
+
+    def _respond_error(self, code: int, body: bytes, reason: str) -> None:
+        if self._response_started or self.reset:
+            return
+        self.status = code
+        conn = self.conn
+        if reason != "denied":
+            log.info("request refused", extra={"request_id": self.request_id, "code": code, "reason": reason})
+        headers = [
+            (b"content-type", _JSON),
+            (b"content-length", str(len(body)).encode()),
+            (REQUEST_ID_HEADER, self.request_id.encode()),
+        ]
+        conn.send_head(ResponseHead(self.sid, code, headers, content_length=len(body)))
+        conn.send_body(self.sid, body, end_stream=True)
+        self._response_started = True
+        conn.flush()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        fwd = self.fwd
+        fwd.exchanges.discard(self)
+        metrics.IN_FLIGHT.dec()
+        stream = self.stream
+        if stream is not None and (self.reset or self.status == 0):
+            stream.abort()
+        verdict = self.verdict
+        cluster = self.cluster.name if self.cluster else ""
+        verb = verdict.verb if verdict else ""
+        metrics.REQUESTS.labels(cluster, verb, str(self.status)).inc()
+        if self.bytes_out:
+            metrics.BYTES_RELAYED.labels("to_client").inc(self.bytes_out)
+        if fwd.audit is not None:
+            fwd.audit(self.audit_event())
+        self.conn.exchange_done(self.sid)
+
+    def audit_event(self) -> dict[str, Any]:
+        verdict = self.verdict
+        return {
+            "event": "request",
+            "time": time.time(),
+            "request_id": self.request_id,
+            "user": self.identity.user,
+            "roles": list(self.identity.roles),
+            "impersonated_user": verdict.user if verdict and verdict.allowed else None,
+            "impersonated_groups": list(verdict.groups) if verdict and verdict.allowed else None,
+            "cluster": self.cluster.name if self.cluster else None,
+            "method": self.head.method,
+            "path": self.head.path,
+            "verb": verdict.verb if verdict else None,
+            "resource": verdict.resource if verdict else None,
+            "namespace": verdict.namespace if verdict else None,
+            "name": verdict.name if verdict else None,
+            "code": self.status,
+            "allowed": bool(verdict and verdict.allowed),
+            "reason": verdict.reason if verdict else None,
+            "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
+            "bytes_out": self.bytes_out,
+            "bytes_in": self.bytes_in,
+            "client_ip": self.conn.peer_ip,
+            "stopped": self._stop_reason,
+        }
+
+
+def _head_timeout(stream: UpstreamStream, cluster: str) -> None:
+    head = getattr(stream, "_head", None)
+    if head is not None and not head.done():
+        head.set_exception(UpstreamError(504, f"cluster {cluster} did not answer in time", "timeout"))
+    stream.abort()

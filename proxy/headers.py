@@ -1,0 +1,146 @@
+"""Header rewriting between the client and the upstream API server (pure functions, no I/O).
+
+Request side (client → upstream):
+- the client's ``Authorization`` and every ``Impersonate-*`` header are dropped: kubegate speaks to the
+  cluster with its own credentials and sets ``Impersonate-User`` / ``Impersonate-Group`` (one header per
+  group) from the authorization decision — replaced, never appended;
+- hop-by-hop headers (``Connection`` and the names it lists, ``Keep-Alive``, ``TE``, ``Trailer``,
+  ``Transfer-Encoding``, ``Upgrade`` unless the request is an upgrade, ``Proxy-*``) are dropped;
+- ``X-Forwarded-For`` gets the client address appended; ``Accept`` is replaced when the response will be
+  filtered (JSON only);
+- ``Host`` is set to the upstream authority (HTTP/1.1) — on HTTP/2 the caller passes it as
+  ``:authority`` instead and ``host`` is dropped.
+
+Response side (upstream → client): hop-by-hop headers dropped (an upgrade keeps ``Connection`` /
+``Upgrade``), ``content-length`` dropped when the body will be rewritten, the request id added.
+"""
+
+from __future__ import annotations
+
+from proxy.protocol.events import Headers
+
+REQUEST_ID_HEADER = b"x-kubegate-request-id"
+
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"http2-settings",
+    }
+)
+# Dropped from every request whatever the decision says: kubegate sets its own.
+_CLIENT_CREDENTIALS = frozenset({b"authorization", b"cookie"})
+
+
+def connection_tokens(headers: Headers) -> frozenset[bytes]:
+    """Header names listed in ``Connection`` (lower case): hop-by-hop by declaration."""
+    names: set[bytes] = set()
+    for key, value in headers:
+        if key == b"connection":
+            for token in value.split(b","):
+                token = token.strip().lower()
+                if token:
+                    names.add(token)
+    return frozenset(names)
+
+
+def _is_hop_by_hop(name: bytes, declared: frozenset[bytes]) -> bool:
+    return name in _HOP_BY_HOP or name.startswith(b"proxy-") or name in declared
+
+
+def rewrite_request_headers(
+    headers: Headers,
+    *,
+    user: str,
+    groups: list[str] | tuple[str, ...],
+    client_ip: str,
+    upstream_authority: str,
+    bearer_token: str | None = None,
+    upgrade: bool = False,
+    http2: bool = False,
+    accept: bytes | None = None,
+) -> Headers:
+    """The headers to send upstream for one request (see the module docstring)."""
+    declared = connection_tokens(headers) if upgrade is False else frozenset()
+    out: Headers = []
+    forwarded_for: bytes | None = None
+    upgrade_value: bytes | None = None
+    for key, value in headers:
+        if key.startswith(b"impersonate-") or key in _CLIENT_CREDENTIALS:
+            continue
+        if key == b"x-forwarded-for":
+            forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+            continue
+        if key == b"host":
+            continue
+        if key == b"upgrade":
+            upgrade_value = value
+            continue
+        if key == REQUEST_ID_HEADER:
+            continue
+        if accept is not None and key == b"accept":
+            continue
+        if _is_hop_by_hop(key, declared):
+            continue
+        out.append((key, value))
+    if not http2:
+        out.insert(0, (b"host", upstream_authority.encode("latin-1")))
+    if upgrade:
+        if upgrade_value is None:
+            raise ValueError("an upgrade request without an Upgrade header")
+        out.append((b"connection", b"Upgrade"))
+        out.append((b"upgrade", upgrade_value))
+    if accept is not None:
+        out.append((b"accept", accept))
+    if bearer_token:
+        out.append((b"authorization", b"Bearer " + bearer_token.encode("latin-1")))
+    out.append((b"impersonate-user", user.encode("utf-8")))
+    for group in groups:
+        out.append((b"impersonate-group", group.encode("utf-8")))
+    client = client_ip.encode("latin-1")
+    out.append((b"x-forwarded-for", client if forwarded_for is None else forwarded_for + b", " + client))
+    return out
+
+
+def rewrite_response_headers(
+    headers: Headers,
+    *,
+    request_id: str,
+    upgrade: bool = False,
+    body_rewritten: bool = False,
+) -> Headers:
+    """The headers to send back to the client for one upstream response."""
+    declared = frozenset() if upgrade else connection_tokens(headers)
+    out: Headers = []
+    for key, value in headers:
+        if upgrade and key in (b"connection", b"upgrade"):
+            out.append((key, value))
+            continue
+        if body_rewritten and key == b"content-length":
+            continue
+        if key == REQUEST_ID_HEADER:
+            continue
+        if _is_hop_by_hop(key, declared):
+            continue
+        out.append((key, value))
+    out.append((REQUEST_ID_HEADER, request_id.encode("ascii")))
+    return out
+
+
+def content_length(headers: Headers) -> int | None:
+    """The declared ``content-length`` of a header list, or None (absent or unparsable)."""
+    for key, value in headers:
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

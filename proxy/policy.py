@@ -1,0 +1,135 @@
+"""The proxy's one seam to policy: who may see which cluster, and what one request may do.
+
+``Policy`` is what the forwarding pipeline calls (once per request); ``RbacPolicy`` implements it with
+``rbac/`` (roles from a role source with ``.current() -> RoleSet``, e.g. ``rbac.RoleWatcher``). There is
+no "allow everything" policy in the product: ``Proxy`` refuses to start without a role source or an
+explicit policy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from discovery.model import Cluster
+from proxy.protocol.events import Headers
+from rbac.identity import Identity
+
+
+@dataclass(slots=True)
+class Verdict:
+    allowed: bool
+    status: int = 200
+    body: bytes = b""  # Status JSON when denied
+    user: str = ""
+    groups: tuple[str, ...] = ()
+    reason: str = ""
+    # None, or a factory of incremental response filters (``feed(bytes) -> bytes``, ``close() -> bytes``);
+    # set when the caller may see only some items of a list/watch.
+    filter: Callable[[], Any] | None = None
+    accept: bytes | None = None  # replaces the client's Accept upstream (JSON when filtering)
+    query: str | None = None  # replaces the query upstream (when filtering needs it)
+    review: str | None = None  # self-review resource kubegate must take part in
+    catalog_miss: bool = False  # decided on a resource the catalog did not know: refresh and retry
+    verb: str = ""
+    resource: str = ""
+    namespace: str = ""
+    name: str = ""
+    api_group: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Policy(Protocol):
+    def visible(self, identity: Identity, cluster: Cluster) -> bool:
+        """May this identity know the cluster exists?"""
+        ...
+
+    def decide(
+        self, identity: Identity, cluster: Cluster, method: str, path: str, query: str, headers: Headers, catalog: Any
+    ) -> Verdict:
+        """One decision per request (``path`` without the ``/k8s/clusters/<name>`` prefix)."""
+        ...
+
+    def review_access(self, identity: Identity, cluster: Cluster, body: bytes, catalog: Any) -> bytes | None:
+        """For a SelfSubjectAccessReview: kubegate's own JSON answer when its roles deny, else None (ask
+        the cluster)."""
+        ...
+
+    def restrict_rules(self, identity: Identity, cluster: Cluster, response: bytes, catalog: Any) -> bytes:
+        """The cluster's SelfSubjectRulesReview answer, restricted to what kubegate allows."""
+        ...
+
+
+class RbacPolicy:
+    """``Policy`` over ``rbac``."""
+
+    def __init__(self, roles: Any) -> None:
+        import rbac
+        from rbac.filtering import filtering_query, json_accept_header
+
+        self._rbac = rbac
+        self._accept = json_accept_header
+        self._query = filtering_query
+        self.roles = roles
+
+    def visible(self, identity: Identity, cluster: Cluster) -> bool:
+        if identity.pinned_cluster and identity.pinned_cluster != cluster.name:
+            return False
+        return bool(self._rbac.cluster_visible(identity, self.roles.current(), cluster.labels, cluster.name))
+
+    def decide(
+        self, identity: Identity, cluster: Cluster, method: str, path: str, query: str, headers: Headers, catalog: Any
+    ) -> Verdict:
+        rbac = self._rbac
+        try:
+            info = rbac.parse_request(method, path, query, catalog)
+        except rbac.RequestParseError as exc:
+            code = exc.code
+            reason = "NotFound" if code == 404 else "MethodNotAllowed" if code == 405 else "BadRequest"
+            return Verdict(False, code, rbac.status_body(code, reason, str(exc)), reason="bad_path")
+        impersonation = rbac.ImpersonationRequest.from_headers(headers)
+        decision = rbac.decide(identity, self.roles.current(), cluster.name, cluster.labels, info, impersonation)
+        verdict = Verdict(
+            allowed=decision.allowed,
+            status=decision.status,
+            body=decision.body or b"",
+            user=decision.user,
+            groups=tuple(decision.groups),
+            reason=decision.reason,
+            review=decision.review,
+            catalog_miss=not info.known,
+            verb=info.verb,
+            resource=info.resource,
+            namespace=info.namespace,
+            name=info.name,
+            api_group=info.api_group,
+        )
+        item_filter = decision.filter
+        if decision.allowed and item_filter is not None:
+            watch = info.verb == "watch"
+            verdict.filter = lambda: item_filter.stream(watch)
+            accept = None
+            for key, value in headers:
+                if key == b"accept":
+                    accept = value.decode("latin-1")
+                    break
+            verdict.accept = self._accept(accept).encode("latin-1")
+            verdict.query = self._query(query)
+        return verdict
+
+    def review_access(self, identity: Identity, cluster: Cluster, body: bytes, catalog: Any) -> bytes | None:
+        try:
+            doc = json.loads(body or b"{}")
+        except ValueError:
+            doc = {}
+        outcome = self._rbac.review_access(identity, self.roles.current(), cluster.name, cluster.labels, doc, catalog)
+        if outcome.ask_cluster:
+            return None
+        return json.dumps(outcome.response, separators=(",", ":")).encode()
+
+    def restrict_rules(self, identity: Identity, cluster: Cluster, response: bytes, catalog: Any) -> bytes:
+        doc = json.loads(response)
+        restricted = self._rbac.restrict_rules_review(identity, self.roles.current(), cluster.name, cluster.labels, doc, catalog)
+        return json.dumps(restricted, separators=(",", ":")).encode()

@@ -1,0 +1,223 @@
+"""Run a real kubegate proxy in-process for tests (own thread, own uvloop loop, random port).
+
+    with running_proxy(tmp_path, clusters=[cluster], roles=role_watcher) as px:
+        kubeconfig = px.kubeconfig("alice", ["dev"], clusters=["sandbox"])
+        subprocess.run([kubectl, "--kubeconfig", kubeconfig, "get", "pods", "-A"], check=True)
+        px.audit_events        # what the proxy audited (when no audit sink was given)
+        px.stats()             # connections / exchanges / streams / pools, read on the proxy's loop
+
+``clusters`` is a ``ClusterSource`` or a list of ``Cluster`` (put into a ``ClusterRegistry``).
+``cluster_for_sandbox(sb)`` builds the ``Cluster`` for a sandbox from ``sandbox.testing`` (its admin
+certificate, which may impersonate). Certificates come from an in-memory kubegate CA (``px.ca``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import uvloop
+
+from discovery.model import Cluster, ClusterSource, StaticCredentials, UpstreamCredentials
+from proxy.app import Proxy
+from proxy.forward import ProxySettings
+from proxy.upstream import PoolSettings
+
+T = TypeVar("T")
+
+
+class RunningProxy:
+    def __init__(self, proxy: Proxy, loop: asyncio.AbstractEventLoop, ca: Any, workdir: Path) -> None:
+        self.proxy = proxy
+        self.loop = loop
+        self.ca = ca
+        self.workdir = workdir
+        self.ca_pem_path = workdir / "kubegate-ca.pem"
+        self.ca_pem_path.write_bytes(ca.cert_pem)
+        self.audit_events: list[dict[str, Any]] = []
+        self._n = 0
+
+    @property
+    def port(self) -> int:
+        return self.proxy.port
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def cluster_url(self, name: str) -> str:
+        return f"{self.url}/k8s/clusters/{name}"
+
+    def call(self, fn: Callable[[], Awaitable[T]], timeout: float = 30.0) -> T:
+        """Run a coroutine function on the proxy's loop and wait for its result."""
+
+        async def run() -> T:
+            return await fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        async def read() -> dict[str, Any]:
+            return self.proxy.stats()
+
+        return self.call(read)
+
+    def issue_user(
+        self,
+        user: str,
+        roles: list[str] | tuple[str, ...],
+        *,
+        ttl: timedelta = timedelta(hours=1),
+        traits: dict[str, list[str]] | None = None,
+        cluster: str | None = None,
+    ) -> tuple[Path, Path]:
+        """(cert_path, key_path) of a new client certificate from the proxy's CA."""
+        issued = self.ca.issue_user_certificate(user, list(roles), ttl, traits=traits, cluster=cluster)
+        self._n += 1
+        cert = self.workdir / f"{user}-{self._n}.crt"
+        key = self.workdir / f"{user}-{self._n}.key"
+        cert.write_bytes(issued.cert_pem)
+        key.write_bytes(issued.key_pem)
+        key.chmod(0o600)
+        return cert, key
+
+    def kubeconfig(
+        self,
+        user: str,
+        roles: list[str] | tuple[str, ...],
+        clusters: list[str],
+        *,
+        path: Path | None = None,
+        ttl: timedelta = timedelta(hours=1),
+        traits: dict[str, list[str]] | None = None,
+    ) -> Path:
+        """A kubeconfig for ``user`` with one context per cluster (first one current)."""
+        from certs.kubeconfig import write_kubeconfig
+
+        cert, key = self.issue_user(user, roles, ttl=ttl, traits=traits)
+        self._n += 1
+        path = path or self.workdir / f"kubeconfig-{user}-{self._n}.yaml"
+        write_kubeconfig(
+            path, f"127.0.0.1:{self.port}", clusters, self.ca.cert_pem, cert.read_bytes(), key.read_bytes(), current=clusters[0]
+        )
+        return path
+
+
+def cluster_for_sandbox(sb: Any, name: str = "sandbox", labels: dict[str, str] | None = None) -> Cluster:
+    """The ``Cluster`` kubegate uses to reach a running sandbox (its admin client certificate)."""
+    cert_path, key_path = _sandbox_admin_cert(sb)
+    return Cluster(
+        name=name,
+        labels=labels if labels is not None else {"env": "test"},
+        server=sb.url,
+        ca_pem=Path(sb.ca_pem_path).read_bytes(),
+        credentials=StaticCredentials(
+            UpstreamCredentials(client_cert_pem=Path(cert_path).read_bytes(), client_key_pem=Path(key_path).read_bytes())
+        ),
+        origin="kubeconfig",
+    )
+
+
+def _sandbox_admin_cert(sb: Any) -> tuple[str, str]:
+    issued = sb.issue_client_cert("kubegate-proxy", ["system:masters"])
+    return str(issued[0]), str(issued[1])
+
+
+@contextlib.contextmanager
+def running_proxy(
+    workdir: Path,
+    *,
+    clusters: ClusterSource | list[Cluster],
+    roles: Any = None,
+    policy: Any = None,
+    audit: Callable[[dict[str, Any]], None] | None = None,
+    locks: Any = None,
+    settings: ProxySettings | None = None,
+    pool_settings: PoolSettings | None = None,
+    ca: Any = None,
+    sweep_interval: float = 0.2,
+) -> Iterator[RunningProxy]:
+    from certs.ca import CertificateAuthority
+    from discovery.registry import ClusterRegistry
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ca = ca or CertificateAuthority.create_in_memory()
+    server = ca.issue_server_certificate(["127.0.0.1", "localhost"])
+    cert_file = workdir / "kubegate-server.crt"
+    key_file = workdir / "kubegate-server.key"
+    ca_file = workdir / "kubegate-client-ca.pem"
+    cert_file.write_bytes(server.cert_pem)
+    key_file.write_bytes(server.key_pem)
+    ca_file.write_bytes(ca.cert_pem)
+    if isinstance(clusters, list):
+        registry = ClusterRegistry()
+        for cluster in clusters:
+            registry.upsert(cluster, "test")
+        source: ClusterSource = registry
+    else:
+        source = clusters
+    collected: list[dict[str, Any]] = []
+    proxy = Proxy(
+        clusters=source,
+        roles=roles,
+        policy=policy,
+        cert_file=str(cert_file),
+        key_file=str(key_file),
+        client_ca_file=str(ca_file),
+        audit=audit or collected.append,
+        locks=locks,
+        settings=settings,
+        pool_settings=pool_settings,
+        sweep_interval=sweep_interval,
+    )
+    loop = uvloop.new_event_loop()
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+
+        async def boot() -> None:
+            try:
+                await proxy.start()
+            except BaseException as exc:
+                failure.append(exc)
+            finally:
+                started.set()
+
+        loop.run_until_complete(boot())
+        if not failure:
+            loop.run_forever()
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+    thread = threading.Thread(target=run, name="kubegate-proxy", daemon=True)
+    thread.start()
+    started.wait(30)
+    if failure:
+        thread.join(10)
+        raise failure[0]
+    running = RunningProxy(proxy, loop, ca, workdir)
+    running.audit_events = collected
+    try:
+        yield running
+    finally:
+        try:
+            asyncio.run_coroutine_threadsafe(proxy.shutdown(grace=1.0), loop).result(30)
+        finally:
+
+            async def cancel_rest() -> None:
+                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+            asyncio.run_coroutine_threadsafe(cancel_rest(), loop).result(30)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(30)

@@ -1,0 +1,134 @@
+"""TLS contexts: the mTLS listener and the upstream (client) contexts per cluster.
+
+Listener: TLS 1.2+, client certificate REQUIRED and verified by OpenSSL against the kubegate CA (chain,
+validity period); after the handshake ``check_client_certificate`` checks what OpenSSL leaves open for a
+client certificate (key usage allows signatures; extended key usage, when present, includes
+clientAuth). ALPN offers ``h2`` and ``http/1.1``.
+
+Upstream: one ``SSLContext`` per (cluster, credentials) with the cluster's CA (or the system store), the
+client certificate and key when the kubeconfig has one, ALPN, and session reuse (``SSLContext`` keeps a
+session cache; the pools also pass the last session back explicitly). ``insecure_skip_tls_verify`` only
+when the cluster says so, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import tempfile
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from discovery.model import Cluster, UpstreamCredentials
+
+log = logging.getLogger("kubegate.proxy.tls")
+
+ALPN_SERVER = ("h2", "http/1.1")
+
+
+def server_context(
+    cert_file: str, key_file: str, client_ca_file: str, *, alpn: tuple[str, ...] = ALPN_SERVER
+) -> ssl.SSLContext:
+    """The listener's context: mutual TLS against ``client_ca_file``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    ctx.load_verify_locations(cafile=client_ca_file)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols(list(alpn))
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    return ctx
+
+
+def check_client_certificate(cert: x509.Certificate, now: datetime | None = None) -> str | None:
+    """What is wrong with a (chain-verified) client certificate for client authentication, or None."""
+    now = now or datetime.now(UTC)
+    if cert.not_valid_after_utc <= now:
+        return "certificate has expired"
+    if cert.not_valid_before_utc > now:
+        return "certificate is not yet valid"
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not ku.digital_signature and not ku.key_agreement:
+            return "certificate key usage does not allow digital signatures"
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in eku and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
+            return "certificate extended key usage does not include clientAuth"
+    except x509.ExtensionNotFound:
+        pass
+    return None
+
+
+def classify_handshake_error(exc: BaseException) -> str:
+    """A short, bounded label for a failed handshake (the metric's ``reason``)."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        message = (exc.verify_message or "").lower()
+        if "expired" in message:
+            return "client_cert_expired"
+        if "not yet valid" in message:
+            return "client_cert_not_yet_valid"
+        return "client_cert_untrusted"
+    if isinstance(exc, ssl.SSLError):
+        reason = (exc.reason or "").upper()
+        if reason in ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "NO_CERTIFICATE_RETURNED"):
+            return "no_client_cert"
+        if reason in ("HTTP_REQUEST", "HTTPS_PROXY_REQUEST"):
+            return "plain_http"
+        if "CERTIFICATE" in reason and ("UNKNOWN" in reason or "BAD" in reason or "VERIFY" in reason):
+            return "client_cert_untrusted"
+        if "CERTIFICATE_EXPIRED" in reason:
+            return "client_cert_expired"
+        if reason in ("WRONG_VERSION_NUMBER", "UNSUPPORTED_PROTOCOL", "UNKNOWN_PROTOCOL", "VERSION_TOO_LOW"):
+            return "protocol_version"
+        if "CIPHER" in reason:
+            return "no_shared_cipher"
+        if isinstance(exc, ssl.SSLEOFError) or "EOF" in reason:
+            return "eof"
+        return "tls_error"
+    if isinstance(exc, ConnectionError | EOFError):
+        return "eof"
+    return "other"
+
+
+def upstream_context(
+    cluster: Cluster, credentials: UpstreamCredentials, *, alpn: tuple[str, ...] = ("h2", "http/1.1")
+) -> ssl.SSLContext:
+    """The client context kubegate uses towards one cluster's API server."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cluster.insecure_skip_tls_verify:
+        log.warning(
+            "cluster %s: insecure_skip_tls_verify is set, the API server's certificate is NOT verified",
+            cluster.name,
+        )
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif cluster.ca_pem:
+        ctx.load_verify_locations(cadata=cluster.ca_pem.decode("ascii"))
+    else:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    if credentials.client_cert_pem and credentials.client_key_pem:
+        _load_pem_chain(ctx, credentials.client_cert_pem, credentials.client_key_pem)
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    return ctx
+
+
+def _load_pem_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    """``load_cert_chain`` only reads files: write both to a private temporary file, load, remove."""
+    fd, path = tempfile.mkstemp(prefix="kubegate-upstream-", suffix=".pem")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(cert_pem.rstrip(b"\n") + b"\n" + key_pem)
+        ctx.load_cert_chain(path)
+    finally:
+        os.unlink(path)

@@ -1,0 +1,276 @@
+"""exec / attach / portforward: HTTP/1.1 upgrades (SPDY/3.1 by POST, WebSocket by GET) relayed as bytes.
+
+The request is routed and authorized like any other, then sent on a fresh upstream HTTP/1.1
+connection. The upstream's answer goes back to the client as is (headers rewritten): a ``101`` starts
+the relay, anything else (e.g. a 400/403 refusal of WebSocket, on which kubectl falls back to SPDY) is
+passed through and the client connection closes. The relay moves bytes both ways without re-framing;
+each side's reading pauses while the other side's write buffer is above its high-water mark; when one
+side ends, the other is closed once its queued bytes are written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from proxy import metrics
+from proxy.headers import rewrite_request_headers, rewrite_response_headers
+from proxy.policy import Verdict
+from proxy.protocol.events import ResponseHead
+from proxy.upstream.base import UpstreamError
+from rbac.status import REASONS, status_body
+
+if TYPE_CHECKING:
+    from proxy.forward import Exchange
+    from proxy.upstream.http1 import Http1Upstream
+
+log = logging.getLogger("kubegate.proxy.upgrade")
+
+
+def encode_101(headers: list[tuple[bytes, bytes]]) -> bytes:
+    parts = [b"HTTP/1.1 101 Switching Protocols\r\n"]
+    for key, value in headers:
+        parts += (key, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+class _Side(asyncio.Protocol):
+    """One end of the relay: bytes received here are written to ``peer``'s transport."""
+
+    def __init__(self, session: UpgradeSession, name: str) -> None:
+        self.session = session
+        self.name = name
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Side | None = None
+        self.bytes = 0
+        self.eof = False
+        self.lost = False
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes += len(data)
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.lost:
+            peer.transport.write(data)
+            self.session.observe(self.name, data)
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        self.session.side_ended(self)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.session.side_ended(self)
+
+    def pause_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.lost:
+            peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.lost:
+            peer.transport.resume_reading()
+
+
+class UpgradeSession:
+    def __init__(self, exchange: Exchange, trailing: bytes) -> None:
+        self.ex = exchange
+        self.trailing = trailing
+        self.client = _Side(self, "client")
+        self.upstream = _Side(self, "upstream")
+        self.client.peer = self.upstream
+        self.upstream.peer = self.client
+        self._done: asyncio.Future[None] | None = None
+        self._up: Http1Upstream | None = None
+        self.relaying = False
+        self.started = time.time()
+        self.tap: Any = None
+
+    def observe(self, direction: str, data: bytes) -> None:
+        tap = self.tap
+        if tap is not None:
+            try:
+                tap(direction, data)
+            except Exception:  # an audit tap must never break the session
+                log.exception("session tap failed")
+                self.tap = None
+
+    async def run(self) -> None:
+        ex = self.ex
+        conn = ex.conn
+        try:
+            try:
+                decided = await ex._decide()
+                if decided[0] is None:
+                    _, code, body = decided
+                    ex._respond_error(code, body, "denied")  # type: ignore[arg-type]
+                    return
+                cluster, verdict, target = decided
+                assert isinstance(verdict, Verdict)
+                ex.kind = _kind(ex.head.path)
+                pool = ex.fwd.pools.get(cluster)
+                await pool.ensure_credentials()
+                headers = rewrite_request_headers(
+                    ex.head.headers,
+                    user=verdict.user or ex.identity.user,
+                    groups=verdict.groups,
+                    client_ip=conn.peer_ip,
+                    upstream_authority=pool.authority,
+                    bearer_token=pool.bearer_token,
+                    upgrade=True,
+                )
+                up, status, up_headers, up_trailing = await pool.open_upgrade(ex.head.method, target, headers)
+                self._up = up
+                ex.status = status
+                if status != 101:
+                    await self._refusal(up, status, up_headers)
+                    return
+                await self._relay(up, up_headers, up_trailing, verdict)
+            except UpstreamError as exc:
+                metrics.upstream_error(ex.cluster.name if ex.cluster else "", exc.kind)
+                log.warning("upstream error on upgrade", extra={"request_id": ex.request_id, "code": exc.status, "problem": exc.message})
+                ex._respond_error(exc.status, status_body(exc.status, REASONS.get(exc.status, "InternalError"), exc.message), exc.kind)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("internal error in upgrade", extra={"request_id": ex.request_id})
+            ex._respond_error(500, status_body(500, "InternalError", f"kubegate internal error (request id {ex.request_id})"), "internal")
+        finally:
+            if not self.relaying:
+                conn.close()  # parsing stopped at the upgrade head: this connection serves nothing more
+                if self._up is not None:
+                    self._up.close()
+            ex._finish()
+            if self.relaying:
+                conn._close_all()
+
+    async def _refusal(self, up: Http1Upstream, status: int, up_headers: list[tuple[bytes, bytes]]) -> None:
+        ex = self.ex
+        conn = ex.conn
+        exchange = up.exchange
+        chunks = []
+        if exchange is not None:
+            while chunk := await exchange.read():
+                chunks.append(chunk)
+        body = b"".join(chunks)
+        headers = rewrite_response_headers(up_headers, request_id=ex.request_id, body_rewritten=True)
+        headers = [(k, v) for k, v in headers if k not in (b"content-length",)]
+        headers.append((b"content-length", str(len(body)).encode()))
+        conn.send_head(ResponseHead(ex.sid, status, headers, content_length=len(body)))
+        conn.send_body(ex.sid, body, end_stream=True)
+        ex._response_started = True
+        conn.flush()
+
+    async def _relay(self, up: Http1Upstream, up_headers: list[tuple[bytes, bytes]], up_trailing: bytes, verdict: Verdict) -> None:
+        ex = self.ex
+        conn = ex.conn
+        loop = ex.fwd.loop
+        self._done = loop.create_future()
+        conn.flush()
+        client_transport = conn.detach()
+        headers = rewrite_response_headers(up_headers, request_id=ex.request_id, upgrade=True)
+        client_transport.write(encode_101(headers))
+        ex._response_started = True
+        self.relaying = True
+        ex._observe_head()
+        assert up.transport is not None
+        self.client.transport = client_transport
+        self.upstream.transport = up.transport
+        client_transport.set_protocol(self.client)
+        up.take_over(self.upstream)
+        if up.reading_paused:
+            up.resume()
+        if self.trailing:
+            self.client.data_received(self.trailing)
+        if up_trailing:
+            self.upstream.data_received(up_trailing)
+        kind = ex.kind or "upgrade"
+        metrics.OPEN_STREAMS.labels(kind).inc()
+        self._audit_session("session.start", verdict)
+        try:
+            if client_transport.is_closing():
+                self.side_ended(self.client)
+            await self._done
+        finally:
+            metrics.OPEN_STREAMS.labels(kind).dec()
+            metrics.BYTES_RELAYED.labels("to_client").inc(self.upstream.bytes)
+            metrics.BYTES_RELAYED.labels("to_upstream").inc(self.client.bytes)
+            ex.bytes_out = self.upstream.bytes
+            ex.bytes_in = self.client.bytes
+            for side in (self.client, self.upstream):
+                if side.transport is not None and not side.transport.is_closing():
+                    side.transport.close()
+            self._audit_session("session.end", verdict)
+
+    def side_ended(self, side: _Side) -> None:
+        """One side ended (EOF or lost): close the other once its queued bytes are written."""
+        peer = side.peer
+        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
+            if side.eof and not side.lost and peer.transport.can_write_eof():
+                peer.transport.write_eof()  # a real half-close where the transport has one (plain TCP)
+                if not peer.eof:
+                    return
+            else:
+                peer.transport.close()
+        if side.transport is not None and not side.transport.is_closing() and (side.lost or (peer is not None and (peer.eof or peer.lost))):
+            side.transport.close()
+        if self._done is not None and not self._done.done() and (side.lost or side.eof):
+            self._done.set_result(None)
+
+    def client_gone(self) -> None:
+        if self.relaying:
+            self.side_ended(self.client)
+        elif self.ex.task is not None and not self.ex.task.done():
+            self.ex.task.cancel()
+
+    def stop(self, reason: str) -> None:
+        if not self.relaying:
+            self.client_gone()
+            return
+        for side in (self.client, self.upstream):
+            if side.transport is not None:
+                side.transport.close()
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def _audit_session(self, event: str, verdict: Verdict) -> None:
+        ex = self.ex
+        audit = ex.fwd.audit
+        if audit is None:
+            return
+        record: dict[str, Any] = {
+            "event": event,
+            "time": time.time(),
+            "request_id": ex.request_id,
+            "user": ex.identity.user,
+            "impersonated_user": verdict.user,
+            "impersonated_groups": list(verdict.groups),
+            "cluster": ex.cluster.name if ex.cluster else None,
+            "kind": ex.kind,
+            "namespace": verdict.namespace,
+            "pod": verdict.name,
+            "path": ex.head.path,
+            "query": ex.head.query,
+            "protocol": (ex.head.header(b"upgrade") or b"").decode("latin-1"),
+        }
+        if event == "session.end":
+            record.update(
+                bytes_to_client=self.upstream.bytes,
+                bytes_from_client=self.client.bytes,
+                duration_s=round(time.time() - self.started, 3),
+                stopped=ex._stop_reason,
+            )
+            if self.tap is not None and hasattr(self.tap, "summary"):
+                record.update(self.tap.summary())
+        audit(record)
+
+
+def _kind(path: str) -> str:
+    for kind in ("exec", "attach", "portforward"):
+        if path.endswith("/" + kind):
+            return kind
+    return "upgrade"

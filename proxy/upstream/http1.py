@@ -1,0 +1,262 @@
+"""HTTP/1.1 client connection to an API server (asyncio protocol + httptools response parser).
+
+One exchange at a time; keep-alive when both sides allow it. Upgrades (exec/attach/portforward) use a
+fresh connection: ``Http1Upstream.start_upgrade`` writes the head and waits for the response head; on
+``101`` the caller takes the transport over as a raw byte pipe (``take_over``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httptools
+
+from proxy.protocol.events import Headers
+from proxy.upstream.base import BodyBuffer, UpstreamError, UpstreamStream
+
+
+def encode_request_head(method: str, target: str, headers: Headers) -> bytes:
+    parts = [method.encode("ascii"), b" ", target.encode("latin-1"), b" HTTP/1.1\r\n"]
+    for key, value in headers:
+        parts += (key, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+class Http1Exchange(UpstreamStream):
+    __slots__ = ("conn", "headers", "status", "body", "_head", "_chunked", "_ended", "_done")
+
+    def __init__(self, conn: Http1Upstream, chunked: bool, high_water: int) -> None:
+        self.conn = conn
+        self.status = 0
+        self.headers: Headers = []
+        self.body = BodyBuffer(high_water)
+        loop = asyncio.get_running_loop()
+        self._head: asyncio.Future[tuple[int, Headers]] = loop.create_future()
+        self._chunked = chunked
+        self._ended = False
+        self._done = False
+
+    def send_body(self, data: bytes) -> None:
+        if not data or self.conn.transport is None:
+            return
+        if self._chunked:
+            self.conn.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.conn.transport.write(data)
+
+    def end_request(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self._chunked and self.conn.transport is not None:
+            self.conn.transport.write(b"0\r\n\r\n")
+
+    async def drain(self) -> None:
+        await self.conn.drain()
+
+    async def response_head(self) -> tuple[int, Headers]:
+        return await self._head
+
+    async def read(self) -> bytes:
+        data = await self.body.read()
+        if self.conn.reading_paused and self.body.size <= self.body.high_water // 2:
+            self.conn.resume()
+        return data
+
+    def consumed(self, nbytes: int) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.conn.close()
+
+    def release(self) -> None:
+        self._done = True
+        self.conn.exchange_released(self)
+
+    # called by the connection
+    def on_head(self, status: int, headers: Headers) -> None:
+        self.status = status
+        self.headers = headers
+        if not self._head.done():
+            self._head.set_result((status, headers))
+
+    def on_error(self, error: UpstreamError) -> None:
+        if not self._head.done():
+            self._head.set_exception(error)
+            self._head.exception()  # mark retrieved: the reader may be gone already
+        self.body.finish(error)
+
+
+class Http1Upstream(asyncio.Protocol):
+    """One HTTP/1.1 connection to an API server."""
+
+    def __init__(self, cluster_name: str, high_water: int, on_idle: object = None) -> None:
+        self.cluster_name = cluster_name
+        self.high_water = high_water
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Http1Exchange | None = None
+        self.closed = False
+        self.reading_paused = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._cur_headers: Headers = []
+        self._message_done = False
+        self._keep_alive = True
+        self._upgrade_data: bytes | None = None
+        self._on_idle = on_idle  # callable(conn) when it can serve another request
+        self.raw_protocol: asyncio.Protocol | None = None
+
+    # --- asyncio.Protocol -------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.raw_protocol is not None:
+            self.raw_protocol.data_received(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args else len(data)
+            self._upgrade_data = data[offset:]
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(502, f"cluster {self.cluster_name} sent an invalid HTTP response: {exc}", "protocol"))
+            self.close()
+
+    def eof_received(self) -> bool | None:
+        if self.raw_protocol is not None:
+            return self.raw_protocol.eof_received()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.raw_protocol is not None:
+            self.raw_protocol.connection_lost(exc)
+            return
+        self._fail(UpstreamError(502, f"connection to cluster {self.cluster_name} was closed mid-response", "reset"))
+        self._wake_drain()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self.raw_protocol is not None:
+            self.raw_protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+        if self.raw_protocol is not None:
+            self.raw_protocol.resume_writing()
+
+    # --- httptools callbacks ----------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._cur_headers = []
+        self._message_done = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._cur_headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        self._keep_alive = self.parser.should_keep_alive()
+        if status < 200 and status != 101:
+            self._cur_headers = []  # interim response (100 Continue): wait for the real one
+            return
+        if self.exchange is not None:
+            self.exchange.on_head(status, self._cur_headers)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.exchange
+        if exchange is not None and exchange.body.push(body) and not self.reading_paused:
+            self.pause()
+
+    def on_message_complete(self) -> None:
+        if self.exchange is not None and self.exchange.status >= 200:
+            self._message_done = True
+            self.exchange.body.finish()
+            self._maybe_idle()
+
+    # --- use ----------------------------------------------------------------------------------------
+    def start(self, method: str, target: str, headers: Headers, *, chunked: bool, body: bytes = b"") -> Http1Exchange:
+        assert self.transport is not None and self.exchange is None
+        exchange = Http1Exchange(self, chunked, self.high_water)
+        self.exchange = exchange
+        self._message_done = False
+        head = encode_request_head(method, target, headers)
+        self.transport.write(head + body if body else head)
+        return exchange
+
+    async def start_upgrade(self, method: str, target: str, headers: Headers) -> tuple[int, Headers, bytes]:
+        """Send an upgrade request; return (status, headers, bytes after the head). On 101 the caller
+        then calls ``take_over``; otherwise it reads the refusal's body with ``exchange.read()``."""
+        exchange = self.start(method, target, headers, chunked=False)
+        status, resp_headers = await exchange.response_head()
+        if status == 101:
+            # httptools raises HttpParserUpgrade in the same feed_data call that completed the head.
+            return status, resp_headers, self._upgrade_data or b""
+        return status, resp_headers, b""
+
+    def take_over(self, protocol: asyncio.Protocol) -> None:
+        """From now on bytes from the upstream go to ``protocol`` (raw relay after a 101)."""
+        self.raw_protocol = protocol
+        self.exchange = None
+
+    def pause(self) -> None:
+        if self.transport is not None and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    async def drain(self) -> None:
+        while self._write_paused and not self.closed:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def exchange_released(self, exchange: Http1Exchange) -> None:
+        if exchange is not self.exchange:
+            return
+        if not self._message_done or not exchange._ended:
+            self.close()  # half-read response or half-sent request: the connection is unusable
+            return
+        self._maybe_idle()
+
+    @property
+    def reusable(self) -> bool:
+        return not self.closed and self.exchange is None and self._keep_alive and self.raw_protocol is None
+
+    # --- internals ----------------------------------------------------------------------------------
+    def _maybe_idle(self) -> None:
+        exchange = self.exchange
+        if exchange is None or not exchange._done or not self._message_done:
+            return
+        self.exchange = None
+        if self.reading_paused:
+            self.resume()
+        if not self._keep_alive:
+            self.close()
+            return
+        if self._on_idle is not None:
+            self._on_idle(self)  # type: ignore[operator]
+
+    def _fail(self, error: UpstreamError) -> None:
+        exchange = self.exchange
+        if exchange is not None and not (self._message_done and exchange.body.eof):
+            exchange.on_error(error)
+
+    def _wake_drain(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

@@ -1,0 +1,291 @@
+"""HTTP/2 client connection to an API server: the ``h2`` state machine (sans-IO) driven by an asyncio
+protocol. Many exchanges (ordinary requests and long-lived watches) share one TLS connection.
+
+Flow control: response DATA is buffered per stream and its credit is returned to the server only when
+the forwarding task reports the bytes ``consumed`` (they left towards the client), so a slow client
+stalls its own stream at the server, not the proxy's memory. Request bodies are sent as the server's
+window allows; the remainder waits for WINDOW_UPDATE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from proxy.protocol.events import Headers
+from proxy.upstream.base import BodyBuffer, UpstreamError, UpstreamStream
+
+_CONNECTION_WINDOW = 16 * 1024 * 1024
+_STREAM_WINDOW = 1024 * 1024
+
+
+class H2Exchange(UpstreamStream):
+    __slots__ = ("conn", "stream_id", "status", "headers", "body", "_head", "_pending", "_end_pending", "_drain", "_closed")
+
+    def __init__(self, conn: H2Upstream, stream_id: int, high_water: int) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.status = 0
+        self.headers: Headers = []
+        self.body = BodyBuffer(high_water)
+        self._head: asyncio.Future[tuple[int, Headers]] = asyncio.get_running_loop().create_future()
+        self._pending: list[bytes] = []
+        self._end_pending = False
+        self._drain: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def send_body(self, data: bytes) -> None:
+        if data and not self._closed:
+            self._pending.append(data)
+            self.conn.flush_stream(self)
+
+    def end_request(self) -> None:
+        if not self._closed:
+            self._end_pending = True
+            self.conn.flush_stream(self)
+
+    async def drain(self) -> None:
+        while (self._pending or self.conn.write_paused) and not self._closed:
+            self._drain = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain
+            finally:
+                self._drain = None
+
+    async def response_head(self) -> tuple[int, Headers]:
+        return await self._head
+
+    async def read(self) -> bytes:
+        return await self.body.read()
+
+    def consumed(self, nbytes: int) -> None:
+        if nbytes:
+            self.conn.acknowledge(self.stream_id, nbytes)
+
+    def abort(self) -> None:
+        if not self._closed:
+            self.conn.reset(self)
+
+    def release(self) -> None:
+        if not self._closed:
+            self.conn.reset(self)  # forgotten before the end: tell the server
+
+    def wake_drain(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def fail(self, error: UpstreamError) -> None:
+        self._closed = True
+        if not self._head.done():
+            self._head.set_exception(error)
+            self._head.exception()
+        self.body.finish(error)
+        self.wake_drain()
+
+
+class H2Upstream(asyncio.Protocol):
+    """One multiplexed HTTP/2 connection to an API server."""
+
+    def __init__(self, cluster_name: str, authority: str, high_water: int) -> None:
+        self.cluster_name = cluster_name
+        self.authority = authority.encode("latin-1")
+        self.high_water = high_water
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=False)
+        self.h2 = h2.connection.H2Connection(config)
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, H2Exchange] = {}
+        self.closed = False
+        self.write_paused = False
+        self.max_streams = 100
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.h2.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _STREAM_WINDOW,
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1000,
+            },
+        )
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(_CONNECTION_WINDOW - 65535)
+        self._flush()
+
+    @property
+    def capacity(self) -> int:
+        if self.closed:
+            return 0
+        limit = min(self.max_streams, self.h2.remote_settings.max_concurrent_streams)
+        return limit - len(self.streams)
+
+    def start(self, method: str, target: str, headers: Headers, *, end_stream: bool, body: bytes = b"") -> H2Exchange:
+        if self.closed:
+            raise UpstreamError(502, f"connection to cluster {self.cluster_name} is closed", "reset")
+        stream_id = self.h2.get_next_available_stream_id()
+        exchange = H2Exchange(self, stream_id, self.high_water)
+        self.streams[stream_id] = exchange
+        h2_headers = [
+            (b":method", method.encode("ascii")),
+            (b":scheme", b"https"),
+            (b":authority", self.authority),
+            (b":path", target.encode("latin-1")),
+        ]
+        h2_headers.extend(h for h in headers if h[0] != b"host")
+        try:
+            self.h2.send_headers(stream_id, h2_headers, end_stream=end_stream and not body)
+        except h2.exceptions.ProtocolError as exc:
+            del self.streams[stream_id]
+            raise UpstreamError(502, f"cannot send request to cluster {self.cluster_name}: {exc}", "protocol") from exc
+        if body:
+            exchange._pending.append(body)
+            exchange._end_pending = end_stream
+            self.flush_stream(exchange)
+        self._flush()
+        return exchange
+
+    # --- asyncio.Protocol -------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self._fail_all(UpstreamError(502, f"cluster {self.cluster_name} broke HTTP/2: {exc}", "protocol"))
+            self.close()
+            return
+        for event in events:
+            if isinstance(event, h2.events.DataReceived):
+                exchange = self.streams.get(event.stream_id)
+                if exchange is None:
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    continue
+                padding = event.flow_controlled_length - len(event.data)
+                if padding:
+                    self.h2.acknowledge_received_data(padding, event.stream_id)
+                if event.data:
+                    exchange.body.push(event.data)
+            elif isinstance(event, h2.events.ResponseReceived):
+                exchange = self.streams.get(event.stream_id)
+                if exchange is not None:
+                    status = 0
+                    headers: Headers = []
+                    for key, value in event.headers:
+                        if key == b":status":
+                            status = int(value)
+                        elif not key.startswith(b":"):
+                            headers.append((key, value))
+                    if status >= 200 and not exchange._head.done():
+                        exchange.status = status
+                        exchange.headers = headers
+                        exchange._head.set_result((status, headers))
+            elif isinstance(event, h2.events.StreamEnded):
+                exchange = self.streams.pop(event.stream_id, None)
+                if exchange is not None:
+                    exchange._closed = True
+                    if not exchange._head.done():
+                        exchange.fail(UpstreamError(502, f"cluster {self.cluster_name} ended a stream without a response", "protocol"))
+                    exchange.body.finish()
+                    exchange.wake_drain()
+            elif isinstance(event, h2.events.StreamReset):
+                exchange = self.streams.pop(event.stream_id, None)
+                if exchange is not None:
+                    exchange.fail(UpstreamError(502, f"cluster {self.cluster_name} reset the stream (code {event.error_code})", "reset"))
+            elif isinstance(event, h2.events.WindowUpdated):
+                if event.stream_id == 0:
+                    for exchange in list(self.streams.values()):
+                        if exchange._pending or exchange._end_pending:
+                            self.flush_stream(exchange)
+                else:
+                    exchange = self.streams.get(event.stream_id)
+                    if exchange is not None:
+                        self.flush_stream(exchange)
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self.closed = True  # GOAWAY: no new streams; streams above last_stream_id are gone
+                last = event.last_stream_id or 0
+                for sid in [s for s in self.streams if s > last]:
+                    self.streams.pop(sid).fail(UpstreamError(502, f"cluster {self.cluster_name} refused the stream (GOAWAY)", "reset"))
+            elif isinstance(event, h2.events.RemoteSettingsChanged):
+                pass
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail_all(UpstreamError(502, f"connection to cluster {self.cluster_name} was lost", "reset"))
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for exchange in list(self.streams.values()):
+            exchange.wake_drain()
+
+    # --- used by exchanges ------------------------------------------------------------------------
+    def flush_stream(self, exchange: H2Exchange) -> None:
+        sid = exchange.stream_id
+        try:
+            while exchange._pending:
+                window = min(self.h2.local_flow_control_window(sid), self.h2.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                chunk = exchange._pending[0]
+                if len(chunk) <= window:
+                    exchange._pending.pop(0)
+                    self.h2.send_data(sid, chunk)
+                else:
+                    exchange._pending[0] = chunk[window:]
+                    self.h2.send_data(sid, chunk[:window])
+            if not exchange._pending and exchange._end_pending:
+                exchange._end_pending = False
+                self.h2.end_stream(sid)
+        except h2.exceptions.StreamClosedError:
+            exchange._pending.clear()
+            exchange._end_pending = False
+        except h2.exceptions.ProtocolError as exc:
+            exchange.fail(UpstreamError(502, f"cannot send to cluster {self.cluster_name}: {exc}", "protocol"))
+        if not exchange._pending:
+            exchange.wake_drain()
+        self._flush()
+
+    def acknowledge(self, stream_id: int, nbytes: int) -> None:
+        try:
+            self.h2.acknowledge_received_data(nbytes, stream_id)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            return
+        self._flush()
+
+    def reset(self, exchange: H2Exchange) -> None:
+        exchange._closed = True
+        if exchange.body.size:  # buffered, never consumed: give the connection window back
+            self.acknowledge(exchange.stream_id, exchange.body.size)
+        if self.streams.pop(exchange.stream_id, None) is not None:
+            try:
+                self.h2.reset_stream(exchange.stream_id, error_code=8)  # CANCEL
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                pass
+            self._flush()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            try:
+                self.h2.close_connection()
+                self._flush()
+            except h2.exceptions.ProtocolError:
+                pass
+            self.transport.close()
+
+    # --- internals ----------------------------------------------------------------------------------
+    def _flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _fail_all(self, error: UpstreamError) -> None:
+        streams, self.streams = self.streams, {}
+        for exchange in streams.values():
+            exchange.fail(error)
