@@ -1,0 +1,225 @@
+"""``kubegate kubeconfig``: a kubeconfig with one context per cluster the identity's roles can see.
+
+The cluster list comes from the config's cluster sources (``configured_clusters``): the contexts of
+``kubernetes_service.kubeconfig_files``, the kube_cluster resources in ``kubernetes_service.clusters_dir``
+and the persisted registry (``<state_dir>/clusters``, clusters added with the CLI or found by cloud
+discovery), restricted to those this proxy serves (``kubernetes_service.resources``), then filtered by
+the identity's roles (``certs.access.visible_clusters``). Dynamic labels are only known to a running
+proxy, so a role that needs one to see a cluster does not get its context here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from certs.access import NamedCluster, visible_clusters
+from certs.ca import CertificateAuthority, CertificateVerificationError, verify_client_chain
+from certs.identity import IdentityError, identity_from_certificate
+from certs.kubeconfig import EmbeddedCredentials, build_kubeconfig, write_kubeconfig_document
+from certs.locks import format_time
+from discovery.errors import DiscoveryError
+from discovery.kube_cluster import FILE_SUFFIXES, load_resource_file
+from discovery.kubeconfig import kubeconfig_clusters_with_errors
+from discovery.store import ClusterStore
+from kubegate.commands.ca import (
+    CommandError,
+    add_config_argument,
+    load_cfg,
+    load_roles,
+    open_ca,
+    parse_traits,
+    report_errors,
+)
+from kubegate.commands.users import add_identity_arguments, issue_for
+from kubegate.config import Config
+from rbac.identity import Identity
+from rbac.labels import labels_match
+from rbac.roles import RoleSet
+
+__all__ = ["register", "configured_clusters", "kubeconfig_document"]
+
+log = logging.getLogger(__name__)
+
+
+def configured_clusters(cfg: Config) -> tuple[list[NamedCluster], list[str]]:
+    """(clusters this proxy serves per the config's sources, problems found reading them).
+
+    First source wins on a name clash (kubeconfig files, then clusters_dir, then the registry store),
+    as in the registry. Unreadable sources are reported, never fatal.
+    """
+    found: dict[str, NamedCluster] = {}
+    problems: list[str] = []
+
+    def add(clusters: Iterable[NamedCluster]) -> None:
+        for cluster in clusters:
+            found.setdefault(cluster.name, cluster)
+
+    for path in cfg.kubernetes_service.kubeconfig_files:
+        try:
+            clusters, errors = kubeconfig_clusters_with_errors(path)
+        except DiscoveryError as exc:
+            problems.append(str(exc))
+            continue
+        problems.extend(errors)
+        add(NamedCluster(c.name, dict(c.labels)) for c in clusters)
+    if cfg.kubernetes_service.clusters_dir:
+        directory = Path(cfg.kubernetes_service.clusters_dir)
+        files = sorted(directory.iterdir()) if directory.is_dir() else []
+        for file in files:
+            if file.name.startswith(".") or not file.name.endswith(FILE_SUFFIXES) or not file.is_file():
+                continue
+            try:
+                add(NamedCluster(r.name, dict(r.labels)) for r in load_resource_file(file))
+            except DiscoveryError as exc:
+                problems.append(str(exc))
+    records, errors = ClusterStore(cfg.registry_dir).load_all()
+    problems.extend(errors)
+    add(NamedCluster(r.name, dict(r.labels)) for r in records.values())
+    selectors = [m.labels for m in cfg.kubernetes_service.resources]
+    served = [c for c in found.values() if any(labels_match(s, c.labels) for s in selectors)]
+    return sorted(served, key=lambda c: c.name), problems
+
+
+def kubeconfig_document(
+    identity: Identity,
+    roles: RoleSet,
+    clusters: Iterable[NamedCluster],
+    server_url: str,
+    ca_pem: bytes,
+    cert_pem: bytes,
+    key_pem: bytes,
+    current: str | None = None,
+) -> dict:
+    """The kubeconfig for ``identity``: contexts = the clusters its roles can see (CommandError if none)."""
+    names = visible_clusters(identity, roles, clusters)
+    if not names:
+        pinned = f" (certificate pinned to {identity.pinned_cluster!r})" if identity.pinned_cluster else ""
+        raise CommandError(
+            f"no cluster is visible to {identity.user!r} with roles {', '.join(identity.roles) or '(none)'}{pinned}"
+        )
+    if current is not None and current not in names:
+        raise CommandError(f"--context {current!r} is not among the visible clusters: {', '.join(names)}")
+    return build_kubeconfig(
+        server_url,
+        names,
+        EmbeddedCredentials(cert_pem, key_pem),
+        ca_pem=ca_pem,
+        user_name=identity.user,
+        current=current,
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "kubeconfig",
+        help="write a kubeconfig for a user (new certificate) or for an existing certificate",
+        description=(
+            "Write a kubeconfig with one context per cluster the identity's roles can see (context and "
+            "cluster entries are named after the kubegate cluster; server "
+            "https://<proxy.public_addr>/k8s/clusters/<cluster>), all sharing one embedded client "
+            "certificate and the kubegate CA. With --user a new certificate is issued (like `users "
+            "issue`); with --cert/--key an existing certificate is used and its roles decide the "
+            "contexts. The file is written atomically with mode 0600."
+        ),
+    )
+    add_config_argument(parser)
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="issue a new certificate for this user (needs --roles)")
+    who.add_argument(
+        "--cert", metavar="FILE", help="use this existing certificate (PEM) issued by the kubegate CA"
+    )
+    parser.add_argument("--key", metavar="FILE", help="private key (PEM) of --cert")
+    add_identity_arguments(parser, roles_required=False)
+    parser.add_argument(
+        "--out",
+        metavar="FILE",
+        help="where to write the kubeconfig (default: ./<user>.kubeconfig; '-' prints it)",
+    )
+    parser.add_argument(
+        "--context", metavar="CLUSTER", help="current context (default: first cluster by name)"
+    )
+    parser.add_argument(
+        "--proxy-addr",
+        metavar="HOST:PORT",
+        help="address clients use to reach the proxy (default: proxy.public_addr, else the listen address)",
+    )
+    parser.set_defaults(func=report_errors(run_kubeconfig))
+
+
+def _existing(
+    ca: CertificateAuthority, cert_file: str, key_file: str | None
+) -> tuple[Identity, bytes, bytes]:
+    if not key_file:
+        raise CommandError("--cert needs --key")
+    try:
+        cert_pem = Path(cert_file).read_bytes()
+        key_pem = Path(key_file).read_bytes()
+        certificate = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CommandError(f"cannot read --cert/--key: {exc}") from None
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(
+        serialization.Encoding.DER, spki
+    ) != certificate.public_key().public_bytes(serialization.Encoding.DER, spki):
+        raise CommandError(f"{key_file} is not the private key of {cert_file}")
+    try:
+        verify_client_chain(certificate, ca)
+        identity = identity_from_certificate(certificate)
+    except (CertificateVerificationError, IdentityError) as exc:
+        raise CommandError(f"{cert_file}: {exc}") from None
+    return identity, cert_pem, key_pem
+
+
+def run_kubeconfig(args: argparse.Namespace) -> int:
+    cfg = load_cfg(args)
+    ca = open_ca(cfg)
+    if args.user:
+        if not args.roles:
+            raise CommandError("--user needs --roles (kubegate keeps no user database)")
+        issued = issue_for(cfg, ca, args.user, args.roles, args.ttl, parse_traits(args.traits), args.cluster)
+        assert issued.key_pem is not None
+        identity = identity_from_certificate(issued.certificate)
+        cert_pem, key_pem = issued.cert_pem, issued.key_pem
+    else:
+        if args.roles or args.traits or args.cluster:
+            raise CommandError(
+                "--roles/--traits/--cluster apply to a new certificate (--user), not to --cert"
+            )
+        identity, cert_pem, key_pem = _existing(ca, args.cert, args.key)
+    roles = load_roles(cfg)
+    clusters, problems = configured_clusters(cfg)
+    for problem in problems:
+        print(f"kubegate: warning: {problem}", file=sys.stderr)
+    document = kubeconfig_document(
+        identity,
+        roles,
+        clusters,
+        args.proxy_addr or cfg.proxy.public_address,
+        ca.cert_pem,
+        cert_pem,
+        key_pem,
+        current=args.context,
+    )
+    contexts = [c["name"] for c in document["contexts"]]
+    if args.out == "-":
+        sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
+    else:
+        out = Path(args.out or f"{identity.user}.kubeconfig")
+        write_kubeconfig_document(out, document)
+        print(f"kubeconfig: {out}")
+    expires = format_time(identity.not_after) if identity.not_after else "?"
+    print(
+        f"user {identity.user} (serial {identity.serial}, expires {expires}); contexts: {', '.join(contexts)}; "
+        f"current: {document['current-context']}",
+        file=sys.stderr if args.out == "-" else sys.stdout,
+    )
+    return 0
