@@ -156,7 +156,9 @@ class ChannelCodec:
                 raise ChannelFrameError(f"bad base64 payload: {exc}") from exc
             return int(digits), payload
         if isinstance(message, str):
-            raise ChannelFrameError("text message on a binary channel protocol")
+            # The apiserver reads text frames as their UTF-8 bytes too (the Python client sends str
+            # stdin as text frames "\x00data").
+            message = message.encode("utf-8")
         if not message:
             raise ChannelFrameError("empty message")
         return message[0], message[1:]
