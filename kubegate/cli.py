@@ -15,12 +15,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kubegate.commands.demo",
     "kubegate.commands.start",
     "kubegate.commands.config",
-    # "kubegate.commands.sandbox",
+    "kubegate.commands.sandbox",
     "kubegate.commands.ca",
     "kubegate.commands.users",
     "kubegate.commands.kubeconfig",
     "kubegate.commands.bot",
-    # "kubegate.commands.clusters",
+    "kubegate.commands.clusters",
     "kubegate.commands.bench",
 )
 

@@ -39,3 +39,14 @@ def kubectl(request: pytest.FixtureRequest) -> str:
 def _no_user_kubeconfig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Tests never read the developer's ~/.kube/config: kubectl gets an explicit --kubeconfig."""
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+
+
+@pytest.fixture
+def sandbox_cluster(tmp_path: Path):
+    """A running sandbox cluster (real Api/Store/streams, TLS on a random loopback port), stopped after
+    the test. See sandbox.testing.RunningSandbox: .url .port .ca_pem_path .admin_kubeconfig .store
+    .client_kubeconfig(user, groups) .issue_client_cert(user, groups) .token_kubeconfig(user, groups)."""
+    from sandbox.testing import running_sandbox
+
+    with running_sandbox(tmp_path / "sandbox-cluster") as sb:
+        yield sb
