@@ -95,6 +95,11 @@ class ClusterRegistry:
         with self._lock:
             return sorted((e.current for e in self._entries.values() if e.current), key=lambda c: c.name)
 
+    def peek(self, name: str) -> Cluster | None:
+        """The cluster ``name`` whether served or not."""
+        entry = self._entries.get(name)
+        return entry.current if entry else None
+
     def is_served(self, name: str) -> bool:
         return name in self._served
 

@@ -1,0 +1,391 @@
+"""The discovery service: keeps a ``ClusterRegistry`` in step with every source, without restarts.
+
+Sources and how they are watched (all on the running event loop; blocking work goes to threads):
+
+- ``kubernetes_service.kubeconfig_files``: each context → a cluster; files polled by mtime.
+- ``kubernetes_service.clusters_dir``: ``kube_cluster`` files (``ClustersDirScanner``), polled by mtime;
+  one registry source per file (``dir:<path>``).
+- the store ``<state_dir>/clusters/`` (``ClusterStore``): the CLI's clusters and the cloud-discovered
+  ones, polled by mtime; a record is rebuilt into a cluster only when it changed (token caches survive).
+- cloud pollers (``discovery_service.enabled``): EKS and AKS fetchers every ``poll_interval`` ± 10 %
+  jitter; a failed or partial run retries after 10 s, 20 s, 40 s … (capped at the poll interval) and
+  deletes nothing. Each run reconciles (``discovery.reconcile``) against the store records of its own
+  origin and discovery group, writes the store, and re-reads it.
+- dynamic labels of kube_cluster resources (``DynamicLabelRunner``) → ``registry.set_dynamic_labels``.
+- health checks (``HealthChecker``) → ``registry.set_health``; after each round the health of every
+  cluster is written to ``<state_dir>/clusters/health.state`` for ``kubegate clusters ls``.
+
+Wiring (see ``from_config``)::
+
+    registry = ClusterRegistry(selectors)                     # what the proxy reads
+    service = DiscoveryService.from_config(cfg, registry, cloud=worker_index == 0)
+    await service.start()      # first sync done when this returns; loops keep running
+    ...
+    await service.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from discovery import aks, eks, metrics
+from discovery.dynamic_labels import DEFAULT_TIMEOUT, DynamicLabelRunner, DynamicLabelSpec
+from discovery.errors import DiscoveryError
+from discovery.health import HealthChecker
+from discovery.kube_cluster import ORIGIN as KUBE_CLUSTER
+from discovery.kube_cluster import ClustersDirScanner, KubeClusterResource
+from discovery.kubeconfig import kubeconfig_clusters_with_errors
+from discovery.model import Cluster
+from discovery.reconcile import Plan, reconcile
+from discovery.registry import ClusterRegistry
+from discovery.store import HEALTH_FILE, ClusterRecord, ClusterStore, atomic_write
+
+log = logging.getLogger(__name__)
+
+STORE_SOURCE = "store"
+RETRY_FIRST = 10.0
+JITTER = 0.1
+
+
+@dataclass
+class _Fetcher:
+    origin: str
+    fetch: Callable[[], Any]  # -> FetchResult (eks or aks)
+    failures: int = 0
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class DiscoveryService:
+    def __init__(
+        self,
+        registry: ClusterRegistry,
+        *,
+        store_dir: str | os.PathLike[str],
+        kubeconfig_files: Sequence[str] = (),
+        clusters_dir: str | None = None,
+        discovery_group: str = "",
+        poll_interval: float = 300.0,
+        aws_matchers: Sequence[Any] = (),
+        azure_matchers: Sequence[Any] = (),
+        cloud: bool = True,
+        health: bool = True,
+        watch_interval: float = 1.0,
+        health_interval: float = 30.0,
+        health_timeout: float = 5.0,
+        dynamic_label_timeout: float = DEFAULT_TIMEOUT,
+        aws_sessions: eks.AwsSessions | None = None,
+        azure_credential: Any = None,
+        arm_client: aks.ArmClient | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.registry = registry
+        self.store = ClusterStore(store_dir)
+        self.kubeconfig_files = list(kubeconfig_files)
+        self.dir_scanner = ClustersDirScanner(clusters_dir) if clusters_dir else None
+        self.group = discovery_group
+        self.poll_interval = poll_interval
+        self.watch_interval = watch_interval
+        self.aws_sessions = aws_sessions or eks.AwsSessions()
+        self.external_ids = {m.assume_role_arn: m.external_id for m in aws_matchers
+                             if getattr(m, "assume_role_arn", None) and getattr(m, "external_id", None)}
+        self.azure_credential = azure_credential
+        self.fetchers: list[_Fetcher] = []
+        if cloud and aws_matchers:
+            fetcher = eks.EksFetcher(aws_matchers, group=discovery_group, sessions=self.aws_sessions)
+            self.fetchers.append(_Fetcher(eks.ORIGIN, fetcher.fetch))
+        if cloud and azure_matchers:
+            if arm_client is None and azure_credential is not None:
+                arm_client = aks.ArmClient(azure_credential)
+            az = aks.AksFetcher(azure_matchers, group=discovery_group, arm=arm_client)
+            self.fetchers.append(_Fetcher(aks.ORIGIN, az.fetch))
+        self.labels = DynamicLabelRunner(self._on_dynamic_labels, timeout=dynamic_label_timeout)
+        self.health = (
+            HealthChecker(registry, interval=health_interval, timeout=health_timeout, on_round=self._after_health)
+            if health else None
+        )
+        self.rng = rng or random.Random()
+        self.errors: dict[str, list[str]] = {}  # source → current definition errors
+        self._kubeconfig_stamps: dict[str, Any] = {}
+        self._store_stamps: dict[str, tuple[int, int, int] | None] = {}
+        self._store_records: dict[str, ClusterRecord] = {}
+        self._store_read_errors: dict[str, str] = {}
+        self._store_built: dict[str, tuple[ClusterRecord, Cluster | None, tuple[DynamicLabelSpec, ...], str]] = {}
+        self._dynamic: dict[str, tuple[DynamicLabelSpec, ...]] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_config(cls, cfg: Any, registry: ClusterRegistry, **overrides: Any) -> DiscoveryService:
+        """Build from a ``kubegate.config.Config``; ``overrides`` win (e.g. ``cloud=False`` in workers > 0)."""
+        ks, ds = cfg.kubernetes_service, cfg.discovery_service
+        kwargs: dict[str, Any] = {
+            "store_dir": os.path.join(cfg.state_dir, "clusters"),
+            "kubeconfig_files": list(ks.kubeconfig_files),
+            "clusters_dir": ks.clusters_dir,
+            "discovery_group": ds.discovery_group,
+            "poll_interval": ds.poll_interval,
+            "aws_matchers": list(ds.aws) if ds.enabled else [],
+            "azure_matchers": list(ds.azure) if ds.enabled else [],
+        }
+        kwargs.update(overrides)
+        return cls(registry, **kwargs)
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.store.ensure()
+        swept = await asyncio.to_thread(self.store.sweep_temporaries)
+        if swept:
+            log.warning("removed %d temporary file(s) a crashed writer left in %s", swept, self.store.directory)
+        await self.sync_local()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._watch_loop(), name="discovery:watch"))
+        for fetcher in self.fetchers:
+            self._tasks.append(loop.create_task(self._cloud_loop(fetcher), name=f"discovery:{fetcher.origin}"))
+        if self.health is not None:
+            self._tasks.append(loop.create_task(self.health.run(), name="discovery:health"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        self.labels.stop_all()
+
+    # ---- local sources ------------------------------------------------------------------------------
+
+    async def sync_local(self) -> bool:
+        """One pass over the kubeconfig files, the clusters directory and the store; True on change."""
+        async with self._lock:
+            changed = await asyncio.to_thread(self._sync_files)
+            if await asyncio.to_thread(self._scan_store):
+                self._apply_store()
+                changed = True
+            self._sync_dynamic_labels()
+            metrics.update_cluster_gauges(self.registry.all(), len(self.registry))
+            metrics.DEFINITION_ERRORS.labels("local").set(sum(len(v) for v in self.errors.values()))
+        if changed and self.health is not None:
+            self.health.check_soon()
+        return changed
+
+    def _sync_files(self) -> bool:
+        changed = False
+        for path in self.kubeconfig_files:
+            stamp = _stamp(path)
+            if self._kubeconfig_stamps.get(path, "never") == stamp:
+                continue
+            self._kubeconfig_stamps[path] = stamp
+            source = f"kubeconfig:{path}"
+            try:
+                clusters, errors = kubeconfig_clusters_with_errors(path)
+            except DiscoveryError as exc:
+                log.error("%s", exc)
+                self.errors[source] = [str(exc)]
+                continue  # an unreadable file keeps its last good clusters
+            self.errors[source] = errors + self.registry.replace_source(source, clusters)
+            changed = True
+        if self.dir_scanner is not None:
+            before = set(self.dir_scanner.by_file)
+            if self.dir_scanner.scan():
+                changed = True
+                for path in before - set(self.dir_scanner.by_file):
+                    self.registry.replace_source(f"dir:{path}", [])
+                for path, loaded in self.dir_scanner.by_file.items():
+                    conflicts = self.registry.replace_source(f"dir:{path}", [lc.cluster for lc in loaded])
+                    self.errors[f"dir:{path}"] = self.dir_scanner.errors.get(path, []) + conflicts
+            for path, errors in self.dir_scanner.errors.items():
+                self.errors.setdefault(f"dir:{path}", errors)
+        return changed
+
+    def _scan_store(self) -> bool:
+        """Re-read changed store files (by mtime); True when any record changed."""
+        current = {str(p): _stamp(str(p)) for p in self.store.files()}
+        if current == self._store_stamps:
+            return False
+        records = dict(self._store_records)
+        for path in set(self._store_stamps) - set(current):
+            records.pop(Path(path).stem, None)
+            self._store_read_errors.pop(path, None)
+        for path, stamp in current.items():
+            if self._store_stamps.get(path) == stamp:
+                continue
+            try:
+                record = self.store.get(Path(path).stem)
+            except DiscoveryError as exc:
+                self._store_read_errors[path] = str(exc)
+                log.error("%s", exc)
+                continue
+            self._store_read_errors.pop(path, None)
+            if record is None:
+                records.pop(Path(path).stem, None)
+            else:
+                records[record.name] = record
+        self._store_stamps = current
+        self.errors[STORE_SOURCE] = list(self._store_read_errors.values())
+        if records == self._store_records:
+            return False
+        self._store_records = records
+        return True
+
+    def _apply_store(self) -> None:
+        built = {}
+        clusters = []
+        build_errors = []
+        for name, record in self._store_records.items():
+            previous = self._store_built.get(name)
+            if previous is not None and previous[0] == record:
+                entry = previous
+            else:
+                entry = (record, *self._build(record))
+            built[name] = entry
+            if entry[1] is not None:
+                clusters.append(entry[1])
+            if entry[3]:
+                build_errors.append(entry[3])
+        self._store_built = built
+        conflicts = self.registry.replace_source(STORE_SOURCE, clusters)
+        self.errors[STORE_SOURCE] = list(self._store_read_errors.values()) + build_errors + conflicts
+
+    def _build(self, record: ClusterRecord) -> tuple[Cluster | None, tuple[DynamicLabelSpec, ...], str]:
+        where = str(self.store.path_for(record.name))
+        try:
+            if record.origin == KUBE_CLUSTER:
+                resource = KubeClusterResource.from_record(record, where)
+                return resource.to_cluster(where), resource.dynamic_labels, ""
+            if record.origin == eks.ORIGIN:
+                return eks.cluster_from_record(record, sessions=self.aws_sessions,
+                                               external_ids=self.external_ids), (), ""
+            if record.origin == aks.ORIGIN:
+                return aks.cluster_from_record(record, credential=self.azure_credential), (), ""
+            raise DiscoveryError(f"{where}: unknown origin {record.origin!r}")
+        except DiscoveryError as exc:
+            log.error("%s", exc)
+            return None, (), str(exc)
+
+    # ---- dynamic labels -----------------------------------------------------------------------------
+
+    def _sync_dynamic_labels(self) -> None:
+        wanted: dict[str, tuple[DynamicLabelSpec, ...]] = {}
+        if self.dir_scanner is not None:
+            for loaded in self.dir_scanner.by_file.values():
+                for lc in loaded:
+                    if lc.dynamic_labels and self.registry.source_of(lc.cluster.name) is not None:
+                        wanted[lc.cluster.name] = lc.dynamic_labels
+        for name, (_, cluster, specs, _error) in self._store_built.items():
+            if cluster is not None and specs and self.registry.source_of(name) == STORE_SOURCE:
+                wanted[name] = specs
+        for name in self._dynamic:
+            if name not in wanted:
+                self.registry.set_dynamic_labels(name, {})
+        self._dynamic = wanted
+        self.labels.sync(wanted)
+
+    def _on_dynamic_labels(self, cluster: str, labels: dict[str, str]) -> None:
+        keys = {s.key for s in self._dynamic.get(cluster, ())}
+        failures = [k for k in keys if (cluster, k) in self.labels.errors]
+        if failures:
+            metrics.DYNAMIC_LABEL_FAILURES.inc(len(failures))
+        self.registry.set_dynamic_labels(cluster, {k: v for k, v in labels.items() if k in keys})
+
+    # ---- cloud --------------------------------------------------------------------------------------
+
+    async def run_discovery_once(self, fetcher: _Fetcher) -> Plan | None:
+        """Fetch, reconcile against the store (own origin + group only), apply; None when the fetch failed."""
+        started = time.monotonic()
+        try:
+            result = await asyncio.to_thread(fetcher.fetch)
+        except Exception as exc:  # a fetcher bug or an unexpected SDK error: never delete on it
+            log.exception("%s discovery failed", fetcher.origin)
+            metrics.DISCOVERY_RUNS.labels(fetcher.origin, "error").inc()
+            self.errors[f"cloud:{fetcher.origin}"] = [str(exc)]
+            return None
+        async with self._lock:
+            records, _ = await asyncio.to_thread(self.store.load_all)
+            plan = reconcile(result.records, records, origin=fetcher.origin, group=self.group,
+                             complete=result.complete)
+            await asyncio.to_thread(self._apply_plan, plan)
+        for conflict in plan.conflicts:
+            log.warning("%s", conflict)
+        self.errors[f"cloud:{fetcher.origin}"] = list(result.errors) + list(plan.conflicts)
+        metrics.DISCOVERY_RUNS.labels(fetcher.origin, "ok" if result.complete else "partial").inc()
+        metrics.DISCOVERY_RUN_SECONDS.labels(fetcher.origin).observe(time.monotonic() - started)
+        for action, items in (("create", plan.create), ("update", plan.update), ("delete", plan.delete)):
+            if items:
+                metrics.DISCOVERY_CHANGES.labels(fetcher.origin, action).inc(len(items))
+        log.info("%s discovery run: %d created, %d updated, %d deleted%s", fetcher.origin, len(plan.create),
+                 len(plan.update), len(plan.delete), "" if result.complete else " (partial: nothing deleted)")
+        if not plan.empty:
+            await self.sync_local()
+        fetcher.failures = 0 if result.complete else fetcher.failures + 1
+        return plan
+
+    def _apply_plan(self, plan: Plan) -> None:
+        for record in (*plan.create, *plan.update):
+            self.store.put(record)
+        for name in plan.delete:
+            self.store.delete(name)
+
+    def next_delay(self, fetcher: _Fetcher) -> float:
+        if fetcher.failures:
+            return min(self.poll_interval, RETRY_FIRST * 2 ** (fetcher.failures - 1))
+        return self.poll_interval * (1 + self.rng.uniform(-JITTER, JITTER))
+
+    async def _cloud_loop(self, fetcher: _Fetcher) -> None:
+        await asyncio.sleep(self.rng.uniform(0, min(5.0, self.poll_interval * JITTER)))
+        while True:
+            plan = await self.run_discovery_once(fetcher)
+            if plan is None:
+                fetcher.failures += 1
+            await asyncio.sleep(self.next_delay(fetcher))
+
+    # ---- loops --------------------------------------------------------------------------------------
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.watch_interval)
+            try:
+                await self.sync_local()
+            except Exception:
+                log.exception("cluster source sync failed")
+
+    def _after_health(self) -> None:
+        metrics.update_cluster_gauges(self.registry.all(), len(self.registry))
+        state = {c.name: {"health": c.health, "detail": c.health_detail, "checked_at": time.time()}
+                 for c in self.registry.all()}
+        try:
+            self.store.ensure()
+            atomic_write(self.store.directory / HEALTH_FILE, json.dumps(state, sort_keys=True).encode())
+        except OSError as exc:
+            log.warning("cannot write %s: %s", HEALTH_FILE, exc)
+
+
+def read_health(store_dir: str | os.PathLike[str]) -> Mapping[str, Mapping[str, Any]]:
+    try:
+        data = json.loads((Path(store_dir) / HEALTH_FILE).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def all_errors(service: DiscoveryService) -> Iterable[str]:
+    for errors in service.errors.values():
+        yield from errors

@@ -1,0 +1,257 @@
+"""``kubegate clusters add -f FILE | ls | show NAME | rm NAME``: the clusters a proxy serves.
+
+``add`` validates ``kube_cluster`` resources (Teleport format) and stores them in
+``<state_dir>/clusters/`` (atomic writes); a running proxy picks the change up within its watch interval
+(about a second) without a restart, and ``rm`` removes a cluster the same way (its in-flight streams end
+with a Status). ``ls``/``show`` list every cluster from every source — kubeconfig files, the clusters
+directory, the store (CLI-added and cloud-discovered) — with labels, origin, whether this proxy's
+``kubernetes_service.resources`` select it, and the health the running proxy last recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from discovery.errors import DiscoveryError
+from discovery.kube_cluster import ORIGIN as KUBE_CLUSTER
+from discovery.kube_cluster import ClustersDirScanner, KubeClusterResource, load_resource_file
+from discovery.kubeconfig import kubeconfig_clusters_with_errors
+from discovery.model import Cluster
+from discovery.registry import ClusterRegistry
+from discovery.service import read_health
+from discovery.store import ClusterStore
+from kubegate.config import ConfigError, load_config
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "clusters",
+        help="add, list, show and remove clusters",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+    )
+    sub = parser.add_subparsers(dest="clusters_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    add = sub.add_parser("add", help="add or update kube_cluster resources from a YAML file")
+    add.add_argument("-f", "--file", required=True, metavar="FILE", help="kube_cluster resource(s), YAML")
+    add.set_defaults(func=run_add)
+
+    ls = sub.add_parser("ls", help="list clusters with labels, origin and health")
+    ls.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    ls.set_defaults(func=run_ls)
+
+    show = sub.add_parser("show", help="show one cluster (never its credentials)")
+    show.add_argument("name")
+    show.set_defaults(func=run_show)
+
+    rm = sub.add_parser("rm", help="remove a cluster added with 'clusters add'")
+    rm.add_argument("name")
+    rm.add_argument("--force", action="store_true",
+                    help="also remove a cloud-discovered cluster (the next discovery run re-creates it if "
+                         "it still exists)")
+    rm.set_defaults(func=run_rm)
+
+    for p in (add, ls, show, rm):
+        p.add_argument("-c", "--config", metavar="FILE", help="kubegate.yaml (default: built-in defaults)")
+
+
+def _config(args: argparse.Namespace) -> Any:
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def _store(cfg: Any) -> ClusterStore:
+    return ClusterStore(cfg.registry_dir)
+
+
+def run_add(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if cfg is None:
+        return 1
+    try:
+        resources = load_resource_file(args.file)
+        for resource in resources:  # validate everything before storing anything
+            resource.to_cluster(args.file)
+    except DiscoveryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    store = _store(cfg)
+    for resource in resources:
+        existing = _existing(store, resource.name)
+        if existing is not None and existing.origin != KUBE_CLUSTER:
+            print(f"error: cluster {resource.name!r} exists with origin {existing.origin}; not replaced",
+                  file=sys.stderr)
+            return 1
+    for resource in resources:
+        verb = "updated" if _existing(store, resource.name) is not None else "added"
+        store.put(resource.to_record())
+        print(f"cluster {resource.name} {verb}")
+    return 0
+
+
+def _existing(store: ClusterStore, name: str) -> Any:
+    try:
+        return store.get(name)
+    except DiscoveryError:
+        return None
+
+
+def run_rm(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if cfg is None:
+        return 1
+    store = _store(cfg)
+    try:
+        record = store.get(args.name)
+    except DiscoveryError as exc:  # unreadable record: remove it anyway
+        print(f"warning: {exc}", file=sys.stderr)
+        record = None
+        if not store.path_for(args.name).exists():
+            return 1
+    else:
+        if record is None:
+            view = _collect(cfg)
+            entry = view.entries.get(args.name)
+            if entry is not None:
+                print(f"error: cluster {args.name!r} is defined in {entry.source}; remove it there",
+                      file=sys.stderr)
+            else:
+                print(f"error: no cluster named {args.name!r}", file=sys.stderr)
+            return 1
+        if record.origin != KUBE_CLUSTER and not args.force:
+            print(f"error: cluster {args.name!r} was discovered ({record.origin}, group "
+                  f"{record.discovery_group or '-'}); use --force to remove it anyway", file=sys.stderr)
+            return 1
+    store.delete(args.name)
+    print(f"cluster {args.name} removed")
+    return 0
+
+
+@dataclass
+class _Entry:
+    cluster: Cluster
+    source: str
+    dynamic: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _View:
+    entries: dict[str, _Entry] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def _collect(cfg: Any) -> _View:
+    """Every cluster of every source, as a proxy with this config would load them."""
+    view = _View()
+
+    def add(cluster: Cluster, source: str, dynamic: list[str] | None = None) -> None:
+        if cluster.name in view.entries:
+            view.errors.append(f"cluster {cluster.name!r} from {source} is already defined by "
+                               f"{view.entries[cluster.name].source}")
+            return
+        view.entries[cluster.name] = _Entry(cluster, source, dynamic or [])
+
+    for path in cfg.kubernetes_service.kubeconfig_files:
+        try:
+            clusters, errors = kubeconfig_clusters_with_errors(path)
+        except DiscoveryError as exc:
+            view.errors.append(str(exc))
+            continue
+        view.errors.extend(errors)
+        for cluster in clusters:
+            add(cluster, f"kubeconfig {path}")
+    if cfg.kubernetes_service.clusters_dir:
+        scanner = ClustersDirScanner(cfg.kubernetes_service.clusters_dir)
+        scanner.scan()
+        for path, loaded in sorted(scanner.by_file.items()):
+            for lc in loaded:
+                add(lc.cluster, f"file {path}", [s.key for s in lc.dynamic_labels])
+        for errors in scanner.errors.values():
+            view.errors.extend(errors)
+    store = _store(cfg)
+    records, errors = store.load_all()
+    view.errors.extend(errors)
+    for record in records.values():
+        where = str(store.path_for(record.name))
+        if record.origin == KUBE_CLUSTER:
+            try:
+                resource = KubeClusterResource.from_record(record, where)
+                add(resource.to_cluster(where), f"store {where}", [s.key for s in resource.dynamic_labels])
+            except DiscoveryError as exc:
+                view.errors.append(str(exc))
+        else:  # cloud records: show them without building credentials
+            add(Cluster(name=record.name, labels=dict(record.labels), server=str(record.spec.get("endpoint", "")),
+                        origin=record.origin, discovery_group=record.discovery_group), f"store {where}")
+    return view
+
+
+def _rows(cfg: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    view = _collect(cfg)
+    selector = ClusterRegistry([dict(r.labels) for r in cfg.kubernetes_service.resources])
+    health = read_health(cfg.registry_dir)
+    rows = []
+    for name in sorted(view.entries):
+        entry = view.entries[name]
+        c = entry.cluster
+        h = health.get(name) or {}
+        rows.append({
+            "name": name,
+            "origin": c.origin,
+            "discovery_group": c.discovery_group,
+            "source": entry.source,
+            "server": c.server,
+            "labels": dict(sorted(c.labels.items())),
+            "dynamic_labels": entry.dynamic,
+            "served": selector.matches(c.labels),
+            "health": h.get("health", "unknown"),
+            "health_detail": h.get("detail", ""),
+            "insecure_skip_tls_verify": c.insecure_skip_tls_verify,
+        })
+    return rows, view.errors
+
+
+def run_ls(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if cfg is None:
+        return 1
+    rows, errors = _rows(cfg)
+    if args.output == "json":
+        print(json.dumps({"clusters": rows, "errors": errors}, indent=2))
+    else:
+        table = [("NAME", "ORIGIN", "HEALTH", "SERVED", "LABELS")]
+        for r in rows:
+            labels = ",".join(f"{k}={v}" for k, v in r["labels"].items())
+            table.append((r["name"], r["origin"], r["health"], "yes" if r["served"] else "no", labels))
+        widths = [max(len(row[i]) for row in table) for i in range(4)]
+        for row in table:
+            print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if cfg is None:
+        return 1
+    rows, _ = _rows(cfg)
+    for row in rows:
+        if row["name"] == args.name:
+            width = max(len(k) for k in row)
+            for key, value in row.items():
+                if isinstance(value, dict):
+                    value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+                elif isinstance(value, list):
+                    value = ", ".join(value) or "-"
+                print(f"{key.replace('_', ' ').ljust(width)}  {value if value != '' else '-'}")
+            return 0
+    print(f"error: no cluster named {args.name!r}", file=sys.stderr)
+    return 1
