@@ -7,8 +7,7 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import Iterator
-from datetime import timedelta
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -123,4 +122,18 @@ def mtls_server(ca: CertificateAuthority, tmp_path: Path) -> Iterator[MtlsServer
         server.close()
 
 
-HOUR = timedelta(hours=1)
+@pytest.fixture
+def mtls_server_for(tmp_path: Path) -> Iterator[Callable[[CertificateAuthority], MtlsServer]]:
+    """A factory: ``mtls_server_for(ca)`` starts an MtlsServer trusting ``ca``; all are closed at teardown."""
+    servers: list[MtlsServer] = []
+
+    def start(authority: CertificateAuthority) -> MtlsServer:
+        server = MtlsServer(authority, tmp_path / f"mtls-{len(servers)}")
+        servers.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.close()

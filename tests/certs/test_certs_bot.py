@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -177,3 +178,35 @@ def test_exec_credential_shape_and_expiry(bot_ca: CertificateAuthority, tmp_path
         bot_credentials(dest, clock)
     with pytest.raises(BotError, match="no bot certificate"):
         bot_credentials(tmp_path / "nowhere", clock)
+
+
+def test_kubectl_keeps_working_across_two_renewals(
+    ca: CertificateAuthority, tmp_path: Path, clock, kubectl_new: str, kubectl_old: str, mtls_server
+) -> None:
+    """The CA issues on the wall clock (so the TLS handshake accepts the certificates); the bot decides
+    renewal on a fake clock that the test moves forward."""
+    dest = tmp_path / "bot"
+    server_url = f"127.0.0.1:{mtls_server.port}"
+    serials = []
+    for round_ in range(3):
+        result = renew_if_due(
+            "ci", ["deployer"], dest, TTL, RENEW, ca, clusters_for, clock, server_url=server_url
+        )
+        assert result.renewed
+        serials.append(result.serial)
+        for kubectl, kubeconfig in (
+            (kubectl_new, dest / "kubeconfig-exec"),
+            (kubectl_new, dest / "kubeconfig"),
+            (kubectl_old, dest / "kubeconfig"),
+        ):
+            done = subprocess.run(
+                [kubectl, "--kubeconfig", str(kubeconfig), "--context", "prod", "get", "--raw", "/version"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, (round_, kubeconfig.name, done.stderr)
+        assert [i.serial for i in mtls_server.identities[-3:]] == [result.serial] * 3
+        clock.advance(RENEW.total_seconds())
+    assert len(set(serials)) == 3
+    assert {i.user for i in mtls_server.identities} == {"bot-ci"}
