@@ -35,7 +35,8 @@ SERVER_VERSION = {
 
 SERVER_ADDRESS = [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]
 AGGREGATED_V2 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
-OPENAPI_V2_PROTOBUF = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
+# what clients ask for is spelled with "@", which is no valid media type: the answer uses "."
+OPENAPI_V2_PROTOBUF = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
 
 
 def _dumps(obj: Any) -> bytes:
@@ -180,9 +181,10 @@ class DiscoveryDocs:
                 continue
             path = (f"{prefix}/namespaces/{{namespace}}/{rt.plural}/{{name}}" if rt.namespaced
                     else f"{prefix}/{rt.plural}/{{name}}")
+            # strategic-merge-patch is left out on purpose: kubectl then computes strategic patches from
+            # its compiled-in types instead of from these (property-less) schemas
             patch_body = {mt: {"schema": {"type": "object"}} for mt in (
-                "application/apply-patch+yaml", "application/json-patch+json", "application/merge-patch+json",
-                "application/strategic-merge-patch+json")}
+                "application/apply-patch+yaml", "application/json-patch+json", "application/merge-patch+json")}
             paths[path] = {
                 "get": {"operationId": f"read{rt.kind}", "responses": {"200": ok}, "x-kubernetes-action": "get",
                         "x-kubernetes-group-version-kind": gvk},

@@ -263,7 +263,7 @@ class Store:
     def _record(self, gr: GR, event: Event) -> None:
         history = self._history[gr]
         history.append(event)
-        if len(history) > self._history_size:
+        while len(history) > self._history_size:
             self._floor[gr] = history.popleft().rv
         for watcher in list(self._watchers[gr]):
             watcher._push(event)
