@@ -229,3 +229,58 @@ def test_tls_handshake_with_python_ssl(ca: CertificateAuthority, tmp_path: Path)
     thread.join(timeout=5)
     listener.close()
     assert x509.load_der_x509_certificate(seen[0]).serial_number == issued.certificate.serial_number
+
+
+def _handshake(ca: CertificateAuthority, tmp_path: Path, cert_pem: bytes, key_pem: bytes) -> str | None:
+    """Client handshake + one read against a server requiring a client cert from ``ca``; error text or None."""
+    server_cert, server_key, _ = ca.ensure_server_certificate(
+        ["127.0.0.1"], tmp_path / "s.pem", tmp_path / "s.key"
+    )
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(server_cert, server_key)
+    server_ctx.load_verify_locations(cadata=ca.cert_pem.decode())
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    (tmp_path / "c.pem").write_bytes(cert_pem + key_pem)
+    client_ctx = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    client_ctx.load_cert_chain(
+        tmp_path / "c.pem"
+    )  # one file holding certificate and key, as a bot's identity.pem
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        try:
+            with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.sendall(b"ok")
+        except (ssl.SSLError, OSError):
+            pass
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                data = tls.recv(2)
+                return None if data == b"ok" else f"connection closed ({data!r})"
+    except (ssl.SSLError, OSError) as exc:
+        return str(exc)
+    finally:
+        thread.join(timeout=10)
+        listener.close()
+
+
+def test_handshake_refuses_foreign_and_expired_certificates(ca: CertificateAuthority, tmp_path: Path) -> None:
+    good = ca.issue_user_certificate("alice", ["viewer"], timedelta(hours=1))
+    assert _handshake(ca, tmp_path, good.cert_pem, good.key_pem or b"") is None
+    other, _ = CertificateAuthority.load_or_create(tmp_path / "other")
+    foreign = other.issue_user_certificate("mallory", ["viewer"], timedelta(hours=1))
+    refused = _handshake(ca, tmp_path, foreign.cert_pem, foreign.key_pem or b"")
+    assert refused is not None and "unknown ca" in refused.lower()
+    past = CertificateAuthority(
+        ca.certificate, ca.private_key, clock=lambda: datetime.now(tz=UTC).timestamp() - 7200
+    )
+    expired = past.issue_user_certificate("alice", ["viewer"], timedelta(hours=1))
+    assert expired.not_after < datetime.now(tz=UTC)
+    refused = _handshake(ca, tmp_path, expired.cert_pem, expired.key_pem or b"")
+    assert refused is not None and "expired" in refused.lower()

@@ -475,3 +475,44 @@ def test_bot_exec_kubeconfig_works_with_kubectl(site: Path, capsys, kubectl_new:
 def test_bot_credentials_without_certificate_fails_clearly(tmp_path: Path, capsys) -> None:
     code, _, err = run_cli(capsys, "bot", "credentials", "--dest", str(tmp_path / "none"))
     assert code == 1 and "no bot certificate" in err
+
+
+def test_bot_start_runs_until_sigterm_and_a_restart_keeps_the_certificate(site: Path, capsys) -> None:
+    import signal
+
+    init(site, capsys)
+    command = [
+        sys.executable,
+        "-m",
+        "kubegate",
+        "bot",
+        "start",
+        "-c",
+        str(site / "kubegate.yaml"),
+        "--name",
+        "ci",
+        "--roles",
+        "deployer",
+        "--dest",
+        str(site / "bot"),
+        "--ttl",
+        "1h",
+        "--renew",
+        "20m",
+    ]
+    serials = []
+    for expected in ("certificate issued", "certificate kept"):
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()  # printed after the directory is fresh
+            assert expected in line, (line, process.stderr.read() if process.poll() is not None else "")
+            serials.append(line.split("serial ")[1].split(",")[0])
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert serials[0] == serials[1]
+    assert from_pem((site / "bot" / "tls.crt").read_bytes()).serial == serials[0]
