@@ -12,8 +12,9 @@ Rules, in order:
 5. Resource requests: deny rules of EVERY role of the identity are checked first (whatever their labels);
    then some allow rule of a role whose allow labels match the cluster must match, in that same role.
    A rule matches when its verbs contain the verb (or ``*``), and kind / api_group / name / namespace
-   patterns match (``rbac.labels.value_matches``; the namespace of cluster-scoped resources is
-   ignored). ``kind: namespaces, name: X`` matches everything inside namespace X (and the namespace
+   patterns match (``rbac.labels.value_matches``). Cluster-scoped resources match only rules whose
+   namespace pattern matches the empty string (omitted, ``''`` or ``'*'``), as in Teleport v8 (a rule
+   for namespace ``dev`` or ``^.+$`` never grants nodes). ``kind: namespaces, name: X`` matches everything inside namespace X (and the namespace
    object X). An allow rule naming resources in namespace X also lets its holder get/list/watch the
    namespace object X (Teleport does the same, so ``kubectl get ns`` works).
 6. Unknown resources (not in the catalog): an allow rule matches only when its kind is ``*`` or the
@@ -168,7 +169,7 @@ def _rule_matches(rule: ResourceRule, t: _Target, allow: bool) -> bool:
         return False
     if not value_matches(rule.name, t.name):
         return False
-    return not t.namespaced or value_matches(rule.namespace, t.namespace)
+    return value_matches(rule.namespace, t.namespace if t.namespaced else "")
 
 
 def _covers(pattern: str, value: str) -> bool:
@@ -187,7 +188,9 @@ def _rule_covers_collection(rule: ResourceRule, t: _Target, allow: bool) -> bool
         return False
     if not _covers(rule.name, t.name):
         return False
-    return not t.namespaced or _covers(rule.namespace, t.namespace)
+    if not t.namespaced:
+        return value_matches(rule.namespace, "")
+    return _covers(rule.namespace, t.namespace)
 
 
 def _rule_touches_collection(rule: ResourceRule, t: _Target, allow: bool) -> bool:
@@ -204,7 +207,9 @@ def _rule_touches_collection(rule: ResourceRule, t: _Target, allow: bool) -> boo
         return False
     if t.name and not value_matches(rule.name, t.name):
         return False
-    return not t.namespaced or t.namespace == "" or value_matches(rule.namespace, t.namespace)
+    if not t.namespaced:
+        return value_matches(rule.namespace, "")
+    return t.namespace == "" or value_matches(rule.namespace, t.namespace)
 
 
 # --- the decision --------------------------------------------------------------------------------------
