@@ -179,7 +179,7 @@ class Exchange:
         "fwd", "conn", "head", "sid", "identity", "request_id", "started", "body_parts", "body_size",
         "request_ended", "stream", "task", "finished", "kind", "cluster", "verdict", "status",
         "bytes_out", "bytes_in", "_body_waiter", "reset", "_response_started", "_stop_reason", "upgrade",
-        "catalog",
+        "catalog", "full_body",
     )  # fmt: skip
 
     def __init__(self, fwd: Forwarder, conn: Any, head: RequestHead) -> None:
@@ -208,6 +208,7 @@ class Exchange:
         self._stop_reason: str | None = None
         self.upgrade: Any = None
         self.catalog: Any = None
+        self.full_body: bytes | None = None
 
     # --- events from the client codec -------------------------------------------------------------
     def start(self) -> None:
@@ -360,11 +361,8 @@ class Exchange:
                 stream = await pool.open(head.method, target, headers, body=body, streaming_body=body is None)
                 self.stream = stream
                 if body is None:
-                    parts, self.body_parts = self.body_parts, []
-                    for part in parts:
+                    for part in self._take_parts():
                         stream.send_body(part)
-                        conn.acknowledge(self.sid, len(part))
-                    conn.resume_reading()
                     if self.request_ended:
                         stream.end_request()
                 if self.kind is not None:
@@ -400,11 +398,9 @@ class Exchange:
             self._finish()
 
     async def _whole_body_if_ready(self) -> bytes | None:
-        """The request body when it is all here already (or will be soon and is small); None to stream."""
-        if self.request_ended:
-            parts, self.body_parts = self.body_parts, []
-            self.conn.resume_reading()
-            return b"".join(parts)
+        """The request body when it is all here already (or declared small); None to stream it."""
+        if self.full_body is not None or self.request_ended:
+            return await self._whole_body()
         declared = self.head.content_length
         if declared is not None and declared <= _REQUEST_BODY_HIGH_WATER:
             return await self._whole_body()
@@ -473,18 +469,26 @@ class Exchange:
             status = 502
         self._respond(status, body)
 
+    def _take_parts(self) -> list[bytes]:
+        """The request body parts buffered so far; their flow-control credit goes back to the client."""
+        parts, self.body_parts = self.body_parts, []
+        if self.body_size:
+            self.conn.acknowledge(self.sid, self.body_size)
+            self.body_size = 0
+        self.conn.resume_reading()
+        return parts
+
     async def _whole_body(self) -> bytes:
+        if self.full_body is not None:
+            return self.full_body
         while not self.request_ended and not self.reset:
             self._body_waiter = self.fwd.loop.create_future()
             try:
                 await self._body_waiter
             finally:
                 self._body_waiter = None
-        parts, self.body_parts = self.body_parts, []
-        for part in parts:
-            self.conn.acknowledge(self.sid, len(part))
-        self.conn.resume_reading()
-        return b"".join(parts)
+        self.full_body = b"".join(self._take_parts())
+        return self.full_body
 
     def _respond(self, code: int, body: bytes) -> None:
         """A complete JSON response of kubegate's own making (review answers)."""

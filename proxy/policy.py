@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from discovery.model import Cluster
+from proxy.protobuf import MAGIC as PROTOBUF_MAGIC
+from proxy.protobuf import access_review_from_protobuf
 from proxy.protocol.events import Headers
 from rbac.identity import Identity
 
@@ -121,7 +123,7 @@ class RbacPolicy:
 
     def review_access(self, identity: Identity, cluster: Cluster, body: bytes, catalog: Any) -> bytes | None:
         try:
-            doc = json.loads(body or b"{}")
+            doc = access_review_from_protobuf(body) if body.startswith(PROTOBUF_MAGIC) else json.loads(body or b"{}")
         except ValueError:
             doc = {}
         outcome = self._rbac.review_access(identity, self.roles.current(), cluster.name, cluster.labels, doc, catalog)

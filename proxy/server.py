@@ -1,8 +1,9 @@
 """The mTLS listener: accept TCP, enforce the connection limit, run the TLS handshake (bounded by the
 header timeout) and count its failures by reason, then hand the TLS transport to a ``ClientConnection``.
 
-The handshake is done with ``loop.start_tls`` on the accepted transport rather than ``create_server(ssl=)``
-so that a failed handshake surfaces here (uvloop swallows those silently) and can be classified.
+Accepting is done by hand (``add_reader`` on the listening socket) and the handshake with
+``loop.connect_accepted_socket(ssl=...)`` so that a failed handshake surfaces here and is classified
+(uvloop's ``create_server(ssl=...)`` swallows those silently).
 """
 
 from __future__ import annotations
@@ -19,82 +20,80 @@ from proxy.tls import classify_handshake_error
 log = logging.getLogger("kubegate.proxy.server")
 
 
-class _Acceptor(asyncio.Protocol):
-    """Owns a freshly accepted TCP connection until its TLS handshake is over."""
-
-    def __init__(self, listener: Listener) -> None:
-        self.listener = listener
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        listener = self.listener
-        fwd = listener.fwd
-        if listener.closing or len(fwd.connections) + len(listener.handshakes) >= fwd.settings.max_connections:
-            fwd.connection_rejected("closing" if listener.closing else "max_connections")
-            transport.abort()
-            return
-        transport.pause_reading()  # type: ignore[attr-defined]
-        task = fwd.loop.create_task(listener.handshake(transport))  # type: ignore[arg-type]
-        listener.handshakes.add(task)
-        task.add_done_callback(listener.handshakes.discard)
-
-    def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused
-        pass
-
-
 class Listener:
+    """Accepts on listening sockets (``add_reader`` + non-blocking ``accept``), enforces the connection
+    limit, and runs each TLS handshake with ``loop.connect_accepted_socket(ssl=...)``, which raises on a
+    failed handshake so the reason can be counted (``create_server(ssl=...)`` hides those)."""
+
     def __init__(self, fwd: Forwarder, ssl_context: ssl.SSLContext) -> None:
         self.fwd = fwd
         self.ssl_context = ssl_context
-        self.servers: list[asyncio.AbstractServer] = []
+        self.sockets: list[socket.socket] = []
         self.handshakes: set[asyncio.Task[None]] = set()
         self.closing = False
 
     async def listen(self, sockets: list[socket.socket]) -> None:
         loop = self.fwd.loop
         for sock in sockets:
-            server = await loop.create_server(lambda: _Acceptor(self), sock=sock, backlog=4096)
-            self.servers.append(server)
+            sock.setblocking(False)
+            loop.add_reader(sock.fileno(), self._accept, sock)
+            self.sockets.append(sock)
 
-    async def handshake(self, transport: asyncio.Transport) -> None:
+    def _accept(self, lsock: socket.socket) -> None:
         fwd = self.fwd
-        peer = transport.get_extra_info("peername")
-        peer_ip = str(peer[0]) if peer else ""
+        for _ in range(128):
+            try:
+                sock, addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE, ENFILE, ECONNABORTED...
+                fwd.connection_rejected("accept_error")
+                log.warning("accept failed", extra={"problem": str(exc)})
+                return
+            if self.closing or len(fwd.connections) + len(self.handshakes) >= fwd.settings.max_connections:
+                fwd.connection_rejected("closing" if self.closing else "max_connections")
+                sock.close()
+                continue
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            task = fwd.loop.create_task(self.handshake(sock, addr))
+            self.handshakes.add(task)
+            task.add_done_callback(self.handshakes.discard)
+
+    async def handshake(self, sock: socket.socket, addr: object) -> None:
+        fwd = self.fwd
+        peer_ip = str(addr[0]) if isinstance(addr, tuple) and addr else ""
         conn = ClientConnection(fwd, peer_ip)
         try:
-            tls_transport = await fwd.loop.start_tls(
-                transport,
-                conn,
-                self.ssl_context,
-                server_side=True,
-                ssl_handshake_timeout=fwd.settings.header_timeout,
+            await fwd.loop.connect_accepted_socket(
+                lambda: conn, sock, ssl=self.ssl_context, ssl_handshake_timeout=fwd.settings.header_timeout
             )
         except (asyncio.CancelledError, Exception) as exc:
             reason = "shutdown" if isinstance(exc, asyncio.CancelledError) else classify_handshake_error(exc)
             fwd.handshake_failed(reason)
             log.info("TLS handshake failed", extra={"peer": peer_ip, "reason": reason, "problem": str(exc)[:200]})
-            transport.abort()
-            return
-        if tls_transport is None:  # the peer went away during the handshake
-            fwd.handshake_failed("eof")
-            transport.abort()
-            return
-        conn.connection_made(tls_transport)
+            try:
+                sock.close()
+            except OSError:
+                pass
 
     def close(self) -> None:
-        """Stop accepting (the listening sockets close; open connections go on)."""
+        """Stop accepting (open connections go on)."""
         self.closing = True
-        for server in self.servers:
-            server.close()
+        for sock in self.sockets:
+            try:
+                self.fwd.loop.remove_reader(sock.fileno())
+            except (ValueError, OSError):
+                pass
         for task in list(self.handshakes):
             task.cancel()
 
     @property
     def ports(self) -> list[int]:
-        ports = []
-        for server in self.servers:
-            for sock in server.sockets:
-                ports.append(sock.getsockname()[1])
-        return ports
+        return [sock.getsockname()[1] for sock in self.sockets]
 
 
 def listening_socket(host: str, port: int, *, reuse_port: bool = False, backlog: int = 4096) -> socket.socket:
