@@ -90,9 +90,12 @@ class LocalProcess:
 
     @classmethod
     async def start(cls, argv: list[str], cwd: Path, env: dict[str, str], *, tty: bool,
-                    stdin: bool, stderr: bool) -> LocalProcess:
+                    stdin: bool, stderr: bool, size: tuple[int, int] | None = None) -> LocalProcess:
+        """Spawn; ``size`` (width, height) is the terminal size set before the process starts."""
         if tty:
             master, slave = pty.openpty()
+            if size and size[0] > 0 and size[1] > 0:
+                set_window_size(slave, *size)
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env,

@@ -77,6 +77,7 @@ WS_PORTFORWARD_PROTOCOLS = (PORTFORWARD_SPDY_TUNNEL, PORTFORWARD_WS, PORTFORWARD
 PORT_ANNOTATION_PREFIX = "sandbox.kubegate.dev/port-"
 
 STREAM_CREATION_TIMEOUT = 30.0  # seconds to wait for all of a SPDY exec's streams (the kubelet's)
+FIRST_RESIZE_TIMEOUT = 1.0  # seconds a tty exec waits for the client's initial terminal size
 LINGER_TIMEOUT = 5.0  # seconds to wait for the peer's EOF after we finished, before closing
 
 
@@ -350,9 +351,16 @@ async def run_exec(target: StreamTarget, opts: Options, ch: Channels, protocol_v
     name = (target.pod.get("metadata") or {}).get("name", "")
     workdir = processes.pod_workdir(target.namespace, name)
     env = processes.pod_env(target.namespace, name, workdir, opts.tty)
+    size: tuple[int, int] | None = None
+    if opts.tty and protocol_version >= 3:
+        # kubectl sends the terminal size first thing on the resize stream: apply it before the
+        # process starts, so the process never sees a 0x0 terminal.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FIRST_RESIZE_TIMEOUT):
+                size = await ch.resize.get()
     try:
         proc = await processes.LocalProcess.start(opts.command, workdir, env, tty=opts.tty, stdin=opts.stdin,
-                                                  stderr=opts.stderr)
+                                                  stderr=opts.stderr, size=size)
     except (OSError, ValueError) as exc:
         message = (f"failed to exec in container: starting container process caused: exec: "
                    f"\"{opts.command[0]}\": {exc.strerror if isinstance(exc, OSError) else exc}")
@@ -806,16 +814,19 @@ async def _ws_reader(ws: WebSocketServer, stream: ByteStream, initial: bytes,
     try:
         while True:
             if data:
-                for message in ws.receive_data(data):
+                messages = ws.receive_data(data)
+                out = ws.data_to_send()
+                if out and not stream.closed:
+                    stream.write(out)
+                for message in messages:
                     if message is None:
+                        if ws.error:
+                            log.info("stream WebSocket closed: %s", ws.error)
                         return
                     try:
                         on_message(message)
                     except ChannelFrameError as exc:
                         log.info("stream WebSocket: bad message from the client: %s", exc)
-                out = ws.data_to_send()
-                if out and not stream.closed:
-                    stream.write(out)
             data = await stream.read()
             if not data:
                 ws.receive_data(b"")

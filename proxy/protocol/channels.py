@@ -172,6 +172,9 @@ def port_prefix(port: int) -> bytes:
 # ----------------------------------------------------------------------------------- WebSocket
 
 
+_PEER_ERROR_CODES = (1002, 1007, 1009)  # protocol error, invalid payload, message too big
+
+
 def _request_bytes(head: RequestHead) -> bytes:
     lines = [f"{head.method} {head.target} HTTP/1.1".encode("latin-1")]
     has_host = False
@@ -192,7 +195,8 @@ class WebSocketServer:
     """Server side of one WebSocket: the upgrade answer, then messages both ways (wsproto).
 
     ``receive_data`` returns complete messages (``bytes`` for binary, ``str`` for text) and
-    ``None`` when the peer closed (EOF or a close frame); pings are answered automatically.
+    ``None`` when the peer closed (EOF or a close frame); pings are answered automatically. A client
+    that breaks the WebSocket protocol gets a close frame (1002/1007/1009) and ``error`` says why.
     """
 
     def __init__(self, head: RequestHead) -> None:
@@ -200,6 +204,7 @@ class WebSocketServer:
         self._out: list[bytes] = []
         self._parts: list[bytes | str] = []
         self.closed = False
+        self.error = ""  # set when the client broke the WebSocket protocol
         self.request: Request | None = None
         try:
             self._ws.receive_data(_request_bytes(head))
@@ -242,7 +247,11 @@ class WebSocketServer:
                 elif isinstance(event, Ping):
                     self._out.append(self._ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
-                    if self._ws.state is ConnectionState.REMOTE_CLOSING:
+                    if event.code in _PEER_ERROR_CODES and self._ws.state is ConnectionState.OPEN:
+                        # wsproto reports a frame it could not parse as a close with this code.
+                        self.error = f"WebSocket protocol error by the client: {event.reason} ({int(event.code)})"
+                        self._out.append(self._ws.send(CloseConnection(code=event.code, reason=event.reason)))
+                    elif self._ws.state is ConnectionState.REMOTE_CLOSING:
                         self._out.append(self._ws.send(event.response()))
                     self.closed = True
                     out.append(None)

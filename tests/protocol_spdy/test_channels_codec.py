@@ -1,0 +1,199 @@
+"""proxy.protocol.channels: remotecommand channel framing, negotiation, WebSocket server, tap."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, RejectConnection, Request
+
+from proxy.protocol import channels as ch
+from proxy.protocol import spdy
+from proxy.protocol.events import RequestHead
+
+
+@pytest.mark.parametrize(
+    ("name", "version", "b64", "close"),
+    [
+        ("v5.channel.k8s.io", 5, False, True),
+        ("v5.base64.channel.k8s.io", 5, True, True),
+        ("v4.channel.k8s.io", 4, False, False),
+        ("v4.base64.channel.k8s.io", 4, True, False),
+        ("v3.channel.k8s.io", 3, False, False),
+        ("v2.channel.k8s.io", 2, False, False),
+        ("channel.k8s.io", 1, False, False),
+        ("base64.channel.k8s.io", 1, True, False),
+        ("portforward.k8s.io", 1, False, False),
+        ("base64.portforward.k8s.io", 1, True, False),
+    ],
+)
+def test_protocol_table(name, version, b64, close):
+    protocol = ch.channel_protocol(name)
+    assert (protocol.version, protocol.base64, protocol.close_frames) == (version, b64, close)
+    assert protocol.status_errors == (version >= 4)
+    assert protocol.resize == (version >= 3)
+
+
+def test_unknown_protocol_is_refused():
+    with pytest.raises(ValueError):
+        ch.channel_protocol("v9.channel.k8s.io")
+
+
+@pytest.mark.parametrize(
+    ("name", "channel", "data", "wire"),
+    [
+        ("v5.channel.k8s.io", ch.STDOUT, b"hi", b"\x01hi"),
+        ("v4.channel.k8s.io", ch.ERROR, b"{}", b"\x03{}"),
+        ("channel.k8s.io", ch.STDIN, b"", b"\x00"),
+        ("base64.channel.k8s.io", ch.STDERR, b"\xff\x00", "2" + base64.b64encode(b"\xff\x00").decode()),
+        ("v5.base64.channel.k8s.io", ch.RESIZE, b'{"Width":1}', "4" + base64.b64encode(b'{"Width":1}').decode()),
+    ],
+)
+def test_encode_decode_round_trip(name, channel, data, wire):
+    codec = ch.ChannelCodec(ch.channel_protocol(name))
+    assert codec.encode(channel, data) == wire
+    assert codec.decode(wire) == (channel, data)
+
+
+def test_v5_close_messages():
+    codec = ch.ChannelCodec(ch.channel_protocol("v5.channel.k8s.io"))
+    assert codec.encode_close(ch.STDIN) == b"\xff\x00"
+    assert codec.decode(b"\xff\x00") == (ch.CLOSE, b"\x00")
+    b64 = ch.ChannelCodec(ch.channel_protocol("v5.base64.channel.k8s.io"))
+    assert b64.decode(b64.encode_close(ch.STDIN)) == (ch.CLOSE, b"\x00")
+    with pytest.raises(ValueError):
+        ch.ChannelCodec(ch.channel_protocol("v4.channel.k8s.io")).encode_close(0)
+
+
+def test_text_frames_on_binary_protocols_are_read_as_utf8():
+    # The Python client sends str stdin as a text frame "\x00data"; the apiserver accepts it.
+    codec = ch.ChannelCodec(ch.channel_protocol("v4.channel.k8s.io"))
+    assert codec.decode("\x00hello") == (ch.STDIN, b"hello")
+
+
+@pytest.mark.parametrize(
+    ("name", "message", "error"),
+    [
+        ("v5.channel.k8s.io", b"", "empty"),
+        ("base64.channel.k8s.io", b"\x01abc", "binary message"),
+        ("base64.channel.k8s.io", "x" + "aGk=", "not an ASCII digit"),
+        ("base64.channel.k8s.io", "1" + "!!!", "bad base64"),
+    ],
+)
+def test_bad_messages(name, message, error):
+    codec = ch.ChannelCodec(ch.channel_protocol(name))
+    with pytest.raises(ch.ChannelFrameError, match=error):
+        codec.decode(message)
+
+
+def test_port_prefix_is_little_endian_u16():
+    assert ch.port_prefix(8080) == b"\x90\x1f"
+
+
+def _head(protocols: str | None, extra: list[tuple[bytes, bytes]] | None = None) -> RequestHead:
+    headers = [(b"host", b"example"), (b"connection", b"Upgrade"), (b"upgrade", b"websocket"),
+               (b"sec-websocket-version", b"13"), (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ==")]
+    if protocols is not None:
+        headers.append((b"sec-websocket-protocol", protocols.encode()))
+    return RequestHead(1, "GET", "/api/v1/namespaces/default/pods/p/exec?command=ls", headers + (extra or []),
+                       "1.1", upgrade=True)
+
+
+def test_negotiation_prefers_the_servers_newest():
+    offered = ch.offered_protocols(_head("channel.k8s.io, v4.channel.k8s.io,v5.channel.k8s.io"))
+    assert offered == ["channel.k8s.io", "v4.channel.k8s.io", "v5.channel.k8s.io"]
+    assert ch.choose_protocol(offered, ch.EXEC_WS_PROTOCOLS) == "v5.channel.k8s.io"
+    assert ch.choose_protocol(["v9"], ch.EXEC_WS_PROTOCOLS) is None
+    assert ch.choose_protocol(["SPDY/3.1+portforward.k8s.io"], ch.PORTFORWARD_WS_PROTOCOLS) == \
+        "SPDY/3.1+portforward.k8s.io"
+
+
+def _client_pair() -> tuple[WSConnection, bytes]:
+    client = WSConnection(ConnectionType.CLIENT)
+    raw = client.send(Request(host="example", target="/x", subprotocols=["v5.channel.k8s.io"]))
+    return client, raw
+
+
+def test_websocket_server_accepts_with_the_chosen_subprotocol_and_exchanges_messages():
+    server = ch.WebSocketServer(_head("v5.channel.k8s.io"))
+    answer = server.accept("v5.channel.k8s.io")
+    assert answer.startswith(b"HTTP/1.1 101 ")
+    assert b"sec-websocket-protocol: v5.channel.k8s.io" in answer.lower()
+    assert b"s3pplmbitxaq9kygzzhzrbk+xoo=" in answer.lower()  # RFC 6455 sample accept token
+
+    peer = ch.WebSocketClient()
+    server_out = server.send(b"\x01hello")
+    assert peer.receive_data(server_out) == [b"\x01hello"]
+    assert server.receive_data(peer.send(b"\x00in")) == [b"\x00in"]
+    assert server.receive_data(peer.send("\x00text")) == ["\x00text"]
+    assert server.receive_data(peer.close()) == [None]
+    assert server.closed
+    assert server.data_to_send()  # the close reply
+
+
+def test_websocket_server_rejects_with_a_status_body():
+    server = ch.WebSocketServer(_head("v9.channel.k8s.io"))
+    out = server.reject(400, b'{"kind":"Status"}')
+    assert out.startswith(b"HTTP/1.1 400 ")
+    assert out.endswith(b'{"kind":"Status"}')
+
+
+def test_non_websocket_request_is_an_error():
+    head = RequestHead(1, "GET", "/x", [(b"host", b"h")], "1.1")
+    with pytest.raises(ch.WebSocketError):
+        ch.WebSocketServer(head)
+
+
+def test_websocket_garbage_from_the_client_is_an_error_naming_the_client():
+    server = ch.WebSocketServer(_head("v5.channel.k8s.io"))
+    server.accept("v5.channel.k8s.io")
+    assert server.receive_data(b"\x8f\x80garbage-that-is-not-a-frame") == [None]  # unknown opcode 0xf
+    assert server.closed
+    assert "by the client" in server.error and "opcode" in server.error
+    assert server.data_to_send().startswith(b"\x88")  # our close frame (1002)
+
+
+def test_wsproto_client_handshake_against_our_server():
+    client, raw = _client_pair()
+    request_line, _, rest = raw.partition(b"\r\n")
+    headers = [tuple(line.split(b": ", 1)) for line in rest.split(b"\r\n") if line]
+    head = RequestHead(1, "GET", "/x", [(k.lower(), v) for k, v in headers], "1.1", upgrade=True)
+    server = ch.WebSocketServer(head)
+    client.receive_data(server.accept("v5.channel.k8s.io"))
+    events = list(client.events())
+    assert isinstance(events[0], AcceptConnection)
+    assert events[0].subprotocol == "v5.channel.k8s.io"
+    assert not isinstance(events[0], RejectConnection)
+
+
+def test_channel_tap_counts_bytes_and_reads_the_exit_code():
+    tap = ch.ChannelTap("v5.channel.k8s.io")
+    server = ch.WebSocketServer(_head("v5.channel.k8s.io"))
+    server.accept("v5.channel.k8s.io")
+    peer = ch.WebSocketClient()
+    tap.feed_client(peer.send(b"\x00abc"))
+    tap.feed_client(peer.send(b"\xff\x00"))
+    status = {"metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+              "details": {"causes": [{"reason": "ExitCode", "message": "42"}]}}
+    stream = server.send(b"\x01" + b"x" * 70000) + server.send(b"\x03" + json.dumps(status).encode())
+    for i in range(0, len(stream), 1000):
+        tap.feed_server(stream[i : i + 1000])
+    assert not tap.failed, tap.failure
+    assert tap.bytes_from_client == {0: 3}
+    assert tap.bytes_from_server[1] == 70000
+    assert tap.closed_channels == {0}
+    assert tap.exit_code() == 42
+
+
+def test_channel_tap_for_the_spdy_tunnel_feeds_a_spdy_tap():
+    tap = ch.ChannelTap(ch.PORTFORWARD_SPDY_TUNNEL)
+    peer = ch.WebSocketClient()
+    client = spdy.SpdyConnection(client_side=True)
+    client.send_syn_stream([("streamtype", "data"), ("port", "80"), ("requestid", "1")])
+    client.send_data(1, b"payload")
+    tap.feed_client(peer.send(client.data_to_send()))
+    assert tap.spdy_tap is not None
+    assert tap.spdy_tap.streams[1].stream_type == "data"
+    assert tap.spdy_tap.total_bytes() == (7, 0)
