@@ -88,7 +88,8 @@ async def _serve_conn(api: Api, reader: asyncio.StreamReader, writer: asyncio.St
                         writer.write(conn.send(h11.Data(data=chunk)))
                         await writer.drain()
                 finally:
-                    await resp.stream.aclose()
+                    with contextlib.suppress(RuntimeError):
+                        await resp.stream.aclose()
             writer.write(conn.send(h11.EndOfMessage()))
             await writer.drain()
             if conn.our_state is h11.MUST_CLOSE:
@@ -151,13 +152,15 @@ def plain_server(store: Store | None = None, **api_kwargs: object) -> Iterator[P
         async def stop() -> None:
             server = holder["server"]
             server.close()  # type: ignore[attr-defined]
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+        loop.close()
 
 
 @pytest.fixture
