@@ -4,7 +4,8 @@
 
     ca/                    the kubegate CA (created on first use) and the proxy's serving certificate
     roles/demo-admin.yaml  everything, as kubernetes group system:masters
-    roles/viewer.yaml      get/list/watch everything except secrets, as group system:authenticated + view
+    roles/viewer.yaml      get/list/watch everything except secrets, as group kubegate:viewers
+                           (bound to the cluster's ``view`` ClusterRole by ``viewer_binding()``)
     clusters.kubeconfig    the upstream credentials: one context named ``cluster_name``
     kubegate.yaml          the config ``kubegate start -c`` reads (loopback ports, this state dir)
     demo.kubeconfig        the demo user's kubeconfig: the cluster behind the proxy, embedded cert
@@ -49,12 +50,27 @@ spec:
       '*': '*'
     kubernetes_resources:
       - {kind: '*', api_group: '*', namespace: '*', name: '*', verbs: [get, list, watch]}
-    kubernetes_groups: [view]
+    kubernetes_groups: ['kubegate:viewers']
   deny:
     kubernetes_resources:
       - {kind: secrets, api_group: '', namespace: '*', name: '*', verbs: ['*']}
 """,
 }
+
+
+VIEWERS_GROUP = "kubegate:viewers"
+
+
+def viewer_binding() -> dict:
+    """A ClusterRoleBinding of the cluster's built-in ``view`` ClusterRole to the group the ``viewer``
+    role impersonates (the demo puts it into the sandbox so the cluster's own RBAC agrees)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "kubegate-viewers"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": VIEWERS_GROUP}],
+    }
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from kubegate import logging as kglog
     from kubegate.app import ProxyService
     from kubegate.config import load_config
-    from kubegate.demo import free_port, prepare_demo_state
+    from kubegate.demo import free_port, prepare_demo_state, viewer_binding
     from kubegate.workers import install_uvloop, serve_single
 
     temporary = args.state is None
@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
         print("starting the sandbox cluster …", flush=True)
         with running_sandbox(state_dir / "sandbox") as sb:
+            sb.store.put_object("rbac.authorization.k8s.io", "clusterrolebindings", viewer_binding())
             state = prepare_demo_state(
                 state_dir, sb.admin_kubeconfig, proxy_port=args.port or free_port(),
                 metrics_port=args.metrics_port or free_port(), user=args.user, roles=roles)
