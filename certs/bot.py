@@ -40,7 +40,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from certs.ca import CLOCK_SKEW, CertificateAuthority, Clock
+from certs.ca import CLOCK_SKEW, CertificateAuthority, Clock, same_public_key
 from certs.files import ensure_private_dir, write_atomic
 from certs.identity import IdentityError, identity_from_certificate
 from certs.kubeconfig import (
@@ -142,11 +142,7 @@ def _current(files: BotFiles) -> tuple[x509.Certificate, bytes, bytes] | None:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (OSError, ValueError, TypeError, BotError):
         return None
-    if key.public_key().public_bytes(  # type: ignore[union-attr]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ) != certificate.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ):
+    if not same_public_key(key.public_key(), certificate.public_key()):
         return None
     return certificate, cert_pem, key_pem
 

@@ -39,6 +39,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certs.extension import ExtensionPayload, encode_identity_extension, normalize_traits
@@ -57,6 +58,7 @@ __all__ = [
     "host_from_address",
     "server_hosts",
     "serial_hex",
+    "same_public_key",
     "verify_client_chain",
     "load_certificate_file",
 ]
@@ -108,6 +110,14 @@ def serial_hex(serial: int) -> str:
 
 def generate_private_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
+
+
+def same_public_key(a: PublicKeyTypes, b: PublicKeyTypes) -> bool:
+    """Whether two public keys are the same key (compared by their SubjectPublicKeyInfo)."""
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    return a.public_bytes(serialization.Encoding.DER, spki) == b.public_bytes(
+        serialization.Encoding.DER, spki
+    )
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -423,10 +433,13 @@ class CertificateAuthority:
         Re-issues it when it is missing, unreadable, not issued by this CA, lacks one of ``hosts`` or
         expires within 30 days. Returns ``(cert_path, key_path, issued_now)``.
         """
-        if self.directory is None and (cert_path is None or key_path is None):
+        if cert_path is not None and key_path is not None:
+            cert_file, key_file = Path(cert_path), Path(key_path)
+        elif self.directory is not None:
+            cert_file = Path(cert_path) if cert_path else self.directory / SERVER_CERT_NAME
+            key_file = Path(key_path) if key_path else self.directory / SERVER_KEY_NAME
+        else:
             raise CAError("an in-memory CA needs explicit serving certificate paths")
-        cert_file = Path(cert_path) if cert_path else self.directory / SERVER_CERT_NAME  # type: ignore[operator]
-        key_file = Path(key_path) if key_path else self.directory / SERVER_KEY_NAME  # type: ignore[operator]
         if self._server_certificate_ok(cert_file, key_file, hosts):
             return cert_file, key_file, False
         issued = self.issue_server_certificate(hosts, ttl)
@@ -443,7 +456,7 @@ class CertificateAuthority:
             return False
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             return False
-        if key.public_key().public_numbers() != certificate.public_key().public_numbers():  # type: ignore[union-attr]
+        if not same_public_key(key.public_key(), certificate.public_key()):
             return False
         try:
             certificate.verify_directly_issued_by(self.certificate)

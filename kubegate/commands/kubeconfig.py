@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from certs.access import NamedCluster, visible_clusters
-from certs.ca import CertificateAuthority, CertificateVerificationError, verify_client_chain
+from certs.ca import CertificateAuthority, CertificateVerificationError, same_public_key, verify_client_chain
 from certs.identity import IdentityError, identity_from_certificate
 from certs.kubeconfig import EmbeddedCredentials, build_kubeconfig, write_kubeconfig_document
 from certs.locks import format_time
@@ -166,10 +166,7 @@ def _existing(
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (OSError, ValueError, TypeError) as exc:
         raise CommandError(f"cannot read --cert/--key: {exc}") from None
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    if key.public_key().public_bytes(
-        serialization.Encoding.DER, spki
-    ) != certificate.public_key().public_bytes(serialization.Encoding.DER, spki):
+    if not same_public_key(key.public_key(), certificate.public_key()):
         raise CommandError(f"{key_file} is not the private key of {cert_file}")
     try:
         verify_client_chain(certificate, ca)
