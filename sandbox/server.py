@@ -276,8 +276,7 @@ class _Connection(asyncio.Protocol):
                 waiter.set_result(None)
         self._drain_waiters.clear()
         self._wake_windows(0)
-        if not self.server._connections:
-            self.server._all_closed.set()
+        self.server._check_all_closed()
 
     def pause_writing(self) -> None:
         self.paused_writing = True
@@ -304,6 +303,7 @@ class _Connection(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self.transport.close()
+            self.server._check_all_closed()
 
     async def drain(self) -> None:
         if self.closed:
@@ -559,6 +559,11 @@ class SandboxServer:
     def task_count(self) -> int:
         return len(self._tasks)
 
+    def _check_all_closed(self) -> None:
+        """Graceful stop waits until every connection is closed or closing (TLS close_notify sent)."""
+        if all(conn.closed for conn in self._connections):
+            self._all_closed.set()
+
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -587,7 +592,7 @@ class SandboxServer:
             self._server.close()
         for conn in list(self._connections):
             conn.shutdown()
-        if self._connections:
+        if any(not conn.closed for conn in self._connections):
             self._all_closed.clear()
             try:
                 await asyncio.wait_for(self._all_closed.wait(), grace)
@@ -596,6 +601,8 @@ class SandboxServer:
                     "%d connection(s) still open after %.1fs: closing them", len(self._connections), grace
                 )
         for conn in list(self._connections):
+            if not conn.closed:
+                log.warning("closing connection from %s at stop", conn.peer)
             conn.closed = True
             conn.transport.abort()
         tasks = list(self._tasks)
