@@ -1,0 +1,191 @@
+"""kubectl 1.37 and 1.20, over h2 and HTTP/1.1, through kubegate to the sandbox cluster: everything a
+user does works the same as against the cluster directly."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def ok(result):
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return result.stdout.decode()
+
+
+def test_get_pods_in_all_namespaces(k):
+    out = ok(k("get", "pods", "-A"))
+    assert re.search(r"^dev\s+web-1\s", out, re.M)
+    assert re.search(r"^prod\s+api-0\s", out, re.M)
+
+
+def test_get_one_pod_as_json(k):
+    pod = json.loads(ok(k("get", "pod", "web-1", "-n", "dev", "-o", "json")))
+    assert pod["kind"] == "Pod"
+    assert pod["metadata"]["name"] == "web-1"
+
+
+def test_unknown_object_is_the_clusters_not_found(k):
+    result = k("get", "pod", "no-such-pod", "-n", "dev")
+    assert result.returncode != 0
+    assert b'pods "no-such-pod" not found' in result.stderr
+
+
+def test_apply_patch_delete_a_configmap(k, tmp_path):
+    name = unique("cm")
+    manifest = tmp_path / "cm.yaml"
+    manifest.write_text(
+        f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: dev}}\ndata: {{a: '1'}}\n"
+    )
+    assert "created" in ok(k("apply", "-f", str(manifest)))
+    ok(k("patch", "configmap", name, "-n", "dev", "--type", "merge", "-p", '{"data":{"b":"2"}}'))
+    data = json.loads(ok(k("get", "configmap", name, "-n", "dev", "-o", "json")))["data"]
+    assert data == {"a": "1", "b": "2"}
+    assert "deleted" in ok(k("delete", "configmap", name, "-n", "dev"))
+    assert k("get", "configmap", name, "-n", "dev").returncode != 0
+
+
+def test_logs(k):
+    assert "web-1 ready" in ok(k("logs", "-n", "dev", "web-1"))
+
+
+def test_logs_follow_streams_until_stopped(popen_kubectl):
+    proc = popen_kubectl("logs", "-f", "-n", "dev", "web-1")
+    assert proc.stdout is not None
+    seen = b""
+    deadline = time.monotonic() + 20
+    while b"web-1 ready" not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 1)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            seen += chunk
+    assert b"web-1 ready" in seen
+    assert proc.poll() is None  # still following
+
+
+def test_watch_sees_a_new_object_event_by_event(k, popen_kubectl, tmp_path):
+    name = unique("watched")
+    manifest = tmp_path / "cm.yaml"
+    manifest.write_text(f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: dev}}\n")
+    proc = popen_kubectl("get", "configmaps", "-n", "dev", "-w", "--output-watch-events", "-o", "name")
+    assert proc.stdout is not None
+    time.sleep(0.5)  # let the watch start before the change (an event is awaited below)
+    ok(k("apply", "-f", str(manifest)))
+    deadline = time.monotonic() + 20
+    seen = b""
+    while f"configmap/{name}".encode() not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 1)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            seen += chunk
+    assert f"configmap/{name}".encode() in seen, seen
+
+
+def test_exec_prints_output(k):
+    assert ok(k("exec", "-n", "dev", "web-1", "--", "echo", "hello-through-kubegate")) == "hello-through-kubegate\n"
+
+
+def test_exec_with_piped_stdin_ends_by_itself(k):
+    payload = b"line one\nline two\n"
+    result = k("exec", "-i", "-n", "dev", "web-1", "--", "cat", input=payload, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == payload
+
+
+def test_exec_exit_code_is_propagated(k):
+    result = k("exec", "-n", "dev", "web-1", "--", "sh", "-c", "exit 3")
+    assert result.returncode == 3
+
+
+def test_cp_round_trip(k, tmp_path):
+    source = tmp_path / "source.bin"
+    payload = os.urandom(200_000)
+    source.write_bytes(payload)
+    target = unique("copied")
+    ok(k("cp", str(source), f"dev/web-1:{target}"))
+    back = tmp_path / "back.bin"
+    ok(k("cp", f"dev/web-1:{target}", str(back)))
+    assert back.read_bytes() == payload
+
+
+def test_auth_can_i(k):
+    assert ok(k("auth", "can-i", "get", "pods", "-n", "dev")).strip() == "yes"
+
+
+class _Echo:
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+
+def test_port_forward_round_trips_bytes(k, popen_kubectl, tmp_path):
+    echo = _Echo()
+    name = unique("pf")
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: Pod\n"
+        f"metadata: {{name: {name}, namespace: dev, annotations: {{sandbox.kubegate.dev/port-8080: '{echo.port}'}}}}\n"
+        "spec: {containers: [{name: main, image: busybox, ports: [{containerPort: 8080}]}]}\n"
+    )
+    ok(k("apply", "-f", str(manifest)))
+    try:
+        proc = popen_kubectl("port-forward", "-n", "dev", f"pod/{name}", ":8080")
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        match = re.search(r"127\.0\.0\.1:(\d+) -> 8080", line)
+        assert match, line + proc.stderr.read1(4096).decode() if proc.stderr else line
+        payload = os.urandom(100_000)
+        with socket.create_connection(("127.0.0.1", int(match.group(1))), timeout=10) as sock:
+            sock.sendall(payload)
+            received = b""
+            while len(received) < len(payload):
+                chunk = sock.recv(65536)
+                assert chunk, "connection closed early"
+                received += chunk
+        assert received == payload
+    finally:
+        echo.sock.close()
+        k("delete", "pod", name, "-n", "dev", "--wait=false")
+
+
+def test_a_role_without_exec_gets_a_forbidden_status(k_as):
+    dora = k_as("dora", ["dev"])
+    assert "web-1" in ok(dora("get", "pods", "-n", "dev"))
+    denied = dora("exec", "-n", "dev", "web-1", "--", "echo", "no")
+    assert denied.returncode != 0
+    assert b"forbidden" in denied.stderr.lower()
+    hidden = dora("get", "pods", "-n", "prod")
+    assert hidden.returncode != 0
+    assert b"forbidden" in hidden.stderr.lower()
