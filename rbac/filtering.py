@@ -1,10 +1,11 @@
 """Incremental filters for list, Table and watch responses: feed bytes, get filtered bytes.
 
 ``ListFilter`` streams a JSON ``*List`` (its top-level ``items`` array) or a ``Table`` (its top-level
-``rows`` array) element by element: a small scanner tracks string / escape / depth state to find where
-each element ends, only the current element is buffered, and each element is ``json.loads``-ed to read
+``rows`` array) element by element: a small byte scanner (string / escape / depth state) finds the
+array; inside it, the C JSON decoder (``raw_decode``) reads one element at a time, which gives both its
 ``metadata`` (``object.metadata`` for Table rows, which the apiserver includes with the default
-``includeObject=Metadata``). Everything outside the array passes through untouched.
+``includeObject=Metadata``) and where it ends. Only the current element is buffered; kept elements are
+passed on byte for byte. Everything outside the array passes through untouched.
 
 ``WatchFilter`` handles a JSON watch stream (one event per line): ``BOOKMARK`` and ``ERROR`` events pass,
 other events pass when their object is allowed; a ``Table`` event object (``kubectl get -w``) has its
@@ -27,9 +28,11 @@ __all__ = ["ListFilter", "ResponseFilter", "WatchFilter", "filtering_query", "js
 
 Allows = Callable[[str, str], bool]  # (namespace, name) -> visible?
 
-_OUT_OF_STRING = re.compile(rb'["{}\[\]]')
-_IN_STRING = re.compile(rb'["\\]')
-_SCALAR_END = re.compile(rb"[,\]\s]")
+_OUT_OF_STRING_S = re.compile(r'["{}\[\]]')
+_IN_STRING_S = re.compile(r'["\\]')
+_SCALAR_END_S = re.compile(r"[,\]\s]")
+_WS_COMMA = re.compile(r"[\s,]*")
+_DECODER = json.JSONDecoder()
 _WS = b" \t\r\n"
 
 
@@ -58,17 +61,77 @@ def _metadata_visible(obj: Any, allows: Allows) -> bool:
     return allows(namespace, name)
 
 
-class ListFilter:
-    """Filters the ``items`` (List) or ``rows`` (Table) array of one JSON response body, incrementally."""
+def _utf8_cut(data: bytes) -> int:
+    """Where a trailing incomplete UTF-8 sequence starts (``len(data)`` when there is none)."""
+    n = len(data)
+    for i in range(1, min(3, n) + 1):
+        b = data[n - i]
+        if b & 0xC0 == 0x80:  # continuation byte: look further back
+            continue
+        if b >= 0xC0:
+            need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
+            return n - i if i < need else n
+        return n
+    return n
 
-    _PREFIX, _BETWEEN, _ELEMENT, _SUFFIX = range(4)
+
+def _element_end(text: str, pos: int) -> int | None:
+    """End of the JSON value starting at ``pos`` by bracket/string scanning (for malformed elements
+    that ``raw_decode`` rejects); None if it does not end within ``text``."""
+    c = text[pos]
+    if c not in '{["':
+        m = _SCALAR_END_S.search(text, pos)
+        return m.start() if m else None
+    depth = 0
+    i = pos
+    in_str = False
+    while True:
+        if in_str:
+            m = _IN_STRING_S.search(text, i)
+            if m is None:
+                return None
+            j = m.start()
+            if text[j] == "\\":
+                i = j + 2
+                continue
+            in_str = False
+            i = j + 1
+            if depth == 0:
+                return i
+            continue
+        m = _OUT_OF_STRING_S.search(text, i)
+        if m is None:
+            return None
+        j = m.start()
+        c = text[j]
+        i = j + 1
+        if c == '"':
+            in_str = True
+        elif c in "{[":
+            depth += 1
+        else:
+            depth -= 1
+            if depth <= 0:
+                return i
+
+
+class ListFilter:
+    """Filters the ``items`` (List) or ``rows`` (Table) array of one JSON response body, incrementally.
+
+    Inside the array each element is decoded with the C JSON decoder (``raw_decode``), which also tells
+    where the element ends; an element cut by a chunk boundary is retried when the buffered part has
+    doubled (linear total work), so only the current element is ever buffered. An element the decoder
+    rejects is skipped by bracket scanning and dropped.
+    """
+
+    _PREFIX, _ITEMS, _SUFFIX = range(3)
 
     def __init__(self, allows: Allows) -> None:
         self._allows = allows
-        self._buf = bytearray()
-        self._pos = 0  # scan position in _buf
         self._state = self._PREFIX
-        # prefix scanner
+        # prefix scanner (bytes)
+        self._buf = bytearray()
+        self._pos = 0
         self._depth = 0
         self._in_str = False
         self._esc = False
@@ -77,11 +140,12 @@ class ListFilter:
         self._key = bytearray()
         self._last_key = b""
         self._after_colon_key: bytes | None = None
-        # element scanner
-        self._el_start = 0
-        self._el_depth = 0
-        self._el_in_str = False
-        self._el_scalar = False
+        # items (text)
+        self._text = ""
+        self._tpos = 0
+        self._tail = b""  # an incomplete UTF-8 sequence at the end of the input so far
+        self._retry_at = 0  # buffered element length below which decoding is not retried
+        self._skipping = False
         self._emitted_any = False
         self.dropped = 0
         self.passed = 0
@@ -89,40 +153,46 @@ class ListFilter:
     def feed(self, data: bytes) -> bytes:
         if not data:
             return b""
-        self._buf += data
-        out: list[bytes] = []
         if self._state == self._SUFFIX:
-            out.append(bytes(self._buf))
-            self._buf.clear()
-            self._pos = 0
-            return b"".join(out)
+            return data
+        out: list[bytes] = []
         if self._state == self._PREFIX:
+            self._buf += data
             self._scan_prefix(out)
-        if self._state in (self._BETWEEN, self._ELEMENT):
-            self._scan_items(out)
-        if self._state == self._SUFFIX and self._pos < len(self._buf):
-            out.append(bytes(self._buf[self._pos :]))
+            if self._state == self._PREFIX:
+                self._buf.clear()
+                self._pos = 0
+                return b"".join(out)
+            data = bytes(self._buf[self._pos :])
             self._buf.clear()
             self._pos = 0
-        # compact
-        if self._state != self._ELEMENT and self._pos:
-            del self._buf[: self._pos]
-            self._pos = 0
-        elif self._state == self._ELEMENT and self._el_start > 65536:
-            del self._buf[: self._el_start]
-            self._pos -= self._el_start
-            self._el_start = 0
+        self._add_text(data)
+        self._scan_items(out, final=False)
         return b"".join(out)
 
     def close(self) -> bytes:
-        """End of body: whatever is left (nothing if the array was cut short: fail closed)."""
-        if self._state in (self._BETWEEN, self._ELEMENT):
-            self._buf.clear()
-            return b""
+        """End of body: whatever is left (nothing more if the array was cut short: fail closed)."""
+        if self._state == self._ITEMS:
+            out: list[bytes] = []
+            self._scan_items(out, final=True)
+            if self._state == self._ITEMS:  # the array never closed
+                self._text = ""
+                self._tail = b""
+                return b"".join(out)
+            return b"".join(out)
         rest = bytes(self._buf[self._pos :])
         self._buf.clear()
         self._pos = 0
         return rest
+
+    def _add_text(self, data: bytes) -> None:
+        raw = self._tail + data if self._tail else data
+        cut = _utf8_cut(raw)
+        self._tail = raw[cut:]
+        if self._tpos:
+            self._text = self._text[self._tpos :]
+            self._tpos = 0
+        self._text += raw[:cut].decode("utf-8", "surrogateescape")
 
     # --- prefix: find the top-level "items" / "rows" array --------------------------------------
 
@@ -159,7 +229,7 @@ class ListFilter:
                     i += 1
                     out.append(bytes(buf[start:i]))
                     self._pos = i
-                    self._state = self._BETWEEN
+                    self._state = self._ITEMS
                     return
             if c == 0x22:
                 self._in_str = True
@@ -183,89 +253,53 @@ class ListFilter:
 
     # --- the array -----------------------------------------------------------------------------
 
-    def _scan_items(self, out: list[bytes]) -> None:
-        buf = self._buf
-        n = len(buf)
-        i = self._pos
+    def _scan_items(self, out: list[bytes], final: bool) -> None:
+        text = self._text
+        n = len(text)
+        pos = self._tpos
+        decode = _DECODER.raw_decode
         while True:
-            if self._state == self._BETWEEN:
-                while i < n and (buf[i] in _WS or buf[i] == 0x2C):
-                    i += 1
-                if i >= n:
-                    self._pos = i
-                    return
-                c = buf[i]
-                if c == 0x5D:  # ']' closes the array
-                    out.append(b"]")
-                    self._pos = i + 1
-                    self._state = self._SUFFIX
-                    return
-                self._state = self._ELEMENT
-                self._el_start = i
-                self._el_depth = 0
-                self._el_in_str = False
-                self._el_scalar = c not in (0x7B, 0x5B, 0x22)
-            # inside an element
-            end = -1
-            if self._el_scalar:
-                m = _SCALAR_END.search(buf, i)
-                if m is None:
-                    self._pos = n
-                    return
-                end = m.start()
-            else:
-                while True:
-                    if self._el_in_str:
-                        m = _IN_STRING.search(buf, i)
-                        if m is None:
-                            self._pos = n
-                            return
-                        j = m.start()
-                        if buf[j] == 0x5C:
-                            if j + 1 >= n:
-                                self._pos = j  # re-scan the escape when more data arrives
-                                return
-                            i = j + 2
-                            continue
-                        self._el_in_str = False
-                        i = j + 1
-                        if self._el_depth == 0:  # a bare string element
-                            end = i
-                            break
-                        continue
-                    m = _OUT_OF_STRING.search(buf, i)
-                    if m is None:
-                        self._pos = n
-                        return
-                    j = m.start()
-                    c = buf[j]
-                    i = j + 1
-                    if c == 0x22:
-                        self._el_in_str = True
-                    elif c in (0x7B, 0x5B):
-                        self._el_depth += 1
-                    else:
-                        self._el_depth -= 1
-                        if self._el_depth <= 0:
-                            end = i
-                            break
-            element = bytes(buf[self._el_start : end])
-            if self._visible(element):
+            pos = _WS_COMMA.match(text, pos).end()
+            if pos >= n:
+                break
+            if text[pos] == "]":
+                out.append(text[pos:].encode("utf-8", "surrogateescape") + self._tail)
+                self._text, self._tpos, self._tail = "", 0, b""
+                self._state = self._SUFFIX
+                return
+            if not final and n - pos < self._retry_at:
+                break
+            if self._skipping:
+                end = _element_end(text, pos)
+                if end is None:
+                    if final:
+                        pos = n
+                        break
+                    self._retry_at = 2 * (n - pos)
+                    break
+                self._skipping = False
+                self._retry_at = 0
+                self.dropped += 1
+                pos = end
+                continue
+            try:
+                obj, end = decode(text, pos)
+            except json.JSONDecodeError as exc:
+                if not final and (exc.pos >= n - 5 or exc.msg.startswith("Unterminated string")):
+                    self._retry_at = 2 * (n - pos)  # cut by the chunk boundary: wait for more
+                    break
+                self._skipping = True
+                continue
+            self._retry_at = 0
+            if _metadata_visible(obj, self._allows):
+                element = text[pos:end].encode("utf-8", "surrogateescape")
                 out.append(b"," + element if self._emitted_any else element)
                 self._emitted_any = True
                 self.passed += 1
             else:
                 self.dropped += 1
-            i = end
-            self._state = self._BETWEEN
-            self._pos = i
-
-    def _visible(self, element: bytes) -> bool:
-        try:
-            obj = json.loads(element)
-        except ValueError:
-            return False
-        return _metadata_visible(obj, self._allows)
+            pos = end
+        self._tpos = pos
 
 
 class WatchFilter:

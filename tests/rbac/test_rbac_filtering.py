@@ -86,13 +86,29 @@ def test_empty_and_all_dropped_lists_stay_valid_json() -> None:
     ] == [pod("y", "dev")]
 
 
-def test_unparsable_or_nameless_items_are_dropped() -> None:
+def test_unparsable_or_nameless_items_are_dropped_at_every_split() -> None:
     body = (
         b'{"kind":"PodList","items":[{"metadata":{"name":"a","namespace":"dev"}},{"metadata":{"name":"b","namespace":"dev"},"bad":tru},'
-        b'{"metadata":{"namespace":"dev"}},{"metadata":{"name":5,"namespace":"dev"}},42,"str",null,[1],{"metadata":{"name":"c","namespace":"dev"}}]}'
+        b'{"metadata":{"namespace":"dev"}},{"metadata":{"name":5,"namespace":"dev"}},42,"str",null,[1],{"x":"\\q"},'
+        b'{"metadata":{"name":"c","namespace":"dev"}}]}'
     )
-    out = json.loads(run(ListFilter(allows_dev), [body]))
-    assert [i["metadata"]["name"] for i in out["items"]] == ["a", "c"]
+    for k in range(len(body) + 1):
+        out = json.loads(run(ListFilter(allows_dev), [body[:k], body[k:]]))
+        assert [i["metadata"]["name"] for i in out["items"]] == ["a", "c"], k
+
+
+def test_bytes_of_kept_items_are_passed_unchanged_even_invalid_utf8() -> None:
+    item = b'{"metadata":{"name":"a","namespace":"dev"},"blob":"\xff\xfe \xc3\xa9 \\u00e9"}'
+    body = b'{"items":[' + item + b"]}"
+    for k in range(len(body) + 1):
+        assert run(ListFilter(allows_dev), [body[:k], body[k:]]) == body, k
+
+
+def test_a_large_item_in_small_chunks() -> None:
+    big = pod("a", "dev", blob="x" * 300_000)
+    body = pod_list([pod("z", "prod"), big, pod("b", "dev")], compact=True)
+    out = run(ListFilter(allows_dev), [body[i : i + 1000] for i in range(0, len(body), 1000)])
+    assert json.loads(out)["items"] == [big, pod("b", "dev")]
 
 
 def test_items_key_only_at_top_level_and_non_lists_pass_unchanged() -> None:
