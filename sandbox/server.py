@@ -387,6 +387,8 @@ class _Connection(asyncio.Protocol):
     async def _run(self, req: _Request) -> None:
         head = req.head
         sid = head.stream_id
+        counts = self.server.requests_by_protocol
+        counts[head.http_version] = counts.get(head.http_version, 0) + 1
         try:
             user = self.server.authenticator.authenticate(self.cert_user, head.header(b"authorization"))
             if user is None:
@@ -545,6 +547,7 @@ class SandboxServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._all_closed = asyncio.Event()
+        self.requests_by_protocol: dict[str, int] = {}  # "1.1" / "1.0" / "2" -> requests served
 
     @property
     def url(self) -> str:
