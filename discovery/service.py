@@ -319,9 +319,12 @@ class DiscoveryService:
             self.errors[f"cloud:{fetcher.origin}"] = [str(exc)]
             return None
         async with self._lock:
-            records, _ = await asyncio.to_thread(self.store.load_all)
-            plan = reconcile(result.records, records, origin=fetcher.origin, group=self.group,
-                             complete=result.complete)
+            # the current records: the watcher's cache, refreshed now (stat only when nothing changed)
+            if await asyncio.to_thread(self._scan_store):
+                self._apply_store()
+            unreadable = bool(self._store_read_errors)
+            plan = reconcile(result.records, self._store_records, origin=fetcher.origin, group=self.group,
+                             complete=result.complete and not unreadable)
             await asyncio.to_thread(self._apply_plan, plan)
         for conflict in plan.conflicts:
             log.warning("%s", conflict)
@@ -339,10 +342,8 @@ class DiscoveryService:
         return plan
 
     def _apply_plan(self, plan: Plan) -> None:
-        for record in (*plan.create, *plan.update):
-            self.store.put(record)
-        for name in plan.delete:
-            self.store.delete(name)
+        self.store.put_many([*plan.create, *plan.update])
+        self.store.delete_many(list(plan.delete))
 
     def next_delay(self, fetcher: _Fetcher) -> float:
         if fetcher.failures:

@@ -152,10 +152,14 @@ WRITER = textwrap.dedent(
     big = "x" * 200_000  # large records make the kill land mid-write
     i = 0
     print("ready", flush=True)
-    while True:
+    while True:  # single atomic writes and batches, alternately
         i += 1
-        store.put(ClusterRecord(name=f"c{i % 5}", origin="kube_cluster", labels={"i": str(i)},
-                                spec={"kubeconfig": big}))
+        if i % 2:
+            store.put(ClusterRecord(name=f"c{i % 5}", origin="kube_cluster", labels={"i": str(i)},
+                                    spec={"kubeconfig": big}))
+        else:
+            store.put_many([ClusterRecord(name=f"c{n}", origin="kube_cluster", labels={"i": str(i)},
+                                          spec={"kubeconfig": big}) for n in range(5)])
     """
 )
 
