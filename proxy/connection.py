@@ -207,6 +207,9 @@ class ClientConnection(asyncio.Protocol):
     def exchange_done(self, stream_id: int) -> None:
         self.exchanges.pop(stream_id, None)
         if not self.exchanges and not self.upgraded:
+            if self._closing_after_flush or (self.codec is not None and self.codec.must_close):
+                self._flush()
+                return
             if self.fwd.shutting_down:
                 self.close()
             else:

@@ -67,7 +67,7 @@ def check_client_certificate(cert: x509.Certificate, now: datetime | None = None
 
 def classify_handshake_error(exc: BaseException) -> str:
     """A short, bounded label for a failed handshake (the metric's ``reason``)."""
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError) or (isinstance(exc, ConnectionAbortedError) and "longer than" in str(exc)):
         return "timeout"
     if isinstance(exc, ssl.SSLCertVerificationError):
         message = (exc.verify_message or "").lower()
