@@ -27,7 +27,7 @@ import yaml
 
 from rbac.status import status_dict
 from sandbox import patch as patches
-from sandbox import tables
+from sandbox import protobuf, tables
 from sandbox.discovery_docs import AGGREGATED_V2, DOCS, OPENAPI_V2_PROTOBUF, DiscoveryDocs
 from sandbox.resources import CATALOG, Catalog, ResourceType
 from sandbox.selectors import (
@@ -49,6 +49,7 @@ REVIEW_GROUPS = ("authorization.k8s.io", "authentication.k8s.io")
 NON_RESOURCE_PREFIXES = ("/healthz", "/livez", "/readyz", "/metrics", "/version", "/openapi")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+ACCEPTED_BODIES = "application/json, application/yaml, application/vnd.kubernetes.protobuf"
 PATCH_TYPES = (
     "application/json-patch+json",
     "application/merge-patch+json",
@@ -386,6 +387,8 @@ class Api:
             return self._watch(req, rt, namespace, name)
         if verb == "list":
             return self._list(req, rt, namespace)
+        if sub == "scale":
+            return self._scale(req, rt, namespace, name, verb)
         if verb == "get":
             return self._get(req, rt, namespace, name)
         if verb == "create":
@@ -705,12 +708,17 @@ class Api:
                 return yaml.safe_load(body)
             except yaml.YAMLError as exc:
                 raise bad_request(f"error converting YAML to JSON: {exc}") from None
+        if media == "application/vnd.kubernetes.protobuf":
+            try:
+                return protobuf.decode_object(body)
+            except protobuf.UnsupportedKind as exc:
+                raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
+                               f"accepted media types include: {ACCEPTED_BODIES} ({exc})") from None
+            except (protobuf.ProtobufError, UnicodeDecodeError) as exc:
+                raise bad_request(f"error decoding protobuf body: {exc}") from None
         if media not in ("application/json", "", "*/*"):
-            if media.startswith("application/vnd.kubernetes.protobuf"):
-                raise ApiError(415, "UnsupportedMediaType", 'the body of the request was in an unknown format - '
-                               'accepted media types include: application/json, application/yaml')
-            raise ApiError(415, "UnsupportedMediaType", 'the body of the request was in an unknown format - '
-                           'accepted media types include: application/json, application/yaml')
+            raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
+                           f"accepted media types include: {ACCEPTED_BODIES}")
         try:
             return json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -822,7 +830,8 @@ class Api:
                     "startTime": started,
                 }
         elif gr == ("", "namespaces"):
-            obj.setdefault("spec", {"finalizers": ["kubernetes"]})
+            obj["spec"] = obj.get("spec") or {}
+            obj["spec"].setdefault("finalizers", ["kubernetes"])
             obj["status"] = {"phase": "Active"}
             obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = obj["metadata"]["name"]
         elif gr == ("", "services"):
@@ -849,6 +858,11 @@ class Api:
         elif gr == ("apps", "deployments"):
             spec = obj.setdefault("spec", {})
             spec.setdefault("replicas", 1)
+            if not spec.get("strategy"):
+                spec["strategy"] = {"type": "RollingUpdate",
+                                    "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}
+            spec.setdefault("revisionHistoryLimit", 10)
+            spec.setdefault("progressDeadlineSeconds", 600)
             replicas = spec.get("replicas") or 0
             obj["status"] = {"replicas": replicas, "readyReplicas": replicas, "updatedReplicas": replicas,
                              "availableReplicas": replicas}
@@ -1080,6 +1094,56 @@ class Api:
         merged["metadata"]["managedFields"] = others + [entry]
         return self._save(req, rt, current, merged, sub, None)
 
+    # ------------------------------------------------------------------ scale
+
+    @staticmethod
+    def _scale_of(obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        spec = obj.get("spec") or {}
+        match = (spec.get("selector") or {}).get("matchLabels") or {}
+        return {"kind": "Scale", "apiVersion": "autoscaling/v1",
+                "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                             if k in meta},
+                "spec": {"replicas": spec.get("replicas", 1)},
+                "status": {"replicas": (obj.get("status") or {}).get("replicas", 0),
+                           "selector": ",".join(f"{k}={v}" for k, v in sorted(match.items()))}}
+
+    def _scale(self, req: ApiRequest, rt: ResourceType, namespace: str, name: str, verb: str) -> ApiResponse:
+        """``deployments/scale`` (autoscaling/v1 Scale): read and write ``spec.replicas``."""
+        current = self._entry(rt, namespace, name)
+        scale = self._scale_of(current.obj)
+        if verb == "get":
+            return _json_response(200, scale)
+        if verb not in ("update", "patch"):
+            raise METHOD_NOT_ALLOWED
+        if verb == "update":
+            new_scale = self._decode_body(req)
+        else:
+            media = _media_type(req.headers)
+            try:
+                document = json.loads(req.body)
+                if media == "application/json-patch+json":
+                    new_scale = patches.json_patch(scale, document)
+                elif media in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+                    new_scale = patches.merge_patch(scale, document)
+                else:
+                    raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
+                                   "accepted media types include: application/json-patch+json, "
+                                   "application/merge-patch+json, application/strategic-merge-patch+json")
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise bad_request(f"error decoding patch: {exc}") from None
+            except patches.PatchError as exc:
+                raise ApiError(422, "Invalid", str(exc)) from None
+        replicas = ((new_scale or {}).get("spec") or {}).get("replicas") if isinstance(new_scale, dict) else None
+        if not isinstance(replicas, int) or replicas < 0:
+            raise ApiError(422, "Invalid", f'Scale.autoscaling "{name}" is invalid: spec.replicas: Invalid value: '
+                           f"{replicas!r}: must be greater than or equal to 0")
+        precondition = ((new_scale.get("metadata") or {}).get("resourceVersion") or None) if verb == "update" else None
+        new = copy.deepcopy(current.obj)
+        new["spec"]["replicas"] = replicas
+        response = self._save(req, rt, current, new, "", precondition)
+        return _json_response(200, self._scale_of(json.loads(response.body)))
+
     # ------------------------------------------------------------------ delete
 
     def _delete_options(self, req: ApiRequest) -> dict[str, Any]:
@@ -1149,7 +1213,15 @@ class Api:
     # ------------------------------------------------------------------ reviews
 
     def _review(self, req: ApiRequest, rt: ResourceType) -> ApiResponse:
-        body = self._decode_body(req)
+        if _media_type(req.headers) == "application/vnd.kubernetes.protobuf":
+            from sandbox.authz import ReviewError, decode_review_protobuf
+
+            try:
+                body: Any = decode_review_protobuf(req.body)
+            except (ReviewError, UnicodeDecodeError) as exc:
+                raise bad_request(f"error decoding protobuf body: {exc}") from None
+        else:
+            body = self._decode_body(req)
         if not isinstance(body, dict):
             raise bad_request("the body of the request must be a JSON object")
         kind = body.get("kind")

@@ -45,6 +45,9 @@ def _dumps(obj: Any) -> bytes:
 
 def _api_resource(rt: ResourceType, sub: str = "") -> dict[str, Any]:
     if sub:
+        if sub == "scale":
+            return {"name": f"{rt.plural}/scale", "singularName": "", "namespaced": rt.namespaced,
+                    "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}
         verbs = {"status": ["get", "patch", "update"], "log": ["get"],
                  "exec": ["create", "get"], "attach": ["create", "get"], "portforward": ["create", "get"]}[sub]
         kind = {"log": "Pod", "exec": "PodExecOptions", "attach": "PodAttachOptions",
@@ -128,9 +131,10 @@ class DiscoveryDocs:
                     subs = []
                     for sub in rt.subresources:
                         doc = _api_resource(rt, sub)
+                        sub_group = doc.get("group", rt.group if sub == "status" else "")
+                        sub_version = doc.get("version", rt.version if sub == "status" else "v1")
                         subs.append({"subresource": sub, "verbs": doc["verbs"],
-                                     "responseKind": {"group": rt.group if sub == "status" else "",
-                                                      "version": rt.version if sub == "status" else "v1",
+                                     "responseKind": {"group": sub_group, "version": sub_version,
                                                       "kind": doc["kind"]}})
                     if subs:
                         res["subresources"] = subs

@@ -66,7 +66,7 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "events", "Event", True, CRUD_VERBS, ("ev",)),
     ResourceType("", "v1", "nodes", "Node", False, CRUD_VERBS, ("no",), subresources=("status",)),
     ResourceType("apps", "v1", "deployments", "Deployment", True, CRUD_VERBS, ("deploy",), ("all",),
-                 subresources=("status",)),
+                 subresources=("status", "scale")),
     ResourceType("rbac.authorization.k8s.io", "v1", "roles", "Role", True),
     ResourceType("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
     ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
