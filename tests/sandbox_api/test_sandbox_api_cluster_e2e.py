@@ -4,8 +4,8 @@ kubectl 1.37 and 1.20 and the kubernetes Python client cannot tell it from a clu
 from __future__ import annotations
 
 import json
-import re
 import queue
+import re
 import subprocess
 import threading
 from collections.abc import Iterator
