@@ -255,8 +255,8 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         if self.raw is not None:
-            self.raw.feed_eof()
-            return True  # the upgraded stream decides when to close
+            self.raw.feed_eof()  # over TLS the transport closes after EOF whatever is returned
+            return None
         self.data_received_eof()
         return None
 
