@@ -221,3 +221,141 @@ def running_proxy(
             asyncio.run_coroutine_threadsafe(cancel_rest(), loop).result(30)
             loop.call_soon_threadsafe(loop.stop)
             thread.join(30)
+
+
+class EchoUpstream:
+    """A stand-in API server that answers every request with what it received (method, target, headers
+    as a list of pairs) and records the request heads in ``.requests``: to check exactly which headers
+    kubegate sends upstream. Serves HTTP/1.1 and h2 (ALPN) over TLS on a random loopback port."""
+
+    def __init__(self, workdir: Path, *, h2: bool = True) -> None:
+        from certs.ca import CertificateAuthority
+
+        self.ca = CertificateAuthority.create_in_memory()
+        issued = self.ca.issue_server_certificate(["127.0.0.1"])
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.cert_file = workdir / "echo.crt"
+        self.key_file = workdir / "echo.key"
+        self.cert_file.write_bytes(issued.cert_pem)
+        self.key_file.write_bytes(issued.key_pem)
+        self.h2 = h2
+        self.requests: list[dict[str, Any]] = []
+        self.port = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def cluster(self, name: str = "echo", labels: dict[str, str] | None = None, token: str | None = None) -> Cluster:
+        return Cluster(
+            name=name,
+            labels=labels or {"env": "test"},
+            server=self.url,
+            ca_pem=self.ca.cert_pem,
+            credentials=StaticCredentials(UpstreamCredentials(bearer_token=token)),
+        )
+
+    async def serve(self) -> asyncio.AbstractServer:
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+        ctx.set_alpn_protocols(["h2", "http/1.1"] if self.h2 else ["http/1.1"])
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        server = await loop.create_server(lambda: _EchoProtocol(self), "127.0.0.1", 0, ssl=ctx)
+        self.port = server.sockets[0].getsockname()[1]
+        return server
+
+
+class _EchoProtocol(asyncio.Protocol):
+    def __init__(self, echo: EchoUpstream) -> None:
+        self.echo = echo
+        self.transport: asyncio.Transport | None = None
+        self.codec: Any = None
+        self.heads: dict[int, Any] = {}
+        self.bodies: dict[int, bytes] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        from proxy.protocol.http1 import Http1ServerConnection
+        from proxy.protocol.http2 import Http2ServerConnection
+
+        self.transport = transport  # type: ignore[assignment]
+        ssl_object = transport.get_extra_info("ssl_object")
+        h2 = ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
+        self.codec = Http2ServerConnection() if h2 else Http1ServerConnection()
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        import json
+
+        from proxy.protocol.events import RequestBody, RequestEnd, RequestHead, ResponseHead
+
+        for event in self.codec.receive_data(data):
+            if isinstance(event, RequestHead):
+                self.heads[event.stream_id] = event
+                self.bodies[event.stream_id] = b""
+            elif isinstance(event, RequestBody):
+                self.bodies[event.stream_id] += event.data
+                self.codec.acknowledge_received(event.stream_id, len(event.data))
+            elif isinstance(event, RequestEnd):
+                head = self.heads.pop(event.stream_id)
+                record = {
+                    "method": head.method,
+                    "target": head.target,
+                    "authority": head.authority,
+                    "http_version": head.http_version,
+                    "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in head.headers],
+                    "body": self.bodies.pop(event.stream_id).decode("latin-1"),
+                }
+                self.echo.requests.append(record)
+                body = json.dumps(record).encode()
+                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+                self.codec.send_response_head(ResponseHead(event.stream_id, 200, headers, content_length=len(body)))
+                self.codec.send_body(event.stream_id, body, end_stream=True)
+        self._flush()
+
+    def _flush(self) -> None:
+        data = self.codec.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+        if self.codec.must_close and self.transport is not None:
+            self.transport.close()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+
+@contextlib.contextmanager
+def running_echo_upstream(workdir: Path, *, h2: bool = True) -> Iterator[EchoUpstream]:
+    """An ``EchoUpstream`` on its own thread and loop for the duration of the block."""
+    echo = EchoUpstream(Path(workdir), h2=h2)
+    loop = uvloop.new_event_loop()
+    ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+
+        async def boot() -> None:
+            holder["server"] = await echo.serve()
+            ready.set()
+
+        loop.run_until_complete(boot())
+        loop.run_forever()
+        loop.close()
+
+    thread = threading.Thread(target=run, name="echo-upstream", daemon=True)
+    thread.start()
+    ready.wait(30)
+    try:
+        yield echo
+    finally:
+
+        async def stop() -> None:
+            holder["server"].close()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

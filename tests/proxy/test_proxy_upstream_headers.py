@@ -1,0 +1,156 @@
+"""What the upstream API server receives: exactly kubegate's impersonation headers, kubegate's own
+credentials, X-Forwarded-For, no hop-by-hop headers, and never the client's Authorization or
+Impersonate-* headers — over an HTTP/2 and an HTTP/1.1 upstream, from HTTP/1.1 and h2 clients."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROLE = """
+kind: role
+version: v8
+metadata: {name: ops}
+spec:
+  allow:
+    kubernetes_labels: {'*': '*'}
+    kubernetes_resources: [{kind: '*', api_group: '*', namespace: '*', name: '*', verbs: ['*']}]
+    kubernetes_groups: [ops-team, viewers]
+"""
+
+
+@pytest.fixture(scope="module", params=["h2-upstream", "http1-upstream"])
+def setup(request, tmp_path_factory) -> Iterator[tuple]:
+    from proxy.testing import running_echo_upstream, running_proxy
+    from rbac import RoleWatcher
+
+    base = tmp_path_factory.mktemp("echo")
+    roles = base / "roles"
+    roles.mkdir()
+    (roles / "ops.yaml").write_text(ROLE)
+    with running_echo_upstream(base / "echo", h2=request.param == "h2-upstream") as echo:
+        clusters = [echo.cluster("echo"), echo.cluster("echo-token", token="kubegate-secret-token")]
+        with running_proxy(base / "proxy", clusters=clusters, roles=RoleWatcher(str(roles), time.time)) as px:
+            cert, key = px.issue_user("alice", ["ops"])
+            ctx = ssl.create_default_context(cafile=str(px.ca_pem_path))
+            ctx.load_cert_chain(str(cert), str(key))
+            yield echo, px, ctx, request.param
+
+
+def h1_request(px, ctx, path: str, headers: list[tuple[str, str]]) -> tuple[int, bytes]:
+    ctx.set_alpn_protocols(["http/1.1"])
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", px.port), timeout=10), server_hostname="127.0.0.1") as sock:
+        head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+        sock.sendall(head.encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data.split(b"\r\n\r\n", 1)[1]
+
+
+def h2_request(px, ctx, path: str, headers: list[tuple[str, str]]) -> tuple[int, bytes]:
+    ctx.set_alpn_protocols(["h2"])
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", px.port), timeout=10), server_hostname="127.0.0.1") as sock:
+        assert sock.selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        conn.initiate_connection()
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(
+            sid,
+            [(":method", "GET"), (":path", path), (":scheme", "https"), (":authority", "127.0.0.1"), *headers],
+            end_stream=True,
+        )
+        sock.sendall(conn.data_to_send())
+        status, body, done = 0, b"", False
+        while not done:
+            data = sock.recv(65536)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, sid)
+                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    done = True
+            sock.sendall(conn.data_to_send())
+    return status, body
+
+
+CLIENTS = {"http1-client": h1_request, "h2-client": h2_request}
+
+
+def upstream_headers(body: bytes) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in json.loads(body)["headers"]]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_upstream_gets_kubegates_impersonation_and_never_the_clients(setup, client):
+    echo, px, ctx, _ = setup
+    status, body = CLIENTS[client](px, ctx, "/k8s/clusters/echo/api/v1/namespaces/dev/pods?limit=5", [
+        ("authorization", "Bearer client-token"),
+        ("x-forwarded-for", "203.0.113.9"),
+        ("accept", "application/json"),
+        ("x-custom", "kept"),
+    ])
+    assert status == 200
+    record = json.loads(body)
+    assert record["target"] == "/api/v1/namespaces/dev/pods?limit=5"
+    headers = upstream_headers(body)
+    names = [k for k, _ in headers]
+    assert [v for k, v in headers if k == "impersonate-user"] == ["alice"]
+    assert sorted(v for k, v in headers if k == "impersonate-group") == ["ops-team", "system:authenticated", "viewers"]
+    assert not [k for k in names if k.startswith("impersonate-") and k not in ("impersonate-user", "impersonate-group")]
+    assert "authorization" not in names
+    assert [v for k, v in headers if k == "x-forwarded-for"] == ["203.0.113.9, 127.0.0.1"]
+    assert ("x-custom", "kept") in headers
+    assert not {"connection", "keep-alive", "transfer-encoding", "te", "upgrade"} & set(names)
+
+
+def test_upstream_credentials_replace_the_clients(setup):
+    echo, px, ctx, _ = setup
+    status, body = h1_request(px, ctx, "/k8s/clusters/echo-token/version", [("authorization", "Bearer client-token")])
+    assert status == 200
+    assert [v for k, v in upstream_headers(body) if k == "authorization"] == ["Bearer kubegate-secret-token"]
+
+
+def test_upstream_authority_is_the_clusters(setup):
+    echo, px, ctx, mode = setup
+    _, body = h1_request(px, ctx, "/k8s/clusters/echo/version", [])
+    record = json.loads(body)
+    authority = f"127.0.0.1:{echo.port}"
+    if mode == "h2-upstream":
+        assert record["http_version"] == "2" and record["authority"] == authority
+    else:
+        assert [v for k, v in upstream_headers(body) if k == "host"] == [authority]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_client_impersonating_outside_its_roles_is_refused_and_nothing_is_sent(setup, client):
+    echo, px, ctx, _ = setup
+    sent_before = len(echo.requests)
+    status, body = CLIENTS[client](px, ctx, "/k8s/clusters/echo/api/v1/namespaces/dev/pods", [("impersonate-user", "root")])
+    assert status == 403
+    assert json.loads(body)["kind"] == "Status"
+    assert not any(r["target"].startswith("/api/v1/namespaces/dev/pods") for r in echo.requests[sent_before:])
+
+
+def test_a_client_choosing_one_of_its_groups_gets_exactly_that(setup):
+    echo, px, ctx, _ = setup
+    status, body = h1_request(px, ctx, "/k8s/clusters/echo/api/v1/pods", [("impersonate-group", "viewers")])
+    assert status == 200
+    groups = sorted(v for k, v in upstream_headers(body) if k == "impersonate-group")
+    assert "ops-team" not in groups and "viewers" in groups
