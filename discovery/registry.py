@@ -12,7 +12,9 @@
   subscribers hear ``(name, None)``, exactly as if it had been removed: the proxy then ends its
   in-flight streams.
 - Subscribers are called after every change of the *served* view, outside the registry lock, with
-  ``(name, cluster)`` or ``(name, None)``. A failing listener is logged and does not stop the others.
+  ``(name, cluster)`` or ``(name, None)``, on the thread that made the change (the discovery service
+  reads files in worker threads: a listener owning an event loop hops onto it with
+  ``call_soon_threadsafe``). A failing listener is logged and does not stop the others.
 
 Thread-safe: mutations take a lock; readers never do (dict lookups are atomic in CPython, and
 ``list()`` hands out an immutable snapshot).

@@ -123,6 +123,7 @@ class DiscoveryService:
         self.rng = rng or random.Random()
         self.errors: dict[str, list[str]] = {}  # source → current definition errors
         self._kubeconfig_stamps: dict[str, Any] = {}
+        self._dir_conflicts: dict[str, list[str]] = {}
         self._store_stamps: dict[str, tuple[int, int, int] | None] = {}
         self._store_records: dict[str, ClusterRecord] = {}
         self._store_read_errors: dict[str, str] = {}
@@ -204,16 +205,22 @@ class DiscoveryService:
             self.errors[source] = errors + self.registry.replace_source(source, clusters)
             changed = True
         if self.dir_scanner is not None:
-            before = set(self.dir_scanner.by_file)
-            if self.dir_scanner.scan():
+            scanner = self.dir_scanner
+            before = set(scanner.by_file)
+            if scanner.scan():
                 changed = True
-                for path in before - set(self.dir_scanner.by_file):
+                for path in before - set(scanner.by_file):
                     self.registry.replace_source(f"dir:{path}", [])
-                for path, loaded in self.dir_scanner.by_file.items():
-                    conflicts = self.registry.replace_source(f"dir:{path}", [lc.cluster for lc in loaded])
-                    self.errors[f"dir:{path}"] = self.dir_scanner.errors.get(path, []) + conflicts
-            for path, errors in self.dir_scanner.errors.items():
-                self.errors.setdefault(f"dir:{path}", errors)
+                    self._dir_conflicts.pop(path, None)
+                for path, loaded in scanner.by_file.items():
+                    self._dir_conflicts[path] = self.registry.replace_source(
+                        f"dir:{path}", [lc.cluster for lc in loaded])
+            for key in [k for k in self.errors if k.startswith("dir:")]:
+                del self.errors[key]
+            for path in set(scanner.by_file) | set(scanner.errors):
+                errors = scanner.errors.get(path, []) + self._dir_conflicts.get(path, [])
+                if errors:
+                    self.errors[f"dir:{path}"] = errors
         return changed
 
     def _scan_store(self) -> bool:

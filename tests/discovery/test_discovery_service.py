@@ -106,6 +106,40 @@ def test_broken_files_are_reported_and_the_others_keep_working(tmp_path):
     asyncio.run(main())
 
 
+def test_kubeconfig_files_are_watched_and_errors_clear_when_a_file_is_fixed(tmp_path):
+    def kubeconfig(*names: str) -> str:
+        return yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": n, "cluster": {"server": f"https://{n}:6443"}} for n in names],
+            "contexts": [{"name": n, "context": {"cluster": n, "user": "u"}} for n in names],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+        })
+
+    async def main():
+        registry = ClusterRegistry()
+        events = Events(registry)
+        kc = tmp_path / "kubeconfig"
+        kc.write_text(kubeconfig("one"))
+        svc = service(tmp_path, registry, kubeconfig_files=[str(kc)])
+        await svc.start()
+        try:
+            assert [c.name for c in registry.list()] == ["one"]
+            kc.write_text(kubeconfig("one", "two"))
+            await events.next("two")
+            bad = tmp_path / "clusters.d" / "bad.yaml"
+            bad.write_text("{{{")
+            await asyncio.wait_for(_until(lambda: f"dir:{bad}" in svc.errors), 10)
+            bad.write_text(yaml.safe_dump(kube_cluster("fixed", {})))
+            await events.next("fixed")
+            await asyncio.wait_for(_until(lambda: f"dir:{bad}" not in svc.errors), 10)
+            kc.write_text(kubeconfig("two"))
+            await events.next("one", removed=True)
+        finally:
+            await svc.stop()
+
+    asyncio.run(main())
+
+
 def test_cli_add_and_rm_reach_a_running_service(tmp_path, capsys):
     cfg = write_config(tmp_path)
     resource_file = tmp_path / "new.yaml"
