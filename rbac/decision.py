@@ -94,12 +94,17 @@ def _expanded_selector(
 
 
 def _allow_labels_match(role: Role, labels: Mapping[str, str], traits: Mapping[str, Sequence[str]]) -> bool:
-    return labels_match(_expanded_selector(role.allow.kubernetes_labels, traits), labels)
+    cond = role.allow
+    sel = _expanded_selector(cond.kubernetes_labels, traits) if cond.label_templates else cond.kubernetes_labels
+    return labels_match(sel, labels)
 
 
 def _deny_labels_match(role: Role, labels: Mapping[str, str], traits: Mapping[str, Sequence[str]]) -> bool:
-    sel = role.deny.kubernetes_labels
-    return bool(sel) and labels_match(_expanded_selector(sel, traits), labels)
+    cond = role.deny
+    if not cond.kubernetes_labels:
+        return False
+    sel = _expanded_selector(cond.kubernetes_labels, traits) if cond.label_templates else cond.kubernetes_labels
+    return labels_match(sel, labels)
 
 
 def visible_roles(

@@ -70,17 +70,23 @@ def allowed_principals(
     users: list[str] = []
     groups: list[str] = []
     for role in allow_roles:
-        for u in expand_templates(role.allow.kubernetes_users, traits):
+        cond = role.allow
+        templated = cond.principal_templates
+        for u in expand_templates(cond.kubernetes_users, traits) if templated else cond.kubernetes_users:
             if u not in users:
                 users.append(u)
-        for g in expand_templates(role.allow.kubernetes_groups, traits):
+        for g in expand_templates(cond.kubernetes_groups, traits) if templated else cond.kubernetes_groups:
             if g not in groups:
                 groups.append(g)
     denied_users: set[str] = set()
     denied_groups: set[str] = set()
     for role in all_roles:
-        denied_users.update(expand_templates(role.deny.kubernetes_users, traits))
-        denied_groups.update(expand_templates(role.deny.kubernetes_groups, traits))
+        if role.deny.kubernetes_users:
+            denied_users.update(expand_templates(role.deny.kubernetes_users, traits))
+        if role.deny.kubernetes_groups:
+            denied_groups.update(expand_templates(role.deny.kubernetes_groups, traits))
+    if not denied_users and not denied_groups:
+        return users, groups
     return [u for u in users if u not in denied_users], [g for g in groups if g not in denied_groups]
 
 

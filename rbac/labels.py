@@ -25,7 +25,7 @@ Invalid regular expressions never match (fail closed); ``check_pattern`` reports
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 
 __all__ = [
@@ -72,20 +72,43 @@ def check_pattern(pattern: str) -> None:
             raise LabelPatternError(f"invalid regular expression {pattern!r}: {exc}") from None
 
 
-def value_matches(pattern: str, value: str) -> bool:
-    """Whether ``value`` matches ``pattern`` (literal, ``*``, glob, or ``^regex$``)."""
+def _never(value: str) -> bool:
+    return False
+
+
+def _always(value: str) -> bool:
+    return True
+
+
+def _matcher(pattern: str) -> Callable[[str], bool]:
     if pattern == WILDCARD:
-        return True
+        return _always
     if "*" not in pattern and not _is_regex(pattern):
-        return pattern == value
+        return pattern.__eq__
     compiled = _compile(pattern)
     if compiled is None:
-        return False
-    return compiled.fullmatch(value) is not None
+        return _never
+    fullmatch = compiled.fullmatch
+    return lambda value: fullmatch(value) is not None
+
+
+_MATCHERS: dict[str, Callable[[str], bool]] = {}
+
+
+def value_matches(pattern: str, value: str) -> bool:
+    """Whether ``value`` matches ``pattern`` (literal, ``*``, glob, or ``^regex$``)."""
+    m = _MATCHERS.get(pattern)
+    if m is None:
+        if len(_MATCHERS) > 8192:  # bounded: patterns come from roles, values never become patterns
+            _MATCHERS.clear()
+        m = _MATCHERS[pattern] = _matcher(pattern)
+    return m(value)
 
 
 def selector_values(values: str | Sequence[str]) -> tuple[str, ...]:
     """A selector value as a tuple of patterns (a single string becomes a one-element tuple)."""
+    if isinstance(values, tuple):
+        return values
     if isinstance(values, str):
         return (values,)
     return tuple(values)

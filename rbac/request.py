@@ -97,7 +97,7 @@ QueryLike = str | bytes | Mapping[str, str | Sequence[str]] | None
 
 def parse_query(query: QueryLike) -> dict[str, list[str]]:
     """A query string (with or without ``?``) or mapping → {key: [values]}."""
-    if query is None:
+    if not query:
         return {}
     if isinstance(query, bytes):
         query = query.decode("latin-1")
@@ -154,7 +154,9 @@ def parse_request(
         raise RequestParseError(f"path {path!r} must start with '/'")
     base_verb = _METHOD_VERBS.get(method)
     stripped = path.rstrip("/") or "/"
-    segments = [unquote(s) for s in stripped.strip("/").split("/")] if stripped != "/" else []
+    segments = stripped.strip("/").split("/") if stripped != "/" else []
+    if "%" in stripped:
+        segments = [unquote(s) for s in segments]
     if any(s in ("", ".", "..") for s in segments):
         raise RequestParseError(f"invalid path {path!r}")
 

@@ -189,6 +189,8 @@ class Conditions:
     kubernetes_resources: tuple[ResourceRule, ...] = ()
     kubernetes_groups: tuple[str, ...] = ()
     kubernetes_users: tuple[str, ...] = ()
+    label_templates: bool = False  # some kubernetes_labels value holds a {{...}} trait template
+    principal_templates: bool = True  # some kubernetes_users / kubernetes_groups value holds a template
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,7 +448,9 @@ def _conditions(ctx: _Ctx, where: str, raw: object, version: str) -> Conditions:
     users = _str_list(ctx, f"{where}.kubernetes_users", raw.get("kubernetes_users"))
     _check_templates(ctx, f"{where}.kubernetes_groups", groups)
     _check_templates(ctx, f"{where}.kubernetes_users", users)
-    return Conditions(labels, rules, groups, users)
+    templated = any("{{" in v for values in labels.values() for v in values)
+    principal_templates = any("{{" in v for v in (*groups, *users))
+    return Conditions(labels, rules, groups, users, templated, principal_templates)
 
 
 def _role_from_doc(doc: object, file: str | None, index: int) -> Role:
@@ -636,6 +640,8 @@ def expand_templates(values: Sequence[str], traits: Mapping[str, Sequence[str]])
     a missing or empty trait drops the value. Trait values are inserted literally (never re-expanded).
     Duplicates are removed, order kept.
     """
+    if not any("{{" in v for v in values):
+        return list(dict.fromkeys(values))
     out: list[str] = []
     for value in values:
         parts = _TEMPLATE.split(value)  # [literal, scope, name, literal, scope, name, ..., literal]
