@@ -78,7 +78,8 @@ PORT_ANNOTATION_PREFIX = "sandbox.kubegate.dev/port-"
 
 STREAM_CREATION_TIMEOUT = 30.0  # seconds to wait for all of a SPDY exec's streams (the kubelet's)
 FIRST_RESIZE_TIMEOUT = 1.0  # seconds a tty exec waits for the client's initial terminal size
-LINGER_TIMEOUT = 5.0  # seconds to wait for the peer's EOF after we finished, before closing
+LINGER_TIMEOUT = 5.0
+MAX_EARLY_BYTES = 1024 * 1024  # data kept for a SPDY stream no session part reads (yet); beyond: dropped  # seconds to wait for the peer's EOF after we finished, before closing
 
 
 def _status(status: str, code: int | None = None, reason: str = "", message: str = "",
@@ -479,7 +480,8 @@ class SpdyServer:
         self.new_streams: asyncio.Queue[spdy.SynStream | None] = asyncio.Queue()
         self.inbound: dict[int, Callable[[bytes | None], Awaitable[None] | None]] = {}
         self.gone = asyncio.Event()
-        self._lock = asyncio.Lock()
+        self._known: set[int] = set()
+        self._early: dict[int, list[bytes | None]] = {}
 
     async def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -499,6 +501,7 @@ class SpdyServer:
                     return
                 for event in self.conn.receive_data(data):
                     if isinstance(event, spdy.SynStream):
+                        self._known.add(event.stream_id)
                         self.conn.send_syn_reply(event.stream_id, [])
                         await self.new_streams.put(event)
                         if event.fin:
@@ -511,6 +514,7 @@ class SpdyServer:
                     elif isinstance(event, spdy.RstStream):
                         await self._deliver(event.stream_id, None)
                         self.inbound.pop(event.stream_id, None)
+                        self._known.discard(event.stream_id)
                     elif isinstance(event, spdy.GoAway):
                         return
                 await self.flush()
@@ -527,9 +531,23 @@ class SpdyServer:
             for sid in list(self.inbound):
                 await self._deliver(sid, None)
 
+    def attach(self, stream_id: int, handler: Callable[[bytes | None], Awaitable[None] | None]) -> None:
+        """Route a stream's data (``None``: its end) to ``handler``, replaying what arrived before."""
+        self.inbound[stream_id] = handler
+        for item in self._early.pop(stream_id, []):
+            handler(item)
+
     async def _deliver(self, stream_id: int, data: bytes | None) -> None:
         handler = self.inbound.get(stream_id)
         if handler is None:
+            # Data can arrive in the same read as the SYN_STREAM, before the session attached a
+            # handler: keep it (bounded by the peer's own pacing; the session attaches promptly).
+            if stream_id in self._known:
+                early = self._early.setdefault(stream_id, [])
+                if sum(len(d) for d in early if d) + len(data or b"") <= MAX_EARLY_BYTES:
+                    early.append(data)
+                elif data is None:
+                    early.append(None)
             return
         if data is None:
             self.inbound.pop(stream_id, None)
@@ -547,9 +565,9 @@ class SpdyChannels(Channels):
         self._resize = ResizeParser()
         self._by_channel = {STDOUT: streams.get("stdout"), STDERR: streams.get("stderr")}
         if "stdin" in streams:
-            server.inbound[streams["stdin"]] = self.stdin.put_nowait
+            server.attach(streams["stdin"], self.stdin.put_nowait)
         if "resize" in streams:
-            server.inbound[streams["resize"]] = self._on_resize
+            server.attach(streams["resize"], self._on_resize)
 
     def _on_resize(self, data: bytes | None) -> None:
         if data:
@@ -685,7 +703,7 @@ async def run_spdy_portforward(target: StreamTarget, wire: Wire) -> None:
             if kind == "data":
                 # The data stream's own handler is set now, so no early bytes are lost.
                 queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-                server.inbound[syn.stream_id] = queue.put_nowait
+                server.attach(syn.stream_id, queue.put_nowait)
                 pair_error = pair.get("error")
                 task = asyncio.ensure_future(_forward_port(server, target, port_text, syn.stream_id,
                                                            pair_error, queue, pair))
@@ -888,7 +906,6 @@ async def run_ws_portforward(target: StreamTarget, opts: Options, ws: WebSocketS
         stream.write(ws.close())
         await _linger(stream)
         return
-    writers: dict[int, asyncio.StreamWriter] = {}
     gone = asyncio.Event()
 
     async def write_ws(channel: int, data: bytes) -> None:
@@ -900,27 +917,40 @@ async def run_ws_portforward(target: StreamTarget, opts: Options, ws: WebSocketS
         await write_ws(2 * i, port_prefix(port))
         await write_ws(2 * i + 1, port_prefix(port))
 
-    async def pod_to_client(i: int, port: int) -> None:
+    inbound: list[asyncio.Queue[bytes]] = [asyncio.Queue() for _ in opts.ports]
+
+    async def forward(i: int, port: int) -> None:
         local = local_port_for(target.pod, port)
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", local)
         except OSError as exc:
             await write_ws(2 * i + 1, f"error forwarding port {port}: {exc.strerror or exc}".encode())
             return
-        writers[i] = writer
+
+        async def client_to_pod() -> None:
+            while True:
+                writer.write(await inbound[i].get())
+                await writer.drain()
+
+        upstream = asyncio.ensure_future(client_to_pod())
         try:
             while data := await reader.read(65536):
                 await write_ws(2 * i, data)
+        except (ConnectionError, OSError):
+            pass
         finally:
+            upstream.cancel()
+            with contextlib.suppress(BaseException):
+                await upstream
             writer.close()
 
     def on_message(message: bytes | str) -> None:
         channel, payload = codec.decode(message)
-        if channel % 2 == 0 and channel // 2 in writers and payload:
-            writers[channel // 2].write(payload)
+        if channel % 2 == 0 and channel // 2 < len(inbound) and payload:
+            inbound[channel // 2].put_nowait(payload)
 
     reader_task = asyncio.ensure_future(_ws_reader(ws, stream, initial, on_message, gone))
-    tasks = [asyncio.ensure_future(pod_to_client(i, p)) for i, p in enumerate(opts.ports)]
+    tasks = [asyncio.ensure_future(forward(i, p)) for i, p in enumerate(opts.ports)]
     try:
         await gone.wait()
     finally:

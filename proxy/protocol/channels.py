@@ -288,9 +288,11 @@ class WebSocketClient:
         self._conn = Connection(ConnectionType.CLIENT, trailing_data=trailing)
         self._parts: list[bytes | str] = []
 
-    def receive_data(self, data: bytes) -> list[bytes | str | None]:
+    def receive_data(self, data: bytes | None) -> list[bytes | str | None]:
+        """Feed bytes (``None``: EOF; ``b""``: only collect what earlier bytes completed)."""
         out: list[bytes | str | None] = []
-        self._conn.receive_data(data if data else None)
+        if data is None or data:
+            self._conn.receive_data(data)
         for event in self._conn.events():
             if isinstance(event, Message):
                 self._parts.append(event.data)

@@ -74,6 +74,7 @@ STREAM_ID_MASK = 0x7FFFFFFF
 MAX_FRAME_LENGTH = 0xFFFFFF
 DEFAULT_MAX_DATA_FRAME = 32 * 1024
 DEFAULT_MAX_HEADER_BLOCK = 1024 * 1024
+DEFAULT_MAX_CONTROL_FRAME = 1024 * 1024  # control frames carry headers only; data frames may use 2^24-1
 
 
 def _build_dictionary() -> bytes:
@@ -310,6 +311,7 @@ class SpdyConnection:
         *,
         max_data_frame: int = DEFAULT_MAX_DATA_FRAME,
         max_header_block: int = DEFAULT_MAX_HEADER_BLOCK,
+        max_control_frame: int = DEFAULT_MAX_CONTROL_FRAME,
         auto_ping_reply: bool = True,
     ) -> None:
         self.client_side = client_side
@@ -320,6 +322,7 @@ class SpdyConnection:
         self._decompressor = HeaderDecompressor(max_header_block)
         self._max_data_frame = max_data_frame
         self._auto_ping = auto_ping_reply
+        self._max_control_frame = max_control_frame
         self._next_stream_id = 1 if client_side else 2
         self._next_ping_id = 1 if client_side else 2
         self._last_peer_stream = 0
@@ -344,6 +347,10 @@ class SpdyConnection:
             while len(buf) - offset >= 8:
                 word0, word1 = struct.unpack_from("!II", buf, offset)
                 length = word1 & 0xFFFFFF
+                if word0 & 0x80000000 and length > self._max_control_frame:
+                    raise SpdyProtocolError(
+                        f"control frame of {length} bytes exceeds the limit of {self._max_control_frame}",
+                        self.peer)
                 if len(buf) - offset - 8 < length:
                     break
                 flags = word1 >> 24
