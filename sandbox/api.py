@@ -488,10 +488,9 @@ class Api:
                 meta["remainingItemCount"] = remaining
         prefs = _accept(req.headers)
         if prefs.table:
-            table = tables.table(rt.group, rt.plural, [e.obj for e in entries], meta,
-                                 _q(req.query, "includeObject", "Metadata"), self.clock())
-            table["apiVersion"] = prefs.table
-            return _json_response(200, table)
+            return _json_response(200, tables.table_bytes(rt.group, rt.plural, entries, meta,
+                                                          _q(req.query, "includeObject", "Metadata"), self.clock(),
+                                                          prefs.table))
         if prefs.partial and not prefs.json_ok:
             return _json_response(200, {"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
                                         "metadata": meta, "items": [tables.partial_metadata(e.obj) for e in entries]})
@@ -535,10 +534,9 @@ class Api:
     def _event_bytes(self, rt: ResourceType, kind: str, entry: Entry, table_version: str | None,
                      include: str) -> bytes:
         if table_version:
-            table = tables.table(rt.group, rt.plural, [entry.obj],
-                                 {"resourceVersion": str(entry.rv)}, include, self.clock())
-            table["apiVersion"] = table_version
-            return b'{"type":"' + kind.encode() + b'","object":' + dumps(table) + b"}\n"
+            table = tables.table_bytes(rt.group, rt.plural, [entry], {"resourceVersion": str(entry.rv)}, include,
+                                       self.clock(), table_version)
+            return b'{"type":"' + kind.encode() + b'","object":' + table + b"}\n"
         return b'{"type":"' + kind.encode() + b'","object":' + entry.raw + b"}\n"
 
     def _bookmark(self, rt: ResourceType, rv: int, initial_end: bool = False) -> bytes:

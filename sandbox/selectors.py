@@ -82,7 +82,14 @@ class LabelSelector:
 
     def matches(self, labels: Mapping[str, str] | None) -> bool:
         labels = labels or {}
-        return all(r.matches(labels) for r in self.requirements)
+        for r in self.requirements:
+            op = r.op
+            if op == "=":  # the common case, inlined
+                if labels.get(r.key) != r.values[0]:
+                    return False
+            elif not r.matches(labels):
+                return False
+        return True
 
     @property
     def empty(self) -> bool:

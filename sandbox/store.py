@@ -85,12 +85,21 @@ class Gone(StoreError):
 class Entry:
     """One stored object version and its cached JSON serialization."""
 
-    __slots__ = ("obj", "raw", "rv")
+    __slots__ = ("obj", "raw", "rv", "_partial")
 
     def __init__(self, obj: dict[str, Any], rv: int) -> None:
         self.obj = obj
         self.raw = dumps(obj)
         self.rv = rv
+        self._partial: bytes | None = None
+
+    @property
+    def partial_raw(self) -> bytes:
+        """The object as a serialized ``meta.k8s.io/v1 PartialObjectMetadata`` (Table rows), cached."""
+        if self._partial is None:
+            self._partial = (b'{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":'
+                             + dumps(self.obj.get("metadata") or {}) + b"}")
+        return self._partial
 
 
 @dataclass(frozen=True, slots=True)

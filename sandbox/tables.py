@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 Column = tuple[str, str, str, int]  # name, type, format, priority
@@ -39,13 +41,18 @@ def human_duration(seconds: float) -> str:
     return f"{hours // 24 // 365}y"
 
 
+@lru_cache(maxsize=8192)
+def _parse_rfc3339(value: str) -> float | None:
+    try:
+        return datetime.fromisoformat(value[:19]).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
 def _parse_ts(value: Any) -> float | None:
     if not isinstance(value, str) or not value:
         return None
-    try:
-        return datetime.strptime(value[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        return None
+    return _parse_rfc3339(value)
 
 
 def age(obj: dict[str, Any], now: float) -> str:
@@ -247,6 +254,29 @@ def table_row(group: str, resource: str, obj: dict[str, Any], include_object: st
     elif include_object != "None":
         row["object"] = partial_metadata(obj)
     return row
+
+
+def table_bytes(group: str, resource: str, entries: list[Any], list_meta: dict[str, Any], include_object: str,
+                now: float, api_version: str = "meta.k8s.io/v1") -> bytes:
+    """The serialized Table of store entries (``.obj``, ``.raw``, ``.partial_raw``), reusing their cached
+    JSON for the row objects."""
+    _, row_fn = PRINTERS.get((group, resource), DEFAULT_PRINTER)
+    rows: list[bytes] = []
+    for entry in entries:
+        cells = _dumps(row_fn(entry.obj, now))
+        if include_object == "Object":
+            rows.append(b'{"cells":' + cells + b',"object":' + entry.raw + b"}")
+        elif include_object == "None":
+            rows.append(b'{"cells":' + cells + b"}")
+        else:
+            rows.append(b'{"cells":' + cells + b',"object":' + entry.partial_raw + b"}")
+    head = _dumps({"kind": "Table", "apiVersion": api_version, "metadata": list_meta,
+                   "columnDefinitions": column_definitions(group, resource)})
+    return head[:-1] + b',"rows":[' + b",".join(rows) + b"]}"
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def table(group: str, resource: str, objects: list[dict[str, Any]], list_meta: dict[str, Any],
