@@ -319,3 +319,28 @@ async def _until(predicate) -> None:
     while not predicate():
         await asyncio.sleep(0.02)
 
+
+
+def test_from_config_wires_every_source_of_a_validated_config(tmp_path):
+    from kubegate.config import load_config
+
+    (tmp_path / "clusters.d").mkdir()
+    (tmp_path / "clusters.d" / "a.yaml").write_text(yaml.safe_dump(kube_cluster("from-dir", {"env": "prod"})))
+    path = tmp_path / "kubegate.yaml"
+    path.write_text(yaml.safe_dump({
+        "version": "v1", "state_dir": str(tmp_path / "state"),
+        "kubernetes_service": {"clusters_dir": str(tmp_path / "clusters.d"), "resources": [{"labels": {"env": "prod"}}]},
+        "discovery_service": {"enabled": True, "discovery_group": "east", "poll_interval": "2m",
+                              "aws": [{"types": ["eks"], "regions": ["us-east-1"], "tags": {"env": "prod"},
+                                       "assume_role_arn": "arn:aws:iam::1:role/r", "external_id": "x"}]},
+    }))
+    cfg = load_config(str(path))
+    registry = ClusterRegistry([dict(r.labels) for r in cfg.kubernetes_service.resources])
+    svc = DiscoveryService.from_config(cfg, registry, health=False)
+    assert svc.group == "east" and svc.poll_interval == 120
+    assert [f.origin for f in svc.fetchers] == ["aws"]
+    assert svc.external_ids == {"arn:aws:iam::1:role/r": "x"}
+    assert svc.store.directory == tmp_path / "state" / "clusters"
+    assert DiscoveryService.from_config(cfg, registry, cloud=False, health=False).fetchers == []
+    asyncio.run(svc.sync_local())
+    assert [c.name for c in registry.list()] == ["from-dir"]
