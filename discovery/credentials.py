@@ -1,7 +1,8 @@
 """Upstream credential providers (``discovery.model.CredentialsProvider``) for kubeconfig-style auth.
 
 - ``FileCredentials``: a bearer token file (``tokenFile``) and/or client certificate and key files,
-  re-read when a file changes (checked at most once per ``recheck_interval`` seconds).
+  re-read when a file changes (checked at most once per ``recheck_interval`` seconds); inline values
+  (``token``, ``client-*-data``) fill in what no file gives, and ``tokenFile`` beats ``token`` (client-go).
 - ``ExecCredentials``: a ``client.authentication.k8s.io`` exec plugin (``v1`` or ``v1beta1``), run
   without a shell with a timeout; its ``ExecCredential`` is cached until ``expirationTimestamp`` (minus a
   margin) or, without one, until ``invalidate()`` (client-go behaviour: re-run after a 401).
@@ -41,6 +42,9 @@ class FileCredentials:
     cert_file: str | None = None
     key_file: str | None = None
     cluster: str = ""
+    static_token: str | None = None  # from the kubeconfig; tokenFile wins when both are set (client-go)
+    static_cert_pem: bytes | None = field(default=None, repr=False)  # *-data, when not given as files
+    static_key_pem: bytes | None = field(default=None, repr=False)
     recheck_interval: float = 1.0
     clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
@@ -72,11 +76,11 @@ class FileCredentials:
         return await asyncio.to_thread(self.current)
 
     def _read(self) -> UpstreamCredentials:
-        token = cert = key = None
+        token, cert, key = self.static_token, self.static_cert_pem, self.static_key_pem
         try:
             if self.token_file:
                 with open(self.token_file, encoding="utf-8") as f:
-                    token = f.read().strip()
+                    token = f.read().strip() or token
             if self.cert_file:
                 with open(self.cert_file, "rb") as f:
                     cert = f.read()

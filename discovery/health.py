@@ -75,10 +75,12 @@ def _request(
     host, port = url.hostname or "", url.port or 443
     prefix = url.path.rstrip("/")
     ctx = client_context(cluster, creds)
-    conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+    conn: http.client.HTTPSConnection
     if cluster.tls_server_name:
         # SNI and hostname verification against tls-server-name, TCP to the server's host
         conn = _ServerNameConnection(host, port, timeout=timeout, context=ctx, server_name=cluster.tls_server_name)
+    else:
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
     headers = {"Accept": "application/json", "User-Agent": "kubegate-health"}
     if creds.bearer_token:
         headers["Authorization"] = f"Bearer {creds.bearer_token}"

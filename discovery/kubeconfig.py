@@ -230,38 +230,18 @@ def _credentials(
         raise DiscoveryError(f"{where}: a client certificate needs both the certificate and the key")
     if user.get("exec"):
         return _exec_credentials(user["exec"], name, where, server, ca_pem, cert, key, exec_timeout)
-    token = user.get("token")
-    token_file = user.get("tokenFile")
-    if token_file:
-        token_file = _read_file(token_file, base_dir, "tokenFile", where)[0]
+    token = str(user["token"]) if user.get("token") else None
+    token_file = None
+    if user.get("tokenFile"):
+        token_file = _read_file(user["tokenFile"], base_dir, "tokenFile", where)[0]
     if token_file or cert_file or key_file:
         provider = FileCredentials(
-            token_file=token_file if not token else None, cert_file=cert_file, key_file=key_file, cluster=name
+            token_file=token_file, cert_file=cert_file, key_file=key_file, cluster=name, static_token=token,
+            static_cert_pem=None if cert_file else cert, static_key_pem=None if key_file else key,
         )
-        if token and (cert_file or key_file):
-            # A literal token plus cert files: the token wins over tokenFile, files stay watched.
-            return _TokenOverFiles(token=str(token), files=provider)
         provider.current()  # fail now, naming the cluster, if unreadable
         return provider
-    return StaticCredentials(
-        UpstreamCredentials(client_cert_pem=cert, client_key_pem=key, bearer_token=str(token) if token else None)
-    )
-
-
-class _TokenOverFiles:
-    def __init__(self, token: str, files: FileCredentials) -> None:
-        self.token, self.files = token, files
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _TokenOverFiles) and (self.token, self.files) == (other.token, other.files)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    async def get(self) -> UpstreamCredentials:
-        creds = await self.files.get()
-        return UpstreamCredentials(
-            client_cert_pem=creds.client_cert_pem, client_key_pem=creds.client_key_pem, bearer_token=self.token
-        )
+    return StaticCredentials(UpstreamCredentials(client_cert_pem=cert, client_key_pem=key, bearer_token=token))
 
 
 def _exec_credentials(

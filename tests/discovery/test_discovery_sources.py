@@ -326,3 +326,14 @@ def test_exec_info_env_is_json(tmp_path):
     assert provider.current().bearer_token == "t" and provider.current().expires_at is None
     info = json.loads(out.read_text())
     assert info["kind"] == "ExecCredential" and info["spec"] == {"interactive": False, "cluster": {"server": "https://x"}}
+
+
+def test_token_file_beats_an_inline_token_and_inline_cert_data_still_applies(tmp_path):
+    (tmp_path / "token").write_text("from-file")
+    path = write_yaml(tmp_path / "kc", kubeconfig({"a": {"user": {
+        "token": "inline", "tokenFile": "token",
+        "client-certificate-data": base64.b64encode(b"CERT").decode(),
+        "client-key-data": base64.b64encode(b"KEY").decode()}}}))
+    [cluster] = kubeconfig_clusters_with_errors(path)[0]
+    got = creds(cluster)
+    assert (got.bearer_token, got.client_cert_pem, got.client_key_pem) == ("from-file", b"CERT", b"KEY")
