@@ -193,6 +193,13 @@ class LocalProcess:
                 self.proc.kill()
 
     def close(self) -> None:
+        """Release the pipes/pty (call after the process ended)."""
+        # Close the subprocess transport now, inside its loop: left to the garbage collector it may
+        # be finalized after the loop closed.
+        transport = getattr(self.proc, "_transport", None)
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.close()
         if self.master is not None:
             with contextlib.suppress(OSError):
                 os.close(self.master)

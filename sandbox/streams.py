@@ -79,6 +79,7 @@ PORT_ANNOTATION_PREFIX = "sandbox.kubegate.dev/port-"
 STREAM_CREATION_TIMEOUT = 30.0  # seconds to wait for all of a SPDY exec's streams (the kubelet's)
 FIRST_RESIZE_TIMEOUT = 1.0  # seconds a tty exec waits for the client's initial terminal size
 LINGER_TIMEOUT = 5.0
+INPUT_QUEUE_DEPTH = 16  # chunks of client input queued for a process / port before the reader pauses
 MAX_EARLY_BYTES = 1024 * 1024  # data kept for a SPDY stream no session part reads (yet); beyond: dropped  # seconds to wait for the peer's EOF after we finished, before closing
 
 
@@ -303,7 +304,8 @@ class Channels:
     """What an exec/attach session needs from its transport, whatever the wire."""
 
     def __init__(self) -> None:
-        self.stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
+        # Bounded: a process that does not read its stdin pauses the connection's reader.
+        self.stdin: asyncio.Queue[bytes | None] = asyncio.Queue(INPUT_QUEUE_DEPTH)
         self.resize: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
         self.gone = asyncio.Event()  # the client went away (EOF, reset, protocol error)
 
@@ -531,11 +533,14 @@ class SpdyServer:
             for sid in list(self.inbound):
                 await self._deliver(sid, None)
 
-    def attach(self, stream_id: int, handler: Callable[[bytes | None], Awaitable[None] | None]) -> None:
-        """Route a stream's data (``None``: its end) to ``handler``, replaying what arrived before."""
+    async def attach(self, stream_id: int, handler: Callable[[bytes | None], Awaitable[None] | None]) -> None:
+        """Route a stream's data (``None``: its end) to ``handler``, replaying what arrived before.
+        An awaitable handler result is awaited: a full queue pauses the reader (backpressure)."""
         self.inbound[stream_id] = handler
         for item in self._early.pop(stream_id, []):
-            handler(item)
+            result = handler(item)
+            if result is not None:
+                await result
 
     async def _deliver(self, stream_id: int, data: bytes | None) -> None:
         handler = self.inbound.get(stream_id)
@@ -564,10 +569,12 @@ class SpdyChannels(Channels):
         self.version = version
         self._resize = ResizeParser()
         self._by_channel = {STDOUT: streams.get("stdout"), STDERR: streams.get("stderr")}
-        if "stdin" in streams:
-            server.attach(streams["stdin"], self.stdin.put_nowait)
-        if "resize" in streams:
-            server.attach(streams["resize"], self._on_resize)
+
+    async def attach_inputs(self) -> None:
+        if "stdin" in self.streams:
+            await self.server.attach(self.streams["stdin"], self.stdin.put)
+        if "resize" in self.streams:
+            await self.server.attach(self.streams["resize"], self._on_resize)
 
     def _on_resize(self, data: bytes | None) -> None:
         if data:
@@ -657,6 +664,7 @@ async def run_spdy_exec(target: StreamTarget, opts: Options, wire: Wire, version
             log.info("exec: timed out waiting for streams %s", sorted(expected - streams.keys()))
             return
         channels = SpdyChannels(server, streams, version)
+        await channels.attach_inputs()
         server_gone = asyncio.ensure_future(_mirror(server.gone, channels.gone))
         try:
             if opts.kind == "attach":
@@ -702,8 +710,8 @@ async def run_spdy_portforward(target: StreamTarget, wire: Wire) -> None:
             pair[kind] = syn.stream_id
             if kind == "data":
                 # The data stream's own handler is set now, so no early bytes are lost.
-                queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-                server.attach(syn.stream_id, queue.put_nowait)
+                queue: asyncio.Queue[bytes | None] = asyncio.Queue(INPUT_QUEUE_DEPTH)
+                await server.attach(syn.stream_id, queue.put)
                 pair_error = pair.get("error")
                 task = asyncio.ensure_future(_forward_port(server, target, port_text, syn.stream_id,
                                                            pair_error, queue, pair))
@@ -813,21 +821,22 @@ class WsChannels(Channels):
             await self.send(ERROR, error_text.encode())
         await self._write(self.ws.close())
 
-    def on_message(self, message: bytes | str) -> None:
+    def on_message(self, message: bytes | str) -> Awaitable[None] | None:
         channel, payload = self.codec.decode(message)
         if channel == STDIN:
             if payload:
-                self.stdin.put_nowait(payload)
+                return self.stdin.put(payload)
         elif channel == RESIZE:
             for size in self._resize.feed(payload):
                 self.resize.put_nowait(size)
         elif channel == CLOSE:
             if payload[:1] == bytes((STDIN,)):
-                self.stdin.put_nowait(None)
+                return self.stdin.put(None)
+        return None
 
 
 async def _ws_reader(ws: WebSocketServer, stream: ByteStream, initial: bytes,
-                     on_message: Callable[[bytes | str], None], gone: asyncio.Event) -> None:
+                     on_message: Callable[[bytes | str], Awaitable[None] | None], gone: asyncio.Event) -> None:
     data = initial
     try:
         while True:
@@ -842,7 +851,9 @@ async def _ws_reader(ws: WebSocketServer, stream: ByteStream, initial: bytes,
                             log.info("stream WebSocket closed: %s", ws.error)
                         return
                     try:
-                        on_message(message)
+                        result = on_message(message)
+                        if result is not None:
+                            await result
                     except ChannelFrameError as exc:
                         log.info("stream WebSocket: bad message from the client: %s", exc)
             data = await stream.read()
@@ -917,7 +928,7 @@ async def run_ws_portforward(target: StreamTarget, opts: Options, ws: WebSocketS
         await write_ws(2 * i, port_prefix(port))
         await write_ws(2 * i + 1, port_prefix(port))
 
-    inbound: list[asyncio.Queue[bytes]] = [asyncio.Queue() for _ in opts.ports]
+    inbound: list[asyncio.Queue[bytes]] = [asyncio.Queue(INPUT_QUEUE_DEPTH) for _ in opts.ports]
 
     async def forward(i: int, port: int) -> None:
         local = local_port_for(target.pod, port)
@@ -944,10 +955,11 @@ async def run_ws_portforward(target: StreamTarget, opts: Options, ws: WebSocketS
                 await upstream
             writer.close()
 
-    def on_message(message: bytes | str) -> None:
+    def on_message(message: bytes | str) -> Awaitable[None] | None:
         channel, payload = codec.decode(message)
         if channel % 2 == 0 and channel // 2 < len(inbound) and payload:
-            inbound[channel // 2].put_nowait(payload)
+            return inbound[channel // 2].put(payload)
+        return None
 
     reader_task = asyncio.ensure_future(_ws_reader(ws, stream, initial, on_message, gone))
     tasks = [asyncio.ensure_future(forward(i, p)) for i, p in enumerate(opts.ports)]
