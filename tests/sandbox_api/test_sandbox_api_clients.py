@@ -204,3 +204,31 @@ def test_python_client_list_watch_create(plain_sandbox, tmp_path: Path) -> None:
     widgets = client.CustomObjectsApi(api_client).list_namespaced_custom_object(
         "example.kubegate.dev", "v1", "dev", "widgets")
     assert [w["metadata"]["name"] for w in widgets["items"]] == ["gear"]
+
+
+def test_imperative_commands(k: Kubectl) -> None:
+    """kubectl create (typed clients send protobuf in 1.37), scale, set image, label, expose, run."""
+    assert "namespace/scratch created" in k("create", "namespace", "scratch").stdout
+    k("create", "configmap", "cfg", "-n", "scratch", "--from-literal=a=b")
+    k("create", "secret", "generic", "sec", "-n", "scratch", "--from-literal=p=s3cret")
+    k("create", "serviceaccount", "robot", "-n", "scratch")
+    k("create", "deployment", "api", "-n", "scratch", "--image=nginx:1.27", "--replicas=2", "--port=80")
+    k("create", "role", "reader", "-n", "scratch", "--verb=get", "--resource=pods")
+    k("create", "rolebinding", "reader", "-n", "scratch", "--role=reader", "--user=bob")
+    assert "deployment.apps/api scaled" in k("scale", "deployment", "api", "-n", "scratch", "--replicas=5").stdout
+    k("set", "image", "deployment/api", "-n", "scratch", "nginx=nginx:1.28")
+    k("label", "deployment", "api", "-n", "scratch", "tier=web")
+    k("expose", "deployment", "api", "-n", "scratch", "--port=80")
+    k("run", "one-off", "-n", "scratch", "--image=busybox")
+    dep = json.loads(k("get", "deploy", "api", "-n", "scratch", "-o", "json").stdout)
+    assert dep["spec"]["replicas"] == 5 and dep["metadata"]["labels"]["tier"] == "web"
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:1.28"
+    secret = json.loads(k("get", "secret", "sec", "-n", "scratch", "-o", "json").stdout)
+    assert secret["data"] == {"p": "czNjcmV0"} and secret["type"] == "Opaque"
+    binding = json.loads(k("get", "rolebinding", "reader", "-n", "scratch", "-o", "json").stdout)
+    assert binding["roleRef"]["name"] == "reader" and binding["subjects"][0]["name"] == "bob"
+    names = k("get", "all", "-n", "scratch", "-o", "name").stdout.split()
+    assert {"pod/one-off", "service/api", "deployment.apps/api"} <= set(names)
+    assert k("auth", "can-i", "list", "pods").stdout.strip() == "yes"
+    k("delete", "namespace", "scratch")
+    assert k("get", "cm", "-n", "scratch", "-o", "name").stdout.strip() == ""

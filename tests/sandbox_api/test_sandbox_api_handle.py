@@ -656,3 +656,88 @@ def test_watch_is_woken_by_writes_from_another_thread(api: Api) -> None:
     events = run(_watch(api, "/api/v1/namespaces/dev/configmaps",
                         {"resourceVersion": str(api.store.resource_version)}, 1, change))
     assert events[0]["object"]["metadata"]["name"] == "threaded"
+
+
+# ------------------------------------------------------------------------------------------ protobuf bodies
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _ld(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _vi(number: int, value: int) -> bytes:
+    return _varint(number << 3) + _varint(value)
+
+
+def _envelope(api_version: str, kind: str, raw: bytes) -> bytes:
+    return b"k8s\x00" + _ld(1, _ld(1, api_version.encode()) + _ld(2, kind.encode())) + _ld(2, raw) + _ld(3, b"") + _ld(4, b"")
+
+
+def _meta(name: str, labels: dict[str, str]) -> bytes:
+    entries = b"".join(_ld(11, _ld(1, k.encode()) + _ld(2, v.encode())) for k, v in labels.items())
+    # zero values as go-protobuf writes them: they must not show up in the JSON object
+    return _ld(1, name.encode()) + _ld(2, b"") + _ld(3, b"") + _vi(7, 0) + _ld(8, b"") + entries
+
+
+def test_protobuf_bodies_as_kubectl_create_sends_them(api: Api) -> None:
+    cm = _envelope("v1", "ConfigMap", _ld(1, _meta("pb-config", {"app": "pb"}))
+                   + _ld(2, _ld(1, b"key") + _ld(2, b"value")) + _ld(3, _ld(1, b"bin") + _ld(2, b"\x00\x01")))
+    status, body = call(api, "POST", "/api/v1/namespaces/dev/configmaps", body=cm,
+                        content_type="application/vnd.kubernetes.protobuf")
+    assert status == 201
+    assert body["metadata"]["name"] == "pb-config" and body["metadata"]["labels"] == {"app": "pb"}
+    assert body["data"] == {"key": "value"} and body["binaryData"] == {"bin": "AAE="}
+    assert "generateName" not in body["metadata"]
+
+    container = _ld(1, b"nginx") + _ld(2, b"nginx:1.27") + _ld(6, _vi(3, 80) + _ld(4, b"TCP"))
+    template = _ld(1, _meta("", {"app": "pb"})) + _ld(2, _ld(2, container))
+    strategy = _ld(1, b"RollingUpdate") + _ld(2, _ld(1, _vi(1, 1) + _ld(3, b"30%")) + _ld(2, _vi(1, 0) + _vi(2, 2)))
+    spec = _vi(1, 0) + _ld(2, _ld(1, _ld(1, b"app") + _ld(2, b"pb"))) + _ld(3, template) + _ld(4, strategy)
+    dep = _envelope("apps/v1", "Deployment", _ld(1, _meta("pb-deploy", {})) + _ld(2, spec))
+    status, body = call(api, "POST", "/apis/apps/v1/namespaces/dev/deployments", body=dep,
+                        content_type="application/vnd.kubernetes.protobuf")
+    assert status == 201
+    assert body["spec"]["replicas"] == 0
+    assert body["spec"]["selector"] == {"matchLabels": {"app": "pb"}}
+    assert body["spec"]["template"]["spec"]["containers"] == [
+        {"name": "nginx", "image": "nginx:1.27", "ports": [{"containerPort": 80, "protocol": "TCP"}]}]
+    assert body["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": "30%", "maxSurge": 2}
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [(b"k8s\x00\x0a\xff", 400), (b"not-protobuf", 400),
+     (b"k8s\x00" + _ld(1, _ld(1, b"v1") + _ld(2, b"Gizmo")) + _ld(2, b""), 415)],
+)
+def test_bad_protobuf_bodies(api: Api, body: bytes, code: int) -> None:
+    status, answer = call(api, "POST", "/api/v1/namespaces/dev/configmaps", body=body,
+                          content_type="application/vnd.kubernetes.protobuf")
+    assert status == code and answer["kind"] == "Status"
+
+
+def test_deployment_scale_subresource(api: Api) -> None:
+    path = "/apis/apps/v1/namespaces/dev/deployments/web/scale"
+    status, scale = call(api, "GET", path)
+    assert status == 200 and scale["kind"] == "Scale" and scale["apiVersion"] == "autoscaling/v1"
+    assert scale["spec"] == {"replicas": 2} and scale["status"]["selector"] == "app=web"
+    status, scale = call(api, "PATCH", path, body={"spec": {"replicas": 5}}, content_type="application/merge-patch+json")
+    assert status == 200 and scale["spec"]["replicas"] == 5
+    _, dep = call(api, "GET", "/apis/apps/v1/namespaces/dev/deployments/web")
+    assert dep["spec"]["replicas"] == 5
+    scale["spec"]["replicas"] = 1
+    status, updated = call(api, "PUT", path, body=scale)
+    assert status == 200 and updated["spec"]["replicas"] == 1
+    status, body = call(api, "PUT", path, body=scale)  # its resourceVersion is stale now
+    assert_status(body, 409, "Conflict")
+    status, body = call(api, "PATCH", path, body={"spec": {"replicas": -1}}, content_type="application/merge-patch+json")
+    assert_status(body, 422, "Invalid")
