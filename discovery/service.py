@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 STORE_SOURCE = "store"
 RETRY_FIRST = 10.0
+DIR_MTIME_SLACK = 2.0  # seconds: a directory mtime this old cannot hide a later change
 JITTER = 0.1
 
 
@@ -125,11 +126,14 @@ class DiscoveryService:
         self._kubeconfig_stamps: dict[str, Any] = {}
         self._dir_conflicts: dict[str, list[str]] = {}
         self._store_stamps: dict[str, tuple[int, int, int] | None] = {}
+        self._store_dir_stamp: tuple[int, int, int] | None = None
+        self._store_scanned_at = 0.0
         self._store_records: dict[str, ClusterRecord] = {}
         self._store_read_errors: dict[str, str] = {}
         self._store_built: dict[str, tuple[ClusterRecord, Cluster | None, tuple[DynamicLabelSpec, ...], str]] = {}
         self._dynamic: dict[str, tuple[DynamicLabelSpec, ...]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
+        self._gauges_set = False
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -181,8 +185,10 @@ class DiscoveryService:
             if await asyncio.to_thread(self._scan_store):
                 self._apply_store()
                 changed = True
-            self._sync_dynamic_labels()
-            metrics.update_cluster_gauges(self.registry.all(), len(self.registry))
+            if changed or not self._gauges_set:
+                self._sync_dynamic_labels()
+                metrics.update_cluster_gauges(self.registry.all(), len(self.registry))
+                self._gauges_set = True
             metrics.DEFINITION_ERRORS.labels("local").set(sum(len(v) for v in self.errors.values()))
         if changed and self.health is not None:
             self.health.check_soon()
@@ -224,7 +230,21 @@ class DiscoveryService:
         return changed
 
     def _scan_store(self) -> bool:
-        """Re-read changed store files (by mtime); True when any record changed."""
+        """Re-read changed store files (by mtime); True when any record changed.
+
+        Every store write is a rename into the directory, which updates the directory's mtime: when the
+        directory is unchanged since a scan that happened well after its last modification (so that a
+        second change within the same timestamp tick cannot hide), the per-file stats are skipped.
+        """
+        dir_stamp = _stamp(str(self.store.directory))
+        now = time.time()
+        if (
+            dir_stamp is not None
+            and dir_stamp == self._store_dir_stamp
+            and self._store_scanned_at - dir_stamp[0] / 1e9 > DIR_MTIME_SLACK
+        ):
+            return False
+        self._store_dir_stamp, self._store_scanned_at = dir_stamp, now
         current = {str(p): _stamp(str(p)) for p in self.store.files()}
         if current == self._store_stamps:
             return False
