@@ -17,9 +17,12 @@ Status bodies (``rbac.status``)::
 Roles (``rbac.roles``)::
 
     load_roles_dir(path) -> RoleSet            # raises RoleError (.file, .role, .field in the message)
-    RoleWatcher(path, clock, min_check_interval=1.0, on_error=None, on_reload=None)
-        .current() -> RoleSet                  # hot reload; broken files keep the last good set
-        .errors: list[RoleError]; .last_error; .reloads; .check() -> bool (force a look now)
+    RoleWatcher(path, clock, min_check_interval=1.0, on_error=None, on_reload=None, *, initial_ok=True)
+        .current() -> RoleSet                  # stats the files at most every min_check_interval and
+                                               # reloads on any add/change/remove; a broken directory
+                                               # keeps the last good set (never opens access)
+        .errors: list[RoleError] (bounded); .last_error (None once a load succeeds); .reloads;
+        .check() -> bool (look now); on_error(RoleError) is the hook for the log line and metric
     RoleSet.get(name) -> Role | None; .names(); .for_names(names) -> list[Role]
     Role.max_session_ttl -> int seconds | None; Role.name; Role.allow / Role.deny (Conditions)
 
@@ -29,6 +32,9 @@ Catalog and parsing (``rbac.catalog``, ``rbac.request``)::
     ResourceCatalog.builtin()                  # standard resources, before discovery ran
     catalog.get(group, plural) -> ResourceInfo | None; catalog.find(kind_or_short_name)
     parse_request(method, path, query, catalog, body=None) -> RequestInfo
+        # RequestInfo: verb (kubegate: get list watch create update patch delete deletecollection
+        # exec portforward), k8s_verb, api_group, api_version, resource, subresource, namespace,
+        # name, namespaced, known, kind, is_resource_request, is_discovery, is_collection
         # path WITHOUT /k8s/clusters/<name>; query: raw string/bytes or mapping; raises
         # RequestParseError(.code 404 or 405). RequestInfo.known is False for resources the
         # catalog lacks: refresh the catalog and parse again before deciding.

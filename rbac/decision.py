@@ -95,7 +95,9 @@ def _expanded_selector(
 
 def _allow_labels_match(role: Role, labels: Mapping[str, str], traits: Mapping[str, Sequence[str]]) -> bool:
     cond = role.allow
-    sel = _expanded_selector(cond.kubernetes_labels, traits) if cond.label_templates else cond.kubernetes_labels
+    sel = (
+        _expanded_selector(cond.kubernetes_labels, traits) if cond.label_templates else cond.kubernetes_labels
+    )
     return labels_match(sel, labels)
 
 
@@ -103,7 +105,9 @@ def _deny_labels_match(role: Role, labels: Mapping[str, str], traits: Mapping[st
     cond = role.deny
     if not cond.kubernetes_labels:
         return False
-    sel = _expanded_selector(cond.kubernetes_labels, traits) if cond.label_templates else cond.kubernetes_labels
+    sel = (
+        _expanded_selector(cond.kubernetes_labels, traits) if cond.label_templates else cond.kubernetes_labels
+    )
     return labels_match(sel, labels)
 
 
