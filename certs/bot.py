@@ -122,8 +122,13 @@ class BotResult:
 
 
 def default_exec_command(dest: Path) -> tuple[str, tuple[str, ...]]:
-    """``python -m kubegate bot credentials --dest DIR`` with this interpreter (works inside the venv)."""
-    return sys.executable, ("-m", "kubegate", "bot", "credentials", "--dest", str(dest.resolve()))
+    """``kubegate bot credentials --dest DIR``: the ``kubegate`` script next to this interpreter (the
+    virtualenv's), else ``python -m kubegate`` with this interpreter."""
+    args = ("bot", "credentials", "--dest", str(dest.resolve()))
+    script = Path(sys.executable).parent / "kubegate"
+    if script.is_file() and os.access(script, os.X_OK):
+        return str(script), args
+    return sys.executable, ("-m", "kubegate", *args)
 
 
 def _split_identity_pem(data: bytes) -> tuple[bytes, bytes]:
