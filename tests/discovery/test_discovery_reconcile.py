@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from discovery.reconcile import reconcile
 from discovery.store import ClusterRecord
@@ -83,3 +85,38 @@ def test_two_instances_of_one_group_converge():
 def test_a_desired_record_of_another_owner_is_a_programming_error():
     with pytest.raises(ValueError):
         reconcile([rec("a", group="dev")], {}, origin="aws", group="prod")
+
+
+# ---- properties ------------------------------------------------------------------------------------
+
+owners = st.sampled_from([("aws", "prod"), ("aws", "dev"), ("azure", "prod"), ("kube_cluster", "")])
+records = st.lists(
+    st.builds(lambda n, owner, v: rec(f"c{n}", owner[0], owner[1], v=str(v)),
+              st.integers(0, 12), owners, st.integers(0, 2)),
+    max_size=15,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(current_list=records, desired_list=records, complete=st.booleans())
+def test_reconcile_properties(current_list, desired_list, complete):
+    current = {r.name: r for r in current_list}
+    desired = [r for r in desired_list if (r.origin, r.discovery_group) == ("aws", "prod")]
+    state = dict(current)
+    plan = reconcile(desired, state, origin="aws", group="prod", complete=complete)
+    apply(plan, state)
+    others_before = {n: r for n, r in current.items() if (r.origin, r.discovery_group) != ("aws", "prod")}
+    others_after = {n: r for n, r in state.items() if (r.origin, r.discovery_group) != ("aws", "prod")}
+    assert others_after == others_before  # never touches another origin or group
+    first_by_name = {}
+    for r in sorted(desired, key=lambda r: r.name):
+        first_by_name.setdefault(r.name, r)
+    for name, r in first_by_name.items():
+        if name not in others_before:
+            assert state[name] == r  # every desired cluster it may own is there, as desired
+    if not complete:
+        assert all(n in state for n in current)  # a partial run deletes nothing
+    else:
+        ours = {n for n, r in state.items() if (r.origin, r.discovery_group) == ("aws", "prod")}
+        assert ours == set(first_by_name) - set(others_before)
+    assert reconcile(desired, state, origin="aws", group="prod", complete=complete).empty  # converged
