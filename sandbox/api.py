@@ -21,6 +21,7 @@ import string
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import yaml
@@ -29,7 +30,7 @@ from rbac.status import status_dict
 from sandbox import patch as patches
 from sandbox import protobuf, tables
 from sandbox.discovery_docs import AGGREGATED_V2, DOCS, OPENAPI_V2_PROTOBUF, DiscoveryDocs
-from sandbox.resources import CATALOG, Catalog, ResourceType
+from sandbox.resources import CATALOG, KIND_FIELDS, Catalog, ResourceType
 from sandbox.selectors import (
     FieldSelector,
     LabelSelector,
@@ -647,6 +648,20 @@ class Api:
         if (tail is not None and tail < 0) or (limit_bytes is not None and limit_bytes < 1):
             raise ApiError(422, "Invalid", f'PodLogOptions "{name}" is invalid: tailLines/limitBytes out of range')
         timestamps = _truthy(req.query, "timestamps")
+        if _truthy(req.query, "previous"):
+            raise bad_request(f'previous terminated container "{container}" in pod "{name}" not found')
+        since_text = _q(req.query, "sinceSeconds")
+        since_stamp = ""
+        if since_text:
+            try:
+                since_seconds = int(since_text)
+            except ValueError:
+                raise bad_request(f'invalid sinceSeconds "{since_text}"') from None
+            if since_seconds < 1:
+                raise ApiError(422, "Invalid", f'PodLogOptions "{name}" is invalid: sinceSeconds: Invalid value: '
+                               f"{since_seconds}: must be greater than 0")
+            since_stamp = datetime.fromtimestamp(self.clock() - since_seconds, UTC).strftime(
+                "%Y-%m-%dT%H:%M:%S.%fZ")
         follow = _truthy(req.query, "follow")
 
         def fmt(stamp: str, line: str) -> bytes:
@@ -657,6 +672,8 @@ class Api:
         with store._lock:
             lines = store.read_logs(namespace, name, container)
             follower = store.follow_logs(namespace, name) if follow else None
+        if since_stamp:
+            lines = [(stamp, line) for stamp, line in lines if stamp >= since_stamp]
         if tail is not None:
             lines = lines[-tail:] if tail else []
         initial = b"".join(fmt(s, line) for s, line in lines)
@@ -755,6 +772,21 @@ class Api:
                 raise invalid(rt, str(meta.get("name", "")), [(f"metadata.{key}", "Invalid value: must be a map of "
                                                                "string keys to string values")])
         return obj
+
+    def _field_validation(self, req: ApiRequest, rt: ResourceType, obj: dict[str, Any]) -> list[str]:
+        """Unknown top-level fields of built-in kinds: 400 under ``fieldValidation=Strict``, else warnings."""
+        known = KIND_FIELDS.get(rt.kind)
+        mode = _q(req.query, "fieldValidation", "Warn")
+        if known is None or mode == "Ignore":
+            return []
+        unknown = sorted(k for k in obj if k not in known)
+        if unknown and mode == "Strict":
+            fields = ", ".join(f'unknown field "{k}"' for k in unknown)
+            raise bad_request(f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: strict '
+                              f"decoding error: {fields}")
+        for key in unknown:
+            obj.pop(key, None)
+        return [f'unknown field "{k}"' for k in unknown]
 
     def _validate(self, rt: ResourceType, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
@@ -930,6 +962,7 @@ class Api:
 
     def _create(self, req: ApiRequest, rt: ResourceType, namespace: str) -> ApiResponse:
         obj = self._check_object(rt, self._decode_body(req), namespace)
+        self._field_validation(req, rt, obj)
         meta = obj["metadata"]
         for key in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "generation"):
             meta.pop(key, None)
@@ -989,6 +1022,7 @@ class Api:
         if sub and sub != "status":
             raise METHOD_NOT_ALLOWED
         obj = self._check_object(rt, self._decode_body(req), namespace)
+        self._field_validation(req, rt, obj)
         body_name = obj["metadata"].get("name")
         if body_name and body_name != name:
             raise bad_request(f"the name of the object ({body_name}) does not match the name on the URL ({name})")
@@ -1036,6 +1070,7 @@ class Api:
         patched = copy.deepcopy(patched)
         if patched.get("kind") != rt.kind or patched.get("apiVersion") != rt.group_version:
             raise bad_request(f"the patch may not change the kind or apiVersion of a {rt.kind}")
+        self._field_validation(req, rt, patched)
         meta = patched["metadata"]
         if meta.get("name") != name or (rt.namespaced and meta.get("namespace") != namespace):
             raise bad_request("the patch may not change the name or namespace of the object")
@@ -1058,6 +1093,7 @@ class Api:
         except yaml.YAMLError as exc:
             raise bad_request(f"error decoding YAML: {exc}") from None
         applied = self._check_object(rt, applied, namespace)
+        self._field_validation(req, rt, applied)
         meta = applied["metadata"]
         if meta.get("name") and meta["name"] != name:
             raise bad_request(f"the name of the object ({meta['name']}) does not match the name on the URL ({name})")

@@ -81,8 +81,31 @@ RESOURCES: tuple[ResourceType, ...] = (
                  ("create",), virtual=True),
     ResourceType("authentication.k8s.io", "v1", "selfsubjectreviews", "SelfSubjectReview", False,
                  ("create",), virtual=True),
+    ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False,
+                 CRUD_VERBS, ("crd", "crds"), ("api-extensions",), subresources=("status",)),
     ResourceType(CUSTOM_GROUP, "v1", "widgets", "Widget", True, CRUD_VERBS, ("wg",), ("all",), builtin=False),
 )
+
+# Top-level fields of the built-in kinds (strict field validation rejects others, like the apiserver).
+KIND_FIELDS: dict[str, frozenset[str]] = {
+    kind: frozenset(("apiVersion", "kind", "metadata", *extra)) for kind, extra in {
+        "Namespace": ("spec", "status"),
+        "Pod": ("spec", "status"),
+        "ConfigMap": ("data", "binaryData", "immutable"),
+        "Secret": ("data", "stringData", "type", "immutable"),
+        "Service": ("spec", "status"),
+        "ServiceAccount": ("secrets", "imagePullSecrets", "automountServiceAccountToken"),
+        "Event": ("involvedObject", "reason", "message", "source", "firstTimestamp", "lastTimestamp", "count",
+                  "type", "eventTime", "series", "action", "related", "reportingComponent", "reportingInstance"),
+        "Node": ("spec", "status"),
+        "Deployment": ("spec", "status"),
+        "Role": ("rules",),
+        "ClusterRole": ("rules", "aggregationRule"),
+        "RoleBinding": ("subjects", "roleRef"),
+        "ClusterRoleBinding": ("subjects", "roleRef"),
+        "CustomResourceDefinition": ("spec", "status"),
+    }.items()
+}
 
 # Preferred order of API groups in /apis (the apiserver lists them in a fixed priority order).
 GROUP_ORDER: tuple[str, ...] = (
@@ -90,6 +113,7 @@ GROUP_ORDER: tuple[str, ...] = (
     "authentication.k8s.io",
     "authorization.k8s.io",
     "rbac.authorization.k8s.io",
+    "apiextensions.k8s.io",
     CUSTOM_GROUP,
 )
 

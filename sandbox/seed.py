@@ -138,6 +138,7 @@ def seed_objects() -> list[dict[str, Any]]:
     ]
     for ns, name, labels, image, ip in pods:
         objs.append(make_pod(ns, name, labels, image=image, ip=ip, ports=[80] if labels.get("app") == "web" else None))
+    objs.append(widget_crd())
     for ns in ("dev", "prod"):
         objs.append({"apiVersion": "v1", "kind": "ConfigMap",
                      "metadata": {"name": "app-config", "namespace": ns, "labels": {"app": "web"}},
@@ -183,6 +184,26 @@ def seed_objects() -> list[dict[str, Any]]:
                  "type": "Normal", "count": 1, "firstTimestamp": _ts(), "lastTimestamp": _ts(),
                  "source": {"component": "kubelet", "host": NODE_NAME}, "reportingComponent": "kubelet"})
     return objs
+
+
+def widget_crd() -> dict[str, Any]:
+    """The CustomResourceDefinition a real cluster would hold for the served ``widgets`` resource."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"widgets.{CUSTOM_GROUP}"},
+        "spec": {
+            "group": CUSTOM_GROUP,
+            "names": {"kind": "Widget", "listKind": "WidgetList", "plural": "widgets", "singular": "widget",
+                      "shortNames": ["wg"], "categories": ["all"]},
+            "scope": "Namespaced",
+            "versions": [{"name": "v1", "served": True, "storage": True,
+                          "schema": {"openAPIV3Schema": {"type": "object",
+                                                         "x-kubernetes-preserve-unknown-fields": True}}}],
+        },
+        "status": {"acceptedNames": {"kind": "Widget", "plural": "widgets"}, "storedVersions": ["v1"],
+                   "conditions": [{"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+                                   "message": "the initial names have been accepted"}]},
+    }
 
 
 def seed_logs() -> list[tuple[str, str, list[str]]]:

@@ -205,6 +205,10 @@ PRINTERS: dict[tuple[str, str], tuple[list[Column], RowFn]] = {
             _selector(((o.get("spec") or {}).get("selector") or {}).get("matchLabels")),
         ],
     ),
+    ("apiextensions.k8s.io", "customresourcedefinitions"): (
+        [N, ("Created At", "string", "date", 0)],
+        lambda o, now: [_name(o), (o.get("metadata") or {}).get("creationTimestamp", "")],
+    ),
     ("rbac.authorization.k8s.io", "roles"): (
         [N, ("Created At", "string", "date", 0)],
         lambda o, now: [_name(o), (o.get("metadata") or {}).get("creationTimestamp", "")],

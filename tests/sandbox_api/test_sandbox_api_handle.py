@@ -741,3 +741,30 @@ def test_deployment_scale_subresource(api: Api) -> None:
     assert_status(body, 409, "Conflict")
     status, body = call(api, "PATCH", path, body={"spec": {"replicas": -1}}, content_type="application/merge-patch+json")
     assert_status(body, 422, "Invalid")
+
+
+def test_field_validation_modes(api: Api) -> None:
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "typo"}, "datta": {"a": "b"}}
+    status, answer = call(api, "POST", "/api/v1/namespaces/dev/configmaps", {"fieldValidation": "Strict"}, body=body)
+    assert_status(answer, 400, "BadRequest", 'ConfigMap in version "v1" cannot be handled as a ConfigMap: strict '
+                  'decoding error: unknown field "datta"')
+    status, created = call(api, "POST", "/api/v1/namespaces/dev/configmaps", {"fieldValidation": "Warn"}, body=body)
+    assert status == 201 and "datta" not in created
+    widget = {"apiVersion": "example.kubegate.dev/v1", "kind": "Widget", "metadata": {"name": "free"}, "extra": 1}
+    status, created = call(api, "POST", "/apis/example.kubegate.dev/v1/namespaces/dev/widgets",
+                           {"fieldValidation": "Strict"}, body=widget)
+    assert status == 201 and created["extra"] == 1  # custom resources keep unknown fields
+
+
+def test_logs_previous_and_since(api: Api) -> None:
+    status, body = call(api, "GET", "/api/v1/namespaces/dev/pods/web-1/log", {"previous": "true"})
+    assert_status(body, 400, "BadRequest", 'previous terminated container "main" in pod "web-1" not found')
+    status, body = call(api, "GET", "/api/v1/namespaces/dev/pods/web-1/log", {"sinceSeconds": "3600"})
+    assert status == 200 and body.count(b"\n") == 3
+    status, body = call(api, "GET", "/api/v1/namespaces/dev/pods/web-1/log", {"sinceSeconds": "0"})
+    assert_status(body, 422, "Invalid")
+
+
+def test_widget_crd_is_served(api: Api) -> None:
+    status, crd = call(api, "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.example.kubegate.dev")
+    assert status == 200 and crd["spec"]["names"]["shortNames"] == ["wg"] and crd["spec"]["scope"] == "Namespaced"
