@@ -96,7 +96,7 @@ def decode_identity_extension(value: bytes) -> ExtensionPayload:
     text = _parse_der_utf8string(value)
     try:
         document = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ExtensionError(f"kubegate extension payload is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ExtensionError("kubegate extension payload must be a JSON object")

@@ -516,3 +516,29 @@ def test_bot_start_runs_until_sigterm_and_a_restart_keeps_the_certificate(site: 
                 process.wait()
     assert serials[0] == serials[1]
     assert from_pem((site / "bot" / "tls.crt").read_bytes()).serial == serials[0]
+
+
+def test_ca_init_leaves_a_configured_serving_certificate_alone(site: Path, capsys) -> None:
+    config = yaml.safe_load((site / "kubegate.yaml").read_text())
+    config["proxy"]["tls"] = {"cert_file": str(site / "own.pem"), "key_file": str(site / "own.key")}
+    (site / "kubegate.yaml").write_text(yaml.safe_dump(config))
+    code, out, _ = run_cli(capsys, "ca", "init", "-c", str(site / "kubegate.yaml"))
+    assert code == 0 and "not managed by kubegate" in out
+    assert not (site / "state" / "ca" / "server.pem").exists()
+    assert (site / "state" / "ca" / "ca.pem").exists()
+
+
+def test_missing_roles_directory_is_a_clear_error(site: Path, capsys) -> None:
+    init(site, capsys)
+    (site / "roles" / "roles.yaml").unlink()
+    (site / "roles").rmdir()
+    code, _, err = run_cli(
+        capsys, "users", "issue", "-c", str(site / "kubegate.yaml"), "--user", "a", "--roles", "viewer"
+    )
+    assert code == 1 and "auth.roles_dir" in err and "does not exist" in err
+
+
+def test_invalid_config_is_reported_not_raised(tmp_path: Path, capsys) -> None:
+    (tmp_path / "bad.yaml").write_text("version: v1\nstate_dirr: x\n")
+    code, _, err = run_cli(capsys, "ca", "init", "-c", str(tmp_path / "bad.yaml"))
+    assert code == 1 and "state_dirr" in err

@@ -8,9 +8,17 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from certs.ca import CertificateAuthority, generate_private_key
-from certs.extension import IDENTITY_EXTENSION_OID, decode_identity_extension
+from certs.extension import (
+    IDENTITY_EXTENSION_OID,
+    ExtensionError,
+    ExtensionPayload,
+    decode_identity_extension,
+    encode_identity_extension,
+)
 from certs.identity import IdentityError, from_der, from_pem, identity_from_certificate
 from rbac.identity import Identity
 
@@ -136,3 +144,33 @@ def test_garbage_bytes_are_an_identity_error() -> None:
         from_der(b"\x30\x03abc")
     with pytest.raises(IdentityError, match="not a PEM certificate"):
         from_pem(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+
+
+_text = st.text(min_size=1, max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    traits=st.dictionaries(_text, st.lists(st.text(max_size=40), max_size=5), max_size=5),
+    cluster=st.none() | _text,
+    kind=st.sampled_from(["user", "bot"]),
+)
+def test_extension_round_trips_any_payload(
+    traits: dict[str, list[str]], cluster: str | None, kind: str
+) -> None:
+    extension = encode_identity_extension(
+        ExtensionPayload(traits={k: tuple(v) for k, v in traits.items()}, cluster=cluster, kind=kind)
+    )
+    decoded = decode_identity_extension(extension.value)
+    assert decoded == ExtensionPayload(
+        traits={k: tuple(v) for k, v in traits.items()}, cluster=cluster, kind=kind
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_arbitrary_extension_bytes_never_crash_the_decoder(value: bytes) -> None:
+    try:
+        decode_identity_extension(value)
+    except ExtensionError:
+        pass
