@@ -156,3 +156,38 @@ def test_a_discovered_record_becomes_a_cluster_with_the_token_provider(aws, moto
     assert cluster.ca_pem.startswith(b"-----BEGIN CERTIFICATE-----")
     assert isinstance(cluster.credentials, EksTokenProvider)
     assert cluster.credentials == cluster_from_record(record, sessions=aws).credentials  # value-equal
+
+
+def test_two_discovery_instances_in_different_groups_share_a_store_and_leave_each_other_alone(aws, moto_url, tmp_path):
+    from discovery.registry import ClusterRegistry
+    from discovery.service import DiscoveryService
+
+    create_cluster(moto_url, "us-east-1", "team-a-1", team="a")
+    create_cluster(moto_url, "us-east-1", "team-b-1", team="b")
+    create_cluster(moto_url, "us-east-1", "team-b-2", team="b")
+    store = tmp_path / "state" / "clusters"
+
+    def instance(group: str, team: str, registry: ClusterRegistry) -> DiscoveryService:
+        return DiscoveryService(registry, store_dir=store, discovery_group=group, health=False, aws_sessions=aws,
+                                aws_matchers=[AwsMatcher(regions=("us-east-1",), tags={"team": team})])
+
+    async def main():
+        served = ClusterRegistry()  # what a proxy reading this store serves
+        a, b = instance("group-a", "a", served), instance("group-b", "b", ClusterRegistry())
+        b_twin = instance("group-b", "b", ClusterRegistry())
+        await a.run_discovery_once(a.fetchers[0])
+        await b.run_discovery_once(b.fetchers[0])
+        assert (await b_twin.run_discovery_once(b_twin.fetchers[0])).empty  # same group: converged
+        await a.sync_local()
+        assert {c.name: c.discovery_group for c in served.list()} == {
+            "team-a-1": "group-a", "team-b-1": "group-b", "team-b-2": "group-b"}
+        assert isinstance(served.get("team-b-1").credentials, EksTokenProvider)
+        boto3.client("eks", region_name="us-east-1", endpoint_url=moto_url).delete_cluster(name="team-b-2")
+        plan_a = await a.run_discovery_once(a.fetchers[0])
+        assert plan_a.empty  # group a never deletes group b's clusters
+        plan_b = await b.run_discovery_once(b.fetchers[0])
+        assert plan_b.delete == ("team-b-2",)
+        await a.sync_local()
+        assert sorted(c.name for c in served.list()) == ["team-a-1", "team-b-1"]
+
+    asyncio.run(main())
