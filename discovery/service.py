@@ -98,8 +98,8 @@ class DiscoveryService:
     ) -> None:
         self.registry = registry
         self.store = ClusterStore(store_dir)
-        self.kubeconfig_files = list(kubeconfig_files)
-        self.dir_scanner = ClustersDirScanner(clusters_dir) if clusters_dir else None
+        self.kubeconfig_files = [os.path.expanduser(p) for p in kubeconfig_files]
+        self.dir_scanner = ClustersDirScanner(os.path.expanduser(clusters_dir)) if clusters_dir else None
         self.group = discovery_group
         self.poll_interval = poll_interval
         self.watch_interval = watch_interval
