@@ -107,3 +107,52 @@ def test_bot_through_proxy_across_renewals_and_locks(tmp_path: Path, clock, kube
             locks.lock_user("bot-ci", reason="compromised runner")
             code, _, err = kubectl_json(kubectl_new, dest / "kubeconfig", "get", "pods", "-n", "default")
             assert code != 0 and "compromised runner" in err
+
+
+def test_locked_user_is_cut_off_mid_watch(tmp_path: Path, kubectl_new: str) -> None:
+    """`kubectl get pods -w` through the proxy ends soon after `users lock` writes the lock file."""
+    sandbox_testing = pytest.importorskip("sandbox.testing")
+    proxy_testing = pytest.importorskip("proxy.testing")
+    (tmp_path / "roles").mkdir()
+    (tmp_path / "roles" / "deployer.yaml").write_text(ROLE)
+    roles = RoleWatcher(tmp_path / "roles", time.time)
+    reader = LockList(tmp_path / "locks")  # the proxy's
+    ca = CertificateAuthority.create_in_memory()
+    with sandbox_testing.running_sandbox(tmp_path / "sandbox") as sb:
+        cluster = proxy_testing.cluster_for_sandbox(sb, "ci-cluster", labels={"team": "ci"})
+        with proxy_testing.running_proxy(
+            tmp_path / "proxy", clusters=[cluster], roles=roles, locks=reader, ca=ca
+        ) as px:
+            kubeconfig = px.kubeconfig("alice", ["deployer"], clusters=["ci-cluster"])
+            watch = subprocess.Popen(
+                [
+                    kubectl_new,
+                    "--kubeconfig",
+                    str(kubeconfig),
+                    "get",
+                    "pods",
+                    "-n",
+                    "default",
+                    "-w",
+                    "-o",
+                    "name",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert watch.stdout is not None
+                first = watch.stdout.readline()  # the watch is established once the first pod is listed
+                assert first.startswith("pod/"), first
+                LockList(tmp_path / "locks").lock_user(
+                    "alice", reason="offboarded"
+                )  # another process's write
+                watch.wait(timeout=30)
+            finally:
+                if watch.poll() is None:
+                    watch.kill()
+                    watch.wait()
+            assert watch.returncode is not None
+            code, _, err = kubectl_json(kubectl_new, kubeconfig, "get", "pods", "-n", "default")
+            assert code != 0 and "offboarded" in err
