@@ -97,7 +97,7 @@ records = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(current_list=records, desired_list=records, complete=st.booleans())
 def test_reconcile_properties(current_list, desired_list, complete):
     current = {r.name: r for r in current_list}
