@@ -208,6 +208,7 @@ class Store:
         self._sorted: dict[GR, list[tuple[str, str]] | None] = {}
         self._history: dict[GR, deque[Event]] = {}
         self._floor: dict[GR, int] = {}
+        self._last_rv: dict[GR, int] = {}
         self._watchers: dict[GR, set[Watcher]] = {}
         self._logs: dict[tuple[str, str], dict[str, deque[tuple[str, str]]]] = {}
         self._log_followers: dict[tuple[str, str], set[LogFollower]] = {}
@@ -269,7 +270,13 @@ class Store:
         self._rv += 1
         return self._rv
 
+    def resource_revision(self, group: str, resource: str) -> int:
+        """The resourceVersion of the latest write to one resource (0 if none): a cheap cache key for
+        consumers of a single resource (e.g. RBAC objects)."""
+        return self._last_rv.get((group, resource), 0)
+
     def _record(self, gr: GR, event: Event) -> None:
+        self._last_rv[gr] = event.rv
         history = self._history[gr]
         history.append(event)
         while len(history) > self._history_size:
