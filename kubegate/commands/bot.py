@@ -169,8 +169,8 @@ def run_start(args: argparse.Namespace) -> int:
             wait=stop.wait,
             on_result=report,
         )
-    except BotError as exc:
-        raise CommandError(str(exc)) from None
+    except (BotError, OSError) as exc:
+        raise CommandError(f"bot {args.name}: {exc}") from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -542,3 +542,65 @@ def test_invalid_config_is_reported_not_raised(tmp_path: Path, capsys) -> None:
     (tmp_path / "bad.yaml").write_text("version: v1\nstate_dirr: x\n")
     code, _, err = run_cli(capsys, "ca", "init", "-c", str(tmp_path / "bad.yaml"))
     assert code == 1 and "state_dirr" in err
+
+
+def test_bot_start_reports_unusable_destination_and_busy_directory(site: Path, capsys) -> None:
+    import fcntl
+    import os
+
+    init(site, capsys)
+    config = str(site / "kubegate.yaml")
+    (site / "a-file").write_text("x")
+    code, _, err = run_cli(
+        capsys,
+        "bot",
+        "start",
+        "-c",
+        config,
+        "--name",
+        "ci",
+        "--roles",
+        "deployer",
+        "--dest",
+        str(site / "a-file"),
+        "--once",
+    )
+    assert code == 1 and "bot ci:" in err
+    (site / "busy").mkdir()
+    fd = os.open(site / "busy" / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a running `bot start` holds it
+        code, _, err = run_cli(
+            capsys,
+            "bot",
+            "start",
+            "-c",
+            config,
+            "--name",
+            "ci",
+            "--roles",
+            "deployer",
+            "--dest",
+            str(site / "busy"),
+            "--once",
+        )
+    finally:
+        os.close(fd)
+    assert code == 1 and "another bot is already running" in err
+    code, _, err = run_cli(
+        capsys,
+        "bot",
+        "start",
+        "-c",
+        config,
+        "--name",
+        "ci",
+        "--roles",
+        "deployer",
+        "--ttl",
+        "10m",
+        "--renew",
+        "10m",
+        "--once",
+    )
+    assert code == 1 and "must be shorter than the certificate ttl" in err
