@@ -243,16 +243,42 @@ async def measure_requests(procs: Processes, settings: Settings) -> list[Cell]:
     return cells
 
 
+def _configmap(namespace: str, name: str) -> bytes:
+    return json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace},
+                       "data": {"key": "v" * 64}}).encode()
+
+
+async def create_configmap(ep: load.Endpoint, namespace: str, name: str) -> None:
+    conn = await load.h1_connect(ep)
+    try:
+        status, _ = await conn.request(load.h1_request_bytes(
+            "POST", f"/api/v1/namespaces/{namespace}/configmaps", ep.authority, _configmap(namespace, name)))
+        if status >= 300:
+            raise RuntimeError(f"creating configmap {namespace}/{name} answered {status}")
+    finally:
+        assert conn.transport is not None
+        conn.transport.close()
+
+
 async def measure_idle_watches(procs: Processes, settings: Settings) -> list[dict]:
+    """RSS of the proxy before and after ``count`` watches are open (each has relayed one event: the
+    trigger that makes every response head arrive)."""
     out = []
-    proxied = procs.through_proxy()
+    direct, proxied = procs.direct(), procs.through_proxy()
+    run = int(time.time() * 1000) % 10**9
     for count in settings.idle_watches:
         await asyncio.sleep(1.0)
+        rv = await load.current_resource_version(direct, "/api/v1/namespaces/bench-idle/configmaps")
         rss0 = rss_bytes(procs.proxy_pid)
-        holder = load.WatchHolder(proxied, IDLE_WATCH_PATH, count)
+        holder = load.WatchHolder(proxied, f"{IDLE_WATCH_PATH}&resourceVersion={rv}", count)
+
+        async def trigger(count: int = count) -> None:
+            await asyncio.sleep(0.5)
+            await create_configmap(direct, "bench-idle", f"idle-{run}-{count}")
+
         t0 = time.perf_counter()
         try:
-            await holder.open(timeout=max(30.0, count / 50))
+            await holder.open(timeout=max(30.0, count / 50), trigger=trigger)
             opened_in = time.perf_counter() - t0
             await asyncio.sleep(1.0)
             rss1 = rss_bytes(procs.proxy_pid)
@@ -289,24 +315,21 @@ async def measure_watch_events(procs: Processes, settings: Settings) -> dict:
     run = int(time.time() * 1000) % 10**9
     n = settings.watch_events
     conns = [await load.h1_connect(direct) for _ in range(8)]
+    rv = await load.current_resource_version(direct, "/api/v1/namespaces/bench-watch/configmaps")
 
     async def trigger() -> None:
         async def creator(k: int) -> None:
             conn = conns[k]
             for i in range(k, n, len(conns)):
-                body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap",
-                                   "metadata": {"name": f"cm-{run}-{i}", "namespace": "bench-watch"},
-                                   "data": {"key": "v" * 64}}).encode()
                 status, _ = await conn.request(load.h1_request_bytes(
-                    "POST", "/api/v1/namespaces/bench-watch/configmaps", direct.authority, body))
+                    "POST", "/api/v1/namespaces/bench-watch/configmaps", direct.authority,
+                    _configmap("bench-watch", f"cm-{run}-{i}")))
                 if status >= 300:
                     raise RuntimeError(f"creating a configmap answered {status}")
         await asyncio.gather(*(creator(k) for k in range(len(conns))))
 
     cpu0 = cpu_seconds(procs.proxy_pid)
-    # resourceVersion is omitted: the watch starts "now" only if the sandbox honours it; existing
-    # configmaps (earlier runs) would come first as ADDED, so count only what we create on top.
-    events, secs = await load.watch_events(procs.through_proxy(), EVENT_WATCH_PATH + "&resourceVersion=0",
+    events, secs = await load.watch_events(procs.through_proxy(), f"{EVENT_WATCH_PATH}&resourceVersion={rv}",
                                            expect=n, trigger=trigger)
     cpu = cpu_seconds(procs.proxy_pid) - cpu0
     for conn in conns:

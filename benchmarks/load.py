@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl
 import statistics
 import time
@@ -109,6 +108,7 @@ class H1Client(asyncio.Protocol):
         self.waiter: asyncio.Future[tuple[int, int]] | None = None
         self.nbytes = 0
         self.on_body_chunk: object = None
+        self.body: list[bytes] | None = None  # set to [] to collect the next response body
         self.closed = asyncio.get_event_loop().create_future()
 
     # asyncio.Protocol
@@ -138,6 +138,8 @@ class H1Client(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.nbytes += len(body)
+        if self.body is not None:
+            self.body.append(body)
         if self.on_body_chunk is not None:
             self.on_body_chunk(body)  # type: ignore[operator]
 
@@ -156,9 +158,13 @@ class H1Client(asyncio.Protocol):
         self.transport.write(raw)
         return await self.waiter
 
-def h1_request_bytes(method: str, path: str, authority: str, extra: str = "") -> bytes:
-    return (f"{method} {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: kubegate-bench/1\r\n"
-            f"Accept: application/json\r\n{extra}\r\n").encode()
+def h1_request_bytes(method: str, path: str, authority: str, body: bytes = b"") -> bytes:
+    head = (f"{method} {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: kubegate-bench/1\r\n"
+            f"Accept: application/json\r\n")
+    if body or method in ("POST", "PUT", "PATCH"):
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return (head + "\r\n").encode() + body
+
 
 async def h1_connect(ep: Endpoint) -> H1Client:
     loop = asyncio.get_running_loop()
@@ -257,6 +263,9 @@ class H2Client(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         stream_id = self.conn.get_next_available_stream_id()
         entry = [loop.create_future(), 0, 0, loop.create_future() if want_head else None]
+        for fut in (entry[0], entry[3]):
+            if fut is not None:
+                fut.add_done_callback(_consume)
         self.streams[stream_id] = entry
         self.conn.send_headers(stream_id, headers, end_stream=True)
         assert self.transport is not None
@@ -266,6 +275,12 @@ class H2Client(asyncio.Protocol):
     async def request(self, headers: list[tuple[bytes, bytes]]) -> tuple[int, int]:
         _, entry = self.start(headers)
         return await entry[0]
+
+def _consume(fut: asyncio.Future) -> None:
+    """Mark a future's exception as retrieved (streams abandoned at close are expected to fail)."""
+    if not fut.cancelled():
+        fut.exception()
+
 
 def h2_headers(method: str, path: str, authority: str) -> list[tuple[bytes, bytes]]:
     return [(b":method", method.encode()), (b":scheme", b"https"), (b":authority", authority.encode()),
@@ -349,7 +364,10 @@ class WatchHolder:
         self.opened = 0
         self.failed = 0
 
-    async def open(self, timeout: float = 120.0) -> None:
+    async def open(self, timeout: float = 120.0, trigger=None) -> None:  # noqa: ANN001
+        """Start every watch; then ``await trigger()`` (if given: e.g. create one object so that a
+        server which sends the response head only with the first event sends it) and wait for every
+        response head."""
         nconn = max(1, -(-self.count // self.per_conn))
         sem = asyncio.Semaphore(32)
 
@@ -364,6 +382,8 @@ class WatchHolder:
             conn = self.conns[i // self.per_conn]
             _, entry = conn.start(headers, want_head=True)
             heads.append(entry[3])
+        if trigger is not None:
+            await trigger()
         done, pending = await asyncio.wait(heads, timeout=timeout)
         for fut in pending:
             fut.cancel()
@@ -379,12 +399,36 @@ class WatchHolder:
                 conn.transport.close()
         await asyncio.gather(*(c.closed for c in self.conns), return_exceptions=True)
 
+async def get_json(ep: Endpoint, path: str) -> dict:
+    """One GET over HTTP/1.1, the body parsed as JSON."""
+    import json
+
+    conn = await h1_connect(ep)
+    try:
+        conn.body = []
+        status, _ = await conn.request(h1_request_bytes("GET", ep.prefix + path, ep.authority))
+        if status != 200:
+            raise RuntimeError(f"GET {path} answered {status}")
+        return json.loads(b"".join(conn.body))
+    finally:
+        assert conn.transport is not None
+        conn.transport.close()
+
+
+async def current_resource_version(ep: Endpoint, list_path: str) -> str:
+    """The resourceVersion of a list (a watch from it sees every later change, whenever it starts)."""
+    return (await get_json(ep, list_path + ("&" if "?" in list_path else "?") + "limit=1"))["metadata"][
+        "resourceVersion"]
+
+
 async def watch_events(ep: Endpoint, path: str, expect: int, trigger, timeout: float = 120.0) -> tuple[int, float]:
-    """Open one HTTP/1.1 watch, call ``await trigger()`` to make the server emit events, and count the
-    newline-delimited events until ``expect`` arrived. Returns (events, seconds)."""
+    """Open one HTTP/1.1 watch (``path`` should carry a ``resourceVersion`` so no event is missed), call
+    ``await trigger()`` to make the server emit events, and count newline-delimited events until
+    ``expect`` arrived. Returns (events, seconds from the trigger to the last event)."""
     conn = await h1_connect(ep)
     seen = [0]
-    done = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
 
     def on_chunk(chunk: bytes) -> None:
         seen[0] += chunk.count(b"\n")
@@ -392,89 +436,68 @@ async def watch_events(ep: Endpoint, path: str, expect: int, trigger, timeout: f
             done.set_result(None)
 
     conn.on_body_chunk = on_chunk
-    status, _ = await conn.request(h1_request_bytes("GET", ep.prefix + path, ep.authority))
-    if status != 200:
-        raise RuntimeError(f"watch answered {status}")
+    head = asyncio.ensure_future(conn.request(h1_request_bytes("GET", ep.prefix + path, ep.authority)))
+    head.add_done_callback(_consume)
     t0 = time.perf_counter()
-    await trigger()
     try:
+        await trigger()
         await asyncio.wait_for(done, timeout)
+        if head.done() and head.exception() is None and head.result()[0] != 200:
+            raise RuntimeError(f"watch answered {head.result()[0]}")
     finally:
         assert conn.transport is not None
         conn.transport.close()
     return seen[0], time.perf_counter() - t0
 
+
 # -------------------------------------------------------------------------------------------- exec
 
-async def exec_relay(ep: Endpoint, pod_path: str, total_bytes: int, chunk: int = 64 * 1024,
-                     command: tuple[str, ...] = ("cat",)) -> tuple[int, float]:
-    """Exec ``cat`` over WebSocket (v5.channel.k8s.io), push ``total_bytes`` on stdin, read them back on
-    stdout. Returns (stdout bytes, seconds)."""
-
+async def exec_stdout(ep: Endpoint, pod_path: str, total_bytes: int) -> tuple[int, float]:
+    """Exec ``head -c total_bytes /dev/zero`` over WebSocket (``v5.channel.k8s.io``) and read its stdout
+    to the end. Returns (stdout bytes received, seconds from the 101 to the end of the session)."""
     import wsproto
     import wsproto.events as wse
 
-    loop = asyncio.get_running_loop()
-    query = "&".join(["stdin=true", "stdout=true", "stderr=false"] + [f"command={c}" for c in command])
+    query = f"command=head&command=-c&command={total_bytes}&command=/dev/zero&stdout=true&stderr=true"
     target = f"{ep.prefix}{pod_path}/exec?{query}"
     reader, writer = await asyncio.open_connection(ep.host, ep.port, ssl=ep.ssl_context("http/1.1"),
-                                                   server_hostname=ep.server_hostname or ep.host)
+                                                   server_hostname=ep.server_hostname or ep.host,
+                                                   limit=1 << 20)
     ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
     writer.write(ws.send(wse.Request(host=ep.authority, target=target,
                                      subprotocols=["v5.channel.k8s.io", "v4.channel.k8s.io"])))
-    accepted = loop.create_future()
-    received = [0]
-    finished = loop.create_future()
-
-    async def pump() -> None:
+    received = 0
+    channel: int | None = None
+    t0 = 0.0
+    try:
         while True:
-            data = await reader.read(256 * 1024)
-            if not data:
-                ws.receive_data(None)
-            else:
-                ws.receive_data(data)
+            data = await asyncio.wait_for(reader.read(1 << 20), 120)
+            ws.receive_data(data or None)
+            done = not data
             for event in ws.events():
                 if isinstance(event, wse.AcceptConnection):
-                    accepted.set_result(event.subprotocol)
+                    t0 = time.perf_counter()
                 elif isinstance(event, wse.RejectConnection):
-                    accepted.set_exception(RuntimeError(f"exec refused: {event.status_code}"))
-                    return
+                    raise RuntimeError(f"exec refused: HTTP {event.status_code}")
                 elif isinstance(event, wse.BytesMessage):
-                    payload = bytes(event.data)
-                    if payload and payload[0] == 1:
-                        received[0] += len(payload) - 1
-                        if received[0] >= total_bytes and not finished.done():
-                            finished.set_result(None)
+                    # wsproto may hand one message over in several fragments: only the first one
+                    # starts with the channel byte.
+                    payload = event.data
+                    if channel is None:
+                        channel = payload[0] if payload else None
+                        payload = payload[1:]
+                    if channel == 1:
+                        received += len(payload)
+                    if event.message_finished:
+                        channel = None
                 elif isinstance(event, wse.Ping):
                     writer.write(ws.send(event.response()))
                 elif isinstance(event, wse.CloseConnection):
-                    if not finished.done():
-                        finished.set_result(None)
                     with contextlib.suppress(Exception):
                         writer.write(ws.send(event.response()))
-                    return
-            if not data:
-                if not finished.done():
-                    finished.set_result(None)
-                return
-
-    pump_task = asyncio.create_task(pump())
-    try:
-        await asyncio.wait_for(accepted, 30)
-        payload = b"\x00" + os.urandom(chunk)
-        t0 = time.perf_counter()
-        sent = 0
-        while sent < total_bytes:
-            writer.write(ws.send(wse.BytesMessage(data=payload)))
-            sent += chunk
-            await writer.drain()
-        # v5: close stdin
-        writer.write(ws.send(wse.BytesMessage(data=b"\xff\x00")))
-        await asyncio.wait_for(finished, 300)
-        elapsed = time.perf_counter() - t0
+                    done = True
+            if done:
+                break
+        return received, time.perf_counter() - t0
     finally:
-        pump_task.cancel()
-        with contextlib.suppress(BaseException):
-            await pump_task
         writer.close()
-    return received[0], elapsed

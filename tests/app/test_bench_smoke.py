@@ -1,0 +1,50 @@
+"""The benchmark harness in its quickest mode: one run, every figure present in the JSON and the table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.e2e
+def test_quick_benchmark_produces_every_figure(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--no-pin", "--duration", "0.2", "--out", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [path] = list(tmp_path.glob("*-quick.json"))
+    report = json.loads(path.read_text())
+
+    cells = report["requests"]
+    assert {(c["op"], c["protocol"], c["concurrency"]) for c in cells} == {
+        (op, proto, conc) for op in ("get", "list") for proto in ("h1", "h2") for conc in (1, 4)}
+    for cell in cells:
+        for side in ("direct", "proxy"):
+            figures = cell[side]
+            assert figures["requests"] > 0 and figures["errors"] == 0, cell
+            assert figures["rps"] > 0 and figures["p50_ms"] > 0 and figures["p99_ms"] >= figures["p50_ms"]
+        assert cell["proxy_cpu_us_per_request"] >= 0
+    list_cell = next(c for c in cells if c["op"] == "list")
+    get_cell = next(c for c in cells if c["op"] == "get")
+    assert list_cell["proxy"]["bytes_per_response"] > get_cell["proxy"]["bytes_per_response"]
+
+    [watches] = report["idle_watches"]
+    assert watches["watches"] == watches["opened"] == 20 and "kib_per_watch" in watches
+    assert report["exec"]["proxy"]["bytes"] == report["exec"]["requested_bytes"] == 1024 * 1024
+    assert report["exec"]["proxy"]["mb_per_s"] > 0 and "proxy_cpu_seconds_per_gb" in report["exec"]["proxy"]
+    assert report["watch_events"]["events"] >= 50
+    assert "proxy_cpu_ms_per_1000_events" in report["watch_events"]
+    assert report["meta"]["mode"] == "quick"
+
+    table = result.stdout
+    assert "| GET | HTTP/1.1 | 1 |" in table and "| LIST | h2 | 4 |" in table
+    assert "exec stdout relay" in table and "watch event relay" in table
