@@ -12,6 +12,9 @@ load the way Teleport converts it (``RoleV6.convertKubernetesResourcesBetweenRol
 - the ``namespace`` of cluster-wide kinds was ignored in v7 and is cleared;
 - ``kind: '*'`` additionally covers the cluster-wide kinds (v7 ignored their namespace).
 
+As in Teleport, an allow side with ``kubernetes_labels`` and no (or an empty) ``kubernetes_resources``
+grants every resource: ``{kind: '*', api_group: '*', namespace: '*', name: '*', verbs: ['*']}``.
+
 Keys Teleport roles carry for other products (``logins``, ``node_labels``, ``rules`` …) are accepted
 and ignored; keys nobody knows are errors. ``kubernetes_labels_expression`` is rejected (not
 supported: ignoring it could widen access).
@@ -422,7 +425,7 @@ def _convert_v7(rules: list[dict[str, Any]]) -> list[ResourceRule]:
     return out + extra
 
 
-def _conditions(ctx: _Ctx, where: str, raw: object, version: str) -> Conditions:
+def _conditions(ctx: _Ctx, where: str, raw: object, version: str, allow: bool) -> Conditions:
     if raw is None:
         return Conditions()
     if not isinstance(raw, dict):
@@ -438,6 +441,17 @@ def _conditions(ctx: _Ctx, where: str, raw: object, version: str) -> Conditions:
     parsed = [
         _resource(ctx, f"{where}.kubernetes_resources[{i}]", r, version) for i, r in enumerate(raw_resources)
     ]
+    if allow and not parsed and labels:
+        # Teleport v7/v8: an allow side with kubernetes_labels but no kubernetes_resources grants everything
+        parsed = [
+            {
+                "kind": WILDCARD,
+                "api_group": WILDCARD,
+                "namespace": WILDCARD,
+                "name": WILDCARD,
+                "verbs": (WILDCARD,),
+            }
+        ]
     if version == "v7":
         rules = tuple(_convert_v7(parsed))
     else:
@@ -490,8 +504,8 @@ def _role_from_doc(doc: object, file: str | None, index: int) -> Role:
             raise ctx.err("spec.options.max_session_ttl", str(exc)) from None
         if ttl <= 0:
             raise ctx.err("spec.options.max_session_ttl", "must be positive")
-    allow = _conditions(ctx, "spec.allow", spec.get("allow"), version)
-    deny = _conditions(ctx, "spec.deny", spec.get("deny"), version)
+    allow = _conditions(ctx, "spec.allow", spec.get("allow"), version, True)
+    deny = _conditions(ctx, "spec.deny", spec.get("deny"), version, False)
     return Role(name, "v8", allow, deny, ttl, version, file or "")
 
 

@@ -72,7 +72,12 @@ ROLES = RoleSet(
             "    kubernetes_resources: [{kind: pods, api_group: '', namespace: '*', name: 'web-*', verbs: [get, list, watch]}]\n"
             "    kubernetes_users: [web-reader]",
         )
-        + role("labels-only", "    kubernetes_groups: [lonely]", labels="{env: dev}")
+        + role(
+            "labels-only",
+            "    kubernetes_resources: [{kind: configmaps, api_group: '', namespace: '*', name: '*', verbs: [get]}]\n"
+            "    kubernetes_groups: [lonely]",
+            labels="{env: dev}",
+        )
         + role(
             "resources-elsewhere",
             "    kubernetes_resources: [{kind: pods, api_group: '', namespace: '*', name: '*', verbs: ['*']}]",

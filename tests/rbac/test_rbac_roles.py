@@ -82,6 +82,20 @@ spec:
     ]
 
 
+@pytest.mark.parametrize("version", ["v7", "v8"])
+def test_labels_without_resources_grant_everything_like_teleport(version: str) -> None:
+    (role,) = parse_roles_yaml(
+        f"kind: role\nversion: {version}\nmetadata: {{name: r}}\nspec:\n  allow: {{kubernetes_labels: {{env: dev}}}}\n"
+        "  deny: {kubernetes_labels: {env: prod}}\n"
+    )
+    assert role.allow.kubernetes_resources[0] == ResourceRule("*", "*", "*", "*", ("*",))
+    assert role.deny.kubernetes_resources == ()  # deny has no default
+    (no_labels,) = parse_roles_yaml(
+        "kind: role\nversion: v8\nmetadata: {name: r}\nspec: {allow: {kubernetes_groups: [g]}}\n"
+    )
+    assert no_labels.allow.kubernetes_resources == ()
+
+
 def test_v7_wildcard_kind_adds_cluster_wide_kinds() -> None:
     (role,) = parse_roles_yaml(
         """
