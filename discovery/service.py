@@ -182,9 +182,7 @@ class DiscoveryService:
         """One pass over the kubeconfig files, the clusters directory and the store; True on change."""
         async with self._lock:
             changed = await asyncio.to_thread(self._sync_files)
-            if await asyncio.to_thread(self._scan_store):
-                self._apply_store()
-                changed = True
+            changed = await asyncio.to_thread(self._refresh_store) or changed
             if changed or not self._gauges_set:
                 self._sync_dynamic_labels()
                 metrics.update_cluster_gauges(self.registry.all(), len(self.registry))
@@ -228,6 +226,14 @@ class DiscoveryService:
                 if errors:
                     self.errors[f"dir:{path}"] = errors
         return changed
+
+    def _refresh_store(self) -> bool:
+        """Blocking (run in a thread: building clusters may read files): re-read the store, feed the
+        registry; True when anything changed."""
+        if not self._scan_store():
+            return False
+        self._apply_store()
+        return True
 
     def _scan_store(self) -> bool:
         """Re-read changed store files (by mtime); True when any record changed.
@@ -347,8 +353,7 @@ class DiscoveryService:
             return None
         async with self._lock:
             # the current records: the watcher's cache, refreshed now (stat only when nothing changed)
-            if await asyncio.to_thread(self._scan_store):
-                self._apply_store()
+            await asyncio.to_thread(self._refresh_store)
             unreadable = bool(self._store_read_errors)
             plan = reconcile(result.records, self._store_records, origin=fetcher.origin, group=self.group,
                              complete=result.complete and not unreadable)
