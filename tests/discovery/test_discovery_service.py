@@ -344,3 +344,14 @@ def test_from_config_wires_every_source_of_a_validated_config(tmp_path):
     assert DiscoveryService.from_config(cfg, registry, cloud=False, health=False).fetchers == []
     asyncio.run(svc.sync_local())
     assert [c.name for c in registry.list()] == ["from-dir"]
+
+
+def test_cli_add_never_replaces_a_discovered_cluster(tmp_path, capsys):
+    cfg = write_config(tmp_path)
+    ClusterStore(tmp_path / "state" / "clusters").put(aws_record("taken", "g"))
+    f = tmp_path / "taken.yaml"
+    f.write_text(yaml.safe_dump(kube_cluster("taken", {})))
+    assert kubegate(["clusters", "add", "-f", str(f), "-c", str(cfg)]) == 1
+    assert "origin aws" in capsys.readouterr().err
+    assert ClusterStore(tmp_path / "state" / "clusters").get("taken").origin == "aws"
+    assert kubegate(["clusters", "rm", "taken", "--force", "-c", str(cfg)]) == 0
