@@ -180,6 +180,42 @@ def _media_type(headers: dict[str, str]) -> str:
     return headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML as Kubernetes reads it: timestamps stay strings; aliases are refused (no expansion bombs)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases are not supported", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"invalid JSON number {name}")
+
+
+def loads(body: bytes) -> Any:
+    """A JSON request body (strict: no NaN/Infinity). Raises ValueError."""
+    return json.loads(body, parse_constant=_reject_constant)
+
+
+def load_yaml(body: bytes) -> Any:
+    """A YAML (or JSON) body as JSON values; errors are 400 BadRequest."""
+    try:
+        value = yaml.load(body, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+        return json.loads(json.dumps(value))
+    except yaml.YAMLError as exc:
+        raise bad_request(f"error converting YAML to JSON: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise bad_request(f"error converting YAML to JSON: {exc}") from None
+
+
 def _random_suffix() -> str:
     return "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
 
@@ -209,6 +245,8 @@ class Api:
             if exc.code >= 500:
                 log.warning("%s %s -> %d %s", req.method, req.path, exc.code, exc.message)
             return exc.response()
+        except RecursionError:
+            return bad_request("the request body is nested too deeply").response()
         except Exception as exc:  # never let a bug escape as a dropped connection
             log.exception("internal error serving %s %s", req.method, req.path)
             return ApiError(500, "InternalError", f"Internal error occurred: {type(exc).__name__}: {exc}").response()
@@ -719,10 +757,7 @@ class Api:
         if not body.strip():
             raise bad_request("the body of the request is empty")
         if media in ("application/yaml", "application/x-yaml", "text/yaml") and allow_yaml:
-            try:
-                return yaml.safe_load(body)
-            except yaml.YAMLError as exc:
-                raise bad_request(f"error converting YAML to JSON: {exc}") from None
+            return load_yaml(body)
         if media == "application/vnd.kubernetes.protobuf":
             try:
                 return protobuf.decode_object(body)
@@ -735,7 +770,7 @@ class Api:
             raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
                            f"accepted media types include: {ACCEPTED_BODIES}")
         try:
-            return json.loads(body)
+            return loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise bad_request(f"couldn't get version/kind; json parse error: {exc}") from None
 
@@ -1046,7 +1081,7 @@ class Api:
         if media == "application/apply-patch+yaml":
             return self._apply(req, rt, namespace, name, sub)
         try:
-            document = json.loads(req.body)
+            document = loads(req.body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise bad_request(f"error decoding patch: {exc}") from None
         current = self._entry(rt, namespace, name)
@@ -1088,10 +1123,7 @@ class Api:
         if not manager:
             raise bad_request("PATCH /apply requests require a fieldManager parameter (fieldManager is required "
                               "for apply patch)")
-        try:
-            applied = yaml.safe_load(req.body)
-        except yaml.YAMLError as exc:
-            raise bad_request(f"error decoding YAML: {exc}") from None
+        applied = load_yaml(req.body)
         applied = self._check_object(rt, applied, namespace)
         self._field_validation(req, rt, applied)
         meta = applied["metadata"]
@@ -1155,7 +1187,7 @@ class Api:
         else:
             media = _media_type(req.headers)
             try:
-                document = json.loads(req.body)
+                document = loads(req.body)
                 if media == "application/json-patch+json":
                     new_scale = patches.json_patch(scale, document)
                 elif media in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
@@ -1184,7 +1216,7 @@ class Api:
         if not req.body.strip():
             return {}
         try:
-            options = json.loads(req.body)
+            options = loads(req.body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise bad_request(f"couldn't decode DeleteOptions: {exc}") from None
         if not isinstance(options, dict):
