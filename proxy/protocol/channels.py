@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import struct
 from dataclasses import dataclass
 
@@ -39,7 +40,6 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
-from wsproto.frame_protocol import CloseReason, FrameProtocol
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from proxy.protocol.events import RequestHead
@@ -318,13 +318,46 @@ class WebSocketClient:
 # ------------------------------------------------------------------------------------------ tap
 
 
-class ChannelTap:
-    """Passive observer of a remotecommand WebSocket relayed as bytes (the proxy's audit tap).
+def _unmask(data: bytes | memoryview, mask: bytes, offset: int) -> bytes:
+    """XOR ``data`` with the 4-byte ``mask`` starting at mask position ``offset`` (big-int XOR: C speed)."""
+    n = len(data)
+    if n == 0:
+        return b""
+    rotated = mask[offset % 4 :] + mask[: offset % 4]
+    key = (rotated * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
 
-    Feed each direction's raw bytes (after the 101); it parses WebSocket frames with wsproto's frame
-    parser (no re-framing, nothing sent), counts payload bytes per channel and keeps the error
-    channel's payload so ``exit_code()`` reads the v4+ Status. For ``SPDY/3.1+portforward.k8s.io``
-    use ``spdy_tap`` (a :class:`proxy.protocol.spdy.SpdyTap` fed with the message payloads).
+
+class _WsScan:
+    """One direction's WebSocket frame scanner: headers parsed, payloads skipped unless wanted."""
+
+    __slots__ = ("side", "buf", "remaining", "mask", "mask_offset", "opcode", "fin", "message_opcode",
+                 "channel", "channel_text", "collect")
+
+    def __init__(self, side: str) -> None:
+        self.side = side
+        self.buf = bytearray()
+        self.remaining = 0  # payload bytes of the current frame still to come
+        self.mask = b""
+        self.mask_offset = 0
+        self.opcode = 0
+        self.fin = True
+        self.message_opcode = 0  # opcode of the message in progress (1 text, 2 binary)
+        self.channel: int | None = None  # channel of the message in progress, once its first byte is seen
+        self.channel_text = ""  # base64: "255" needs three characters
+        self.collect = False
+
+
+class ChannelTap:
+    """Passive observer of a remotecommand / port-forward WebSocket relayed as bytes (an audit tap).
+
+    Feed each direction's raw bytes after the ``101`` (``feed_client`` / ``feed_server``). It parses
+    WebSocket frame headers only and skips payloads without copying them, except the few bytes it
+    needs: the channel byte of each message, the error channel's payload (the v4+ exit-code
+    ``Status``, kept up to ``max_error_bytes``) and, for ``SPDY/3.1+portforward.k8s.io``, the
+    tunnelled bytes, which go to ``spdy_tap`` (a :class:`proxy.protocol.spdy.SpdyTap`). Counts are
+    payload bytes per channel (base64 protocols: decoded size, estimated as 3/4 of the text).
+    Nothing is sent and nothing is changed; bytes it cannot parse set ``failed`` and stop the tap.
     """
 
     def __init__(self, protocol_name: str, max_error_bytes: int = 64 * 1024) -> None:
@@ -332,73 +365,158 @@ class ChannelTap:
 
         self.protocol_name = protocol_name
         self.spdy_tap: SpdyTap | None = SpdyTap() if protocol_name == PORTFORWARD_SPDY_TUNNEL else None
-        self.codec: ChannelCodec | None = None
-        if self.spdy_tap is None:
-            try:
-                self.codec = ChannelCodec(channel_protocol(protocol_name))
-            except ValueError:
-                self.codec = None
-        self._client = FrameProtocol(client=False, extensions=[])  # parses the client's masked frames
-        self._server = FrameProtocol(client=True, extensions=[])
-        self._pending = {"client": bytearray(), "server": bytearray()}
-        self._pending_text = {"client": "", "server": ""}
+        try:
+            self.base64 = channel_protocol(protocol_name).base64
+        except ValueError:
+            self.base64 = False
+        self._scan = {"client": _WsScan("client"), "server": _WsScan("server")}
         self.bytes_from_client: dict[int, int] = {}
         self.bytes_from_server: dict[int, int] = {}
         self.error_data = bytearray()
         self.closed_channels: set[int] = set()
+        self.close_seen = {"client": False, "server": False}
         self.failed = False
         self.failure = ""
         self._max_error = max_error_bytes
 
     def feed_client(self, data: bytes) -> None:
-        self._feed("client", self._client, data)
+        self._feed(self._scan["client"], data)
 
     def feed_server(self, data: bytes) -> None:
-        self._feed("server", self._server, data)
-
-    def _feed(self, side: str, parser: FrameProtocol, data: bytes) -> None:
-        if self.failed or not data:
-            return
-        try:
-            parser.receive_bytes(data)
-            for frame in parser.received_frames():
-                opcode = frame.opcode.name
-                if opcode in ("BINARY", "CONTINUATION", "TEXT") and isinstance(frame.payload, (bytes, bytearray)):
-                    self._pending[side] += frame.payload
-                    if frame.message_finished:
-                        self._message(side, bytes(self._pending[side]))
-                        self._pending[side].clear()
-                elif isinstance(frame.payload, str):
-                    self._pending_text[side] += frame.payload
-                    if frame.message_finished:
-                        self._message(side, self._pending_text[side])
-                        self._pending_text[side] = ""
-                elif isinstance(frame.payload, CloseReason):
-                    pass
-        except Exception as exc:  # noqa: BLE001 - a tap never breaks the relay
-            self.failed = True
-            self.failure = f"{side}: {exc}"
-
-    def _message(self, side: str, message: bytes | str) -> None:
-        if self.spdy_tap is not None:
-            raw = message.encode("latin-1") if isinstance(message, str) else message
-            (self.spdy_tap.feed_client if side == "client" else self.spdy_tap.feed_server)(raw)
-            return
-        if self.codec is None or not message:
-            return
-        channel, payload = self.codec.decode(message)
-        if channel == CLOSE:
-            if payload:
-                self.closed_channels.add(payload[0])
-            return
-        counts = self.bytes_from_client if side == "client" else self.bytes_from_server
-        counts[channel] = counts.get(channel, 0) + len(payload)
-        if side == "server" and channel == ERROR and len(self.error_data) < self._max_error:
-            self.error_data += payload[: self._max_error - len(self.error_data)]
+        self._feed(self._scan["server"], data)
 
     def exit_code(self) -> int | None:
         from proxy.protocol.spdy import exit_code_from_status
 
         if self.spdy_tap is not None:
             return self.spdy_tap.exit_code()
-        return exit_code_from_status(bytes(self.error_data)) if self.error_data else None
+        if not self.error_data:
+            return None
+        raw = bytes(self.error_data)
+        if self.base64:
+            try:
+                raw = base64.b64decode(raw)
+            except (binascii.Error, ValueError):
+                return None
+        return exit_code_from_status(raw)
+
+    # ---- scanning
+
+    def _feed(self, d: _WsScan, data: bytes) -> None:
+        if self.failed or not data:
+            return
+        try:
+            self._scan_bytes(d, memoryview(data))
+        except (ValueError, IndexError) as exc:
+            self.failed = True
+            self.failure = f"{d.side}: {exc}"
+
+    def _scan_bytes(self, d: _WsScan, view: memoryview) -> None:
+        pos = 0
+        n = len(view)
+        while pos < n:
+            if d.remaining:
+                take = min(d.remaining, n - pos)
+                self._payload(d, view[pos : pos + take])
+                d.remaining -= take
+                pos += take
+                if d.remaining == 0:
+                    self._frame_done(d)
+                continue
+            before = len(d.buf)  # header bytes kept from earlier feeds (a header is at most 14)
+            take = min(14 - before, n - pos)
+            d.buf += view[pos : pos + take]
+            header_length = self._parse_header(d)
+            if header_length is None:
+                pos += take
+                continue
+            pos += header_length - before
+            d.buf.clear()
+            if d.remaining == 0:
+                self._frame_done(d)
+
+    def _parse_header(self, d: _WsScan) -> int | None:
+        """Parse the frame header in ``d.buf``; returns its length, or None if incomplete."""
+        buf = d.buf
+        if len(buf) < 2:
+            return None
+        b0, b1 = buf[0], buf[1]
+        if b0 & 0x70:
+            raise ValueError("RSV bits set (no extension was negotiated)")
+        size = b1 & 0x7F
+        length = 2
+        if size == 126:
+            length = 4
+        elif size == 127:
+            length = 10
+        masked = bool(b1 & 0x80)
+        if masked:
+            length += 4
+        if len(buf) < length:
+            return None
+        if size == 126:
+            size = int.from_bytes(buf[2:4], "big")
+        elif size == 127:
+            size = int.from_bytes(buf[2:10], "big")
+        d.mask = bytes(buf[length - 4 : length]) if masked else b""
+        d.mask_offset = 0
+        d.opcode = b0 & 0x0F
+        d.fin = bool(b0 & 0x80)
+        d.remaining = size
+        if d.opcode in (1, 2):
+            d.message_opcode = d.opcode
+            d.channel = None
+            d.channel_text = ""
+        elif d.opcode == 8:
+            self.close_seen[d.side] = True
+        elif d.opcode not in (0, 9, 10):
+            raise ValueError(f"unknown WebSocket opcode {d.opcode}")
+        return length
+
+    def _payload(self, d: _WsScan, chunk: memoryview) -> None:
+        if d.opcode not in (0, 1, 2):
+            d.mask_offset += len(chunk)
+            return
+        need_bytes = self.spdy_tap is not None or d.channel is None or d.collect or d.channel == CLOSE
+        data: bytes | memoryview = chunk
+        if need_bytes and d.mask:
+            data = _unmask(chunk, d.mask, d.mask_offset)
+        d.mask_offset += len(chunk)
+        if self.spdy_tap is not None:
+            (self.spdy_tap.feed_client if d.side == "client" else self.spdy_tap.feed_server)(bytes(data))
+            return
+        if d.channel is None:
+            if not data:
+                return
+            first = data[0]
+            data = data[1:]
+            if self.base64:
+                digit = chr(first)
+                if not digit.isdigit():
+                    raise ValueError(f"base64 channel {digit!r} is not a digit")
+                channel = int(digit)
+                # "255<base64>" closes a channel; clients never send on stderr (2), so from a client
+                # a leading "2" can only be the start of "255".
+                d.channel = CLOSE if channel == STDERR and d.side == "client" else channel
+            else:
+                d.channel = first
+            d.collect = d.side == "server" and d.channel == ERROR
+        channel = d.channel
+        if channel == CLOSE:
+            if data and not self.base64:
+                self.closed_channels.add(data[0])
+            elif data:
+                text = bytes(data).lstrip(b"5")
+                with contextlib.suppress(binascii.Error, ValueError, IndexError):
+                    self.closed_channels.add(base64.b64decode(text)[0])
+            return
+        size = len(data) * 3 // 4 if self.base64 else len(data)
+        counts = self.bytes_from_client if d.side == "client" else self.bytes_from_server
+        counts[channel] = counts.get(channel, 0) + size
+        if d.collect and len(self.error_data) < self._max_error:
+            self.error_data += bytes(data[: self._max_error - len(self.error_data)])
+
+    def _frame_done(self, d: _WsScan) -> None:
+        if d.opcode in (0, 1, 2) and d.fin:
+            d.channel = None
+            d.collect = False

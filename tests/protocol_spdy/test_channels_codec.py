@@ -197,3 +197,53 @@ def test_channel_tap_for_the_spdy_tunnel_feeds_a_spdy_tap():
     assert tap.spdy_tap is not None
     assert tap.spdy_tap.streams[1].stream_type == "data"
     assert tap.spdy_tap.total_bytes() == (7, 0)
+
+
+def _server_side() -> ch.WebSocketServer:
+    server = ch.WebSocketServer(_head("v5.channel.k8s.io"))
+    server.accept("v5.channel.k8s.io")
+    return server
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64, 1 << 20])
+def test_channel_tap_handles_masking_fragments_and_any_chunking(chunk):
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import BytesMessage
+
+    client = Connection(ConnectionType.CLIENT)  # masks its frames
+    c_bytes = client.send(BytesMessage(data=b"\x00" + b"a" * 70_000, message_finished=False))
+    c_bytes += client.send(BytesMessage(data=b"b" * 10, message_finished=True))  # continuation
+    c_bytes += client.send(BytesMessage(data=b"\xff\x00"))
+    server = _server_side()
+    s_bytes = server.send(b"\x02" + b"e" * 300) + server.send(b'\x03{"metadata":{},"status":"Success"}')
+    s_bytes += server.close()
+    tap = ch.ChannelTap("v5.channel.k8s.io")
+    for i in range(0, len(c_bytes), chunk):
+        tap.feed_client(c_bytes[i : i + chunk])
+    for i in range(0, len(s_bytes), chunk):
+        tap.feed_server(s_bytes[i : i + chunk])
+    assert not tap.failed, tap.failure
+    assert tap.bytes_from_client == {0: 70_010}
+    assert tap.bytes_from_server[2] == 300
+    assert tap.closed_channels == {0}
+    assert tap.exit_code() == 0
+    assert tap.close_seen["server"]
+
+
+def test_channel_tap_base64():
+    server = ch.WebSocketServer(_head("base64.channel.k8s.io"))
+    server.accept("base64.channel.k8s.io")
+    status = {"metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+              "details": {"causes": [{"reason": "ExitCode", "message": "9"}]}}
+    codec = ch.ChannelCodec(ch.channel_protocol("base64.channel.k8s.io"))
+    raw = server.send(codec.encode(1, b"x" * 300)) + server.send(codec.encode(3, json.dumps(status).encode()))
+    tap = ch.ChannelTap("base64.channel.k8s.io")
+    tap.feed_server(raw)
+    assert tap.bytes_from_server[1] == 300
+    assert tap.exit_code() == 9
+
+
+def test_channel_tap_stops_on_garbage():
+    tap = ch.ChannelTap("v5.channel.k8s.io")
+    tap.feed_client(b"\xf3\x80abcd")  # RSV bits set, opcode 3
+    assert tap.failed and tap.failure.startswith("client")
