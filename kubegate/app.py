@@ -1,4 +1,4 @@
-"""Wiring: config → CA / serving certificate → roles → cluster registry and its sources → lock list →
+"""Wiring: config → CA / serving certificate → roles → cluster registry + discovery service → lock list →
 audit sink → ``proxy.app.Proxy``; one ``ProxyService`` per process (see ``kubegate.workers``).
 
     service = ProxyService(cfg, host, port, worker_index)
@@ -97,22 +97,20 @@ def load_roles(cfg: Config) -> Any:
 
 
 def build_registry(cfg: Config) -> Any:
-    """The cluster registry, filled from ``kubernetes_service.kubeconfig_files`` (each context → a
-    cluster) and the ``kube_cluster`` sources that the discovery part provides."""
-    from discovery.kubeconfig import kubeconfig_clusters_with_errors
+    """The cluster registry the proxy reads, serving the clusters that match
+    ``kubernetes_service.resources``; the discovery service fills it."""
     from discovery.registry import ClusterRegistry
 
-    registry = ClusterRegistry([dict(r.labels) for r in cfg.kubernetes_service.resources])
-    for path in cfg.kubernetes_service.kubeconfig_files:
-        try:
-            clusters, errors = kubeconfig_clusters_with_errors(path)
-        except Exception as exc:  # DiscoveryError: unreadable / not a kubeconfig
-            log.error("cannot load kubeconfig file", extra={"path": path, "error": str(exc)})
-            continue
-        registry.replace_source(f"kubeconfig:{path}", clusters)
-        log.info("clusters from kubeconfig", extra={
-            "path": path, "clusters": [c.name for c in clusters], "skipped": len(errors)})
-    return registry
+    return ClusterRegistry([dict(r.labels) for r in cfg.kubernetes_service.resources])
+
+
+def build_discovery(cfg: Config, registry: Any, worker_index: int) -> Any:
+    """The discovery service feeding ``registry`` from kubeconfig files, ``clusters_dir``, the state
+    store (``kubegate clusters add``) and, in worker 0 only, the EKS/AKS pollers (one poller per
+    deployment, not per worker: the others pick the results up from the store)."""
+    from discovery.service import DiscoveryService
+
+    return DiscoveryService.from_config(cfg, registry, cloud=worker_index == 0)
 
 
 @dataclass
@@ -127,6 +125,7 @@ class ProxyService:
     registry: Any = None
     roles: Any = None
     audit: Any = None
+    discovery: Any = None
     _sockets: list[Any] = field(default_factory=list)
     _started: bool = False
     _stopping: bool = False
@@ -142,6 +141,10 @@ class ProxyService:
         tls = prepare(self.cfg)
         self.roles = load_roles(self.cfg)
         self.registry = build_registry(self.cfg)
+        self.discovery = build_discovery(self.cfg, self.registry, self.worker_index)
+        await self.discovery.start()  # the first sync of every local source is done when this returns
+        log.info("clusters", extra={"served": [c.name for c in self.registry.list()],
+                                    "worker": self.worker_index})
         self.audit = _audit_sink(self.cfg)
         ssl_context = _server_context(tls)
         self.proxy = _make_proxy(self.cfg, ssl_context, tls, self.registry, self.roles, self.audit)
@@ -171,6 +174,8 @@ class ProxyService:
             with contextlib.suppress(OSError):
                 sock.close()
         self._sockets.clear()
+        if self.discovery is not None:
+            await self.discovery.stop()
         for task in self._background:
             task.cancel()
         if self.audit is not None and hasattr(self.audit, "close"):
