@@ -1,0 +1,119 @@
+"""The audit taps on a byte relay, as the proxy uses them: kubectl ⇄ relay ⇄ stream harness. The relay
+forwards bytes untouched and feeds them to SpdyTap / ChannelTap, which must report the streams, the
+byte counts and the exit code for kubectl 1.37 (WebSocket) and 1.20 (SPDY)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from proxy.protocol.channels import ChannelTap
+from proxy.protocol.spdy import SpdyTap
+
+pytestmark = pytest.mark.e2e
+
+
+class TappingRelay:
+    """Loopback TCP relay in its own thread; one tap per connection once the 101 is seen."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.taps: list[SpdyTap | ChannelTap] = []
+        self.port = 0
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+        server.close()
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    async def _handle(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        u_reader, u_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        state: dict[str, object] = {"tap": None, "head": b"", "early_client": []}
+
+        def on_client(data: bytes) -> None:
+            tap = state["tap"]
+            if tap is None:
+                state["early_client"].append(data)  # request head (+ maybe first frames)
+            else:
+                tap.feed_client(data)
+
+        def on_server(data: bytes) -> None:
+            if state["tap"] is not None:
+                state["tap"].feed_server(data)
+                return
+            state["head"] += data
+            head, sep, rest = state["head"].partition(b"\r\n\r\n")
+            if not sep:
+                return
+            headers = {k.strip().lower(): v.strip() for k, _, v in
+                       (line.decode().partition(":") for line in head.split(b"\r\n")[1:])}
+            if not head.startswith(b"HTTP/1.1 101"):
+                state["tap"] = False
+                return
+            if headers.get("upgrade", "").lower() == "websocket":
+                tap: SpdyTap | ChannelTap = ChannelTap(headers.get("sec-websocket-protocol", ""))
+            else:
+                tap = SpdyTap()
+            self.taps.append(tap)
+            state["tap"] = tap
+            request = b"".join(state["early_client"])
+            tap.feed_client(request.partition(b"\r\n\r\n")[2])
+            tap.feed_server(rest)
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, observe) -> None:
+            try:
+                while data := await reader.read(65536):
+                    observe(data)
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        await asyncio.gather(pump(c_reader, u_writer, on_client), pump(u_reader, c_writer, on_server))
+
+
+@pytest.fixture
+def relay_kubeconfig(harness, tmp_path: Path):
+    relay = TappingRelay(harness.port)
+    kubeconfig = harness.kubeconfig(tmp_path / "relay.kubeconfig")
+    kubeconfig.write_text(kubeconfig.read_text().replace(f":{harness.port}", f":{relay.port}"))
+    yield relay, str(kubeconfig)
+    relay.stop()
+
+
+def test_taps_report_streams_bytes_and_exit_code(kubectl, relay_kubeconfig):
+    relay, kubeconfig = relay_kubeconfig
+    result = subprocess.run([kubectl, "--kubeconfig", kubeconfig, "exec", "-i", "web", "--", "sh", "-c",
+                             "cat; head -c 100000 /dev/zero; exit 7"], input=b"12345", capture_output=True,
+                            timeout=30)
+    assert result.returncode == 7
+    assert len(result.stdout) == 100_005
+    (tap,) = relay.taps
+    assert not tap.failed, tap.failure
+    assert tap.exit_code() == 7
+    if isinstance(tap, SpdyTap):
+        by_type = tap.bytes_by_type()
+        assert by_type["stdin"]["from_client"] == 5
+        assert by_type["stdout"]["from_server"] == 100_005
+    else:
+        assert tap.bytes_from_client[0] == 5
+        assert tap.bytes_from_server[1] == 100_005
+        assert 0 in tap.closed_channels  # v5 stdin close
