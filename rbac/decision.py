@@ -14,9 +14,11 @@ Rules, in order:
    A rule matches when its verbs contain the verb (or ``*``), and kind / api_group / name / namespace
    patterns match (``rbac.labels.value_matches``). Cluster-scoped resources match only rules whose
    namespace pattern matches the empty string (omitted, ``''`` or ``'*'``), as in Teleport v8 (a rule
-   for namespace ``dev`` or ``^.+$`` never grants nodes). ``kind: namespaces, name: X`` matches everything inside namespace X (and the namespace
-   object X). An allow rule naming resources in namespace X also lets its holder get/list/watch the
-   namespace object X (Teleport does the same, so ``kubectl get ns`` works).
+   for namespace ``dev`` or ``^.+$`` never grants nodes). ``kind: namespaces, name: X`` matches
+   everything inside namespace X (and the namespace object X), as DESIGN §5 says (Teleport v8 itself
+   grants only the namespace object with it; its v7 → v8 conversion adds ``{kind: '*', namespace: X}``
+   for the contents). An allow rule naming resources in namespace X also lets its holder
+   get/list/watch the namespace object X (Teleport does the same, so ``kubectl get ns`` works).
 6. Unknown resources (not in the catalog): an allow rule matches only when its kind is ``*`` or the
    resource plural literally; ``kind: namespaces`` scopes do not cover them. Deny rules match them as
    usual (fail closed).
@@ -75,7 +77,7 @@ SELF_REVIEWS = frozenset(
 
 def cluster_not_found_body(cluster_name: str) -> bytes:
     """The 404 Status for an unknown cluster; also used for a cluster the caller may not see."""
-    return not_found(f'kubernetes cluster "{cluster_name}" not found', name=cluster_name, kind="clusters")
+    return not_found(f'cluster "{cluster_name}" not found', name=cluster_name, kind="clusters")
 
 
 # --- cluster visibility --------------------------------------------------------------------------------
@@ -324,7 +326,7 @@ def decide(
     impersonation = impersonation or ImpersonationRequest()
     allowing = visible_roles(identity, roles, cluster_labels, cluster_name)
     if allowing is None:
-        msg = f'kubernetes cluster "{cluster_name}" not found'
+        msg = f'cluster "{cluster_name}" not found'
         return Decision(
             False, 404, "cluster_not_visible", msg, cluster_not_found_body(cluster_name), info=info
         )

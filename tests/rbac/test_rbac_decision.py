@@ -166,7 +166,13 @@ def test_invisible_cluster_is_404_like_an_unknown_cluster() -> None:
     assert (d.allowed, d.status, d.reason) == (False, 404, "cluster_not_visible")
     assert d.body == cluster_not_found_body("c9")
     body = json.loads(d.body)
-    assert body["reason"] == "NotFound" and body["code"] == 404 and "c9" in body["message"]
+    assert (
+        body["reason"] == "NotFound" and body["code"] == 404 and body["message"] == 'cluster "c9" not found'
+    )
+    assert body["details"] == {
+        "name": "c9",
+        "kind": "clusters",
+    }  # the same body the proxy gives an unknown cluster
     assert (
         check(Identity("b", ("viewer",), pinned_cluster="c1"), "GET", "/version", cluster="c2").status == 404
     )

@@ -24,7 +24,7 @@ def test_forbidden_and_not_found_carry_details() -> None:
     obj = json.loads(forbidden('pods "web" is forbidden: no', name="web", kind="pods"))
     assert obj["code"] == 403 and obj["reason"] == "Forbidden"
     assert obj["details"] == {"name": "web", "kind": "pods"}
-    obj = json.loads(not_found('kubernetes cluster "c9" not found'))
+    obj = json.loads(not_found('cluster "c9" not found'))
     assert obj["code"] == 404 and obj["reason"] == "NotFound" and "details" not in obj
 
 
