@@ -358,7 +358,9 @@ class Exchange:
                     accept=verdict.accept,
                 )
                 body = await self._whole_body_if_ready()
-                stream = await pool.open(head.method, target, headers, body=body, streaming_body=body is None)
+                stream = await pool.open(
+                    head.method, target, headers, body=body, streaming_body=body is None, long_lived=self.kind is not None
+                )
                 self.stream = stream
                 if body is None:
                     for part in self._take_parts():

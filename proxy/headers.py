@@ -4,6 +4,7 @@ Request side (client → upstream):
 - the client's ``Authorization`` and every ``Impersonate-*`` header are dropped: kubegate speaks to the
   cluster with its own credentials and sets ``Impersonate-User`` / ``Impersonate-Group`` (one header per
   group) from the authorization decision — replaced, never appended;
+- ``Content-Length`` is dropped: the upstream connection frames the body itself;
 - hop-by-hop headers (``Connection`` and the names it lists, ``Keep-Alive``, ``TE``, ``Trailer``,
   ``Transfer-Encoding``, ``Upgrade`` unless the request is an upgrade, ``Proxy-*``) are dropped;
 - ``X-Forwarded-For`` gets the client address appended; ``Accept`` is replaced when the response will be
@@ -84,7 +85,7 @@ def rewrite_request_headers(
         if key == b"upgrade":
             upgrade_value = value
             continue
-        if key == REQUEST_ID_HEADER:
+        if key == REQUEST_ID_HEADER or key == b"content-length":  # body framing is the upstream side's job
             continue
         if accept is not None and key == b"accept":
             continue

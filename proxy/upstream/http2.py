@@ -95,7 +95,14 @@ class H2Upstream(asyncio.Protocol):
         self.cluster_name = cluster_name
         self.authority = authority.encode("latin-1")
         self.high_water = high_water
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=False)
+        config = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         self.h2 = h2.connection.H2Connection(config)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Exchange] = {}
@@ -137,6 +144,8 @@ class H2Upstream(asyncio.Protocol):
             (b":path", target.encode("latin-1")),
         ]
         h2_headers.extend(h for h in headers if h[0] != b"host")
+        if body or (end_stream and method not in ("GET", "HEAD", "DELETE", "OPTIONS")):
+            h2_headers.append((b"content-length", str(len(body)).encode()))
         try:
             self.h2.send_headers(stream_id, h2_headers, end_stream=end_stream and not body)
         except h2.exceptions.ProtocolError as exc:

@@ -37,6 +37,10 @@ class PoolSettings:
     high_water: int = 256 * 1024  # response bytes buffered per exchange before the upstream is paused
     max_idle_http1: int = 32
     use_h2: bool = True  # offer h2 by ALPN (HTTP/1.1 when the server does not take it)
+    # Which exchanges ride HTTP/2 when the server speaks it: "streams" (watches and followed logs, the
+    # long-lived ones, multiplexed so idle watches cost no connection each; short requests use HTTP/1.1
+    # keep-alive, which costs far less CPU per request in Python) or "all".
+    h2_for: str = "streams"
     credentials_refresh_margin: float = 60.0
 
 
@@ -118,13 +122,13 @@ class ClusterPool:
         if self._on_error is not None:
             self._on_error(self.cluster.name, kind)
 
-    async def _new_connection(self) -> H2Upstream | Http1Upstream:
+    async def _new_connection(self, http1: bool = False) -> H2Upstream | Http1Upstream:
         """A new connection; on the first one ALPN decides between h2 and HTTP/1.1 for the pool."""
         await self.ensure_credentials()
         ctx, ctx_h1 = self._contexts()
         high_water = self.settings.high_water
         name = self.cluster.name
-        if self.h2_mode is False:
+        if http1 or self.h2_mode is False:
             _, proto = await self._connect(lambda: Http1Upstream(name, high_water, self._h1_idle), ctx_h1)
             return proto  # type: ignore[return-value]
         holder: dict[str, asyncio.Protocol] = {}
@@ -143,12 +147,14 @@ class ClusterPool:
         return chosen
 
     # --- requests ---------------------------------------------------------------------------------
-    async def open(self, method: str, target: str, headers: Headers, *, body: bytes | None, streaming_body: bool) -> UpstreamStream:
+    async def open(
+        self, method: str, target: str, headers: Headers, *, body: bytes | None, streaming_body: bool, long_lived: bool = False
+    ) -> UpstreamStream:
         """Start one exchange. ``body`` is the whole request body when already known (``None`` when it will be
-        streamed with ``send_body`` / ``end_request``)."""
+        streamed with ``send_body`` / ``end_request``); ``long_lived`` for watches and followed logs."""
         if self.closed:
             raise UpstreamError(503, f"cluster {self.cluster.name} was removed", "connect")
-        if self.h2_mode is not False:
+        if self.h2_mode is not False and (long_lived or self.settings.h2_for == "all"):
             conn = self._h2_with_capacity()
             if conn is None and self.h2_mode is None:
                 first = await self._first_connection()
@@ -230,7 +236,7 @@ class ClusterPool:
             conn = self.h1_idle.pop()
             if conn.reusable:
                 return conn
-        conn = await self._new_connection()
+        conn = await self._new_connection(http1=True)
         assert isinstance(conn, Http1Upstream)
         return conn
 

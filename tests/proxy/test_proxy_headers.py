@@ -44,6 +44,7 @@ def values(headers, name):
         (b"proxy-connection", b"keep-alive"),
         (REQUEST_ID_HEADER, b"forged"),
         (b"cookie", b"session=1"),
+        (b"content-length", b"12"),
     ],
 )
 def test_client_credentials_impersonation_and_hop_by_hop_headers_never_reach_the_upstream(dropped):

@@ -32,6 +32,7 @@ spec:
 @pytest.fixture(scope="module", params=["h2-upstream", "http1-upstream"])
 def setup(request, tmp_path_factory) -> Iterator[tuple]:
     from proxy.testing import running_echo_upstream, running_proxy
+    from proxy.upstream import PoolSettings
     from rbac import RoleWatcher
 
     base = tmp_path_factory.mktemp("echo")
@@ -40,7 +41,10 @@ def setup(request, tmp_path_factory) -> Iterator[tuple]:
     (roles / "ops.yaml").write_text(ROLE)
     with running_echo_upstream(base / "echo", h2=request.param == "h2-upstream") as echo:
         clusters = [echo.cluster("echo"), echo.cluster("echo-token", token="kubegate-secret-token")]
-        with running_proxy(base / "proxy", clusters=clusters, roles=RoleWatcher(str(roles), time.time)) as px:
+        # With an h2 upstream every exchange rides h2 here (by default only long-lived ones do).
+        pool = PoolSettings(h2_for="all" if request.param == "h2-upstream" else "streams")
+        with running_proxy(base / "proxy", clusters=clusters, roles=RoleWatcher(str(roles), time.time),
+                           pool_settings=pool) as px:
             cert, key = px.issue_user("alice", ["ops"])
             ctx = ssl.create_default_context(cafile=str(px.ca_pem_path))
             ctx.load_cert_chain(str(cert), str(key))
