@@ -38,7 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(sub)
+    _fill_descriptions(parser)
     return parser
+
+
+def _fill_descriptions(parser: argparse.ArgumentParser) -> None:
+    """A subcommand registered with only a one-line ``help`` shows that line as its description too, so
+    ``kubegate <command> --help`` always says what the command does."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            summaries = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, subparser in action.choices.items():
+                if not subparser.description and summaries.get(name):
+                    subparser.description = summaries[name]
+                _fill_descriptions(subparser)
 
 
 def main(argv: list[str] | None = None) -> int:
