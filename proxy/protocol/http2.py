@@ -127,6 +127,8 @@ class Http2ServerConnection:
                     self._h2.acknowledge_received_data(padding, sid)
                 if sid in self._ignored:
                     self._h2.acknowledge_received_data(len(ev.data), sid)
+                    if ev.stream_ended is not None:
+                        self._ignored.discard(sid)
                     continue
                 if self._max_body is not None:
                     total = self._body_sizes.get(sid, 0) + len(ev.data)
@@ -146,13 +148,17 @@ class Http2ServerConnection:
                     out.append(head)
                     if ev.stream_ended is not None:
                         out.append(RequestEnd(ev.stream_id))
-                elif not self._goaway_sent:
-                    out.append(ProtocolError("request header fields too large", 431, ev.stream_id))
+                else:
+                    if not self._goaway_sent:
+                        out.append(ProtocolError("request header fields too large", 431, ev.stream_id))
+                    if ev.stream_ended is not None:
+                        self._ignored.discard(ev.stream_id)  # nothing more will come on it
             elif kind is h2.events.StreamEnded:
                 continue  # reported with the DataReceived / RequestReceived it came with
             elif kind is h2.events.StreamReset:
                 sid = ev.stream_id
                 self._drop(sid)
+                self._ignored.discard(sid)
                 if ev.remote_reset:
                     out.append(StreamReset(sid, int(ev.error_code)))
             elif kind is h2.events.WindowUpdated:
@@ -365,8 +371,8 @@ class Http2ServerConnection:
         self._ended(sid)
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
+        """Abandon a stream (RST_STREAM); h2 itself absorbs whatever the peer still sends on it."""
         self._drop(stream_id)
-        self._ignored.add(stream_id)
         try:
             self._h2.reset_stream(stream_id, error_code or h2.errors.ErrorCodes.CANCEL)
         except h2.exceptions.H2Error:

@@ -237,3 +237,27 @@ def test_eof_is_connection_closed() -> None:
     p = Pair()
     assert [type(e) for e in p.server.receive_data(b"")] == [ConnectionClosed]
     assert p.server.must_close
+
+
+def test_server_reset_stream_still_returns_connection_credit() -> None:
+    p = Pair(ServerLimits(h2_initial_window=65535))
+    p.client.send_headers(
+        1, [(b":method", b"PUT"), (b":path", b"/x"), (b":authority", b"a"), (b":scheme", b"https")]
+    )
+    for _ in range(3):
+        p.client.send_data(1, b"x" * 10000)
+    p.pump()
+    p.server.reset_stream(1)
+    p.pump()
+    assert any(isinstance(e, h2.events.StreamReset) and e.stream_id == 1 for e in p.client_events)
+    # The app hands back what it consumed of the dead stream: 30000 + 40000 > the 65535 window.
+    p.server.acknowledge_received(1, 30000)
+    p.pump()
+    p.client.send_headers(
+        3, [(b":method", b"PUT"), (b":path", b"/y"), (b":authority", b"a"), (b":scheme", b"https")]
+    )
+    for _ in range(4):
+        p.client.send_data(3, b"y" * 10000)
+    events = p.pump()
+    assert sum(len(e.data) for e in events if isinstance(e, RequestBody) and e.stream_id == 3) == 40000
+    assert not p.server._ignored
