@@ -520,3 +520,65 @@ class ChannelTap:
         if d.opcode in (0, 1, 2) and d.fin:
             d.channel = None
             d.collect = False
+
+
+_CHANNEL_NAMES = {STDIN: "stdin", STDOUT: "stdout", STDERR: "stderr", ERROR: "error", RESIZE: "resize"}
+
+
+class SessionTap:
+    """The audit tap of one relayed exec / attach / port-forward session, whatever the wire.
+
+    Built from the upstream's ``101`` response headers (:meth:`from_response_headers`); then
+    ``tap(direction, data)`` for every relayed chunk, ``direction`` being ``"client"`` (bytes from the
+    client) or ``"upstream"`` / ``"server"`` (bytes from the API server); ``summary()`` gives the
+    fields for the session's audit record. It never raises on bad bytes (it stops observing).
+    """
+
+    def __init__(self, upgrade: str, subprotocol: str = "", stream_protocol: str = "") -> None:
+        from proxy.protocol.spdy import SpdyTap
+
+        self.upgrade = upgrade
+        self.protocol = subprotocol if upgrade.lower() == "websocket" else (stream_protocol or "SPDY/3.1")
+        self.tap: SpdyTap | ChannelTap
+        if upgrade.lower() == "websocket":
+            self.tap = ChannelTap(subprotocol)
+        else:
+            self.tap = SpdyTap()
+
+    @classmethod
+    def from_response_headers(cls, headers: list[tuple[bytes, bytes]]) -> SessionTap | None:
+        found = {k.lower(): v.decode("latin-1").strip() for k, v in headers}
+        upgrade = found.get(b"upgrade", "")
+        if upgrade.lower() == "websocket":
+            return cls("websocket", found.get(b"sec-websocket-protocol", ""))
+        if upgrade.lower().startswith("spdy/"):
+            return cls(upgrade, stream_protocol=found.get(b"x-stream-protocol-version", ""))
+        return None
+
+    def __call__(self, direction: str, data: bytes) -> None:
+        if direction == "client":
+            self.tap.feed_client(data)
+        else:
+            self.tap.feed_server(data)
+
+    def summary(self) -> dict[str, object]:
+        from proxy.protocol.spdy import SpdyTap
+
+        out: dict[str, object] = {"stream_protocol": self.protocol, "exit_code": self.tap.exit_code()}
+        tap = self.tap
+        if isinstance(tap, SpdyTap):
+            out["stream_bytes"] = tap.bytes_by_type()
+        elif tap.spdy_tap is not None:
+            out["stream_bytes"] = tap.spdy_tap.bytes_by_type()
+        else:
+            names = set(tap.bytes_from_client) | set(tap.bytes_from_server)
+            out["stream_bytes"] = {
+                _CHANNEL_NAMES.get(c, str(c)): {"from_client": tap.bytes_from_client.get(c, 0),
+                                                 "from_server": tap.bytes_from_server.get(c, 0)}
+                for c in sorted(names)
+            }
+        failed = tap.failed or (tap.spdy_tap.failed if isinstance(tap, ChannelTap) and tap.spdy_tap else False)
+        if failed:
+            out["tap_failed"] = tap.failure or (tap.spdy_tap.failure if isinstance(tap, ChannelTap) and tap.spdy_tap
+                                                else "")
+        return out

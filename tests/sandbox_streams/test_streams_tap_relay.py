@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.protocol.channels import ChannelTap
+from proxy.protocol.channels import ChannelTap, SessionTap
 from proxy.protocol.spdy import SpdyTap
 
 pytestmark = pytest.mark.e2e
@@ -23,6 +23,7 @@ class TappingRelay:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.taps: list[SpdyTap | ChannelTap] = []
+        self.sessions: list[SessionTap] = []
         self.port = 0
         self._ready = threading.Event()
         self._loop = asyncio.new_event_loop()
@@ -37,6 +38,12 @@ class TappingRelay:
         self._ready.set()
         self._loop.run_forever()
         server.close()
+        tasks = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+        for task in tasks:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self._loop.run_until_complete(server.wait_closed())
+        self._loop.close()
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -66,10 +73,10 @@ class TappingRelay:
             if not head.startswith(b"HTTP/1.1 101"):
                 state["tap"] = False
                 return
-            if headers.get("upgrade", "").lower() == "websocket":
-                tap: SpdyTap | ChannelTap = ChannelTap(headers.get("sec-websocket-protocol", ""))
-            else:
-                tap = SpdyTap()
+            session = SessionTap.from_response_headers([(k.encode(), v.encode()) for k, v in headers.items()])
+            assert session is not None
+            self.sessions.append(session)
+            tap = session.tap
             self.taps.append(tap)
             state["tap"] = tap
             request = b"".join(state["early_client"])
@@ -87,7 +94,11 @@ class TappingRelay:
             finally:
                 writer.close()
 
-        await asyncio.gather(pump(c_reader, u_writer, on_client), pump(u_reader, c_writer, on_server))
+        try:
+            await asyncio.gather(pump(c_reader, u_writer, on_client), pump(u_reader, c_writer, on_server))
+        finally:
+            for writer in (c_writer, u_writer):
+                writer.close()
 
 
 @pytest.fixture
@@ -109,11 +120,12 @@ def test_taps_report_streams_bytes_and_exit_code(kubectl, relay_kubeconfig):
     (tap,) = relay.taps
     assert not tap.failed, tap.failure
     assert tap.exit_code() == 7
-    if isinstance(tap, SpdyTap):
-        by_type = tap.bytes_by_type()
-        assert by_type["stdin"]["from_client"] == 5
-        assert by_type["stdout"]["from_server"] == 100_005
-    else:
-        assert tap.bytes_from_client[0] == 5
-        assert tap.bytes_from_server[1] == 100_005
+    if isinstance(tap, ChannelTap):
         assert 0 in tap.closed_channels  # v5 stdin close
+    (session,) = relay.sessions
+    summary = session.summary()
+    assert summary["exit_code"] == 7
+    assert summary["stream_bytes"]["stdin"]["from_client"] == 5
+    assert summary["stream_bytes"]["stdout"]["from_server"] == 100_005
+    assert summary["stream_protocol"] in ("v5.channel.k8s.io", "v4.channel.k8s.io")
+    assert "tap_failed" not in summary
