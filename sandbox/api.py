@@ -988,6 +988,23 @@ class Api:
                         _details(name, rt.group, rt.plural))
 
     @staticmethod
+    def _apply_conflict(rt: ResourceType, name: str, conflicts: list[tuple[str, tuple[str, ...]]]) -> ApiError:
+        """The apiserver's server-side apply conflict (kubectl adds its --force-conflicts advice)."""
+        version = rt.group_version
+        if len(conflicts) == 1:
+            owner, path = conflicts[0]
+            message = f'Apply failed with 1 conflict: conflict with "{owner}" using {version}: {patches.format_path(path)}'
+        else:
+            owners = sorted({owner for owner, _ in conflicts})
+            lines = "".join(f"\n- {patches.format_path(path)}" for _, path in conflicts)
+            who = ", ".join(f'"{o}"' for o in owners)
+            message = f"Apply failed with {len(conflicts)} conflicts: conflicts with {who} using {version}:{lines}"
+        details = _details(name, rt.group, rt.plural)
+        details["causes"] = [{"reason": "FieldManagerConflict", "message": f'conflict with "{owner}" using {version}',
+                              "field": patches.format_path(path)} for owner, path in conflicts]
+        return ApiError(409, "Conflict", message, details)
+
+    @staticmethod
     def _conflict(rt: ResourceType, name: str) -> ApiError:
         return ApiError(409, "Conflict", f'Operation cannot be fulfilled on {_qualified(rt, "", "")} "{name}": the '
                         "object has been modified; please apply your changes to the latest version and try again",
@@ -1154,9 +1171,20 @@ class Api:
         live_meta = dict(current.obj["metadata"])
         live_meta.pop("managedFields", None)
         live["metadata"] = live_meta
+        others = [copy.deepcopy(m) for m in managed if not (m.get("manager") == manager
+                                                              and m.get("operation") == "Apply"
+                                                              and m.get("subresource", "") == sub)]
+        conflicts = patches.apply_conflicts(live, applied, fields, others)
+        # the client-side-apply owner hands its fields over without conflicts (kubectl's upgrade path)
+        blocking = [c for c in conflicts if c[0] not in ("kubectl-client-side-apply", "before-first-apply")]
+        if blocking and not _truthy(req.query, "force"):
+            raise self._apply_conflict(rt, name, blocking)
+        for owner, path in conflicts:  # forced: the applier takes the fields over
+            for other in others:
+                if other.get("manager") == owner:
+                    patches.remove_path(other.get("fieldsV1") or {}, path)
+        others = [m for m in others if patches.leaf_paths(m.get("fieldsV1") or {})]
         merged = copy.deepcopy(patches.apply_merge(live, applied, previous_fields))
-        others = [m for m in managed if not (m.get("manager") == manager and m.get("operation") == "Apply"
-                                             and m.get("subresource", "") == sub)]
         merged["metadata"]["managedFields"] = others + [entry]
         return self._save(req, rt, current, merged, sub, None)
 

@@ -380,3 +380,88 @@ def apply_merge(live: Any, applied: Any, previous_fields: dict[str, Any] | None,
                 result.append(apply_merge({}, item, None))
         return result
     return copy.deepcopy(applied)
+
+
+# ----------------------------------------------------------------------------------------------------
+# server-side apply: ownership conflicts
+
+FieldPath = tuple[str, ...]
+
+
+def leaf_paths(fields: dict[str, Any], prefix: FieldPath = ()) -> list[FieldPath]:
+    """The leaf paths of a fieldsV1 set (``("f:data", "f:a")``), ``"."`` markers excluded."""
+    out: list[FieldPath] = []
+    for key, sub in fields.items():
+        if key == ".":
+            continue
+        path = (*prefix, key)
+        children = {k: v for k, v in sub.items() if k != "."} if isinstance(sub, dict) else {}
+        if children:
+            out.extend(leaf_paths(children, path))
+        else:
+            out.append(path)
+    return out
+
+
+_MISSING = object()
+
+
+def value_at(obj: Any, path: FieldPath) -> Any:
+    cur = obj
+    for step in path:
+        if step.startswith("f:") and isinstance(cur, dict):
+            cur = cur.get(step[2:], _MISSING)
+        elif step.startswith("k:") and isinstance(cur, list):
+            try:
+                key = json.loads(step[2:])
+            except ValueError:
+                return _MISSING
+            cur = next((item for item in cur if isinstance(item, dict)
+                        and all(item.get(k) == v for k, v in key.items())), _MISSING)
+        else:
+            return _MISSING
+        if cur is _MISSING:
+            return _MISSING
+    return cur
+
+
+def format_path(path: FieldPath) -> str:
+    text = ""
+    for step in path:
+        if step.startswith("f:"):
+            text += "." + step[2:]
+        elif step.startswith("k:"):
+            try:
+                key = json.loads(step[2:])
+                text += "[" + ",".join(f"{k}={json.dumps(v)}" for k, v in key.items()) + "]"
+            except ValueError:
+                text += f"[{step[2:]}]"
+    return text
+
+
+def remove_path(fields: dict[str, Any], path: FieldPath) -> None:
+    """Drop one leaf from a fieldsV1 set (ownership moves to another manager), pruning empty parents."""
+    if not path or not isinstance(fields, dict):
+        return
+    head, rest = path[0], path[1:]
+    if not rest:
+        fields.pop(head, None)
+        return
+    child = fields.get(head)
+    if isinstance(child, dict):
+        remove_path(child, rest)
+        if not [k for k in child if k != "."]:
+            fields.pop(head, None)
+
+
+def apply_conflicts(live: Any, applied: Any, applied_fields: dict[str, Any],
+                    other_managers: list[dict[str, Any]]) -> list[tuple[str, FieldPath]]:
+    """(manager, path) for every field the applier sets to a new value while another manager owns it."""
+    conflicts: list[tuple[str, FieldPath]] = []
+    mine = leaf_paths(applied_fields)
+    for entry in other_managers:
+        owned = set(leaf_paths(entry.get("fieldsV1") or {}))
+        for path in mine:
+            if path in owned and value_at(live, path) != value_at(applied, path):
+                conflicts.append((str(entry.get("manager", "")), path))
+    return conflicts

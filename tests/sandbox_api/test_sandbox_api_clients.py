@@ -232,3 +232,14 @@ def test_imperative_commands(k: Kubectl) -> None:
     assert k("auth", "can-i", "list", "pods").stdout.strip() == "yes"
     k("delete", "namespace", "scratch")
     assert k("get", "cm", "-n", "scratch", "-o", "name").stdout.strip() == ""
+
+
+def test_server_side_apply_conflict_needs_force(k: Kubectl, tmp_path: Path) -> None:
+    k("create", "configmap", "owned", "-n", "dev", "--from-literal=a=b")
+    manifest = tmp_path / "owned.yaml"
+    manifest.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: owned, namespace: dev}\ndata: {a: c}\n")
+    refused = k("apply", "--server-side", "-f", str(manifest), ok=False)
+    assert refused.returncode != 0
+    assert 'Apply failed with 1 conflict: conflict with "kubectl-create" using v1: .data.a' in refused.stderr
+    k("apply", "--server-side", "--force-conflicts", "-f", str(manifest))
+    assert json.loads(k("get", "cm", "owned", "-n", "dev", "-o", "json").stdout)["data"] == {"a": "c"}

@@ -768,3 +768,23 @@ def test_logs_previous_and_since(api: Api) -> None:
 def test_widget_crd_is_served(api: Api) -> None:
     status, crd = call(api, "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.example.kubegate.dev")
     assert status == 200 and crd["spec"]["names"]["shortNames"] == ["wg"] and crd["spec"]["scope"] == "Namespaced"
+
+
+def test_server_side_apply_conflicts_and_force(api: Api) -> None:
+    path = "/api/v1/namespaces/dev/configmaps/owned"
+    call(api, "POST", "/api/v1/namespaces/dev/configmaps", {"fieldManager": "kubectl-create"},
+         body={"metadata": {"name": "owned"}, "data": {"a": "b", "keep": "x"}})
+    applied = b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: owned}\ndata: {a: c, keep: x}\n"
+    status, body = call(api, "PATCH", path, {"fieldManager": "kubectl"}, body=applied,
+                        content_type="application/apply-patch+yaml")
+    assert_status(body, 409, "Conflict", 'Apply failed with 1 conflict: conflict with "kubectl-create" using v1: .data.a')
+    assert body["details"]["causes"] == [{"reason": "FieldManagerConflict", "message":
+                                          'conflict with "kubectl-create" using v1', "field": ".data.a"}]
+    status, body = call(api, "PATCH", path, {"fieldManager": "kubectl", "force": "true"}, body=applied,
+                        content_type="application/apply-patch+yaml")
+    assert status == 200 and body["data"] == {"a": "c", "keep": "x"}
+    owners = {m["manager"]: m["fieldsV1"] for m in body["metadata"]["managedFields"]}
+    assert "f:a" not in owners["kubectl-create"]["f:data"] and "f:keep" in owners["kubectl-create"]["f:data"]
+    status, body = call(api, "PATCH", path, {"fieldManager": "kubectl"}, body=applied,
+                        content_type="application/apply-patch+yaml")
+    assert status == 200  # now the applier owns .data.a: no conflict any more
