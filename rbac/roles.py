@@ -26,6 +26,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +147,7 @@ _OPTION_KEYS = {
     "host_user_sudoers", "kubernetes_resources", "kubernetes_pod_security",
 }  # fmt: skip
 
-_TEMPLATE = re.compile(r"\{\{\s*(internal|external)\.([A-Za-z0-9_.\-]+)\s*\}\}")
-_ANY_TEMPLATE = re.compile(r"\{\{.*?\}\}")
+_ANY_TEMPLATE = re.compile(r"\{\{(.*?)\}\}")
 
 
 class RoleError(ValueError):
@@ -303,11 +303,14 @@ def _str_list(ctx: _Ctx, where: str, value: object) -> tuple[str, ...]:
 def _check_templates(ctx: _Ctx, where: str, values: Sequence[str]) -> None:
     for v in values:
         for m in _ANY_TEMPLATE.finditer(v):
-            if not _TEMPLATE.fullmatch(m.group(0)):
+            try:
+                _template(m.group(1))
+            except ValueError as exc:
                 raise ctx.err(
                     where,
-                    f"unsupported template {m.group(0)!r} (use {{{{internal.<trait>}}}} or {{{{external.<trait>}}}})",
-                )
+                    f"unsupported template {m.group(0)!r}: {exc} (use {{{{internal.<trait>}}}}, "
+                    f'{{{{external.<trait>}}}}, email.local(...) or regexp.replace(..., "re", "repl"))',
+                ) from None
 
 
 def _labels(ctx: _Ctx, where: str, value: object) -> dict[str, tuple[str, ...]]:
@@ -647,22 +650,114 @@ class RoleWatcher:
         return self._set
 
 
-def expand_templates(values: Sequence[str], traits: Mapping[str, Sequence[str]]) -> list[str]:
-    """Expand ``{{internal.x}}`` / ``{{external.x}}`` from ``traits`` (Teleport semantics).
+# --- trait templates ---------------------------------------------------------------------------------
 
-    A value with a template yields one value per trait value (several templates: every combination);
-    a missing or empty trait drops the value. Trait values are inserted literally (never re-expanded).
-    Duplicates are removed, order kept.
+_T_VAR = re.compile(r'\s*(internal|external)\s*(?:\.\s*([A-Za-z0-9_\-]+)|\[\s*"((?:[^"\\]|\\.)*)"\s*\])\s*')
+_T_CALL = re.compile(r"\s*(email\.local|regexp\.replace)\s*\(")
+_T_STR = re.compile(r'\s*"((?:[^"\\]|\\.)*)"\s*')
+_T_COMMA = re.compile(r"\s*,")
+_T_CLOSE = re.compile(r"\s*\)\s*")
+_GO_GROUP = re.compile(r"\$(?:\{(\w+)\}|(\w+)|(\$))")
+
+Evaluator = Callable[[Mapping[str, Sequence[str]]], list[str]]
+
+
+def _unquote(text: str) -> str:
+    """A Go string literal's body: ``\\\\`` ``\\"`` ``\\n`` ``\\t`` are escapes; other backslashes stay
+    (so ``"\\."`` and ``"\\\\."`` both give the regexp ``\\.``)."""
+    escapes = {"\\": "\\", '"': '"', "n": "\n", "t": "\t"}
+    return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), m.group(0)), text)
+
+
+def _go_replacement(repl: str) -> str:
+    """A Go ``ReplaceAllString`` template (``$1``, ``${name}``, ``$$``) as a Python ``re.sub`` template."""
+    escaped = repl.replace("\\", "\\\\")
+    return _GO_GROUP.sub(lambda m: "$" if m.group(3) else f"\\g<{m.group(1) or m.group(2)}>", escaped)
+
+
+def _email_local(value: str) -> str | None:
+    address = value.rsplit("<", 1)[-1].rstrip(">").strip() if "<" in value else value.strip()
+    local, at, domain = address.rpartition("@")
+    return local if at and local and domain else None
+
+
+def _parse_template(text: str, pos: int) -> tuple[Evaluator, int]:
+    m = _T_CALL.match(text, pos)
+    if m is not None:
+        inner, pos = _parse_template(text, m.end())
+        if m.group(1) == "email.local":
+            close = _T_CLOSE.match(text, pos)
+            if close is None:
+                raise ValueError("expected ')' after email.local(...)")
+
+            def email_local(traits: Mapping[str, Sequence[str]]) -> list[str]:
+                return [local for v in inner(traits) if (local := _email_local(v))]
+
+            return email_local, close.end()
+        args: list[str] = []
+        for _ in range(2):
+            comma = _T_COMMA.match(text, pos)
+            lit = _T_STR.match(text, comma.end()) if comma else None
+            if lit is None:
+                raise ValueError('regexp.replace takes (value, "regexp", "replacement")')
+            args.append(_unquote(lit.group(1)))
+            pos = lit.end()
+        close = _T_CLOSE.match(text, pos)
+        if close is None:
+            raise ValueError("expected ')' after regexp.replace(...)")
+        try:
+            pattern = re.compile(args[0])
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression {args[0]!r}: {exc}") from None
+        replacement = _go_replacement(args[1])
+
+        def regexp_replace(traits: Mapping[str, Sequence[str]]) -> list[str]:
+            # values the expression does not match are dropped (Teleport semantics)
+            return [pattern.sub(replacement, v) for v in inner(traits) if pattern.search(v)]
+
+        return regexp_replace, close.end()
+    m = _T_VAR.match(text, pos)
+    if m is None:
+        raise ValueError("expected internal.<trait> or external.<trait>")
+    name = m.group(2) if m.group(2) is not None else _unquote(m.group(3))
+
+    def variable(traits: Mapping[str, Sequence[str]]) -> list[str]:
+        return list(traits.get(name, ()))
+
+    return variable, m.end()
+
+
+@lru_cache(maxsize=1024)
+def _template(expression: str) -> Evaluator:
+    """Compile the inside of one ``{{ ... }}``; raises ValueError for anything unsupported."""
+    evaluator, end = _parse_template(expression, 0)
+    if end != len(expression):
+        raise ValueError(f"unexpected {expression[end:]!r}")
+    return evaluator
+
+
+def expand_templates(values: Sequence[str], traits: Mapping[str, Sequence[str]]) -> list[str]:
+    """Expand trait templates in ``values`` (Teleport semantics).
+
+    ``{{internal.x}}`` / ``{{external.x}}`` / ``{{external["x"]}}`` are the trait's values;
+    ``{{email.local(external.email)}}`` the local parts of e-mail addresses;
+    ``{{regexp.replace(external.x, "^team-(.*)$", "$1")}}`` the values the expression matches, rewritten.
+    A value yields one value per result (several templates: every combination); no result (a missing or
+    empty trait) drops the value. Results are inserted literally (never re-expanded). Duplicates are
+    removed, order kept. Unparsable templates (rejected at load) drop the value.
     """
     if not any("{{" in v for v in values):
         return list(dict.fromkeys(values))
     out: list[str] = []
     for value in values:
-        parts = _TEMPLATE.split(value)  # [literal, scope, name, literal, scope, name, ..., literal]
+        parts = _ANY_TEMPLATE.split(value)  # [literal, expression, literal, expression, ..., literal]
         combos = [parts[0]]
-        for i in range(1, len(parts), 3):
-            trait_values = traits.get(parts[i + 1], ())
-            combos = [c + tv + parts[i + 2] for c in combos for tv in trait_values]
+        for i in range(1, len(parts), 2):
+            try:
+                results = _template(parts[i])(traits)
+            except ValueError:
+                results = []
+            combos = [c + r + parts[i + 1] for c in combos for r in results]
         for c in combos:
             if c not in out:
                 out.append(c)

@@ -200,7 +200,7 @@ spec:
         (_role_with().replace("version: v8", "version: v5"), "version", "'v7' or 'v8'"),
         (_role_with().replace("kind: role", "kind: user"), "kind", "must be 'role'"),
         (
-            _role_with(extra="    kubernetes_groups: ['{{email.local(external.email)}}']")
+            _role_with(extra="    kubernetes_groups: ['{{email.domain(external.email)}}']")
             .replace("\n  allow:", "\n  allow:", 1)
             .replace("    kubernetes_groups", "  deny:\n    kubernetes_groups"),
             "spec.deny.kubernetes_groups",
@@ -255,6 +255,34 @@ def test_trait_templates_expand_per_value_and_drop_missing() -> None:
     assert expand_templates(["{{external.team}}"], {"team": ("{{internal.kubernetes_groups}}",)}) == [
         "{{internal.kubernetes_groups}}"
     ]
+
+
+def test_template_functions_like_teleport() -> None:
+    traits = {"email": ("Alice.B@example.com", "Bob <bob@x.io>", "not-an-address"), "team": ("team-a", "ops")}
+    assert expand_templates(["{{email.local(external.email)}}"], traits) == ["Alice.B", "bob"]
+    assert expand_templates(['u-{{ external["team"] }}'], traits) == ["u-team-a", "u-ops"]
+    # regexp.replace keeps only the values the expression matches; $1 / ${1} are Go-style groups
+    assert expand_templates(['{{regexp.replace(external.team, "^team-(.*)$", "grp-$1")}}'], traits) == [
+        "grp-a"
+    ]
+    assert expand_templates(['{{regexp.replace(external.team, "^team-(?P<t>.*)$", "${t}!")}}'], traits) == [
+        "a!"
+    ]
+    assert expand_templates(['{{regexp.replace(email.local(external.email), "\\\\.", "-")}}'], traits) == [
+        "Alice-B"
+    ]
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{{email.domain(external.email)}}", "{{external}}", "{{internal.x extra}}", '{{regexp.replace(external.x, "(")}}',
+     '{{regexp.replace(external.x, "(", "y")}}', "{{email.local(external.email}}"],
+)  # fmt: skip
+def test_unsupported_templates_are_load_errors(template: str) -> None:
+    text = _role_with(extra=f"  deny:\n    kubernetes_users: ['{template}']")
+    with pytest.raises(RoleError, match="unsupported template") as info:
+        parse_roles_yaml(text, "t.yaml")
+    assert info.value.field == "spec.deny.kubernetes_users"
 
 
 def write(path: Path, text: str) -> None:
