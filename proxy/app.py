@@ -18,6 +18,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from discovery.model import Cluster, ClusterSource
@@ -54,6 +55,7 @@ class Proxy:
         settings: ProxySettings | None = None,
         pool_settings: PoolSettings | None = None,
         sweep_interval: float = 1.0,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         if policy is None:
             if roles is None:
@@ -74,6 +76,7 @@ class Proxy:
         self.settings = settings or ProxySettings()
         self.pool_settings = pool_settings or PoolSettings(response_head_timeout=self.settings.response_head_timeout)
         self.sweep_interval = sweep_interval
+        self.clock = clock  # UTC "now" for certificate expiry checks (tests move it)
         self.fwd: Forwarder | None = None
         self.listener: Listener | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -116,6 +119,7 @@ class Proxy:
             settings=self.settings,
             audit=self.audit,
             locks=self.locks,
+            clock=self.clock,
         )
         if not sockets:
             sock = listening_socket(self.host, self.port, reuse_port=self.reuse_port)

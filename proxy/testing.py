@@ -141,6 +141,9 @@ def running_proxy(
     pool_settings: PoolSettings | None = None,
     ca: Any = None,
     sweep_interval: float = 0.2,
+    clock: Callable[[], Any] | None = None,
+    port: int = 0,
+    reuse_port: bool = False,
 ) -> Iterator[RunningProxy]:
     from certs.ca import CertificateAuthority
     from discovery.registry import ClusterRegistry
@@ -175,6 +178,9 @@ def running_proxy(
         settings=settings,
         pool_settings=pool_settings,
         sweep_interval=sweep_interval,
+        clock=clock,
+        port=port,
+        reuse_port=reuse_port,
     )
     loop = uvloop.new_event_loop()
     started = threading.Event()
