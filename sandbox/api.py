@@ -20,6 +20,7 @@ import re
 import string
 import time
 from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -42,6 +43,8 @@ from sandbox.store import AlreadyExists, Conflict, Entry, Event, Gone, NotFound,
 from sandbox.types import ApiRequest, ApiResponse, Authorizer, RequestAttributes, StreamTarget, UserInfo
 
 log = logging.getLogger("sandbox.api")
+# Warnings of the request being handled (answered as ``Warning: 299 - "..."`` headers, like the apiserver).
+_WARNINGS: ContextVar[list[str] | None] = ContextVar("sandbox_api_warnings", default=None)
 
 JSON = "application/json"
 MAX_BODY_BYTES = 3 * 1024 * 1024
@@ -239,8 +242,13 @@ class Api:
     # ================================================================== entry points
 
     async def handle(self, req: ApiRequest) -> ApiResponse:
+        token = _WARNINGS.set([])
         try:
-            return await self._handle(req)
+            response = await self._handle(req)
+            warnings = _WARNINGS.get()
+            if warnings and response.status < 400:
+                response.headers.extend(("warning", f'299 - "{w}"'.replace("\n", " ")) for w in warnings)
+            return response
         except ApiError as exc:
             if exc.code >= 500:
                 log.warning("%s %s -> %d %s", req.method, req.path, exc.code, exc.message)
@@ -250,6 +258,8 @@ class Api:
         except Exception as exc:  # never let a bug escape as a dropped connection
             log.exception("internal error serving %s %s", req.method, req.path)
             return ApiError(500, "InternalError", f"Internal error occurred: {type(exc).__name__}: {exc}").response()
+        finally:
+            _WARNINGS.reset(token)
 
     def resolve_stream(self, req: ApiRequest) -> StreamTarget | ApiResponse:
         """Authorize and locate the pod of an exec / attach / portforward upgrade request."""
@@ -819,8 +829,11 @@ class Api:
             fields = ", ".join(f'unknown field "{k}"' for k in unknown)
             raise bad_request(f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: strict '
                               f"decoding error: {fields}")
+        warnings = _WARNINGS.get()
         for key in unknown:
             obj.pop(key, None)
+            if warnings is not None and mode == "Warn":
+                warnings.append(f'unknown field \\"{key}\\"')
         return [f'unknown field "{k}"' for k in unknown]
 
     def _validate(self, rt: ResourceType, obj: dict[str, Any]) -> None:
