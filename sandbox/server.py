@@ -71,6 +71,7 @@ log = logging.getLogger("sandbox.server")
 DEFAULT_LIMITS = ServerLimits(max_header_bytes=1024 * 1024, max_body_bytes=3 * 1024 * 1024)
 READ_HIGH_WATER = 1024 * 1024
 H1_PIPELINE_DEPTH = 16
+HANDSHAKE_TIMEOUT = 10.0  # seconds a client may take to complete the TLS handshake
 
 
 class ApiLike(Protocol):
@@ -583,6 +584,7 @@ class SandboxServer:
             ssl=self.ssl_context,
             reuse_address=True,
             backlog=1024,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
         )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]

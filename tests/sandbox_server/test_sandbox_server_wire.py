@@ -348,3 +348,17 @@ def test_graceful_stop_ends_watches_and_closes(tmp_path: Path) -> None:
         assert isinstance(rest, bytes)
         assert reader.read() == b""
         sock.close()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"GET /api HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 20],
+    ids=["plain-http-on-tls-port", "truncated-client-hello"],
+)
+def test_non_tls_bytes_are_closed_without_leaks(sb: RunningSandbox, payload: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", sb.port), timeout=10) as raw:
+        raw.sendall(payload)
+        if payload.startswith(b"GET"):
+            data = raw.recv(65536)
+            assert not data.startswith(b"HTTP/")  # never served as HTTP: a TLS alert or nothing
+    assert wait_idle(sb) == (0, 0)
