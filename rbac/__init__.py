@@ -53,7 +53,10 @@ Decisions (``rbac.decision``, ``rbac.impersonation``)::
     When ``decision.filter`` is set: send upstream ``Accept: json_accept_header(accept)`` and the query
     ``filtering_query(query)``; then pass the response body through ``decision.filter.stream(watch)``
     (``watch=True`` for watch requests): ``feed(bytes) -> bytes`` per chunk, ``close() -> bytes`` at
-    the end. ``ItemFilter.allows(namespace, name)`` is the per-item predicate.
+    the end. ``ItemFilter.allows(namespace, name)`` is the per-item predicate. The body changes
+    length: drop Content-Length (chunked / h2 DATA). A gzip body is decompressed, filtered and
+    re-compressed (Content-Encoding stays valid); a body that is neither JSON nor gzip (protobuf)
+    yields nothing (fail closed) — so do force JSON.
 
 Access reviews (``rbac.reviews``)::
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode
@@ -122,13 +123,23 @@ class ListFilter:
     where the element ends; an element cut by a chunk boundary is retried when the buffered part has
     doubled (linear total work), so only the current element is ever buffered. An element the decoder
     rejects is skipped by bracket scanning and dropped.
+
+    A gzip body (``Content-Encoding: gzip``, which apiservers use for large lists when the client
+    accepts it) is recognised by its magic bytes, decompressed, filtered and compressed again, so the
+    response stays consistent with its headers. A body that is neither gzip nor a JSON object (e.g.
+    protobuf, when the proxy failed to force JSON) yields nothing at all: fail closed.
     """
 
-    _PREFIX, _ITEMS, _SUFFIX = range(3)
+    _PREFIX, _ITEMS, _SUFFIX, _DROP = range(4)
 
     def __init__(self, allows: Allows) -> None:
         self._allows = allows
         self._state = self._PREFIX
+        self._started = False  # the first non-blank byte was seen
+        self._sniff = b""  # the first bytes, until gzip or not is known
+        self._gzip: tuple[Any, Any] | None | bool = (
+            None  # (decompressor, compressor) | False | None (unknown)
+        )
         # prefix scanner (bytes)
         self._buf = bytearray()
         self._pos = 0
@@ -153,13 +164,53 @@ class ListFilter:
     def feed(self, data: bytes) -> bytes:
         if not data:
             return b""
+        if self._gzip is None:
+            self._sniff += data
+            if len(self._sniff) < 2:
+                return b""
+            data, self._sniff = self._sniff, b""
+            if data[:2] == b"\x1f\x8b":
+                self._gzip = (zlib.decompressobj(wbits=31), zlib.compressobj(wbits=31))
+            else:
+                self._gzip = False
+        if self._gzip:
+            decompressor, compressor = self._gzip
+            try:
+                plain = decompressor.decompress(data)
+            except zlib.error:
+                self._state = self._DROP
+                return b""
+            out = self._feed_plain(plain)
+            return compressor.compress(out) + compressor.flush(zlib.Z_SYNC_FLUSH) if out else b""
+        return self._feed_plain(data)
+
+    def close(self) -> bytes:
+        """End of body: whatever is left (nothing more if the array was cut short: fail closed)."""
+        if self._gzip is None:
+            data, self._sniff = self._sniff, b""
+            self._gzip = False
+            return self._feed_plain(data) + self._close_plain()
+        if self._gzip:
+            decompressor, compressor = self._gzip
+            try:
+                out = self._feed_plain(decompressor.flush()) + self._close_plain()
+            except zlib.error:
+                out = b""
+            if not decompressor.eof:
+                self._state = self._DROP  # truncated gzip stream
+            return compressor.compress(out) + compressor.flush(zlib.Z_FINISH)
+        return self._close_plain()
+
+    def _feed_plain(self, data: bytes) -> bytes:
+        if not data or self._state == self._DROP:
+            return b""
         if self._state == self._SUFFIX:
             return data
         out: list[bytes] = []
         if self._state == self._PREFIX:
             self._buf += data
             self._scan_prefix(out)
-            if self._state == self._PREFIX:
+            if self._state in (self._PREFIX, self._DROP):
                 self._buf.clear()
                 self._pos = 0
                 return b"".join(out)
@@ -170,8 +221,9 @@ class ListFilter:
         self._scan_items(out, final=False)
         return b"".join(out)
 
-    def close(self) -> bytes:
-        """End of body: whatever is left (nothing more if the array was cut short: fail closed)."""
+    def _close_plain(self) -> bytes:
+        if self._state == self._DROP:
+            return b""
         if self._state == self._ITEMS:
             out: list[bytes] = []
             self._scan_items(out, final=True)
@@ -203,6 +255,15 @@ class ListFilter:
         start = i
         while i < n:
             c = buf[i]
+            if not self._started:
+                if c in _WS:
+                    i += 1
+                    continue
+                if c != 0x7B:  # not a JSON object: nothing of it passes
+                    self._state = self._DROP
+                    self.dropped += 1
+                    return
+                self._started = True
             if self._in_str:
                 if self._esc:
                     self._esc = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -216,3 +217,22 @@ def test_accept_and_query_rewrites_for_filtering() -> None:
     assert json_accept_header(None) == "application/json"
     assert filtering_query("includeObject=None&limit=500") == "limit=500"
     assert filtering_query("?limit=500&watch=1") == "limit=500&watch=1"
+
+
+def test_gzip_bodies_are_filtered_and_stay_gzip() -> None:
+    body = gzip.compress(pod_list(PODS))
+    for k in range(0, len(body) + 1, 7):
+        out = run(ListFilter(allows_dev), [body[:k], body[k:]])
+        assert out[:2] == b"\x1f\x8b", k
+        assert json.loads(gzip.decompress(out))["items"] == VISIBLE, k
+
+
+def test_non_json_bodies_yield_nothing() -> None:
+    protobuf = b"k8s\x00\n\x0f\n\x02v1\x12\x07PodList\x12\x00" + b"\x1a" * 20
+    assert run(ListFilter(allows_dev), [protobuf]) == b""
+    assert run(ListFilter(allows_dev), [b"  [1, 2]"]) == b""
+    corrupt = b"\x1f\x8b" + b"\x00" * 30
+    assert gzip.decompress(run(ListFilter(allows_dev), [corrupt])) == b""  # a valid, empty gzip stream
+    truncated = gzip.compress(pod_list(PODS))[:-30]
+    plain = gzip.decompress(run(ListFilter(allows_dev), [truncated]))
+    assert b'"prod"' not in plain and b'"secret-d"' not in plain
