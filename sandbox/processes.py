@@ -255,6 +255,7 @@ class Console:
         self.subscribers: set[asyncio.Queue[bytes | None]] = set()
         self.done = asyncio.Event()
         self.exit_code: int | None = None
+        self.loop = asyncio.get_running_loop()
         self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
@@ -302,6 +303,10 @@ async def get_console(namespace: str, pod: dict[str, Any], container: str, tty: 
     key = (namespace, name, container)
     async with lock:
         console = _consoles.get(key)
+        if console is not None and console.loop is not loop:
+            # Left over from another event loop (an earlier server in this process): unusable here.
+            console.process.kill()
+            console = None
         if console is not None and not console.done.is_set():
             return console
         workdir = pod_workdir(namespace, name)
@@ -314,7 +319,9 @@ async def get_console(namespace: str, pod: dict[str, Any], container: str, tty: 
 
 
 async def stop_consoles() -> None:
-    """Kill every console (the sandbox calls this on shutdown)."""
-    for console in list(_consoles.values()):
-        await console.stop()
-    _consoles.clear()
+    """Kill the consoles of the running event loop (a server calls this when it stops)."""
+    loop = asyncio.get_running_loop()
+    for key, console in list(_consoles.items()):
+        if console.loop is loop:
+            await console.stop()
+            _consoles.pop(key, None)

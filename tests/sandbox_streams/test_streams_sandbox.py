@@ -110,3 +110,29 @@ def test_python_client_stream_exec(sandbox_cluster):
     assert resp.read_stdout() == "py-2\n"
     assert resp.returncode == 6
     resp.close()
+
+
+def test_attach_to_the_pod_console(kubectl, sandbox_cluster):
+    # Each parametrized run has its own sandbox (own event loop) on the same pod: the console of an
+    # earlier server must not be reused.
+    proc = subprocess.Popen([kubectl, "--kubeconfig", str(sandbox_cluster.admin_kubeconfig), "attach", "-i",
+                             "hello"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"echo console-$((3*3))\n")
+        proc.stdin.flush()
+        seen = b""
+        deadline = time.monotonic() + 20
+        while b"console-9" not in seen and time.monotonic() < deadline:
+            if select.select([proc.stdout], [], [], 1)[0]:
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                seen += chunk
+        assert b"console-9" in seen
+        proc.stdin.close()
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
