@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Python client use as a real cluster (HTTPS with its own CA, ALPN h2/http1.1, client certificates "
             "and static tokens, impersonation, RBAC, watch, logs, exec/attach/port-forward). It writes an "
             "admin kubeconfig (user sandbox-admin, group system:masters) into the state directory and prints "
-            "its path, then serves until SIGINT/SIGTERM. It listens on 127.0.0.1 only: `kubectl exec` runs "
+            "its path, then serves until SIGINT/SIGTERM. It listens on 127.0.0.1 only (see --unsafe-listen-any-address): `kubectl exec` runs "
             "real local processes. Bearer tokens are read from <state>/tokens.csv "
             '(token,user,uid,"group1,group2").'
         ),
