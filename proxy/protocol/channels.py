@@ -477,19 +477,17 @@ class ChannelTap:
         if d.opcode not in (0, 1, 2):
             d.mask_offset += len(chunk)
             return
-        need_bytes = self.spdy_tap is not None or d.channel is None or d.collect or d.channel == CLOSE
-        data: bytes | memoryview = chunk
-        if need_bytes and d.mask:
-            data = _unmask(chunk, d.mask, d.mask_offset)
-        d.mask_offset += len(chunk)
         if self.spdy_tap is not None:
-            (self.spdy_tap.feed_client if d.side == "client" else self.spdy_tap.feed_server)(bytes(data))
+            data = _unmask(chunk, d.mask, d.mask_offset) if d.mask else bytes(chunk)
+            d.mask_offset += len(chunk)
+            (self.spdy_tap.feed_client if d.side == "client" else self.spdy_tap.feed_server)(data)
             return
         if d.channel is None:
-            if not data:
+            if not chunk:
                 return
-            first = data[0]
-            data = data[1:]
+            first = chunk[0] ^ d.mask[d.mask_offset % 4] if d.mask else chunk[0]
+            d.mask_offset += 1
+            chunk = chunk[1:]
             if self.base64:
                 digit = chr(first)
                 if not digit.isdigit():
@@ -501,6 +499,11 @@ class ChannelTap:
             else:
                 d.channel = first
             d.collect = d.side == "server" and d.channel == ERROR
+        # Only the error channel's and close messages' payloads are read; the rest is only counted.
+        data: bytes | memoryview = chunk
+        if d.mask and (d.collect or d.channel == CLOSE):
+            data = _unmask(chunk, d.mask, d.mask_offset)
+        d.mask_offset += len(chunk)
         channel = d.channel
         if channel == CLOSE:
             if data and not self.base64:
