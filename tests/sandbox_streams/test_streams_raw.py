@@ -226,3 +226,14 @@ def test_kubectl_137_falls_back_to_spdy_when_websockets_are_off(kubectl_new, har
                             timeout=30)
     assert result.stdout == b"via-spdy\n"
     assert result.returncode == 2
+
+
+def test_kubectl_137_falls_back_to_spdy_on_our_websocket_refusal(kubectl_new, harness_kubeconfig, monkeypatch):
+    import sandbox.streams
+
+    # A server without v5: the WebSocket upgrade is refused (400 Status); kubectl must retry over SPDY.
+    monkeypatch.setattr(sandbox.streams, "EXEC_WS_PROTOCOLS", ("v4.channel.k8s.io",))
+    result = subprocess.run([kubectl_new, "--kubeconfig", harness_kubeconfig, "exec", "-i", "web", "--",
+                             "sh", "-c", "cat; exit 5"], input=b"fell back\n", capture_output=True, timeout=30)
+    assert result.stdout == b"fell back\n"
+    assert result.returncode == 5
