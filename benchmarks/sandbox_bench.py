@@ -8,6 +8,8 @@ the shared load generator (``benchmarks.load``):
 
 - GET one pod and LIST 500 pods: requests/s, p50/p99 latency and the sandbox's CPU time per request,
   at 1 and 16 concurrent clients, over HTTP/1.1 keep-alive and HTTP/2;
+- the sans-IO codecs alone (``proxy.protocol.http1`` / ``http2``): CPU per GET exchange (request head
+  in, response head + 1.1 KiB body out), no sockets;
 - N idle watches (h2, 100 streams per connection): the sandbox's RSS growth per watch (measured
   first, before the request load leaves garbage behind).
 
@@ -33,6 +35,69 @@ from benchmarks.harness import cpu_seconds, raise_nofile, rss_bytes
 GET_PATH = "/api/v1/namespaces/bench/pods/pod-0"
 LIST_PATH = "/api/v1/namespaces/bench/pods"
 IDLE_WATCH_PATH = "/api/v1/namespaces/bench-idle/pods?watch=true&allowWatchBookmarks=false"
+
+
+def codec_cost(n: int = 5000) -> dict:
+    """CPU microseconds per request/response exchange in each server codec (no I/O)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    from proxy.protocol.events import ResponseHead, ServerLimits
+    from proxy.protocol.http1 import Http1ServerConnection
+    from proxy.protocol.http2 import Http2ServerConnection
+
+    body = b"x" * 1100
+    headers = [(b"content-type", b"application/json")]
+    out: dict = {}
+    c1 = Http1ServerConnection(ServerLimits())
+    raw = (
+        b"GET /api/v1/namespaces/bench/pods/pod-0 HTTP/1.1\r\nHost: 127.0.0.1:6443\r\n"
+        b"User-Agent: kubectl/v1.37.0 (linux/amd64) kubernetes/abc\r\nAccept: application/json\r\n\r\n"
+    )
+    t0 = time.process_time()
+    for _ in range(n):
+        sid = c1.receive_data(raw)[0].stream_id
+        c1.send_response_head(ResponseHead(sid, 200, headers, content_length=len(body)))
+        c1.send_body(sid, body, end_stream=True)
+        c1.data_to_send()
+    out["http1_us_per_request"] = round((time.process_time() - t0) / n * 1e6, 1)
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    c2 = Http2ServerConnection(ServerLimits())
+    c2.receive_data(client.data_to_send())
+    client.receive_data(c2.data_to_send())
+    c2.receive_data(client.data_to_send())
+    request = [
+        (b":method", b"GET"),
+        (b":scheme", b"https"),
+        (b":authority", b"127.0.0.1:6443"),
+        (b":path", b"/api/v1/namespaces/bench/pods/pod-0"),
+        (b"user-agent", b"kubectl/v1.37.0 (linux/amd64) kubernetes/abc"),
+        (b"accept", b"application/json"),
+    ]
+    spent = 0.0
+    for _ in range(n):
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, request, end_stream=True)
+        frames = client.data_to_send()
+        t0 = time.process_time()
+        c2.receive_data(frames)
+        c2.send_response_head(ResponseHead(sid, 200, headers, content_length=len(body)))
+        c2.send_body(sid, body, end_stream=True)
+        answer = c2.data_to_send()
+        spent += time.process_time() - t0
+        for event in client.receive_data(answer):
+            if isinstance(event, h2.events.DataReceived):
+                client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        update = client.data_to_send()
+        if update:
+            t0 = time.process_time()
+            c2.receive_data(update)
+            spent += time.process_time() - t0
+    out["http2_us_per_request"] = round(spent / n * 1e6, 1)
+    print(f"  codecs: {out}", file=sys.stderr, flush=True)
+    return out
 
 
 def start_sandbox(workdir: Path, pods: int) -> tuple[subprocess.Popen[str], dict]:
@@ -125,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(workdir, ignore_errors=True)
+    report["codecs"] = codec_cost()
     report["pods"] = args.pods
     text = json.dumps(report, indent=2)
     print(text)
