@@ -6,6 +6,8 @@ import base64
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, RejectConnection, Request
 
@@ -247,3 +249,30 @@ def test_channel_tap_stops_on_garbage():
     tap = ch.ChannelTap("v5.channel.k8s.io")
     tap.feed_client(b"\xf3\x80abcd")  # RSV bits set, opcode 3
     assert tap.failed and tap.failure.startswith("client")
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    messages=st.lists(st.tuples(st.sampled_from([0, 4]), st.integers(0, 3000), st.booleans()), max_size=8),
+    chunk=st.integers(1, 5000),
+)
+def test_channel_tap_counts_match_the_messages_sent(messages, chunk):
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import BytesMessage
+
+    client = Connection(ConnectionType.CLIENT)
+    raw = b""
+    expected: dict[int, int] = {}
+    for channel, size, fragmented in messages:
+        payload = bytes((channel,)) + b"z" * size
+        if fragmented and size > 1:
+            raw += client.send(BytesMessage(data=payload[: size // 2], message_finished=False))
+            raw += client.send(BytesMessage(data=payload[size // 2 :], message_finished=True))
+        else:
+            raw += client.send(BytesMessage(data=payload))
+        expected[channel] = expected.get(channel, 0) + size
+    tap = ch.ChannelTap("v5.channel.k8s.io")
+    for i in range(0, len(raw), chunk):
+        tap.feed_client(raw[i : i + chunk])
+    assert not tap.failed, tap.failure
+    assert tap.bytes_from_client == expected
