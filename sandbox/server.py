@@ -464,6 +464,9 @@ class _Connection(asyncio.Protocol):
         )
 
     def _answer(self, sid: int, status: int, body: bytes) -> None:
+        req = self.requests.get(sid)
+        if req is not None and req.upgrade:
+            self.raw = None  # refused before the switch: the answer goes through the codec, which closes
         self.codec.send_response_head(ResponseHead(sid, status, list(_JSON), content_length=len(body)))
         self.codec.send_body(sid, body, end_stream=True)
         self.flush()

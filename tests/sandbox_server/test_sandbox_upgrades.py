@@ -41,17 +41,18 @@ def _wait_idle(sb, timeout: float = 10.0) -> tuple[int, int]:
     return counts
 
 
-def _upgrade(sb, user: str, groups: list[str], path: str) -> tuple[bytes, bytes]:
-    cert, key = sb.issue_client_cert(user, groups)
+def _upgrade(sb, user: str | None, groups: list[str], path: str, extra: str = "") -> tuple[bytes, bytes]:
     ctx = ssl.create_default_context(cafile=str(sb.ca_pem_path))
-    ctx.load_cert_chain(str(cert), str(key))
+    if user is not None:
+        cert, key = sb.issue_client_cert(user, groups)
+        ctx.load_cert_chain(str(cert), str(key))
     ctx.set_alpn_protocols(["http/1.1"])
     with ctx.wrap_socket(
         socket.create_connection(("127.0.0.1", sb.port), timeout=10), server_hostname="127.0.0.1"
     ) as sock:
         sock.sendall(
             f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
-            "X-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n".encode()
+            f"X-Stream-Protocol-Version: v4.channel.k8s.io\r\n{extra}\r\n".encode()
         )
         data = b""
         while True:
@@ -63,15 +64,27 @@ def _upgrade(sb, user: str, groups: list[str], path: str) -> tuple[bytes, bytes]
     return head, body
 
 
+EXEC = "/api/v1/namespaces/dev/pods/web-1/exec?command=ls&stdout=1"
+
+
 @pytest.mark.parametrize(
-    ("user", "groups", "path", "status"),
+    ("user", "groups", "path", "extra", "status"),
     [
-        ("root", ["system:masters"], "/api/v1/namespaces/dev/pods/no-such-pod/exec?command=ls&stdout=1", 404),
-        ("alice", [], "/api/v1/namespaces/dev/pods/web-1/exec?command=ls&stdout=1", 403),
+        (
+            "root",
+            ["system:masters"],
+            "/api/v1/namespaces/dev/pods/no-such-pod/exec?command=ls&stdout=1",
+            "",
+            404,
+        ),
+        ("alice", [], EXEC, "", 403),  # no RBAC right to create pods/exec
+        (None, [], EXEC, "", 401),  # no credentials
+        ("alice", [], EXEC, "Impersonate-User: root\r\n", 403),  # impersonation refused
     ],
+    ids=["no-such-pod", "forbidden", "anonymous", "impersonation-refused"],
 )
-def test_refused_upgrade_is_a_status_then_close(sandbox_cluster, user, groups, path, status) -> None:
-    head, body = _upgrade(sandbox_cluster, user, groups, path)
+def test_refused_upgrade_is_a_status_then_close(sandbox_cluster, user, groups, path, extra, status) -> None:
+    head, body = _upgrade(sandbox_cluster, user, groups, path, extra)
     assert head.startswith(f"HTTP/1.1 {status} ".encode())
     assert b"connection: close" in head.lower()
     doc = json.loads(body)
