@@ -435,6 +435,7 @@ class Exchange:
         conn.send_head(ResponseHead(sid, status, headers, content_length=length))
         self._response_started = True
         self._observe_head()
+        body = stream.body  # type: ignore[attr-defined]
         while True:
             data = await stream.read()
             if not data:
@@ -445,6 +446,9 @@ class Exchange:
             if data:
                 self.bytes_out += len(data)
                 conn.send_body(sid, data)
+                if body.eof and not body.size and body.error is None:
+                    stream.consumed(n)
+                    break  # the end goes out with this last chunk: one write
                 conn.flush()
                 await conn.drain(sid)
             stream.consumed(n)
@@ -509,7 +513,8 @@ class Exchange:
     def _observe_head(self) -> None:
         verb = self.verdict.verb if self.verdict else ""
         cluster = self.cluster.name if self.cluster else ""
-        metrics.REQUEST_SECONDS.labels(cluster, verb).observe(time.perf_counter() - self.started)
+        metrics.child(metrics.REQUEST_SECONDS, cluster, verb).observe(  # type: ignore[attr-defined]
+            time.perf_counter() - self.started)
 
     def _respond_error(self, code: int, body: bytes, reason: str) -> None:
         if self._response_started or self.reset:
@@ -541,9 +546,9 @@ class Exchange:
         verdict = self.verdict
         cluster = self.cluster.name if self.cluster else ""
         verb = verdict.verb if verdict else ""
-        metrics.REQUESTS.labels(cluster, verb, str(self.status)).inc()
+        metrics.child(metrics.REQUESTS, cluster, verb, str(self.status)).inc()  # type: ignore[attr-defined]
         if self.bytes_out:
-            metrics.BYTES_RELAYED.labels("to_client").inc(self.bytes_out)
+            metrics.child(metrics.BYTES_RELAYED, "to_client").inc(self.bytes_out)  # type: ignore[attr-defined]
         if fwd.audit is not None:
             fwd.audit(self.audit_event())
         self.conn.exchange_done(self.sid)
