@@ -153,6 +153,14 @@ def restrict_rules_review(
     allowing = visible_roles(identity, roles, cluster_labels, cluster_name)
     mine = roles.for_names(identity.roles)
     incomplete = bool(status.get("incomplete")) or any(r.deny.kubernetes_resources for r in mine)
+    # kubegate patterns (globs, regexes, name lists) cannot be written as rules: the answer is a subset
+    incomplete = incomplete or any(
+        any(c in pattern for c in "*^$")
+        for role in roles.for_names(identity.roles)
+        for rule in role.allow.kubernetes_resources
+        for pattern in (rule.name, rule.namespace, rule.kind)
+        if pattern not in ("*", "")
+    )
     if allowing is None:
         status.update(resourceRules=[], nonResourceRules=[], incomplete=False)
         out["status"] = status
