@@ -233,6 +233,10 @@ class RawWire(Wire):
 async def _linger(stream: ByteStream) -> None:
     """Graceful close: our FIN first, then read the peer's leftovers until its EOF (so unread input
     does not turn our close into a RST that could destroy output the peer has not read yet)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        stream.close()  # the server is stopping: no lingering
+        return
     try:
         if not stream.closed:
             with contextlib.suppress(Exception):

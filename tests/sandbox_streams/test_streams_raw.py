@@ -237,3 +237,55 @@ def test_kubectl_137_falls_back_to_spdy_on_our_websocket_refusal(kubectl_new, ha
                              "sh", "-c", "cat; exit 5"], input=b"fell back\n", capture_output=True, timeout=30)
     assert result.stdout == b"fell back\n"
     assert result.returncode == 5
+
+
+def test_stopping_the_server_kills_running_execs(tmp_path):
+    from sandbox.stream_harness import StreamHarness, make_pod
+
+    harness = StreamHarness([make_pod("web")], tmp_path / "pods").start()
+    try:
+        sock = _connect(harness)
+        sock.sendall(_ws_request(EXEC + "?command=sh&command=-c&command=echo+%24%24%3B+exec+sleep+60&stdout=1",
+                                 "v5.channel.k8s.io"))
+        head, rest = _read_head(sock)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        ws = ch.WebSocketClient(rest)
+        out = b"".join(m[1:] for m in ws.receive_data(b"") if isinstance(m, bytes))
+        while b"\n" not in out:
+            out += b"".join(m[1:] for m in ws.receive_data(sock.recv(65536)) if isinstance(m, bytes))
+        pid = int(out.split()[0])
+    finally:
+        harness.stop()
+    assert _wait_gone(pid)
+    sock.close()
+
+
+def test_port_forward_to_a_closed_port_reports_on_the_error_stream(harness):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    sock = _connect(harness)
+    sock.sendall(_spdy_request("/api/v1/namespaces/default/pods/shell/portforward", "portforward.k8s.io"))
+    head, rest = _read_head(sock)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    client = spdy.SpdyConnection(client_side=True)
+    error_id = client.send_syn_stream([("streamtype", "error"), ("port", str(port)), ("requestid", "0")])
+    data_id = client.send_syn_stream([("streamtype", "data"), ("port", str(port)), ("requestid", "0")])
+    sock.sendall(client.data_to_send())
+    got: dict[int, bytes] = collections.defaultdict(bytes)
+    fins: set[int] = set()
+    data = rest
+    while True:
+        for event in client.receive_data(data):
+            if isinstance(event, spdy.Data):
+                got[event.stream_id] += event.data
+                if event.fin:
+                    fins.add(event.stream_id)
+        if {error_id, data_id} <= fins:
+            break
+        data = sock.recv(65536)
+        assert data
+    assert f"error forwarding port {port}".encode() in got[error_id]
+    assert got[data_id] == b""
+    sock.close()
