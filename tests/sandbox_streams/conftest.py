@@ -52,7 +52,8 @@ def echo_server() -> Iterator[EchoServer]:
 @pytest.fixture
 def harness(tmp_path: Path, echo_server: EchoServer) -> Iterator[StreamHarness]:
     pods = [
-        make_pod("web", annotations={"sandbox.kubegate.dev/port-8080": str(echo_server.port)}),
+        make_pod("web", annotations={"sandbox.kubegate.dev/port-8080": str(echo_server.port),
+                                     "sandbox.kubegate.dev/port-9090": str(echo_server.port)}),
         make_pod("shell", containers=("main", "sidecar")),
     ]
     with StreamHarness(pods, tmp_path / "pods") as h:

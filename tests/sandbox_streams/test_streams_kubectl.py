@@ -169,3 +169,33 @@ def test_attach_talks_to_the_pods_console(kubectl, harness_kubeconfig):
 
 def _read_line_with(fd: int, needle: bytes, timeout: float) -> bool:
     return needle in _read_until(fd, needle, timeout)
+
+
+def test_port_forward_of_two_ports_with_concurrent_connections(kubectl, harness_kubeconfig):
+    proc = subprocess.Popen([kubectl, "--kubeconfig", harness_kubeconfig, "port-forward", "pod/web", ":8080",
+                             ":9090"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        locals_: dict[int, int] = {}
+        while len(locals_) < 2:
+            line = proc.stdout.readline().decode()
+            assert line, "port-forward ended early"
+            match = re.search(r"127\.0\.0\.1:(\d+) -> (\d+)", line)
+            if match:
+                locals_[int(match.group(2))] = int(match.group(1))
+        socks = [socket.create_connection(("127.0.0.1", locals_[port]), timeout=10)
+                 for port in (8080, 9090, 8080)]
+        for i, sock in enumerate(socks):  # interleaved: each connection has its own stream pair
+            sock.sendall(b"conn-%d;" % i)
+        for i, sock in enumerate(socks):
+            expected = b"conn-%d;" % i
+            received = b""
+            while len(received) < len(expected):
+                chunk = sock.recv(1024)
+                assert chunk
+                received += chunk
+            assert received == expected
+            sock.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
