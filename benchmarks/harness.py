@@ -66,6 +66,7 @@ class Settings:
     workers: int = 1
     out_dir: str = str(RESULTS_DIR)
     pin: bool = True
+    profile: bool = False
 
     @classmethod
     def quick(cls) -> Settings:
@@ -342,6 +343,50 @@ async def measure_watch_events(procs: Processes, settings: Settings) -> dict:
     return result
 
 
+async def profile_proxy(procs: Processes, settings: Settings) -> dict:
+    """Sample kubegate with py-spy while it serves GET one pod over HTTP/1.1 at 16 clients; the
+    functions with the most samples (self and inclusive)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.path.exists(spy):
+        return {"error": "py-spy is not installed (pip install py-spy)"}
+    seconds = max(2, int(settings.duration * 2))
+    out = procs.workdir / "profile.txt"
+    spy_proc = await asyncio.create_subprocess_exec(
+        spy, "record", "--format", "raw", "--rate", "250", "--nonblocking", "--pid", str(procs.proxy_pid),
+        "--duration", str(seconds), "--output", str(out), stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    await asyncio.sleep(0.5)
+    await load.run_load(procs.through_proxy(), GET_PATH, protocol="h1", concurrency=16, duration=seconds)
+    _, err = await spy_proc.communicate()
+    if spy_proc.returncode != 0 or not out.exists():
+        return {"error": f"py-spy failed: {err.decode(errors='replace')[-500:]}"}
+    return summarize_collapsed(out.read_text())
+
+
+def summarize_collapsed(text: str, top: int = 15) -> dict:
+    """Self and inclusive sample counts per function from py-spy's collapsed ("raw") stacks."""
+    self_counts: dict[str, int] = {}
+    incl_counts: dict[str, int] = {}
+    total = 0
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                  if " (" in f else f for f in stack.split(";")]
+        self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + count
+        for frame in set(frames):
+            incl_counts[frame] = incl_counts.get(frame, 0) + count
+
+    def ranked(counts: dict[str, int]) -> list[dict]:
+        return [{"function": name, "percent": round(100 * n / max(1, total), 1)}
+                for name, n in sorted(counts.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {"samples": total, "self": ranked(self_counts), "inclusive": ranked(incl_counts)}
+
+
 # ------------------------------------------------------------------------------------------ report
 
 def render_table(report: dict) -> str:
@@ -374,6 +419,14 @@ def render_table(report: dict) -> str:
         w = report["watch_events"]
         lines.append(f"watch event relay: {w['events']} events, kubegate "
                      f"{w['proxy_cpu_ms_per_1000_events']} ms CPU per 1,000 events")
+    prof = report.get("profile")
+    if prof:
+        lines.append("")
+        if "error" in prof:
+            lines.append(f"profile: {prof['error']}")
+        else:
+            lines.append(f"profile (py-spy, GET HTTP/1.1 16 clients, {prof['samples']} samples), self time:")
+            lines.extend(f"  {e['percent']:5.1f}%  {e['function']}" for e in prof["self"])
     return "\n".join(lines)
 
 
@@ -411,6 +464,8 @@ def run(settings: Settings) -> dict:
                 report["exec"] = await measure_exec(procs, settings)
             if "events" in settings.only:
                 report["watch_events"] = await measure_watch_events(procs, settings)
+            if settings.profile:
+                report["profile"] = await profile_proxy(procs, settings)
 
         asyncio.run(main())
     finally:
@@ -444,6 +499,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--only", help="comma-separated parts: requests,watches,exec,events (default all)")
     parser.add_argument("--idle-watches", help="comma-separated idle watch counts (default 1000,10000)")
     parser.add_argument("--workers", type=int, default=1, help="kubegate worker processes (default 1)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also sample kubegate with py-spy under GET load and list the hottest functions")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs with taskset")
     parser.add_argument("--out", help=f"directory for the JSON result (default {RESULTS_DIR})")
     return parser
@@ -461,6 +518,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         settings.idle_watches = tuple(int(x) for x in args.idle_watches.split(","))
     settings.workers = args.workers
     settings.pin = not args.no_pin
+    settings.profile = args.profile
     if args.out:
         settings.out_dir = args.out
     return settings
