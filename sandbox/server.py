@@ -88,7 +88,7 @@ _JSON = [(b"content-type", b"application/json")]
 
 
 class _Request:
-    __slots__ = ("head", "body", "task", "upgrade", "trailing", "streaming")
+    __slots__ = ("head", "body", "task", "upgrade", "trailing", "streaming", "answered")
 
     def __init__(self, head: RequestHead) -> None:
         self.head = head
@@ -97,6 +97,7 @@ class _Request:
         self.upgrade = False
         self.trailing = b""
         self.streaming = False
+        self.answered = False  # a response head went out
 
 
 class RawStream:
@@ -421,15 +422,15 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log.exception("request %s %s failed", head.method, head.target)
             if not self.closed:
-                try:
+                if req.answered:
+                    self.codec.reset_stream(sid)  # too late for a Status: abandon the stream
+                    self.flush()
+                else:
                     self._answer(
                         sid,
                         500,
                         status_body(500, "InternalError", "Internal error occurred: see the sandbox log"),
                     )
-                except RuntimeError:
-                    self.codec.reset_stream(sid)
-                    self.flush()
         finally:
             self.requests.pop(sid, None)
 
@@ -475,6 +476,7 @@ class _Connection(asyncio.Protocol):
         sid = req.head.stream_id
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
         codec = self.codec
+        req.answered = True
         if response.stream is None:
             body = response.body
             codec.send_response_head(ResponseHead(sid, response.status, headers, content_length=len(body)))

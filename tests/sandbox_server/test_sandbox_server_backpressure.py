@@ -14,6 +14,7 @@ from pathlib import Path
 
 import h2.config
 import h2.connection
+import h2.events
 import h2.settings
 import pytest
 import uvloop
@@ -111,7 +112,8 @@ def test_http1_slow_reader_pauses_the_stream(harness: Harness) -> None:
     produced = settle(harness.api)
     assert produced < 32 * 1024 * 1024  # bounded by socket buffers + the transport's high-water mark
     # Reading resumes production.
-    for _ in range(200):
+    deadline = time.monotonic() + 10
+    while harness.api.produced == produced and time.monotonic() < deadline:
         sock.recv(65536)
     assert harness.api.produced > produced
     sock.close()
@@ -142,3 +144,57 @@ def test_http2_stream_waits_for_window(harness: Harness) -> None:
     assert produced < 4 * 1024 * 1024  # the writer waits for WINDOW_UPDATE instead of buffering
     sock.close()
     assert harness.api.closed.wait(10)
+
+
+class FailingApi(EndlessApi):
+    """Fails before answering on /boom, and in the middle of a streamed body otherwise."""
+
+    async def handle(self, req: ApiRequest) -> ApiResponse:
+        if req.path == "/boom":
+            raise RuntimeError("handler bug")
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield b"first\n"
+            raise RuntimeError("stream bug")
+
+        return ApiResponse(200, [("content-type", "text/plain")], stream=stream())
+
+
+@pytest.mark.parametrize("alpn", ["http/1.1", "h2"])
+def test_handler_failures_are_500_or_a_reset_never_a_hang(harness: Harness, alpn: str) -> None:
+    harness.server.api = FailingApi()
+    sock = harness.connect(alpn)
+    if alpn == "http/1.1":
+        sock.sendall(b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 500 ") and b'"reason":"InternalError"' in head
+        sock.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while True:  # the streamed answer is cut and the connection closed: no terminating chunk
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        assert b"first\n" in data and not data.endswith(b"0\r\n\r\n")
+    else:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        conn.initiate_connection()
+        for sid, path in ((1, b"/boom"), (3, b"/stream")):
+            conn.send_headers(
+                sid,
+                [(b":method", b"GET"), (b":path", path), (b":authority", b"x"), (b":scheme", b"https")],
+                end_stream=True,
+            )
+        sock.sendall(conn.data_to_send())
+        status: dict[int, int] = {}
+        reset: set[int] = set()
+        deadline = time.monotonic() + 10
+        while (1 not in status or 3 not in reset) and time.monotonic() < deadline:
+            for event in conn.receive_data(sock.recv(65536)):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status[event.stream_id] = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.StreamReset):
+                    reset.add(event.stream_id)
+            sock.sendall(conn.data_to_send())
+        assert status == {1: 500, 3: 200} and reset == {3}
+    sock.close()
