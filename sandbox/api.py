@@ -313,7 +313,7 @@ class Api:
             return ApiResponse(200, [("content-type", "text/plain; charset=utf-8")], b"ok")
         if path == "/openapi/v2":
             if "protobuf" in req.headers.get("accept", ""):
-                return ApiResponse(200, [("content-type", OPENAPI_V2_PROTOBUF)], b"")
+                return ApiResponse(200, [("content-type", OPENAPI_V2_PROTOBUF)], docs.openapi_v2_protobuf)
             return _json_response(200, docs.openapi_v2_json)
         if path == "/openapi/v3":
             return _json_response(200, docs.openapi_v3_index)

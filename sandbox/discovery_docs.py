@@ -96,8 +96,8 @@ class DiscoveryDocs:
         self.aggregated_core = _dumps(self._aggregated(core=True))
         self.aggregated_apis = _dumps(self._aggregated(core=False))
         self.openapi_v3_index, self._openapi_v3 = self._build_openapi_v3()
-        self.openapi_v2_json = _dumps({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.37.0"},
-                                       "paths": {}, "definitions": {}})
+        self.openapi_v2_json = _dumps(self._openapi_v2())
+        self.openapi_v2_protobuf = _openapi_v2_protobuf(self._openapi_v2())
 
     def group(self, name: str) -> bytes | None:
         return self._groups.get(name)
@@ -143,6 +143,28 @@ class DiscoveryDocs:
             items.append({"metadata": {"name": group, "creationTimestamp": None}, "versions": versions})
         return {"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {},
                 "items": items}
+
+    # -------------------------------------------------------------- OpenAPI v2
+
+    def _openapi_v2(self) -> dict[str, Any]:
+        """PATCH operations with their kind and the ``dryRun`` / ``fieldValidation`` parameters (kubectl 1.20
+        checks them before server dry-run and ``kubectl diff``); no schema definitions."""
+        paths: dict[str, Any] = {}
+        for rt in self.catalog.resources:
+            if "patch" not in rt.verbs:
+                continue
+            prefix = f"/apis/{rt.group}/{rt.version}" if rt.group else f"/api/{rt.version}"
+            path = (f"{prefix}/namespaces/{{namespace}}/{rt.plural}/{{name}}" if rt.namespaced
+                    else f"{prefix}/{rt.plural}/{{name}}")
+            paths[path] = {"patch": {
+                "operationId": f"patch{rt.kind}",
+                "parameters": [{"name": name, "in": "query", "type": "string", "uniqueItems": True}
+                               for name in ("dryRun", "fieldManager", "fieldValidation", "force")],
+                "x-kubernetes-action": "patch",
+                "x-kubernetes-group-version-kind": {"group": rt.group, "kind": rt.kind, "version": rt.version},
+            }}
+        return {"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.37.0"}, "paths": paths,
+                "definitions": {}}
 
     # -------------------------------------------------------------- OpenAPI v3
 
@@ -201,6 +223,44 @@ class DiscoveryDocs:
             }
         return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.37.0"}, "paths": paths,
                 "components": {"schemas": schemas}}
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes | str) -> bytes:
+    """A length-delimited protobuf field."""
+    data = payload.encode() if isinstance(payload, str) else payload
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _openapi_v2_protobuf(doc: dict[str, Any]) -> bytes:
+    """The gnostic ``openapi.v2.Document`` encoding of ``_openapi_v2()`` (field numbers of OpenAPIv2.proto:
+    Document.swagger=1 info=2 paths=8; Paths.path=2; NamedPathItem name=1 value=2; PathItem.patch=8;
+    Operation.operation_id=5 parameters=8 vendor_extension=13; ParametersItem.parameter=1;
+    Parameter.non_body_parameter=2; NonBodyParameter.query_parameter_sub_schema=3;
+    QueryParameterSubSchema in=2 name=4 type=6; NamedAny name=1 value=2; Any.yaml=2)."""
+    items = []
+    for path, item in doc["paths"].items():
+        op = item["patch"]
+        body = _field(5, op["operationId"])
+        for param in op["parameters"]:
+            query = _field(2, "query") + _field(4, param["name"]) + _field(6, param["type"])
+            body += _field(8, _field(1, _field(2, _field(3, query))))
+        gvk = op["x-kubernetes-group-version-kind"]
+        yaml_text = f'group: "{gvk["group"]}"\nkind: {gvk["kind"]}\nversion: {gvk["version"]}\n'
+        body += _field(13, _field(1, "x-kubernetes-group-version-kind") + _field(2, _field(2, yaml_text)))
+        body += _field(13, _field(1, "x-kubernetes-action") + _field(2, _field(2, "patch\n")))
+        items.append(_field(2, _field(1, path) + _field(2, _field(8, body))))
+    info = _field(1, doc["info"]["title"]) + _field(2, doc["info"]["version"])
+    return _field(1, doc["swagger"]) + _field(2, info) + _field(8, b"".join(items))
 
 
 DOCS = DiscoveryDocs()

@@ -243,3 +243,16 @@ def test_server_side_apply_conflict_needs_force(k: Kubectl, tmp_path: Path) -> N
     assert 'Apply failed with 1 conflict: conflict with "kubectl-create" using v1: .data.a' in refused.stderr
     k("apply", "--server-side", "--force-conflicts", "-f", str(manifest))
     assert json.loads(k("get", "cm", "owned", "-n", "dev", "-o", "json").stdout)["data"] == {"a": "c"}
+
+
+def test_server_dry_run_and_diff(k: Kubectl, tmp_path: Path) -> None:
+    """kubectl 1.20 finds dryRun support in /openapi/v2 (protobuf), 1.37 in /openapi/v3."""
+    manifest = tmp_path / "cm.yaml"
+    manifest.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app-config, namespace: dev}\n"
+                        "data: {LOG_LEVEL: trace, FEATURE_X: 'on'}\n")
+    assert "configured (server dry run)" in k("apply", "--dry-run=server", "-f", str(manifest)).stdout
+    diff = k("diff", "-f", str(manifest), ok=False)
+    assert diff.returncode == 1, diff.stderr  # 1: differences found
+    assert "+  LOG_LEVEL: trace" in diff.stdout and "-  LOG_LEVEL: debug" in diff.stdout
+    live = json.loads(k("get", "cm", "app-config", "-n", "dev", "-o", "json").stdout)
+    assert live["data"]["LOG_LEVEL"] == "debug"

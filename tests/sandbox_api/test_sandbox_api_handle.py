@@ -123,7 +123,11 @@ def test_version_and_openapi(api: Api) -> None:
     pod_patch = next(op for op in patch_ops if op["x-kubernetes-group-version-kind"]["kind"] == "Pod")
     assert any(p["name"] == "fieldValidation" for p in pod_patch["parameters"])
     proto = run(api.handle(req("GET", "/openapi/v2", accept="application/com.github.proto-openapi.spec.v2@v1.0+protobuf")))
-    assert proto.status == 200 and proto.body == b""
+    assert proto.status == 200 and proto.body.startswith(b"\x0a\x032.0")  # Document.swagger = "2.0"
+    assert b"x-kubernetes-group-version-kind" in proto.body and b"dryRun" in proto.body
+    _, v2 = call(api, "GET", "/openapi/v2")
+    pod_patch = v2["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"]
+    assert pod_patch["x-kubernetes-group-version-kind"] == {"group": "", "kind": "Pod", "version": "v1"}
 
 
 @pytest.mark.parametrize("path", ["/apis/nope/v1", "/api/v2/pods", "/api/v1/gizmos", "/api/v1/namespaces/dev/pods/x/y/z",
