@@ -80,7 +80,8 @@ STREAM_CREATION_TIMEOUT = 30.0  # seconds to wait for all of a SPDY exec's strea
 FIRST_RESIZE_TIMEOUT = 1.0  # seconds a tty exec waits for the client's initial terminal size
 LINGER_TIMEOUT = 5.0
 INPUT_QUEUE_DEPTH = 16  # chunks of client input queued for a process / port before the reader pauses
-MAX_EARLY_BYTES = 1024 * 1024  # data kept for a SPDY stream no session part reads (yet); beyond: dropped  # seconds to wait for the peer's EOF after we finished, before closing
+MAX_EARLY_BYTES = 1024 * 1024
+MAX_OPEN_STREAMS = 256  # SPDY streams open at once on one connection (port-forward: 2 per connection)  # data kept for a SPDY stream no session part reads (yet); beyond: dropped  # seconds to wait for the peer's EOF after we finished, before closing
 
 
 def _status(status: str, code: int | None = None, reason: str = "", message: str = "",
@@ -507,6 +508,9 @@ class SpdyServer:
                     return
                 for event in self.conn.receive_data(data):
                     if isinstance(event, spdy.SynStream):
+                        if self.conn.open_streams() > MAX_OPEN_STREAMS:
+                            self.conn.send_rst_stream(event.stream_id, spdy.REFUSED_STREAM)
+                            continue
                         self._known.add(event.stream_id)
                         self.conn.send_syn_reply(event.stream_id, [])
                         await self.new_streams.put(event)

@@ -289,3 +289,31 @@ def test_port_forward_to_a_closed_port_reports_on_the_error_stream(harness):
     assert f"error forwarding port {port}".encode() in got[error_id]
     assert got[data_id] == b""
     sock.close()
+
+
+def test_a_flood_of_spdy_streams_is_refused_beyond_the_limit(harness):
+    from sandbox.streams import MAX_OPEN_STREAMS
+
+    sock = _connect(harness)
+    sock.sendall(_spdy_request("/api/v1/namespaces/default/pods/shell/portforward", "portforward.k8s.io"))
+    head, rest = _read_head(sock)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    client = spdy.SpdyConnection(client_side=True)
+    for i in range(MAX_OPEN_STREAMS + 10):
+        client.send_syn_stream([("streamtype", "error"), ("port", "1"), ("requestid", str(i))])
+    sock.sendall(client.data_to_send())
+    replies, refused = 0, 0
+    data = rest
+    while replies + refused < MAX_OPEN_STREAMS + 10:
+        for event in client.receive_data(data):
+            if isinstance(event, spdy.SynReply):
+                replies += 1
+            elif isinstance(event, spdy.RstStream) and event.status == spdy.REFUSED_STREAM:
+                refused += 1
+        if replies + refused < MAX_OPEN_STREAMS + 10:
+            data = sock.recv(65536)
+            assert data
+    assert replies == MAX_OPEN_STREAMS
+    assert refused == 10
+    sock.close()
+    assert _wait_for(lambda: harness.running_sessions() == 0)
