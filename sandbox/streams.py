@@ -674,6 +674,7 @@ async def run_spdy_exec(target: StreamTarget, opts: Options, wire: Wire, version
         channels = SpdyChannels(server, streams, version)
         await channels.attach_inputs()
         server_gone = asyncio.ensure_future(_mirror(server.gone, channels.gone))
+        extra = asyncio.ensure_future(_refuse_streams(server))
         try:
             if opts.kind == "attach":
                 await run_attach(target, opts, channels)
@@ -681,6 +682,7 @@ async def run_spdy_exec(target: StreamTarget, opts: Options, wire: Wire, version
                 await run_exec(target, opts, channels, version)
         finally:
             server_gone.cancel()
+            extra.cancel()
         if not server.gone.is_set():
             server.conn.send_goaway()
             with contextlib.suppress(Exception):
@@ -690,6 +692,16 @@ async def run_spdy_exec(target: StreamTarget, opts: Options, wire: Wire, version
         with contextlib.suppress(BaseException):
             await reader
         await wire.finish()
+
+
+async def _refuse_streams(server: SpdyServer) -> None:
+    """Once an exec/attach session runs, further streams are reset (and not queued without end)."""
+    while True:
+        syn = await server.new_streams.get()
+        if syn is None:
+            return
+        server.conn.send_rst_stream(syn.stream_id, spdy.PROTOCOL_ERROR)
+        await server.flush()
 
 
 async def _mirror(source: asyncio.Event, target: asyncio.Event) -> None:
