@@ -49,6 +49,7 @@ _WARNINGS: ContextVar[list[str] | None] = ContextVar("sandbox_api_warnings", def
 JSON = "application/json"
 MAX_BODY_BYTES = 3 * 1024 * 1024
 STREAM_KINDS = ("exec", "attach", "portforward")
+PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
 REVIEW_GROUPS = ("authorization.k8s.io", "authentication.k8s.io")
 NON_RESOURCE_PREFIXES = ("/healthz", "/livez", "/readyz", "/metrics", "/version", "/openapi")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -1270,6 +1271,9 @@ class Api:
 
     def _delete(self, req: ApiRequest, rt: ResourceType, namespace: str, name: str) -> ApiResponse:
         options = self._delete_options(req)
+        if (rt.group, rt.plural) == ("", "namespaces") and name in PROTECTED_NAMESPACES:
+            raise ApiError(403, "Forbidden", f'namespaces "{name}" is forbidden: this namespace may not be deleted',
+                           _details(name, "", "namespaces"))
         policy = _q(req.query, "propagationPolicy")
         if policy and policy not in ("Orphan", "Background", "Foreground"):
             raise bad_request(f'invalid propagationPolicy "{policy}"')

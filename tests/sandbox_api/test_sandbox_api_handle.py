@@ -411,6 +411,13 @@ def test_delete_returns_object_or_status_and_cascades_namespaces(api: Api) -> No
     assert "dev" not in {p["metadata"]["namespace"] for p in all_pods["items"]}
 
 
+@pytest.mark.parametrize("name", ["default", "kube-system"])
+def test_system_namespaces_may_not_be_deleted(api: Api, name: str) -> None:
+    status, body = call(api, "DELETE", f"/api/v1/namespaces/{name}")
+    assert_status(body, 403, "Forbidden", f'namespaces "{name}" is forbidden: this namespace may not be deleted')
+    assert api.store.get_object("", "namespaces", None, name) is not None
+
+
 def test_delete_collection_with_selector(api: Api) -> None:
     status, body = call(api, "DELETE", "/api/v1/namespaces/dev/pods", {"labelSelector": "app=web"})
     assert status == 200 and sorted(p["metadata"]["name"] for p in body["items"]) == ["web-1", "web-2"]
