@@ -236,3 +236,39 @@ def test_non_json_bodies_yield_nothing() -> None:
     truncated = gzip.compress(pod_list(PODS))[:-30]
     plain = gzip.decompress(run(ListFilter(allows_dev), [truncated]))
     assert b'"prod"' not in plain and b'"secret-d"' not in plain
+
+
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8))
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+items = st.builds(
+    lambda name, ns, extra: {"metadata": {"name": name, "namespace": ns}, "extra": extra},
+    st.text(alphabet='ab-"\\]}é', min_size=1, max_size=5),
+    st.sampled_from(["dev", "prod"]),
+    json_values,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(items, max_size=6),
+    st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=12),
+    st.booleans(),
+)
+def test_filter_equals_a_reference_filter(item_list, sizes, ascii_only):
+    def allows(ns: str, name: str) -> bool:
+        return ns == "dev" and "b" not in name
+
+    body = json.dumps({"kind": "List", "metadata": {}, "items": item_list}, ensure_ascii=ascii_only).encode()
+    chunks, pos = [], 0
+    for s in sizes:
+        chunks.append(body[pos : pos + s])
+        pos += s
+    chunks.append(body[pos:])
+    out = json.loads(run(ListFilter(allows), chunks))
+    assert out["items"] == [i for i in item_list if allows(i["metadata"]["namespace"], i["metadata"]["name"])]
