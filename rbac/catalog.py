@@ -130,8 +130,12 @@ class ResourceCatalog:
 
     # --- lookup -------------------------------------------------------------------------------------
 
-    def get(self, group: str, plural: str) -> ResourceInfo | None:
-        return self._by_key.get((group, plural))
+    def get(self, group: str, plural: str, version: str | None = None) -> ResourceInfo | None:
+        """The resource, or None; with ``version``, None unless the group serves it in that version."""
+        info = self._by_key.get((group, plural))
+        if info is not None and version is not None and version not in info.versions:
+            return None
+        return info
 
     def __contains__(self, key: object) -> bool:
         return key in self._by_key
