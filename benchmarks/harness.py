@@ -88,6 +88,23 @@ def rss_bytes(pid: int) -> int:
         return int(f.read().split()[1]) * PAGE
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (the supervisor's workers with ``--workers N``)."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids.extend(int(x) for x in (task / "children").read_text().split())
+    return pids
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    return sum(cpu_seconds(p) for p in process_tree(pid))
+
+
+def tree_rss_bytes(pid: int) -> int:
+    return sum(rss_bytes(p) for p in process_tree(pid))
+
+
 def raise_nofile() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else 1 << 20
@@ -229,10 +246,10 @@ async def measure_requests(procs: Processes, settings: Settings) -> list[Cell]:
                 res = await load.run_load(direct, paths[op], protocol=protocol, concurrency=conc,
                                           duration=settings.duration)
                 cell.direct = res.summary()
-                cpu0 = cpu_seconds(procs.proxy_pid)
+                cpu0 = tree_cpu_seconds(procs.proxy_pid)
                 res = await load.run_load(proxied, paths[op], protocol=protocol, concurrency=conc,
                                           duration=settings.duration)
-                cpu = cpu_seconds(procs.proxy_pid) - cpu0
+                cpu = tree_cpu_seconds(procs.proxy_pid) - cpu0
                 cell.proxy = res.summary()
                 ok = max(1, res.requests - res.errors)
                 cell.proxy_cpu_us_per_request = round(cpu / ok * 1e6, 1)
@@ -270,7 +287,7 @@ async def measure_idle_watches(procs: Processes, settings: Settings) -> list[dic
     for count in settings.idle_watches:
         await asyncio.sleep(1.0)
         rv = await load.current_resource_version(direct, "/api/v1/namespaces/bench-idle/configmaps")
-        rss0 = rss_bytes(procs.proxy_pid)
+        rss0 = tree_rss_bytes(procs.proxy_pid)
         holder = load.WatchHolder(proxied, f"{IDLE_WATCH_PATH}&resourceVersion={rv}", count)
 
         async def trigger(count: int = count) -> None:
@@ -282,7 +299,7 @@ async def measure_idle_watches(procs: Processes, settings: Settings) -> list[dic
             await holder.open(timeout=max(30.0, count / 50), trigger=trigger)
             opened_in = time.perf_counter() - t0
             await asyncio.sleep(1.0)
-            rss1 = rss_bytes(procs.proxy_pid)
+            rss1 = tree_rss_bytes(procs.proxy_pid)
         finally:
             await holder.close()
         delta = rss1 - rss0
@@ -300,9 +317,9 @@ async def measure_exec(procs: Processes, settings: Settings) -> dict:
     pod = "/api/v1/namespaces/bench/pods/pod-0"
     nbytes, secs = await load.exec_stdout(procs.direct(), pod, settings.exec_bytes)
     direct = {"bytes": nbytes, "seconds": round(secs, 3), "mb_per_s": round(nbytes / secs / 1e6, 1) if secs else 0}
-    cpu0 = cpu_seconds(procs.proxy_pid)
+    cpu0 = tree_cpu_seconds(procs.proxy_pid)
     nbytes, secs = await load.exec_stdout(procs.through_proxy(), pod, settings.exec_bytes)
-    cpu = cpu_seconds(procs.proxy_pid) - cpu0
+    cpu = tree_cpu_seconds(procs.proxy_pid) - cpu0
     proxied = {"bytes": nbytes, "seconds": round(secs, 3), "mb_per_s": round(nbytes / secs / 1e6, 1) if secs else 0,
                "proxy_cpu_seconds": round(cpu, 3),
                "proxy_cpu_seconds_per_gb": round(cpu / nbytes * 1e9, 2) if nbytes else None}
@@ -329,10 +346,10 @@ async def measure_watch_events(procs: Processes, settings: Settings) -> dict:
                     raise RuntimeError(f"creating a configmap answered {status}")
         await asyncio.gather(*(creator(k) for k in range(len(conns))))
 
-    cpu0 = cpu_seconds(procs.proxy_pid)
+    cpu0 = tree_cpu_seconds(procs.proxy_pid)
     events, secs = await load.watch_events(procs.through_proxy(), f"{EVENT_WATCH_PATH}&resourceVersion={rv}",
                                            expect=n, trigger=trigger)
-    cpu = cpu_seconds(procs.proxy_pid) - cpu0
+    cpu = tree_cpu_seconds(procs.proxy_pid) - cpu0
     for conn in conns:
         assert conn.transport is not None
         conn.transport.close()
@@ -352,7 +369,7 @@ async def profile_proxy(procs: Processes, settings: Settings) -> dict:
     seconds = max(2, int(settings.duration * 2))
     out = procs.workdir / "profile.txt"
     spy_proc = await asyncio.create_subprocess_exec(
-        spy, "record", "--format", "raw", "--rate", "250", "--nonblocking", "--pid", str(procs.proxy_pid),
+        spy, "record", "--format", "raw", "--rate", "250", "--nonblocking", "--pid", str(process_tree(procs.proxy_pid)[-1]),
         "--duration", str(seconds), "--output", str(out), stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE)
     await asyncio.sleep(0.5)
