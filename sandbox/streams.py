@@ -35,6 +35,7 @@ Sessions:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -194,18 +195,20 @@ def local_port_for(pod: dict[str, Any], container_port: int) -> int:
 # ------------------------------------------------------------------------------------------ wires
 
 
-class Wire:
+class Wire(abc.ABC):
     """Bytes in and out of a session (the raw stream, or WebSocket messages for a SPDY tunnel)."""
 
+    @abc.abstractmethod
     async def read(self) -> bytes:
-        raise NotImplementedError
+        """Next bytes from the peer; b"" at EOF."""
 
+    @abc.abstractmethod
     async def write(self, data: bytes) -> None:
-        raise NotImplementedError
+        """Write and wait while the transport's buffer is above its high-water mark."""
 
+    @abc.abstractmethod
     async def finish(self) -> None:
         """Half-close our side, linger for the peer's EOF, close."""
-        raise NotImplementedError
 
 
 class RawWire(Wire):
@@ -305,7 +308,7 @@ class WsTunnelWire(Wire):
 # ------------------------------------------------------------------------------ session plumbing
 
 
-class Channels:
+class Channels(abc.ABC):
     """What an exec/attach session needs from its transport, whatever the wire."""
 
     def __init__(self) -> None:
@@ -314,15 +317,17 @@ class Channels:
         self.resize: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
         self.gone = asyncio.Event()  # the client went away (EOF, reset, protocol error)
 
+    @abc.abstractmethod
     async def send(self, channel: int, data: bytes) -> None:
-        raise NotImplementedError
+        """Data for the client on an output channel (stdout / stderr)."""
 
-    async def close_channel(self, channel: int) -> None:
+    async def close_channel(self, channel: int) -> None:  # noqa: B027 - optional hook, no-op by default
         """Half-close an output channel (no-op where the protocol has no way to say it)."""
+        return None
 
+    @abc.abstractmethod
     async def finish(self, status: dict[str, Any] | None, error_text: str) -> None:
         """Report the result on the error channel and close the connection."""
-        raise NotImplementedError
 
 
 class ResizeParser:
