@@ -717,37 +717,42 @@ class Api:
             return (f"{stamp} {line}\n" if timestamps else f"{line}\n").encode()
 
         headers = [("content-type", "text/plain")]
+
+        def select(lines: list[tuple[str, str]]) -> bytes:
+            if since_stamp:
+                lines = [(stamp, line) for stamp, line in lines if stamp >= since_stamp]
+            if tail is not None:
+                lines = lines[-tail:] if tail else []
+            initial = b"".join(fmt(s, line) for s, line in lines)
+            return initial[:limit_bytes] if limit_bytes is not None else initial
+
+        if not follow:
+            return ApiResponse(200, headers, select(self.store.read_logs(namespace, name, container)))
+        return ApiResponse(200, headers, b"", self._follow_logs(namespace, name, container, select, fmt, limit_bytes))
+
+    async def _follow_logs(self, namespace: str, pod: str, container: str,
+                           select: Callable[[list[tuple[str, str]]], bytes], fmt: Callable[[str, str], bytes],
+                           limit_bytes: int | None) -> AsyncIterator[bytes]:
+        # Subscribing happens on the first iteration, so a response dropped unread leaks nothing; the lines
+        # logged so far and the subscription are taken together, so no line is lost or repeated.
         store = self.store
         with store._lock:
-            lines = store.read_logs(namespace, name, container)
-            follower = store.follow_logs(namespace, name) if follow else None
-        if since_stamp:
-            lines = [(stamp, line) for stamp, line in lines if stamp >= since_stamp]
-        if tail is not None:
-            lines = lines[-tail:] if tail else []
-        initial = b"".join(fmt(s, line) for s, line in lines)
-        if limit_bytes is not None:
-            initial = initial[:limit_bytes]
-        if follower is None:
-            return ApiResponse(200, headers, initial)
-        return ApiResponse(200, headers, b"", self._follow_logs(follower, namespace, name, container, initial, fmt,
-                                                                limit_bytes))
-
-    async def _follow_logs(self, follower: Any, namespace: str, pod: str, container: str, initial: bytes,
-                           fmt: Callable[[str, str], bytes], limit_bytes: int | None) -> AsyncIterator[bytes]:
+            lines = store.read_logs(namespace, pod, container)
+            follower = store.follow_logs(namespace, pod)
         sent = 0
         ticks = 0
         try:
+            initial = select(lines)
             if initial:
                 sent += len(initial)
                 yield initial
             while limit_bytes is None or sent < limit_bytes:
                 item = await follower.next(self.log_tick_seconds)
                 if item is None:
-                    if self.store.get_entry("", "pods", namespace, pod) is None:
+                    if store.get_entry("", "pods", namespace, pod) is None:
                         return
                     ticks += 1
-                    self.store.append_log(namespace, pod, f"{pod} heartbeat {ticks}", container)
+                    store.append_log(namespace, pod, f"{pod} heartbeat {ticks}", container)
                     continue
                 name, stamp, line = item
                 if name != container:
