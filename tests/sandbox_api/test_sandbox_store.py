@@ -129,3 +129,20 @@ def test_follow_ends_when_the_pod_is_deleted() -> None:
 
     chunks = asyncio.run(asyncio.wait_for(scenario(), 10))
     assert chunks[0].startswith(b"db-0 starting")
+
+
+def test_streams_dropped_unread_hold_no_subscription() -> None:
+    store = Store.with_seed_data()
+    api = Api(store, _Allow(), None)  # type: ignore[arg-type]
+    user = UserInfo("u")
+
+    async def scenario() -> None:
+        watch = await api.handle(ApiRequest("GET", "/api/v1/pods", {"watch": ["1"]}, {}, b"", user))
+        logs = await api.handle(ApiRequest("GET", "/api/v1/namespaces/dev/pods/web-1/log", {"follow": ["1"]},
+                                           {}, b"", user))
+        assert store.watcher_count("", "pods") == 0 and not store._log_followers
+        await watch.stream.aclose()  # type: ignore[union-attr]
+        await logs.stream.aclose()  # type: ignore[union-attr]
+        assert store.watcher_count("", "pods") == 0 and not store._log_followers
+
+    asyncio.run(scenario())
