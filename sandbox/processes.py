@@ -41,10 +41,11 @@ READ_CHUNK = 64 * 1024
 _pod_root: Path = Path(tempfile.gettempdir()) / "kubegate-sandbox-pods"
 
 
-def configure(pod_root: str | os.PathLike[str]) -> None:
-    """Set the directory under which each pod gets its working directory."""
+def configure(pod_root: str | os.PathLike[str]) -> Path:
+    """Set the directory under which each pod gets its working directory; returns the previous one."""
     global _pod_root
-    _pod_root = Path(pod_root)
+    previous, _pod_root = _pod_root, Path(pod_root)
+    return previous
 
 
 def pod_workdir(namespace: str, pod: str) -> Path:

@@ -70,13 +70,14 @@ class StreamHarness:
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
         self._ready = threading.Event()
+        self._previous_root = pod_root
         self.sessions: set[asyncio.Task[None]] = set()
         self.connections = 0
 
     # ---- lifecycle
 
     def start(self) -> StreamHarness:
-        processes.configure(self.pod_root)
+        self._previous_root = processes.configure(self.pod_root)
         self._thread = threading.Thread(target=self._run, name="stream-harness", daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
@@ -103,6 +104,7 @@ class StreamHarness:
         if self.loop is not None and self._thread is not None:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(15)
+            processes.configure(self._previous_root)
 
     def __enter__(self) -> StreamHarness:
         return self.start()
