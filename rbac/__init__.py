@@ -30,7 +30,7 @@ Catalog and parsing (``rbac.catalog``, ``rbac.request``)::
 
     ResourceCatalog.from_discovery([APIResourceList dicts from /api/v1, /apis/<g>/<v> ...])
     ResourceCatalog.builtin()                  # standard resources, before discovery ran
-    catalog.get(group, plural) -> ResourceInfo | None; catalog.find(kind_or_short_name)
+    catalog.get(group, plural, version=None) -> ResourceInfo | None; catalog.find(kind_or_short_name)
     parse_request(method, path, query, catalog, body=None) -> RequestInfo
         # RequestInfo: verb (kubegate: get list watch create update patch delete deletecollection
         # exec portforward), k8s_verb, api_group, api_version, resource, subresource, namespace,
@@ -66,6 +66,12 @@ Access reviews (``rbac.reviews``)::
     restrict_rules_review(identity, roles, cluster_name, labels, ssrr_response: dict) -> dict
         # the cluster's SelfSubjectRulesReview answer intersected with kubegate's rules
 
+Semantics (details in ``rbac.decision`` and ``rbac.roles``): Teleport role v8 (v7 converted on load);
+deny rules of every role first, whatever their labels; allow needs labels and resource in one role;
+``kind: namespaces, name: X`` covers everything inside X (DESIGN §5; Teleport v8 grants only the
+namespace object); cluster-scoped resources need a rule namespace matching "" (omitted or ``*``); an
+allow side with labels but no ``kubernetes_resources`` grants everything (Teleport default); trait
+templates ``{{internal.x}}``, ``{{external.x}}``, ``email.local(...)``, ``regexp.replace(...)``.
 Unknown resources (not in the catalog) are denied unless an allow rule names the resource plural
 literally or uses ``kind: '*'`` (Teleport would let them through). Non-resource paths other than
 discovery (/api, /apis/..., /version, /openapi/..., /healthz, /livez, /readyz) are denied.
