@@ -961,15 +961,31 @@ class Api:
     def _set_managed(self, req: ApiRequest, rt: ResourceType, obj: dict[str, Any], manager: str, operation: str,
                      fields_source: Any, previous: dict[str, Any] | None,
                      subresource: str = "") -> None:
-        entries = list((previous or {}).get("metadata", {}).get("managedFields") or [])
-        entries = [e for e in entries if not (e.get("manager") == manager and e.get("operation") == operation
-                                              and e.get("subresource", "") == subresource)]
+        """Record an Update in managedFields: on create the manager owns what it sent; on update and patch
+        it owns the fields whose values it changed (plus what it owned before), and those fields leave
+        their other owners, like the apiserver's field manager."""
+        entries = [dict(e) for e in (previous or {}).get("metadata", {}).get("managedFields") or []]
+        mine = next((e for e in entries if e.get("manager") == manager and e.get("operation") == operation
+                     and e.get("subresource", "") == subresource), None)
+        if previous is None:
+            fields = patches.fields_v1(fields_source)
+        else:
+            changed = patches.changed_paths(previous, obj)
+            fields = patches.paths_to_fields(changed, mine.get("fieldsV1") if mine else None)
+            for entry in entries:
+                if entry is mine:
+                    continue
+                owned = copy.deepcopy(entry.get("fieldsV1") or {})
+                for path in changed:
+                    patches.remove_path(owned, path)
+                entry["fieldsV1"] = owned
+        entries = [e for e in entries if e is not mine and patches.leaf_paths(e.get("fieldsV1") or {})]
         entry: dict[str, Any] = {"manager": manager, "operation": operation, "apiVersion": rt.group_version,
-                                 "time": now_rfc3339(), "fieldsType": "FieldsV1",
-                                 "fieldsV1": patches.fields_v1(fields_source)}
+                                 "time": now_rfc3339(), "fieldsType": "FieldsV1", "fieldsV1": fields}
         if subresource:
             entry["subresource"] = subresource
-        entries.append(entry)
+        if patches.leaf_paths(fields):
+            entries.append(entry)
         obj["metadata"]["managedFields"] = entries
 
     def _dry_run(self, req: ApiRequest) -> bool:

@@ -302,7 +302,7 @@ def fields_v1(obj: Any, skip_meta: bool = True) -> dict[str, Any]:
     if not isinstance(obj, dict):
         return out
     for key, value in obj.items():
-        if skip_meta and key in ("apiVersion", "kind"):
+        if key.startswith("$") or (skip_meta and key in ("apiVersion", "kind")):
             continue
         if skip_meta and key == "metadata" and isinstance(value, dict):
             meta: dict[str, Any] = {}
@@ -465,3 +465,18 @@ def apply_conflicts(live: Any, applied: Any, applied_fields: dict[str, Any],
             if path in owned and value_at(live, path) != value_at(applied, path):
                 conflicts.append((str(entry.get("manager", "")), path))
     return conflicts
+
+
+def changed_paths(old: Any, new: Any) -> list[FieldPath]:
+    """Leaf paths of ``new`` (as fieldsV1 would name them) whose values differ from ``old``."""
+    return [path for path in leaf_paths(fields_v1(new)) if value_at(old, path) != value_at(new, path)]
+
+
+def paths_to_fields(paths: list[FieldPath], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A fieldsV1 set holding ``paths`` (added to a copy of ``base``)."""
+    out: dict[str, Any] = copy.deepcopy(base) if base else {}
+    for path in paths:
+        node = out
+        for step in path:
+            node = node.setdefault(step, {})
+    return out

@@ -801,3 +801,16 @@ def test_server_side_apply_conflicts_and_force(api: Api) -> None:
     status, body = call(api, "PATCH", path, {"fieldManager": "kubectl"}, body=applied,
                         content_type="application/apply-patch+yaml")
     assert status == 200  # now the applier owns .data.a: no conflict any more
+
+
+def test_update_managers_own_the_fields_they_changed(api: Api) -> None:
+    call(api, "POST", "/api/v1/namespaces/dev/configmaps", {"fieldManager": "creator"},
+         body={"metadata": {"name": "shared"}, "data": {"a": "1", "b": "2"}})
+    status, cm = call(api, "PATCH", "/api/v1/namespaces/dev/configmaps/shared", {"fieldManager": "editor"},
+                      body={"data": {"a": "changed", "b": "2"}}, content_type="application/merge-patch+json")
+    owners = {m["manager"]: m["fieldsV1"] for m in cm["metadata"]["managedFields"]}
+    assert owners["editor"] == {"f:data": {"f:a": {}}}
+    assert set(owners["creator"]["f:data"]) - {"."} == {"f:b"}
+    status, cm = call(api, "PATCH", "/api/v1/namespaces/dev/configmaps/shared", {"fieldManager": "creator"},
+                      body={"data": {"b": "2"}}, content_type="application/merge-patch+json")
+    assert {m["manager"] for m in cm["metadata"]["managedFields"]} == {"creator", "editor"}  # no-op kept owners
