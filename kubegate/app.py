@@ -68,6 +68,29 @@ def prepare(cfg: Config) -> TLSFiles:
     return TLSFiles(cert_file, key_file, client_ca)
 
 
+def certificate_expiry_collector(tls: TLSFiles) -> Any:
+    """``kubegate_certificate_expiry_timestamp_seconds{certificate="serving"|"client_ca"}``, read from the
+    files at scrape time (so a renewed certificate shows without a restart)."""
+    from kubegate.metrics_server import FunctionCollector
+
+    def families() -> list[Any]:
+        from cryptography import x509
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily("kubegate_certificate_expiry_timestamp_seconds",
+                                   "Expiry (Unix time) of the proxy's serving certificate and client CA.",
+                                   labels=["certificate"])
+        for name, path in (("serving", tls.cert_file), ("client_ca", tls.client_ca_file)):
+            try:
+                cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
+            except (OSError, ValueError):
+                continue
+            family.add_metric([name], cert.not_valid_after_utc.timestamp())
+        return [family]
+
+    return FunctionCollector(families)
+
+
 def load_roles(cfg: Config) -> Any:
     """The hot-reloading role source; refuses to start without a valid role directory."""
     from rbac.roles import RoleError, RoleWatcher

@@ -17,7 +17,8 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 log = logging.getLogger("kubegate.metrics")
 
@@ -32,18 +33,36 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()) or None
 
 
-def render_metrics() -> tuple[bytes, str]:
-    """The current exposition (body, content type); sums all processes in multiprocess mode."""
+class FunctionCollector:
+    """A prometheus-client collector whose metric families come from a function, at scrape time
+    (the supervisor's worker counts, certificate expiry times): nothing to keep in step."""
+
+    def __init__(self, fn: Callable[[], Iterable[Any]]) -> None:
+        self._fn = fn
+
+    def collect(self) -> Iterable[Any]:
+        return list(self._fn())
+
+
+def render_metrics(extra: Sequence[Any] = ()) -> tuple[bytes, str]:
+    """The current exposition (body, content type); sums all processes in multiprocess mode, then
+    appends the ``extra`` collectors."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
     path = multiprocess_dir()
+    registry = REGISTRY
     if path:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=path)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    body = generate_latest(registry)
+    if extra:
+        own = CollectorRegistry()
+        for collector in extra:
+            own.register(collector)
+        body += generate_latest(own)
+    return body, CONTENT_TYPE_LATEST
 
 
 def _response(status: int, reason: str, body: bytes, content_type: str = "text/plain; charset=utf-8",
@@ -122,11 +141,11 @@ class MetricsServer:
     """``await MetricsServer(host, port, readiness).start()``; ``.port`` is the bound port."""
 
     def __init__(self, host: str, port: int, readiness: Readiness,
-                 render: Callable[[], tuple[bytes, str]] = render_metrics) -> None:
+                 render: Callable[[], tuple[bytes, str]] | None = None, collectors: Sequence[Any] = ()) -> None:
         self.host = host
         self.port = port
         self.readiness = readiness
-        self.render = render
+        self.render = render or (lambda: render_metrics(collectors))
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:

@@ -36,12 +36,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from kubegate.config import Config, load_config
-from kubegate.metrics_server import MULTIPROC_ENV, MetricsServer
+from kubegate.metrics_server import MULTIPROC_ENV, FunctionCollector, MetricsServer
 
 log = logging.getLogger("kubegate.workers")
 
@@ -103,7 +103,8 @@ def _shutdown_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> N
 # ------------------------------------------------------------------------------------------ single
 
 async def serve_single(cfg: Config, factory: ServiceFactory, stop: asyncio.Event,
-                       on_ready: Callable[[Service, MetricsServer | None], None] | None = None) -> None:
+                       on_ready: Callable[[Service, MetricsServer | None], None] | None = None,
+                       collectors: Sequence[Any] = ()) -> None:
     """Run one service plus the metrics listener in this event loop until ``stop`` is set."""
     service = factory(cfg, cfg.proxy.listen.host, cfg.proxy.listen.port, 0)
     stopping = False
@@ -117,7 +118,9 @@ async def serve_single(cfg: Config, factory: ServiceFactory, stop: asyncio.Event
     await service.start()
     try:
         if cfg.metrics.enabled:
-            metrics = MetricsServer(cfg.metrics.listen.host, cfg.metrics.listen.port, readiness)
+            metrics = MetricsServer(cfg.metrics.listen.host, cfg.metrics.listen.port, readiness,
+                                    collectors=[*collectors, FunctionCollector(lambda: _worker_families(
+                                        1, 0 if stopping else int(service.readiness()[0]), 0))])
             await metrics.start()
         log.info("kubegate serving", extra={"listen": f"{cfg.proxy.listen.host}:{service.port}",
                                             "workers": 1, "metrics_port": metrics.port if metrics else None})
@@ -134,13 +137,23 @@ async def serve_single(cfg: Config, factory: ServiceFactory, stop: asyncio.Event
     log.info("stopped")
 
 
-def run_single(cfg: Config, factory: ServiceFactory) -> int:
+def _worker_families(configured: int, ready: int, restarts: int) -> list[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    workers = GaugeMetricFamily("kubegate_workers", "Proxy worker processes, by state.", labels=["state"])
+    workers.add_metric(["configured"], configured)
+    workers.add_metric(["ready"], ready)
+    return [workers, CounterMetricFamily("kubegate_worker_restarts", "Worker processes restarted after exiting.",
+                                         value=restarts)]
+
+
+def run_single(cfg: Config, factory: ServiceFactory, collectors: Sequence[Any] = ()) -> int:
     install_uvloop()
 
     async def main() -> None:
         stop = asyncio.Event()
         _shutdown_signals(asyncio.get_running_loop(), stop)
-        await serve_single(cfg, factory, stop)
+        await serve_single(cfg, factory, stop, collectors=collectors)
 
     asyncio.run(main())
     return 0
@@ -164,8 +177,11 @@ class Supervisor:
     """Runs ``workers`` worker processes on one port; see the module docstring."""
 
     def __init__(self, cfg: Config, config_path: str | None, workers: int,
-                 worker_argv: Callable[[str | None, str, int, int, int], list[str]] | None = None) -> None:
+                 worker_argv: Callable[[str | None, str, int, int, int], list[str]] | None = None,
+                 collectors: Sequence[Any] = ()) -> None:
         self.cfg = cfg
+        self.collectors = [*collectors, FunctionCollector(lambda: _worker_families(
+            self.n, sum(1 for w in self.workers if w.ready), sum(w.restarts for w in self.workers)))]
         self.config_path = config_path
         self.n = workers
         self.worker_argv = worker_argv or default_worker_argv
@@ -197,7 +213,7 @@ class Supervisor:
         try:
             if self.cfg.metrics.enabled:
                 self.metrics = MetricsServer(self.cfg.metrics.listen.host, self.cfg.metrics.listen.port,
-                                             self.readiness)
+                                             self.readiness, collectors=self.collectors)
                 await self.metrics.start()
             for worker in self.workers:
                 self._spawn(worker)
@@ -313,13 +329,13 @@ def default_worker_argv(config_path: str | None, host: str, port: int, index: in
     return argv
 
 
-def run_supervisor(cfg: Config, config_path: str | None, workers: int) -> int:
+def run_supervisor(cfg: Config, config_path: str | None, workers: int, collectors: Sequence[Any] = ()) -> int:
     install_uvloop()
 
     async def main() -> None:
         stop = asyncio.Event()
         _shutdown_signals(asyncio.get_running_loop(), stop)
-        await Supervisor(cfg, config_path, workers).run(stop)
+        await Supervisor(cfg, config_path, workers, collectors=collectors).run(stop)
 
     asyncio.run(main())
     return 0

@@ -48,7 +48,7 @@ def kubectl_command() -> str:
 
 def run(args: argparse.Namespace) -> int:
     from kubegate import logging as kglog
-    from kubegate.app import ProxyService
+    from kubegate.app import ProxyService, certificate_expiry_collector, prepare
     from kubegate.config import load_config
     from kubegate.demo import free_port, prepare_demo_state, viewer_binding
     from kubegate.workers import install_uvloop, serve_single
@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
                 state_dir, sb.admin_kubeconfig, proxy_port=args.port or free_port(),
                 metrics_port=args.metrics_port or free_port(), user=args.user, roles=roles)
             cfg = load_config(str(state.config_path))
+            collectors = [certificate_expiry_collector(prepare(cfg))]
 
             def on_ready(service: object, metrics: object) -> None:
                 kubectl = kubectl_command()
@@ -91,7 +92,7 @@ Press Ctrl-C to stop.""", flush=True)
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, stop.set)
-                await serve_single(cfg, ProxyService.factory, stop, on_ready)
+                await serve_single(cfg, ProxyService.factory, stop, on_ready, collectors)
 
             asyncio.run(main())
             print("\nstopping …", flush=True)

@@ -45,17 +45,18 @@ def run(args: argparse.Namespace) -> int:
 
 def start(cfg: object, config_path: str | None, workers: int) -> int:
     from kubegate import logging as kglog
-    from kubegate.app import ProxyService, StartupError, prepare
+    from kubegate.app import ProxyService, StartupError, certificate_expiry_collector, prepare
     from kubegate.config import Config
     from kubegate.workers import run_single, run_supervisor
 
     assert isinstance(cfg, Config)
     kglog.configure(cfg.log.level, cfg.log.format)
     try:
-        prepare(cfg)  # once, before any worker: CA, serving certificate, state directory
+        tls = prepare(cfg)  # once, before any worker: CA, serving certificate, state directory
+        collectors = [certificate_expiry_collector(tls)]
         if workers == 1:
-            return run_single(cfg, ProxyService.factory)
-        return run_supervisor(cfg, config_path, workers)
+            return run_single(cfg, ProxyService.factory, collectors)
+        return run_supervisor(cfg, config_path, workers, collectors)
     except StartupError as exc:
         print(f"kubegate: cannot start: {exc}", file=sys.stderr)
         return 1

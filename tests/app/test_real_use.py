@@ -95,6 +95,8 @@ kubernetes_service:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
             metrics = response.read().decode()
         assert 'kubegate_requests_total{cluster="prod"' in metrics
+        assert 'kubegate_workers{state="ready"} 1.0' in metrics
+        assert 'kubegate_certificate_expiry_timestamp_seconds{certificate="client_ca"}' in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)

@@ -167,6 +167,9 @@ def test_two_workers_share_one_port_and_metrics_sum_both(two_workers):
     total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                 if line.startswith("kubegate_requests_total{") and 'code="404"' in line)
     assert total == 24  # both workers' counters, summed by the supervisor
+    assert 'kubegate_workers{state="configured"} 2.0' in text
+    assert 'kubegate_workers{state="ready"} 2.0' in text
+    assert 'kubegate_certificate_expiry_timestamp_seconds{certificate="serving"}' in text
 
 
 @pytest.mark.e2e
@@ -179,6 +182,7 @@ def test_a_killed_worker_is_restarted_and_sigterm_stops_cleanly(two_workers):
                   what="a replacement worker")
     assert len(after - before) == 1
     _wait(lambda: _get(metrics + "/readyz")[0] == 200, what="ready again")
+    assert "kubegate_worker_restarts_total 1.0" in _get(metrics + "/metrics")[1]
     port = _proxy_port(proc.pid)
     with _client(state).wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as sock:
         assert _request(sock, "/k8s/clusters/x/api").startswith(b"HTTP/1.1 404")
