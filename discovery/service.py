@@ -33,12 +33,12 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from discovery import aks, eks, metrics
+from discovery import metrics
 from discovery.dynamic_labels import DEFAULT_TIMEOUT, DynamicLabelRunner, DynamicLabelSpec
 from discovery.errors import DiscoveryError
 from discovery.health import HealthChecker
@@ -50,9 +50,14 @@ from discovery.reconcile import Plan, reconcile
 from discovery.registry import ClusterRegistry
 from discovery.store import HEALTH_FILE, ClusterRecord, ClusterStore, atomic_write
 
+if TYPE_CHECKING:  # boto3 / azure are imported only when a cloud matcher or record needs them
+    from discovery.aks import ArmClient
+    from discovery.eks import AwsSessions
+
 log = logging.getLogger(__name__)
 
 STORE_SOURCE = "store"
+AWS, AZURE = "aws", "azure"  # the origins of discovery.eks / discovery.aks
 RETRY_FIRST = 10.0
 DIR_MTIME_SLACK = 2.0  # seconds: a directory mtime this old cannot hide a later change
 JITTER = 0.1
@@ -91,9 +96,9 @@ class DiscoveryService:
         health_interval: float = 30.0,
         health_timeout: float = 5.0,
         dynamic_label_timeout: float = DEFAULT_TIMEOUT,
-        aws_sessions: eks.AwsSessions | None = None,
+        aws_sessions: AwsSessions | None = None,
         azure_credential: Any = None,
-        arm_client: aks.ArmClient | None = None,
+        arm_client: ArmClient | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.registry = registry
@@ -103,15 +108,19 @@ class DiscoveryService:
         self.group = discovery_group
         self.poll_interval = poll_interval
         self.watch_interval = watch_interval
-        self.aws_sessions = aws_sessions or eks.AwsSessions()
+        self._aws_sessions = aws_sessions
         self.external_ids = {m.assume_role_arn: m.external_id for m in aws_matchers
                              if getattr(m, "assume_role_arn", None) and getattr(m, "external_id", None)}
         self.azure_credential = azure_credential
         self.fetchers: list[_Fetcher] = []
         if cloud and aws_matchers:
+            from discovery import eks
+
             fetcher = eks.EksFetcher(aws_matchers, group=discovery_group, sessions=self.aws_sessions)
             self.fetchers.append(_Fetcher(eks.ORIGIN, fetcher.fetch))
         if cloud and azure_matchers:
+            from discovery import aks
+
             if arm_client is None and azure_credential is not None:
                 arm_client = aks.ArmClient(azure_credential)
             az = aks.AksFetcher(azure_matchers, group=discovery_group, arm=arm_client)
@@ -135,6 +144,14 @@ class DiscoveryService:
         self._tasks: list[asyncio.Task[Any]] = []
         self._gauges_set = False
         self._lock = asyncio.Lock()
+
+    @property
+    def aws_sessions(self) -> AwsSessions:
+        if self._aws_sessions is None:
+            from discovery.eks import AwsSessions
+
+            self._aws_sessions = AwsSessions()
+        return self._aws_sessions
 
     @classmethod
     def from_config(cls, cfg: Any, registry: ClusterRegistry, **overrides: Any) -> DiscoveryService:
@@ -304,10 +321,14 @@ class DiscoveryService:
             if record.origin == KUBE_CLUSTER:
                 resource = KubeClusterResource.from_record(record, where)
                 return resource.to_cluster(where), resource.dynamic_labels, ""
-            if record.origin == eks.ORIGIN:
+            if record.origin == AWS:
+                from discovery import eks
+
                 return eks.cluster_from_record(record, sessions=self.aws_sessions,
                                                external_ids=self.external_ids), (), ""
-            if record.origin == aks.ORIGIN:
+            if record.origin == AZURE:
+                from discovery import aks
+
                 return aks.cluster_from_record(record, credential=self.azure_credential), (), ""
             raise DiscoveryError(f"{where}: unknown origin {record.origin!r}")
         except DiscoveryError as exc:
@@ -409,14 +430,6 @@ class DiscoveryService:
             atomic_write(self.store.directory / HEALTH_FILE, json.dumps(state, sort_keys=True).encode())
         except OSError as exc:
             log.warning("cannot write %s: %s", HEALTH_FILE, exc)
-
-
-def read_health(store_dir: str | os.PathLike[str]) -> Mapping[str, Mapping[str, Any]]:
-    try:
-        data = json.loads((Path(store_dir) / HEALTH_FILE).read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def all_errors(service: DiscoveryService) -> Iterable[str]:

@@ -258,3 +258,12 @@ class ClusterStore:
         if path.name != f"{record.name}{RECORD_SUFFIX}":
             raise DiscoveryError(f"{path}: holds cluster {record.name!r}; the file name must match")
         return record
+
+
+def read_health(store_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """The health a running proxy last recorded per cluster (``{}`` when none or unreadable)."""
+    try:
+        data = json.loads((Path(store_dir) / HEALTH_FILE).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -22,8 +22,7 @@ from discovery.kube_cluster import ClustersDirScanner, KubeClusterResource, load
 from discovery.kubeconfig import kubeconfig_clusters_with_errors
 from discovery.model import Cluster
 from discovery.registry import ClusterRegistry
-from discovery.service import read_health
-from discovery.store import ClusterStore
+from discovery.store import ClusterStore, read_health
 from kubegate.config import ConfigError, load_config
 
 
