@@ -201,6 +201,11 @@ class ListFilter:
             return compressor.compress(out) + compressor.flush(zlib.Z_FINISH)
         return self._close_plain()
 
+    @property
+    def buffered(self) -> int:
+        """How much input is held back right now (at most about one element of the array)."""
+        return len(self._text) - self._tpos + len(self._tail) + len(self._buf) - self._pos + len(self._sniff)
+
     def _feed_plain(self, data: bytes) -> bytes:
         if not data or self._state == self._DROP:
             return b""

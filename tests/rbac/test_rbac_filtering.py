@@ -254,7 +254,7 @@ items = st.builds(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     st.lists(items, max_size=6),
     st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=12),
@@ -272,3 +272,18 @@ def test_filter_equals_a_reference_filter(item_list, sizes, ascii_only):
     chunks.append(body[pos:])
     out = json.loads(run(ListFilter(allows), chunks))
     assert out["items"] == [i for i in item_list if allows(i["metadata"]["namespace"], i["metadata"]["name"])]
+
+
+def test_a_big_list_is_streamed_not_buffered() -> None:
+    many = [pod(f"p{i}", "dev" if i % 3 else "prod", pad="x" * 500) for i in range(3000)]  # ~2 MB
+    body = pod_list(many, compact=True)
+    f = ListFilter(allows_dev)
+    largest_item = max(len(json.dumps(p)) for p in many)
+    out = []
+    for i in range(0, len(body), 65536):
+        out.append(f.feed(body[i : i + 65536]))
+        assert f.buffered <= 2 * largest_item  # never more than the element cut by the chunk boundary
+        if i > 4 * 65536:
+            assert sum(map(len, out)) > 0  # output flows while input arrives
+    out.append(f.close())
+    assert len(json.loads(b"".join(out))["items"]) == 2000
