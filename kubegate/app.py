@@ -12,7 +12,6 @@ so that with several workers the supervisor does it once before the workers star
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -152,7 +151,6 @@ class ProxyService:
     _sockets: list[Any] = field(default_factory=list)
     _started: bool = False
     _stopping: bool = False
-    _background: list[asyncio.Task[Any]] = field(default_factory=list)
 
     @classmethod
     def factory(cls, cfg: Config, host: str, port: int, worker_index: int) -> ProxyService:
@@ -199,8 +197,6 @@ class ProxyService:
         self._sockets.clear()
         if self.discovery is not None:
             await self.discovery.stop()
-        for task in self._background:
-            task.cancel()
         if self.audit is not None and hasattr(self.audit, "close"):
             self.audit.close()
 

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
 def start(cfg: object, config_path: str | None, workers: int) -> int:
     from kubegate import logging as kglog
-    from kubegate.app import ProxyService, StartupError, certificate_expiry_collector, prepare
+    from kubegate.app import ProxyService, StartupError, certificate_expiry_collector, load_roles, prepare
     from kubegate.config import Config
     from kubegate.workers import run_single, run_supervisor
 
@@ -53,6 +53,7 @@ def start(cfg: object, config_path: str | None, workers: int) -> int:
     kglog.configure(cfg.log.level, cfg.log.format)
     try:
         tls = prepare(cfg)  # once, before any worker: CA, serving certificate, state directory
+        load_roles(cfg)  # fail fast (before any worker starts) on a missing or broken roles directory
         collectors = [certificate_expiry_collector(tls)]
         if workers == 1:
             return run_single(cfg, ProxyService.factory, collectors)

@@ -238,3 +238,30 @@ def test_config_check_reports_errors_and_exits_1(tmp_path):
     assert result.returncode == 1
     assert f'{path}: proxy.limits.header_timeout: "10 parsecs" is not a duration' in result.stderr
     assert result.stdout == ""
+
+
+def test_start_refuses_without_a_roles_directory(tmp_path):
+    path = tmp_path / "kubegate.yaml"
+    path.write_text("proxy: {listen: '127.0.0.1:0'}\nmetrics: {enabled: false}\nauth: {roles_dir: ./no-roles}\n")
+    result = _kubegate("start", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"auth.roles_dir: {tmp_path / 'no-roles'} is not a directory" in result.stderr
+
+
+def test_start_with_an_invalid_config_prints_the_errors(tmp_path):
+    path = tmp_path / "kubegate.yaml"
+    path.write_text("proxy: {workers: many}\n")
+    result = _kubegate("start", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f'{path}: proxy.workers: "many" is not a whole number' in result.stderr
+
+
+def test_start_with_workers_refuses_a_broken_roles_directory_before_starting_workers(tmp_path):
+    roles = tmp_path / "roles"
+    roles.mkdir()
+    (roles / "bad.yaml").write_text("kind: role\nversion: v8\nmetadata: {name: x}\nspec: {allow: {verbs: 1}}\n")
+    path = tmp_path / "kubegate.yaml"
+    path.write_text("proxy: {listen: '127.0.0.1:0', workers: 2}\nmetrics: {enabled: false}\n")
+    result = _kubegate("start", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "cannot start: auth.roles_dir:" in result.stderr and "bad.yaml" in result.stderr
