@@ -17,12 +17,17 @@ Facts the code relies on:
 
 from __future__ import annotations
 
+import binascii
+import struct
+
 import h2.config
 import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.frame
+from h2.stream import StreamState
 from hyperframe.frame import GoAwayFrame
 
 from proxy.protocol.events import (
@@ -43,6 +48,24 @@ from proxy.protocol.http1 import status_json
 # Connection-specific headers that must not appear in HTTP/2 (RFC 9113 §8.2.2).
 _HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
 _STATUS = {code: str(code).encode() for code in range(100, 600)}
+
+
+def _short_hex_repr(data: bytes | None) -> str:
+    """``hyperframe.frame._raw_data_repr`` with the same output, hexlifying only the 10 bytes it shows.
+    h2 builds ``repr(frame)`` for its trace log on EVERY received frame, and the original hexlifies the
+    whole payload (~20 us per 16 KiB DATA frame) only to keep 20 characters of it."""
+    if not data:
+        return "None"
+    shown = binascii.hexlify(data[:11]).decode("ascii")
+    if len(shown) > 20:
+        shown = shown[:20] + "..."
+    return "<hex:" + shown + ">"
+
+
+hyperframe.frame._raw_data_repr = _short_hex_repr  # process-wide; identical text, bounded cost
+
+_DATA_HEADER = struct.Struct(">HBBBL")  # 24-bit length (as 16 + 8), type 0 = DATA, flags, stream id
+_SENDABLE = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 
 
 class _Out:
@@ -89,7 +112,8 @@ class Http2ServerConnection:
         self._h2.initiate_connection()
         if window > 65535:
             self._h2.increment_flow_control_window(window - 65535)
-        self._out = bytearray(self._h2.data_to_send())
+        # Output pieces, joined once by data_to_send() (large bodies are not copied frame by frame).
+        self._out: list[bytes | memoryview] = [self._h2.data_to_send()]
         self._held: dict[int, _Out] = {}
         self._ignored: set[int] = set()  # streams the codec answered itself (431) or refused
         self._open: set[int] = set()  # streams with a request head seen and the response not ended
@@ -252,7 +276,7 @@ class Http2ServerConnection:
     def _pull(self) -> None:
         data = self._h2.data_to_send()
         if data:
-            self._out += data
+            self._out.append(data)
 
     def send_response_head(self, head: ResponseHead, *, end_stream: bool = False) -> None:
         sid = head.stream_id
@@ -286,33 +310,57 @@ class Http2ServerConnection:
                 held.size += len(data)
             held.end = held.end or end_stream
             return
-        conn = self._h2
         try:
-            window = conn.local_flow_control_window(stream_id)
-            max_frame = conn.max_outbound_frame_size
-            if len(data) <= window and len(data) <= max_frame:
-                conn.send_data(stream_id, data, end_stream=end_stream)
-                if end_stream:
-                    self._ended(stream_id)
-                return
-            view = memoryview(data)
-            while view and window > 0:
-                size = min(len(view), window, max_frame)
-                last = size == len(view)
-                conn.send_data(stream_id, view[:size].tobytes(), end_stream=end_stream and last)
-                view = view[size:]
-                window -= size
-            if not view:
-                if end_stream:
-                    self._ended(stream_id)
-                return
-            held = _Out()
-            held.chunks.append(view.tobytes())
-            held.size = len(view)
-            held.end = end_stream
-            self._held[stream_id] = held
+            sent = self._write(stream_id, data, end_stream)
         except h2.exceptions.StreamClosedError:
             self._drop(stream_id)
+            return
+        if sent == len(data):
+            if end_stream:
+                self._ended(stream_id)
+            return
+        held = _Out()
+        held.chunks.append(data[sent:])
+        held.size = len(data) - sent
+        held.end = end_stream
+        self._held[stream_id] = held
+
+    def _write(self, sid: int, data: bytes, end_stream: bool) -> int:
+        """Send as much of ``data`` as the flow-control window allows; END_STREAM only with the last
+        byte. Returns how many bytes went out. Bodies larger than a frame are framed here, straight
+        into the output buffer (h2 would copy each frame several times): h2's window accounting is
+        updated the same way its ``send_data`` does; the frame carrying END_STREAM goes through h2 so
+        its stream state machine sees it."""
+        conn = self._h2
+        size = len(data)
+        window = conn.local_flow_control_window(sid)
+        max_frame = conn.max_outbound_frame_size
+        if size <= window and size <= max_frame:
+            conn.send_data(sid, data, end_stream=end_stream)
+            return size
+        stream = conn.streams.get(sid)
+        if stream is None or stream.state_machine.state not in _SENDABLE:
+            raise h2.exceptions.StreamClosedError(sid)
+        total = min(size, window)
+        # Frames below reference ``data`` until data_to_send(): only immutable bytes may be referenced.
+        view = memoryview(data if type(data) is bytes else bytes(data))
+        self._pull()  # frames h2 already queued go first
+        append = self._out.append
+        pack = _DATA_HEADER.pack
+        pos = 0
+        while pos < total:
+            frame = min(max_frame, total - pos)
+            if end_stream and pos + frame == size:
+                break  # the final frame, with END_STREAM, goes through h2 below
+            append(pack(frame >> 8, frame & 0xFF, 0, 0, sid))
+            append(view[pos : pos + frame])
+            pos += frame
+        conn.outbound_flow_control_window -= pos
+        stream.outbound_flow_control_window -= pos
+        if pos < total:
+            conn.send_data(sid, bytes(view[pos:total]), end_stream=True)
+            pos = total
+        return pos
 
     def send_end(self, stream_id: int) -> None:
         if stream_id in self._ignored or stream_id not in self._open:
@@ -330,35 +378,28 @@ class Http2ServerConnection:
 
     def _flush_held(self, stream_id: int) -> list[Event]:
         """Send what the new window allows; report the streams that may write again."""
-        opened: list[Event] = []
         sids = list(self._held) if stream_id == 0 else [stream_id]
-        conn = self._h2
         for sid in sids:
             held = self._held.get(sid)
             if held is None:
                 continue
             try:
-                window = conn.local_flow_control_window(sid)
-                max_frame = conn.max_outbound_frame_size
-                while held.chunks and window > 0:
+                while held.chunks:
                     chunk = held.chunks[0]
-                    size = min(len(chunk), window, max_frame)
-                    if size == len(chunk):
-                        held.chunks.pop(0)
-                    else:
-                        held.chunks[0] = chunk[size:]
-                        chunk = chunk[:size]
-                    held.size -= size
-                    window -= size
-                    conn.send_data(sid, chunk, end_stream=held.end and not held.chunks)
+                    last = len(held.chunks) == 1
+                    sent = self._write(sid, chunk, held.end and last)
+                    held.size -= sent
+                    if sent < len(chunk):
+                        held.chunks[0] = chunk[sent:]
+                        break
+                    held.chunks.pop(0)
                 if not held.chunks:
                     del self._held[sid]
                     if held.end:
                         self._ended(sid)
             except h2.exceptions.StreamClosedError:
                 self._drop(sid)
-        opened.append(WindowOpened(stream_id))
-        return opened
+        return [WindowOpened(stream_id)]
 
     def _ended(self, sid: int) -> None:
         self._open.discard(sid)
@@ -405,14 +446,14 @@ class Http2ServerConnection:
         frame = GoAwayFrame(0)
         frame.last_stream_id = self._h2.highest_inbound_stream_id
         frame.error_code = 0
-        self._out += frame.serialize()
+        self._out.append(frame.serialize())
         if not self._open:
             self._must_close = True
 
     def data_to_send(self) -> bytes:
         self._pull()
-        if not self._out:
+        out = self._out
+        if not out:
             return b""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
+        self._out = []
+        return out[0] if len(out) == 1 and type(out[0]) is bytes else b"".join(out)

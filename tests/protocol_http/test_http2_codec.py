@@ -263,3 +263,16 @@ def test_server_reset_stream_still_returns_connection_credit() -> None:
     # Every byte handed back, including the dead stream's: the connection window is whole again.
     assert p.client.outbound_flow_control_window == 65535
     assert not p.server._ignored
+
+
+def test_large_body_from_a_mutable_buffer_is_sent_as_it_was() -> None:
+    p = Pair()
+    p.request(1)
+    p.pump()
+    buffer = bytearray(b"a" * 50000)
+    p.server.send_response_head(ResponseHead(1, 200, [], content_length=50000))
+    p.server.send_body(1, buffer, end_stream=True)  # type: ignore[arg-type]
+    buffer[:] = b"b" * 50000  # the caller reuses its buffer before the bytes left
+    p.pump()
+    status, data, ended = p.received(1)
+    assert (status, ended) == (200, True) and data == b"a" * 50000
