@@ -520,6 +520,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
                         help="also sample kubegate with py-spy under GET load and list the hottest functions")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs with taskset")
     parser.add_argument("--out", help=f"directory for the JSON result (default {RESULTS_DIR})")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="write the table into README.md between its benchmark markers")
     return parser
 
 
@@ -543,11 +545,30 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
-    return run_and_print(settings_from_args(args))
+    return run_and_print(settings_from_args(args), update_readme=args.update_readme)
 
 
-def run_and_print(settings: Settings) -> int:
+def run_and_print(settings: Settings, update_readme: bool = False) -> int:
     report = run(settings)
     print(render_table(report))
     print(f"\nJSON: {report['meta']['json_path']}")
+    if update_readme:
+        write_readme_table(report, ROOT / "README.md")
+        print("README.md: benchmark table updated")
     return 0
+
+
+README_START = "<!-- BENCHMARK-TABLE -->"
+README_END = "<!-- /BENCHMARK-TABLE -->"
+
+
+def write_readme_table(report: dict, readme: Path) -> None:
+    """Replace the text between the README's benchmark markers with this run's table."""
+    meta = report["meta"]
+    intro = (f"Measured {meta['started'][:10]} on {meta['cpus']} vCPUs ({meta['cpu_model']}), CPython "
+             f"{meta['python']}, uvloop, {meta['proxy_workers']} kubegate worker, "
+             f"{'pinned with taskset' if meta.get('pinned') else 'not pinned'}, "
+             f"{meta['settings']['duration']:g} s per cell, commit {meta['commit']}:")
+    text = readme.read_text()
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    readme.write_text(text[:start] + "\n" + intro + "\n\n" + render_table(report) + "\n" + text[end:])

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kubegate.config import Config, load_config
@@ -170,7 +170,6 @@ class _Worker:
     backoff: float = RESTART_BACKOFF_MIN
     restarts: int = 0
     reader: asyncio.Task[None] | None = None
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Supervisor:
@@ -249,7 +248,6 @@ class Supervisor:
             os.close(write_fd)
         worker.ready = False
         worker.started_at = time.monotonic()
-        worker.exited = asyncio.Event()
         worker.reader = asyncio.create_task(self._read_status(worker, read_fd))
         log.info("worker started", extra={"worker": worker.index, "worker_pid": worker.proc.pid})
 
@@ -276,7 +274,6 @@ class Supervisor:
                 await worker.reader  # the status pipe reaches EOF when the worker exits
             code = await asyncio.to_thread(proc.wait)
             _mark_dead(proc.pid)
-            worker.exited.set()
             if stop.is_set() or self.stopping:
                 return
             healthy_for = time.monotonic() - worker.started_at

@@ -26,4 +26,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from benchmarks.harness import run_and_print, settings_from_args
 
-    return run_and_print(settings_from_args(args))
+    return run_and_print(settings_from_args(args), update_readme=args.update_readme)
