@@ -1015,7 +1015,32 @@ class Api:
             entry = self.store.create(rt.group, rt.plural, obj)
         except AlreadyExists:
             raise self._already_exists(rt, obj["metadata"]["name"]) from None
+        if (rt.group, rt.plural) == ("", "pods"):
+            self._pod_started_events(entry.obj)
         return self._render_one(req, rt, entry, status)
+
+    def _pod_started_events(self, pod: dict[str, Any]) -> None:
+        """The events the scheduler and kubelet would record for a new pod (``kubectl describe`` shows them)."""
+        meta = pod["metadata"]
+        node = (pod.get("spec") or {}).get("nodeName", "sandbox-node-1")
+        involved = {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "namespace": meta["namespace"],
+                    "uid": meta.get("uid", ""), "resourceVersion": meta.get("resourceVersion", "")}
+        stamp = now_rfc3339()
+        records = [("Scheduled", f"Successfully assigned {meta['namespace']}/{meta['name']} to {node}",
+                    {"component": "default-scheduler"}, None)]
+        for c in (pod.get("spec") or {}).get("containers") or []:
+            records.append(("Started", f"Started container {c.get('name', '')}", {"component": "kubelet", "host": node},
+                            f"spec.containers{{{c.get('name', '')}}}"))
+        for reason, message, source, field_path in records:
+            event = {"apiVersion": "v1", "kind": "Event",
+                     "metadata": {"name": f"{meta['name']}.{random.getrandbits(64):016x}", "namespace": meta["namespace"]},
+                     "involvedObject": dict(involved, fieldPath=field_path) if field_path else involved,
+                     "reason": reason, "message": message, "type": "Normal", "count": 1, "source": source,
+                     "firstTimestamp": stamp, "lastTimestamp": stamp, "reportingComponent": source["component"]}
+            try:
+                self.store.create("", "events", event)
+            except AlreadyExists:
+                continue
 
     @staticmethod
     def _already_exists(rt: ResourceType, name: str) -> ApiError:

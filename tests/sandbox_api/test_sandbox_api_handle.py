@@ -226,11 +226,12 @@ def test_only_protobuf_accepted_is_406(api: Api) -> None:
 
 
 def test_create_assigns_metadata_and_defaults(api: Api) -> None:
+    before = api.store.resource_version
     status, pod = call(api, "POST", "/api/v1/namespaces/dev/pods", body=POD)
     assert status == 201
     meta = pod["metadata"]
     assert meta["namespace"] == "dev" and meta["uid"] and meta["creationTimestamp"] and meta["generation"] == 1
-    assert int(meta["resourceVersion"]) == api.store.resource_version
+    assert int(meta["resourceVersion"]) == before + 1
     assert pod["status"]["phase"] == "Running" and pod["spec"]["restartPolicy"] == "Always"
     assert meta["managedFields"][0]["manager"] == "kubectl"
     status, body = call(api, "POST", "/api/v1/namespaces/dev/pods", body=POD)
@@ -814,3 +815,13 @@ def test_update_managers_own_the_fields_they_changed(api: Api) -> None:
     status, cm = call(api, "PATCH", "/api/v1/namespaces/dev/configmaps/shared", {"fieldManager": "creator"},
                       body={"data": {"b": "2"}}, content_type="application/merge-patch+json")
     assert {m["manager"] for m in cm["metadata"]["managedFields"]} == {"creator", "editor"}  # no-op kept owners
+
+
+def test_new_pods_get_scheduler_and_kubelet_events(api: Api) -> None:
+    status, pod = call(api, "POST", "/api/v1/namespaces/dev/pods", body=POD)
+    assert status == 201
+    selector = f"involvedObject.name=new,involvedObject.namespace=dev,involvedObject.uid={pod['metadata']['uid']}"
+    _, events = call(api, "GET", "/api/v1/namespaces/dev/events", {"fieldSelector": selector})
+    assert [(e["reason"], e["message"]) for e in events["items"]] in (
+        [("Scheduled", "Successfully assigned dev/new to sandbox-node-1"), ("Started", "Started container c")],
+        [("Started", "Started container c"), ("Scheduled", "Successfully assigned dev/new to sandbox-node-1")])
