@@ -191,3 +191,59 @@ def test_two_discovery_instances_in_different_groups_share_a_store_and_leave_eac
         assert sorted(c.name for c in served.list()) == ["team-a-1", "team-b-1"]
 
     asyncio.run(main())
+
+
+@pytest.mark.e2e
+def test_kubegate_start_with_eks_discovery_enabled_fills_the_store(aws, moto_url, tmp_path):
+    """The product wiring: config → ``kubegate start`` → EKS poller (worker 0) → store → ``clusters ls``.
+    boto3 in the child process reaches moto through the standard ``AWS_ENDPOINT_URL`` setting."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from kubegate.demo import free_port
+
+    root = Path(__file__).resolve().parents[2]
+    create_cluster(moto_url, "us-east-1", "found-by-kubegate", env="prod")
+    create_cluster(moto_url, "us-east-1", "ignored", env="dev")
+    port, metrics_port = free_port(), free_port()
+    (tmp_path / "kubegate.yaml").write_text(f"""
+version: v1
+state_dir: ./state
+proxy: {{listen: 127.0.0.1:{port}, public_addr: 127.0.0.1:{port}, limits: {{shutdown_grace: 2s}}}}
+metrics: {{listen: 127.0.0.1:{metrics_port}}}
+auth: {{roles_dir: {root / "examples" / "roles"}}}
+discovery_service:
+  enabled: true
+  discovery_group: e2e
+  poll_interval: 10s
+  aws: [{{types: [eks], regions: [us-east-1], tags: {{env: prod}}}}]
+""")
+    env = {**os.environ, "PYTHONPATH": str(root), "AWS_ENDPOINT_URL": moto_url}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "kubegate", *a], cwd=tmp_path, env=env,  # noqa: E731
+                                    capture_output=True, text=True, timeout=60)
+    assert run("ca", "init", "-c", "kubegate.yaml").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "kubegate", "start", "-c", "kubegate.yaml"], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    record = tmp_path / "state" / "clusters" / "found-by-kubegate.json"
+    try:
+        deadline = time.monotonic() + 30
+        while not record.exists():  # an external process's file: nothing to await but the file itself
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "no EKS record appeared"
+            time.sleep(0.1)
+        listed = run("clusters", "ls", "-o", "json", "-c", "kubegate.yaml")
+        rows = {r["name"]: r for r in json.loads(listed.stdout)["clusters"]}
+        assert set(rows) == {"found-by-kubegate"}
+        row = rows["found-by-kubegate"]
+        assert row["origin"] == "aws" and row["discovery_group"] == "e2e"
+        assert row["labels"]["kubegate.dev/discovery-group"] == "e2e" and row["labels"]["env"] == "prod"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == 0, proc.stderr.read()
