@@ -85,6 +85,9 @@ def allowed_principals(
             denied_users.update(expand_templates(role.deny.kubernetes_users, traits))
         if role.deny.kubernetes_groups:
             denied_groups.update(expand_templates(role.deny.kubernetes_groups, traits))
+    if "" in users or "" in groups:  # an empty trait value is no principal
+        users = [u for u in users if u]
+        groups = [g for g in groups if g]
     if not denied_users and not denied_groups:
         return users, groups
     return [u for u in users if u not in denied_users], [g for g in groups if g not in denied_groups]

@@ -377,6 +377,11 @@ def test_impersonation_defaults() -> None:
     assert (d.user, d.groups) == ("web-reader", ("system:authenticated",))
 
 
+def test_empty_trait_values_are_no_principals() -> None:
+    d = check(ident("dev", kubernetes_groups=("", "g1")), "GET", "/api/v1/namespaces/dev/pods")
+    assert d.groups == ("g1", "developers", "system:authenticated")
+
+
 def test_impersonation_unions_only_roles_that_grant_the_request() -> None:
     d = check(ident("viewer", "web-only"), "GET", "/api/v1/namespaces/dev/pods/web-1")
     assert d.user == "web-reader" and d.groups == ("viewers", "system:authenticated")
