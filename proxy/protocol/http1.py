@@ -156,7 +156,7 @@ class Http1ServerConnection:
         self._max_body = self._limits.max_body_bytes
         self._parser = httptools.HttpRequestParser(self)
         self._events: list[Event] = []
-        self._out = bytearray()
+        self._out: list[bytes] = []  # output pieces, joined once by data_to_send()
         self._next_sid = 1
         self._sid = 0  # stream being parsed
         self._url = b""
@@ -376,8 +376,10 @@ class Http1ServerConnection:
     # ------------------------------------------------------------------ sending
 
     def _write(self, sid: int, data: bytes) -> None:
+        if type(data) is not bytes:
+            data = bytes(data)  # pieces are kept until data_to_send(): never a caller's mutable buffer
         if sid == self._resp_sid:
-            self._out += data
+            self._out.append(data)
         else:
             held = self._held.get(sid)
             if held is None:
@@ -454,7 +456,12 @@ class Http1ServerConnection:
         if data:
             mode = stream.mode
             if mode == 2:
-                self._write(stream_id, b"%x\r\n%s\r\n" % (len(data), data))
+                if len(data) < 4096:
+                    self._write(stream_id, b"%x\r\n%s\r\n" % (len(data), data))
+                else:  # no copy of a large chunk here: three pieces, joined once on output
+                    self._write(stream_id, b"%x\r\n" % len(data))
+                    self._write(stream_id, data)
+                    self._write(stream_id, b"\r\n")
             elif mode == 1:
                 if len(data) > stream.remaining:
                     raise ValueError(f"response body longer than its content-length on stream {stream_id}")
@@ -501,7 +508,7 @@ class Http1ServerConnection:
         nxt = sid + 2
         self._resp_sid = nxt
         while nxt in self._held:
-            self._out += b"".join(self._held.pop(nxt))
+            self._out.extend(self._held.pop(nxt))
             following = self._streams.get(nxt)
             if following is None or not following.ended:
                 break
@@ -539,8 +546,8 @@ class Http1ServerConnection:
             stream.keep_alive = False
 
     def data_to_send(self) -> bytes:
-        if not self._out:
+        out = self._out
+        if not out:
             return b""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
+        self._out = []
+        return out[0] if len(out) == 1 else b"".join(out)

@@ -280,3 +280,16 @@ def test_response_header_with_line_break_is_refused() -> None:
     conn, _ = feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     with pytest.raises(ValueError):
         conn.send_response_head(ResponseHead(1, 200, [(b"x-evil", b"a\r\nSet-Cookie: b")]))
+
+
+def test_large_chunks_and_mutable_buffers_are_framed_exactly() -> None:
+    conn, _ = feed(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.send_response_head(ResponseHead(1, 200, []))
+    buffer = bytearray(b"a" * 10000)
+    conn.send_body(1, buffer)  # type: ignore[arg-type]
+    buffer[:] = b"b" * 10000  # the caller reuses its buffer before the bytes left
+    conn.send_body(1, b"tail")
+    conn.send_end(1)
+    out = conn.data_to_send()
+    body = out.split(b"\r\n\r\n", 1)[1]
+    assert body == b"2710\r\n" + b"a" * 10000 + b"\r\n4\r\ntail\r\n0\r\n\r\n"
