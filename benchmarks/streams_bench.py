@@ -9,7 +9,8 @@ Starts the sandbox in its own process (benchmarks.sandbox_proc, TLS), then execs
 * ``spdy-raw``    a Python SPDY/3.1 client (proxy.protocol.spdy)
 * ``kubectl-1.37`` (WebSocket v5) and ``kubectl-1.20`` (SPDY), stdout to /dev/null
 
-and reports MB/s (wall time from the upgrade to the end) and the sandbox process's CPU seconds per GB
+and, the other way, pipes N bytes into ``wc -c`` with ``kubectl exec -i`` (``… stdin`` rows); it
+reports MB/s (wall time from the upgrade to the end; kubectl rows: the whole command) and the sandbox process's CPU seconds per GB
 (utime+stime from /proc, children excluded: the ``head`` process is not counted). The clients run on
 the same machine, so MB/s is bounded by the slower side; CPU per GB is the sandbox's own cost.
 """
@@ -121,6 +122,15 @@ def kubectl_exec(kubectl: str, kubeconfig: str, total_bytes: int) -> tuple[int, 
     return total_bytes, time.perf_counter() - t0
 
 
+def kubectl_stdin(kubectl: str, kubeconfig: str, source: Path, total_bytes: int) -> tuple[int, float]:
+    """Pipe ``total_bytes`` into ``wc -c`` in the pod (client -> process direction, as ``kubectl cp`` to a pod)."""
+    t0 = time.perf_counter()
+    with source.open("rb") as stdin:
+        out = subprocess.run([kubectl, "--kubeconfig", kubeconfig, "exec", "-i", "-n", "bench", "pod-0", "--",
+                              "wc", "-c"], stdin=stdin, capture_output=True, check=True, timeout=600).stdout
+    return int(out.split()[0]), time.perf_counter() - t0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=256, help="MiB of stdout per run")
@@ -142,8 +152,17 @@ def main(argv: list[str] | None = None) -> int:
                 "kubectl-1.20": lambda: kubectl_exec(str(ROOT / ".tools/bin/kubectl-1.20"),
                                                      info["admin_kubeconfig"], total),
             }
+            source = Path(tmp) / "stdin.bin"
+            with source.open("wb") as f:
+                block = os.urandom(1 << 20)
+                for _ in range(args.mb):
+                    f.write(block)
+            runs["kubectl-1.37 stdin"] = lambda: kubectl_stdin(str(ROOT / ".tools/bin/kubectl-1.37"),
+                                                                info["admin_kubeconfig"], source, total)
+            runs["kubectl-1.20 stdin"] = lambda: kubectl_stdin(str(ROOT / ".tools/bin/kubectl-1.20"),
+                                                                info["admin_kubeconfig"], source, total)
             results = {}
-            print(f"{'client':<14} {'MiB':>6} {'seconds':>8} {'MB/s':>8} {'sandbox CPU s/GB':>17}")
+            print(f"{'client':<19} {'MiB':>6} {'seconds':>8} {'MB/s':>8} {'sandbox CPU s/GB':>17}")
             for name, run in runs.items():
                 before = cpu_seconds(info["pid"])
                 received, seconds = run()
@@ -154,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu_per_gb = cpu / (received / 1e9)
                 results[name] = {"bytes": received, "seconds": round(seconds, 3), "MB_per_s": round(mbps, 1),
                                  "sandbox_cpu_s_per_GB": round(cpu_per_gb, 2)}
-                print(f"{name:<14} {args.mb:>6} {seconds:>8.2f} {mbps:>8.1f} {cpu_per_gb:>17.2f}")
+                print(f"{name:<19} {args.mb:>6} {seconds:>8.2f} {mbps:>8.1f} {cpu_per_gb:>17.2f}")
         finally:
             if proc.stdin:
                 proc.stdin.close()
