@@ -121,16 +121,6 @@ RESOURCE_NOT_FOUND = ApiError(404, "NotFound", "the server could not find the re
 METHOD_NOT_ALLOWED = ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
 
 
-@dataclass(slots=True)
-class RequestInfo:
-    verb: str
-    rt: ResourceType
-    namespace: str
-    name: str
-    subresource: str
-    watch: bool
-
-
 @dataclass(frozen=True, slots=True)
 class MediaPrefs:
     table: str | None  # "meta.k8s.io/v1" / "meta.k8s.io/v1beta1" when a Table is wanted
@@ -1395,17 +1385,3 @@ class Api:
         result.setdefault("apiVersion", rt.group_version)
         result.setdefault("metadata", {"creationTimestamp": None})
         return _json_response(201, result)
-
-
-async def drain(stream: AsyncIterator[bytes], limit: int | None = None) -> list[bytes]:
-    """Collect chunks of a streamed response (tests, tools)."""
-    out: list[bytes] = []
-    async for chunk in stream:
-        out.append(chunk)
-        if limit is not None and len(out) >= limit:
-            break
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
-    return out
-
