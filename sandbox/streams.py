@@ -416,7 +416,15 @@ async def run_exec(target: StreamTarget, opts: Options, ch: Channels, protocol_v
             await proc.wait()
             return
         outputs.result()
-        code = await proc.wait()
+        # The output is closed; the process may still run (it closed its stdout): wait for its exit,
+        # or for the client to leave.
+        exited = asyncio.ensure_future(proc.wait())
+        done, _ = await asyncio.wait({exited, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if exited not in done:
+            log.info("client went away; killing exec pid %s", proc.proc.pid)
+            exited.cancel()
+            return
+        code = exited.result()
         if opts.stdout:
             await ch.close_channel(STDOUT)
         if opts.stderr:

@@ -317,3 +317,19 @@ def test_a_flood_of_spdy_streams_is_refused_beyond_the_limit(harness):
     assert refused == 10
     sock.close()
     assert _wait_for(lambda: harness.running_sessions() == 0)
+
+
+def test_a_client_leaving_while_the_process_runs_with_stdout_closed_kills_it(harness):
+    sock = _connect(harness)
+    query = "?command=sh&command=-c&command=echo+%24%24%3B+exec+sleep+60+%3E%26-+2%3E%26-&stdout=1"
+    sock.sendall(_ws_request(EXEC + query, "v5.channel.k8s.io"))
+    head, rest = _read_head(sock)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    ws = ch.WebSocketClient(rest)
+    out = b"".join(m[1:] for m in ws.receive_data(b"") if isinstance(m, bytes))
+    while b"\n" not in out:
+        out += b"".join(m[1:] for m in ws.receive_data(sock.recv(65536)) if isinstance(m, bytes))
+    pid = int(out.split()[0])
+    sock.close()
+    assert _wait_gone(pid)
+    assert _wait_for(lambda: harness.running_sessions() == 0)
