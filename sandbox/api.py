@@ -50,8 +50,7 @@ JSON = "application/json"
 MAX_BODY_BYTES = 3 * 1024 * 1024
 STREAM_KINDS = ("exec", "attach", "portforward")
 PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
-REVIEW_GROUPS = ("authorization.k8s.io", "authentication.k8s.io")
-NON_RESOURCE_PREFIXES = ("/healthz", "/livez", "/readyz", "/metrics", "/version", "/openapi")
+BAD_INPUT_CODES = (400, 406, 413, 415, 422)
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 ACCEPTED_BODIES = "application/json, application/yaml, application/vnd.kubernetes.protobuf"
@@ -243,8 +242,13 @@ class Api:
         except ApiError as exc:
             if exc.code >= 500:
                 log.warning("%s %s -> %d %s", req.method, req.path, exc.code, exc.message)
+            elif exc.code in BAD_INPUT_CODES:  # the client sent something broken: say what, once
+                log.info("bad request from %s: %s %s -> %d %s: %s", req.user.username, req.method, req.path,
+                         exc.code, exc.reason, exc.message[:300])
             return exc.response()
         except RecursionError:
+            log.info("bad request from %s: %s %s -> 400 body nested too deeply", req.user.username, req.method,
+                     req.path)
             return bad_request("the request body is nested too deeply").response()
         except Exception as exc:  # never let a bug escape as a dropped connection
             log.exception("internal error serving %s %s", req.method, req.path)
