@@ -1384,7 +1384,10 @@ class Api:
                               f"version ({rt.group_version})")
         body.setdefault("kind", rt.kind)
         body.setdefault("apiVersion", rt.group_version)
-        result = self.reviews.review(rt.plural, body, req.user)
+        try:
+            result = self.reviews.review(rt.plural, body, req.user)
+        except ValueError as exc:  # sandbox.authz.ReviewError and friends: the review body is wrong
+            raise bad_request(f"{rt.kind}: {exc}") from None
         result.setdefault("kind", rt.kind)
         result.setdefault("apiVersion", rt.group_version)
         result.setdefault("metadata", {"creationTimestamp": None})

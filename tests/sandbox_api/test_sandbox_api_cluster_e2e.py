@@ -141,3 +141,16 @@ def test_python_client_list_watch_create(cluster) -> None:
             w.stop()
     assert ("ADDED", "py-e2e") in seen and created.metadata.resource_version
     v1.delete_namespaced_config_map("py-e2e", "prod")
+
+
+def test_malformed_review_is_400(cluster) -> None:
+    """The real ReviewService behind the Api: a review it cannot read is the client's fault."""
+    import asyncio
+
+    from sandbox.types import ApiRequest, UserInfo
+
+    body = b'{"apiVersion":"authorization.k8s.io/v1","kind":"SelfSubjectAccessReview","spec":"nope"}'
+    req = ApiRequest("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", {},
+                     {"content-type": "application/json"}, body, UserInfo("someone", ("system:authenticated",)))
+    resp = asyncio.run_coroutine_threadsafe(cluster.server.api.handle(req), cluster.loop).result(10)
+    assert resp.status == 400 and json.loads(resp.body)["reason"] == "BadRequest"
