@@ -333,3 +333,25 @@ def test_a_client_leaving_while_the_process_runs_with_stdout_closed_kills_it(har
     sock.close()
     assert _wait_gone(pid)
     assert _wait_for(lambda: harness.running_sessions() == 0)
+
+
+def test_sessions_leak_no_file_descriptors(harness):
+    def exec_once(tty: bool) -> None:
+        query = "?command=echo&command=hi&stdout=1" + ("&tty=1" if tty else "&stderr=1")
+        sock = _connect(harness)
+        sock.sendall(_ws_request(EXEC + query, "v5.channel.k8s.io"))
+        head, rest = _read_head(sock)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        if tty:  # the initial terminal size, as kubectl sends it
+            sock.sendall(ch.WebSocketClient(rest).send(b'\x04{"Width":80,"Height":24}'))
+        _read_all(sock)  # until the server closes
+        sock.close()
+
+    exec_once(False)  # warm up (lazy imports, the child watcher)
+    exec_once(True)
+    assert _wait_for(lambda: harness.running_sessions() == 0)
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(10):
+        exec_once(tty=i % 2 == 0)
+    assert _wait_for(lambda: harness.running_sessions() == 0)
+    assert _wait_for(lambda: len(os.listdir("/proc/self/fd")) <= before), (before, os.listdir("/proc/self/fd"))
