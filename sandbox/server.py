@@ -480,7 +480,7 @@ class _Connection(asyncio.Protocol):
         if response.stream is None:
             body = response.body
             codec.send_response_head(ResponseHead(sid, response.status, headers, content_length=len(body)))
-            if body:
+            if body and req.head.method != "HEAD":
                 codec.send_body(sid, body)
             codec.send_end(sid)
             self.flush()

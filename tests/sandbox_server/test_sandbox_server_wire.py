@@ -362,3 +362,18 @@ def test_non_tls_bytes_are_closed_without_leaks(sb: RunningSandbox, payload: byt
             data = raw.recv(65536)
             assert not data.startswith(b"HTTP/")  # never served as HTTP: a TLS alert or nothing
     assert wait_idle(sb) == (0, 0)
+
+
+def test_head_requests_get_headers_only(sb: RunningSandbox, admin_cert) -> None:
+    sock = connect(sb, admin_cert)
+    reader = reader_of(sock)
+    sock.sendall(b"HEAD /api/v1/namespaces/default/pods/hello HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = read_response(reader, "HEAD")
+    assert status == 200 and int(headers["content-length"]) > 0 and body == b""
+    sock.sendall(get("/api/v1/namespaces/default/pods/hello"))  # the connection is still in step
+    assert read_response(reader)[0] == 200
+    sock.close()
+    h2sock, conn = h2_session(sb, admin_cert)
+    h2_request(h2sock, conn, 1, "/api/v1/namespaces/default/pods/hello", method="HEAD")
+    assert h2_collect(h2sock, conn, {1})[1] == (200, b"")
+    h2sock.close()
