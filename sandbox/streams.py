@@ -409,11 +409,6 @@ async def run_exec(target: StreamTarget, opts: Options, ch: Channels, protocol_v
         done, _ = await asyncio.wait({outputs, gone}, return_when=asyncio.FIRST_COMPLETED)
         if gone in done:
             log.info("client went away; killing exec pid %s", proc.proc.pid)
-            proc.kill()
-            outputs.cancel()
-            with contextlib.suppress(BaseException):
-                await outputs
-            await proc.wait()
             return
         outputs.result()
         # The output is closed; the process may still run (it closed its stdout): wait for its exit,
@@ -440,6 +435,9 @@ async def run_exec(target: StreamTarget, opts: Options, ch: Channels, protocol_v
         for task in (*helpers, gone, outputs):
             with contextlib.suppress(BaseException):
                 await task
+        with contextlib.suppress(BaseException):
+            async with asyncio.timeout(5):
+                await proc.wait()  # reaped before the session ends
         proc.close()
 
 
