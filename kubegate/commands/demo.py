@@ -7,6 +7,7 @@ import asyncio
 import shlex
 import shutil
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def kubectl_command() -> str:
 
 def run(args: argparse.Namespace) -> int:
     from kubegate import logging as kglog
-    from kubegate.app import ProxyService, certificate_expiry_collector, prepare
+    from kubegate.app import ProxyService, StartupError, certificate_expiry_collector, prepare
     from kubegate.config import load_config
     from kubegate.demo import free_port, prepare_demo_state, viewer_binding
     from kubegate.workers import install_uvloop, serve_single
@@ -96,6 +97,12 @@ Press Ctrl-C to stop.""", flush=True)
 
             asyncio.run(main())
             print("\nstopping …", flush=True)
+    except KeyboardInterrupt:  # Ctrl-C before the proxy took over the signals (still starting)
+        print("\ninterrupted while starting", file=sys.stderr, flush=True)
+        return 130
+    except (OSError, StartupError) as exc:  # e.g. --port already in use
+        print(f"kubegate demo: cannot start: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         log_stream.close()
         if temporary:

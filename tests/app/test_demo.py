@@ -90,3 +90,18 @@ def test_demo_with_state_keeps_it_and_audits_requests(tmp_path, kubectl_new):
     assert (state_dir / "ca" / "ca.pem").exists() and (state_dir / "roles" / "viewer.yaml").exists()
     audit = (state_dir / "audit.log").read_text()
     assert '"demo"' in audit
+
+
+def test_demo_on_a_busy_port_fails_cleanly(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc, lines, ready = _start_demo(tmp_path, "--port", str(port))
+        code = proc.wait(60)
+        ready.wait(5)
+    assert code == 1
+    assert "kubegate demo: cannot start:" in "".join(lines) and "Address already in use" in "".join(lines)
+    assert not list(tmp_path.glob("kubegate-demo-*"))  # the temporary state is gone
