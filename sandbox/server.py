@@ -438,6 +438,8 @@ class _Connection(asyncio.Protocol):
         head = req.head
         headers: dict[str, str] = {}
         for key, value in head.headers:
+            if key == b"authorization" or key.startswith(b"impersonate-"):
+                continue  # consumed by authentication / impersonation, as the apiserver's filters do
             name = key.decode("latin-1")
             text = value.decode("latin-1")
             if name in headers:
