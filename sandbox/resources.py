@@ -38,6 +38,8 @@ class ResourceType:
     builtin: bool = True
     list_kind: str = ""
     subresources: tuple[str, ...] = field(default=())
+    # metadata.generation is kept (and bumped on spec changes) only where the apiserver does it
+    tracks_generation: bool = False
 
     @property
     def group_version(self) -> str:
@@ -58,7 +60,7 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "namespaces", "Namespace", False, ("create", "delete", "get", "list", "patch", "update", "watch"),
                  ("ns",), subresources=("status",)),
     ResourceType("", "v1", "pods", "Pod", True, CRUD_VERBS, ("po",), ("all",),
-                 subresources=("status", "log", "exec", "attach", "portforward")),
+                 subresources=("status", "log", "exec", "attach", "portforward"), tracks_generation=True),
     ResourceType("", "v1", "configmaps", "ConfigMap", True, CRUD_VERBS, ("cm",)),
     ResourceType("", "v1", "secrets", "Secret", True, CRUD_VERBS),
     ResourceType("", "v1", "services", "Service", True, CRUD_VERBS, ("svc",), ("all",), subresources=("status",)),
@@ -66,7 +68,7 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "events", "Event", True, CRUD_VERBS, ("ev",)),
     ResourceType("", "v1", "nodes", "Node", False, CRUD_VERBS, ("no",), subresources=("status",)),
     ResourceType("apps", "v1", "deployments", "Deployment", True, CRUD_VERBS, ("deploy",), ("all",),
-                 subresources=("status", "scale")),
+                 subresources=("status", "scale"), tracks_generation=True),
     ResourceType("rbac.authorization.k8s.io", "v1", "roles", "Role", True),
     ResourceType("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
     ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
@@ -82,8 +84,9 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("authentication.k8s.io", "v1", "selfsubjectreviews", "SelfSubjectReview", False,
                  ("create",), virtual=True),
     ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False,
-                 CRUD_VERBS, ("crd", "crds"), ("api-extensions",), subresources=("status",)),
-    ResourceType(CUSTOM_GROUP, "v1", "widgets", "Widget", True, CRUD_VERBS, ("wg",), ("all",), builtin=False),
+                 CRUD_VERBS, ("crd", "crds"), ("api-extensions",), subresources=("status",), tracks_generation=True),
+    ResourceType(CUSTOM_GROUP, "v1", "widgets", "Widget", True, CRUD_VERBS, ("wg",), ("all",), builtin=False,
+                 tracks_generation=True),
 )
 
 # Top-level fields of the built-in kinds (strict field validation rejects others, like the apiserver).

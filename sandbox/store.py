@@ -213,6 +213,7 @@ class Store:
         self._logs: dict[tuple[str, str], dict[str, deque[tuple[str, str]]]] = {}
         self._log_followers: dict[tuple[str, str], set[LogFollower]] = {}
         self._namespaced: dict[GR, bool] = {}
+        self._generation: dict[GR, bool] = {}
         for rt in catalog.stored():
             gr = (rt.group, rt.plural)
             self._data[gr] = {}
@@ -221,6 +222,7 @@ class Store:
             self._floor[gr] = 0
             self._watchers[gr] = set()
             self._namespaced[gr] = rt.namespaced
+            self._generation[gr] = rt.tracks_generation
 
     # ------------------------------------------------------------------ reads
 
@@ -293,20 +295,25 @@ class Store:
         """Assign bookkeeping metadata to ``obj`` (owned by the store from now on) and save it."""
         meta = obj.setdefault("metadata", {})
         rv = self._next_rv()
+        tracks = self._generation[gr]
         if previous is None:
             meta["uid"] = meta.get("uid") or str(uuid.uuid4())
             meta["creationTimestamp"] = meta.get("creationTimestamp") or now_rfc3339()
-            if "spec" in obj:
+            if tracks:
                 meta["generation"] = 1
+            else:
+                meta.pop("generation", None)
         else:
             old_meta = previous.obj["metadata"]
             meta["uid"] = old_meta.get("uid")
             meta["creationTimestamp"] = old_meta.get("creationTimestamp")
-            if "generation" in old_meta or "spec" in obj:
+            if tracks:
                 generation = old_meta.get("generation", 0) or 0
                 if obj.get("spec") != previous.obj.get("spec") or not generation:
                     generation += 1
                 meta["generation"] = generation
+            else:
+                meta.pop("generation", None)
         if not self._namespaced[gr]:
             meta.pop("namespace", None)
         meta["resourceVersion"] = str(rv)
