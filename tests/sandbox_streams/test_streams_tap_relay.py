@@ -129,3 +129,31 @@ def test_taps_report_streams_bytes_and_exit_code(kubectl, relay_kubeconfig):
     assert summary["stream_bytes"]["stdout"]["from_server"] == 100_005
     assert summary["stream_protocol"] in ("v5.channel.k8s.io", "v4.channel.k8s.io")
     assert "tap_failed" not in summary
+
+
+def test_taps_count_port_forward_bytes(kubectl, relay_kubeconfig):
+    import re
+    import socket
+
+    relay, kubeconfig = relay_kubeconfig
+    proc = subprocess.Popen([kubectl, "--kubeconfig", kubeconfig, "port-forward", "pod/web", ":8080"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        match = re.search(r"127\.0\.0\.1:(\d+) -> 8080", proc.stdout.readline().decode())
+        assert match
+        with socket.create_connection(("127.0.0.1", int(match.group(1))), timeout=10) as sock:
+            sock.sendall(b"p" * 20_000)
+            received = 0
+            while received < 20_000:
+                chunk = sock.recv(65536)
+                assert chunk
+                received += len(chunk)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    (session,) = relay.sessions
+    summary = session.summary()
+    assert "tap_failed" not in summary, summary
+    assert summary["stream_bytes"]["data"] == {"from_client": 20_000, "from_server": 20_000}
+    assert summary["exit_code"] is None
