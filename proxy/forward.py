@@ -47,6 +47,7 @@ class ProxySettings:
     max_header_bytes: int = 64 * 1024
     shutdown_grace: float = 10.0
     response_head_timeout: float = 60.0
+    tap_sessions: bool = True  # decode exec/attach/portforward streams for the audit (exit code, bytes)
 
 
 def _request_ids() -> Callable[[], str]:

@@ -188,6 +188,8 @@ class UpgradeSession:
             self.client.data_received(self.trailing)
         if up_trailing:
             self.upstream.data_received(up_trailing)
+        if ex.fwd.audit is not None and ex.fwd.settings.tap_sessions:
+            self.tap = _session_tap(up_headers)
         kind = ex.kind or "upgrade"
         metrics.OPEN_STREAMS.labels(kind).inc()
         self._audit_session("session.start", verdict)
@@ -267,6 +269,15 @@ class UpgradeSession:
             if self.tap is not None and hasattr(self.tap, "summary"):
                 record.update(self.tap.summary())
         audit(record)
+
+
+def _session_tap(headers: list[tuple[bytes, bytes]]) -> Any:
+    """The streams part's audit tap (exit code, bytes per stream) for this wire, or None."""
+    try:
+        from proxy.protocol.channels import SessionTap
+    except ImportError:  # pragma: no cover - the tap is optional
+        return None
+    return SessionTap.from_response_headers(headers)
 
 
 def _kind(path: str) -> str:

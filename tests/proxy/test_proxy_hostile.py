@@ -270,3 +270,4 @@ def test_client_vanishing_mid_exec_leaves_nothing_behind(strict, strict_client, 
     wait_for(lambda: settled(strict) and open_fds() <= fds)
     events = [e for e in strict.audit_events if e["event"] == "session.end"]
     assert events and events[-1]["kind"] == "exec" and events[-1]["bytes_from_client"] > 0
+    assert "stream_protocol" in events[-1]  # the session tap decoded the wire

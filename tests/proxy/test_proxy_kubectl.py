@@ -189,3 +189,17 @@ def test_a_role_without_exec_gets_a_forbidden_status(k_as):
     hidden = dora("get", "pods", "-n", "prod")
     assert hidden.returncode != 0
     assert b"forbidden" in hidden.stderr.lower()
+
+
+def test_exec_session_is_audited_with_its_exit_code(k, px):
+    result = k("exec", "-n", "dev", "web-1", "--", "sh", "-c", "echo audited; exit 4")
+    assert result.returncode == 4
+
+    def ends():
+        return [e for e in px.audit_events if e["event"] == "session.end" and e.get("exit_code") == 4]
+
+    deadline = time.monotonic() + 10  # the relay may close a moment after kubectl exits
+    while not ends() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ends()
+    assert ends()[-1]["user"] == "alice" and ends()[-1]["cluster"] == "sandbox"
