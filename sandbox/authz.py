@@ -198,10 +198,23 @@ class RbacAuthorizer:
         self._store = store
         self._lock = threading.Lock()
         self._cache_rv: object = None
+        self._cache_fingerprint: object = None
         self._cache: dict[tuple[str, tuple[str, ...]], UserRules] = {}
 
     def _revision(self) -> object:
         return getattr(self._store, "resource_version", None)
+
+    def _rbac_fingerprint(self) -> object:
+        """Changes whenever an RBAC object is created, updated or deleted: (count, newest rv) per kind.
+        Lets a write to anything else (pods, events, …) keep the compiled rules."""
+        list_entries = getattr(self._store, "list_entries", None)
+        if list_entries is None:
+            return None
+        fingerprint = []
+        for resource in ("clusterroles", "clusterrolebindings", "roles", "rolebindings"):
+            entries = list_entries(RBAC_GROUP, resource)[0]
+            fingerprint.append((len(entries), max((e.rv for e in entries), default=0)))
+        return tuple(fingerprint)
 
     def _cluster_role_rules(self) -> dict[str, list[dict[str, Any]]]:
         roles = self._store.list_objects(RBAC_GROUP, "clusterroles")
@@ -225,13 +238,17 @@ class RbacAuthorizer:
         key = (user.username, user.groups)
         rv = self._revision()
         with self._lock:
-            if rv is not None and rv == self._cache_rv:
+            if rv is not None and rv != self._cache_rv:
+                # Something was written; keep the compiled rules unless an RBAC object changed.
+                fingerprint = self._rbac_fingerprint()
+                if fingerprint is None or fingerprint != self._cache_fingerprint:
+                    self._cache.clear()
+                    self._cache_fingerprint = fingerprint
+                self._cache_rv = rv
+            if rv is not None:
                 cached = self._cache.get(key)
                 if cached is not None:
                     return cached
-            elif rv != self._cache_rv:
-                self._cache.clear()
-                self._cache_rv = rv
         compiled = self._compile(user)
         with self._lock:
             if rv is not None and rv == self._cache_rv:

@@ -317,3 +317,30 @@ def test_protobuf_review_bodies_decode_to_the_json_shape() -> None:
 def test_bad_protobuf_is_a_review_error(data: bytes) -> None:
     with pytest.raises(ReviewError):
         decode_review_protobuf(data)
+
+
+def test_real_store_keeps_rules_across_other_writes_and_sees_rbac_changes() -> None:
+    from sandbox.store import Store
+
+    store = Store()
+    for group, resource, obj in bootstrap_rbac_objects():
+        store.put_object(group, resource, obj)
+    store.put_object("", "namespaces", {"metadata": {"name": "dev"}})
+    authz = RbacAuthorizer(store)
+    compiled = []
+    original = authz._compile
+    authz._compile = lambda user: compiled.append(user.username) or original(user)  # type: ignore[method-assign]
+    request = attrs("frank", "list", "pods", "dev")
+    assert authz.authorize(request)[0] is False
+    store.put_object("", "configmaps", {"metadata": {"name": "c", "namespace": "dev"}})  # not RBAC
+    assert authz.authorize(request)[0] is False
+    assert compiled == ["frank"]  # the unrelated write kept the compiled rules
+    store.put_object(
+        RBAC_GROUP,
+        "rolebindings",
+        binding("frank-view", "ClusterRole", "view", [{"kind": "User", "name": "frank"}], "dev"),
+    )
+    assert authz.authorize(request)[0] is True
+    store.delete(RBAC_GROUP, "rolebindings", "dev", "frank-view")
+    assert authz.authorize(request)[0] is False
+    assert compiled == ["frank", "frank", "frank"]
