@@ -8,7 +8,8 @@
 * ``pods/attach`` attaches to the pod's console: one long-running process per (namespace, pod,
   container), started on first attach and kept until the sandbox stops (:func:`stop_consoles`). The
   console runs the pod annotation ``sandbox.kubegate.dev/console`` (a JSON list or a plain string
-  split on spaces) or, by default, ``sh`` reading commands from stdin. Its output is broadcast to every
+  split on spaces) or, by default, ``sh`` reading commands from stdin, under a pty when the container
+  spec has ``tty: true`` (as a container runtime would), else on pipes. Its output is broadcast to every
   attached client; what attached clients type goes to its stdin. A client's stdin EOF (or going away)
   detaches that client only.
 """

@@ -442,7 +442,10 @@ async def run_exec(target: StreamTarget, opts: Options, ch: Channels, protocol_v
 
 
 async def run_attach(target: StreamTarget, opts: Options, ch: Channels) -> None:
-    console = await processes.get_console(target.namespace, target.pod, opts.container, opts.tty)
+    # Like a container: the console has a terminal when the container spec says ``tty: true``.
+    spec = next((c for c in (target.pod.get("spec") or {}).get("containers") or []
+                 if c.get("name") == opts.container), {})
+    console = await processes.get_console(target.namespace, target.pod, opts.container, bool(spec.get("tty")))
     feed = console.subscribe()
 
     async def stdin_pump() -> None:

@@ -199,3 +199,20 @@ def test_port_forward_of_two_ports_with_concurrent_connections(kubectl, harness_
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_attach_with_a_tty_to_a_tty_console(kubectl, harness, harness_kubeconfig):
+    pod = harness.pods[("default", "shell")]
+    for container in pod["spec"]["containers"]:
+        container.update(tty=True, stdin=True)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([kubectl, "--kubeconfig", harness_kubeconfig, "attach", "-it", "shell", "-c", "main"],
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    try:
+        os.write(master, b"tty -s && echo CONSOLE-TTY-$((5*5))\n")
+        assert b"CONSOLE-TTY-25" in _read_until(master, b"CONSOLE-TTY-25", timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
