@@ -15,6 +15,8 @@ import hashlib
 import json
 from typing import Any
 
+from sandbox import protobuf
+from sandbox.patch import MERGE_KEYS
 from sandbox.resources import CATALOG, GROUP_ORDER, Catalog, ResourceType
 
 SERVER_VERSION = {
@@ -196,6 +198,8 @@ class DiscoveryDocs:
                 "description": f"{rt.kind} (kubegate sandbox)",
                 "x-kubernetes-group-version-kind": [gvk],
             }
+            if rt.builtin and rt.kind in protobuf.KINDS:
+                schemas[schema_name]["properties"] = kind_properties(rt.kind)
             ref = {"$ref": f"#/components/schemas/{schema_name}"}
             ok = {"description": "OK", "content": {"application/json": {"schema": ref}}}
             if "patch" not in rt.verbs and "create" in rt.verbs:
@@ -223,6 +227,56 @@ class DiscoveryDocs:
             }
         return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.37.0"}, "paths": paths,
                 "components": {"schemas": schemas}}
+
+
+_SCALARS: dict[str, dict[str, Any]] = {
+    "string": {"type": "string"},
+    "bytes": {"type": "string", "format": "byte"},
+    "int": {"type": "integer", "format": "int64"},
+    "bool": {"type": "boolean"},
+    "time": {"type": "string", "format": "date-time"},
+    "quantity": {"type": "string", "x-kubernetes-int-or-string": True},
+    "intorstr": {"type": "string", "x-kubernetes-int-or-string": True},
+    "map": {"type": "object", "additionalProperties": {"type": "string"}},
+    "mapbytes": {"type": "object", "additionalProperties": {"type": "string", "format": "byte"}},
+    "mapquantity": {"type": "object", "additionalProperties": {"type": "string", "x-kubernetes-int-or-string": True}},
+}
+
+
+def _properties(schema: protobuf.Schema) -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    for name, kind, repeated in schema.values():
+        if isinstance(kind, dict):
+            node: dict[str, Any] = {"type": "object", "description": name}
+            sub = _properties(kind)
+            if name in ("localObjectReference", "volumeSource"):  # inlined Go structs
+                props.update(sub)
+                continue
+            if sub:
+                node["properties"] = sub
+        else:
+            node = dict(_SCALARS[kind], description=name)
+        if repeated:
+            node.pop("description", None)
+            node = {"type": "array", "description": name, "items": node}
+            if name in MERGE_KEYS:
+                node["x-kubernetes-patch-merge-key"] = MERGE_KEYS[name]
+                node["x-kubernetes-patch-strategy"] = "merge"
+                node["x-kubernetes-list-type"] = "map"
+                node["x-kubernetes-list-map-keys"] = [MERGE_KEYS[name]]
+        props[name] = node
+    return props
+
+
+def kind_properties(kind: str) -> dict[str, Any]:
+    """Schema properties of a built-in kind, from the field tables the protobuf decoder uses (the fields the
+    sandbox knows; enough for ``kubectl explain`` to walk)."""
+    props = {"apiVersion": {"type": "string", "description": "APIVersion defines the versioned schema of this "
+                                                            "representation of an object."},
+             "kind": {"type": "string", "description": "Kind is a string value representing the REST resource "
+                                                      "this object represents."}}
+    props.update(_properties(protobuf.KINDS[kind]))
+    return props
 
 
 def _varint(value: int) -> bytes:

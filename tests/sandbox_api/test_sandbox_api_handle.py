@@ -825,3 +825,14 @@ def test_new_pods_get_scheduler_and_kubelet_events(api: Api) -> None:
     assert [(e["reason"], e["message"]) for e in events["items"]] in (
         [("Scheduled", "Successfully assigned dev/new to sandbox-node-1"), ("Started", "Started container c")],
         [("Started", "Started container c"), ("Scheduled", "Successfully assigned dev/new to sandbox-node-1")])
+
+
+def test_openapi_v3_schemas_describe_built_in_kinds(api: Api) -> None:
+    _, doc = call(api, "GET", "/openapi/v3/api/v1")
+    pod = next(s for s in doc["components"]["schemas"].values()
+               if s["x-kubernetes-group-version-kind"][0]["kind"] == "Pod")
+    containers = pod["properties"]["spec"]["properties"]["containers"]
+    assert containers["type"] == "array" and containers["x-kubernetes-patch-merge-key"] == "name"
+    assert {"name", "image", "ports", "env"} <= set(containers["items"]["properties"])
+    patch_types = set(doc["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"]["requestBody"]["content"])
+    assert "application/strategic-merge-patch+json" not in patch_types  # kubectl uses its compiled-in types
