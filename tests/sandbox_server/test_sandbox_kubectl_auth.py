@@ -163,6 +163,20 @@ def test_auth_whoami(sb, kubeconfigs, kubectl_new, protocol) -> None:
         "jsonpath={.status.userInfo.groups}",
     )
     assert acting.stdout == '["dev","system:authenticated"]'
+    with_uid = run(
+        kubectl_new,
+        kubeconfigs["admin"],
+        protocol,
+        "auth",
+        "whoami",
+        "--as",
+        "alice",
+        "--as-uid",
+        "u-42",
+        "-o",
+        "jsonpath={.status.userInfo.uid}",
+    )
+    assert (with_uid.returncode, with_uid.stdout) == (0, "u-42")
 
 
 def test_impersonation_allowed(sb, kubeconfigs, kubectl, protocol) -> None:
