@@ -34,11 +34,24 @@ spec:
     kubernetes_groups: ['system:masters']
 """
 
+WEB_ROLE = """
+kind: role
+version: v8
+metadata: {name: web}
+spec:
+  allow:
+    kubernetes_labels: {'*': '*'}
+    kubernetes_resources:
+      - {kind: pods, api_group: '', namespace: '*', name: 'web-*', verbs: [get, list, watch]}
+    kubernetes_groups: ['system:masters']
+"""
+
 
 def write_roles(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "admin.yaml").write_text(ADMIN_ROLE)
     (directory / "dev.yaml").write_text(DEV_ROLE)
+    (directory / "web.yaml").write_text(WEB_ROLE)
     return directory
 
 

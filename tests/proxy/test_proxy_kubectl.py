@@ -203,3 +203,50 @@ def test_exec_session_is_audited_with_its_exit_code(k, px):
         time.sleep(0.02)
     assert ends()
     assert ends()[-1]["user"] == "alice" and ends()[-1]["cluster"] == "sandbox"
+
+
+def test_a_name_restricted_role_sees_only_its_pods_in_lists_and_watches(k_as, kubectl, admin_kubeconfig, wire):
+    wendy = k_as("wendy", ["web"])
+    listed = ok(wendy("get", "pods", "-A", "-o", "name")).split()
+    assert listed and all(name.startswith("pod/web-") for name in listed)
+    assert "pod/api-0" not in listed and "pod/db-0" not in listed
+    import subprocess
+
+    try:  # a watch runs until stopped: stop it after a few seconds and look at what it printed
+        out = wendy("get", "pods", "-A", "-w", "-o", "name", timeout=4).stdout
+    except subprocess.TimeoutExpired as stopped:
+        out = stopped.stdout or b""
+    names = out.decode().split()
+    assert names and all(name.startswith("pod/web-") for name in names)
+
+
+def test_exec_with_a_tty(kubectl, admin_kubeconfig, wire):
+    import pty
+    import subprocess
+
+    master, slave = pty.openpty()
+    env = dict(os.environ, **({"GODEBUG": "http2client=0"} if wire == "http1" else {}))
+    proc = subprocess.Popen(
+        [kubectl, "--kubeconfig", str(admin_kubeconfig), "exec", "-it", "-n", "dev", "web-1", "--", "sh"],
+        stdin=slave, stdout=slave, stderr=slave, start_new_session=True, close_fds=True, env=env,
+    )
+    os.close(slave)
+    try:
+        os.write(master, b"tty -s && echo IS-A-TTY; echo $((6*7))x\n")
+        out = b""
+        deadline = time.monotonic() + 20
+        while b"42x" not in out and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1)
+            if ready:
+                try:
+                    out += os.read(master, 4096)
+                except OSError:
+                    break
+        assert b"IS-A-TTY" in out and b"42x" in out, out
+        os.write(master, b"exit 7\n")
+        assert proc.wait(timeout=20) == 7
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
