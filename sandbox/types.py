@@ -14,8 +14,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from proxy.protocol.events import RequestHead
-
 
 @dataclass(frozen=True, slots=True)
 class UserInfo:
