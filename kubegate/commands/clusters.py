@@ -39,8 +39,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("-f", "--file", required=True, metavar="FILE", help="kube_cluster resource(s), YAML")
     add.set_defaults(func=run_add)
 
-    ls = sub.add_parser("ls", help="list clusters with labels, origin and health")
+    ls = sub.add_parser(
+        "ls",
+        help="list clusters with labels, origin and health",
+        description="List every cluster of every source with labels, origin, health and whether this "
+        "proxy serves it. With --user and --roles (or --cert), only the served clusters that identity's "
+        "roles can see: the contexts its kubeconfig gets.",
+    )
     ls.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    who = ls.add_mutually_exclusive_group()
+    who.add_argument("--user", help="show only what this user can reach (with --roles)")
+    who.add_argument("--cert", metavar="FILE", help="show only what this kubegate certificate can reach")
+    ls.add_argument("--roles", default="", help="comma-separated kubegate roles of --user")
+    ls.add_argument("--traits", action="append", default=[], metavar="KEY=V1,V2",
+                    help="traits of --user (repeatable), as for `users issue`")
     ls.set_defaults(func=run_ls)
 
     show = sub.add_parser("show", help="show one cluster (never its credentials)")
@@ -217,11 +229,55 @@ def _rows(cfg: Any) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, view.errors
 
 
+def served_clusters(cfg: Any) -> tuple[list[Cluster], list[str]]:
+    """(clusters this proxy serves per the config's sources, problems found reading them); first source
+    wins on a name clash, as in the registry."""
+    view = _collect(cfg)
+    selector = ClusterRegistry([dict(r.labels) for r in cfg.kubernetes_service.resources])
+    served = [view.entries[name].cluster for name in sorted(view.entries)
+              if selector.matches(view.entries[name].cluster.labels)]
+    return served, view.errors
+
+
+def _identity_filter(args: argparse.Namespace, cfg: Any) -> set[str] | None:
+    """Names of the clusters the identity named on the command line can reach; None: no identity given."""
+    from certs.access import visible_clusters
+    from certs.identity import IdentityError, from_pem
+    from kubegate.commands.ca import load_roles, parse_traits
+    from rbac.identity import Identity
+
+    if args.cert:
+        try:
+            with open(args.cert, "rb") as f:
+                identity = from_pem(f.read())
+        except (OSError, ValueError, IdentityError) as exc:
+            raise DiscoveryError(f"--cert {args.cert}: {exc}") from None
+    elif args.user:
+        roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+        if not roles:
+            raise DiscoveryError("--user needs --roles (kubegate keeps no user database)")
+        traits = {k: tuple(v) for k, v in parse_traits(args.traits).items()}
+        identity = Identity(user=args.user, roles=roles, traits=traits)
+    else:
+        return None
+    served, _ = served_clusters(cfg)
+    return set(visible_clusters(identity, load_roles(cfg), served))
+
+
 def run_ls(args: argparse.Namespace) -> int:
+    from kubegate.commands.ca import CommandError
+
     cfg = _config(args)
     if cfg is None:
         return 1
+    try:
+        visible = _identity_filter(args, cfg)
+    except (DiscoveryError, CommandError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     rows, errors = _rows(cfg)
+    if visible is not None:
+        rows = [r for r in rows if r["served"] and r["name"] in visible]
     if args.output == "json":
         print(json.dumps({"clusters": rows, "errors": errors}, indent=2))
     else:

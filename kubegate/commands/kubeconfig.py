@@ -25,10 +25,6 @@ from certs.ca import CertificateAuthority, CertificateVerificationError, same_pu
 from certs.identity import IdentityError, identity_from_certificate
 from certs.kubeconfig import EmbeddedCredentials, build_kubeconfig, write_kubeconfig_document
 from certs.locks import format_time
-from discovery.errors import DiscoveryError
-from discovery.kube_cluster import FILE_SUFFIXES, load_resource_file
-from discovery.kubeconfig import kubeconfig_clusters_with_errors
-from discovery.store import ClusterStore
 from kubegate.commands.ca import (
     CommandError,
     add_config_argument,
@@ -41,7 +37,6 @@ from kubegate.commands.ca import (
 from kubegate.commands.users import add_identity_arguments, issue_for
 from kubegate.config import Config
 from rbac.identity import Identity
-from rbac.labels import labels_match
 from rbac.roles import RoleSet
 
 __all__ = ["register", "configured_clusters", "kubeconfig_document"]
@@ -50,42 +45,12 @@ log = logging.getLogger(__name__)
 
 
 def configured_clusters(cfg: Config) -> tuple[list[NamedCluster], list[str]]:
-    """(clusters this proxy serves per the config's sources, problems found reading them).
+    """(clusters this proxy serves per the config's sources, problems found reading them): the view of
+    ``kubegate clusters ls``; unreadable sources are reported, never fatal."""
+    from kubegate.commands.clusters import served_clusters
 
-    First source wins on a name clash (kubeconfig files, then clusters_dir, then the registry store),
-    as in the registry. Unreadable sources are reported, never fatal.
-    """
-    found: dict[str, NamedCluster] = {}
-    problems: list[str] = []
-
-    def add(clusters: Iterable[NamedCluster]) -> None:
-        for cluster in clusters:
-            found.setdefault(cluster.name, cluster)
-
-    for path in cfg.kubernetes_service.kubeconfig_files:
-        try:
-            clusters, errors = kubeconfig_clusters_with_errors(path)
-        except DiscoveryError as exc:
-            problems.append(str(exc))
-            continue
-        problems.extend(errors)
-        add(NamedCluster(c.name, dict(c.labels)) for c in clusters)
-    if cfg.kubernetes_service.clusters_dir:
-        directory = Path(cfg.kubernetes_service.clusters_dir)
-        files = sorted(directory.iterdir()) if directory.is_dir() else []
-        for file in files:
-            if file.name.startswith(".") or not file.name.endswith(FILE_SUFFIXES) or not file.is_file():
-                continue
-            try:
-                add(NamedCluster(r.name, dict(r.labels)) for r in load_resource_file(file))
-            except DiscoveryError as exc:
-                problems.append(str(exc))
-    records, errors = ClusterStore(cfg.registry_dir).load_all()
-    problems.extend(errors)
-    add(NamedCluster(r.name, dict(r.labels)) for r in records.values())
-    selectors = [m.labels for m in cfg.kubernetes_service.resources]
-    served = [c for c in found.values() if any(labels_match(s, c.labels) for s in selectors)]
-    return sorted(served, key=lambda c: c.name), problems
+    clusters, problems = served_clusters(cfg)
+    return [NamedCluster(c.name, dict(c.labels)) for c in clusters], problems
 
 
 def kubeconfig_document(
