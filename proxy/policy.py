@@ -65,7 +65,16 @@ class Policy(Protocol):
 
 
 class RbacPolicy:
-    """``Policy`` over ``rbac``."""
+    """``Policy`` over ``rbac``.
+
+    Decisions are memoised: the same identity object, role set, catalog and cluster object asking the same
+    method / path / query with the same impersonation and Accept headers gets the same verdict, so a hot
+    GET skips request parsing and rule matching. Entries hold the objects they were computed from and a
+    hit checks them by identity (a reloaded role set, refreshed catalog or changed cluster is a new object,
+    hence a miss). Locks and certificate expiry are checked by the proxy on every request, outside this.
+    """
+
+    cache_size = 8192
 
     def __init__(self, roles: Any) -> None:
         import rbac
@@ -75,14 +84,41 @@ class RbacPolicy:
         self._accept = json_accept_header
         self._query = filtering_query
         self.roles = roles
+        self._visible: dict[tuple[int, int, int], tuple[Identity, Cluster, Any, bool]] = {}
+        self._verdicts: dict[tuple[Any, ...], tuple[Identity, Cluster, Any, Any, Verdict]] = {}
 
     def visible(self, identity: Identity, cluster: Cluster) -> bool:
         if identity.pinned_cluster and identity.pinned_cluster != cluster.name:
             return False
-        return bool(self._rbac.cluster_visible(identity, self.roles.current(), cluster.labels, cluster.name))
+        roles = self.roles.current()
+        key = (id(identity), id(cluster), id(roles))
+        hit = self._visible.get(key)
+        if hit is not None and hit[0] is identity and hit[1] is cluster and hit[2] is roles:
+            return hit[3]
+        answer = bool(self._rbac.cluster_visible(identity, roles, cluster.labels, cluster.name))
+        if len(self._visible) >= self.cache_size:
+            self._visible.clear()
+        self._visible[key] = (identity, cluster, roles, answer)
+        return answer
 
     def decide(
         self, identity: Identity, cluster: Cluster, method: str, path: str, query: str, headers: Headers, catalog: Any
+    ) -> Verdict:
+        roles = self.roles.current()
+        varying = tuple((k, v) for k, v in headers if k.startswith(b"impersonate-") or k == b"accept")
+        key = (id(identity), id(cluster), id(roles), id(catalog), method, path, query, varying)
+        hit = self._verdicts.get(key)
+        if hit is not None and hit[0] is identity and hit[1] is cluster and hit[2] is roles and hit[3] is catalog:
+            return hit[4]
+        verdict = self._decide(identity, cluster, roles, method, path, query, headers, catalog)
+        if len(self._verdicts) >= self.cache_size:
+            self._verdicts.clear()
+        self._verdicts[key] = (identity, cluster, roles, catalog, verdict)
+        return verdict
+
+    def _decide(
+        self, identity: Identity, cluster: Cluster, roles: Any, method: str, path: str, query: str, headers: Headers,
+        catalog: Any,
     ) -> Verdict:
         rbac = self._rbac
         try:
@@ -92,7 +128,7 @@ class RbacPolicy:
             reason = "NotFound" if code == 404 else "MethodNotAllowed" if code == 405 else "BadRequest"
             return Verdict(False, code, rbac.status_body(code, reason, str(exc)), reason="bad_path")
         impersonation = rbac.ImpersonationRequest.from_headers(headers)
-        decision = rbac.decide(identity, self.roles.current(), cluster.name, cluster.labels, info, impersonation)
+        decision = rbac.decide(identity, roles, cluster.name, cluster.labels, info, impersonation)
         verdict = Verdict(
             allowed=decision.allowed,
             status=decision.status,

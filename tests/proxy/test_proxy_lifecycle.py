@@ -157,3 +157,18 @@ def test_two_proxies_share_one_port(sandbox, roles, tmp_path):
                 if first.audit_events and second.audit_events:
                     break
             assert first.audit_events and second.audit_events  # the kernel spread connections over both
+
+
+def test_a_role_edit_applies_to_the_next_request_despite_memoised_decisions(sandbox, tmp_path):
+    from proxy.testing import cluster_for_sandbox, running_proxy
+    from rbac import RoleWatcher
+
+    directory = tmp_path / "roles"
+    directory.mkdir()
+    (directory / "admin.yaml").write_text(ROLE)
+    watcher = RoleWatcher(str(directory), time.time, min_check_interval=0.0)
+    with running_proxy(tmp_path / "px", clusters=[cluster_for_sandbox(sandbox)], roles=watcher) as px:
+        for _ in range(3):  # the same request, decided once and memoised
+            assert simple_get(px).startswith(b"HTTP/1.1 200")
+        (directory / "admin.yaml").write_text(ROLE.replace("kubernetes_labels: {'*': '*'}", "kubernetes_labels: {env: none}"))
+        wait_for(lambda: simple_get(px).startswith(b"HTTP/1.1 404"))  # the cluster is no longer visible
