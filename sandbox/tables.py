@@ -129,6 +129,16 @@ def _event_last_seen(obj: dict[str, Any], now: float) -> str:
     return "<unknown>" if ts is None else human_duration(now - ts)
 
 
+def _spec(obj: dict[str, Any]) -> dict[str, Any]:
+    spec = obj.get("spec")
+    return spec if isinstance(spec, dict) else {}
+
+
+def _status(obj: dict[str, Any]) -> dict[str, Any]:
+    status = obj.get("status")
+    return status if isinstance(status, dict) else {}
+
+
 def _binding_role(obj: dict[str, Any]) -> str:
     ref = obj.get("roleRef") or {}
     return f"{ref.get('kind', '')}/{ref.get('name', '')}"
@@ -204,6 +214,66 @@ PRINTERS: dict[tuple[str, str], tuple[list[Column], RowFn]] = {
                                                   .get("containers") or [])),
             _selector(((o.get("spec") or {}).get("selector") or {}).get("matchLabels")),
         ],
+    ),
+    ("apps", "replicasets"): (
+        [N, ("Desired", "integer", "", 0), ("Current", "integer", "", 0), ("Ready", "integer", "", 0), AGE],
+        lambda o, now: [_name(o), _spec(o).get("replicas", 1), _status(o).get("replicas", 0),
+                        _status(o).get("readyReplicas", 0), age(o, now)],
+    ),
+    ("", "replicationcontrollers"): (
+        [N, ("Desired", "integer", "", 0), ("Current", "integer", "", 0), ("Ready", "integer", "", 0), AGE],
+        lambda o, now: [_name(o), _spec(o).get("replicas", 1), _status(o).get("replicas", 0),
+                        _status(o).get("readyReplicas", 0), age(o, now)],
+    ),
+    ("apps", "statefulsets"): (
+        [N, ("Ready", "string", "", 0), AGE],
+        lambda o, now: [_name(o), f"{_status(o).get('readyReplicas', 0)}/{_spec(o).get('replicas', 1)}", age(o, now)],
+    ),
+    ("apps", "daemonsets"): (
+        [N, ("Desired", "integer", "", 0), ("Current", "integer", "", 0), ("Ready", "integer", "", 0),
+         ("Up-to-date", "integer", "", 0), ("Available", "integer", "", 0), ("Node Selector", "string", "", 0), AGE],
+        lambda o, now: [_name(o), _status(o).get("desiredNumberScheduled", 0),
+                        _status(o).get("currentNumberScheduled", 0), _status(o).get("numberReady", 0),
+                        _status(o).get("updatedNumberScheduled", 0), _status(o).get("numberAvailable", 0),
+                        _selector(((_spec(o).get("template") or {}).get("spec") or {}).get("nodeSelector")),
+                        age(o, now)],
+    ),
+    ("batch", "jobs"): (
+        [N, ("Status", "string", "", 0), ("Completions", "string", "", 0), ("Duration", "string", "", 0), AGE],
+        lambda o, now: [_name(o), "Complete" if _status(o).get("succeeded") else "Running",
+                        f"{_status(o).get('succeeded', 0)}/{_spec(o).get('completions', 1)}", "", age(o, now)],
+    ),
+    ("batch", "cronjobs"): (
+        [N, ("Schedule", "string", "", 0), ("Timezone", "string", "", 0), ("Suspend", "boolean", "", 0),
+         ("Active", "integer", "", 0), ("Last Schedule", "string", "", 0), AGE],
+        lambda o, now: [_name(o), _spec(o).get("schedule", ""), _spec(o).get("timeZone") or "<none>",
+                        bool(_spec(o).get("suspend", False)), len(_status(o).get("active") or []), "<none>",
+                        age(o, now)],
+    ),
+    ("networking.k8s.io", "ingresses"): (
+        [N, ("Class", "string", "", 0), ("Hosts", "string", "", 0), ("Address", "string", "", 0),
+         ("Ports", "string", "", 0), AGE],
+        lambda o, now: [_name(o), _spec(o).get("ingressClassName") or "<none>",
+                        ",".join(r.get("host", "*") for r in _spec(o).get("rules") or []) or "*", "",
+                        "80, 443" if _spec(o).get("tls") else "80", age(o, now)],
+    ),
+    ("", "persistentvolumeclaims"): (
+        [N, ("Status", "string", "", 0), ("Volume", "string", "", 0), ("Capacity", "string", "", 0),
+         ("Access Modes", "string", "", 0), ("StorageClass", "string", "", 0), AGE],
+        lambda o, now: [_name(o), _status(o).get("phase", "Pending"), _spec(o).get("volumeName", ""),
+                        ((_status(o).get("capacity") or {}).get("storage", "")),
+                        ",".join(_status(o).get("accessModes") or []), _spec(o).get("storageClassName") or "<unset>",
+                        age(o, now)],
+    ),
+    ("", "endpoints"): (
+        [N, ("Endpoints", "string", "", 0), AGE],
+        lambda o, now: [_name(o), ",".join(f"{a.get('ip')}:{p.get('port')}" for sub in o.get("subsets") or []
+                                           for a in sub.get("addresses") or [] for p in sub.get("ports") or [])
+                        or "<none>", age(o, now)],
+    ),
+    ("coordination.k8s.io", "leases"): (
+        [N, ("Holder", "string", "", 0), AGE],
+        lambda o, now: [_name(o), _spec(o).get("holderIdentity", ""), age(o, now)],
     ),
     ("apiextensions.k8s.io", "customresourcedefinitions"): (
         [N, ("Created At", "string", "date", 0)],

@@ -836,3 +836,21 @@ def test_openapi_v3_schemas_describe_built_in_kinds(api: Api) -> None:
     assert {"name", "image", "ports", "env"} <= set(containers["items"]["properties"])
     patch_types = set(doc["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"]["requestBody"]["content"])
     assert "application/strategic-merge-patch+json" not in patch_types  # kubectl uses its compiled-in types
+
+
+def test_more_workload_kinds_are_served(api: Api) -> None:
+    _, groups = call(api, "GET", "/apis")
+    names = [g["name"] for g in groups["groups"]]
+    assert {"batch", "networking.k8s.io", "policy", "coordination.k8s.io"} <= set(names)
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "once"},
+           "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "b"}]}}}}
+    status, created = call(api, "POST", "/apis/batch/v1/namespaces/dev/jobs", body=job)
+    assert status == 201 and created["metadata"]["generation"] == 1
+    _, table = call(api, "GET", "/apis/batch/v1/namespaces/dev/jobs", accept=TABLE)
+    assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Status", "Completions", "Duration", "Age"]
+    sts = {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+           "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "db"}}}}
+    call(api, "POST", "/apis/apps/v1/namespaces/dev/statefulsets", body=sts)
+    status, scale = call(api, "PATCH", "/apis/apps/v1/namespaces/dev/statefulsets/db/scale",
+                         body={"spec": {"replicas": 3}}, content_type="application/merge-patch+json")
+    assert status == 200 and scale["spec"]["replicas"] == 3 and scale["status"]["selector"] == "app=db"
