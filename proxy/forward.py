@@ -37,6 +37,7 @@ log = logging.getLogger("kubegate.proxy")
 
 _JSON = b"application/json"
 _REQUEST_BODY_HIGH_WATER = 1024 * 1024
+_REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,22 +360,30 @@ class Exchange:
                     accept=verdict.accept,
                 )
                 body = await self._whole_body_if_ready()
-                stream = await pool.open(
-                    head.method, target, headers, body=body, streaming_body=body is None, long_lived=self.kind is not None
-                )
-                self.stream = stream
-                if body is None:
-                    for part in self._take_parts():
-                        stream.send_body(part)
-                    if self.request_ended:
-                        stream.end_request()
-                if self.kind is not None:
-                    metrics.OPEN_STREAMS.labels(self.kind).inc()
-                try:
-                    await self._relay_response(stream, verdict)
-                finally:
+                for attempt in (1, 2):
+                    stream = await pool.open(
+                        head.method, target, headers, body=body, streaming_body=body is None, long_lived=self.kind is not None
+                    )
+                    self.stream = stream
+                    if body is None:
+                        for part in self._take_parts():
+                            stream.send_body(part)
+                        if self.request_ended:
+                            stream.end_request()
                     if self.kind is not None:
-                        metrics.OPEN_STREAMS.labels(self.kind).dec()
+                        metrics.OPEN_STREAMS.labels(self.kind).inc()
+                    try:
+                        await self._relay_response(stream, verdict)
+                        break
+                    except UpstreamError as exc:
+                        # A pooled connection the server had just closed: retry a replayable request once.
+                        if attempt == 2 or exc.kind != "reset" or self._response_started or body is None or head.method not in _REPLAYABLE:
+                            raise
+                        metrics.upstream_error(cluster.name, "retried")
+                        stream.abort()
+                    finally:
+                        if self.kind is not None:
+                            metrics.OPEN_STREAMS.labels(self.kind).dec()
             except UpstreamError as exc:
                 metrics.upstream_error(self.cluster.name if self.cluster else "", exc.kind)
                 if self._response_started:

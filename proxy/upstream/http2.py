@@ -107,6 +107,7 @@ class H2Upstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Exchange] = {}
         self.closed = False
+        self.retiring = False  # no new streams; close once the open ones are done
         self.write_paused = False
         self.max_streams = 100
 
@@ -126,7 +127,7 @@ class H2Upstream(asyncio.Protocol):
 
     @property
     def capacity(self) -> int:
-        if self.closed:
+        if self.closed or self.retiring:
             return 0
         limit = min(self.max_streams, self.h2.remote_settings.max_concurrent_streams)
         return limit - len(self.streams)
@@ -199,6 +200,8 @@ class H2Upstream(asyncio.Protocol):
                         exchange.fail(UpstreamError(502, f"cluster {self.cluster_name} ended a stream without a response", "protocol"))
                     exchange.body.finish()
                     exchange.wake_drain()
+                    if self.retiring and not self.streams:
+                        self.close()
             elif isinstance(event, h2.events.StreamReset):
                 exchange = self.streams.pop(event.stream_id, None)
                 if exchange is not None:
@@ -219,6 +222,9 @@ class H2Upstream(asyncio.Protocol):
                     self.streams.pop(sid).fail(UpstreamError(502, f"cluster {self.cluster_name} refused the stream (GOAWAY)", "reset"))
             elif isinstance(event, h2.events.RemoteSettingsChanged):
                 pass
+        if self.retiring and not self.streams:
+            self.close()
+            return
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -277,6 +283,8 @@ class H2Upstream(asyncio.Protocol):
             except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
                 pass
             self._flush()
+        if self.retiring and not self.streams:
+            self.close()
 
     def close(self) -> None:
         self.closed = True

@@ -273,7 +273,7 @@ class ClusterPool:
             if not conn.streams:
                 conn.close()
             else:
-                conn.closed = True  # no new streams; the open ones finish
+                conn.retiring = True  # no new streams; closes when the open ones finish
         for conn in self.h1_idle:
             conn.close()
         self.h1_idle.clear()

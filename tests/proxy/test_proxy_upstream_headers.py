@@ -158,3 +158,39 @@ def test_a_client_choosing_one_of_its_groups_gets_exactly_that(setup):
     assert status == 200
     groups = sorted(v for k, v in upstream_headers(body) if k == "impersonate-group")
     assert "ops-team" not in groups and "viewers" in groups
+
+
+def h1_post_chunked(px, ctx, path: str, body: bytes, chunk: int = 65536) -> tuple[int, bytes]:
+    ctx.set_alpn_protocols(["http/1.1"])
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", px.port), timeout=30), server_hostname="127.0.0.1") as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n".encode())
+        for i in range(0, len(body), chunk):
+            part = body[i : i + chunk]
+            sock.sendall(b"%x\r\n%b\r\n" % (len(part), part))
+        sock.sendall(b"0\r\n\r\n")
+        data = b""
+        while piece := sock.recv(65536):
+            data += piece
+    head, rest = data.split(b"\r\n\r\n", 1)
+    if b"transfer-encoding: chunked" in head.lower():
+        out, pos = b"", 0
+        while True:
+            end = rest.index(b"\r\n", pos)
+            size = int(rest[pos:end], 16)
+            if size == 0:
+                break
+            out += rest[end + 2 : end + 2 + size]
+            pos = end + 2 + size + 2
+        rest = out
+    return int(head.split(b" ", 2)[1]), rest
+
+
+def test_a_large_streamed_request_body_arrives_whole(setup):
+    echo, px, ctx, _ = setup
+    payload = b'{"data":"' + b"x" * (3 * 1024 * 1024) + b'"}'
+    status, body = h1_post_chunked(px, ctx, "/k8s/clusters/echo/api/v1/namespaces/dev/configmaps", payload)
+    assert status == 200
+    record = json.loads(body)
+    assert record["body"].encode("latin-1") == payload
+    assert record["method"] == "POST" and record["target"] == "/api/v1/namespaces/dev/configmaps"
