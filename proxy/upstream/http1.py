@@ -105,6 +105,7 @@ class Http1Upstream(asyncio.Protocol):
         self._message_done = False
         self._keep_alive = True
         self._upgrade_data: bytes | None = None
+        self._head_request = False
         self._on_idle = on_idle  # callable(conn) when it can serve another request
         self.raw_protocol: asyncio.Protocol | None = None
 
@@ -165,6 +166,14 @@ class Http1Upstream(asyncio.Protocol):
             return
         if self.exchange is not None:
             self.exchange.on_head(status, self._cur_headers)
+            if self._head_request or status in (204, 304):
+                # No body follows whatever the headers say; httptools cannot be told so for HEAD, so the
+                # exchange ends here and the connection is not reused.
+                self._keep_alive = self._keep_alive and not self._head_request
+                self._message_done = True
+                self.exchange.body.finish()
+                if self._head_request:
+                    self.parser = httptools.HttpResponseParser(self)
 
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange
@@ -172,7 +181,7 @@ class Http1Upstream(asyncio.Protocol):
             self.pause()
 
     def on_message_complete(self) -> None:
-        if self.exchange is not None and self.exchange.status >= 200:
+        if self.exchange is not None and self.exchange.status >= 200 and not self.exchange.body.eof:
             self._message_done = True
             self.exchange.body.finish()
             self._maybe_idle()
@@ -183,6 +192,7 @@ class Http1Upstream(asyncio.Protocol):
         exchange = Http1Exchange(self, chunked, self.high_water)
         self.exchange = exchange
         self._message_done = False
+        self._head_request = method == "HEAD"
         head = encode_request_head(method, target, headers)
         self.transport.write(head + body if body else head)
         return exchange

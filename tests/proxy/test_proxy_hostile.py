@@ -271,3 +271,16 @@ def test_client_vanishing_mid_exec_leaves_nothing_behind(strict, strict_client, 
     events = [e for e in strict.audit_events if e["event"] == "session.end"]
     assert events and events[-1]["kind"] == "exec" and events[-1]["bytes_from_client"] > 0
     assert "stream_protocol" in events[-1]  # the session tap decoded the wire
+
+
+def test_head_then_get_on_one_keep_alive_connection(strict_client):
+    with strict_client() as sock:
+        sock.settimeout(10)
+        sock.sendall(b"HEAD /k8s/clusters/sandbox/version HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n")  # no body after a HEAD
+        sock.sendall(b"GET /k8s/clusters/sandbox/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = read_all(sock)
+    assert reply.startswith(b"HTTP/1.1 200") and b"gitVersion" in reply
