@@ -662,6 +662,7 @@ def build_sandbox(
     seed_files: Sequence[str | os.PathLike[str]] = (),
     store: Store | None = None,
     limits: ServerLimits | None = None,
+    token_file: str | os.PathLike[str] | None = None,
 ) -> SandboxParts:
     """The real sandbox: seeded Store + bootstrap RBAC, Api, RbacAuthorizer, streams, PKI, token file.
     The server is built, not started (``await parts.server.start()``); the admin kubeconfig is written
@@ -679,7 +680,7 @@ def build_sandbox(
     authorizer = RbacAuthorizer(store)
     api = Api(store, authorizer, ReviewService(authorizer))
     pki = SandboxPKI(state, extra_hosts=() if host in ("127.0.0.1", "::1", "localhost", "") else (host,))
-    tokens = TokenFile(state / "tokens.csv")
+    tokens = TokenFile(token_file if token_file is not None else state / "tokens.csv")
     server = SandboxServer(
         api=api,
         authorizer=authorizer,

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "and static tokens, impersonation, RBAC, watch, logs, exec/attach/port-forward). It writes an "
             "admin kubeconfig (user sandbox-admin, group system:masters) into the state directory and prints "
             "its path, then serves until SIGINT/SIGTERM. It listens on 127.0.0.1 only (see --unsafe-listen-any-address): `kubectl exec` runs "
-            "real local processes. Bearer tokens are read from <state>/tokens.csv "
+            "real local processes. Bearer tokens are read from --token-auth-file (default <state>/tokens.csv) "
             '(token,user,uid,"group1,group2").'
         ),
     )
@@ -44,6 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         metavar="FILE",
         help="load Kubernetes objects from this YAML file (multi-document, kind: List); repeatable",
+    )
+    parser.add_argument(
+        "--token-auth-file",
+        metavar="FILE",
+        help='static bearer tokens, CSV lines token,user,uid,"group1,group2" (default: <state>/tokens.csv)',
     )
     parser.add_argument(
         "--no-default-seed", action="store_true", help="start empty (no default namespaces/pods)"
@@ -75,7 +80,12 @@ def run(args: argparse.Namespace) -> int:
     state = Path(args.state).resolve()
     try:
         parts = build_sandbox(
-            state, host=host, port=args.port, seed=not args.no_default_seed, seed_files=args.seed
+            state,
+            host=host,
+            port=args.port,
+            seed=not args.no_default_seed,
+            seed_files=args.seed,
+            token_file=args.token_auth_file,
         )
     except (OSError, ValueError) as exc:
         print(f"kubegate sandbox: {exc}", file=sys.stderr)

@@ -20,8 +20,21 @@ def test_kubegate_sandbox_serves_until_sigterm(tmp_path: Path, kubectl_new: str)
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: seeded, namespace: from-seed}\ndata: {k: v}\n"
     )
     state = tmp_path / "state"
+    tokens = tmp_path / "tokens.csv"
+    tokens.write_text('cli-token,tok-user,uid-1,"system:masters"\n')
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kubegate", "sandbox", "--state", str(state), "--seed", str(seed)],
+        [
+            sys.executable,
+            "-m",
+            "kubegate",
+            "sandbox",
+            "--state",
+            str(state),
+            "--seed",
+            str(seed),
+            "--token-auth-file",
+            str(tokens),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -50,6 +63,26 @@ def test_kubegate_sandbox_serves_until_sigterm(tmp_path: Path, kubectl_new: str)
             timeout=30,
         )
         assert (out.returncode, out.stdout) == (0, "v"), out.stderr
+        server = lines[0].removeprefix("sandbox cluster listening on ").strip()
+        by_token = subprocess.run(
+            [
+                kubectl_new,
+                "--server",
+                server,
+                "--certificate-authority",
+                str(state / "pki" / "ca.crt"),
+                "--token",
+                "cli-token",
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert (by_token.returncode, by_token.stdout) == (0, "tok-user"), by_token.stderr
         for key in (state / "pki" / "ca.key", state / "pki" / "server.key", Path(kubeconfig)):
             assert stat.S_IMODE(key.stat().st_mode) == 0o600
     finally:
