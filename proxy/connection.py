@@ -51,6 +51,7 @@ class ClientConnection(asyncio.Protocol):
         self._closing_after_flush = False
         self.upgraded = False  # the codec stopped at an upgrade head
         self.detached = False  # the raw transport belongs to an upgrade relay
+        self._served = False  # a request head has been seen on this connection
 
     # --- set-up -------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -87,7 +88,9 @@ class ClientConnection(asyncio.Protocol):
                 if ex.upgrade is not None:
                     ex.upgrade.trailing += data
             return
-        if not self.exchanges and self._header_timer is None:
+        if not self.exchanges and self._header_timer is None and not (self._served and codec.http_version == "2"):
+            # A request head must complete in time. On HTTP/2 only the first one: later, frames between
+            # requests (PING, SETTINGS, WINDOW_UPDATE) are normal and the idle timeout governs.
             self._cancel_idle()
             self._header_timer = self.fwd.loop.call_later(self.fwd.settings.header_timeout, self._header_timeout)
         events = codec.receive_data(data)
@@ -97,6 +100,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _dispatch(self, event: object) -> None:
         if isinstance(event, RequestHead):
+            self._served = True
             self._cancel_header_timer()
             self._cancel_idle()
             ex = self.fwd.new_exchange(self, event)

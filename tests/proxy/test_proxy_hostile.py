@@ -284,3 +284,41 @@ def test_head_then_get_on_one_keep_alive_connection(strict_client):
         sock.sendall(b"GET /k8s/clusters/sandbox/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         reply = read_all(sock)
     assert reply.startswith(b"HTTP/1.1 200") and b"gitVersion" in reply
+
+
+def test_an_idle_h2_connection_with_pings_outlives_the_header_timeout(strict):
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    cert, key = strict.issue_user("alice", ["admin"])
+    ctx = client_context(strict, cert, key, alpn="h2")
+    with tls_connect(strict, ctx) as sock:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        conn.initiate_connection()
+
+        def request() -> int:
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, [(":method", "GET"), (":path", "/k8s/clusters/sandbox/version"),
+                                    (":scheme", "https"), (":authority", "x")], end_stream=True)
+            sock.sendall(conn.data_to_send())
+            status = 0
+            while True:
+                data = sock.recv(65536)
+                assert data, "connection closed"
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        status = int(dict(event.headers)[":status"])
+                    elif isinstance(event, h2.events.DataReceived):
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    elif isinstance(event, h2.events.StreamEnded) and event.stream_id == sid:
+                        sock.sendall(conn.data_to_send())
+                        return status
+                sock.sendall(conn.data_to_send())
+
+        assert request() == 200
+        for _ in range(8):  # 1.6 s of keep-alive pings, over three header timeouts
+            conn.ping(b"kubegate")
+            sock.sendall(conn.data_to_send())
+            time.sleep(0.2)
+        assert request() == 200
