@@ -153,8 +153,10 @@ class Forwarder:
 
     # --- long-lived streams -------------------------------------------------------------------------
     def sweep(self) -> None:
-        """End the long-lived streams of identities whose certificate expired or that were locked."""
+        """End the long-lived streams of identities whose certificate expired or that were locked (the lock
+        list is asked once per identity per sweep)."""
         now = self.clock()
+        locked: dict[int, str | None] = {}
         for ex in list(self.exchanges):
             if ex.kind is None or ex.finished:
                 continue
@@ -163,9 +165,11 @@ class Forwarder:
                 ex.stop("client certificate expired")
                 continue
             if self.locks is not None:
-                reason = self.locks.is_locked(identity)
-                if reason:
-                    ex.stop(f"locked: {reason}")
+                key = id(identity)
+                if key not in locked:
+                    locked[key] = self.locks.is_locked(identity)
+                if locked[key]:
+                    ex.stop(f"locked: {locked[key]}")
 
     def stop_cluster(self, name: str) -> None:
         """The cluster was removed or changed: end its streams cleanly."""
