@@ -279,37 +279,55 @@ async def create_configmap(ep: load.Endpoint, namespace: str, name: str) -> None
 
 
 async def measure_idle_watches(procs: Processes, settings: Settings) -> list[dict]:
-    """RSS of the proxy before and after ``count`` watches are open (each has relayed one event: the
-    trigger that makes every response head arrive)."""
+    """kubegate's RSS growth with idle watches open. After a warm-up (200 watches opened and closed:
+    first-use allocations, upstream connections), watches are added up to each count in turn and kept
+    open, so every figure is measured from the same baseline: (RSS now - baseline) / watches open.
+    Each watch has relayed one event: the trigger that makes every response head arrive."""
     out = []
     direct, proxied = procs.direct(), procs.through_proxy()
     run = int(time.time() * 1000) % 10**9
-    for count in settings.idle_watches:
-        await asyncio.sleep(1.0)
+    holders: list[load.WatchHolder] = []
+
+    async def open_more(n: int, tag: str) -> load.WatchHolder:
         rv = await load.current_resource_version(direct, "/api/v1/namespaces/bench-idle/configmaps")
-        rss0 = tree_rss_bytes(procs.proxy_pid)
-        holder = load.WatchHolder(proxied, f"{IDLE_WATCH_PATH}&resourceVersion={rv}", count)
+        holder = load.WatchHolder(proxied, f"{IDLE_WATCH_PATH}&resourceVersion={rv}", n)
 
-        async def trigger(count: int = count) -> None:
+        async def trigger() -> None:
             await asyncio.sleep(0.5)
-            await create_configmap(direct, "bench-idle", f"idle-{run}-{count}")
+            await create_configmap(direct, "bench-idle", f"idle-{run}-{tag}")
 
+        await holder.open(timeout=max(30.0, n / 50), trigger=trigger)
+        return holder
+
+    try:
+        warm = await open_more(min(200, max(settings.idle_watches)), "warmup")
+        await warm.close()
+        await asyncio.sleep(1.0)
+        rss0 = tree_rss_bytes(procs.proxy_pid)
+        opened = failed = 0
+        failures: dict[str, int] = {}
         t0 = time.perf_counter()
-        try:
-            await holder.open(timeout=max(30.0, count / 50), trigger=trigger)
-            opened_in = time.perf_counter() - t0
+        for count in sorted(settings.idle_watches):
+            holder = await open_more(count - opened - failed, str(count))
+            holders.append(holder)
+            opened += holder.opened
+            failed += holder.failed
+            for why, n in holder.failures.items():
+                failures[why] = failures.get(why, 0) + n
             await asyncio.sleep(1.0)
             rss1 = tree_rss_bytes(procs.proxy_pid)
-        finally:
+            delta = rss1 - rss0
+            entry = {"watches": count, "opened": opened, "failed": failed, "failures": dict(failures),
+                     "open_seconds": round(time.perf_counter() - t0, 2),
+                     "rss_before_mib": round(rss0 / 2**20, 1), "rss_after_mib": round(rss1 / 2**20, 1),
+                     "rss_delta_mib": round(delta / 2**20, 1),
+                     "kib_per_watch": round(delta / 1024 / max(1, opened), 2)}
+            out.append(entry)
+            print(f"  idle watches {count}: opened {opened}, {entry['kib_per_watch']} KiB/watch",
+                  file=sys.stderr, flush=True)
+    finally:
+        for holder in holders:
             await holder.close()
-        delta = rss1 - rss0
-        entry = {"watches": count, "opened": holder.opened, "failed": holder.failed,
-                 "open_seconds": round(opened_in, 2), "rss_before_mib": round(rss0 / 2**20, 1),
-                 "rss_after_mib": round(rss1 / 2**20, 1), "rss_delta_mib": round(delta / 2**20, 1),
-                 "kib_per_watch": round(delta / 1024 / max(1, holder.opened), 2)}
-        out.append(entry)
-        print(f"  idle watches {count}: opened {holder.opened}, {entry['kib_per_watch']} KiB/watch",
-              file=sys.stderr, flush=True)
     return out
 
 

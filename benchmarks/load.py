@@ -363,6 +363,7 @@ class WatchHolder:
         self.conns: list[H2Client] = []
         self.opened = 0
         self.failed = 0
+        self.failures: dict[str, int] = {}
 
     async def open(self, timeout: float = 120.0, trigger=None) -> None:  # noqa: ANN001
         """Start every watch; then ``await trigger()`` (if given: e.g. create one object so that a
@@ -392,6 +393,10 @@ class WatchHolder:
                 self.opened += 1
             else:
                 self.failed += 1
+                why = repr(fut.exception()) if fut.exception() is not None else f"HTTP {fut.result()}"
+                self.failures[why] = self.failures.get(why, 0) + 1
+        if pending:
+            self.failures["no response head in time"] = len(pending)
 
     async def close(self) -> None:
         for conn in self.conns:
