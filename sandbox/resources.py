@@ -95,6 +95,7 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, CRUD_VERBS, ("pdb",),
                  subresources=("status",), tracks_generation=True),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True, CRUD_VERBS),
+    ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True, CRUD_VERBS),
     ResourceType("rbac.authorization.k8s.io", "v1", "roles", "Role", True),
     ResourceType("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
     ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
@@ -133,6 +134,8 @@ KIND_FIELDS: dict[str, frozenset[str]] = {
         "RoleBinding": ("subjects", "roleRef"),
         "ClusterRoleBinding": ("subjects", "roleRef"),
         "CustomResourceDefinition": ("spec", "status"),
+        "Endpoints": ("subsets",),
+        "EndpointSlice": ("addressType", "endpoints", "ports"),
     }.items()
 }
 
@@ -146,6 +149,7 @@ GROUP_ORDER: tuple[str, ...] = (
     "policy",
     "rbac.authorization.k8s.io",
     "coordination.k8s.io",
+    "discovery.k8s.io",
     "apiextensions.k8s.io",
     CUSTOM_GROUP,
 )

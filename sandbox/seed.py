@@ -139,6 +139,11 @@ def seed_objects() -> list[dict[str, Any]]:
     for ns, name, labels, image, ip in pods:
         objs.append(make_pod(ns, name, labels, image=image, ip=ip, ports=[80] if labels.get("app") == "web" else None))
     objs.append(widget_crd())
+    for endpoints in (_endpoints("default", "kubernetes", [("192.168.49.2", None)], 6443, "https"),
+                      _endpoints("dev", "web", [("10.244.0.11", "web-1"), ("10.244.0.12", "web-2")], 80, "http"),
+                      _endpoints("prod", "web", [("10.244.0.21", "web-1")], 80, "http")):
+        objs.append(endpoints)
+        objs.append(_endpoint_slice(endpoints))
     for ns in ("dev", "prod"):
         objs.append({"apiVersion": "v1", "kind": "ConfigMap",
                      "metadata": {"name": "app-config", "namespace": ns, "labels": {"app": "web"}},
@@ -184,6 +189,39 @@ def seed_objects() -> list[dict[str, Any]]:
                  "type": "Normal", "count": 1, "firstTimestamp": _ts(), "lastTimestamp": _ts(),
                  "source": {"component": "kubelet", "host": NODE_NAME}, "reportingComponent": "kubelet"})
     return objs
+
+
+def _endpoints(namespace: str, name: str, addresses: list[tuple[str, str | None]], port: int,
+               port_name: str) -> dict[str, Any]:
+    """What the endpoints controller keeps for a service (its ready pods' addresses)."""
+    subset_addresses = []
+    for ip, pod in addresses:
+        address: dict[str, Any] = {"ip": ip}
+        if pod:
+            address["nodeName"] = NODE_NAME
+            address["targetRef"] = {"kind": "Pod", "namespace": namespace, "name": pod, "uid": pod_uid(namespace, pod)}
+        subset_addresses.append(address)
+    return {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": namespace},
+            "subsets": [{"addresses": subset_addresses, "ports": [{"name": port_name, "port": port, "protocol": "TCP"}]}]}
+
+
+def _endpoint_slice(endpoints: dict[str, Any]) -> dict[str, Any]:
+    """The EndpointSlice mirroring an Endpoints object (kubectl >= 1.2x describes services from slices)."""
+    meta = endpoints["metadata"]
+    subset = endpoints["subsets"][0]
+    slice_endpoints = []
+    for address in subset["addresses"]:
+        entry: dict[str, Any] = {"addresses": [address["ip"]],
+                                 "conditions": {"ready": True, "serving": True, "terminating": False}}
+        if "targetRef" in address:
+            entry["targetRef"] = address["targetRef"]
+            entry["nodeName"] = address["nodeName"]
+        slice_endpoints.append(entry)
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": f"{meta['name']}-sandbox", "namespace": meta["namespace"],
+                         "labels": {"kubernetes.io/service-name": meta["name"],
+                                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+            "endpoints": slice_endpoints, "ports": subset["ports"]}
 
 
 def widget_crd() -> dict[str, Any]:

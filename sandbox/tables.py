@@ -271,6 +271,13 @@ PRINTERS: dict[tuple[str, str], tuple[list[Column], RowFn]] = {
                                            for a in sub.get("addresses") or [] for p in sub.get("ports") or [])
                         or "<none>", age(o, now)],
     ),
+    ("discovery.k8s.io", "endpointslices"): (
+        [N, ("AddressType", "string", "", 0), ("Ports", "string", "", 0), ("Endpoints", "string", "", 0), AGE],
+        lambda o, now: [_name(o), o.get("addressType", ""),
+                        ",".join(str(p.get("port")) for p in o.get("ports") or []) or "<unset>",
+                        ",".join(a for e in o.get("endpoints") or [] for a in e.get("addresses") or []) or "<unset>",
+                        age(o, now)],
+    ),
     ("coordination.k8s.io", "leases"): (
         [N, ("Holder", "string", "", 0), AGE],
         lambda o, now: [_name(o), _spec(o).get("holderIdentity", ""), age(o, now)],
