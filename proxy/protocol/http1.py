@@ -109,6 +109,10 @@ def status_json(code: int, message: str) -> bytes:
     ).encode()
 
 
+class _NoMore(Exception):
+    """Raised at the start of a request that arrives after close(): parsing stops without an error."""
+
+
 class _Abort(Exception):
     """Raised inside a parser callback to stop parsing with an HTTP error."""
 
@@ -172,6 +176,7 @@ class Http1ServerConnection:
         self._resp_sid = 1  # the stream whose response may be written now
         self._held: dict[int, list[bytes]] = {}
         self._stopped = False  # parsing has stopped (error, upgrade, EOF)
+        self._closing = False  # close() was called: finish the request being read, take no new one
         self._must_close = False
         self._eof = False
 
@@ -209,9 +214,13 @@ class Http1ServerConnection:
                 events.append(UpgradeRequested(head.stream_id, head, bytes(data[offset:])))
         except _Abort as exc:
             self._fail(exc.status, exc.message)
+        except _NoMore:
+            self._stopped = True
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            if isinstance(cause, _Abort):
+            if isinstance(cause, _NoMore):
+                self._stopped = True
+            elif isinstance(cause, _Abort):
                 self._fail(cause.status, cause.message)
             else:
                 self._fail(400, f"bad request: {exc}")
@@ -277,6 +286,8 @@ class Http1ServerConnection:
     # httptools callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._closing:
+            raise _NoMore
         self._sid = self._next_sid
         self._next_sid += 2
         self._url = b""
@@ -336,7 +347,7 @@ class Http1ServerConnection:
         except UnicodeDecodeError:
             raise _Abort(400, "request target is not ASCII") from None
         upgrade = parser.should_upgrade()
-        keep_alive = parser.should_keep_alive()
+        keep_alive = parser.should_keep_alive() and not self._closing
         sid = self._sid
         head = RequestHead(
             sid,
@@ -537,11 +548,14 @@ class Http1ServerConnection:
         return _BIG_WINDOW
 
     def close(self) -> None:
-        """Stop taking requests; close once every response already started has ended."""
-        self._stopped = True
-        if not self._streams:
-            self._must_close = True
-            return
+        """Take no new request; the one being read (a body still arriving) is read to its end; close
+        once every response in progress has ended (the last one says ``Connection: close``)."""
+        self._closing = True
+        if not self._in_msg:
+            self._stopped = True
+            if not self._streams:
+                self._must_close = True
+                return
         for stream in self._streams.values():
             stream.keep_alive = False
 

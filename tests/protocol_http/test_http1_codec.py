@@ -293,3 +293,24 @@ def test_large_chunks_and_mutable_buffers_are_framed_exactly() -> None:
     out = conn.data_to_send()
     body = out.split(b"\r\n\r\n", 1)[1]
     assert body == b"2710\r\n" + b"a" * 10000 + b"\r\n4\r\ntail\r\n0\r\n\r\n"
+
+
+def test_close_lets_the_body_being_read_finish_and_takes_no_new_request() -> None:
+    conn, events = feed(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nabc")
+    assert kinds(events) == ["RequestHead", "RequestBody"]
+    conn.close()
+    assert not conn.must_close
+    events = conn.receive_data(b"defGET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert kinds(events) == ["RequestBody", "RequestEnd"]  # the upload completes; /next is not taken
+    conn.send_response_head(ResponseHead(1, 201, [], content_length=0), end_stream=True)
+    assert b"connection: close" in conn.data_to_send()
+    assert conn.must_close
+
+
+def test_close_on_an_idle_connection_closes_at_once() -> None:
+    conn, _ = feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.send_response_head(ResponseHead(1, 204, []), end_stream=True)
+    conn.data_to_send()
+    conn.close()
+    assert conn.must_close
+    assert conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == []
