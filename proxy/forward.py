@@ -185,7 +185,7 @@ class Exchange:
         "fwd", "conn", "head", "sid", "identity", "request_id", "started", "body_parts", "body_size",
         "request_ended", "stream", "task", "finished", "kind", "cluster", "verdict", "status",
         "bytes_out", "bytes_in", "_body_waiter", "reset", "_response_started", "_stop_reason", "upgrade",
-        "catalog", "full_body",
+        "catalog", "full_body", "_unacked", "_ack_task",
     )  # fmt: skip
 
     def __init__(self, fwd: Forwarder, conn: Any, head: RequestHead) -> None:
@@ -215,6 +215,8 @@ class Exchange:
         self.upgrade: Any = None
         self.catalog: Any = None
         self.full_body: bytes | None = None
+        self._unacked = 0
+        self._ack_task: asyncio.Task[None] | None = None
 
     # --- events from the client codec -------------------------------------------------------------
     def start(self) -> None:
@@ -235,13 +237,33 @@ class Exchange:
         stream = self.stream
         if stream is not None:
             stream.send_body(data)
-            self.conn.acknowledge(self.sid, len(data))
+            if stream.writable and not self._unacked:
+                self.conn.acknowledge(self.sid, len(data))
+                return
+            # The upstream is not taking bytes as fast: hold the client's credit (h2) or stop reading
+            # from it (HTTP/1.1) until they have left.
+            self._unacked += len(data)
+            if self.conn.codec.http_version != "2":
+                self.conn.pause_reading()
+            if self._ack_task is None:
+                self._ack_task = self.fwd.loop.create_task(self._ack_after_drain(stream))
             return
         self.body_parts.append(data)
         self.body_size += len(data)
         if self.body_size > _REQUEST_BODY_HIGH_WATER and self.conn.codec.http_version != "2":
             self.conn.pause_reading()
         self._wake_body()
+
+    async def _ack_after_drain(self, stream: UpstreamStream) -> None:
+        try:
+            while self._unacked and not self.reset:
+                await stream.drain()
+                unacked, self._unacked = self._unacked, 0
+                self.conn.acknowledge(self.sid, unacked)
+            self.conn.resume_reading()
+            self.conn.flush()
+        finally:
+            self._ack_task = None
 
     def on_end(self) -> None:
         self.request_ended = True
@@ -557,6 +579,8 @@ class Exchange:
         stream = self.stream
         if stream is not None and (self.reset or self.status == 0):
             stream.abort()
+        if self._ack_task is not None:
+            self._ack_task.cancel()
         verdict = self.verdict
         cluster = self.cluster.name if self.cluster else ""
         verb = verdict.verb if verdict else ""

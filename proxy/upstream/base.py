@@ -97,6 +97,11 @@ class UpstreamStream:
     async def drain(self) -> None:
         raise NotImplementedError
 
+    @property
+    def writable(self) -> bool:
+        """False while request body bytes wait (write buffer above high water, or no h2 window)."""
+        return True
+
     async def response_head(self) -> tuple[int, Headers]:
         raise NotImplementedError
 

@@ -55,6 +55,10 @@ class Http1Exchange(UpstreamStream):
     async def drain(self) -> None:
         await self.conn.drain()
 
+    @property
+    def writable(self) -> bool:
+        return not self.conn._write_paused
+
     async def response_head(self) -> tuple[int, Headers]:
         return await self._head
 

@@ -57,6 +57,10 @@ class H2Exchange(UpstreamStream):
             finally:
                 self._drain = None
 
+    @property
+    def writable(self) -> bool:
+        return not self._pending and not self.conn.write_paused
+
     async def response_head(self) -> tuple[int, Headers]:
         return await self._head
 
