@@ -250,3 +250,9 @@ def test_exec_with_a_tty(kubectl, admin_kubeconfig, wire):
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+def test_exec_into_a_missing_pod_relays_the_upstream_refusal(k):
+    result = k("exec", "-n", "dev", "no-such-pod", "--", "echo", "x", timeout=30)
+    assert result.returncode != 0
+    assert b'"no-such-pod" not found' in result.stderr
