@@ -172,3 +172,24 @@ def test_a_role_edit_applies_to_the_next_request_despite_memoised_decisions(sand
             assert simple_get(px).startswith(b"HTTP/1.1 200")
         (directory / "admin.yaml").write_text(ROLE.replace("kubernetes_labels: {'*': '*'}", "kubernetes_labels: {env: none}"))
         wait_for(lambda: simple_get(px).startswith(b"HTTP/1.1 404"))  # the cluster is no longer visible
+
+
+def test_connections_over_the_limit_are_refused(sandbox, roles, tmp_path):
+    from prometheus_client import REGISTRY
+
+    from proxy.forward import ProxySettings
+    from proxy.testing import cluster_for_sandbox, running_proxy
+
+    def rejected() -> float:
+        return REGISTRY.get_sample_value("kubegate_client_connections_rejected_total", {"reason": "max_connections"}) or 0
+
+    with running_proxy(tmp_path / "px", clusters=[cluster_for_sandbox(sandbox)], roles=roles,
+                       settings=ProxySettings(max_connections=1)) as px:
+        first = start_watch(px)
+        before = rejected()
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            connect(px).sendall(WATCH)
+        assert rejected() > before
+        first.close()
+        wait_for(lambda: px.stats()["connections"] == 0)
+        assert simple_get(px).startswith(b"HTTP/1.1 200")  # a free slot again
