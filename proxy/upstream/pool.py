@@ -35,7 +35,7 @@ class PoolSettings:
     connect_timeout: float = 10.0
     response_head_timeout: float = 60.0
     high_water: int = 256 * 1024  # response bytes buffered per exchange before the upstream is paused
-    max_idle_http1: int = 32
+    max_idle_http1: int = 256  # idle keep-alive connections kept per cluster (more are closed after use)
     use_h2: bool = True  # offer h2 by ALPN (HTTP/1.1 when the server does not take it)
     # Which exchanges ride HTTP/2 when the server speaks it: "streams" (watches and followed logs, the
     # long-lived ones, multiplexed so idle watches cost no connection each; short requests use HTTP/1.1
