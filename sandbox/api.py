@@ -30,6 +30,7 @@ import yaml
 from rbac.status import status_dict
 from sandbox import patch as patches
 from sandbox import protobuf, tables
+from sandbox.controllers import DeploymentController, collect_garbage
 from sandbox.discovery_docs import AGGREGATED_V2, DOCS, OPENAPI_V2_PROTOBUF, DiscoveryDocs
 from sandbox.resources import CATALOG, KIND_FIELDS, Catalog, ResourceType
 from sandbox.selectors import (
@@ -228,6 +229,7 @@ class Api:
         self.bookmark_seconds = bookmark_seconds
         self.clock = clock
         self._next_cluster_ip = 100
+        self.deployments = DeploymentController(store, self._controller_pod)
 
     # ================================================================== entry points
 
@@ -1011,7 +1013,32 @@ class Api:
             raise self._already_exists(rt, obj["metadata"]["name"]) from None
         if (rt.group, rt.plural) == ("", "pods"):
             self._pod_started_events(entry.obj)
+        entry = self._after_write(rt, entry)
         return self._render_one(req, rt, entry, status)
+
+    def _after_write(self, rt: ResourceType, entry: Entry) -> Entry:
+        """Run the controllers a write concerns; answer with the object as they left it."""
+        if (rt.group, rt.plural) != ("apps", "deployments"):
+            return entry
+        meta = entry.obj["metadata"]
+        self.deployments.reconcile(meta["namespace"], meta["name"])
+        return self.store.get_entry(rt.group, rt.plural, meta["namespace"], meta["name"]) or entry
+
+    def _collect_owned(self, rt: ResourceType, deleted: Entry) -> None:
+        """Garbage collection of what a deleted Deployment / ReplicaSet owned (background propagation)."""
+        if (rt.group, rt.plural) in (("apps", "deployments"), ("apps", "replicasets")):
+            meta = deleted.obj["metadata"]
+            collect_garbage(self.store, meta.get("namespace", ""), meta.get("uid", ""))
+
+    def _controller_pod(self, pod: dict[str, Any]) -> None:
+        pod_rt = self.catalog.get("", "v1", "pods")
+        assert pod_rt is not None
+        self._defaults(pod_rt, pod)
+        try:
+            entry = self.store.create("", "pods", pod)
+        except AlreadyExists:
+            return
+        self._pod_started_events(entry.obj)
 
     def _pod_started_events(self, pod: dict[str, Any]) -> None:
         """The events the scheduler and kubelet would record for a new pod (``kubectl describe`` shows them)."""
@@ -1120,7 +1147,7 @@ class Api:
             raise self._conflict(rt, meta["name"]) from None
         except NotFound:
             raise not_found(rt, meta["name"]) from None
-        return self._render_one(req, rt, entry)
+        return self._render_one(req, rt, self._after_write(rt, entry))
 
     def _update(self, req: ApiRequest, rt: ResourceType, namespace: str, name: str, sub: str) -> ApiResponse:
         if not name:
@@ -1334,6 +1361,7 @@ class Api:
                 raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {_qualified(rt, "", "")} "{name}": '
                                f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
                                f"{current.obj['metadata'].get('uid')}", _details(name, rt.group, rt.plural)) from None
+            self._collect_owned(rt, entry)
         if rt.plural in ("pods", "namespaces") and rt.group == "":
             return self._render_one(req, rt, entry)
         details = _details(name, rt.group, rt.plural)
@@ -1356,6 +1384,7 @@ class Api:
                 gone = self.store.delete(rt.group, rt.plural, meta.get("namespace"), meta["name"])
             except NotFound:
                 continue
+            self._collect_owned(rt, gone)
             deleted.append(gone.raw)
         head = dumps({"kind": rt.list_kind_name, "apiVersion": rt.group_version,
                       "metadata": {"resourceVersion": str(self.store.resource_version)}})[:-1]

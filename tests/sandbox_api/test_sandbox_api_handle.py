@@ -854,3 +854,32 @@ def test_more_workload_kinds_are_served(api: Api) -> None:
     status, scale = call(api, "PATCH", "/apis/apps/v1/namespaces/dev/statefulsets/db/scale",
                          body={"spec": {"replicas": 3}}, content_type="application/merge-patch+json")
     assert status == 200 and scale["spec"]["replicas"] == 3 and scale["status"]["selector"] == "app=db"
+
+
+def test_deployments_written_through_the_api_get_replicasets_and_pods(api: Api) -> None:
+    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "shop"},
+           "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "shop"}},
+                    "template": {"metadata": {"labels": {"app": "shop"}},
+                                 "spec": {"containers": [{"name": "c", "image": "shop:1"}]}}}}
+    status, created = call(api, "POST", "/apis/apps/v1/namespaces/dev/deployments", body=dep)
+    assert status == 201 and created["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
+
+    def pods() -> list[dict[str, Any]]:
+        return call(api, "GET", "/api/v1/namespaces/dev/pods", {"labelSelector": "app=shop"})[1]["items"]
+
+    first = pods()
+    assert len(first) == 2 and all(p["status"]["phase"] == "Running" for p in first)
+    rs_name = first[0]["metadata"]["ownerReferences"][0]["name"]
+    assert rs_name.startswith("shop-") and first[0]["metadata"]["name"].startswith(rs_name + "-")
+    call(api, "PATCH", "/apis/apps/v1/namespaces/dev/deployments/shop/scale", body={"spec": {"replicas": 3}},
+         content_type="application/merge-patch+json")
+    assert len(pods()) == 3
+    status, rolled = call(api, "PATCH", "/apis/apps/v1/namespaces/dev/deployments/shop", body={
+        "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "shop:2"}]}}}},
+        content_type="application/strategic-merge-patch+json")
+    assert rolled["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2"
+    assert {p["spec"]["containers"][0]["image"] for p in pods()} == {"shop:2"}
+    _, replicasets = call(api, "GET", "/apis/apps/v1/namespaces/dev/replicasets")
+    assert sorted(rs["spec"]["replicas"] for rs in replicasets["items"]) == [0, 3]
+    call(api, "DELETE", "/apis/apps/v1/namespaces/dev/deployments/shop")
+    assert pods() == [] and call(api, "GET", "/apis/apps/v1/namespaces/dev/replicasets")[1]["items"] == []
