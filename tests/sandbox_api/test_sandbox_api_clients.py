@@ -229,6 +229,10 @@ def test_imperative_commands(k: Kubectl) -> None:
     assert binding["roleRef"]["name"] == "reader" and binding["subjects"][0]["name"] == "bob"
     names = k("get", "all", "-n", "scratch", "-o", "name").stdout.split()
     assert {"pod/one-off", "service/api", "deployment.apps/api"} <= set(names)
+    pods = k("get", "pods", "-n", "scratch", "-l", "app=api", "-o", "json").stdout
+    images = [p["spec"]["containers"][0]["image"] for p in json.loads(pods)["items"]]
+    assert images == ["nginx:1.28"] * 5  # the deployment controller rolled the pods to the new template
+    assert "successfully rolled out" in k("rollout", "status", "deployment/api", "-n", "scratch").stdout
     assert k("auth", "can-i", "list", "pods").stdout.strip() == "yes"
     k("delete", "namespace", "scratch")
     assert k("get", "cm", "-n", "scratch", "-o", "name").stdout.strip() == ""
