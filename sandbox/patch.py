@@ -468,8 +468,46 @@ def apply_conflicts(live: Any, applied: Any, applied_fields: dict[str, Any],
 
 
 def changed_paths(old: Any, new: Any) -> list[FieldPath]:
-    """Leaf paths of ``new`` (as fieldsV1 would name them) whose values differ from ``old``."""
-    return [path for path in leaf_paths(fields_v1(new)) if value_at(old, path) != value_at(new, path)]
+    """Leaf paths of ``new`` (as fieldsV1 would name them) whose values differ from ``old``. Walks both
+    objects together and skips equal subtrees at once (writes usually change little)."""
+    out: list[FieldPath] = []
+    if not isinstance(new, dict):
+        return out
+    old_map = old if isinstance(old, dict) else {}
+    for key, value in new.items():
+        if key.startswith("$") or key in ("apiVersion", "kind"):
+            continue
+        if key == "metadata" and isinstance(value, dict):
+            old_meta = old_map.get("metadata") if isinstance(old_map.get("metadata"), dict) else {}
+            for mk in ("labels", "annotations"):
+                if isinstance(value.get(mk), dict):
+                    _diff(old_meta.get(mk), value[mk], ("f:metadata", f"f:{mk}"), mk, out)
+            continue
+        _diff(old_map.get(key, _MISSING), value, (f"f:{key}",), key, out)
+    return out
+
+
+def _diff(old: Any, new: Any, path: FieldPath, name: str, out: list[FieldPath]) -> None:
+    if old is not _MISSING and old == new:
+        return
+    if isinstance(new, dict) and new:
+        old_map = old if isinstance(old, dict) else {}
+        for key, value in new.items():
+            if key.startswith("$"):
+                continue
+            _diff(old_map.get(key, _MISSING), value, (*path, f"f:{key}"), key, out)
+        return
+    if isinstance(new, list) and new:
+        key = _list_key(name, new)
+        if key is not None:
+            old_items = old if isinstance(old, list) else []
+            for item in new:
+                ident = {key: item[key]}
+                before = next((o for o in old_items if isinstance(o, dict) and o.get(key) == item[key]), _MISSING)
+                step = f"k:{json.dumps(ident, separators=(',', ':'))}"
+                _diff(before, item, (*path, step), "", out)
+            return
+    out.append(path)
 
 
 def paths_to_fields(paths: list[FieldPath], base: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -211,3 +211,25 @@ def test_fields_v1_shape() -> None:
                         "spec": {"containers": [{"name": "c", "image": "i"}]}})
     assert fields == {"f:metadata": {"f:labels": {"f:a": {}}},
                       "f:spec": {".": {}, "f:containers": {'k:{"name":"c"}': {".": {}, "f:name": {}, "f:image": {}}}}}
+
+
+def test_changed_paths_matches_its_definition_on_seed_objects() -> None:
+    import copy
+
+    from sandbox.patch import changed_paths, leaf_paths, value_at
+    from sandbox.seed import seed_objects
+
+    def definition(old: dict, new: dict) -> list:
+        return sorted(p for p in leaf_paths(fields_v1(new)) if value_at(old, p) != value_at(new, p))
+
+    for obj in seed_objects():
+        new = copy.deepcopy(obj)
+        new["metadata"].setdefault("labels", {})["touched"] = "yes"
+        if isinstance(new.get("spec"), dict):
+            new["spec"]["extra"] = {"list": [1, 2], "empty": {}}
+            if "containers" in new["spec"]:
+                new["spec"]["containers"][0]["image"] = "changed"
+                new["spec"]["containers"].append({"name": "added", "image": "i", "ports": [{"containerPort": 1}]})
+        assert sorted(changed_paths(obj, new)) == definition(obj, new), obj["kind"]
+        assert sorted(changed_paths({}, new)) == definition({}, new), obj["kind"]
+        assert changed_paths(obj, obj) == []
