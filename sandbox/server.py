@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import ssl
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -72,6 +73,7 @@ DEFAULT_LIMITS = ServerLimits(max_header_bytes=1024 * 1024, max_body_bytes=3 * 1
 READ_HIGH_WATER = 1024 * 1024
 H1_PIPELINE_DEPTH = 16
 HANDSHAKE_TIMEOUT = 10.0  # seconds a client may take to complete the TLS handshake
+IDLE_TIMEOUT = 90.0  # seconds a connection may sit with no request being served (slow or idle clients)
 
 
 class ApiLike(Protocol):
@@ -183,6 +185,8 @@ class _Connection(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._window_waiters: dict[int, asyncio.Future[None]] = {}
         self.peer = ""
+        self.last_activity = time.monotonic()
+        self.idle_reset = self.last_activity  # when the last request finished
 
     # ------------------------------------------------------------------ transport callbacks
 
@@ -208,6 +212,7 @@ class _Connection(asyncio.Protocol):
         self.flush()
 
     def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
         if self.raw is not None:
             self.raw.feed(data)
             return
@@ -371,6 +376,15 @@ class _Connection(asyncio.Protocol):
                 req.task.cancel()
         self.requests.clear()
 
+    def idle_since(self, now: float) -> float:
+        """Seconds without any request being served (0 while one is: requests, streams, upgrades).
+        A request whose head or body is still trickling in does not count as being served."""
+        if self.closed or self.raw is not None or self.current is not None or self.queue:
+            return 0.0
+        if any(req.task is not None for req in self.requests.values()):
+            return 0.0
+        return now - max(self.last_activity, self.idle_reset)
+
     def shutdown(self) -> None:
         """Graceful stop: no new requests; end streaming responses; close when idle."""
         self.shutting_down = True
@@ -433,6 +447,7 @@ class _Connection(asyncio.Protocol):
                     )
         finally:
             self.requests.pop(sid, None)
+            self.idle_reset = time.monotonic()
 
     def _api_request(self, req: _Request, user: UserInfo) -> ApiRequest:
         head = req.head
@@ -541,8 +556,11 @@ class SandboxServer:
         host: str = "127.0.0.1",
         port: int = 0,
         limits: ServerLimits | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.api = api
+        self.idle_timeout = idle_timeout
+        self._sweeper: asyncio.Task[None] | None = None
         self.authorizer = authorizer
         self.authenticator = Authenticator(tokens)
         self.ssl_context = ssl_context
@@ -595,11 +613,28 @@ class SandboxServer:
         )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
+        self._sweeper = asyncio.ensure_future(self._sweep())
         log.info("sandbox API server listening on %s", self.url)
+
+    async def _sweep(self) -> None:
+        """Close connections that serve no request for ``idle_timeout`` seconds: idle keep-alive
+        connections and clients trickling a request head or body (slowloris)."""
+        interval = max(0.05, min(5.0, self.idle_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for conn in list(self._connections):
+                if conn.idle_since(now) > self.idle_timeout:
+                    log.info("closing connection from %s: idle for %.0fs", conn.peer, self.idle_timeout)
+                    conn.codec.close()
+                    conn.flush()
+                    conn.close_transport()
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let plain requests finish within ``grace`` seconds, end streams, close."""
         self._stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
         for conn in list(self._connections):

@@ -56,12 +56,15 @@ class EmptyStore:
 
 
 class Harness:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, idle_timeout: float = 90.0) -> None:
         self.pki = SandboxPKI(tmp)
         self.api = EndlessApi()
         self.loop = uvloop.new_event_loop()
         self.server = SandboxServer(
-            api=self.api, authorizer=RbacAuthorizer(EmptyStore()), ssl_context=self.pki.server_ssl_context()
+            api=self.api,
+            authorizer=RbacAuthorizer(EmptyStore()),
+            ssl_context=self.pki.server_ssl_context(),
+            idle_timeout=idle_timeout,
         )
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -198,3 +201,23 @@ def test_handler_failures_are_500_or_a_reset_never_a_hang(harness: Harness, alpn
             sock.sendall(conn.data_to_send())
         assert status == {1: 500, 3: 200} and reset == {3}
     sock.close()
+
+
+def test_idle_and_trickling_connections_are_closed_but_streams_are_not(tmp_path: Path) -> None:
+    h = Harness(tmp_path, idle_timeout=0.5)
+    try:
+        idle = h.connect("http/1.1")
+        trickle = h.connect("http/1.1")
+        trickle.sendall(b"GET /endless HTTP/1.1\r\nHost: x\r\n")  # the head never ends (slowloris)
+        streaming = h.connect("http/1.1")
+        streaming.sendall(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert streaming.recv(1024).startswith(b"HTTP/1.1 200 OK")
+        for sock in (idle, trickle):
+            sock.settimeout(10)
+            assert sock.recv(1024) == b""  # closed by the server
+        streaming.settimeout(0.2)
+        assert streaming.recv(65536)  # the stream goes on (nothing read meanwhile: data is waiting)
+        for sock in (idle, trickle, streaming):
+            sock.close()
+    finally:
+        h.stop()
