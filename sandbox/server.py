@@ -383,6 +383,8 @@ class _Connection(asyncio.Protocol):
             return 0.0
         if any(req.task is not None for req in self.requests.values()):
             return 0.0
+        if self.h2 and not self.requests:
+            return 0.0  # an idle HTTP/2 connection is kept (clients multiplex over one for long)
         return now - max(self.last_activity, self.idle_reset)
 
     def shutdown(self) -> None:
