@@ -96,6 +96,9 @@ class Proxy:
             max_header_bytes=limits.max_header_bytes,
             shutdown_grace=getattr(limits, "shutdown_grace", 10.0),
             response_head_timeout=getattr(limits, "upstream_response_timeout", 60.0),
+            max_body_bytes=getattr(limits, "max_body_bytes", None),
+            h2_initial_window=getattr(limits, "h2_initial_window", 1024 * 1024),
+            h2_max_concurrent_streams=getattr(limits, "h2_max_concurrent_streams", 1000),
         )
         pool_settings = PoolSettings(
             connect_timeout=getattr(limits, "upstream_connect_timeout", 10.0),

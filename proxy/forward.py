@@ -49,6 +49,9 @@ class ProxySettings:
     shutdown_grace: float = 10.0
     response_head_timeout: float = 60.0
     tap_sessions: bool = True  # decode exec/attach/portforward streams for the audit (exit code, bytes)
+    max_body_bytes: int | None = None  # request bodies larger than this are refused (413); None: streamed
+    h2_initial_window: int = 1024 * 1024
+    h2_max_concurrent_streams: int = 1000
 
 
 def _request_ids() -> Callable[[], str]:
@@ -96,7 +99,12 @@ class Forwarder:
         self.locks = locks
         self.identities = identity_cache or IdentityCache()
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.limits = ServerLimits(max_header_bytes=settings.max_header_bytes)
+        self.limits = ServerLimits(
+            max_header_bytes=settings.max_header_bytes,
+            max_body_bytes=settings.max_body_bytes,
+            h2_initial_window=settings.h2_initial_window,
+            h2_max_concurrent_streams=settings.h2_max_concurrent_streams,
+        )
         self.connections: set[Any] = set()
         self.exchanges: set[Exchange] = set()
         self.next_request_id = _request_ids()
