@@ -34,6 +34,12 @@ log = logging.getLogger("kubegate.proxy.connection")
 
 
 class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "fwd", "peer_ip", "transport", "codec", "identity", "exchanges", "closed", "_write_paused", "_read_paused",
+        "_drain_waiters", "_window_waiters", "_header_timer", "_idle_timer", "_closing_after_flush", "upgraded",
+        "detached", "_served", "__weakref__",
+    )  # fmt: skip
+
     def __init__(self, fwd: Forwarder, peer_ip: str) -> None:
         self.fwd = fwd
         self.peer_ip = peer_ip
