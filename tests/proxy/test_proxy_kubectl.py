@@ -256,3 +256,22 @@ def test_exec_into_a_missing_pod_relays_the_upstream_refusal(k):
     result = k("exec", "-n", "dev", "no-such-pod", "--", "echo", "x", timeout=30)
     assert result.returncode != 0
     assert b'"no-such-pod" not found' in result.stderr
+
+
+def test_attach_talks_to_the_pods_console(popen_kubectl):
+    proc = popen_kubectl("attach", "-i", "-n", "dev", "web-1")
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"echo attached-$((40+2))\n")
+    proc.stdin.flush()
+    seen = b""
+    deadline = time.monotonic() + 20
+    while b"attached-42" not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 1)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            seen += chunk
+    assert b"attached-42" in seen, (seen, proc.stderr.read1(4096) if proc.stderr else b"")
+    proc.stdin.close()  # stdin EOF detaches
+    assert proc.wait(timeout=20) == 0
