@@ -461,7 +461,9 @@ def render_table(report: dict) -> str:
             lines.append(f"profile: {prof['error']}")
         else:
             lines.append(f"profile (py-spy, GET HTTP/1.1 16 clients, {prof['samples']} samples), self time:")
-            lines.extend(f"  {e['percent']:5.1f}%  {e['function']}" for e in prof["self"])
+            lines.append("```")
+            lines.extend(f"{e['percent']:5.1f}%  {e['function']}" for e in prof["self"])
+            lines.append("```")
     return "\n".join(lines)
 
 
