@@ -154,11 +154,7 @@ def prepare_demo_state(
         "audit": {"log_file": str(state / "audit.log")},
         "log": {"level": log_level, "format": "json"},
     }
-    for section, values in (extra_config or {}).items():
-        if isinstance(values, dict) and isinstance(config.get(section), dict):
-            config[section] = {**config[section], **values}
-        else:
-            config[section] = values
+    config = deep_merge(config, extra_config or {})
     config_path = state / "kubegate.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -175,6 +171,34 @@ def prepare_demo_state(
         ca_file=Path(ca.cert_path), cert_file=Path(cert_file), key_file=Path(key_file),
         cluster_name=cluster_name, proxy_port=proxy_port, metrics_port=metrics_port,
     )
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` laid on top, mappings merged key by key (``over`` wins)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# Keys of a user's config that ``kubegate demo -c`` does not take: the demo owns them.
+DEMO_OWNED = {"state_dir": None, "proxy": {"listen": None, "public_addr": None, "workers": None},
+              "metrics": {"listen": None}, "auth": None, "kubernetes_service": None, "version": None}
+
+
+def without_owned(doc: dict, owned: dict = DEMO_OWNED) -> dict:
+    """``doc`` minus the keys the demo sets itself (``owned``: None = the whole key)."""
+    out = {}
+    for key, value in doc.items():
+        if key in owned and owned[key] is None:
+            continue
+        if key in owned and isinstance(value, dict):
+            value = without_owned(value, owned[key])
+        out[key] = value
+    return out
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "removes its temporary state (kept when --state is given)."
         ),
     )
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help="a kubegate.yaml whose settings (limits, log, audit, …) the demo uses; the demo "
+                             "still sets the state dir, listen addresses, roles and clusters itself")
     parser.add_argument("--state", metavar="DIR",
                         help="keep the demo state (CA, roles, kubeconfig, audit log) in DIR (default: temporary)")
     parser.add_argument("--port", type=int, default=0, metavar="N",
@@ -54,6 +57,20 @@ def run(args: argparse.Namespace) -> int:
     from kubegate.demo import free_port, prepare_demo_state, viewer_binding
     from kubegate.workers import install_uvloop, serve_single
 
+    extra: dict = {}
+    if args.config:
+        import yaml
+
+        from kubegate.config import ConfigError
+        from kubegate.demo import without_owned
+
+        try:
+            load_config(args.config)  # every problem, naming the user's file
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            return 1
+        extra = without_owned(yaml.safe_load(Path(args.config).read_text()) or {})
     temporary = args.state is None
     state_dir = Path(args.state).resolve() if args.state else Path(tempfile.mkdtemp(prefix="kubegate-demo-"))
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -69,8 +86,10 @@ def run(args: argparse.Namespace) -> int:
             sb.store.put_object("rbac.authorization.k8s.io", "clusterrolebindings", viewer_binding())
             state = prepare_demo_state(
                 state_dir, sb.admin_kubeconfig, proxy_port=args.port or free_port(),
-                metrics_port=args.metrics_port or free_port(), user=args.user, roles=roles)
+                metrics_port=args.metrics_port or free_port(), user=args.user, roles=roles,
+                extra_config=extra)
             cfg = load_config(str(state.config_path))
+            kglog.configure(cfg.log.level, cfg.log.format, log_stream)
             collectors = [certificate_expiry_collector(prepare(cfg))]
 
             def on_ready(service: object, metrics: object) -> None:

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,3 +106,28 @@ def test_demo_on_a_busy_port_fails_cleanly(tmp_path):
     assert code == 1
     assert "kubegate demo: cannot start:" in "".join(lines) and "Address already in use" in "".join(lines)
     assert not list(tmp_path.glob("kubegate-demo-*"))  # the temporary state is gone
+
+
+def test_demo_takes_settings_from_a_config_file_but_keeps_its_own_addresses(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("proxy: {listen: '0.0.0.0:1', limits: {header_timeout: 3s}}\nlog: {level: debug}\n")
+    state_dir = tmp_path / "kept"
+    proc, lines, ready = _start_demo(tmp_path, "-c", str(config), "--state", str(state_dir))
+    try:
+        assert ready.wait(60), "".join(lines)
+        effective = yaml.safe_load((state_dir / "kubegate.yaml").read_text())
+    finally:
+        assert _stop(proc) == 0, "".join(lines)
+    assert effective["proxy"]["limits"]["header_timeout"] == "3s"
+    assert effective["proxy"]["limits"]["shutdown_grace"] == "5s"  # the demo's own value stays
+    assert effective["proxy"]["listen"].startswith("127.0.0.1:")  # the demo owns its addresses
+    assert effective["log"]["level"] == "debug"
+
+
+def test_demo_with_a_bad_config_file_names_the_problem(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("log: {level: chatty}\n")
+    proc, lines, ready = _start_demo(tmp_path, "-c", str(config))
+    assert proc.wait(60) == 1
+    ready.wait(5)
+    assert f'{config}: log.level: "chatty" is not one of' in "".join(lines)
