@@ -36,9 +36,14 @@ def kubectl(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _no_user_kubeconfig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Tests never read the developer's ~/.kube/config: kubectl gets an explicit --kubeconfig."""
+def _no_user_kubeconfig(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Tests never read the developer's ~/.kube/config (kubectl gets an explicit --kubeconfig), and each
+    test has its own HOME, so kubectl's discovery cache (~/.kube/cache) never carries one test's answers
+    into another."""
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
 
 
 @pytest.fixture
