@@ -184,12 +184,14 @@ class UpgradeSession:
         up.take_over(self.upstream)
         if up.reading_paused:
             up.resume()
+        # The tap must exist before the first relayed bytes: a SPDY tap that misses a header block loses
+        # its zlib context, and a WebSocket exec's first stdout frames can ride in up_trailing.
+        if ex.fwd.audit is not None and ex.fwd.settings.tap_sessions:
+            self.tap = _session_tap(up_headers)
         if self.trailing:
             self.client.data_received(self.trailing)
         if up_trailing:
             self.upstream.data_received(up_trailing)
-        if ex.fwd.audit is not None and ex.fwd.settings.tap_sessions:
-            self.tap = _session_tap(up_headers)
         kind = ex.kind or "upgrade"
         metrics.OPEN_STREAMS.labels(kind).inc()
         self._audit_session("session.start", verdict)
