@@ -480,6 +480,10 @@ class Exchange:
         self._response_started = True
         self._observe_head()
         body = stream.body  # type: ignore[attr-defined]
+        if not body.size and not body.eof:
+            # Nothing of the body is here yet (a watch before its first event, logs -f): the client gets
+            # the head now, as from the apiserver, instead of with the first event.
+            conn.flush()
         while True:
             data = await stream.read()
             if not data:

@@ -86,14 +86,15 @@ def admin_kubeconfig(px) -> Path:
 
 @pytest.fixture(params=["h2", "http1"], scope="session")
 def wire(request: pytest.FixtureRequest) -> str:
-    """The client-side protocol: kubectl's default (h2 by ALPN) or HTTP/1.1 (GODEBUG=http2client=0)."""
+    """The client-side protocol: kubectl's default (h2 by ALPN) or HTTP/1.1 (DISABLE_HTTP2=1: client-go
+    configures HTTP/2 itself, so GODEBUG=http2client=0 does not turn it off)."""
     return request.param
 
 
 def kubectl_env(wire: str) -> dict[str, str]:
     env = dict(os.environ)
     if wire == "http1":
-        env["GODEBUG"] = "http2client=0"
+        env["DISABLE_HTTP2"] = "1"
     return env
 
 

@@ -225,7 +225,7 @@ def test_exec_with_a_tty(kubectl, admin_kubeconfig, wire):
     import subprocess
 
     master, slave = pty.openpty()
-    env = dict(os.environ, **({"GODEBUG": "http2client=0"} if wire == "http1" else {}))
+    env = dict(os.environ, **({"DISABLE_HTTP2": "1"} if wire == "http1" else {}))
     proc = subprocess.Popen(
         [kubectl, "--kubeconfig", str(admin_kubeconfig), "exec", "-it", "-n", "dev", "web-1", "--", "sh"],
         stdin=slave, stdout=slave, stderr=slave, start_new_session=True, close_fds=True, env=env,
