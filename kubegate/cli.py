@@ -2,7 +2,12 @@
 
 Each command module exposes ``register(subparsers: argparse._SubParsersAction) -> None`` which adds its
 parser(s) and sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit
-code). Add a module to ``COMMAND_MODULES`` to expose it.
+code). Add a module to ``COMMAND_MODULES`` to expose it; a module registers one top-level command named
+like the module.
+
+Only the named command's module is imported when the command line names one (``kubegate bot credentials``
+runs as a kubectl exec plugin on every kubectl call, so it must not pay for importing the proxy, discovery
+and the benchmarks); ``kubegate --help`` and unknown commands import them all.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for every command, or only for ``command`` when it names one of the modules."""
     parser = argparse.ArgumentParser(
         prog="kubegate",
         description=(
@@ -36,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module_name in COMMAND_MODULES:
+    modules = [m for m in COMMAND_MODULES if m.rsplit(".", 1)[1] == command] or COMMAND_MODULES
+    for module_name in modules:
         importlib.import_module(module_name).register(sub)
     _fill_descriptions(parser)
     return parser
@@ -55,7 +62,8 @@ def _fill_descriptions(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(words[0] if words and not words[0].startswith("-") else None)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 
