@@ -193,7 +193,7 @@ class Exchange:
         "fwd", "conn", "head", "sid", "identity", "request_id", "started", "body_parts", "body_size",
         "request_ended", "stream", "task", "finished", "kind", "cluster", "verdict", "status",
         "bytes_out", "bytes_in", "_body_waiter", "reset", "_response_started", "_stop_reason", "upgrade",
-        "catalog", "full_body", "_unacked", "_ack_task",
+        "catalog", "full_body", "_unacked", "_ack_task", "error_headers",
     )  # fmt: skip
 
     def __init__(self, fwd: Forwarder, conn: Any, head: RequestHead) -> None:
@@ -225,6 +225,7 @@ class Exchange:
         self.full_body: bytes | None = None
         self._unacked = 0
         self._ack_task: asyncio.Task[None] | None = None
+        self.error_headers: list[tuple[bytes, bytes]] = []  # extra headers for kubegate's own error answer
 
     # --- events from the client codec -------------------------------------------------------------
     def start(self) -> None:
@@ -336,7 +337,27 @@ class Exchange:
             if reason:
                 metrics.DENIALS.labels("locked").inc()
                 return None, 403, status_body(403, "Forbidden", f"user {identity.user!r} is locked: {reason}")
+        if cluster.health == "unhealthy":
+            # The health checker found the cluster broken: answer now instead of connecting (and maybe
+            # hanging until the connect timeout). "unknown" (not checked yet) still forwards.
+            return None, 503, self._unhealthy(cluster)
         return cluster, route, ""  # type: ignore[return-value]
+
+    def _unhealthy(self, cluster: Cluster) -> bytes:
+        detail = cluster.health_detail or "failed its health check"
+        message = f'cluster "{cluster.name}" is unhealthy: {detail}'
+        metrics.upstream_error(cluster.name, "unhealthy")
+        log.warning(
+            "cluster unhealthy: request refused",
+            extra={"request_id": self.request_id, "cluster": cluster.name, "code": 503, "problem": detail},
+        )
+        # kubectl's discovery (its first request) reads no Status from an error (client-go returns its
+        # generic "the server is currently unable to handle the request"), but it prints Warning headers.
+        self.error_headers = [(b"warning", warning_header(message))]
+        return status_body(
+            503, "ServiceUnavailable", message, {"name": cluster.name, "kind": "clusters", "causes": [
+                {"reason": "ClusterUnhealthy", "message": detail}]},
+        )
 
     async def _decide(self) -> tuple[Cluster, Verdict, str] | tuple[None, int, bytes]:
         first = self.authorize()
@@ -575,6 +596,7 @@ class Exchange:
             (b"content-type", _JSON),
             (b"content-length", str(len(body)).encode()),
             (REQUEST_ID_HEADER, self.request_id.encode()),
+            *self.error_headers,
         ]
         conn.send_head(ResponseHead(self.sid, code, headers, content_length=len(body)))
         conn.send_body(self.sid, body, end_stream=True)
@@ -629,6 +651,13 @@ class Exchange:
             "client_ip": self.conn.peer_ip,
             "stopped": self._stop_reason,
         }
+
+
+def warning_header(text: str) -> bytes:
+    """A ``Warning`` header value (RFC 7234 §5.5, as the apiserver sends: code 299, agent ``-``) that
+    client-go prints as ``Warning: <text>``; non-printable and non-ASCII characters become ``?``."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return b'299 - "' + clean.replace("\\", "\\\\").replace('"', '\\"').encode("ascii") + b'"'
 
 
 def _head_timeout(stream: UpstreamStream, cluster: str) -> None:
