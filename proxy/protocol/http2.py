@@ -27,7 +27,9 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import hyperframe.frame
-from h2.stream import StreamState
+from h2.connection import ConnectionInputs
+from h2.stream import StreamInputs, StreamState
+from hpack.table import HeaderTable
 from hyperframe.frame import GoAwayFrame
 
 from proxy.protocol.events import (
@@ -65,7 +67,74 @@ def _short_hex_repr(data: bytes | None) -> str:
 hyperframe.frame._raw_data_repr = _short_hex_repr  # process-wide; identical text, bounded cost
 
 _DATA_HEADER = struct.Struct(">HBBBL")  # 24-bit length (as 16 + 8), type 0 = DATA, flags, stream id
+_FRAME_HEADER = _DATA_HEADER  # the same 9-byte layout, any frame type
 _SENDABLE = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
+_END_STREAM = 0x1
+_END_HEADERS = 0x4
+
+
+# --- response header blocks ------------------------------------------------------------------------
+# h2's send_headers runs each response head through generator pipelines, HPACK with Huffman coding and
+# dynamic-table bookkeeping, and hyperframe objects: most of an h2 response's CPU. Response heads are
+# encoded here instead, statelessly: ":status" indexed or literal, every other field a "literal without
+# indexing" (the static table's name index when there is one, else the literal name), no Huffman. Such
+# blocks never touch the peer's dynamic table, so h2's encoder (still used for the rare fallbacks:
+# informational heads, a pending table-size update, blocks over one frame) stays in step with the peer.
+
+
+def _hpack_int(value: int, prefix_bits: int, first: int) -> bytes:
+    """RFC 7541 §5.1 integer with an N-bit prefix; ``first`` holds the representation's high bits."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_STATIC_NAME_INDEX: dict[bytes, int] = {}
+for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, 1):
+    _STATIC_NAME_INDEX.setdefault(_name, _index)
+_STATUS_FIELD: dict[int, bytes] = {}
+for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, 1):
+    if _name == b":status":
+        _STATUS_FIELD[int(_value)] = bytes((0x80 | _index,))  # fully indexed
+for _code in range(100, 600):
+    # literal without indexing, name = static ":status" (index 8), 3-byte value
+    _STATUS_FIELD.setdefault(_code, b"\x08\x03" + str(_code).encode())
+_NAME_PREFIX: dict[bytes, bytes] = {}  # header name as given -> encoded representation + name part
+_NAME_CACHE_MAX = 2048
+
+
+def _name_prefix(name: bytes) -> bytes:
+    lower = name.lower()
+    index = _STATIC_NAME_INDEX.get(lower)
+    if index is not None:
+        prefix = _hpack_int(index, 4, 0x00)
+    else:
+        prefix = b"\x00" + _hpack_int(len(lower), 7, 0x00) + lower
+    if len(_NAME_PREFIX) < _NAME_CACHE_MAX:
+        _NAME_PREFIX[name] = prefix
+    return prefix
+
+
+def encode_response_block(status: int, headers: Headers) -> bytes:
+    """An HPACK header block for a response head (see above); names are lower-cased."""
+    parts = [_STATUS_FIELD[status]]
+    append = parts.append
+    names = _NAME_PREFIX
+    for name, value in headers:
+        prefix = names.get(name) or _name_prefix(name)
+        size = len(value)
+        append(prefix + (_SMALL_LENGTH[size] if size < 127 else _hpack_int(size, 7, 0x00)) + value)
+    return b"".join(parts)
+
+
+_SMALL_LENGTH = [bytes((n,)) for n in range(127)]
 
 
 class _Out:
@@ -282,7 +351,7 @@ class Http2ServerConnection:
         sid = head.stream_id
         if sid in self._ignored or sid not in self._open:
             return
-        headers = [(b":status", _STATUS[head.status])]
+        headers: Headers = []
         has_length = False
         for key, value in head.headers:
             if key in _HOP:
@@ -293,12 +362,39 @@ class Http2ServerConnection:
         if head.content_length is not None and not has_length:
             headers.append((b"content-length", b"%d" % head.content_length))
         try:
-            self._h2.send_headers(sid, headers, end_stream=end_stream)
+            if not self._send_headers_fast(sid, head.status, headers, end_stream):
+                headers.insert(0, (b":status", _STATUS[head.status]))
+                self._h2.send_headers(sid, headers, end_stream=end_stream)
         except h2.exceptions.StreamClosedError:
             self._drop(sid)
             return
         if end_stream:
             self._ended(sid)
+
+    def _send_headers_fast(self, sid: int, status: int, headers: Headers, end_stream: bool) -> bool:
+        """Queue a final response head as one HEADERS frame encoded here, driving h2's connection and
+        stream state machines exactly as ``send_headers`` would. False when h2 must do it (an
+        informational head, a pending HPACK table-size update, a block larger than one frame)."""
+        conn = self._h2
+        if status < 200 or conn.encoder.table_size_changes:
+            return False
+        stream = conn.streams.get(sid)
+        if stream is None:
+            return False
+        block = encode_response_block(status, headers)
+        size = len(block)
+        if size > conn.max_outbound_frame_size:
+            return False
+        conn.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        machine = stream.state_machine
+        machine.process_input(StreamInputs.SEND_HEADERS)
+        flags = _END_HEADERS
+        if end_stream:
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+            flags |= _END_STREAM
+        self._pull()
+        self._out.append(_FRAME_HEADER.pack(size >> 8, size & 0xFF, 0x1, flags, sid) + block)
+        return True
 
     def send_body(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
         if stream_id in self._ignored or stream_id not in self._open:
@@ -335,12 +431,27 @@ class Http2ServerConnection:
         size = len(data)
         window = conn.local_flow_control_window(sid)
         max_frame = conn.max_outbound_frame_size
-        if size <= window and size <= max_frame:
-            conn.send_data(sid, data, end_stream=end_stream)
-            return size
         stream = conn.streams.get(sid)
         if stream is None or stream.state_machine.state not in _SENDABLE:
             raise h2.exceptions.StreamClosedError(sid)
+        if size <= window and size <= max_frame:
+            # One frame: queued here with the state-machine inputs and window accounting of h2's
+            # send_data, without its frame objects.
+            conn.state_machine.process_input(ConnectionInputs.SEND_DATA)
+            machine = stream.state_machine
+            machine.process_input(StreamInputs.SEND_DATA)
+            if end_stream:
+                machine.process_input(StreamInputs.SEND_END_STREAM)
+            conn.outbound_flow_control_window -= size
+            stream.outbound_flow_control_window -= size
+            self._pull()
+            header = _DATA_HEADER.pack(size >> 8, size & 0xFF, 0, _END_STREAM if end_stream else 0, sid)
+            if size < 4096:
+                self._out.append(header + data)
+            else:
+                self._out.append(header)
+                self._out.append(data if type(data) is bytes else bytes(data))
+            return size
         total = min(size, window)
         # Frames below reference ``data`` until data_to_send(): only immutable bytes may be referenced.
         view = memoryview(data if type(data) is bytes else bytes(data))
@@ -370,11 +481,22 @@ class Http2ServerConnection:
             held.end = True
             return
         try:
-            self._h2.end_stream(stream_id)
+            self._end_stream(stream_id)
         except h2.exceptions.StreamClosedError:
             self._drop(stream_id)
             return
         self._ended(stream_id)
+
+    def _end_stream(self, sid: int) -> None:
+        """An empty DATA frame with END_STREAM (what h2's ``end_stream`` queues), without frame objects."""
+        conn = self._h2
+        stream = conn.streams.get(sid)
+        if stream is None:
+            raise h2.exceptions.StreamClosedError(sid)
+        conn.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+        self._pull()
+        self._out.append(_DATA_HEADER.pack(0, 0, 0, _END_STREAM, sid))
 
     def _flush_held(self, stream_id: int) -> list[Event]:
         """Send what the new window allows; report the streams that may write again."""
