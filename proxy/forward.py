@@ -38,6 +38,9 @@ log = logging.getLogger("kubegate.proxy")
 _JSON = b"application/json"
 _REQUEST_BODY_HIGH_WATER = 1024 * 1024
 _REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+# Largest create body read to find the object's name when max_body_bytes is not set (the apiserver's own
+# default request body limit).
+_NAME_BODY_LIMIT = 3 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,6 +377,12 @@ class Exchange:
         if verdict.catalog_miss and fwd.catalogs.may_refresh(cluster):  # type: ignore[arg-type]
             catalog = await fwd.catalogs.fetch(cluster, pool, force=True)  # type: ignore[arg-type]
             verdict = fwd.policy.decide(self.identity, cluster, head.method, route.path, route.query, head.headers, catalog)  # type: ignore[arg-type, union-attr]
+        if not verdict.allowed and verdict.status == 403 and verdict.verb == "create" and not verdict.name:
+            # A create names its object in the body only: a role limited to certain names allows it or not
+            # by that name. Buffer the (bounded) body, decide with it; the buffered body is then forwarded.
+            body = await self._body_within(fwd.settings.max_body_bytes or _NAME_BODY_LIMIT)
+            if body:
+                verdict = fwd.policy.decide(self.identity, cluster, head.method, route.path, route.query, head.headers, catalog, body=body)  # type: ignore[arg-type, union-attr]
         self.verdict = verdict
         self.catalog = catalog
         if not verdict.allowed:
@@ -552,6 +561,33 @@ class Exchange:
             self.body_size = 0
         self.conn.resume_reading()
         return parts
+
+    async def _body_within(self, limit: int) -> bytes | None:
+        """The whole request body when it is at most ``limit`` bytes, else None (what arrived stays buffered
+        for whoever answers). Credit for buffered bytes goes back to the client as they arrive, so a body
+        bigger than one h2 window or the HTTP/1.1 read high-water mark still arrives in full."""
+        if self.full_body is not None:
+            return self.full_body if len(self.full_body) <= limit else None
+        declared = self.head.content_length
+        if declared is not None and declared > limit:
+            return None
+        received = sum(len(part) for part in self.body_parts)
+        while received <= limit and not self.request_ended and not self.reset:
+            if self.body_size:
+                self.conn.acknowledge(self.sid, self.body_size)
+                self.body_size = 0
+            self.conn.resume_reading()
+            self.conn.flush()
+            before = len(self.body_parts)
+            self._body_waiter = self.fwd.loop.create_future()
+            try:
+                await self._body_waiter
+            finally:
+                self._body_waiter = None
+            received += sum(len(part) for part in self.body_parts[before:])
+        if received > limit or self.reset:
+            return None
+        return await self._whole_body()
 
     async def _whole_body(self) -> bytes:
         if self.full_body is not None:

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 from discovery.model import Cluster
 from proxy.protobuf import MAGIC as PROTOBUF_MAGIC
-from proxy.protobuf import access_review_from_protobuf
+from proxy.protobuf import ProtobufError, access_review_from_protobuf
+from proxy.protobuf import fields as protobuf_fields
 from proxy.protocol.events import Headers
 from rbac.identity import Identity
 
@@ -49,9 +50,12 @@ class Policy(Protocol):
         ...
 
     def decide(
-        self, identity: Identity, cluster: Cluster, method: str, path: str, query: str, headers: Headers, catalog: Any
+        self, identity: Identity, cluster: Cluster, method: str, path: str, query: str, headers: Headers, catalog: Any,
+        body: bytes | None = None,
     ) -> Verdict:
-        """One decision per request (``path`` without the ``/k8s/clusters/<name>`` prefix)."""
+        """One decision per request (``path`` without the ``/k8s/clusters/<name>`` prefix). ``body`` is given
+        only for a create the proxy buffered because the decision without it was a denial: the object's
+        name is read from it (JSON, YAML or Kubernetes protobuf; see ``object_name``)."""
         ...
 
     def review_access(self, identity: Identity, cluster: Cluster, body: bytes, catalog: Any) -> bytes | None:
@@ -102,9 +106,12 @@ class RbacPolicy:
         return answer
 
     def decide(
-        self, identity: Identity, cluster: Cluster, method: str, path: str, query: str, headers: Headers, catalog: Any
+        self, identity: Identity, cluster: Cluster, method: str, path: str, query: str, headers: Headers, catalog: Any,
+        body: bytes | None = None,
     ) -> Verdict:
         roles = self.roles.current()
+        if body is not None:  # a create decided on its object's name: never memoised (the body varies)
+            return self._decide(identity, cluster, roles, method, path, query, headers, catalog, body)
         varying = tuple((k, v) for k, v in headers if k.startswith(b"impersonate-") or k == b"accept")
         key = (id(identity), id(cluster), id(roles), id(catalog), method, path, query, varying)
         hit = self._verdicts.get(key)
@@ -118,11 +125,16 @@ class RbacPolicy:
 
     def _decide(
         self, identity: Identity, cluster: Cluster, roles: Any, method: str, path: str, query: str, headers: Headers,
-        catalog: Any,
+        catalog: Any, body: bytes | None = None,
     ) -> Verdict:
         rbac = self._rbac
+        name_body = None
+        if body is not None:
+            name = object_name(body)
+            # rbac reads the name of a create from a JSON body: hand it just that, whatever the wire format.
+            name_body = json.dumps({"metadata": {"name": name}}).encode() if name else None
         try:
-            info = rbac.parse_request(method, path, query, catalog)
+            info = rbac.parse_request(method, path, query, catalog, body=name_body)
         except rbac.RequestParseError as exc:
             code = exc.code
             reason = "NotFound" if code == 404 else "MethodNotAllowed" if code == 405 else "BadRequest"
@@ -148,12 +160,7 @@ class RbacPolicy:
         if decision.allowed and item_filter is not None:
             watch = info.verb == "watch"
             verdict.filter = lambda: item_filter.stream(watch)
-            accept = None
-            for key, value in headers:
-                if key == b"accept":
-                    accept = value.decode("latin-1")
-                    break
-            verdict.accept = self._accept(accept).encode("latin-1")
+            verdict.accept = self._accept(_header(headers, b"accept")).encode("latin-1")
             verdict.query = self._query(query)
         return verdict
 
@@ -171,3 +178,56 @@ class RbacPolicy:
         doc = json.loads(response)
         restricted = self._rbac.restrict_rules_review(identity, self.roles.current(), cluster.name, cluster.labels, doc, catalog)
         return json.dumps(restricted, separators=(",", ":")).encode()
+
+
+def _header(headers: Headers, name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def object_name(body: bytes) -> str:
+    """``metadata.name`` of the object in a create request body, or "" (none, ``generateName`` only, or
+    unreadable: the caller then decides without a name, i.e. fails closed).
+
+    Kubernetes protobuf (``k8s\\0`` + ``runtime.Unknown{2: raw}``; every object's field 1 is its
+    ``ObjectMeta``, whose field 1 is the name), JSON, or YAML (``application/yaml``: any body that is
+    neither protobuf nor a JSON object is read as YAML).
+    """
+    if body.startswith(PROTOBUF_MAGIC):
+        return _protobuf_object_name(body)
+    doc: Any = None
+    stripped = body.lstrip()
+    if stripped.startswith(b"{"):
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return ""
+    else:
+        import yaml
+
+        try:
+            doc = yaml.load(body, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - safe loader
+        except (yaml.YAMLError, UnicodeDecodeError, ValueError):
+            return ""
+    meta = doc.get("metadata") if isinstance(doc, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+def _protobuf_object_name(body: bytes) -> str:
+    try:
+        raw = b""
+        for number, value in protobuf_fields(body[len(PROTOBUF_MAGIC) :]):
+            if number == 2 and isinstance(value, bytes):
+                raw = value
+        for number, value in protobuf_fields(raw):
+            if number == 1 and isinstance(value, bytes):
+                for sub, sub_value in protobuf_fields(value):
+                    if sub == 1 and isinstance(sub_value, bytes):
+                        return sub_value.decode("utf-8")
+                return ""
+    except (ProtobufError, UnicodeDecodeError):
+        return ""
+    return ""
