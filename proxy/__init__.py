@@ -15,7 +15,8 @@ Modules (one job each)::
                           (watches, followed logs), fresh HTTP/1.1 for upgrades
     tls / identity        listener and upstream SSL contexts; identity from the client certificate
     metrics / audit       kubegate_* Prometheus metrics; JSON-lines audit sink
-    protobuf              just enough protobuf to read a SelfSubjectAccessReview (kubectl auth can-i)
+    protobuf              just enough protobuf to read a SelfSubjectAccessReview (kubectl auth can-i);
+                          the wire reading is protocol.protobuf_wire's
     testing               running_proxy(...) (own thread + uvloop loop), EchoUpstream, cluster_for_sandbox
 
 ``Proxy`` API::

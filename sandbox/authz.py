@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from proxy.protocol import protobuf_wire
 from sandbox.types import RequestAttributes, UserInfo
 
 RBAC_GROUP = "rbac.authorization.k8s.io"
@@ -668,45 +669,15 @@ def bootstrap_rbac_objects() -> list[tuple[str, str, dict[str, Any]]]:
 # the ``k8s\0`` magic, then a runtime.Unknown {1: TypeMeta{1 apiVersion, 2 kind}, 2: raw object bytes}.
 # Only the fields the reviews read are decoded (authorization/v1 and authentication/v1 generated.proto).
 
-PROTOBUF_MAGIC = b"k8s\x00"
+PROTOBUF_MAGIC = protobuf_wire.MAGIC
 
 
 def _fields(data: bytes) -> list[tuple[int, int | bytes]]:
-    """(field number, value) pairs of one protobuf message: varints as int, length-delimited as bytes."""
-    out: list[tuple[int, int | bytes]] = []
-    pos, end = 0, len(data)
-
-    def varint() -> int:
-        nonlocal pos
-        shift = result = 0
-        while True:
-            if pos >= end or shift > 63:
-                raise ReviewError("truncated protobuf varint")
-            byte = data[pos]
-            pos += 1
-            result |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return result
-            shift += 7
-
-    while pos < end:
-        key = varint()
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            out.append((number, varint()))
-        elif wire == 2:
-            length = varint()
-            if pos + length > end:
-                raise ReviewError("truncated protobuf field")
-            out.append((number, data[pos : pos + length]))
-            pos += length
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            raise ReviewError(f"unsupported protobuf wire type {wire}")
-    return out
+    """(field number, value) pairs of one protobuf message (malformed bytes are a :class:`ReviewError`)."""
+    try:
+        return protobuf_wire.fields(data)
+    except protobuf_wire.ProtobufError as exc:
+        raise ReviewError(f"protobuf: {exc}") from None
 
 
 def _strings(data: bytes, names: Mapping[int, str]) -> dict[str, str]:
@@ -763,20 +734,13 @@ def _access_spec(data: bytes, with_subject: bool) -> dict[str, Any]:
 
 def decode_review_protobuf(data: bytes) -> dict[str, Any]:
     """A review object sent as Kubernetes protobuf, as the JSON-shaped dict the reviews take."""
-    if not data.startswith(PROTOBUF_MAGIC):
-        raise ReviewError("protobuf body without the k8s magic prefix")
-    envelope = dict(_fields(data[len(PROTOBUF_MAGIC) :]))
-    type_meta = envelope.get(1, b"")
-    raw = envelope.get(2, b"")
-    if not isinstance(type_meta, bytes) or not isinstance(raw, bytes):
-        raise ReviewError("malformed protobuf envelope")
-    meta = _strings(type_meta, {1: "apiVersion", 2: "kind"})
-    kind = meta.get("kind", "")
-    obj: dict[str, Any] = {"kind": kind, "apiVersion": meta.get("apiVersion", ""), "metadata": {}}
-    spec_bytes = b""
-    for number, value in _fields(raw):
-        if number == 2 and isinstance(value, bytes):
-            spec_bytes = value
+    try:
+        envelope = protobuf_wire.unwrap(data)
+        kind, api_version = envelope.kind, envelope.api_version
+        spec_bytes = protobuf_wire.last_bytes(envelope.raw, 2)
+    except protobuf_wire.ProtobufError as exc:
+        raise ReviewError(f"protobuf: {exc}") from None
+    obj: dict[str, Any] = {"kind": kind, "apiVersion": api_version, "metadata": {}}
     if kind == "SelfSubjectAccessReview":
         obj["spec"] = _access_spec(spec_bytes, with_subject=False)
     elif kind == "SubjectAccessReview":

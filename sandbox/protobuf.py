@@ -8,7 +8,8 @@ kinds the sandbox serves. Fields not listed are skipped. Responses are always JS
 also accept ``application/json``).
 
 Envelope: ``b"k8s\\x00"`` + ``runtime.Unknown{typeMeta{apiVersion=1, kind=2}=1, raw=2,
-contentEncoding=3, contentType=4}``; ``raw`` is the object message.
+contentEncoding=3, contentType=4}``; ``raw`` is the object message. The wire reading and the envelope
+are :mod:`proxy.protocol.protobuf_wire`'s (shared with the proxy and the review decoder).
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ import base64
 from datetime import UTC, datetime
 from typing import Any
 
-MAGIC = b"k8s\x00"
+from proxy.protocol.protobuf_wire import MAGIC, ProtobufError, fields, unwrap
 
-
-class ProtobufError(ValueError):
-    pass
+__all__ = ["KINDS", "MAGIC", "ProtobufError", "Schema", "UnsupportedKind", "decode_message", "decode_object"]
 
 
 class UnsupportedKind(ProtobufError):
@@ -137,46 +136,6 @@ KINDS: dict[str, Schema] = {
 KEEP_ZERO = frozenset({"replicas", "containerPort", "port"})
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data):
-            raise ProtobufError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ProtobufError("varint too long")
-
-
-def fields(data: bytes) -> list[tuple[int, int | bytes]]:
-    """(field number, value) of one message: varints as int, length-delimited as bytes."""
-    out: list[tuple[int, int | bytes]] = []
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(data, pos)
-            out.append((number, value))
-        elif wire == 2:
-            length, pos = _varint(data, pos)
-            if pos + length > len(data):
-                raise ProtobufError("truncated length-delimited field")
-            out.append((number, data[pos : pos + length]))
-            pos += length
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            raise ProtobufError(f"unsupported wire type {wire}")
-    return out
-
-
 def _signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
@@ -262,22 +221,11 @@ def decode_message(data: bytes, schema: Schema) -> dict[str, Any]:
 
 def decode_object(body: bytes) -> dict[str, Any]:
     """A protobuf-encoded object as a JSON-shaped dict (apiVersion and kind from the envelope)."""
-    if not body.startswith(MAGIC):
-        raise ProtobufError("protobuf body without the k8s magic prefix")
-    api_version = kind = ""
-    raw = b""
-    for number, value in fields(body[len(MAGIC):]):
-        if number == 1 and isinstance(value, bytes):
-            for n, v in fields(value):
-                if n == 1:
-                    api_version = _text(v)
-                elif n == 2:
-                    kind = _text(v)
-        elif number == 2 and isinstance(value, bytes):
-            raw = value
+    envelope = unwrap(body)
+    api_version, kind = envelope.api_version, envelope.kind
     schema = KINDS.get(kind)
     if schema is None:
         raise UnsupportedKind(f"no protobuf decoding for kind {kind!r}")
     obj = {"apiVersion": api_version, "kind": kind}
-    obj.update(decode_message(raw, schema))
+    obj.update(decode_message(envelope.raw, schema))
     return obj
