@@ -251,6 +251,8 @@ class UpgradeSession:
             "time": time.time(),
             "request_id": ex.request_id,
             "user": ex.identity.user,
+            "roles": list(ex.identity.roles),
+            "client_ip": ex.conn.peer_ip,
             "impersonated_user": verdict.user,
             "impersonated_groups": list(verdict.groups),
             "cluster": ex.cluster.name if ex.cluster else None,
