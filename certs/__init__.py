@@ -15,6 +15,10 @@ Modules and their API
     key_path=None) -> (cert, key, issued_now)`` keeps ``<state_dir>/ca/server.pem`` + ``server-key.pem``
     current; ``server_hosts(public_addrs, listen)`` gives the SAN list.
     ``verify_client_chain(cert, ca_or_ca_cert, now=None)`` raises ``CertificateVerificationError``.
+``certs.building``
+    The X.509 profile: ``generate_private_key``, ``private_key_pem``, ``random_serial``, ``san_entries``,
+    ``self_signed_ca(key, name, not_before, not_after)``, ``leaf_builder(subject, public_key, issuer,
+    not_before, not_after)``, ``sign``; also used by the sandbox's PKI (``sandbox.tls``).
 ``certs.extension``
     The identity extension: OID ``1.3.6.1.4.1.32473.5723.1`` (non-critical), value = DER UTF8String of
     JSON ``{"v": 1, "kind": "user"|"bot", "cluster": str|null, "traits": {name: [values]}}``.

@@ -42,6 +42,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from certs.building import (
+    generate_private_key,
+    leaf_builder,
+    private_key_pem,
+    san_entries,
+    self_signed_ca,
+    sign,
+)
 from certs.extension import ExtensionPayload, encode_identity_extension, normalize_traits
 from certs.files import write_atomic
 
@@ -108,27 +116,12 @@ def serial_hex(serial: int) -> str:
     return format(serial, "x")
 
 
-def generate_private_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
 def same_public_key(a: PublicKeyTypes, b: PublicKeyTypes) -> bool:
     """Whether two public keys are the same key (compared by their SubjectPublicKeyInfo)."""
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     return a.public_bytes(serialization.Encoding.DER, spki) == b.public_bytes(
         serialization.Encoding.DER, spki
     )
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _random_serial() -> int:
-    # 128 random bits with the top bit set: always positive, always 16 significant bytes.
-    return secrets.randbits(128) | (1 << 127)
 
 
 def load_certificate_file(path: str | os.PathLike[str]) -> x509.Certificate:
@@ -186,16 +179,6 @@ def _normalize_host(host: str) -> str:
         return host.lower().rstrip(".")
 
 
-def _san_entries(hosts: Iterable[str]) -> list[x509.GeneralName]:
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    return names
-
-
 def _now(clock: Clock) -> datetime:
     return datetime.fromtimestamp(clock(), tz=UTC).replace(microsecond=0)
 
@@ -232,36 +215,7 @@ class CertificateAuthority:
                 x509.NameAttribute(NameOID.COMMON_NAME, common_name or f"kubegate CA {secrets.token_hex(4)}"),
             ]
         )
-        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(_random_serial())
-            .not_valid_before(now - CLOCK_SKEW)
-            .not_valid_after(now + CA_TTL)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(ski, critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
-            )
-            .sign(key, hashes.SHA256())
-        )
+        certificate = self_signed_ca(key, name, now - CLOCK_SKEW, now + CA_TTL)
         return cls(certificate, key, None, clock)
 
     @classmethod
@@ -296,7 +250,7 @@ class CertificateAuthority:
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
             os.chmod(staging, 0o700)
-            write_atomic(staging / CA_KEY_NAME, _key_pem(fresh.private_key), 0o600)
+            write_atomic(staging / CA_KEY_NAME, private_key_pem(fresh.private_key), 0o600)
             write_atomic(staging / CA_CERT_NAME, fresh.cert_pem, 0o644)
             try:
                 os.rename(staging, directory)  # atomic; also replaces an empty pre-created directory
@@ -334,35 +288,7 @@ class CertificateAuthority:
             raise ValueError(f"ttl must be positive, got {ttl}")
         now = _now(self.clock)
         not_after = min(now + ttl, self.certificate.not_valid_after_utc)
-        ca_ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self.certificate.subject)
-            .public_key(public_key)
-            .serial_number(_random_serial())
-            .not_valid_before(now - CLOCK_SKEW)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
-            )
-        )
+        return leaf_builder(subject, public_key, self.certificate, now - CLOCK_SKEW, not_after)
 
     def issue_user_certificate(
         self,
@@ -388,14 +314,14 @@ class CertificateAuthority:
             key = generate_private_key()
             public_key = key.public_key()
         payload = ExtensionPayload(traits=normalize_traits(traits), cluster=cluster or None, kind=kind)
-        certificate = (
+        certificate = sign(
             self._builder(x509.Name(attributes), public_key, ttl)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .add_extension(encode_identity_extension(payload), critical=False)
-            .sign(self.private_key, hashes.SHA256())
+            .add_extension(encode_identity_extension(payload), critical=False),
+            self.private_key,
         )
         return IssuedCertificate(
-            certificate, certificate.public_bytes(serialization.Encoding.PEM), _key_pem(key) if key else None
+            certificate, certificate.public_bytes(serialization.Encoding.PEM), private_key_pem(key) if key else None
         )
 
     def issue_server_certificate(
@@ -411,14 +337,14 @@ class CertificateAuthority:
                 x509.NameAttribute(NameOID.COMMON_NAME, common_name or hosts[0]),
             ]
         )
-        certificate = (
+        certificate = sign(
             self._builder(subject, key.public_key(), ttl)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(_san_entries(hosts)), critical=False)
-            .sign(self.private_key, hashes.SHA256())
+            .add_extension(x509.SubjectAlternativeName(san_entries(hosts)), critical=False),
+            self.private_key,
         )
         return IssuedCertificate(
-            certificate, certificate.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+            certificate, certificate.public_bytes(serialization.Encoding.PEM), private_key_pem(key)
         )
 
     def ensure_server_certificate(

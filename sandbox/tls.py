@@ -8,11 +8,12 @@ Files in ``<state_dir>/pki/`` (keys 0600)::
 
 Client certificates are what kube-apiserver's x509 authenticator reads: ``CN`` is the user name and
 each ``O`` a group. Keys are EC P-256 (fast handshakes). An existing CA is loaded, never replaced.
+Certificates are put together with :mod:`certs.building` (the profile kubegate's own CA uses) and
+written with :func:`certs.files.write_atomic`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import ssl
@@ -23,37 +24,23 @@ from pathlib import Path
 
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from certs.building import (
+    generate_private_key,
+    leaf_builder,
+    private_key_pem,
+    san_entries,
+    self_signed_ca,
+    sign,
+)
+from certs.files import write_atomic
 
 CA_VALIDITY = timedelta(days=3650)
 LEAF_VALIDITY = timedelta(days=365)
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a secret file with mode 0600 from the start (never world-readable, even briefly)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
-def _write_public(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 class SandboxPKI:
@@ -75,8 +62,8 @@ class SandboxPKI:
             self.ca_key = key
         else:
             self.ca_key, self.ca_cert = self._new_ca()
-            _write_private(self.ca_key_path, _key_pem(self.ca_key))
-            _write_public(self.ca_cert_path, self.ca_cert.public_bytes(serialization.Encoding.PEM))
+            write_atomic(self.ca_key_path, private_key_pem(self.ca_key), 0o600)
+            write_atomic(self.ca_cert_path, self.ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
         hosts = ["127.0.0.1", "::1", "localhost", *extra_hosts]
         self._issue_server(hosts)
 
@@ -87,7 +74,7 @@ class SandboxPKI:
     # ------------------------------------------------------------------ issuance
 
     def _new_ca(self) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = generate_private_key()
         name = x509.Name(
             [
                 x509.NameAttribute(NameOID.COMMON_NAME, "kubegate-sandbox-ca"),
@@ -95,33 +82,7 @@ class SandboxPKI:
             ]
         )
         now = datetime.now(UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + CA_VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        return key, cert
+        return key, self_signed_ca(key, name, now - timedelta(minutes=5), now + CA_VALIDITY)
 
     def _leaf(
         self,
@@ -131,54 +92,23 @@ class SandboxPKI:
         validity: timedelta = LEAF_VALIDITY,
         not_before: datetime | None = None,
     ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = generate_private_key()
         start = not_before or datetime.now(UTC) - timedelta(minutes=5)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self.ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(start + validity)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.ca_key.public_key()), critical=False
-            )
+        builder = leaf_builder(subject, key.public_key(), self.ca_cert, start, start + validity).add_extension(
+            x509.ExtendedKeyUsage([usage]), critical=False
         )
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        return key, builder.sign(self.ca_key, hashes.SHA256())
+        return key, sign(builder, self.ca_key)
 
     def _issue_server(self, hosts: Iterable[str]) -> None:
-        sans: list[x509.GeneralName] = []
-        for host in dict.fromkeys(hosts):
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-            except ValueError:
-                sans.append(x509.DNSName(host))
         key, cert = self._leaf(
             x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubegate-sandbox-apiserver")]),
             ExtendedKeyUsageOID.SERVER_AUTH,
-            sans,
+            san_entries(dict.fromkeys(hosts)),
         )
-        _write_private(self.server_key_path, _key_pem(key))
-        _write_public(self.server_cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        write_atomic(self.server_key_path, private_key_pem(key), 0o600)
+        write_atomic(self.server_cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
     def issue_client_cert_pem(
         self,
@@ -191,7 +121,7 @@ class SandboxPKI:
         attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in groups]
         attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, user))
         key, cert = self._leaf(x509.Name(attrs), ExtendedKeyUsageOID.CLIENT_AUTH, None, validity, not_before)
-        return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+        return cert.public_bytes(serialization.Encoding.PEM), private_key_pem(key)
 
     def issue_client_cert(
         self, user: str, groups: Sequence[str] = (), directory: str | os.PathLike[str] | None = None
@@ -207,8 +137,8 @@ class SandboxPKI:
                 n += 1
             stem = f"{stem}{'-' + str(n) if n else ''}"
             cert_path, key_path = out / f"{stem}.crt", out / f"{stem}.key"
-            _write_public(cert_path, cert_pem)
-            _write_private(key_path, key_pem)
+            write_atomic(cert_path, cert_pem, 0o644)
+            write_atomic(key_path, key_pem, 0o600)
         return cert_path, key_path
 
     # ------------------------------------------------------------------ TLS
@@ -256,5 +186,5 @@ def write_kubeconfig(
     }
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_private(out, yaml.safe_dump(doc, sort_keys=False).encode())
+    write_atomic(out, yaml.safe_dump(doc, sort_keys=False).encode(), 0o600)
     return out
