@@ -18,6 +18,7 @@ Facts the code relies on:
 from __future__ import annotations
 
 import binascii
+import re
 import struct
 
 import h2.config
@@ -69,6 +70,10 @@ hyperframe.frame._raw_data_repr = _short_hex_repr  # process-wide; identical tex
 _DATA_HEADER = struct.Struct(">HBBBL")  # 24-bit length (as 16 + 8), type 0 = DATA, flags, stream id
 _FRAME_HEADER = _DATA_HEADER  # the same 9-byte layout, any frame type
 _SENDABLE = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
+_WS = (0x20, 0x09)
+_BAD_NAME = re.compile(rb"[\x00-\x20A-Z\x7f-\xff]")  # RFC 9113 §8.2.1 (":" only leads pseudo-headers)
+_CONNECTION_SPECIFIC = frozenset((b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"))
+_GOOD_NAMES: set[bytes] = set()  # regular request header names already found valid (process-wide, bounded)
 _END_STREAM = 0x1
 _END_HEADERS = 0x4
 
@@ -158,8 +163,10 @@ class Http2ServerConnection:
         config = h2.config.H2Configuration(
             client_side=False,
             header_encoding=None,
-            validate_inbound_headers=True,
-            normalize_inbound_headers=True,
+            # Request heads are checked (RFC 9113 §8.2, §8.3) and cookies joined in one pass in
+            # _head(): h2's chain of per-header generators cost more than the rest of the head.
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
@@ -191,6 +198,7 @@ class Http2ServerConnection:
         self._terminated = False
         self._max_body = self._limits.max_body_bytes
         self._body_sizes: dict[int, int] = {}
+        self._refusal = (431, "request header fields too large")  # why _head() refused the last stream
 
     @property
     def must_close(self) -> bool:
@@ -243,7 +251,8 @@ class Http2ServerConnection:
                         out.append(RequestEnd(ev.stream_id))
                 else:
                     if not self._goaway_sent:
-                        out.append(ProtocolError("request header fields too large", 431, ev.stream_id))
+                        status, message = self._refusal
+                        out.append(ProtocolError(message, status, ev.stream_id))
                     if ev.stream_ended is not None:
                         self._ignored.discard(ev.stream_id)  # nothing more will come on it
             elif kind is h2.events.StreamEnded:
@@ -274,38 +283,100 @@ class Http2ServerConnection:
             self._ignored.add(sid)
             self._h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return None
-        method = target = authority = ""
-        scheme = "https"
+        method = target = authority = scheme = None
         headers: Headers = []
         size = 0
         content_length: int | None = None
+        host: bytes | None = None
+        cookies: list[bytes] | None = None
+        regular = False
+        good_names = _GOOD_NAMES
         for key, value in ev.headers:
             size += len(key) + len(value) + 32
-            if key[0] == 58:  # b":"
+            if value and (value[0] in _WS or value[-1] in _WS or b"\r" in value or b"\n" in value or b"\0" in value):
+                return self._malformed(sid, f"header {key!r} has an invalid value")
+            if key[:1] == b":":
+                if regular:
+                    return self._malformed(sid, f"pseudo-header {key!r} after a regular header")
                 if key == b":method":
-                    method = value.decode("ascii")
+                    if method is not None:
+                        return self._malformed(sid, "duplicate :method")
+                    method = value.decode("ascii", "replace")
                 elif key == b":path":
+                    if target is not None:
+                        return self._malformed(sid, "duplicate :path")
                     target = value.decode("ascii", "replace")
                 elif key == b":authority":
+                    if authority is not None:
+                        return self._malformed(sid, "duplicate :authority")
                     authority = value.decode("ascii", "replace")
                 elif key == b":scheme":
+                    if scheme is not None:
+                        return self._malformed(sid, "duplicate :scheme")
                     scheme = value.decode("ascii", "replace")
+                else:
+                    return self._malformed(sid, f"pseudo-header {key!r} not allowed in a request")
                 continue
+            regular = True
+            if key not in good_names:
+                if not key or _BAD_NAME.search(key) is not None:
+                    return self._malformed(sid, f"invalid header name {key!r}")
+                if key in _CONNECTION_SPECIFIC:
+                    return self._malformed(sid, f"connection-specific header {key.decode('latin-1')!r}")
+                if len(good_names) < 4096:
+                    good_names.add(key)
             if key == b"content-length":
                 content_length = int(value)  # h2 has validated it against the body
+            elif key == b"te":
+                if value != b"trailers":
+                    return self._malformed(sid, "TE other than trailers")
+            elif key == b"host":
+                host = value
+            elif key == b"cookie":
+                if cookies is None:
+                    cookies = [value]
+                    headers.append((key, value))
+                else:
+                    cookies.append(value)
+                continue
             headers.append((key, value))
+        if method is None:
+            return self._malformed(sid, "request without :method")
+        if method == "CONNECT":
+            if authority is None or target is not None or scheme is not None:
+                return self._malformed(sid, "CONNECT needs :authority and no :path or :scheme")
+        elif target is None or scheme is None:
+            return self._malformed(sid, "request without :path or :scheme")
+        elif not target:
+            return self._malformed(sid, "empty :path")
+        if host is not None:
+            host_text = host.decode("ascii", "replace")
+            if authority is None:
+                authority = host_text
+            elif authority != host_text:
+                return self._malformed(sid, "Host and :authority differ")
+        elif authority is None:
+            return self._malformed(sid, "request without :authority or Host")
+        if cookies is not None and len(cookies) > 1:  # RFC 9113 §8.2.3: one field for HTTP/1.1
+            headers = [(b"cookie", b"; ".join(cookies)) if k == b"cookie" else (k, v) for k, v in headers]
         if size > self._max_head:
+            self._refusal = (431, "request header fields too large")
             self._refuse(sid, 431, f"request header fields larger than {self._max_head} bytes")
             return None
-        if authority == "":
-            for key, value in headers:
-                if key == b"host":
-                    authority = value.decode("ascii", "replace")
-                    break
         if ev.stream_ended is not None and content_length is None:
             content_length = 0
         self._open.add(sid)
-        return RequestHead(sid, method, target, headers, "2", authority, scheme, False, content_length)
+        return RequestHead(sid, method, target or "", headers, "2", authority, scheme or "https", False, content_length)
+
+    def _malformed(self, sid: int, message: str) -> None:
+        """A malformed request (RFC 9113 §8.1.1): reset its stream with PROTOCOL_ERROR; others go on."""
+        self._ignored.add(sid)
+        self._refusal = (400, f"malformed request: {message}")
+        try:
+            self._h2.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        except h2.exceptions.H2Error:
+            pass
+        return None
 
     def _refuse(self, sid: int, status: int, message: str) -> None:
         self._ignored.add(sid)

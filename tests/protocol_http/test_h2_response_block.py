@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 from hpack import Decoder
 
@@ -64,3 +65,56 @@ def test_a_client_reads_heads_and_bodies_of_many_streams_and_their_ends() -> Non
     assert bodies == {1: b"hello", 3: b"gone"}
     assert ended == {1, 3, 5}
     assert not client.open_outbound_streams
+
+
+def _raw_client() -> tuple[h2.connection.H2Connection, Http2ServerConnection]:
+    config = h2.config.H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False,
+                                       normalize_outbound_headers=False, split_outbound_cookies=False)
+    client = h2.connection.H2Connection(config)
+    client.initiate_connection()
+    server = Http2ServerConnection(ServerLimits())
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    return client, server
+
+
+_BASE = [(b":method", b"GET"), (b":path", b"/api"), (b":scheme", b"https"), (b":authority", b"k")]
+
+
+def test_malformed_request_heads_reset_their_stream_with_protocol_error_only() -> None:
+    malformed = [
+        _BASE + [(b"X-Upper", b"v")],
+        _BASE + [(b"connection", b"keep-alive")],
+        _BASE + [(b"transfer-encoding", b"chunked")],
+        _BASE + [(b"te", b"gzip")],
+        _BASE + [(b"x-a", b"v\r\nx-injected: 1")],
+        _BASE + [(b"x-a", b" padded")],
+        [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"k")],  # no :path
+        [(b":method", b"GET"), (b":path", b""), (b":scheme", b"https"), (b":authority", b"k")],
+        [(b":method", b"GET"), (b"x-a", b"v"), (b":path", b"/"), (b":scheme", b"https"), (b":authority", b"k")],
+        _BASE + [(b":path", b"/again")],
+        _BASE + [(b":status", b"200")],
+        _BASE + [(b"host", b"other")],
+    ]
+    for headers in malformed:
+        client, server = _raw_client()
+        client.send_headers(1, headers, end_stream=True)
+        events = server.receive_data(client.data_to_send())
+        assert not [e for e in events if isinstance(e, RequestHead)], headers
+        resets = [e for e in client.receive_data(server.data_to_send()) if isinstance(e, h2.events.StreamReset)]
+        assert [(r.stream_id, r.error_code) for r in resets] == [(1, h2.errors.ErrorCodes.PROTOCOL_ERROR)], headers
+        # the connection goes on: a good request on another stream is read
+        client.send_headers(3, _BASE, end_stream=True)
+        assert [e.stream_id for e in server.receive_data(client.data_to_send()) if isinstance(e, RequestHead)] == [3]
+
+
+def test_cookies_are_joined_and_host_stands_in_for_authority() -> None:
+    client, server = _raw_client()
+    client.send_headers(1, [(b":method", b"GET"), (b":path", b"/a?b=c"), (b":scheme", b"https"), (b"host", b"h:1"),
+                            (b"cookie", b"a=1"), (b"accept", b"*/*"), (b"cookie", b"b=2"), (b"te", b"trailers")],
+                        end_stream=True)
+    (head,) = [e for e in server.receive_data(client.data_to_send()) if isinstance(e, RequestHead)]
+    assert (head.method, head.target, head.authority, head.scheme) == ("GET", "/a?b=c", "h:1", "https")
+    assert head.headers == [(b"host", b"h:1"), (b"cookie", b"a=1; b=2"), (b"accept", b"*/*"), (b"te", b"trailers")]
+    assert head.content_length == 0
