@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from rbac.roles import duration_seconds
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
@@ -67,7 +69,6 @@ _SIZE_UNITS = {
 }
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
 
 def parse_size(value: object) -> int:
@@ -99,15 +100,8 @@ def parse_duration(value: object) -> float:
         raise _Bad(f"{value!r} is not a duration: give a unit, e.g. {value}s")
     if not isinstance(value, str):
         raise _Bad(f"{_show(value)} is not a duration")
-    text = value.strip()
-    pos = 0
-    total = 0.0
-    for match in _DURATION_PART_RE.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or not text:
+    total = duration_seconds(value.strip(), _DURATION_UNITS)
+    if total is None:
         raise _Bad(f"{_show(value)} is not a duration (e.g. 250ms, 10s, 5m, 8h, 1h30m)")
     return total
 

@@ -46,6 +46,8 @@ __all__ = [
     "expand_templates",
     "load_role_file",
     "load_roles_dir",
+    "GO_DURATION_UNITS",
+    "duration_seconds",
     "parse_duration",
     "parse_roles_yaml",
 ]
@@ -249,8 +251,25 @@ class RoleSet:
 
 # --- durations ---------------------------------------------------------------------------------------
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([a-zµ]+)")
+GO_DURATION_UNITS: Mapping[str, float] = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400,
+}
+
+
+def duration_seconds(text: str, units: Mapping[str, float] = GO_DURATION_UNITS) -> float | None:
+    """The seconds of ``text`` made only of ``<number><unit>`` parts (``1h30m``, ``250ms``, ``1.5h``; no
+    sign, no spaces inside), each unit one of ``units`` (name → seconds); None when it is not that.
+    The one duration scanner: role options here, config limits in ``kubegate.config``."""
+    pos = 0
+    total = 0.0
+    for m in _DURATION_PART.finditer(text):
+        unit = units.get(m.group(2))
+        if m.start() != pos or unit is None:
+            return None
+        total += float(m.group(1)) * unit
+        pos = m.end()
+    return total if text and pos == len(text) else None
 
 
 def parse_duration(value: object) -> int:
@@ -259,15 +278,8 @@ def parse_duration(value: object) -> int:
         raise ValueError(f"duration must be a string like '8h', got {value!r}")
     if isinstance(value, int):
         raise ValueError(f"duration {value!r} has no unit (write e.g. '{value}s')")
-    text = value.strip()
-    pos = 0
-    total = 0.0
-    for m in _DURATION_PART.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-        pos = m.end()
-    if not text or pos != len(text):
+    total = duration_seconds(value.strip())
+    if total is None:
         raise ValueError(f"invalid duration {value!r} (expected e.g. '8h', '30m', '1h30m')")
     return int(total)
 
