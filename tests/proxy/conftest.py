@@ -99,7 +99,7 @@ def kubectl_env(wire: str) -> dict[str, str]:
 
 
 def run_kubectl(kubectl: str, kubeconfig: Path, *args: str, wire: str = "h2", input: bytes | None = None,
-                timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
+                timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [kubectl, "--kubeconfig", str(kubeconfig), *args],
         input=input, capture_output=True, timeout=timeout, env=kubectl_env(wire),
@@ -110,7 +110,7 @@ def run_kubectl(kubectl: str, kubeconfig: Path, *args: str, wire: str = "h2", in
 def k(kubectl: str, admin_kubeconfig: Path, wire: str):
     """Run kubectl (each version, each wire protocol) through kubegate as an admin."""
 
-    def run(*args: str, input: bytes | None = None, timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
+    def run(*args: str, input: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
         return run_kubectl(kubectl, admin_kubeconfig, *args, wire=wire, input=input, timeout=timeout)
 
     return run
@@ -146,7 +146,7 @@ def k_as(kubectl: str, px, wire: str):
     def make(user: str, roles: list[str]):
         kubeconfig = px.kubeconfig(user, roles, ["sandbox"])
 
-        def run(*args: str, input: bytes | None = None, timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
+        def run(*args: str, input: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
             return run_kubectl(kubectl, kubeconfig, *args, wire=wire, input=input, timeout=timeout)
 
         return run

@@ -26,6 +26,45 @@ def ok(result):
     return result.stdout.decode()
 
 
+# Deadlines only bound a failure: every wait below ends as soon as what it awaits has happened, so a
+# generous deadline costs nothing when the machine is fast and avoids flakes when it is loaded.
+DEADLINE = 60.0
+
+
+def read_until(stream, done, timeout: float = DEADLINE) -> bytes:
+    """Read a subprocess pipe until ``done(bytes so far)`` holds, the pipe closes or the deadline passes;
+    returns what was read."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while not done(seen) and time.monotonic() < deadline:
+        ready, _, _ = select.select([stream], [], [], 0.5)
+        if ready:
+            chunk = os.read(stream.fileno(), 65536)
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+def available(stream) -> bytes:
+    """What a subprocess pipe holds right now, without blocking (for failure messages)."""
+    if stream is None or not select.select([stream], [], [], 0)[0]:
+        return b""
+    return os.read(stream.fileno(), 65536)
+
+
+def await_watch(px, path_part: str, timeout: float = DEADLINE) -> None:
+    """Wait until the proxy serves a watch whose path contains ``path_part`` (the request reached it)."""
+
+    async def watching() -> bool:
+        return any(ex.kind == "watch" and path_part in ex.head.path for ex in px.proxy.fwd.exchanges)
+
+    deadline = time.monotonic() + timeout
+    while not px.call(watching):
+        assert time.monotonic() < deadline, f"no watch on {path_part} reached the proxy"
+        time.sleep(0.02)
+
+
 def test_get_pods_in_all_namespaces(k):
     out = ok(k("get", "pods", "-A"))
     assert re.search(r"^dev\s+web-1\s", out, re.M)
@@ -65,36 +104,20 @@ def test_logs(k):
 def test_logs_follow_streams_until_stopped(popen_kubectl):
     proc = popen_kubectl("logs", "-f", "-n", "dev", "web-1")
     assert proc.stdout is not None
-    seen = b""
-    deadline = time.monotonic() + 20
-    while b"web-1 ready" not in seen and time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 1)
-        if ready:
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            seen += chunk
+    seen = read_until(proc.stdout, lambda seen: b"web-1 ready" in seen)
     assert b"web-1 ready" in seen
     assert proc.poll() is None  # still following
 
 
-def test_watch_sees_a_new_object_event_by_event(k, popen_kubectl, tmp_path):
+def test_watch_sees_a_new_object_event_by_event(k, px, popen_kubectl, tmp_path):
     name = unique("watched")
     manifest = tmp_path / "cm.yaml"
     manifest.write_text(f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: dev}}\n")
     proc = popen_kubectl("get", "configmaps", "-n", "dev", "-w", "--output-watch-events", "-o", "name")
     assert proc.stdout is not None
-    time.sleep(0.5)  # let the watch start before the change (an event is awaited below)
+    await_watch(px, "/namespaces/dev/configmaps")  # the object is created after the watch started
     ok(k("apply", "-f", str(manifest)))
-    deadline = time.monotonic() + 20
-    seen = b""
-    while f"configmap/{name}".encode() not in seen and time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 1)
-        if ready:
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            seen += chunk
+    seen = read_until(proc.stdout, lambda seen: f"configmap/{name}".encode() in seen)
     assert f"configmap/{name}".encode() in seen, seen
 
 
@@ -104,7 +127,7 @@ def test_exec_prints_output(k):
 
 def test_exec_with_piped_stdin_ends_by_itself(k):
     payload = b"line one\nline two\n"
-    result = k("exec", "-i", "-n", "dev", "web-1", "--", "cat", input=payload, timeout=20)
+    result = k("exec", "-i", "-n", "dev", "web-1", "--", "cat", input=payload, timeout=DEADLINE)
     assert result.returncode == 0, result.stderr
     assert result.stdout == payload
 
@@ -163,11 +186,11 @@ def test_port_forward_round_trips_bytes(k, popen_kubectl, tmp_path):
     try:
         proc = popen_kubectl("port-forward", "-n", "dev", f"pod/{name}", ":8080")
         assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
+        line = read_until(proc.stdout, lambda seen: b"\n" in seen).decode()
         match = re.search(r"127\.0\.0\.1:(\d+) -> 8080", line)
-        assert match, line + proc.stderr.read1(4096).decode() if proc.stderr else line
+        assert match, line + available(proc.stderr).decode(errors="replace")
         payload = os.urandom(100_000)
-        with socket.create_connection(("127.0.0.1", int(match.group(1))), timeout=10) as sock:
+        with socket.create_connection(("127.0.0.1", int(match.group(1))), timeout=DEADLINE) as sock:
             sock.sendall(payload)
             received = b""
             while len(received) < len(payload):
@@ -198,26 +221,49 @@ def test_exec_session_is_audited_with_its_exit_code(k, px):
     def ends():
         return [e for e in px.audit_events if e["event"] == "session.end" and e.get("exit_code") == 4]
 
-    deadline = time.monotonic() + 10  # the relay may close a moment after kubectl exits
+    deadline = time.monotonic() + DEADLINE  # the relay may close a moment after kubectl exits
     while not ends() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert ends()
     assert ends()[-1]["user"] == "alice" and ends()[-1]["cluster"] == "sandbox"
 
 
-def test_a_name_restricted_role_sees_only_its_pods_in_lists_and_watches(k_as, kubectl, admin_kubeconfig, wire):
+def test_a_name_restricted_role_sees_only_its_pods_in_lists_and_watches(k, k_as, px, kubectl, wire, tmp_path):
+    import subprocess
+
     wendy = k_as("wendy", ["web"])
     listed = ok(wendy("get", "pods", "-A", "-o", "name")).split()
     assert listed and all(name.startswith("pod/web-") for name in listed)
     assert "pod/api-0" not in listed and "pod/db-0" not in listed
-    import subprocess
 
-    try:  # a watch runs until stopped: stop it after a few seconds and look at what it printed
-        out = wendy("get", "pods", "-A", "-w", "-o", "name", timeout=4).stdout
-    except subprocess.TimeoutExpired as stopped:
-        out = stopped.stdout or b""
-    names = out.decode().split()
-    assert names and all(name.startswith("pod/web-") for name in names)
+    kubeconfig = px.kubeconfig("wendy", ["web"], ["sandbox"])
+    env = dict(os.environ, **({"DISABLE_HTTP2": "1"} if wire == "http1" else {}))
+    watch = subprocess.Popen([kubectl, "--kubeconfig", str(kubeconfig), "get", "pods", "-A", "-w", "-o", "name"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    hidden, shown = unique("api"), unique("web")
+    try:
+        assert watch.stdout is not None
+        await_watch(px, "/api/v1/pods")
+        # Created after the watch started, the hidden pod first: the watch delivers events in order, so
+        # once the shown pod's event is out, the hidden one's would have been printed before it.
+        for name in (hidden, shown):
+            manifest = tmp_path / f"{name}.yaml"
+            manifest.write_text(f"apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: dev}}\n"
+                                "spec: {containers: [{name: main, image: busybox}]}\n")
+            ok(k("apply", "-f", str(manifest)))
+        out = read_until(watch.stdout, lambda seen: f"pod/{shown}".encode() in seen)
+        names = out.decode().split()
+        assert f"pod/{shown}" in names, (out, available(watch.stderr))
+        assert "pod/web-1" in names  # from the watch's initial list
+        assert all(name.startswith("pod/web-") for name in names), names
+        assert f"pod/{hidden}" not in names
+    finally:
+        watch.kill()
+        watch.wait(timeout=DEADLINE)
+        for stream in (watch.stdout, watch.stderr):
+            if stream is not None:
+                stream.close()
+        k("delete", "pod", hidden, shown, "-n", "dev", "--wait=false")
 
 
 def test_exec_with_a_tty(kubectl, admin_kubeconfig, wire):
@@ -234,7 +280,7 @@ def test_exec_with_a_tty(kubectl, admin_kubeconfig, wire):
     try:
         os.write(master, b"tty -s && echo IS-A-TTY; echo $((6*7))x\n")
         out = b""
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + DEADLINE
         while b"42x" not in out and time.monotonic() < deadline:
             ready, _, _ = select.select([master], [], [], 1)
             if ready:
@@ -244,7 +290,7 @@ def test_exec_with_a_tty(kubectl, admin_kubeconfig, wire):
                     break
         assert b"IS-A-TTY" in out and b"42x" in out, out
         os.write(master, b"exit 7\n")
-        assert proc.wait(timeout=20) == 7
+        assert proc.wait(timeout=DEADLINE) == 7
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -253,7 +299,7 @@ def test_exec_with_a_tty(kubectl, admin_kubeconfig, wire):
 
 
 def test_exec_into_a_missing_pod_relays_the_upstream_refusal(k):
-    result = k("exec", "-n", "dev", "no-such-pod", "--", "echo", "x", timeout=30)
+    result = k("exec", "-n", "dev", "no-such-pod", "--", "echo", "x", timeout=DEADLINE)
     assert result.returncode != 0
     assert b'"no-such-pod" not found' in result.stderr
 
@@ -263,15 +309,7 @@ def test_attach_talks_to_the_pods_console(popen_kubectl):
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(b"echo attached-$((40+2))\n")
     proc.stdin.flush()
-    seen = b""
-    deadline = time.monotonic() + 20
-    while b"attached-42" not in seen and time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 1)
-        if ready:
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            seen += chunk
-    assert b"attached-42" in seen, (seen, proc.stderr.read1(4096) if proc.stderr else b"")
+    seen = read_until(proc.stdout, lambda seen: b"attached-42" in seen)
+    assert b"attached-42" in seen, (seen, available(proc.stderr))
     proc.stdin.close()  # stdin EOF detaches
-    assert proc.wait(timeout=20) == 0
+    assert proc.wait(timeout=DEADLINE) == 0
