@@ -22,7 +22,6 @@ minutes before it expires; local-account clusters use the static credentials of 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import threading
@@ -44,9 +43,10 @@ from azure.core.pipeline.policies import (
 )
 from azure.core.rest import HttpRequest
 
+from discovery.credentials import RenewingTokenProvider
 from discovery.errors import DiscoveryError, FetchError
 from discovery.model import Cluster, StaticCredentials, UpstreamCredentials
-from discovery.store import NAME_RE, ClusterRecord
+from discovery.store import NAME_RE, ClusterRecord, cloud_cluster
 from rbac.labels import labels_match
 
 log = logging.getLogger(__name__)
@@ -264,15 +264,16 @@ class AksFetcher:
         return out
 
 
-class AadTokenProvider:
+class AadTokenProvider(RenewingTokenProvider):
     """``CredentialsProvider``: an AAD token for the AKS scope from a ``TokenCredential``, cached."""
+
+    margin = AAD_REFRESH_MARGIN
 
     def __init__(
         self, credential: TokenCredential, scope: str = AKS_SCOPE, *, clock: Callable[[], float] = time.time
     ) -> None:
-        self.credential, self.scope, self.clock = credential, scope, clock
-        self._lock = threading.Lock()
-        self._value: UpstreamCredentials | None = None
+        super().__init__(clock)
+        self.credential, self.scope = credential, scope
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, AadTokenProvider) and (other.credential is self.credential) and (
@@ -281,57 +282,28 @@ class AadTokenProvider:
 
     __hash__ = None  # type: ignore[assignment]
 
-    def _fresh(self) -> UpstreamCredentials | None:
-        value = self._value
-        if value is not None and value.expires_at is not None and value.expires_at - AAD_REFRESH_MARGIN > self.clock():
-            return value
-        return None
-
-    async def get(self) -> UpstreamCredentials:
-        return self._fresh() or await asyncio.to_thread(self.current)
-
-    def current(self) -> UpstreamCredentials:
-        with self._lock:
-            value = self._fresh()
-            if value is None:
-                try:
-                    token = self.credential.get_token(self.scope)
-                except Exception as exc:  # azure-identity raises several unrelated types
-                    raise DiscoveryError(f"cannot get an AAD token for {self.scope}: {exc}") from None
-                value = self._value = UpstreamCredentials(bearer_token=token.token, expires_at=float(token.expires_on))
-            return value
+    def _fetch(self) -> UpstreamCredentials:
+        try:
+            token = self.credential.get_token(self.scope)
+        except Exception as exc:  # azure-identity raises several unrelated types
+            raise DiscoveryError(f"cannot get an AAD token for {self.scope}: {exc}") from None
+        return UpstreamCredentials(bearer_token=token.token, expires_at=float(token.expires_on))
 
 
 def cluster_from_record(record: ClusterRecord, *, credential: TokenCredential | None = None) -> Cluster:
-    spec = record.spec
-    where = f"cluster {record.name!r} (azure)"
-    try:
-        ca_pem = base64.b64decode(spec.get("ca_data") or "", validate=True) or None
-    except ValueError:
-        raise DiscoveryError(f"{where}: certificate authority data is not base64") from None
-    endpoint = spec.get("endpoint")
-    if not isinstance(endpoint, str) or not endpoint.startswith("https://"):
-        raise DiscoveryError(f"{where}: endpoint must be https, got {endpoint!r}")
-    if spec.get("auth") == "static":
-        static = spec.get("static") or {}
+    def credentials(where: str) -> Any:
+        if record.spec.get("auth") != "static":
+            return AadTokenProvider(credential or _shared_default_credential())
+        static = record.spec.get("static") or {}
         try:
             cert = base64.b64decode(static["client-certificate-data"]) if static.get("client-certificate-data") else None
             key = base64.b64decode(static["client-key-data"]) if static.get("client-key-data") else None
         except ValueError:
             raise DiscoveryError(f"{where}: static client credentials are not base64") from None
-        provider: Any = StaticCredentials(UpstreamCredentials(
+        return StaticCredentials(UpstreamCredentials(
             client_cert_pem=cert, client_key_pem=key, bearer_token=static.get("token") or None))
-    else:
-        provider = AadTokenProvider(credential or _shared_default_credential())
-    return Cluster(
-        name=record.name,
-        labels=dict(record.labels),
-        server=endpoint.rstrip("/"),
-        ca_pem=ca_pem,
-        credentials=provider,
-        origin=ORIGIN,
-        discovery_group=record.discovery_group,
-    )
+
+    return cloud_cluster(record, ORIGIN, credentials)
 
 
 _default: TokenCredential | None = None

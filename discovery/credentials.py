@@ -36,6 +36,38 @@ EXEC_API_VERSIONS = ("client.authentication.k8s.io/v1", "client.authentication.k
 EXPIRY_MARGIN = 60.0  # refresh this many seconds before a credential expires
 
 
+class RenewingTokenProvider:
+    """Base of the providers of a token that expires (EKS, AKS): the token is kept until it has less than
+    ``margin`` seconds left, then fetched again (``_fetch``, in a worker thread from ``get``; one fetch
+    at a time). Subclasses compare equal on their configuration, never on the cache."""
+
+    margin: float = EXPIRY_MARGIN
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._value: UpstreamCredentials | None = None
+
+    def _fetch(self) -> UpstreamCredentials:
+        raise NotImplementedError
+
+    def _fresh(self) -> UpstreamCredentials | None:
+        value = self._value
+        if value is not None and value.expires_at is not None and value.expires_at - self.margin > self.clock():
+            return value
+        return None
+
+    async def get(self) -> UpstreamCredentials:
+        return self._fresh() or await asyncio.to_thread(self.current)
+
+    def current(self) -> UpstreamCredentials:
+        with self._lock:
+            value = self._fresh()
+            if value is None:
+                value = self._value = self._fetch()
+            return value
+
+
 @dataclass(eq=True)
 class FileCredentials:
     token_file: str | None = None

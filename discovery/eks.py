@@ -20,10 +20,8 @@ for 15 minutes after signing; kubegate marks it expiring after 14 and renews it 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,10 +31,10 @@ from typing import Any, Protocol
 import boto3
 import botocore.exceptions
 
-from discovery.credentials import EXPIRY_MARGIN
+from discovery.credentials import RenewingTokenProvider
 from discovery.errors import DiscoveryError
 from discovery.model import Cluster, UpstreamCredentials
-from discovery.store import NAME_RE, ClusterRecord
+from discovery.store import NAME_RE, ClusterRecord, cloud_cluster
 from rbac.labels import labels_match
 
 log = logging.getLogger(__name__)
@@ -204,7 +202,7 @@ def generate_eks_token(sts_client: Any, cluster_name: str) -> str:
     return TOKEN_PREFIX + base64.urlsafe_b64encode(url.encode()).decode().rstrip("=")
 
 
-class EksTokenProvider:
+class EksTokenProvider(RenewingTokenProvider):
     """``CredentialsProvider`` for an EKS cluster (bearer token, renewed before it runs out)."""
 
     def __init__(
@@ -217,12 +215,10 @@ class EksTokenProvider:
         sessions: AwsSessions | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(clock)
         self.cluster_name, self.region = cluster_name, region
         self.assume_role_arn, self.external_id = assume_role_arn, external_id
         self.sessions = sessions or AwsSessions()
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._value: UpstreamCredentials | None = None
 
     def _key(self) -> tuple[Any, ...]:
         return (self.cluster_name, self.region, self.assume_role_arn, self.external_id, self.sessions)
@@ -232,28 +228,15 @@ class EksTokenProvider:
 
     __hash__ = None  # type: ignore[assignment]
 
-    def _fresh(self) -> UpstreamCredentials | None:
-        value = self._value
-        if value is not None and value.expires_at is not None and value.expires_at - EXPIRY_MARGIN > self.clock():
-            return value
-        return None
-
-    async def get(self) -> UpstreamCredentials:
-        return self._fresh() or await asyncio.to_thread(self.current)
-
-    def current(self) -> UpstreamCredentials:
-        with self._lock:
-            value = self._fresh()
-            if value is None:
-                now = self.clock()
-                try:
-                    session = self.sessions.session(self.assume_role_arn, self.external_id, self.region)
-                    sts = self.sessions.client(session, "sts", self.region)
-                    token = generate_eks_token(sts, self.cluster_name)
-                except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-                    raise DiscoveryError(f"cluster {self.cluster_name!r}: cannot make an EKS token: {exc}") from None
-                value = self._value = UpstreamCredentials(bearer_token=token, expires_at=now + TOKEN_LIFETIME)
-            return value
+    def _fetch(self) -> UpstreamCredentials:
+        now = self.clock()
+        try:
+            session = self.sessions.session(self.assume_role_arn, self.external_id, self.region)
+            sts = self.sessions.client(session, "sts", self.region)
+            token = generate_eks_token(sts, self.cluster_name)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise DiscoveryError(f"cluster {self.cluster_name!r}: cannot make an EKS token: {exc}") from None
+        return UpstreamCredentials(bearer_token=token, expires_at=now + TOKEN_LIFETIME)
 
 
 def cluster_from_record(
@@ -262,29 +245,15 @@ def cluster_from_record(
     sessions: AwsSessions | None = None,
     external_ids: Mapping[str, str] | None = None,
 ) -> Cluster:
-    spec = record.spec
-    where = f"cluster {record.name!r} (aws)"
-    try:
-        ca_pem = base64.b64decode(spec.get("ca_data") or "", validate=True) or None
-    except ValueError:
-        raise DiscoveryError(f"{where}: certificate authority data is not base64") from None
-    endpoint = spec.get("endpoint")
-    if not isinstance(endpoint, str) or not endpoint.startswith("https://"):
-        raise DiscoveryError(f"{where}: endpoint must be https, got {endpoint!r}")
-    role = spec.get("assume_role_arn")
-    provider = EksTokenProvider(
-        str(spec.get("cluster_name") or record.name),
-        str(spec.get("region")),
-        assume_role_arn=role,
-        external_id=(external_ids or {}).get(role) if role else None,
-        sessions=sessions,
-    )
-    return Cluster(
-        name=record.name,
-        labels=dict(record.labels),
-        server=endpoint.rstrip("/"),
-        ca_pem=ca_pem,
-        credentials=provider,
-        origin=ORIGIN,
-        discovery_group=record.discovery_group,
-    )
+    def credentials(where: str) -> EksTokenProvider:
+        spec = record.spec
+        role = spec.get("assume_role_arn")
+        return EksTokenProvider(
+            str(spec.get("cluster_name") or record.name),
+            str(spec.get("region")),
+            assume_role_arn=role,
+            external_id=(external_ids or {}).get(role) if role else None,
+            sessions=sessions,
+        )
+
+    return cloud_cluster(record, ORIGIN, credentials)

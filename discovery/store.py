@@ -11,18 +11,20 @@ the old or the new record, never half of one; leftover ``*.tmp`` files are ignor
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import logging
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from discovery.errors import DiscoveryError
+from discovery.model import Cluster, CredentialsProvider
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,32 @@ class ClusterRecord:
             discovery_group=str(data.get("discovery_group") or ""),
             extra=dict(data.get("extra") or {}),
         )
+
+
+def cloud_cluster(
+    record: ClusterRecord, origin: str, credentials: Callable[[str], CredentialsProvider]
+) -> Cluster:
+    """The ``Cluster`` of a record a cloud fetcher (``origin`` ``aws`` or ``azure``) wrote: spec
+    ``endpoint`` (an https URL) and ``ca_data`` (base64 PEM). ``credentials(where)`` builds its provider
+    once those are known good (``where`` names the cluster and the cloud, for error messages)."""
+    spec = record.spec
+    where = f"cluster {record.name!r} ({origin})"
+    try:
+        ca_pem = base64.b64decode(spec.get("ca_data") or "", validate=True) or None
+    except ValueError:
+        raise DiscoveryError(f"{where}: certificate authority data is not base64") from None
+    endpoint = spec.get("endpoint")
+    if not isinstance(endpoint, str) or not endpoint.startswith("https://"):
+        raise DiscoveryError(f"{where}: endpoint must be https, got {endpoint!r}")
+    return Cluster(
+        name=record.name,
+        labels=dict(record.labels),
+        server=endpoint.rstrip("/"),
+        ca_pem=ca_pem,
+        credentials=credentials(where),
+        origin=origin,
+        discovery_group=record.discovery_group,
+    )
 
 
 def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
