@@ -37,7 +37,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "fwd", "peer_ip", "transport", "codec", "identity", "exchanges", "closed", "_write_paused", "_read_paused",
         "_drain_waiters", "_window_waiters", "_header_timer", "_idle_timer", "_closing_after_flush", "upgraded",
-        "detached", "_served", "__weakref__",
+        "detached", "_served", "_idle_since", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, fwd: Forwarder, peer_ip: str) -> None:
@@ -58,6 +58,7 @@ class ClientConnection(asyncio.Protocol):
         self.upgraded = False  # the codec stopped at an upgrade head
         self.detached = False  # the raw transport belongs to an upgrade relay
         self._served = False  # a request head has been seen on this connection
+        self._idle_since = 0.0  # loop time the connection last became idle (no request in flight)
 
     # --- set-up -------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -94,21 +95,29 @@ class ClientConnection(asyncio.Protocol):
                 if ex.upgrade is not None:
                     ex.upgrade.trailing += data
             return
-        if not self.exchanges and self._header_timer is None and not (self._served and codec.http_version == "2"):
-            # A request head must complete in time. On HTTP/2 only the first one: later, frames between
-            # requests (PING, SETTINGS, WINDOW_UPDATE) are normal and the idle timeout governs.
-            self._cancel_idle()
-            self._header_timer = self.fwd.loop.call_later(self.fwd.settings.header_timeout, self._header_timeout)
+        idle = not self.exchanges
         events = codec.receive_data(data)
         for event in events:
             self._dispatch(event)
+        if (
+            idle
+            and not self.exchanges
+            and self._header_timer is None
+            and not self.closed
+            and not self.upgraded
+            and not (self._served and codec.http_version == "2")
+        ):
+            # Bytes arrived but no request head completed: it must complete in time (from now, its first
+            # bytes). Heads that arrive whole (the usual case) arm no timer at all. On HTTP/2 only the
+            # first head: later, frames between requests (PING, SETTINGS, WINDOW_UPDATE) are normal and
+            # the idle timeout governs.
+            self._header_timer = self.fwd.loop.call_later(self.fwd.settings.header_timeout, self._header_timeout)
         self._flush()
 
     def _dispatch(self, event: object) -> None:
         if isinstance(event, RequestHead):
             self._served = True
-            self._cancel_header_timer()
-            self._cancel_idle()
+            self._cancel_header_timer()  # the idle timer stays armed: _idle_timeout sees the request
             ex = self.fwd.new_exchange(self, event)
             self.exchanges[event.stream_id] = ex
             ex.start()
@@ -281,15 +290,30 @@ class ClientConnection(asyncio.Protocol):
             self.abort()
 
     def _idle_timeout(self) -> None:
+        """One timer per connection, not one per request: it is armed when the connection goes idle and
+        left running while requests come and go; when it fires it closes the connection if it has been
+        idle for the whole timeout, re-arms for the rest if it went idle again later, and otherwise
+        (a request in flight, or a request head arriving under its own timer) lets the end of that
+        request arm it again."""
         self._idle_timer = None
-        if not self.exchanges and not self.closed:
-            self.close()
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.close()
+        if self.exchanges or self.closed or self._header_timer is not None or self.detached:
+            return
+        loop = self.fwd.loop
+        remaining = self._idle_since + self.fwd.settings.idle_timeout - loop.time()
+        if remaining > 0:
+            self._idle_timer = loop.call_later(remaining, self._idle_timeout)
+            return
+        self.close()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
 
     def _arm_idle(self) -> None:
-        if self._idle_timer is None and not self.closed:
-            self._idle_timer = self.fwd.loop.call_later(self.fwd.settings.idle_timeout, self._idle_timeout)
+        if self.closed:
+            return
+        loop = self.fwd.loop
+        self._idle_since = loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_later(self.fwd.settings.idle_timeout, self._idle_timeout)
 
     def _cancel_idle(self) -> None:
         if self._idle_timer is not None:
