@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
-from certs.access import cap_ttl, unknown_roles, visible_clusters
+from certs.access import visible_clusters
 from certs.bot import BotError, BotFiles, BotResult, bot_credentials, bot_user, run_bot
 from certs.locks import format_time
 from kubegate.commands.ca import (
@@ -27,6 +27,7 @@ from kubegate.commands.ca import (
     roles_argument,
 )
 from kubegate.commands.kubeconfig import configured_clusters
+from kubegate.commands.users import checked_ttl
 from rbac.identity import Identity
 
 __all__ = ["register"]
@@ -116,16 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_start(args: argparse.Namespace) -> int:
     cfg = load_cfg(args)
     ca = open_ca(cfg)
-    roles = load_roles(cfg)
-    missing = unknown_roles(args.roles, roles)
-    if missing:
-        raise CommandError(
-            f"unknown role(s): {', '.join(missing)} (roles in {cfg.auth.roles_dir}: {', '.join(roles.names()) or 'none'})"
-        )
-    decision = cap_ttl(args.ttl, args.roles, roles)
-    ttl = decision.ttl
-    if decision.capped:
-        print(f"note: ttl lowered to {ttl} by role {decision.capped_by!r} (max_session_ttl)", file=sys.stderr)
+    ttl = checked_ttl(cfg, args.roles, args.ttl)
     if args.renew >= ttl:
         raise CommandError(f"--renew ({args.renew}) must be shorter than the certificate ttl ({ttl})")
     dest = Path(args.dest) if args.dest else Path(cfg.bots_dir) / args.name

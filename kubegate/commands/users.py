@@ -26,7 +26,7 @@ from kubegate.commands.ca import (
 )
 from kubegate.config import Config
 
-__all__ = ["register", "issue_for", "DEFAULT_TTL"]
+__all__ = ["register", "checked_ttl", "issue_for", "DEFAULT_TTL"]
 
 DEFAULT_TTL = timedelta(hours=8)
 
@@ -62,17 +62,9 @@ def add_identity_arguments(parser: argparse.ArgumentParser, *, roles_required: b
     )
 
 
-def issue_for(
-    cfg: Config,
-    ca: CertificateAuthority,
-    user: str,
-    roles: list[str],
-    ttl: timedelta,
-    traits: dict[str, list[str]],
-    cluster: str | None,
-    kind: str = "user",
-) -> IssuedCertificate:
-    """Validate the roles against auth.roles_dir, cap the TTL, issue. Notes go to stderr."""
+def checked_ttl(cfg: Config, roles: list[str], ttl: timedelta) -> timedelta:
+    """``ttl`` lowered to the roles' smallest max_session_ttl (saying so on stderr); ``CommandError`` when
+    a role does not exist in auth.roles_dir. What a new user or bot certificate gets."""
     role_set = load_roles(cfg)
     missing = unknown_roles(roles, role_set)
     if missing:
@@ -85,8 +77,23 @@ def issue_for(
             f"by role {decision.capped_by!r} (max_session_ttl)",
             file=sys.stderr,
         )
+    return decision.ttl
+
+
+def issue_for(
+    cfg: Config,
+    ca: CertificateAuthority,
+    user: str,
+    roles: list[str],
+    ttl: timedelta,
+    traits: dict[str, list[str]],
+    cluster: str | None,
+    kind: str = "user",
+) -> IssuedCertificate:
+    """Validate the roles against auth.roles_dir, cap the TTL, issue. Notes go to stderr."""
+    capped = checked_ttl(cfg, roles, ttl)
     try:
-        return ca.issue_user_certificate(user, roles, decision.ttl, traits=traits, cluster=cluster, kind=kind)
+        return ca.issue_user_certificate(user, roles, capped, traits=traits, cluster=cluster, kind=kind)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
 
