@@ -23,6 +23,7 @@ import dataclasses
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -508,6 +509,17 @@ def config_from_mapping(data: object, *, source_name: str = "<config>", base_dir
     if loader.problems:
         raise ConfigError(loader.problems)
     return dataclasses.replace(cfg, source=source_name if source_name != "<config>" else None)
+
+
+def load_config_or_report(path: str | os.PathLike[str] | None) -> Config | None:
+    """``load_config`` for a command: on errors, every problem (each naming the file and the key) is
+    printed to stderr, one a line, and the answer is None (the command then exits 1)."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Config:

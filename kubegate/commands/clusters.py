@@ -23,7 +23,7 @@ from discovery.kubeconfig import kubeconfig_clusters_with_errors
 from discovery.model import Cluster
 from discovery.registry import ClusterRegistry
 from discovery.store import ClusterStore, read_health
-from kubegate.config import ConfigError, load_config
+from kubegate.config import load_config_or_report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,12 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    try:
-        return load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return None
+    return load_config_or_report(args.config)
 
 
 def _store(cfg: Any) -> ClusterStore:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kubegate.config import ConfigError, config_to_yaml, load_config
+from kubegate.config import config_to_yaml, load_config_or_report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,11 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    cfg = load_config_or_report(args.config)
+    if cfg is None:
         return 1
     sys.stdout.write(config_to_yaml(cfg))
     return 0

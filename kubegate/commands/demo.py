@@ -53,7 +53,7 @@ def kubectl_command() -> str:
 def run(args: argparse.Namespace) -> int:
     from kubegate import logging as kglog
     from kubegate.app import ProxyService, StartupError, certificate_expiry_collector, prepare
-    from kubegate.config import load_config
+    from kubegate.config import load_config, load_config_or_report
     from kubegate.demo import free_port, prepare_demo_state, viewer_binding
     from kubegate.workers import install_uvloop, serve_single
 
@@ -61,14 +61,9 @@ def run(args: argparse.Namespace) -> int:
     if args.config:
         import yaml
 
-        from kubegate.config import ConfigError
         from kubegate.demo import without_owned
 
-        try:
-            load_config(args.config)  # every problem, naming the user's file
-        except ConfigError as exc:
-            for problem in exc.problems:
-                print(problem, file=sys.stderr)
+        if load_config_or_report(args.config) is None:  # every problem, naming the user's file
             return 1
         extra = without_owned(yaml.safe_load(Path(args.config).read_text()) or {})
     temporary = args.state is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kubegate.config import ConfigError, load_config
+from kubegate.config import load_config_or_report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,11 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    cfg = load_config_or_report(args.config)
+    if cfg is None:
         return 1
     workers = args.workers if args.workers is not None else cfg.proxy.workers
     if workers < 1:
