@@ -406,19 +406,26 @@ class Http1ServerConnection:
         if stream.head_sent:
             raise RuntimeError(f"response head already sent on stream {sid}")
         status = head.status
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, head.reason or REASONS.get(status, b"Unknown"))]
-        append = parts.append
         length = head.content_length
         has_length = False
+        fields = [b"HTTP/1.1 %d %s" % (status, head.reason or REASONS.get(status, b"Unknown"))]
+        append = fields.append
         for key, value in head.headers:
             if key in _OWNED:
                 continue
-            if b"\n" in value or b"\r" in value:
-                raise ValueError(f"response header {key!r} holds a line break")
             if key == b"content-length":
                 has_length = True
                 length = int(value)
-            append(key + b": " + value + b"\r\n")
+            append(key + b": " + value)
+        fields.append(b"")
+        block = b"\r\n".join(fields)
+        lines = len(fields) - 1
+        if block.count(b"\n") != lines or block.count(b"\r") != lines:  # one scan, not two per field
+            for key, value in head.headers:
+                if b"\n" in value or b"\r" in value or b"\n" in key or b"\r" in key:
+                    raise ValueError(f"response header {key!r} holds a line break")
+        parts = [block]
+        append = parts.append
         stream.head_sent = True
         if status == 101:
             stream.mode = 4
