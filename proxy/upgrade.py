@@ -140,12 +140,12 @@ class UpgradeSession:
             log.exception("internal error in upgrade", extra={"request_id": ex.request_id})
             ex._respond_error(500, status_body(500, "InternalError", f"kubegate internal error (request id {ex.request_id})"), "internal")
         finally:
+            ex._finish()  # first: the connection closes only once it has no exchange left
             if not self.relaying:
                 conn.close()  # parsing stopped at the upgrade head: this connection serves nothing more
                 if self._up is not None:
                     self._up.close()
-            ex._finish()
-            if self.relaying:
+            else:
                 conn._close_all()
 
     async def _refusal(self, up: Http1Upstream, status: int, up_headers: list[tuple[bytes, bytes]]) -> None:

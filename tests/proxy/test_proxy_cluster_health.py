@@ -27,14 +27,16 @@ def _unhealthy_count(cluster: str) -> float:
     return REGISTRY.get_sample_value("kubegate_upstream_errors_total", {"cluster": cluster, "kind": "unhealthy"}) or 0.0
 
 
-def _raw_get(px, cert: Path, key: Path, target: str, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+def _raw_get(
+    px, cert: Path, key: Path, target: str, timeout: float = 30.0, extra: str = ""
+) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 GET through the proxy with a client certificate; (status, headers, body)."""
     ctx = ssl.create_default_context(cafile=str(px.ca_pem_path))
     ctx.load_cert_chain(str(cert), str(key))
     ctx.set_alpn_protocols(["http/1.1"])
     with socket.create_connection(("127.0.0.1", px.port), timeout=timeout) as raw:
         with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            tls.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+            tls.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra or 'Connection: close'}\r\n\r\n".encode())
             data = b""
             while chunk := tls.recv(65536):
                 data += chunk
@@ -136,6 +138,17 @@ def test_an_unhealthy_cluster_that_would_hang_is_answered_at_once_with_a_status(
             time.sleep(0.02)
         (event,) = [e for e in px.audit_events if e.get("request_id") == request_id]
         assert event["code"] == 503 and event["cluster"] == name
+        assert name not in px.stats()["pools"]
+
+        # An exec (WebSocket upgrade, as kubectl 1.37 starts it) gets the same answer, not a hang.
+        started = time.monotonic()
+        status, _, body = _raw_get(
+            px, cert, key, f"/k8s/clusters/{name}/api/v1/namespaces/dev/pods/web-1/exec?command=true&stdout=true",
+            extra="Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: v5.channel.k8s.io",
+        )
+        assert time.monotonic() - started < 5
+        assert status == 503 and json.loads(body)["message"].startswith(f'cluster "{name}" is unhealthy'), body
         assert name not in px.stats()["pools"]
     finally:
         registry.remove(name, "test-health")
