@@ -485,11 +485,12 @@ async def exec_stdout(ep: Endpoint, pod_path: str, total_bytes: int) -> tuple[in
                 elif isinstance(event, wse.RejectConnection):
                     raise RuntimeError(f"exec refused: HTTP {event.status_code}")
                 elif isinstance(event, wse.BytesMessage):
-                    # wsproto may hand one message over in several fragments: only the first one
-                    # starts with the channel byte.
+                    # wsproto hands one message over in as many fragments as reads cut it into: the
+                    # message's first byte (in whichever fragment it comes, even after an empty one) is
+                    # the channel; the count is per message, closed by ``message_finished``.
                     payload = event.data
-                    if channel is None:
-                        channel = payload[0] if payload else None
+                    if channel is None and payload:
+                        channel = payload[0]
                         payload = payload[1:]
                     if channel == 1:
                         received += len(payload)
