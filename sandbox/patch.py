@@ -67,9 +67,10 @@ def _index(container: list[Any], token: str, allow_end: bool) -> int:
     return idx
 
 
-def _parent(doc: Any, tokens: list[str], path: str) -> Any:
+def _walk(doc: Any, tokens: list[str], path: str) -> Any:
+    """The value ``tokens`` (of the JSON pointer ``path``) lead to in ``doc``."""
     cur = doc
-    for token in tokens[:-1]:
+    for token in tokens:
         if isinstance(cur, dict):
             if token not in cur:
                 raise PatchError(f'doc is missing path: "{path}"')
@@ -79,20 +80,14 @@ def _parent(doc: Any, tokens: list[str], path: str) -> Any:
         else:
             raise PatchError(f'doc is missing path: "{path}"')
     return cur
+
+
+def _parent(doc: Any, tokens: list[str], path: str) -> Any:
+    return _walk(doc, tokens[:-1], path)
 
 
 def _get(doc: Any, path: str) -> Any:
-    cur = doc
-    for token in _pointer(path):
-        if isinstance(cur, dict):
-            if token not in cur:
-                raise PatchError(f'doc is missing path: "{path}"')
-            cur = cur[token]
-        elif isinstance(cur, list):
-            cur = cur[_index(cur, token, False)]
-        else:
-            raise PatchError(f'doc is missing path: "{path}"')
-    return cur
+    return _walk(doc, _pointer(path), path)
 
 
 def _add(doc: Any, path: str, value: Any) -> Any:

@@ -140,6 +140,15 @@ class _Waker:
             except RuntimeError:  # loop closed: the watcher is gone
                 pass
 
+    async def get(self, timeout: float | None) -> Any:
+        """The next item, or None when ``timeout`` passes first."""
+        try:
+            if timeout is None:
+                return await self.queue.get()
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            return None
+
 
 class Watcher:
     """A subscription to one resource's events, created by ``Store.watch``."""
@@ -160,12 +169,7 @@ class Watcher:
 
     async def next(self, timeout: float | None = None) -> Event | None:
         """The next live event, or None when ``timeout`` passes first."""
-        try:
-            if timeout is None:
-                return await self._waker.queue.get()
-            return await asyncio.wait_for(self._waker.queue.get(), timeout)
-        except TimeoutError:
-            return None
+        return await self._waker.get(timeout)
 
     def close(self) -> None:
         if not self.closed:
@@ -185,12 +189,7 @@ class LogFollower:
 
     async def next(self, timeout: float | None = None) -> tuple[str, str, str] | None:
         """(container, timestamp, line) of the next appended line, or None on timeout."""
-        try:
-            if timeout is None:
-                return await self._waker.queue.get()
-            return await asyncio.wait_for(self._waker.queue.get(), timeout)
-        except TimeoutError:
-            return None
+        return await self._waker.get(timeout)
 
     def close(self) -> None:
         if not self.closed:
