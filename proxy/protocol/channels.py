@@ -237,13 +237,9 @@ class WebSocketServer:
             self._ws.receive_data(data if data else None)
             for event in self._ws.events():
                 if isinstance(event, Message):
-                    self._parts.append(event.data)
-                    if event.message_finished:
-                        if isinstance(event, BytesMessage):
-                            out.append(b"".join(p for p in self._parts if isinstance(p, bytes)))
-                        else:
-                            out.append("".join(p for p in self._parts if isinstance(p, str)))
-                        self._parts.clear()
+                    whole = _reassemble(self._parts, event)
+                    if whole is not None:
+                        out.append(whole)
                 elif isinstance(event, Ping):
                     self._out.append(self._ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
@@ -281,6 +277,20 @@ class WebSocketServer:
         return out
 
 
+def _reassemble(parts: list[bytes | str], event: Message) -> bytes | str | None:
+    """Collect one fragment of a WebSocket message: the whole message once its last fragment is in
+    (``parts`` is then emptied), else None."""
+    parts.append(event.data)
+    if not event.message_finished:
+        return None
+    if isinstance(event, BytesMessage):
+        whole: bytes | str = b"".join(p for p in parts if isinstance(p, bytes))
+    else:
+        whole = "".join(p for p in parts if isinstance(p, str))
+    parts.clear()
+    return whole
+
+
 class WebSocketClient:
     """Client side of an established WebSocket (after a 101), for tests and tools."""
 
@@ -295,13 +305,9 @@ class WebSocketClient:
             self._conn.receive_data(data)
         for event in self._conn.events():
             if isinstance(event, Message):
-                self._parts.append(event.data)
-                if event.message_finished:
-                    if isinstance(event, BytesMessage):
-                        out.append(b"".join(p for p in self._parts if isinstance(p, bytes)))
-                    else:
-                        out.append("".join(p for p in self._parts if isinstance(p, str)))
-                    self._parts.clear()
+                whole = _reassemble(self._parts, event)
+                if whole is not None:
+                    out.append(whole)
             elif isinstance(event, CloseConnection):
                 out.append(None)
         return out
