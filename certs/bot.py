@@ -78,37 +78,29 @@ def bot_user(name: str) -> str:
     return f"bot-{name}"
 
 
+class _InDest:
+    """A ``BotFiles`` attribute: the file ``name`` in the bot's directory."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, files: BotFiles, owner: type | None = None) -> Path:
+        return files.dest / self.name
+
+
 @dataclass(frozen=True, slots=True)
 class BotFiles:
+    """The files ``run_bot`` keeps in ``dest`` (see the module docstring)."""
+
     dest: Path
 
-    @property
-    def identity(self) -> Path:
-        return self.dest / "identity.pem"
-
-    @property
-    def cert(self) -> Path:
-        return self.dest / "tls.crt"
-
-    @property
-    def key(self) -> Path:
-        return self.dest / "tls.key"
-
-    @property
-    def ca(self) -> Path:
-        return self.dest / "ca.crt"
-
-    @property
-    def kubeconfig(self) -> Path:
-        return self.dest / "kubeconfig"
-
-    @property
-    def kubeconfig_exec(self) -> Path:
-        return self.dest / "kubeconfig-exec"
-
-    @property
-    def lock(self) -> Path:
-        return self.dest / ".lock"
+    identity = _InDest("identity.pem")
+    cert = _InDest("tls.crt")
+    key = _InDest("tls.key")
+    ca = _InDest("ca.crt")
+    kubeconfig = _InDest("kubeconfig")
+    kubeconfig_exec = _InDest("kubeconfig-exec")
+    lock = _InDest(".lock")
 
 
 @dataclass(frozen=True, slots=True)

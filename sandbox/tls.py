@@ -28,14 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certs.building import (
-    generate_private_key,
-    leaf_builder,
-    private_key_pem,
-    san_entries,
-    self_signed_ca,
-    sign,
-)
+from certs import building
 from certs.files import write_atomic
 
 CA_VALIDITY = timedelta(days=3650)
@@ -62,7 +55,7 @@ class SandboxPKI:
             self.ca_key = key
         else:
             self.ca_key, self.ca_cert = self._new_ca()
-            write_atomic(self.ca_key_path, private_key_pem(self.ca_key), 0o600)
+            write_atomic(self.ca_key_path, building.private_key_pem(self.ca_key), 0o600)
             write_atomic(self.ca_cert_path, self.ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
         hosts = ["127.0.0.1", "::1", "localhost", *extra_hosts]
         self._issue_server(hosts)
@@ -74,7 +67,7 @@ class SandboxPKI:
     # ------------------------------------------------------------------ issuance
 
     def _new_ca(self) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        key = generate_private_key()
+        key = building.generate_private_key()
         name = x509.Name(
             [
                 x509.NameAttribute(NameOID.COMMON_NAME, "kubegate-sandbox-ca"),
@@ -82,7 +75,7 @@ class SandboxPKI:
             ]
         )
         now = datetime.now(UTC)
-        return key, self_signed_ca(key, name, now - timedelta(minutes=5), now + CA_VALIDITY)
+        return key, building.self_signed_ca(key, name, now - timedelta(minutes=5), now + CA_VALIDITY)
 
     def _leaf(
         self,
@@ -92,22 +85,21 @@ class SandboxPKI:
         validity: timedelta = LEAF_VALIDITY,
         not_before: datetime | None = None,
     ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        key = generate_private_key()
+        key = building.generate_private_key()
         start = not_before or datetime.now(UTC) - timedelta(minutes=5)
-        builder = leaf_builder(subject, key.public_key(), self.ca_cert, start, start + validity).add_extension(
-            x509.ExtendedKeyUsage([usage]), critical=False
-        )
+        builder = building.leaf_builder(subject, key.public_key(), self.ca_cert, start, start + validity)
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        return key, sign(builder, self.ca_key)
+        return key, building.sign(builder, self.ca_key)
 
     def _issue_server(self, hosts: Iterable[str]) -> None:
         key, cert = self._leaf(
             x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubegate-sandbox-apiserver")]),
             ExtendedKeyUsageOID.SERVER_AUTH,
-            san_entries(dict.fromkeys(hosts)),
+            building.san_entries(dict.fromkeys(hosts)),
         )
-        write_atomic(self.server_key_path, private_key_pem(key), 0o600)
+        write_atomic(self.server_key_path, building.private_key_pem(key), 0o600)
         write_atomic(self.server_cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
     def issue_client_cert_pem(
@@ -121,7 +113,7 @@ class SandboxPKI:
         attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in groups]
         attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, user))
         key, cert = self._leaf(x509.Name(attrs), ExtendedKeyUsageOID.CLIENT_AUTH, None, validity, not_before)
-        return cert.public_bytes(serialization.Encoding.PEM), private_key_pem(key)
+        return cert.public_bytes(serialization.Encoding.PEM), building.private_key_pem(key)
 
     def issue_client_cert(
         self, user: str, groups: Sequence[str] = (), directory: str | os.PathLike[str] | None = None
