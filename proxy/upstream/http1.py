@@ -31,7 +31,9 @@ class Http1Exchange(UpstreamStream):
         self.status = 0
         self.headers: Headers = []
         self.body = BodyBuffer(high_water)
-        loop = asyncio.get_running_loop()
+        # The connection's loop, not asyncio.get_running_loop(): on CPython 3.11 that costs a getpid()
+        # system call, once per request here.
+        loop = conn.loop if conn.loop is not None else asyncio.get_running_loop()
         self._head: asyncio.Future[tuple[int, Headers]] = loop.create_future()
         self._chunked = chunked
         self._ended = False
@@ -112,10 +114,12 @@ class Http1Upstream(asyncio.Protocol):
         self._head_request = False
         self._on_idle = on_idle  # callable(conn) when it can serve another request
         self.raw_protocol: asyncio.Protocol | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by connection_made
 
     # --- asyncio.Protocol -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         if self.raw_protocol is not None:
