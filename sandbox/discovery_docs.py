@@ -15,6 +15,7 @@ import hashlib
 import json
 from typing import Any
 
+from proxy.protocol.protobuf_wire import length_delimited as _field  # a length-delimited field
 from sandbox import protobuf
 from sandbox.patch import MERGE_KEYS
 from sandbox.resources import CATALOG, GROUP_ORDER, Catalog, ResourceType
@@ -277,22 +278,6 @@ def kind_properties(kind: str) -> dict[str, Any]:
                                                       "this object represents."}}
     props.update(_properties(protobuf.KINDS[kind]))
     return props
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes | str) -> bytes:
-    """A length-delimited protobuf field."""
-    data = payload.encode() if isinstance(payload, str) else payload
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
 
 
 def _openapi_v2_protobuf(doc: dict[str, Any]) -> bytes:

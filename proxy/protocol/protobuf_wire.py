@@ -1,4 +1,4 @@
-"""Reading the protobuf wire format and the Kubernetes protobuf envelope (sans-IO: bytes in, values out).
+"""The protobuf wire format and the Kubernetes protobuf envelope (sans-IO: bytes in, values out).
 
 Kubernetes clients send ``application/vnd.kubernetes.protobuf`` bodies as the magic ``b"k8s\\x00"``
 followed by a ``runtime.Unknown`` message {1: TypeMeta {1: apiVersion, 2: kind}, 2: raw object bytes,
@@ -9,6 +9,8 @@ self-describing, so this module only splits messages into ``(field number, value
 Wire types: 0 (varint) gives an ``int``, 2 (length-delimited: strings, bytes, embedded messages,
 packed repeated) gives ``bytes``; 1 (fixed64) and 5 (fixed32) are skipped; groups (3, 4) and the
 unused types are errors. Malformed input raises :class:`ProtobufError`, never anything else.
+Writing: ``encode_varint``, ``varint_field`` and ``length_delimited`` (the sandbox's protobuf OpenAPI
+document, tests).
 """
 
 from __future__ import annotations
@@ -73,6 +75,28 @@ def last_bytes(data: bytes, number: int) -> bytes:
         if field_number == number and isinstance(value, bytes):
             found = value
     return found
+
+
+def encode_varint(value: int) -> bytes:
+    """A non-negative integer as a varint."""
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def varint_field(number: int, value: int) -> bytes:
+    """Field ``number`` (wire type 0) holding ``value``."""
+    return encode_varint(number << 3) + encode_varint(value)
+
+
+def length_delimited(number: int, payload: bytes | str) -> bytes:
+    """Field ``number`` (wire type 2) holding ``payload`` (a ``str`` is written as UTF-8)."""
+    data = payload.encode() if isinstance(payload, str) else payload
+    return encode_varint(number << 3 | 2) + encode_varint(len(data)) + data
 
 
 @dataclass(frozen=True, slots=True)

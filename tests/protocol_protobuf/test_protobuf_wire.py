@@ -6,36 +6,32 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.protocol.protobuf_wire import MAGIC, ProtobufError, fields, last_bytes, read_varint, unwrap
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _ld(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _vi(number: int, value: int) -> bytes:
-    return _varint(number << 3) + _varint(value)
+from proxy.protocol.protobuf_wire import (
+    MAGIC,
+    ProtobufError,
+    encode_varint,
+    fields,
+    last_bytes,
+    length_delimited,
+    read_varint,
+    unwrap,
+    varint_field,
+)
 
 
 @given(st.integers(min_value=0, max_value=2**64 - 1))
 def test_varints_round_trip(value: int) -> None:
-    encoded = _varint(value) + b"rest"
+    encoded = encode_varint(value) + b"rest"
     assert read_varint(encoded, 0) == (value, len(encoded) - 4)
 
 
 def test_fields_in_wire_order_with_fixed_width_fields_skipped() -> None:
-    fixed64 = _varint(3 << 3 | 1) + bytes(8)
-    fixed32 = _varint(4 << 3 | 5) + bytes(4)
-    data = _ld(1, b"name") + _vi(2, 300) + fixed64 + fixed32 + _ld(1, b"") + _vi(7, 2**64 - 1)
+    fixed64 = encode_varint(3 << 3 | 1) + bytes(8)
+    fixed32 = encode_varint(4 << 3 | 5) + bytes(4)
+    data = (
+        length_delimited(1, b"name") + varint_field(2, 300) + fixed64 + fixed32
+        + length_delimited(1, b"") + varint_field(7, 2**64 - 1)
+    )
     assert fields(data) == [(1, b"name"), (2, 300), (1, b""), (7, 2**64 - 1)]
 
 
@@ -63,14 +59,19 @@ def test_any_bytes_give_fields_or_a_protobuf_error(data: bytes) -> None:
 
 
 def test_last_bytes_takes_the_last_length_delimited_occurrence() -> None:
-    data = _ld(2, b"first") + _vi(2, 5) + _ld(2, b"second") + _ld(3, b"other")
+    data = (
+        length_delimited(2, b"first") + varint_field(2, 5)
+        + length_delimited(2, b"second") + length_delimited(3, b"other")
+    )
     assert last_bytes(data, 2) == b"second"
     assert last_bytes(data, 9) == b""
 
 
 def test_envelope_gives_type_meta_and_raw_object() -> None:
-    type_meta = _ld(1, b"authorization.k8s.io/v1") + _ld(2, b"SelfSubjectAccessReview")
-    body = MAGIC + _ld(1, type_meta) + _ld(2, b"\x0a\x00") + _ld(4, b"application/vnd.kubernetes.protobuf")
+    api_version = length_delimited(1, b"authorization.k8s.io/v1")
+    type_meta = api_version + length_delimited(2, b"SelfSubjectAccessReview")
+    content_type = length_delimited(4, b"application/vnd.kubernetes.protobuf")
+    body = MAGIC + length_delimited(1, type_meta) + length_delimited(2, b"\x0a\x00") + content_type
     envelope = unwrap(body)
     assert (envelope.api_version, envelope.kind, envelope.raw) == (
         "authorization.k8s.io/v1",
@@ -88,4 +89,4 @@ def test_a_body_without_the_magic_is_refused(body: bytes) -> None:
 
 def test_a_type_meta_string_of_the_wrong_wire_type_is_malformed() -> None:
     with pytest.raises(ProtobufError):
-        _ = unwrap(MAGIC + _ld(1, _vi(2, 1))).kind
+        _ = unwrap(MAGIC + length_delimited(1, varint_field(2, 1))).kind
