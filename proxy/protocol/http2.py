@@ -18,6 +18,7 @@ Facts the code relies on:
 from __future__ import annotations
 
 import binascii
+import logging
 import re
 import struct
 
@@ -27,6 +28,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack.hpack
 import hyperframe.frame
 from h2.connection import ConnectionInputs
 from h2.stream import StreamInputs, StreamState
@@ -66,6 +68,33 @@ def _short_hex_repr(data: bytes | None) -> str:
 
 
 hyperframe.frame._raw_data_repr = _short_hex_repr  # process-wide; identical text, bounded cost
+
+
+def _frame_repr(frame: hyperframe.frame.Frame) -> str:
+    """``repr`` of a frame without its body: h2 formats ``repr(frame)`` eagerly for its trace log on
+    every received frame (then discards it), and the full form cost ~2 us per HEADERS frame."""
+    return f"{type(frame).__name__}(stream_id={frame.stream_id}, flags={sorted(frame.flags._flags)!r})"
+
+
+hyperframe.frame.Frame.__repr__ = _frame_repr  # type: ignore[method-assign,assignment]
+
+
+class _NoDebug:
+    """hpack's module logger minus ``debug``: hpack calls it several times per header field (~0.3 us
+    each even when disabled); kubegate keeps the hpack logger at WARNING or above anyway."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+
+    def debug(self, *args: object, **kwargs: object) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._log, name)
+
+
+if not isinstance(hpack.hpack.log, _NoDebug):
+    hpack.hpack.log = _NoDebug(hpack.hpack.log)  # type: ignore[assignment]
 
 _DATA_HEADER = struct.Struct(">HBBBL")  # 24-bit length (as 16 + 8), type 0 = DATA, flags, stream id
 _FRAME_HEADER = _DATA_HEADER  # the same 9-byte layout, any frame type
