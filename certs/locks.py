@@ -141,6 +141,7 @@ class LockList:
 
     def __init__(self, path: str | os.PathLike[str], clock: Any = time.time) -> None:
         self.path = Path(path)
+        self._spath = os.fspath(self.path)  # os.stat on a str skips Path.__fspath__ on every request
         self.clock = clock
         self._signature: tuple[int, int, int] | None = None
         self._locks: tuple[Lock, ...] = ()
@@ -153,7 +154,7 @@ class LockList:
 
     def _refresh(self) -> None:
         try:
-            st = os.stat(self.path)
+            st = os.stat(self._spath)
         except FileNotFoundError:
             self._signature, self._locks, self._ever_loaded, self.error = None, (), True, None
             return
