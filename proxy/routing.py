@@ -23,9 +23,26 @@ class Route:
     query: str
 
 
+_SPLIT_CACHE: dict[str, Route | None] = {}
+_MISS = object()
+_SPLIT_CACHE_MAX = 4096  # bounded: emptied when full (targets carry arbitrary names and queries)
+
+
 def split_target(target: str) -> Route | None:
     """Split a request target into cluster name and upstream target; None when it has no cluster prefix
-    or a malformed one (empty name, dot segments)."""
+    or a malformed one (empty name, dot segments). Results are cached per target string (``Route`` is
+    immutable and the split depends on the string alone)."""
+    route = _SPLIT_CACHE.get(target, _MISS)
+    if route is not _MISS:
+        return route  # type: ignore[return-value]
+    route = _split_target(target)
+    if len(_SPLIT_CACHE) >= _SPLIT_CACHE_MAX:
+        _SPLIT_CACHE.clear()
+    _SPLIT_CACHE[target] = route
+    return route
+
+
+def _split_target(target: str) -> Route | None:
     if not target.startswith(PREFIX):
         return None
     rest = target[len(PREFIX) :]
