@@ -199,9 +199,12 @@ def _collect(cfg: Any) -> _View:
     return view
 
 
-def _rows(cfg: Any) -> tuple[list[dict[str, Any]], list[str]]:
-    view = _collect(cfg)
-    selector = ClusterRegistry([dict(r.labels) for r in cfg.kubernetes_service.resources])
+def _selector(cfg: Any) -> ClusterRegistry:
+    """Answers whether this proxy serves a cluster (``kubernetes_service.resources``)."""
+    return ClusterRegistry([dict(r.labels) for r in cfg.kubernetes_service.resources])
+
+
+def _rows(cfg: Any, view: _View, selector: ClusterRegistry) -> list[dict[str, Any]]:
     health = read_health(cfg.registry_dir)
     rows = []
     for name in sorted(view.entries):
@@ -221,60 +224,62 @@ def _rows(cfg: Any) -> tuple[list[dict[str, Any]], list[str]]:
             "health_detail": h.get("detail", ""),
             "insecure_skip_tls_verify": c.insecure_skip_tls_verify,
         })
-    return rows, view.errors
+    return rows
+
+
+def _served(view: _View, selector: ClusterRegistry) -> list[Cluster]:
+    return [view.entries[name].cluster for name in sorted(view.entries)
+            if selector.matches(view.entries[name].cluster.labels)]
 
 
 def served_clusters(cfg: Any) -> tuple[list[Cluster], list[str]]:
     """(clusters this proxy serves per the config's sources, problems found reading them); first source
     wins on a name clash, as in the registry."""
     view = _collect(cfg)
-    selector = ClusterRegistry([dict(r.labels) for r in cfg.kubernetes_service.resources])
-    served = [view.entries[name].cluster for name in sorted(view.entries)
-              if selector.matches(view.entries[name].cluster.labels)]
-    return served, view.errors
+    return _served(view, _selector(cfg)), view.errors
 
 
-def _identity_filter(args: argparse.Namespace, cfg: Any) -> set[str] | None:
-    """Names of the clusters the identity named on the command line can reach; None: no identity given."""
-    from certs.access import visible_clusters
+def _identity(args: argparse.Namespace) -> Any:
+    """The identity named on the command line (--cert, or --user with --roles), or None."""
     from certs.identity import IdentityError, from_pem
-    from kubegate.commands.ca import load_roles, parse_traits
+    from kubegate.commands.ca import parse_traits
     from rbac.identity import Identity
 
     if args.cert:
         try:
             with open(args.cert, "rb") as f:
-                identity = from_pem(f.read())
+                return from_pem(f.read())
         except (OSError, ValueError, IdentityError) as exc:
             raise DiscoveryError(f"--cert {args.cert}: {exc}") from None
-    elif args.user:
+    if args.user:
         roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
         if not roles:
             raise DiscoveryError("--user needs --roles (kubegate keeps no user database)")
         traits = {k: tuple(v) for k, v in parse_traits(args.traits).items()}
-        identity = Identity(user=args.user, roles=roles, traits=traits)
-    else:
-        return None
-    served, _ = served_clusters(cfg)
-    return set(visible_clusters(identity, load_roles(cfg), served))
+        return Identity(user=args.user, roles=roles, traits=traits)
+    return None
 
 
 def run_ls(args: argparse.Namespace) -> int:
-    from kubegate.commands.ca import CommandError
+    from certs.access import visible_clusters
+    from kubegate.commands.ca import CommandError, load_roles
 
     cfg = _config(args)
     if cfg is None:
         return 1
+    view = _collect(cfg)  # every source read once, for the rows and for the identity's view
+    selector = _selector(cfg)
+    rows = _rows(cfg, view, selector)
     try:
-        visible = _identity_filter(args, cfg)
+        identity = _identity(args)
+        if identity is not None:
+            visible = set(visible_clusters(identity, load_roles(cfg), _served(view, selector)))
+            rows = [r for r in rows if r["served"] and r["name"] in visible]
     except (DiscoveryError, CommandError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    rows, errors = _rows(cfg)
-    if visible is not None:
-        rows = [r for r in rows if r["served"] and r["name"] in visible]
     if args.output == "json":
-        print(json.dumps({"clusters": rows, "errors": errors}, indent=2))
+        print(json.dumps({"clusters": rows, "errors": view.errors}, indent=2))
     else:
         table = [("NAME", "ORIGIN", "HEALTH", "SERVED", "LABELS")]
         for r in rows:
@@ -283,7 +288,7 @@ def run_ls(args: argparse.Namespace) -> int:
         widths = [max(len(row[i]) for row in table) for i in range(4)]
         for row in table:
             print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
-    for error in errors:
+    for error in view.errors:
         print(f"error: {error}", file=sys.stderr)
     return 0
 
@@ -292,7 +297,7 @@ def run_show(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if cfg is None:
         return 1
-    rows, _ = _rows(cfg)
+    rows = _rows(cfg, _collect(cfg), _selector(cfg))
     for row in rows:
         if row["name"] == args.name:
             width = max(len(k) for k in row)
