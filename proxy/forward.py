@@ -27,7 +27,7 @@ from proxy.headers import REQUEST_ID_HEADER, rewrite_request_headers, rewrite_re
 from proxy.identity import IdentityCache
 from proxy.policy import Policy, Verdict
 from proxy.protocol.events import ProtocolError, RequestHead, ResponseHead, ServerLimits
-from proxy.routing import split_target, upstream_target
+from proxy.routing import Route, split_target, upstream_target
 from proxy.tls import check_client_certificate
 from proxy.upstream import ClusterPools, UpstreamError, UpstreamStream
 from rbac.identity import Identity
@@ -314,9 +314,9 @@ class Exchange:
             waiter.set_result(None)
 
     # --- the pipeline -------------------------------------------------------------------------------
-    def authorize(self) -> tuple[Cluster, Verdict, str] | tuple[None, int, bytes]:
-        """Route and decide (no I/O except a catalog refresh done by the caller). Returns
-        (cluster, verdict, upstream target) or (None, status, Status body)."""
+    def authorize(self) -> tuple[Cluster, Route] | tuple[None, int, bytes]:
+        """The checks before the role decision (no I/O): route, cluster visibility, certificate expiry,
+        locks, cluster health. Returns (cluster, route) or (None, status, Status body)."""
         head = self.head
         fwd = self.fwd
         route = split_target(head.target)
@@ -344,7 +344,7 @@ class Exchange:
             # The health checker found the cluster broken: answer now instead of connecting (and maybe
             # hanging until the connect timeout). "unknown" (not checked yet) still forwards.
             return None, 503, self._unhealthy(cluster)
-        return cluster, route, ""  # type: ignore[return-value]
+        return cluster, route
 
     def _unhealthy(self, cluster: Cluster) -> bytes:
         detail = cluster.health_detail or "failed its health check"
@@ -366,7 +366,7 @@ class Exchange:
         first = self.authorize()
         if first[0] is None:
             return first
-        cluster, route, _ = first
+        cluster, route = first
         fwd = self.fwd
         head = self.head
         pool = fwd.pools.get(cluster)  # type: ignore[arg-type]
