@@ -29,6 +29,7 @@ from proxy.policy import Policy, Verdict
 from proxy.protocol.events import ProtocolError, RequestHead, ResponseHead, ServerLimits
 from proxy.routing import Route, split_target, upstream_target
 from proxy.tls import check_client_certificate
+from proxy.upgrade import upgrade_kind
 from proxy.upstream import ClusterPools, UpstreamError, UpstreamStream
 from rbac.identity import Identity
 from rbac.status import REASONS, status_body
@@ -70,10 +71,7 @@ def stream_kind(verdict: Verdict, head: RequestHead, path: str, query: str) -> s
     if path.endswith("/log") and "follow=true" in query:
         return "log"
     if head.upgrade:
-        for kind in ("exec", "attach", "portforward"):
-            if path.endswith("/" + kind):
-                return kind
-        return "upgrade"
+        return upgrade_kind(path)
     return None
 
 

@@ -111,7 +111,7 @@ class UpgradeSession:
                     return
                 cluster, verdict, target = decided
                 assert isinstance(verdict, Verdict)
-                ex.kind = _kind(ex.head.path)
+                ex.kind = upgrade_kind(ex.head.path)
                 pool = ex.fwd.pools.get(cluster)
                 await pool.ensure_credentials()
                 headers = rewrite_request_headers(
@@ -284,7 +284,8 @@ def _session_tap(headers: list[tuple[bytes, bytes]]) -> Any:
     return SessionTap.from_response_headers(headers)
 
 
-def _kind(path: str) -> str:
+def upgrade_kind(path: str) -> str:
+    """The session kind of an upgrade request by its path: exec, attach, portforward, else "upgrade"."""
     for kind in ("exec", "attach", "portforward"):
         if path.endswith("/" + kind):
             return kind
