@@ -20,8 +20,9 @@ Rules, in order:
    for the contents). An allow rule naming resources in namespace X also lets its holder
    get/list/watch the namespace object X (Teleport does the same, so ``kubectl get ns`` works).
 6. Unknown resources (not in the catalog): an allow rule matches only when its kind is ``*`` or the
-   resource plural literally; ``kind: namespaces`` scopes do not cover them. Deny rules match them as
-   usual (fail closed).
+   resource plural literally, and its api_group matches the request's group (as for known resources: a
+   rule for core ``pods`` never allows ``/apis/made.up/v1/.../pods``); ``kind: namespaces`` scopes do
+   not cover them. Deny rules match them as usual (fail closed).
 7. Lists and watches (and the collection a fieldSelector=metadata.name narrows): allowed without a
    filter when an allow rule covers the whole collection and no deny rule can match any of its items;
    allowed with ``Decision.filter`` when rules only cover some items; 403 when none can match.
@@ -149,8 +150,10 @@ class _Target:
 
 
 def _kind_matches(rule: ResourceRule, t: _Target, allow: bool) -> bool:
-    if allow and not t.known:
-        return rule.kind == "*" or rule.kind == t.resource
+    """The rule's kind and api_group both match the target. An allow rule names an unknown resource only
+    literally (or with kind ``*``): a glob or regex written for known kinds does not stretch to it."""
+    if allow and not t.known and rule.kind != "*" and rule.kind != t.resource:
+        return False
     return value_matches(rule.kind, t.resource) and value_matches(rule.api_group, t.group)
 
 

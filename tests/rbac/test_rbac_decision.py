@@ -272,6 +272,14 @@ def test_invisible_cluster_is_404_like_an_unknown_cluster() -> None:
             False,
         ),  # 'thi*' glob: not for unknown kinds
         (("viewer",), "GET", "/apis/unknown.io/v1/namespaces/a/things", True, False),  # kind '*'
+        # an allow rule's api_group holds for unknown resources too: core pods are not made.up's pods
+        (("dev",), "GET", "/apis/made.up/v1/namespaces/dev/pods", False, False),
+        (("dev",), "GET", "/apis/made.up/v1/namespaces/dev/pods/web", False, False),
+        (("web-only",), "GET", "/apis/made.up/v1/namespaces/dev/pods/web-1", False, False),
+        (("web-only",), "GET", "/apis/made.up/v1/pods", False, False),
+        (("crd-explicit",), "GET", "/apis/other.io/v1/namespaces/a/things/t", False, False),
+        # an allow with api_group '*' still covers any group's unknown resources
+        (("admin-no-secrets",), "GET", "/apis/made.up/v1/namespaces/dev/widgets", True, False),
         (
             ("dev-no-web-secret",),
             "GET",
