@@ -33,7 +33,7 @@ Catalog and parsing (``rbac.catalog``, ``rbac.request``)::
     catalog.get(group, plural, version=None) -> ResourceInfo | None; catalog.find(kind_or_short_name)
     parse_request(method, path, query, catalog, body=None) -> RequestInfo
         # RequestInfo: verb (kubegate: get list watch create update patch delete deletecollection
-        # exec portforward), k8s_verb, api_group, api_version, resource, subresource, namespace,
+        # exec portforward proxy), k8s_verb, api_group, api_version, resource, subresource, namespace,
         # name, namespaced, known, kind, is_resource_request, is_discovery, is_collection
         # path WITHOUT /k8s/clusters/<name>; query: raw string/bytes or mapping; raises
         # RequestParseError(.code 404 or 405). RequestInfo.known is False for resources the

@@ -31,7 +31,8 @@ Rules, in order:
    matched, minus every role's denied ones; see ``rbac.impersonation.resolve_impersonation``.
 
 Subresources are checked as their parent resource with the verb of the request (``pods/log`` → get on
-pods), except exec/attach (verb ``exec``) and portforward (verb ``portforward``).
+pods), except exec/attach (verb ``exec``), portforward (verb ``portforward``) and the ``proxy``
+subresource of core pods / services / nodes (verb ``proxy``, Teleport v19), whatever the method.
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ and adds kubegate's verb (DESIGN §5):
 - apiserver verb from the method: GET/HEAD → get, list (no name) or watch (``/watch/`` or
   ``watch=1|true``); POST → create; PUT → update; PATCH → patch; DELETE → delete or deletecollection
   (no name). A list/watch with ``fieldSelector=metadata.name=X`` names the object X (as the apiserver);
-- kubegate verb: the apiserver verb, except subresources ``exec`` and ``attach`` → ``exec`` and
-  ``portforward`` → ``portforward`` whatever the method (kubectl ≥1.30 uses GET for WebSocket);
+- kubegate verb (``kubegate_verb``): the apiserver verb, except subresources ``exec`` and ``attach`` →
+  ``exec`` and ``portforward`` → ``portforward`` whatever the method (kubectl ≥1.30 uses GET for
+  WebSocket), and ``proxy`` of core ``pods`` / ``services`` / ``nodes`` (``…/{name}/proxy[/path]``) →
+  ``proxy`` whatever the method (Teleport v19: a role written for ``get`` does not grant proxying);
 - non-resource paths (``/api``, ``/apis``, ``/apis/<group>[/<version>]`` discovery, ``/version``,
   ``/openapi/...``, ``/healthz`` …) have ``is_resource_request = False``; ``is_discovery`` says whether
   kubegate lets them through for anyone who can see the cluster.
@@ -30,7 +32,14 @@ from urllib.parse import parse_qs, unquote
 
 from rbac.catalog import ResourceCatalog
 
-__all__ = ["DISCOVERY_PREFIXES", "RequestInfo", "RequestParseError", "parse_query", "parse_request"]
+__all__ = [
+    "DISCOVERY_PREFIXES",
+    "RequestInfo",
+    "RequestParseError",
+    "kubegate_verb",
+    "parse_query",
+    "parse_request",
+]
 
 _METHOD_VERBS = {
     "GET": "get",
@@ -42,6 +51,8 @@ _METHOD_VERBS = {
 }
 _NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
 _EXEC_SUBRESOURCES = {"exec": "exec", "attach": "exec", "portforward": "portforward"}
+# Core resources whose ``proxy`` subresource relays to the object (pod, service, node): verb ``proxy``.
+_PROXY_RESOURCES = frozenset({"pods", "services", "nodes"})
 
 # Non-resource paths anyone who can see the cluster may read (discovery, version, OpenAPI, health).
 DISCOVERY_PREFIXES = ("/openapi/", "/healthz/", "/livez/", "/readyz/")
@@ -61,8 +72,8 @@ class RequestInfo:
     method: str
     path: str
     is_resource_request: bool
-    verb: str  # kubegate verb (get … deletecollection, exec, portforward); for non-resource: get/create/…
-    k8s_verb: str  # the apiserver's verb (exec/attach/portforward subresources → get or create)
+    verb: str  # kubegate verb (get … deletecollection, exec, portforward, proxy); non-resource: get/create/…
+    k8s_verb: str  # the apiserver's verb (exec/attach/portforward/proxy subresources → get, create …)
     api_prefix: str = ""  # "api" | "apis" | "" for non-resource
     api_group: str = ""
     api_version: str = ""
@@ -104,6 +115,15 @@ def parse_query(query: QueryLike) -> dict[str, list[str]]:
     if isinstance(query, str):
         return parse_qs(query.lstrip("?"), keep_blank_values=True)
     return {k: [v] if isinstance(v, str) else list(v) for k, v in query.items()}
+
+
+def kubegate_verb(group: str, resource: str, subresource: str, k8s_verb: str, known: bool) -> str:
+    """The verb kubegate's rules are checked with (see the module docstring)."""
+    if subresource == "proxy":
+        return "proxy" if group == "" and resource in _PROXY_RESOURCES else k8s_verb
+    if resource == "pods" or not known:
+        return _EXEC_SUBRESOURCES.get(subresource, k8s_verb)
+    return k8s_verb
 
 
 def _truthy_watch(values: list[str]) -> bool:
@@ -237,7 +257,7 @@ def parse_request(
             f"the server could not find the requested resource ({resource}/{subresource})"
         )
     k8s_verb = verb
-    kg_verb = _EXEC_SUBRESOURCES.get(subresource, verb) if resource == "pods" or not known else verb
+    kg_verb = kubegate_verb(group, resource, subresource, verb, known)
     return RequestInfo(
         method=method,
         path=path,

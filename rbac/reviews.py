@@ -18,13 +18,12 @@ from typing import Any
 from rbac.catalog import ResourceCatalog
 from rbac.decision import decide, visible_roles
 from rbac.identity import Identity
-from rbac.request import RequestInfo
+from rbac.request import RequestInfo, kubegate_verb
 from rbac.roles import RoleSet
 
 __all__ = ["ReviewOutcome", "restrict_rules_review", "review_access"]
 
 _K8S_VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
-_EXEC_SUBRESOURCES = {"exec": "exec", "attach": "exec", "portforward": "portforward"}
 _DISCOVERY_URLS = (
     "/api",
     "/api/*",
@@ -54,7 +53,7 @@ def _info_for(attrs: Mapping[str, Any], catalog: ResourceCatalog) -> RequestInfo
     k8s_verb = str(attrs.get("verb") or "")
     info = catalog.get(group, resource)
     namespaced = info.namespaced if info is not None else bool(namespace)
-    verb = _EXEC_SUBRESOURCES.get(sub, k8s_verb) if resource == "pods" or info is None else k8s_verb
+    verb = kubegate_verb(group, resource, sub, k8s_verb, info is not None)
     return RequestInfo(
         method="POST",
         path="",

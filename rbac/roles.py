@@ -67,6 +67,7 @@ VERBS: frozenset[str] = frozenset(
         "deletecollection",
         "exec",
         "portforward",
+        "proxy",  # Teleport v19: pods|services|nodes/{name}/proxy/... (see rbac.request)
     }
 )
 

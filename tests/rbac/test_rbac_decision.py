@@ -448,3 +448,69 @@ def test_impersonation_request_from_headers() -> None:
     )
     assert imp == ImpersonationRequest("ops", ("a", "b"), None, ("extra-scopes",))
     assert imp.requested and not ImpersonationRequest.from_headers([("Accept", "*/*")]).requested
+
+
+# --- the proxy verb (Teleport v19) -----------------------------------------------------------------
+
+PROXY_ROLES = RoleSet(
+    parse_roles_yaml(
+        role(
+            "getter",
+            "    kubernetes_resources:\n"
+            "      - {kind: pods, api_group: '', namespace: dev, name: '*', verbs: [get, list, create]}\n"
+            "      - {kind: services, api_group: '', namespace: dev, name: '*', verbs: [get, list]}\n"
+            "      - {kind: nodes, api_group: '', name: '*', verbs: [get, list]}",
+        )
+        + role(
+            "proxier",
+            "    kubernetes_resources:\n"
+            "      - {kind: pods, api_group: '', namespace: dev, name: '*', verbs: [proxy]}\n"
+            "      - {kind: services, api_group: '', namespace: dev, name: 'web', verbs: [proxy]}\n"
+            "      - {kind: nodes, api_group: '', name: '*', verbs: [proxy]}",
+        )
+        + role(
+            "star",
+            "    kubernetes_resources: [{kind: '*', api_group: '*', namespace: '*', name: '*', verbs: ['*']}]",
+        )
+    )
+)
+
+PROXY_PATHS = [
+    ("GET", "/api/v1/namespaces/dev/pods/web/proxy/metrics"),
+    ("POST", "/api/v1/namespaces/dev/pods/web/proxy/"),
+    ("GET", "/api/v1/namespaces/dev/services/web/proxy"),
+    ("GET", "/api/v1/namespaces/dev/services/web:8080/proxy/healthz"),
+    ("GET", "/api/v1/nodes/n1/proxy/metrics"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), PROXY_PATHS)
+@pytest.mark.parametrize(
+    ("roles", "allowed"),
+    [(("getter",), False), (("star",), True)],
+)
+def test_proxying_needs_the_proxy_verb_and_get_does_not_grant_it(
+    roles: tuple[str, ...], allowed: bool, method: str, path: str
+) -> None:
+    d = decide(ident(*roles), PROXY_ROLES, "c1", DEV, parse_request(method, path, "", CATALOG))
+    assert d.allowed is allowed, d.message
+    if not allowed:
+        assert 'do not allow "proxy"' in d.message
+
+
+def test_the_proxy_verb_grants_proxying_only() -> None:
+    def allowed(method: str, path: str) -> bool:
+        return decide(ident("proxier"), PROXY_ROLES, "c1", DEV, parse_request(method, path, "", CATALOG)).allowed
+
+    assert allowed("GET", "/api/v1/namespaces/dev/pods/db-0/proxy/metrics")
+    assert allowed("GET", "/api/v1/nodes/n1/proxy/metrics")
+    assert allowed("GET", "/api/v1/namespaces/dev/services/web/proxy/")
+    assert not allowed("GET", "/api/v1/namespaces/dev/services/api/proxy/")  # name-restricted
+    assert not allowed("GET", "/api/v1/namespaces/prod/pods/db-0/proxy/metrics")
+    assert not allowed("GET", "/api/v1/namespaces/dev/pods/db-0")  # proxy is not get
+    assert not allowed("GET", "/api/v1/namespaces/dev/pods/db-0/log")
+
+
+def test_roles_accept_the_proxy_verb() -> None:
+    (r,) = parse_roles_yaml(role("p", "    kubernetes_resources: [{kind: pods, api_group: '', namespace: '*', verbs: [proxy]}]"))
+    assert r.allow.kubernetes_resources[0].verbs == ("proxy",)

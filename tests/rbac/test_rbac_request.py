@@ -184,13 +184,13 @@ CASES = [
         "GET",
         "/api/v1/namespaces/dev/pods/web/proxy/healthz/x",
         "",
-        ("get", "", "v1", "pods", "proxy", "dev", "web", True, True),
+        ("proxy", "", "v1", "pods", "proxy", "dev", "web", True, True),
     ),
     (
         "GET",
         "/api/v1/namespaces/dev/services/web/proxy",
         "",
-        ("get", "", "v1", "services", "proxy", "dev", "web", True, True),
+        ("proxy", "", "v1", "services", "proxy", "dev", "web", True, True),
     ),
     (
         "POST",
@@ -201,7 +201,14 @@ CASES = [
     # cluster-scoped, incl. subresources
     ("GET", "/api/v1/nodes", "", ("list", "", "v1", "nodes", "", "", "", False, True)),
     ("GET", "/api/v1/nodes/n1", "", ("get", "", "v1", "nodes", "", "", "n1", False, True)),
-    ("GET", "/api/v1/nodes/n1/proxy/metrics", "", ("get", "", "v1", "nodes", "proxy", "", "n1", False, True)),
+    ("GET", "/api/v1/nodes/n1/proxy/metrics", "", ("proxy", "", "v1", "nodes", "proxy", "", "n1", False, True)),
+    ("POST", "/api/v1/nodes/n1/proxy/x", "", ("proxy", "", "v1", "nodes", "proxy", "", "n1", False, True)),
+    (
+        "DELETE",
+        "/api/v1/namespaces/dev/services/https:web:443/proxy/api",
+        "",
+        ("proxy", "", "v1", "services", "proxy", "dev", "https:web:443", True, True),
+    ),
     ("PATCH", "/api/v1/nodes/n1/status", "", ("patch", "", "v1", "nodes", "status", "", "n1", False, True)),
     ("GET", "/api/v1/namespaces", "", ("list", "", "v1", "namespaces", "", "", "", False, True)),
     ("GET", "/api/v1/watch/namespaces", "", ("watch", "", "v1", "namespaces", "", "", "", False, True)),
@@ -373,6 +380,13 @@ def test_query_in_path_and_mapping_queries_are_understood() -> None:
 def test_kubernetes_verb_differs_from_kubegate_verb_for_exec() -> None:
     info = parse_request("POST", "/api/v1/namespaces/dev/pods/web/exec", "", CATALOG)
     assert (info.verb, info.k8s_verb) == ("exec", "create")
+
+
+def test_the_proxy_subresource_is_verb_proxy_whatever_the_method() -> None:
+    # Teleport v19: pods|services|nodes/{name}/proxy/... are authorised as "proxy", never as get/create
+    for method, k8s_verb in (("GET", "get"), ("POST", "create"), ("PUT", "update"), ("PATCH", "patch")):
+        info = parse_request(method, "/api/v1/namespaces/dev/pods/web/proxy/metrics", "", CATALOG)
+        assert (info.verb, info.k8s_verb) == ("proxy", k8s_verb)
 
 
 def test_create_name_from_body() -> None:
