@@ -1,9 +1,14 @@
 """Header rewriting between the client and the upstream API server (pure functions, no I/O).
 
 Request side (client → upstream):
-- the client's ``Authorization`` and every ``Impersonate-*`` header are dropped: kubegate speaks to the
-  cluster with its own credentials and sets ``Impersonate-User`` / ``Impersonate-Group`` (one header per
-  group) from the authorization decision — replaced, never appended;
+- the client's ``Authorization``, ``Cookie``, every ``Impersonate-*`` header and every ``X-Remote-*``
+  header (the apiserver's request-header authentication: ``X-Remote-User`` / ``-Group`` / ``-Extra-*``
+  would name the user outright to an upstream that trusts kubegate's certificate as a front proxy) are
+  dropped, in any case and with ``_`` for ``-`` (``Impersonate_User``: some servers and proxies in front
+  of an apiserver fold ``_`` into ``-``): kubegate speaks to the cluster with its own credentials and
+  sets ``Impersonate-User`` / ``Impersonate-Group`` (one header per group) from the authorization
+  decision — replaced, never appended. (Both client codecs lower-case names; request trailers are never
+  forwarded: neither codec passes them on.)
 - ``Content-Length`` is dropped: the upstream connection frames the body itself;
 - hop-by-hop headers (``Connection`` and the names it lists, ``Keep-Alive``, ``TE``, ``Trailer``,
   ``Transfer-Encoding``, ``Upgrade`` unless the request is an upgrade, ``Proxy-*``) are dropped;
@@ -39,6 +44,14 @@ _HOP_BY_HOP = frozenset(
 )
 # Dropped from every request whatever the decision says: kubegate sets its own.
 _CLIENT_CREDENTIALS = frozenset({b"authorization", b"cookie"})
+_IDENTITY_PREFIXES = (b"impersonate-", b"x-remote-")
+
+
+def is_client_identity_header(name: bytes) -> bool:
+    """Whether a (lower-case) header name claims an identity upstream: never forwarded from a client."""
+    if b"_" in name:
+        name = name.replace(b"_", b"-")
+    return name.startswith(_IDENTITY_PREFIXES) or name in _CLIENT_CREDENTIALS
 
 
 def connection_tokens(headers: Headers) -> frozenset[bytes]:
@@ -75,7 +88,7 @@ def rewrite_request_headers(
     forwarded_for: bytes | None = None
     upgrade_value: bytes | None = None
     for key, value in headers:
-        if key.startswith(b"impersonate-") or key in _CLIENT_CREDENTIALS:
+        if is_client_identity_header(key):
             continue
         if key == b"x-forwarded-for":
             forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value

@@ -231,7 +231,8 @@ def running_proxy(
 
 class EchoUpstream:
     """A stand-in API server that answers every request with what it received (method, target, headers
-    as a list of pairs) and records the request heads in ``.requests``: to check exactly which headers
+    as a list of pairs) and records the request heads in ``.requests`` (upgrade requests too, answered
+    200 instead of switching protocols): to check exactly which headers
     kubegate sends upstream. Serves HTTP/1.1 and h2 (ALPN) over TLS on a random loopback port."""
 
     def __init__(self, workdir: Path, *, h2: bool = True) -> None:
@@ -296,7 +297,7 @@ class _EchoProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         import json
 
-        from proxy.protocol.events import RequestBody, RequestEnd, RequestHead, ResponseHead
+        from proxy.protocol.events import RequestBody, RequestEnd, RequestHead, ResponseHead, UpgradeRequested
 
         for event in self.codec.receive_data(data):
             if isinstance(event, RequestHead):
@@ -305,8 +306,10 @@ class _EchoProtocol(asyncio.Protocol):
             elif isinstance(event, RequestBody):
                 self.bodies[event.stream_id] += event.data
                 self.codec.acknowledge_received(event.stream_id, len(event.data))
-            elif isinstance(event, RequestEnd):
-                head = self.heads.pop(event.stream_id)
+            elif isinstance(event, RequestEnd | UpgradeRequested):
+                # an upgrade (exec/attach/portforward) is recorded and answered 200, never switched
+                head = event.head if isinstance(event, UpgradeRequested) else self.heads.pop(event.stream_id)
+                self.bodies.setdefault(event.stream_id, b"")
                 record = {
                     "method": head.method,
                     "target": head.target,

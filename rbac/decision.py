@@ -337,7 +337,7 @@ def decide(
     mine = roles.for_names(identity.roles)
     user_q = f'user "{identity.user}"'
 
-    if impersonation.uid is not None or impersonation.extra_keys:
+    if impersonation.uid is not None or impersonation.extra_keys or impersonation.several_users:
         try:
             resolve_impersonation(identity.user, (), (), impersonation)
         except ImpersonationError as exc:

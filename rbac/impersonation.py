@@ -31,11 +31,15 @@ class ImpersonationRequest:
     groups: tuple[str, ...] = ()
     uid: str | None = None
     extra_keys: tuple[str, ...] = ()  # the <key> of each Impersonate-Extra-<key> header
+    several_users: bool = False  # Impersonate-User came more than once with different values
 
     @classmethod
     def from_headers(cls, headers: Iterable[tuple[str | bytes, str | bytes]]) -> ImpersonationRequest:
-        """From (name, value) header pairs; names are case-insensitive, ``Impersonate-Group`` repeats."""
+        """From (name, value) header pairs; names are case-insensitive, ``Impersonate-Group`` repeats
+        (``Impersonate-User`` repeated with different values is remembered and refused: which one a
+        server reads differs between implementations)."""
         user: str | None = None
+        several_users = False
         groups: list[str] = []
         uid: str | None = None
         extras: list[str] = []
@@ -45,6 +49,7 @@ class ImpersonationRequest:
                 continue
             value = raw_value.decode("latin-1") if isinstance(raw_value, bytes) else raw_value
             if name == "impersonate-user":
+                several_users = several_users or (user is not None and user != value)
                 user = value
             elif name == "impersonate-group":
                 groups.append(value)
@@ -52,7 +57,7 @@ class ImpersonationRequest:
                 uid = value
             else:
                 extras.append(name[len("impersonate-") :])
-        return cls(user, tuple(groups), uid, tuple(extras))
+        return cls(user, tuple(groups), uid, tuple(extras), several_users)
 
     @property
     def requested(self) -> bool:
@@ -98,12 +103,14 @@ def resolve_impersonation(
 ) -> tuple[str, tuple[str, ...]]:
     """The (user, groups) to forward as. Raises ``ImpersonationError`` for a refused choice.
 
-    - ``Impersonate-Uid`` and ``Impersonate-Extra-*`` are refused;
+    - ``Impersonate-Uid``, ``Impersonate-Extra-*`` and differing repeated ``Impersonate-User`` are refused;
     - a requested user must be one of ``users`` (or the kubegate user name when ``users`` is empty);
     - requested groups must each be in ``groups``; without a request, all ``groups`` are used;
     - no requested user: one allowed user → it; none → the kubegate user name; several → refused;
     - ``system:authenticated`` is always added.
     """
+    if request.several_users:
+        raise ImpersonationError("several different Impersonate-User headers: send one")
     if request.uid is not None:
         raise ImpersonationError(
             "impersonating a user by UID (Impersonate-Uid) is not allowed through kubegate"

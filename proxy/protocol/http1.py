@@ -12,6 +12,7 @@ Facts the code relies on:
   earlier response has ended (servers usually answer one request at a time anyway).
 - Keep-alive follows HTTP/1.1 / HTTP/1.0 rules (``Connection: close`` / ``keep-alive``). A response
   without a known length is chunked for HTTP/1.1 and close-delimited for HTTP/1.0.
+- Chunked request trailers are parsed, counted against ``max_header_bytes`` and dropped.
 - ``Expect: 100-continue`` is answered with ``100 Continue`` as soon as the head is accepted.
 - Request smuggling shapes (Content-Length with Transfer-Encoding, several differing Content-Length,
   a Transfer-Encoding other than ``chunked``) and malformed heads or chunks are ``ProtocolError``:
@@ -307,7 +308,10 @@ class Http1ServerConnection:
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes + len(self._url) > self._max_head:
             raise _Abort(431, f"request header fields larger than {self._max_head} bytes")
-        self._headers.append((name.lower(), value))
+        if self._in_head:
+            self._headers.append((name.lower(), value))
+        # else: a chunked trailer field (llhttp reports them here too): counted, never added to the head
+        # already handed on (Kubernetes uses no request trailers; an Impersonate-* there must not count).
 
     def on_headers_complete(self) -> None:
         self._in_head = False

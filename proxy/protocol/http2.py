@@ -302,7 +302,13 @@ class Http2ServerConnection:
                 self._must_close = True
                 out.append(ConnectionClosed(f"peer sent GOAWAY ({ev.error_code!s})"))
             elif kind is h2.events.TrailersReceived:
-                continue  # request trailers are not used by Kubernetes clients
+                # Request trailers are not used by Kubernetes clients and never forwarded (an Impersonate-*
+                # there must not count); the request ends with them.
+                sid = ev.stream_id
+                if sid in self._ignored:
+                    self._ignored.discard(sid)
+                elif ev.stream_ended is not None:
+                    out.append(RequestEnd(sid))
         self._pull()
         return out
 

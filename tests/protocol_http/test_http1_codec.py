@@ -314,3 +314,21 @@ def test_close_on_an_idle_connection_closes_at_once() -> None:
     conn.close()
     assert conn.must_close
     assert conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == []
+
+
+def test_chunked_trailers_never_join_the_request_head() -> None:
+    conn, events = feed(
+        b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+        b"0\r\nImpersonate-User: root\r\nX-Remote-User: admin\r\n\r\n"
+    )
+    assert kinds(events) == ["RequestHead", "RequestBody", "RequestEnd"]
+    assert events[0].headers == [(b"host", b"a"), (b"transfer-encoding", b"chunked")]
+
+
+def test_chunked_trailers_count_against_the_header_limit() -> None:
+    trailer = b"X-Pad: " + b"p" * 300 + b"\r\n"
+    conn, events = feed(
+        b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n" + trailer * 4 + b"\r\n",
+        ServerLimits(max_header_bytes=1024),
+    )
+    assert any(isinstance(e, ProtocolError) and e.status == 431 for e in events), events

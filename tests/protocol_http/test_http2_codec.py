@@ -276,3 +276,13 @@ def test_large_body_from_a_mutable_buffer_is_sent_as_it_was() -> None:
     p.pump()
     status, data, ended = p.received(1)
     assert (status, ended) == (200, True) and data == b"a" * 50000
+
+
+def test_request_trailers_end_the_request_and_are_never_reported() -> None:
+    p = Pair()
+    p.client.send_headers(1, [(b":method", b"POST"), (b":path", b"/api"), (b":authority", b"s"), (b":scheme", b"https")])
+    p.client.send_data(1, b"{}")
+    p.client.send_headers(1, [(b"impersonate-user", b"root"), (b"x-remote-user", b"admin")], end_stream=True)
+    events = p.pump()
+    assert [type(e).__name__ for e in events] == ["RequestHead", "RequestBody", "RequestEnd"]
+    assert not [k for k, _ in events[0].headers if k.startswith((b"impersonate-", b"x-remote-"))]

@@ -194,3 +194,169 @@ def test_a_large_streamed_request_body_arrives_whole(setup):
     record = json.loads(body)
     assert record["body"].encode("latin-1") == payload
     assert record["method"] == "POST" and record["target"] == "/api/v1/namespaces/dev/configmaps"
+
+
+# --- identity headers in every spelling, place and shape (issue 8) ---------------------------------
+
+# Headers that would claim an identity upstream: Impersonate-* (kubegate decides those), Authorization,
+# and the apiserver's request-header authentication (X-Remote-User / -Group / -Extra-*), which names the
+# user outright to an apiserver that trusts kubegate's client certificate as a front proxy.
+SMUGGLED = [
+    ("X-Remote-User", "admin"),
+    ("x-remote-group", "system:masters"),
+    ("X-REMOTE-EXTRA-Scopes", "all"),
+    ("X-Remote-User", "second-admin"),  # duplicated
+    ("X_Remote_User", "admin"),  # '_' for '-': folded by some servers and proxies in front of apiservers
+    ("Impersonate_User", "root"),
+    ("impersonate_group", "system:masters"),
+    ("AUTHORIZATION", "Bearer client-token"),
+    ("Authorization", "Basic YWRtaW46YWRtaW4="),  # duplicated
+]
+
+
+def identity_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The upstream headers that name an identity (any spelling)."""
+    claim = ("impersonate-", "x-remote-", "authorization")
+    return [(k, v) for k, v in headers if k.lower().replace("_", "-").startswith(claim)]
+
+
+def assert_only_kubegates_identity(headers: list[tuple[str, str]]) -> None:
+    assert sorted(identity_headers(headers)) == [
+        ("impersonate-group", "ops-team"),
+        ("impersonate-group", "system:authenticated"),
+        ("impersonate-group", "viewers"),
+        ("impersonate-user", "alice"),
+    ]
+
+
+def test_identity_headers_in_any_spelling_and_duplicated_never_reach_the_upstream(setup):
+    echo, px, ctx, _ = setup
+    status, body = h1_request(px, ctx, "/k8s/clusters/echo/api/v1/namespaces/dev/pods", SMUGGLED)
+    assert status == 200, body
+    assert_only_kubegates_identity(upstream_headers(body))
+
+
+def test_identity_headers_over_h2_never_reach_the_upstream(setup):
+    echo, px, ctx, _ = setup
+    lower = [(k.lower(), v) for k, v in SMUGGLED]  # h2 header names are lower case by the protocol
+    status, body = h2_request(px, ctx, "/k8s/clusters/echo/api/v1/namespaces/dev/pods", lower)
+    assert status == 200, body
+    assert_only_kubegates_identity(upstream_headers(body))
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("IMPERSONATE-USER", "root")],
+        [("Impersonate-User", "alice"), ("impersonate-user", "root")],  # duplicated: which one counts?
+        [("Impersonate-User", "root"), ("Impersonate-User", "alice")],
+        [("impersonate-Extra-Scopes", "all")],
+        [("Impersonate-Uid", "0")],
+    ],
+    ids=["upper-case", "dup-user-last", "dup-user-first", "extra", "uid"],
+)
+def test_impersonation_in_any_case_or_duplicated_is_decided_and_refused(setup, headers):
+    echo, px, ctx, _ = setup
+    sent_before = len(echo.requests)
+    status, body = h1_request(px, ctx, "/k8s/clusters/echo/api/v1/namespaces/dev/configmaps", headers)
+    assert status == 403 and json.loads(body)["reason"] == "Forbidden", body
+    assert not echo.requests[sent_before:]
+
+
+def test_http1_chunked_trailers_never_reach_the_upstream_nor_change_the_decision(setup):
+    echo, px, ctx, _ = setup
+    ctx.set_alpn_protocols(["http/1.1"])
+    request = (
+        b"POST /k8s/clusters/echo/api/v1/namespaces/dev/configmaps HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\n{}\r\n0\r\nImpersonate-User: root\r\nX-Remote-User: admin\r\nAuthorization: Bearer t\r\n"
+        b"X-Trailer-Marker: 1\r\n\r\n"
+    )  # all in one write: the trailers are parsed before the request is decided
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", px.port), timeout=10), server_hostname="127.0.0.1") as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), data
+    record = json.loads(rest[rest.index(b"{") : rest.rindex(b"}") + 1])
+    headers = [(k, v) for k, v in record["headers"]]
+    assert_only_kubegates_identity(headers)
+    assert "x-trailer-marker" not in [k for k, _ in headers]
+    assert record["body"] == "{}"
+
+
+def test_h2_trailers_never_reach_the_upstream(setup):
+    echo, px, ctx, _ = setup
+    ctx.set_alpn_protocols(["h2"])
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", px.port), timeout=10), server_hostname="127.0.0.1") as sock:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        conn.initiate_connection()
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(":method", "POST"), (":path", "/k8s/clusters/echo/api/v1/namespaces/dev/configmaps"),
+                                (":scheme", "https"), (":authority", "127.0.0.1"), ("content-type", "application/json")])
+        conn.send_data(sid, b"{}")
+        conn.send_headers(sid, [("impersonate-user", "root"), ("x-remote-user", "admin"),
+                                ("authorization", "Bearer t"), ("x-trailer-marker", "1")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        status, body, done = 0, b"", False
+        while not done:
+            data = sock.recv(65536)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, sid)
+                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    done = True
+            sock.sendall(conn.data_to_send())
+    assert status == 200, body
+    headers = upstream_headers(body)
+    assert_only_kubegates_identity(headers)
+    assert "x-trailer-marker" not in [k for k, _ in headers]
+
+
+UPGRADES = {
+    "websocket-exec": ("GET", [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"),
+                               ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                               ("Sec-WebSocket-Protocol", "v5.channel.k8s.io")]),
+    "spdy-exec": ("POST", [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"),
+                           ("X-Stream-Protocol-Version", "v4.channel.k8s.io")]),
+}
+EXEC = "/k8s/clusters/echo/api/v1/namespaces/dev/pods/web-1/exec?command=id&stdout=true"
+
+
+def upgrade_request(px, ctx, method: str, headers: list[tuple[str, str]]) -> tuple[int, bytes]:
+    ctx.set_alpn_protocols(["http/1.1"])
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", px.port), timeout=10), server_hostname="127.0.0.1") as sock:
+        head = f"{method} {EXEC} HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+        sock.sendall(head.encode() + b"\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head_bytes, _, rest = data.partition(b"\r\n\r\n")
+    return int(head_bytes.split(b" ", 2)[1]), rest
+
+
+@pytest.mark.parametrize("kind", UPGRADES)
+def test_identity_headers_on_upgrade_requests_never_reach_the_upstream(setup, kind):
+    echo, px, ctx, _ = setup
+    method, headers = UPGRADES[kind]
+    status, body = upgrade_request(px, ctx, method, headers + SMUGGLED)
+    assert status == 200, body  # the echo upstream answers an upgrade with what it received
+    record = json.loads(body)
+    assert record["target"].startswith("/api/v1/namespaces/dev/pods/web-1/exec")
+    assert_only_kubegates_identity([(k, v) for k, v in record["headers"]])
+
+
+@pytest.mark.parametrize("kind", UPGRADES)
+def test_impersonation_on_upgrade_requests_is_decided_and_refused(setup, kind):
+    echo, px, ctx, _ = setup
+    method, headers = UPGRADES[kind]
+    sent_before = len(echo.requests)
+    status, body = upgrade_request(px, ctx, method, [*headers, ("IMPERSONATE-USER", "root")])
+    assert status == 403, body
+    assert not echo.requests[sent_before:]
