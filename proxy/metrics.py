@@ -45,6 +45,12 @@ DENIALS = Counter("kubegate_authorization_denials_total", "Requests denied by ku
 PROTOCOL_ERRORS = Counter(
     "kubegate_client_protocol_errors_total", "Client requests refused by the HTTP codec, by status.", ["status"]
 )
+TAP_GAVE_UP = Counter(
+    "kubegate_session_tap_gave_up_total",
+    "exec/attach/port-forward sessions whose audit tap met bytes that are not the negotiated protocol "
+    "(the relay went on unobserved), by kind.",
+    ["kind"],
+)
 
 
 def upstream_error(cluster: str, kind: str) -> None:

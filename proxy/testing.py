@@ -233,9 +233,12 @@ class EchoUpstream:
     """A stand-in API server that answers every request with what it received (method, target, headers
     as a list of pairs) and records the request heads in ``.requests`` (upgrade requests too, answered
     200 instead of switching protocols): to check exactly which headers
-    kubegate sends upstream. Serves HTTP/1.1 and h2 (ALPN) over TLS on a random loopback port."""
+    kubegate sends upstream. Serves HTTP/1.1 and h2 (ALPN) over TLS on a random loopback port. With
+    ``switch_upgrades`` an HTTP/1.1 upgrade request (SPDY/3.1, WebSocket) gets a ``101`` with the same
+    ``Upgrade`` instead, then every byte echoed back unparsed: a relay that must move whatever bytes a
+    client sends."""
 
-    def __init__(self, workdir: Path, *, h2: bool = True) -> None:
+    def __init__(self, workdir: Path, *, h2: bool = True, switch_upgrades: bool = False) -> None:
         from certs.ca import CertificateAuthority
 
         self.ca = CertificateAuthority.create_in_memory()
@@ -246,6 +249,7 @@ class EchoUpstream:
         self.cert_file.write_bytes(issued.cert_pem)
         self.key_file.write_bytes(issued.key_pem)
         self.h2 = h2
+        self.switch_upgrades = switch_upgrades
         self.requests: list[dict[str, Any]] = []
         self.port = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -283,6 +287,7 @@ class _EchoProtocol(asyncio.Protocol):
         self.codec: Any = None
         self.heads: dict[int, Any] = {}
         self.bodies: dict[int, bytes] = {}
+        self.raw = False  # switched protocols: echo bytes
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         from proxy.protocol.http1 import Http1ServerConnection
@@ -299,7 +304,14 @@ class _EchoProtocol(asyncio.Protocol):
 
         from proxy.protocol.events import RequestBody, RequestEnd, RequestHead, ResponseHead, UpgradeRequested
 
+        if self.raw:
+            if self.transport is not None:
+                self.transport.write(data)
+            return
         for event in self.codec.receive_data(data):
+            if isinstance(event, UpgradeRequested) and self.echo.switch_upgrades:
+                self._switch(event)
+                return
             if isinstance(event, RequestHead):
                 self.heads[event.stream_id] = event
                 self.bodies[event.stream_id] = b""
@@ -325,6 +337,15 @@ class _EchoProtocol(asyncio.Protocol):
                 self.codec.send_body(event.stream_id, body, end_stream=True)
         self._flush()
 
+    def _switch(self, event: Any) -> None:
+        head = event.head
+        self.echo.requests.append({"method": head.method, "target": head.target, "headers": [
+            [k.decode("latin-1"), v.decode("latin-1")] for k, v in head.headers]})
+        assert self.transport is not None
+        self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "
+                             + (head.header(b"upgrade") or b"") + b"\r\n\r\n" + event.trailing)
+        self.raw = True
+
     def _flush(self) -> None:
         data = self.codec.data_to_send()
         if data and self.transport is not None:
@@ -337,9 +358,9 @@ class _EchoProtocol(asyncio.Protocol):
 
 
 @contextlib.contextmanager
-def running_echo_upstream(workdir: Path, *, h2: bool = True) -> Iterator[EchoUpstream]:
+def running_echo_upstream(workdir: Path, *, h2: bool = True, switch_upgrades: bool = False) -> Iterator[EchoUpstream]:
     """An ``EchoUpstream`` on its own thread and loop for the duration of the block."""
-    echo = EchoUpstream(Path(workdir), h2=h2)
+    echo = EchoUpstream(Path(workdir), h2=h2, switch_upgrades=switch_upgrades)
     loop = uvloop.new_event_loop()
     ready = threading.Event()
     holder: dict[str, Any] = {}

@@ -88,16 +88,23 @@ class UpgradeSession:
         self._up: Http1Upstream | None = None
         self.relaying = False
         self.started = time.time()
-        self.tap: Any = None
+        self.tap: Any = None  # a proxy.protocol.channels.SessionTap (None: not tapped)
+        self.tapping = True  # False once the tap gave up: the rest is relayed unobserved
 
     def observe(self, direction: str, data: bytes) -> None:
         tap = self.tap
-        if tap is not None:
+        if tap is not None and self.tapping:
             try:
                 tap(direction, data)
             except Exception:  # an audit tap must never break the session
                 log.exception("session tap failed")
                 self.tap = None
+                return
+            if tap.failed:  # not the protocol the tap expects: stop looking, keep relaying
+                self.tapping = False
+                metrics.TAP_GAVE_UP.labels(self.ex.kind or "upgrade").inc()
+                log.warning("session tap gave up", extra={"request_id": self.ex.request_id,
+                                                          "problem": tap.failure})
 
     async def run(self) -> None:
         ex = self.ex

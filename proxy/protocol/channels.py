@@ -43,6 +43,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from proxy.protocol.events import RequestHead
+from proxy.protocol.spdy import DataObserver, SpdyTap, TapGaveUp, exit_code_from_status
 
 STDIN = 0
 STDOUT = 1
@@ -324,6 +325,11 @@ class WebSocketClient:
 # ------------------------------------------------------------------------------------------ tap
 
 
+def _header_length(b1: int) -> int:
+    """A WebSocket frame header's length, from its second byte (length code and mask bit)."""
+    return 2 + {126: 2, 127: 8}.get(b1 & 0x7F, 0) + (4 if b1 & 0x80 else 0)
+
+
 def _unmask(data: bytes | memoryview, mask: bytes, offset: int) -> bytes:
     """XOR ``data`` with the 4-byte ``mask`` starting at mask position ``offset`` (big-int XOR: C speed)."""
     n = len(data)
@@ -338,20 +344,22 @@ class _WsScan:
     """One direction's WebSocket frame scanner: headers parsed, payloads skipped unless wanted."""
 
     __slots__ = ("side", "buf", "remaining", "mask", "mask_offset", "opcode", "fin", "message_opcode",
-                 "channel", "channel_text", "collect")
+                 "channel", "channel_text", "collect", "b64_carry", "copied")
 
     def __init__(self, side: str) -> None:
         self.side = side
-        self.buf = bytearray()
+        self.buf = bytearray()  # the current frame header while a read cut it (at most 14 bytes)
         self.remaining = 0  # payload bytes of the current frame still to come
         self.mask = b""
         self.mask_offset = 0
         self.opcode = 0
         self.fin = True
-        self.message_opcode = 0  # opcode of the message in progress (1 text, 2 binary)
+        self.message_opcode = 0  # opcode of the message in progress (1 text, 2 binary; 0: none)
         self.channel: int | None = None  # channel of the message in progress, once its first byte is seen
         self.channel_text = ""  # base64: "255" needs three characters
         self.collect = False
+        self.b64_carry = b""  # base64 + on_data: characters of an incomplete 4-character group
+        self.copied = 0  # header bytes ever copied into ``buf``
 
 
 class ChannelTap:
@@ -363,14 +371,23 @@ class ChannelTap:
     ``Status``, kept up to ``max_error_bytes``) and, for ``SPDY/3.1+portforward.k8s.io``, the
     tunnelled bytes, which go to ``spdy_tap`` (a :class:`proxy.protocol.spdy.SpdyTap`). Counts are
     payload bytes per channel (base64 protocols: decoded size, estimated as 3/4 of the text).
-    Nothing is sent and nothing is changed; bytes it cannot parse set ``failed`` and stop the tap.
+    ``on_data(side, channel_name, chunk)`` (see :data:`proxy.protocol.spdy.DataObserver`), when
+    given, sees every channel payload as it passes, unmasked and (base64 protocols) decoded; channel
+    names are "stdin", "stdout", "stderr", "error", "resize" (port-forward: the channel number).
+
+    Cost is linear and memory bounded whatever the bytes (only a cut frame header, at most 14 bytes,
+    is buffered). Nothing is sent and nothing is changed. Bytes that are not WebSocket as RFC 6455
+    has it (reserved bits or opcodes, a client frame unmasked or a server frame masked, a fragmented
+    or oversized control frame, a continuation without a message) make the tap give up: ``failed``
+    is set, ``failure`` says why, and it ignores everything after; relaying is unaffected.
     """
 
-    def __init__(self, protocol_name: str, max_error_bytes: int = 64 * 1024) -> None:
-        from proxy.protocol.spdy import SpdyTap
-
+    def __init__(self, protocol_name: str, max_error_bytes: int = 64 * 1024, *,
+                 on_data: DataObserver | None = None) -> None:
         self.protocol_name = protocol_name
-        self.spdy_tap: SpdyTap | None = SpdyTap() if protocol_name == PORTFORWARD_SPDY_TUNNEL else None
+        self.on_data = on_data
+        self.spdy_tap: SpdyTap | None = (SpdyTap(on_data=on_data) if protocol_name == PORTFORWARD_SPDY_TUNNEL
+                                         else None)
         try:
             self.base64 = channel_protocol(protocol_name).base64
         except ValueError:
@@ -381,9 +398,26 @@ class ChannelTap:
         self.error_data = bytearray()
         self.closed_channels: set[int] = set()
         self.close_seen = {"client": False, "server": False}
-        self.failed = False
-        self.failure = ""
+        self._failed = False
+        self._failure = ""
         self._max_error = max_error_bytes
+
+    @property
+    def failed(self) -> bool:
+        """True once this tap, or the SPDY tap inside a port-forward tunnel, gave up."""
+        return self._failed or (self.spdy_tap is not None and self.spdy_tap.failed)
+
+    @property
+    def failure(self) -> str:
+        if self._failure or self.spdy_tap is None:
+            return self._failure
+        return self.spdy_tap.failure
+
+    @property
+    def copied_bytes(self) -> int:
+        """Bytes copied into the tap's own buffers so far (frame headers; and the SPDY tunnel's)."""
+        inner = self.spdy_tap.copied_bytes if self.spdy_tap is not None else 0
+        return self._scan["client"].copied + self._scan["server"].copied + inner
 
     def feed_client(self, data: bytes) -> None:
         self._feed(self._scan["client"], data)
@@ -392,8 +426,6 @@ class ChannelTap:
         self._feed(self._scan["server"], data)
 
     def exit_code(self) -> int | None:
-        from proxy.protocol.spdy import exit_code_from_status
-
         if self.spdy_tap is not None:
             return self.spdy_tap.exit_code()
         if not self.error_data:
@@ -409,13 +441,16 @@ class ChannelTap:
     # ---- scanning
 
     def _feed(self, d: _WsScan, data: bytes) -> None:
-        if self.failed or not data:
+        if self._failed or not data:
             return
         try:
             self._scan_bytes(d, memoryview(data))
         except (ValueError, IndexError) as exc:
-            self.failed = True
-            self.failure = f"{d.side}: {exc}"
+            self._failed = True
+            self._failure = f"{d.side}: {exc}"
+            for scan in self._scan.values():
+                scan.buf.clear()
+                scan.remaining = 0
 
     def _scan_bytes(self, d: _WsScan, view: memoryview) -> None:
         pos = 0
@@ -429,55 +464,61 @@ class ChannelTap:
                 if d.remaining == 0:
                     self._frame_done(d)
                 continue
-            before = len(d.buf)  # header bytes kept from earlier feeds (a header is at most 14)
-            take = min(14 - before, n - pos)
+            # A frame header: copy exactly its bytes (2, then the rest its second byte announces).
+            have = len(d.buf)
+            want = 2 if have < 2 else _header_length(d.buf[1])
+            take = min(want - have, n - pos)
             d.buf += view[pos : pos + take]
-            header_length = self._parse_header(d)
-            if header_length is None:
-                pos += take
-                continue
-            pos += header_length - before
-            d.buf.clear()
-            if d.remaining == 0:
-                self._frame_done(d)
+            d.copied += take
+            pos += take
+            if len(d.buf) == want and (want > 2 or _header_length(d.buf[1]) == 2):
+                self._parse_header(d)
+                d.buf.clear()
+                if d.remaining == 0:
+                    self._frame_done(d)
 
-    def _parse_header(self, d: _WsScan) -> int | None:
-        """Parse the frame header in ``d.buf``; returns its length, or None if incomplete."""
+    def _parse_header(self, d: _WsScan) -> None:
+        """Check and take in the complete frame header in ``d.buf``."""
         buf = d.buf
-        if len(buf) < 2:
-            return None
         b0, b1 = buf[0], buf[1]
         if b0 & 0x70:
-            raise ValueError("RSV bits set (no extension was negotiated)")
-        size = b1 & 0x7F
-        length = 2
-        if size == 126:
-            length = 4
-        elif size == 127:
-            length = 10
+            raise TapGaveUp("RSV bits set (no extension was negotiated): not this WebSocket")
+        opcode = b0 & 0x0F
+        fin = bool(b0 & 0x80)
         masked = bool(b1 & 0x80)
-        if masked:
-            length += 4
-        if len(buf) < length:
-            return None
+        if masked != (d.side == "client"):
+            raise TapGaveUp("an unmasked client frame" if d.side == "client" else "a masked server frame")
+        if opcode in (8, 9, 10):
+            if not fin or b1 & 0x7F > 125:
+                raise TapGaveUp(f"control frame (opcode {opcode}) fragmented or longer than 125 bytes")
+        elif opcode == 0:
+            if not d.message_opcode:
+                raise TapGaveUp("continuation frame without a message in progress")
+        elif opcode in (1, 2):
+            if d.message_opcode:
+                raise TapGaveUp("a new message before the previous one's last fragment")
+        else:
+            raise TapGaveUp(f"unknown WebSocket opcode {opcode}")
+        length = len(buf)
+        size = b1 & 0x7F
         if size == 126:
             size = int.from_bytes(buf[2:4], "big")
         elif size == 127:
             size = int.from_bytes(buf[2:10], "big")
+            if size >> 63:
+                raise TapGaveUp("frame length with the most significant bit set")
         d.mask = bytes(buf[length - 4 : length]) if masked else b""
         d.mask_offset = 0
-        d.opcode = b0 & 0x0F
-        d.fin = bool(b0 & 0x80)
+        d.opcode = opcode
+        d.fin = fin
         d.remaining = size
-        if d.opcode in (1, 2):
-            d.message_opcode = d.opcode
+        if opcode in (1, 2):
+            d.message_opcode = opcode
             d.channel = None
             d.channel_text = ""
-        elif d.opcode == 8:
+            d.b64_carry = b""
+        elif opcode == 8:
             self.close_seen[d.side] = True
-        elif d.opcode not in (0, 9, 10):
-            raise ValueError(f"unknown WebSocket opcode {d.opcode}")
-        return length
 
     def _payload(self, d: _WsScan, chunk: memoryview) -> None:
         if d.opcode not in (0, 1, 2):
@@ -497,7 +538,7 @@ class ChannelTap:
             if self.base64:
                 digit = chr(first)
                 if not digit.isdigit():
-                    raise ValueError(f"base64 channel {digit!r} is not a digit")
+                    raise TapGaveUp(f"base64 channel {digit!r} is not a digit")
                 channel = int(digit)
                 # "255<base64>" closes a channel; clients never send on stderr (2), so from a client
                 # a leading "2" can only be the start of "255".
@@ -505,30 +546,53 @@ class ChannelTap:
             else:
                 d.channel = first
             d.collect = d.side == "server" and d.channel == ERROR
-        # Only the error channel's and close messages' payloads are read; the rest is only counted.
-        data: bytes | memoryview = chunk
-        if d.mask and (d.collect or d.channel == CLOSE):
-            data = _unmask(chunk, d.mask, d.mask_offset)
-        d.mask_offset += len(chunk)
         channel = d.channel
         if channel == CLOSE:
+            # A close message names one channel: its first few bytes are all there is to read.
+            head = chunk[:8]
+            data = _unmask(head, d.mask, d.mask_offset) if d.mask else bytes(head)
+            d.mask_offset += len(chunk)
             if data and not self.base64:
                 self.closed_channels.add(data[0])
             elif data:
-                text = bytes(data).lstrip(b"5")
+                text = data.lstrip(b"5")
                 with contextlib.suppress(binascii.Error, ValueError, IndexError):
                     self.closed_channels.add(base64.b64decode(text)[0])
             return
-        size = len(data) * 3 // 4 if self.base64 else len(data)
+        # Only what is read is unmasked: the error channel's kept bytes, and everything for on_data.
+        payload: bytes | memoryview = chunk
+        if d.mask and self.on_data is not None:
+            payload = _unmask(chunk, d.mask, d.mask_offset)
+        elif d.mask and d.collect:
+            payload = _unmask(chunk[: max(0, self._max_error - len(self.error_data))], d.mask, d.mask_offset)
+        d.mask_offset += len(chunk)
+        size = len(chunk) * 3 // 4 if self.base64 else len(chunk)
         counts = self.bytes_from_client if d.side == "client" else self.bytes_from_server
         counts[channel] = counts.get(channel, 0) + size
         if d.collect and len(self.error_data) < self._max_error:
-            self.error_data += bytes(data[: self._max_error - len(self.error_data)])
+            self.error_data += payload[: self._max_error - len(self.error_data)]
+        if self.on_data is not None and payload:
+            self._observe(d, channel, payload)
+
+    def _observe(self, d: _WsScan, channel: int, payload: bytes | memoryview) -> None:
+        assert self.on_data is not None
+        if self.base64:
+            text = d.b64_carry + bytes(payload)
+            whole = len(text) - len(text) % 4
+            d.b64_carry = text[whole:]
+            try:
+                payload = base64.b64decode(text[:whole], validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise TapGaveUp(f"bad base64 on channel {channel}: {exc}") from exc
+            if not payload:
+                return
+        self.on_data(d.side, _CHANNEL_NAMES.get(channel, str(channel)), memoryview(payload))
 
     def _frame_done(self, d: _WsScan) -> None:
         if d.opcode in (0, 1, 2) and d.fin:
             d.channel = None
             d.collect = False
+            d.message_opcode = 0
 
 
 _CHANNEL_NAMES = {STDIN: "stdin", STDOUT: "stdout", STDERR: "stderr", ERROR: "error", RESIZE: "resize"}
@@ -540,29 +604,40 @@ class SessionTap:
     Built from the upstream's ``101`` response headers (:meth:`from_response_headers`); then
     ``tap(direction, data)`` for every relayed chunk, ``direction`` being ``"client"`` (bytes from the
     client) or ``"upstream"`` / ``"server"`` (bytes from the API server); ``summary()`` gives the
-    fields for the session's audit record. It never raises on bad bytes (it stops observing).
+    fields for the session's audit record (``tap_failed`` when it gave up). ``on_data`` (see
+    :data:`proxy.protocol.spdy.DataObserver`) sees the stream content, whatever the wire. It never
+    raises on bad bytes: it gives up (``failed``) and ignores the rest; the caller keeps relaying.
     """
 
-    def __init__(self, upgrade: str, subprotocol: str = "", stream_protocol: str = "") -> None:
-        from proxy.protocol.spdy import SpdyTap
-
+    def __init__(self, upgrade: str, subprotocol: str = "", stream_protocol: str = "", *,
+                 on_data: DataObserver | None = None) -> None:
         self.upgrade = upgrade
         self.protocol = subprotocol if upgrade.lower() == "websocket" else (stream_protocol or "SPDY/3.1")
         self.tap: SpdyTap | ChannelTap
         if upgrade.lower() == "websocket":
-            self.tap = ChannelTap(subprotocol)
+            self.tap = ChannelTap(subprotocol, on_data=on_data)
         else:
-            self.tap = SpdyTap()
+            self.tap = SpdyTap(on_data=on_data)
 
     @classmethod
-    def from_response_headers(cls, headers: list[tuple[bytes, bytes]]) -> SessionTap | None:
+    def from_response_headers(cls, headers: list[tuple[bytes, bytes]], *,
+                              on_data: DataObserver | None = None) -> SessionTap | None:
         found = {k.lower(): v.decode("latin-1").strip() for k, v in headers}
         upgrade = found.get(b"upgrade", "")
         if upgrade.lower() == "websocket":
-            return cls("websocket", found.get(b"sec-websocket-protocol", ""))
+            return cls("websocket", found.get(b"sec-websocket-protocol", ""), on_data=on_data)
         if upgrade.lower().startswith("spdy/"):
-            return cls(upgrade, stream_protocol=found.get(b"x-stream-protocol-version", ""))
+            return cls(upgrade, stream_protocol=found.get(b"x-stream-protocol-version", ""), on_data=on_data)
         return None
+
+    @property
+    def failed(self) -> bool:
+        """The tap gave up on bytes that are not the protocol it expects (``failure`` says why)."""
+        return self.tap.failed
+
+    @property
+    def failure(self) -> str:
+        return self.tap.failure
 
     def __call__(self, direction: str, data: bytes) -> None:
         if direction == "client":
@@ -571,8 +646,6 @@ class SessionTap:
             self.tap.feed_server(data)
 
     def summary(self) -> dict[str, object]:
-        from proxy.protocol.spdy import SpdyTap
-
         out: dict[str, object] = {"stream_protocol": self.protocol, "exit_code": self.tap.exit_code()}
         tap = self.tap
         if isinstance(tap, SpdyTap):
@@ -586,8 +659,6 @@ class SessionTap:
                                                  "from_server": tap.bytes_from_server.get(c, 0)}
                 for c in sorted(names)
             }
-        failed = tap.failed or (tap.spdy_tap.failed if isinstance(tap, ChannelTap) and tap.spdy_tap else False)
-        if failed:
-            out["tap_failed"] = tap.failure or (tap.spdy_tap.failure if isinstance(tap, ChannelTap) and tap.spdy_tap
-                                                else "")
+        if tap.failed:
+            out["tap_failed"] = tap.failure
         return out

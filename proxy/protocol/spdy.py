@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 SPDY_VERSION = 3
@@ -587,6 +588,17 @@ class SpdyConnection:
 
 # ------------------------------------------------------------------------------------------ tap
 
+DataObserver = Callable[[str, str, memoryview], None]
+"""``on_data(side, stream_type, chunk)``: a tap's hook for stream content, called for every piece of a
+data payload as it streams by (``side`` is "client" or "server"; ``stream_type`` "stdin", "stdout",
+"stderr", "error", "resize", "data", ... ; ``chunk`` a view valid only during the call: copy what you keep)."""
+
+DEFAULT_TAP_MAX_STREAMS = 1024
+
+
+class TapGaveUp(ValueError):
+    """The bytes are not the protocol the tap expects (it stops observing; the relay goes on)."""
+
 
 @dataclass(slots=True)
 class TapStream:
@@ -599,21 +611,32 @@ class TapStream:
     error_data: bytearray = field(default_factory=bytearray)
     closed_by_client: bool = False
     closed_by_server: bool = False
+    reset: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.reset or (self.closed_by_client and self.closed_by_server)
 
 
 class _TapDirection:
-    """Frame scanner for one direction: parses headers, skips data payloads without buffering them."""
+    """Frame scanner state for one direction.
 
-    __slots__ = ("_buf", "_skip", "_skip_stream", "_skip_collect", "_skip_fin", "_decomp", "side")
+    ``pending`` holds only the start of a frame that an earlier read cut: an incomplete 8-byte
+    header, or a control frame's header and part of its payload (bounded by ``max_control_frame``).
+    Data payloads are never buffered: ``skip`` counts the bytes of the current data frame still to
+    stream by. ``copied`` counts every byte ever put in ``pending`` (each input byte at most once).
+    """
+
+    __slots__ = ("side", "pending", "skip", "skip_stream", "skip_fin", "decomp", "copied")
 
     def __init__(self, side: str) -> None:
         self.side = side
-        self._buf = bytearray()
-        self._skip = 0
-        self._skip_stream: TapStream | None = None
-        self._skip_collect = False
-        self._skip_fin = False
-        self._decomp = HeaderDecompressor()
+        self.pending = bytearray()
+        self.skip = 0
+        self.skip_stream: TapStream | None = None
+        self.skip_fin = False
+        self.decomp = HeaderDecompressor()
+        self.copied = 0
 
 
 class SpdyTap:
@@ -622,17 +645,32 @@ class SpdyTap:
     Feed it what each side sent (``feed_client`` / ``feed_server``); it never changes or re-frames
     the bytes. It learns each stream's ``streamtype`` (and ``port`` / ``requestid`` for
     port-forward) from SYN_STREAM, counts data bytes per stream and direction, and keeps the error
-    stream's payload so ``exit_code()`` can read the v4 ``Status``. Data payloads are skipped, not
-    copied (only the error stream's few bytes are kept). A tap that sees bytes it cannot parse sets
-    ``failed`` (with ``failure``) and stops observing; relaying is unaffected.
+    stream's payload so ``exit_code()`` can read the v4 ``Status``. ``on_data`` (see
+    :data:`DataObserver`) sees every data payload as it passes, with its stream type.
+
+    Cost and memory are linear and bounded whatever the bytes: data payloads are skipped, not copied
+    (only the error stream's first ``max_error_bytes`` are kept); only a control frame cut by a read
+    is buffered, and one longer than ``max_control_frame`` ends the tap; at most ``max_streams``
+    streams are tracked (finished ones are folded into per-type totals first).
+
+    Bytes that are not SPDY/3 (a control frame of another version, a data frame on a stream never
+    opened, a header block that does not inflate, too many open streams) make the tap give up: it
+    sets ``failed`` (with ``failure``, naming the side) and ignores everything after; relaying is
+    unaffected — the tap only ever reads.
     """
 
-    def __init__(self, max_error_bytes: int = 64 * 1024) -> None:
+    def __init__(self, max_error_bytes: int = 64 * 1024, *, max_control_frame: int = 64 * 1024,
+                 max_streams: int = DEFAULT_TAP_MAX_STREAMS, on_data: DataObserver | None = None) -> None:
         self.streams: dict[int, TapStream] = {}
         self.failed = False
         self.failure = ""
+        self.on_data = on_data
         self._dirs = {"client": _TapDirection("client"), "server": _TapDirection("server")}
         self._max_error = max_error_bytes
+        self._max_control = max_control_frame
+        self._max_streams = max_streams
+        self._highest_stream = 0
+        self._folded: dict[str, list[int]] = {}  # stream type -> [from_client, from_server] of forgotten streams
 
     def feed_client(self, data: bytes) -> None:
         self._feed(self._dirs["client"], data)
@@ -640,9 +678,21 @@ class SpdyTap:
     def feed_server(self, data: bytes) -> None:
         self._feed(self._dirs["server"], data)
 
+    @property
+    def copied_bytes(self) -> int:
+        """Bytes the tap copied into its own buffers so far (a measure of its cost; at most what was fed)."""
+        return self._dirs["client"].copied + self._dirs["server"].copied
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes held right now for frames cut by a read (at most a control frame per direction)."""
+        return len(self._dirs["client"].pending) + len(self._dirs["server"].pending)
+
     def bytes_by_type(self) -> dict[str, dict[str, int]]:
         """{"stdout": {"from_client": 0, "from_server": N}, ...}"""
         totals: dict[str, dict[str, int]] = {}
+        for stream_type, (c, s) in self._folded.items():
+            totals[stream_type] = {"from_client": c, "from_server": s}
         for stream in self.streams.values():
             entry = totals.setdefault(stream.stream_type or "unknown", {"from_client": 0, "from_server": 0})
             entry["from_client"] += stream.bytes_from_client
@@ -651,9 +701,8 @@ class SpdyTap:
 
     def total_bytes(self) -> tuple[int, int]:
         """(data bytes from the client, data bytes from the server)."""
-        c = sum(s.bytes_from_client for s in self.streams.values())
-        s_ = sum(s.bytes_from_server for s in self.streams.values())
-        return c, s_
+        by_type = self.bytes_by_type().values()
+        return sum(e["from_client"] for e in by_type), sum(e["from_server"] for e in by_type)
 
     def error_stream_text(self) -> str:
         for stream in self.streams.values():
@@ -674,68 +723,105 @@ class SpdyTap:
         if self.failed or not data:
             return
         try:
-            self._scan(d, data)
+            self._scan(d, memoryview(data))
         except (SpdyProtocolError, ValueError, zlib.error, struct.error) as exc:
             self.failed = True
             self.failure = f"{d.side}: {exc}"
-            d._buf.clear()
+            for direction in self._dirs.values():
+                direction.pending = bytearray()
+                direction.skip = 0
 
-    def _account(self, d: _TapDirection, stream: TapStream | None, chunk: bytes | memoryview, n: int) -> None:
-        if stream is None:
+    def _scan(self, d: _TapDirection, view: memoryview) -> None:
+        pos, n = 0, len(view)
+        while pos < n:
+            if d.skip:  # the rest of a data payload streaming by
+                take = min(d.skip, n - pos)
+                self._account(d, d.skip_stream, view[pos : pos + take])
+                d.skip -= take
+                pos += take
+                if d.skip == 0:
+                    self._finish_data(d, d.skip_stream, d.skip_fin)
+            elif d.pending:  # a frame an earlier read cut
+                pos = self._continue_pending(d, view, pos)
+            elif n - pos < 8:
+                self._keep(d, view[pos:])
+                pos = n
+            else:
+                word0, word1 = struct.unpack_from("!II", view, pos)
+                length = word1 & 0xFFFFFF
+                if not word0 & 0x80000000:
+                    pos += 8
+                    self._start_data(d, word0, word1)
+                    continue
+                self._check_control(word0, length)
+                if n - pos - 8 < length:
+                    self._keep(d, view[pos:])
+                    pos = n
+                    continue
+                payload = view[pos + 8 : pos + 8 + length].tobytes()
+                pos += 8 + length
+                self._control(d, word0 & 0xFFFF, word1 >> 24, payload)
+
+    def _keep(self, d: _TapDirection, chunk: memoryview) -> None:
+        d.pending += chunk
+        d.copied += len(chunk)
+
+    def _continue_pending(self, d: _TapDirection, view: memoryview, pos: int) -> int:
+        """Add to ``d.pending`` only what completes its frame; returns the new position in ``view``."""
+        pending = d.pending
+        if len(pending) < 8:
+            take = min(8 - len(pending), len(view) - pos)
+            self._keep(d, view[pos : pos + take])
+            pos += take
+            if len(pending) < 8:
+                return pos
+            word0, word1 = struct.unpack_from("!II", pending, 0)
+            if not word0 & 0x80000000:
+                pending.clear()
+                self._start_data(d, word0, word1)
+                return pos
+            self._check_control(word0, word1 & 0xFFFFFF)
+        word0, word1 = struct.unpack_from("!II", pending, 0)
+        length = word1 & 0xFFFFFF
+        take = min(8 + length - len(pending), len(view) - pos)
+        self._keep(d, view[pos : pos + take])
+        pos += take
+        if len(pending) == 8 + length:
+            payload = bytes(pending[8:])
+            pending.clear()
+            self._control(d, word0 & 0xFFFF, word1 >> 24, payload)
+        return pos
+
+    def _start_data(self, d: _TapDirection, word0: int, word1: int) -> None:
+        """A data frame header was read: its payload streams by through ``d.skip``."""
+        stream_id = word0 & STREAM_ID_MASK
+        stream = self.streams.get(stream_id)
+        if stream is None and (stream_id == 0 or stream_id > self._highest_stream):
+            raise TapGaveUp(f"data frame on stream {stream_id}, which was never opened: not SPDY")
+        d.skip = word1 & 0xFFFFFF
+        d.skip_stream = stream  # None: a stream already forgotten (finished); its bytes are not counted
+        d.skip_fin = bool(word1 >> 24 & FLAG_FIN)
+        if d.skip == 0:
+            self._finish_data(d, stream, d.skip_fin)
+
+    def _check_control(self, word0: int, length: int) -> None:
+        version = (word0 >> 16) & 0x7FFF
+        if version != SPDY_VERSION:
+            raise TapGaveUp(f"control frame of version {version}: not SPDY/3")
+        if length > self._max_control:
+            raise TapGaveUp(f"control frame of {length} bytes exceeds the tap's limit of {self._max_control}")
+
+    def _account(self, d: _TapDirection, stream: TapStream | None, chunk: memoryview) -> None:
+        if stream is None or not chunk:
             return
         if d.side == "client":
-            stream.bytes_from_client += n
+            stream.bytes_from_client += len(chunk)
         else:
-            stream.bytes_from_server += n
+            stream.bytes_from_server += len(chunk)
         if stream.stream_type == "error" and len(stream.error_data) < self._max_error:
             stream.error_data += chunk[: self._max_error - len(stream.error_data)]
-
-    def _scan(self, d: _TapDirection, data: bytes) -> None:
-        view = memoryview(data)
-        pos = 0
-        if d._skip:
-            take = min(d._skip, len(view))
-            self._account(d, d._skip_stream, view[:take], take)
-            d._skip -= take
-            pos = take
-            if d._skip == 0:
-                self._finish_data(d, d._skip_stream, d._skip_fin)
-            if pos == len(view):
-                return
-        if d._buf:
-            d._buf += view[pos:]
-            buf: bytes | bytearray = d._buf
-            pos = 0
-        else:
-            buf = view[pos:].tobytes() if pos else data
-            pos = 0
-        n = len(buf)
-        while n - pos >= 8:
-            word0, word1 = struct.unpack_from("!II", buf, pos)
-            length = word1 & 0xFFFFFF
-            flags = word1 >> 24
-            if not word0 & 0x80000000:
-                stream = self.streams.get(word0 & STREAM_ID_MASK)
-                available = n - pos - 8
-                if available >= length:
-                    self._account(d, stream, memoryview(buf)[pos + 8 : pos + 8 + length], length)
-                    self._finish_data(d, stream, bool(flags & FLAG_FIN))
-                    pos += 8 + length
-                    continue
-                # Partial data frame: account what is here, skip the rest as it streams by.
-                self._account(d, stream, memoryview(buf)[pos + 8 : n], available)
-                d._skip = length - available
-                d._skip_stream = stream
-                d._skip_fin = bool(flags & FLAG_FIN)
-                pos = n
-                break
-            if n - pos - 8 < length:
-                break
-            payload = bytes(buf[pos + 8 : pos + 8 + length])
-            pos += 8 + length
-            self._control(d, word0 & 0xFFFF, flags, payload)
-        rest = bytes(buf[pos:]) if pos < n else b""
-        d._buf = bytearray(rest)
+        if self.on_data is not None:
+            self.on_data(d.side, stream.stream_type, chunk)
 
     def _finish_data(self, d: _TapDirection, stream: TapStream | None, fin: bool) -> None:
         if stream is not None and fin:
@@ -747,19 +833,35 @@ class SpdyTap:
     def _control(self, d: _TapDirection, frame_type: int, flags: int, payload: bytes) -> None:
         if frame_type == SYN_STREAM and len(payload) >= 10:
             stream_id = struct.unpack_from("!I", payload, 0)[0] & STREAM_ID_MASK
-            headers = decode_header_block(d._decomp.decompress(payload[10:]))
+            headers = decode_header_block(d.decomp.decompress(payload[10:]))
             found = dict(headers)
             stream = TapStream(stream_id, found.get("streamtype", ""), found.get("port", ""),
                                found.get("requestid", ""))
-            self.streams[stream_id] = stream
+            self._track(stream)
             if flags & FLAG_FIN:
                 self._finish_data(d, stream, True)
         elif frame_type in (SYN_REPLY, HEADERS) and len(payload) >= 4:
             # Keep the zlib context in step even though the content is not needed.
-            d._decomp.decompress(payload[4:])
+            d.decomp.decompress(payload[4:])
             if flags & FLAG_FIN:
                 stream_id = struct.unpack_from("!I", payload, 0)[0] & STREAM_ID_MASK
                 self._finish_data(d, self.streams.get(stream_id), True)
+        elif frame_type == RST_STREAM and len(payload) >= 8:
+            stream = self.streams.get(struct.unpack_from("!I", payload, 0)[0] & STREAM_ID_MASK)
+            if stream is not None:
+                stream.reset = True
+
+    def _track(self, stream: TapStream) -> None:
+        if len(self.streams) >= self._max_streams:
+            for done in [s for s in self.streams.values() if s.done]:
+                totals = self._folded.setdefault(done.stream_type or "unknown", [0, 0])
+                totals[0] += done.bytes_from_client
+                totals[1] += done.bytes_from_server
+                del self.streams[done.stream_id]
+            if len(self.streams) >= self._max_streams:
+                raise TapGaveUp(f"more than {self._max_streams} streams open at once")
+        self.streams[stream.stream_id] = stream
+        self._highest_stream = max(self._highest_stream, stream.stream_id)
 
 
 def exit_code_from_status(raw: bytes) -> int | None:
