@@ -38,7 +38,18 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
+
 from benchmarks import load
+from benchmarks.nginx import (
+    NginxProcess,
+    UpstreamTLS,
+    fast_upstream_conf,
+    fetch_raw,
+    find_nginx,
+    free_port,
+    reference_proxy_conf,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -49,6 +60,7 @@ GET_PATH = "/api/v1/namespaces/bench/pods/pod-0"
 LIST_PATH = "/api/v1/namespaces/bench/pods"
 IDLE_WATCH_PATH = "/api/v1/namespaces/bench-idle/configmaps?watch=true"
 EVENT_WATCH_PATH = "/api/v1/namespaces/bench-watch/configmaps?watch=true"
+FAST_CLUSTER = "fast"  # the nginx upstream (benchmarks.nginx): request cells go there
 
 
 @dataclass
@@ -67,11 +79,13 @@ class Settings:
     out_dir: str = str(RESULTS_DIR)
     pin: bool = True
     profile: bool = False
+    paced_rate: float = 1000.0  # the paced cell: GET over HTTP/1.1 at this total rate …
+    paced_clients: int = 10     # … spread over this many keep-alive clients
 
     @classmethod
     def quick(cls) -> Settings:
         return cls(mode="quick", duration=0.3, concurrencies=(1, 4), pods=20, idle_watches=(20,),
-                   exec_bytes=1024 * 1024, watch_events=50)
+                   exec_bytes=1024 * 1024, watch_events=50, paced_rate=200.0, paced_clients=2)
 
 
 # ------------------------------------------------------------------------------------ /proc helpers
@@ -132,6 +146,8 @@ class Processes:
         self.state = None
         self.pinned = settings.pin and _can_pin()
         self.proxy_log = workdir / "proxy.log"
+        self.fast: NginxProcess | None = None
+        self.nginx: NginxProcess | None = None
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -154,11 +170,15 @@ class Processes:
             raise RuntimeError("the sandbox process did not start")
         self.sandbox_info = json.loads(line)
 
+        fast_kubeconfig = self._start_fast_upstream()
         proxy_port, metrics_port = free_port(), free_port()
+        # every policy on, as in production: roles, impersonation, metrics, audit (to a file), locks
         self.state = prepare_demo_state(
             self.workdir / "state", self.sandbox_info["admin_kubeconfig"], proxy_port=proxy_port,
-            metrics_port=metrics_port, workers=self.settings.workers, log_level="warning",
-            extra_config={"audit": {"enabled": False}})
+            metrics_port=metrics_port, workers=self.settings.workers, log_level="warning")
+        config = yaml.safe_load(self.state.config_path.read_text())
+        config["kubernetes_service"]["kubeconfig_files"].append(str(fast_kubeconfig))
+        self.state.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         cmd = [sys.executable, "-m", "kubegate", "start", "-c", str(self.state.config_path)]
         if self.pinned and self.settings.workers == 1:
             cmd = ["taskset", "-c", "0", *cmd]
@@ -166,8 +186,66 @@ class Processes:
         self._log_file = log_file
         self.proxy = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=self._env(), cwd=ROOT)
         self._wait_ready(metrics_port)
+        self._start_reference_proxy()
         if self.pinned:
             os.sched_setaffinity(0, {1})
+
+    def _start_fast_upstream(self) -> Path:
+        """nginx serving the benchmark's GET and LIST bodies (captured from the sandbox) and proxying
+        the rest to the sandbox; returns a kubeconfig naming it as cluster ``fast``."""
+        info = self.sandbox_info
+        binary = find_nginx()
+        if binary is None:
+            raise RuntimeError("nginx is not installed: run scripts/install-tools.sh")
+        static_dir = self.workdir / "static"
+        static_dir.mkdir(mode=0o755)
+        # nginx started as root runs its worker as nobody: it must be able to reach and read the files
+        self.workdir.chmod(0o711)
+        static = {}
+        for name, path in (("get.json", GET_PATH), ("list.json", LIST_PATH)):
+            body, ctype = fetch_raw(info["port"], path, info["ca_file"], info["cert_file"], info["key_file"])
+            (static_dir / name).write_bytes(body)
+            (static_dir / name).chmod(0o644)
+            static[path] = (static_dir / name, ctype)
+        sandbox = UpstreamTLS("sandbox", info["port"], info["ca_file"], info["cert_file"], info["key_file"])
+        port = free_port()
+        conf = fast_upstream_conf(self.workdir / "nginx-upstream", port, info["server_cert_file"],
+                                  info["server_key_file"], static, sandbox)
+        self.fast = NginxProcess(binary, self.workdir / "nginx-upstream", conf, port, 1 if self.pinned else None)
+        doc = yaml.safe_load(Path(info["admin_kubeconfig"]).read_text())
+        doc["clusters"] = [{"name": FAST_CLUSTER, "cluster": {**doc["clusters"][0]["cluster"],
+                                                               "server": f"https://127.0.0.1:{port}"}}]
+        doc["contexts"] = [{"name": FAST_CLUSTER, "context": {**doc["contexts"][0]["context"],
+                                                               "cluster": FAST_CLUSTER}}]
+        doc["current-context"] = FAST_CLUSTER
+        base = Path(info["admin_kubeconfig"]).resolve().parent
+        for user in doc.get("users", []):  # relative file references stay valid from the new location
+            for key in ("client-certificate", "client-key"):
+                if key in user["user"] and not os.path.isabs(user["user"][key]):
+                    user["user"][key] = str(base / user["user"][key])
+        for cluster in doc["clusters"]:
+            ca = cluster["cluster"].get("certificate-authority")
+            if ca and not os.path.isabs(ca):
+                cluster["cluster"]["certificate-authority"] = str(base / ca)
+        path = self.workdir / "fast.kubeconfig"
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    def _start_reference_proxy(self) -> None:
+        """nginx doing kubegate's job without policy, pinned where kubegate is (see benchmarks.nginx)."""
+        info, st = self.sandbox_info, self.state
+        assert self.fast is not None and st is not None
+        binary = find_nginx()
+        assert binary is not None
+        creds = (info["ca_file"], info["cert_file"], info["key_file"])
+        clusters = [UpstreamTLS(FAST_CLUSTER, self.fast.port, *creds),
+                    UpstreamTLS(st.cluster_name, info["port"], *creds)]
+        port = free_port()
+        ca_dir = st.state_dir / "ca"
+        conf = reference_proxy_conf(self.workdir / "nginx-proxy", port, str(ca_dir / "server.pem"),
+                                    str(ca_dir / "server-key.pem"), str(st.ca_file), clusters,
+                                    {"demo-admin": "system:masters"})
+        self.nginx = NginxProcess(binary, self.workdir / "nginx-proxy", conf, port, 0 if self.pinned else None)
 
     def _wait_ready(self, metrics_port: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -192,13 +270,34 @@ class Processes:
         info = self.sandbox_info
         return load.Endpoint("127.0.0.1", info["port"], info["ca_file"], info["cert_file"], info["key_file"])
 
-    def through_proxy(self) -> load.Endpoint:
+    def through_proxy(self, cluster: str | None = None) -> load.Endpoint:
         st = self.state
         assert st is not None
         return load.Endpoint("127.0.0.1", st.proxy_port, str(st.ca_file), str(st.cert_file), str(st.key_file),
-                             prefix=f"/k8s/clusters/{st.cluster_name}")
+                             prefix=f"/k8s/clusters/{cluster or st.cluster_name}")
+
+    def fast_direct(self) -> load.Endpoint:
+        """The fast (nginx) upstream reached directly, with the cluster's admin credentials."""
+        info = self.sandbox_info
+        assert self.fast is not None
+        return load.Endpoint("127.0.0.1", self.fast.port, info["ca_file"], info["cert_file"], info["key_file"])
+
+    def through_nginx(self, cluster: str | None = None) -> load.Endpoint:
+        """The reference nginx proxy, with the same client certificate as kubegate's clients."""
+        st = self.state
+        assert st is not None and self.nginx is not None
+        return load.Endpoint("127.0.0.1", self.nginx.port, str(st.ca_file), str(st.cert_file), str(st.key_file),
+                             prefix=f"/k8s/clusters/{cluster or st.cluster_name}")
+
+    @property
+    def nginx_pid(self) -> int:
+        assert self.nginx is not None
+        return self.nginx.pid
 
     def close(self) -> None:
+        for nginx in (self.nginx, self.fast):
+            if nginx is not None:
+                nginx.close()
         if self.proxy is not None and self.proxy.poll() is None:
             self.proxy.send_signal(signal.SIGTERM)
             try:
@@ -228,36 +327,59 @@ class Cell:
     concurrency: int
     direct: dict = field(default_factory=dict)
     proxy: dict = field(default_factory=dict)
+    nginx: dict = field(default_factory=dict)
     proxy_cpu_us_per_request: float = 0.0
+    nginx_cpu_us_per_request: float = 0.0
+    cpu_ratio_to_nginx: float = 0.0
     added_p50_ms: float = 0.0
+    nginx_added_p50_ms: float = 0.0
+    rate: float | None = None  # paced cells: requests per second offered in total
+
+
+async def _measured(ep: load.Endpoint, pid: int, path: str, protocol: str, conc: int, duration: float,
+                    rate: float | None) -> tuple[dict, float]:
+    """One load run against ``ep``: its summary and the CPU µs per successful request of ``pid``'s tree."""
+    cpu0 = tree_cpu_seconds(pid)
+    res = await load.run_load(ep, path, protocol=protocol, concurrency=conc, duration=duration, rate=rate)
+    cpu = tree_cpu_seconds(pid) - cpu0
+    ok = max(1, res.requests - res.errors)
+    return res.summary(), round(cpu / ok * 1e6, 1)
 
 
 async def measure_requests(procs: Processes, settings: Settings) -> list[Cell]:
+    """Request cells against the fast (nginx) upstream: directly, through kubegate and through the
+    reference nginx proxy, one after the other in the same run; then the paced cell."""
     paths = {"get": GET_PATH, "list": LIST_PATH}
     cells: list[Cell] = []
-    direct, proxied = procs.direct(), procs.through_proxy()
-    for protocol in settings.protocols:
-        for ep in (direct, proxied):  # warm both paths (connections, caches, upstream pool)
-            await load.run_load(ep, GET_PATH, protocol=protocol, concurrency=4,
-                                duration=min(0.5, settings.duration))
-        for op in settings.operations:
-            for conc in settings.concurrencies:
-                cell = Cell(op, protocol, conc)
-                res = await load.run_load(direct, paths[op], protocol=protocol, concurrency=conc,
-                                          duration=settings.duration)
-                cell.direct = res.summary()
-                cpu0 = tree_cpu_seconds(procs.proxy_pid)
-                res = await load.run_load(proxied, paths[op], protocol=protocol, concurrency=conc,
-                                          duration=settings.duration)
-                cpu = tree_cpu_seconds(procs.proxy_pid) - cpu0
-                cell.proxy = res.summary()
-                ok = max(1, res.requests - res.errors)
-                cell.proxy_cpu_us_per_request = round(cpu / ok * 1e6, 1)
-                cell.added_p50_ms = round(cell.proxy["p50_ms"] - cell.direct["p50_ms"], 3)
-                cells.append(cell)
-                print(f"  {op:4} {protocol} c={conc:<3} direct {cell.direct['rps']:>8} rps   "
-                      f"proxy {cell.proxy['rps']:>8} rps  {cell.proxy_cpu_us_per_request:>7} µs CPU/req",
-                      file=sys.stderr, flush=True)
+    direct, proxied, nginx = procs.fast_direct(), procs.through_proxy(FAST_CLUSTER), procs.through_nginx(FAST_CLUSTER)
+    plan = [(op, protocol, conc, None) for protocol in settings.protocols for op in settings.operations
+            for conc in settings.concurrencies]
+    if settings.paced_rate:
+        plan.append(("get", "h1", settings.paced_clients, settings.paced_rate))
+    warmed: set[str] = set()
+    for op, protocol, conc, rate in plan:
+        if protocol not in warmed:  # warm every path (connections, caches, upstream pools)
+            warmed.add(protocol)
+            for ep in (direct, proxied, nginx):
+                await load.run_load(ep, GET_PATH, protocol=protocol, concurrency=4,
+                                    duration=min(0.5, settings.duration))
+        cell = Cell(op, protocol, conc, rate=rate)
+        res = await load.run_load(direct, paths[op], protocol=protocol, concurrency=conc,
+                                  duration=settings.duration, rate=rate)
+        cell.direct = res.summary()
+        cell.proxy, cell.proxy_cpu_us_per_request = await _measured(
+            proxied, procs.proxy_pid, paths[op], protocol, conc, settings.duration, rate)
+        cell.nginx, cell.nginx_cpu_us_per_request = await _measured(
+            nginx, procs.nginx_pid, paths[op], protocol, conc, settings.duration, rate)
+        cell.cpu_ratio_to_nginx = round(cell.proxy_cpu_us_per_request / max(0.1, cell.nginx_cpu_us_per_request), 2)
+        cell.added_p50_ms = round(cell.proxy["p50_ms"] - cell.direct["p50_ms"], 3)
+        cell.nginx_added_p50_ms = round(cell.nginx["p50_ms"] - cell.direct["p50_ms"], 3)
+        cells.append(cell)
+        label = f"{rate:g}/s" if rate else f"c={conc}"
+        print(f"  {op:4} {protocol} {label:<7} direct {cell.direct['rps']:>8} rps   "
+              f"kubegate {cell.proxy['rps']:>8} rps {cell.proxy_cpu_us_per_request:>7} µs CPU/req   "
+              f"nginx {cell.nginx['rps']:>8} rps {cell.nginx_cpu_us_per_request:>7} µs CPU/req   "
+              f"ratio {cell.cpu_ratio_to_nginx}", file=sys.stderr, flush=True)
     return cells
 
 
@@ -332,23 +454,31 @@ async def measure_idle_watches(procs: Processes, settings: Settings) -> list[dic
 
 
 async def measure_exec(procs: Processes, settings: Settings) -> dict:
+    """exec stdout relay (WebSocket v5) directly, through kubegate and through the reference nginx."""
     pod = "/api/v1/namespaces/bench/pods/pod-0"
     nbytes, secs = await load.exec_stdout(procs.direct(), pod, settings.exec_bytes)
     direct = {"bytes": nbytes, "seconds": round(secs, 3), "mb_per_s": round(nbytes / secs / 1e6, 1) if secs else 0}
-    cpu0 = tree_cpu_seconds(procs.proxy_pid)
-    nbytes, secs = await load.exec_stdout(procs.through_proxy(), pod, settings.exec_bytes)
-    cpu = tree_cpu_seconds(procs.proxy_pid) - cpu0
-    proxied = {"bytes": nbytes, "seconds": round(secs, 3), "mb_per_s": round(nbytes / secs / 1e6, 1) if secs else 0,
-               "proxy_cpu_seconds": round(cpu, 3),
-               "proxy_cpu_seconds_per_gb": round(cpu / nbytes * 1e9, 2) if nbytes else None}
-    print(f"  exec stdout: direct {direct['mb_per_s']} MB/s, proxy {proxied['mb_per_s']} MB/s, "
-          f"{proxied['proxy_cpu_seconds_per_gb']} CPU-s/GB", file=sys.stderr, flush=True)
-    return {"direct": direct, "proxy": proxied, "requested_bytes": settings.exec_bytes}
+    out = {"direct": direct, "requested_bytes": settings.exec_bytes}
+    for key, ep, pid in (("proxy", procs.through_proxy(), procs.proxy_pid),
+                         ("nginx", procs.through_nginx(), procs.nginx_pid)):
+        cpu0 = tree_cpu_seconds(pid)
+        nbytes, secs = await load.exec_stdout(ep, pod, settings.exec_bytes)
+        cpu = tree_cpu_seconds(pid) - cpu0
+        out[key] = {"bytes": nbytes, "seconds": round(secs, 3),
+                    "mb_per_s": round(nbytes / secs / 1e6, 1) if secs else 0, "cpu_seconds": round(cpu, 3),
+                    "cpu_seconds_per_gb": round(cpu / nbytes * 1e9, 2) if nbytes else None}
+    out["proxy"]["proxy_cpu_seconds_per_gb"] = out["proxy"]["cpu_seconds_per_gb"]
+    print(f"  exec stdout: direct {direct['mb_per_s']} MB/s, kubegate {out['proxy']['mb_per_s']} MB/s "
+          f"{out['proxy']['cpu_seconds_per_gb']} CPU-s/GB, nginx {out['nginx']['mb_per_s']} MB/s "
+          f"{out['nginx']['cpu_seconds_per_gb']} CPU-s/GB", file=sys.stderr, flush=True)
+    return out
 
 
-async def measure_watch_events(procs: Processes, settings: Settings) -> dict:
+async def _watch_event_cost(procs: Processes, settings: Settings, ep: load.Endpoint, pid: int, tag: str) -> dict:
+    """One watch through ``ep`` counting ``watch_events`` configmaps created directly on the sandbox:
+    the CPU of ``pid``'s process tree per 1,000 events relayed."""
     direct = procs.direct()
-    run = int(time.time() * 1000) % 10**9
+    run = f"{int(time.time() * 1000) % 10**9}-{tag}"
     n = settings.watch_events
     conns = [await load.h1_connect(direct) for _ in range(8)]
     rv = await load.current_resource_version(direct, "/api/v1/namespaces/bench-watch/configmaps")
@@ -364,17 +494,25 @@ async def measure_watch_events(procs: Processes, settings: Settings) -> dict:
                     raise RuntimeError(f"creating a configmap answered {status}")
         await asyncio.gather(*(creator(k) for k in range(len(conns))))
 
-    cpu0 = tree_cpu_seconds(procs.proxy_pid)
-    events, secs = await load.watch_events(procs.through_proxy(), f"{EVENT_WATCH_PATH}&resourceVersion={rv}",
-                                           expect=n, trigger=trigger)
-    cpu = tree_cpu_seconds(procs.proxy_pid) - cpu0
+    cpu0 = tree_cpu_seconds(pid)
+    events, secs = await load.watch_events(ep, f"{EVENT_WATCH_PATH}&resourceVersion={rv}", expect=n, trigger=trigger)
+    cpu = tree_cpu_seconds(pid) - cpu0
     for conn in conns:
         assert conn.transport is not None
         conn.transport.close()
-    result = {"events": events, "seconds": round(secs, 3), "proxy_cpu_seconds": round(cpu, 4),
-              "proxy_cpu_ms_per_1000_events": round(cpu / max(1, events) * 1000 * 1000, 2)}
-    print(f"  watch events: {events} in {result['seconds']} s, "
-          f"{result['proxy_cpu_ms_per_1000_events']} ms CPU / 1000 events", file=sys.stderr, flush=True)
+    return {"events": events, "seconds": round(secs, 3), "cpu_seconds": round(cpu, 4),
+            "cpu_ms_per_1000_events": round(cpu / max(1, events) * 1000 * 1000, 2)}
+
+
+async def measure_watch_events(procs: Processes, settings: Settings) -> dict:
+    proxy = await _watch_event_cost(procs, settings, procs.through_proxy(), procs.proxy_pid, "kubegate")
+    nginx = await _watch_event_cost(procs, settings, procs.through_nginx(), procs.nginx_pid, "nginx")
+    result = {"events": proxy["events"], "seconds": proxy["seconds"], "proxy_cpu_seconds": proxy["cpu_seconds"],
+              "proxy_cpu_ms_per_1000_events": proxy["cpu_ms_per_1000_events"], "nginx": nginx,
+              "ratio_to_nginx": round(proxy["cpu_ms_per_1000_events"] / max(0.01, nginx["cpu_ms_per_1000_events"]), 2)}
+    print(f"  watch events: {proxy['events']} in {proxy['seconds']} s, kubegate "
+          f"{proxy['cpu_ms_per_1000_events']} ms CPU / 1000 events, nginx {nginx['cpu_ms_per_1000_events']}",
+          file=sys.stderr, flush=True)
     return result
 
 
@@ -428,16 +566,18 @@ def render_table(report: dict) -> str:
     lines = []
     cells = report.get("requests") or []
     if cells:
-        lines.append("| op | proto | clients | direct req/s | direct p50/p99 ms | kubegate req/s | "
-                     "kubegate p50/p99 ms | added p50 ms | kubegate CPU µs/req |")
-        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        lines.append("| op | proto | clients | direct req/s | kubegate req/s | nginx req/s | kubegate p50/p99 ms | "
+                     "added p50 ms kubegate / nginx | CPU µs/req kubegate | CPU µs/req nginx | kubegate ÷ nginx |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for c in cells:
-            d, p = c["direct"], c["proxy"]
+            d, p, n = c["direct"], c["proxy"], c.get("nginx") or {}
+            clients = f"{c['concurrency']} @ {c['rate']:g}/s" if c.get("rate") else str(c["concurrency"])
             lines.append(
-                f"| {c['op'].upper()} | {'HTTP/1.1' if c['protocol'] == 'h1' else 'h2'} | {c['concurrency']} | "
-                f"{d['rps']:.0f} | {d['p50_ms']:.2f} / {d['p99_ms']:.2f} | {p['rps']:.0f} | "
-                f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f} | {c['added_p50_ms']:+.2f} | "
-                f"{c['proxy_cpu_us_per_request']:.0f} |")
+                f"| {c['op'].upper()} | {'HTTP/1.1' if c['protocol'] == 'h1' else 'h2'} | {clients} | "
+                f"{d['rps']:.0f} | {p['rps']:.0f} | {n.get('rps', 0):.0f} | "
+                f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f} | {c['added_p50_ms']:+.2f} / {c.get('nginx_added_p50_ms', 0):+.2f} | "
+                f"{c['proxy_cpu_us_per_request']:.0f} | {c.get('nginx_cpu_us_per_request', 0):.0f} | "
+                f"{c.get('cpu_ratio_to_nginx', 0):.2f}× |")
     if report.get("idle_watches"):
         lines.append("")
         lines.append("| idle watches | opened | proxy RSS delta MiB | KiB per watch |")
@@ -446,14 +586,17 @@ def render_table(report: dict) -> str:
             lines.append(f"| {w['watches']} | {w['opened']} | {w['rss_delta_mib']} | {w['kib_per_watch']} |")
     if report.get("exec"):
         e = report["exec"]
+        ng = e.get("nginx") or {}
         lines.append("")
-        lines.append(f"exec stdout relay: direct {e['direct']['mb_per_s']} MB/s, through kubegate "
-                     f"{e['proxy']['mb_per_s']} MB/s, kubegate {e['proxy']['proxy_cpu_seconds_per_gb']} "
-                     f"CPU-seconds per GB ({e['proxy']['bytes'] / 2**20:.0f} MiB)")
+        lines.append(f"exec stdout relay ({e['proxy']['bytes'] / 2**20:.0f} MiB): direct {e['direct']['mb_per_s']} MB/s; "
+                     f"kubegate {e['proxy']['mb_per_s']} MB/s, {e['proxy']['proxy_cpu_seconds_per_gb']} CPU-s/GB; "
+                     f"nginx {ng.get('mb_per_s')} MB/s, {ng.get('cpu_seconds_per_gb')} CPU-s/GB")
     if report.get("watch_events"):
         w = report["watch_events"]
-        lines.append(f"watch event relay: {w['events']} events, kubegate "
-                     f"{w['proxy_cpu_ms_per_1000_events']} ms CPU per 1,000 events")
+        ng = w.get("nginx") or {}
+        lines.append(f"watch event relay ({w['events']} events): kubegate {w['proxy_cpu_ms_per_1000_events']} ms CPU "
+                     f"per 1,000 events, nginx {ng.get('cpu_ms_per_1000_events')} ms "
+                     f"(kubegate ÷ nginx {w.get('ratio_to_nginx')}×)")
     prof = report.get("profile")
     if prof:
         lines.append("")

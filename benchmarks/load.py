@@ -299,9 +299,11 @@ async def h2_connect(ep: Endpoint) -> H2Client:
 # ------------------------------------------------------------------------------------- request load
 
 async def run_load(ep: Endpoint, path: str, *, protocol: str, concurrency: int, duration: float,
-                   max_requests: int | None = None, warmup: int = 0) -> LoadResult:
+                   max_requests: int | None = None, warmup: int = 0, rate: float | None = None) -> LoadResult:
     """``concurrency`` clients each sending ``GET ep.prefix+path`` back to back for ``duration`` seconds
-    (or until ``max_requests`` in total). ``warmup`` requests per client are not counted."""
+    (or until ``max_requests`` in total). ``warmup`` requests per client are not counted. With ``rate``
+    (requests per second in total), each client sends on a fixed schedule (``concurrency / rate``
+    apart, staggered) instead of back to back: a paced load, as a steady production rate is."""
     full = ep.prefix + path
     result = LoadResult()
     if protocol == "h1":
@@ -329,9 +331,19 @@ async def run_load(ep: Endpoint, path: str, *, protocol: str, concurrency: int, 
     clock = time.perf_counter
     deadline = clock() + duration
 
+    interval = concurrency / rate if rate else 0.0
+
     async def client(i: int) -> None:
         send = sender(i)
+        due = clock() + interval * i / concurrency
         while remaining[0] > 0 and clock() < deadline:
+            if interval:
+                wait = due - clock()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                due += interval
+                if clock() >= deadline:
+                    return
             remaining[0] -= 1
             t0 = clock()
             try:

@@ -4,7 +4,8 @@
 
 Seeds namespaces ``bench`` (``--pods`` pods ``pod-0`` …, realistic size), ``bench-idle`` (empty: idle
 watches) and ``bench-watch`` (event relay); prints one JSON line on stdout with ``port``, ``pid``,
-``admin_kubeconfig``, ``ca_file`` and the admin client ``cert_file``/``key_file``; runs until its
+``admin_kubeconfig``, ``ca_file``, the admin client ``cert_file``/``key_file`` and the serving
+``server_cert_file``/``server_key_file`` (the benchmark's nginx upstream presents the same certificate); runs until its
 stdin closes (the harness holds it open) or it gets SIGTERM.
 """
 
@@ -91,7 +92,9 @@ def main() -> int:
         seed(sb.store, args.pods)
         cert_file, key_file = _client_files(str(sb.admin_kubeconfig), out_dir)
         print(json.dumps({"port": sb.port, "pid": os.getpid(), "admin_kubeconfig": str(sb.admin_kubeconfig),
-                          "ca_file": str(sb.ca_pem_path), "cert_file": cert_file, "key_file": key_file}),
+                          "ca_file": str(sb.ca_pem_path), "cert_file": cert_file, "key_file": key_file,
+                          "server_cert_file": str(sb.ca_pem_path.parent / "server.crt"),
+                          "server_key_file": str(sb.ca_pem_path.parent / "server.key")}),
               flush=True)
         threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
         stop.wait()

@@ -38,3 +38,20 @@ fi
 ln -sf kubectl-1.37 .tools/bin/kubectl
 .tools/bin/kubectl-1.37 version --client >/dev/null
 .tools/bin/kubectl-1.20 version --client >/dev/null
+
+# nginx (Debian's package, binary only): the benchmark's fast upstream and reference proxy
+# (benchmarks/nginx.py). Extracted, not installed system-wide; run with -p/-c/-e so it touches
+# nothing outside its own prefix.
+if [ ! -x .tools/bin/nginx ]; then
+  rm -f .tools/tmp/nginx_*.deb
+  if ! (cd .tools/tmp && apt-get download nginx >/dev/null 2>&1); then
+    SUDO=""
+    if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq >/dev/null
+    (cd .tools/tmp && apt-get download nginx >/dev/null 2>&1)
+  fi
+  rm -rf .tools/tmp/ngx && dpkg-deb -x .tools/tmp/nginx_*.deb .tools/tmp/ngx
+  install -m 0755 .tools/tmp/ngx/usr/sbin/nginx .tools/bin/nginx
+  rm -rf .tools/tmp/ngx .tools/tmp/nginx_*.deb
+fi
+.tools/bin/nginx -v 2>/dev/null

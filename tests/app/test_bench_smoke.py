@@ -1,4 +1,6 @@
-"""The benchmark harness in its quickest mode: one run, every figure present in the JSON and the table."""
+"""The benchmark harness in its quickest mode: one run, every figure present in the JSON and the table,
+for kubegate and for the reference nginx proxy measured beside it (nginx from .tools/bin, installed by
+scripts/install-tools.sh)."""
 
 from __future__ import annotations
 
@@ -25,14 +27,18 @@ def test_quick_benchmark_produces_every_figure(tmp_path):
     report = json.loads(path.read_text())
 
     cells = report["requests"]
-    assert {(c["op"], c["protocol"], c["concurrency"]) for c in cells} == {
-        (op, proto, conc) for op in ("get", "list") for proto in ("h1", "h2") for conc in (1, 4)}
+    assert {(c["op"], c["protocol"], c["concurrency"], c["rate"]) for c in cells} == {
+        (op, proto, conc, None) for op in ("get", "list") for proto in ("h1", "h2") for conc in (1, 4)
+    } | {("get", "h1", 2, 200.0)}
     for cell in cells:
-        for side in ("direct", "proxy"):
+        for side in ("direct", "proxy", "nginx"):
             figures = cell[side]
             assert figures["requests"] > 0 and figures["errors"] == 0, cell
             assert figures["rps"] > 0 and figures["p50_ms"] > 0 and figures["p99_ms"] >= figures["p50_ms"]
-        assert cell["proxy_cpu_us_per_request"] >= 0
+        assert cell["proxy_cpu_us_per_request"] >= 0 and cell["nginx_cpu_us_per_request"] >= 0
+        assert cell["cpu_ratio_to_nginx"] >= 0
+    paced = next(c for c in cells if c["rate"])
+    assert paced["proxy"]["rps"] <= 1.2 * paced["rate"]  # paced, not back to back
     list_cell = next(c for c in cells if c["op"] == "list")
     get_cell = next(c for c in cells if c["op"] == "get")
     assert list_cell["proxy"]["bytes_per_response"] > get_cell["proxy"]["bytes_per_response"]
@@ -41,10 +47,13 @@ def test_quick_benchmark_produces_every_figure(tmp_path):
     assert watches["watches"] == watches["opened"] == 20 and "kib_per_watch" in watches
     assert report["exec"]["proxy"]["bytes"] == report["exec"]["requested_bytes"] == 1024 * 1024
     assert report["exec"]["proxy"]["mb_per_s"] > 0 and "proxy_cpu_seconds_per_gb" in report["exec"]["proxy"]
+    assert report["exec"]["nginx"]["bytes"] == 1024 * 1024 and "cpu_seconds_per_gb" in report["exec"]["nginx"]
     assert report["watch_events"]["events"] >= 50
     assert "proxy_cpu_ms_per_1000_events" in report["watch_events"]
+    assert report["watch_events"]["nginx"]["events"] >= 50 and "ratio_to_nginx" in report["watch_events"]
     assert report["meta"]["mode"] == "quick"
 
     table = result.stdout
-    assert "| GET | HTTP/1.1 | 1 |" in table and "| LIST | h2 | 4 |" in table
+    assert "| GET | HTTP/1.1 | 1 |" in table and "| LIST | h2 | 4 |" in table and "| 2 @ 200/s |" in table
+    assert "kubegate ÷ nginx" in table
     assert "exec stdout relay" in table and "watch event relay" in table
