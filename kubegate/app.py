@@ -238,4 +238,29 @@ def _make_proxy(cfg: Config, ssl_context: ssl.SSLContext, tls: TLSFiles, registr
 
     locks = LockList(cfg.locks_file)
     return Proxy.from_config(cfg, ssl_context=ssl_context, clusters=registry, roles=roles, locks=locks,
-                             audit=audit)
+                             audit=audit, recordings=recordings_from_config(cfg))
+
+
+def recording_store(cfg: Config) -> Any:
+    """The recording store the config names: S3-compatible when ``proxy.recording.s3.bucket`` is set, else
+    files under ``sessions_dir``."""
+    from proxy.recording.stores import FileStore, S3Store
+
+    s3 = cfg.proxy.recording.s3
+    if s3.bucket:
+        return S3Store(s3.bucket, s3.prefix, s3.endpoint, s3.region, s3.part_size)
+    return FileStore(cfg.sessions_dir)
+
+
+def session_index(cfg: Config) -> Any:
+    from proxy.recording.index import FileSessionIndex
+
+    return FileSessionIndex(cfg.sessions_dir)
+
+
+def recordings_from_config(cfg: Config) -> Any:
+    from proxy.recording.recorder import Recordings
+
+    rec = cfg.proxy.recording
+    return Recordings(recording_store(cfg), session_index(cfg), mode=rec.mode, flush_interval=rec.flush_interval,
+                      max_buffered=rec.max_buffered)

@@ -215,6 +215,28 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordingS3Config:
+    bucket: str | None = _f("str", None, optional=True, help="set: recordings go to this S3-compatible bucket")
+    prefix: str = _f("str", "sessions/")
+    endpoint: str | None = _f("str", None, optional=True, help="S3-compatible endpoint URL; default: AWS")
+    region: str | None = _f("str", None, optional=True)
+    part_size: int = _f("size", 5 * MiB, min=5 * MiB, max=5 * GiB, help="multipart upload part size")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingConfig:
+    """Session recording (exec/attach as asciicast v2); which sessions is decided by roles."""
+
+    mode: str = _f("choice", "best_effort", choices=("best_effort", "strict"),
+                   help="strict: refuse a session whose recording cannot be written")
+    dir: str | None = _f("path", optional=True, help="default: <state_dir>/sessions (recordings and index)")
+    s3: RecordingS3Config = _section(RecordingS3Config)
+    flush_interval: float = _f("duration", 0.2, min=0.01, max=60.0)
+    max_buffered: int = _f("size", 64 * MiB, min=1 * MiB, max=4 * GiB,
+                           help="per session: more unwritten recording than this fails the recording")
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyConfig:
     listen: Address = _f("address", Address("0.0.0.0", 3026))
     public_addr: str | None = _f("str", None, optional=True, help="default: derived from listen")
@@ -222,6 +244,7 @@ class ProxyConfig:
     tls: TLSConfig = _section(TLSConfig)
     client_ca_file: str | None = _f("path", optional=True, help="default: the kubegate CA")
     limits: LimitsConfig = _section(LimitsConfig)
+    recording: RecordingConfig = _section(RecordingConfig)
 
     @property
     def public_address(self) -> str:
@@ -333,6 +356,11 @@ class Config:
     @property
     def bots_dir(self) -> str:
         return os.path.join(self.state_dir, "bots")
+
+    @property
+    def sessions_dir(self) -> str:
+        """Session recordings (file store) and the session index."""
+        return self.proxy.recording.dir or os.path.join(self.state_dir, "sessions")
 
     @property
     def audit_log_file(self) -> str:

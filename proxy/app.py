@@ -56,6 +56,7 @@ class Proxy:
         pool_settings: PoolSettings | None = None,
         sweep_interval: float = 1.0,
         clock: Callable[[], datetime] | None = None,
+        recordings: Any = None,
     ) -> None:
         if policy is None:
             if roles is None:
@@ -73,6 +74,7 @@ class Proxy:
         self.reuse_port = reuse_port
         self.locks = locks
         self.audit = audit
+        self.recordings = recordings  # proxy.recording.recorder.Recordings (None: no session recording)
         self.settings = settings or ProxySettings()
         self.pool_settings = pool_settings or PoolSettings(response_head_timeout=self.settings.response_head_timeout)
         self.sweep_interval = sweep_interval
@@ -123,6 +125,7 @@ class Proxy:
             audit=self.audit,
             locks=self.locks,
             clock=self.clock,
+            recordings=self.recordings,
         )
         if not sockets:
             sock = listening_socket(self.host, self.port, reuse_port=self.reuse_port)
@@ -180,6 +183,8 @@ class Proxy:
             except asyncio.CancelledError:
                 pass
         fwd.pools.close()
+        if self.recordings is not None:
+            await loop.run_in_executor(None, self.recordings.close)  # queued writes, fsync, index
         for sock in self._own_sockets:
             sock.close()
         self._own_sockets.clear()

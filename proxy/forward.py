@@ -89,6 +89,7 @@ class Forwarder:
         locks: Any = None,
         identity_cache: IdentityCache | None = None,
         clock: Callable[[], datetime] | None = None,
+        recordings: Any = None,
     ) -> None:
         self.loop = loop
         self.clusters = clusters
@@ -97,6 +98,7 @@ class Forwarder:
         self.catalogs = catalogs
         self.settings = settings
         self.audit = audit
+        self.recordings = recordings  # proxy.recording.Recordings, or None: sessions are not recorded
         self.locks = locks
         self.identities = identity_cache or IdentityCache()
         self.clock = clock or (lambda: datetime.now(UTC))

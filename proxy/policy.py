@@ -19,6 +19,7 @@ from proxy.protobuf import ProtobufError, access_review_from_protobuf
 from proxy.protobuf import fields as protobuf_fields
 from proxy.protocol.events import Headers
 from rbac.identity import Identity
+from rbac.sessions import RecordingDecision, may_join, recording_decision
 
 
 @dataclass(slots=True)
@@ -65,6 +66,14 @@ class Policy(Protocol):
 
     def restrict_rules(self, identity: Identity, cluster: Cluster, response: bytes, catalog: Any) -> bytes:
         """The cluster's SelfSubjectRulesReview answer, restricted to what kubegate allows."""
+        ...
+
+    def recording(self, identity: Identity, tty: bool, proxy_strict: bool) -> RecordingDecision:
+        """Whether (and how strictly) to record an exec/attach session of this identity."""
+        ...
+
+    def may_join(self, identity: Identity, owner: str, owner_roles: list[str]) -> bool:
+        """May this identity observe a live session of ``owner`` (holding ``owner_roles``)?"""
         ...
 
 
@@ -173,6 +182,15 @@ class RbacPolicy:
         if outcome.ask_cluster:
             return None
         return json.dumps(outcome.response, separators=(",", ":")).encode()
+
+    def recording(self, identity: Identity, tty: bool, proxy_strict: bool) -> RecordingDecision:
+        roles = self.roles.current().for_names(identity.roles)
+        return recording_decision((r.record_session for r in roles), tty, proxy_strict)
+
+    def may_join(self, identity: Identity, owner: str, owner_roles: list[str]) -> bool:
+        roles = self.roles.current().for_names(identity.roles)
+        rules = [rule for role in roles for rule in role.join_sessions]
+        return may_join(rules, owner_roles, owner=owner, joiner=identity.user)
 
     def restrict_rules(self, identity: Identity, cluster: Cluster, response: bytes, catalog: Any) -> bytes:
         doc = json.loads(response)

@@ -144,6 +144,7 @@ def running_proxy(
     clock: Callable[[], Any] | None = None,
     port: int = 0,
     reuse_port: bool = False,
+    recordings: Any = None,
 ) -> Iterator[RunningProxy]:
     from certs.ca import CertificateAuthority
     from discovery.registry import ClusterRegistry
@@ -181,6 +182,7 @@ def running_proxy(
         clock=clock,
         port=port,
         reuse_port=reuse_port,
+        recordings=recordings,
     )
     loop = uvloop.new_event_loop()
     started = threading.Event()

@@ -19,11 +19,13 @@ from proxy import metrics
 from proxy.headers import rewrite_request_headers, rewrite_response_headers
 from proxy.policy import Verdict
 from proxy.protocol.events import ResponseHead
+from proxy.recording.hook import new_session_id, open_recording, session_meta
 from proxy.upstream.base import UpstreamError
 from rbac.status import REASONS, status_body
 
 if TYPE_CHECKING:
     from proxy.forward import Exchange
+    from proxy.recording.recorder import SessionRecorder
     from proxy.upstream.http1 import Http1Upstream
 
 log = logging.getLogger("kubegate.proxy.upgrade")
@@ -90,6 +92,10 @@ class UpgradeSession:
         self.started = time.time()
         self.tap: Any = None  # a proxy.protocol.channels.SessionTap (None: not tapped)
         self.tapping = True  # False once the tap gave up: the rest is relayed unobserved
+        self.session_id = ""
+        self.meta: dict[str, Any] = {}
+        self.recorder: SessionRecorder | None = None
+        self._notices: list[bytes] = []  # frames for the client's stdout, written at a frame boundary
 
     def observe(self, direction: str, data: bytes) -> None:
         tap = self.tap
@@ -105,6 +111,29 @@ class UpgradeSession:
                 metrics.TAP_GAVE_UP.labels(self.ex.kind or "upgrade").inc()
                 log.warning("session tap gave up", extra={"request_id": self.ex.request_id,
                                                           "problem": tap.failure})
+                if self.recorder is not None:
+                    self.recorder.fail(f"the session's stream could not be followed: {tap.failure}")
+                return
+            if self._notices and direction == "upstream":
+                self._write_notices()
+
+    def notify_owner(self, text: bytes) -> None:
+        """Show ``text`` on the session owner's terminal (stdout), between two of the server's frames."""
+        tap = self.tap
+        frame = tap.stdout_frame(text) if tap is not None and self.tapping else None
+        if frame is None:
+            return
+        self._notices.append(frame)
+        if self.recorder is not None:
+            self.recorder.content("stdout", text)
+        self._write_notices()
+
+    def _write_notices(self) -> None:
+        transport = self.client.transport
+        if self.tap is None or transport is None or transport.is_closing() or not self.tap.server_at_boundary():
+            return
+        frames, self._notices = self._notices, []
+        transport.write(b"".join(frames))
 
     async def run(self) -> None:
         ex = self.ex
@@ -119,6 +148,10 @@ class UpgradeSession:
                 cluster, verdict, target = decided
                 assert isinstance(verdict, Verdict)
                 ex.kind = upgrade_kind(ex.head.path)
+                refusal = await self._start_session(verdict)
+                if refusal is not None:
+                    ex._respond_error(503, refusal, "recording")
+                    return
                 pool = ex.fwd.pools.get(cluster)
                 await pool.ensure_credentials()
                 headers = rewrite_request_headers(
@@ -134,6 +167,9 @@ class UpgradeSession:
                 self._up = up
                 ex.status = status
                 if status != 101:
+                    if self.recorder is not None:
+                        self.recorder.abort()
+                        self.recorder = None
                     await self._refusal(up, status, up_headers)
                     return
                 await self._relay(up, up_headers, up_trailing, verdict)
@@ -147,6 +183,8 @@ class UpgradeSession:
             log.exception("internal error in upgrade", extra={"request_id": ex.request_id})
             ex._respond_error(500, status_body(500, "InternalError", f"kubegate internal error (request id {ex.request_id})"), "internal")
         finally:
+            if self.recorder is not None and not self.recorder.closed:
+                self.recorder.abort()  # never relayed (upstream error before the 101)
             ex._finish()  # first: the connection closes only once it has no exchange left
             if not self.relaying:
                 conn.close()  # parsing stopped at the upgrade head: this connection serves nothing more
@@ -193,8 +231,14 @@ class UpgradeSession:
             up.resume()
         # The tap must exist before the first relayed bytes: a SPDY tap that misses a header block loses
         # its zlib context, and a WebSocket exec's first stdout frames can ride in up_trailing.
-        if ex.fwd.audit is not None and ex.fwd.settings.tap_sessions:
-            self.tap = _session_tap(up_headers)
+        if (ex.fwd.audit is not None and ex.fwd.settings.tap_sessions) or self.recorder is not None:
+            self.tap = _session_tap(up_headers, self.recorder.on_data if self.recorder is not None else None)
+        if self.recorder is not None:
+            if self.tap is not None:
+                self.recorder.notify_owner = self.notify_owner
+            else:
+                self.recorder.abort()
+                self.recorder = None
         if self.trailing:
             self.client.data_received(self.trailing)
         if up_trailing:
@@ -248,13 +292,35 @@ class UpgradeSession:
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
 
+    async def _start_session(self, verdict: Verdict) -> bytes | None:
+        """Name the session and open its recording when roles ask for one; a Status body when the session
+        must be refused (strict recording that cannot be written)."""
+        ex = self.ex
+        self.session_id = new_session_id()
+        self.meta = session_meta(
+            ex.kind or "upgrade", self.session_id, ex.head.query, user=ex.identity.user, roles=list(ex.identity.roles),
+            cluster=ex.cluster.name if ex.cluster else "", namespace=verdict.namespace, pod=verdict.name,
+        )
+        recordings = ex.fwd.recordings
+        if recordings is None or ex.kind not in ("exec", "attach"):
+            return None
+        self.recorder, refusal = await open_recording(
+            recordings, ex.fwd.policy, ex.identity, self.meta, lambda reason: ex.stop(reason))
+        if refusal is not None:
+            metrics.DENIALS.labels("recording_unavailable").inc()
+        return refusal
+
     def _audit_session(self, event: str, verdict: Verdict) -> None:
         ex = self.ex
         audit = ex.fwd.audit
-        if audit is None:
+        recordings = ex.fwd.recordings
+        if audit is None and recordings is None:
             return
+        meta = self.meta
+        recording = self.recorder.location if self.recorder is not None else None
         record: dict[str, Any] = {
             "event": event,
+            "session_id": self.session_id,
             "time": time.time(),
             "request_id": ex.request_id,
             "user": ex.identity.user,
@@ -269,6 +335,10 @@ class UpgradeSession:
             "path": ex.head.path,
             "query": ex.head.query,
             "protocol": (ex.head.header(b"upgrade") or b"").decode("latin-1"),
+            "tty": meta.get("tty"),
+            "container": meta.get("container"),
+            "command": meta.get("command"),
+            "recording": recording,
         }
         if event == "session.end":
             record.update(
@@ -279,16 +349,32 @@ class UpgradeSession:
             )
             if self.tap is not None and hasattr(self.tap, "summary"):
                 record.update(self.tap.summary())
-        audit(record)
+        if audit is not None:
+            audit(record)
+            if event == "session.end" and ex.kind == "exec" and not meta.get("tty"):
+                audit({"event": "exec", "time": record["time"], "session_id": self.session_id,
+                       "request_id": ex.request_id, "user": record["user"], "cluster": record["cluster"],
+                       "namespace": record["namespace"], "pod": record["pod"], "container": meta.get("container"),
+                       "command": meta.get("command"), "exit_code": record.get("exit_code"),
+                       "recording": recording})
+        if recordings is not None:
+            entry = {**meta, **{k: record[k] for k in ("impersonated_user", "impersonated_groups", "protocol")},
+                     "recording": recording, "state": "live" if event == "session.start" else "ended"}
+            if event == "session.end":
+                entry.update({k: record.get(k) for k in ("duration_s", "bytes_to_client", "bytes_from_client",
+                                                         "exit_code", "stopped")}, end_time=record["time"])
+            if self.recorder is not None and event == "session.end":
+                self.recorder.close(entry)  # the index is updated once the recording is complete
+            else:
+                recordings.put_index(entry)
 
 
-def _session_tap(headers: list[tuple[bytes, bytes]]) -> Any:
-    """The streams part's audit tap (exit code, bytes per stream) for this wire, or None."""
-    try:
-        from proxy.protocol.channels import SessionTap
-    except ImportError:  # pragma: no cover - the tap is optional
-        return None
-    return SessionTap.from_response_headers(headers)
+def _session_tap(headers: list[tuple[bytes, bytes]], on_data: Any = None) -> Any:
+    """The streams part's audit tap (exit code, bytes per stream) for this wire, or None; ``on_data`` sees
+    the streams' content (session recording)."""
+    from proxy.protocol.channels import SessionTap
+
+    return SessionTap.from_response_headers(headers, on_data=on_data)
 
 
 def upgrade_kind(path: str) -> str:

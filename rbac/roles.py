@@ -33,6 +33,13 @@ from typing import Any
 import yaml
 
 from rbac.labels import LabelPatternError, check_pattern, check_selector
+from rbac.sessions import (
+    JoinRule,
+    RecordSession,
+    SessionOptionError,
+    parse_join_sessions,
+    parse_record_session,
+)
 
 __all__ = [
     "CLUSTER_WIDE_KINDS",
@@ -133,22 +140,31 @@ _IGNORED_CONDITION_KEYS = {
     "db_service_labels_expression", "windows_desktop_labels", "windows_desktop_labels_expression",
     "windows_desktop_logins", "rules", "request", "review_requests", "impersonate", "host_groups",
     "host_sudoers", "cluster_labels", "cluster_labels_expression", "aws_role_arns", "azure_identities",
-    "gcp_service_accounts", "join_sessions", "require_session_join", "desktop_groups", "group_labels",
+    "gcp_service_accounts", "require_session_join", "desktop_groups", "group_labels",
     "group_labels_expression", "spiffe", "account_assignments", "github_permissions", "mcp",
     "workload_identity_labels", "workload_identity_labels_expression", "kubernetes_service_labels",
 }  # fmt: skip
 _UNSUPPORTED_CONDITION_KEYS = {"kubernetes_labels_expression"}
 _RESOURCE_KEYS = {"kind", "api_group", "namespace", "name", "verbs"}
-_OPTION_KEYS = {
-    "max_session_ttl", "forward_agent", "port_forwarding", "ssh_port_forwarding", "cert_format",
-    "client_idle_timeout", "disconnect_expired_cert", "enhanced_recording", "permit_x11_forwarding",
-    "pin_source_ip", "require_session_mfa", "create_host_user", "create_host_user_mode",
-    "create_host_user_default_shell", "create_db_user", "create_db_user_mode", "create_desktop_user",
-    "desktop_clipboard", "desktop_directory_sharing", "record_session", "lock", "request_access",
-    "request_prompt", "max_connections", "max_sessions", "max_kubernetes_connections",
-    "ssh_file_copy", "device_trust_mode", "idp", "cert_extensions", "bpf", "mfa_verification_interval",
-    "host_user_sudoers", "kubernetes_resources", "kubernetes_pod_security",
+# Role options kubegate implements.
+_OPTION_KEYS = {"max_session_ttl", "record_session"}
+# Options of Teleport's other products (SSH, databases, desktops): accepted and not used by kubegate.
+_OTHER_PRODUCT_OPTION_KEYS = {
+    "forward_agent", "port_forwarding", "ssh_port_forwarding", "cert_format", "enhanced_recording",
+    "permit_x11_forwarding", "create_host_user", "create_host_user_mode", "create_host_user_default_shell",
+    "create_db_user", "create_db_user_mode", "create_desktop_user", "desktop_clipboard",
+    "desktop_directory_sharing", "ssh_file_copy", "bpf", "host_user_sudoers", "request_prompt",
+    # kubegate always ends streams whose certificate expired, whatever this says.
+    "disconnect_expired_cert",
 }  # fmt: skip
+# Options that would change Kubernetes access which kubegate does not implement: a role setting one to
+# anything but its "off" value is refused (accepting and ignoring it would grant more than it says).
+_UNIMPLEMENTED_OPTION_KEYS = {
+    "require_session_mfa", "client_idle_timeout", "pin_source_ip", "lock",
+    "request_access", "max_connections", "max_sessions", "max_kubernetes_connections", "device_trust_mode",
+    "idp", "cert_extensions", "mfa_verification_interval", "kubernetes_resources", "kubernetes_pod_security",
+}  # fmt: skip
+_OFF_VALUES = (None, False, 0, "", "no", "off", "false", "never", "0", [], {})
 
 _ANY_TEMPLATE = re.compile(r"\{\{(.*?)\}\}")
 
@@ -208,6 +224,8 @@ class Role:
     max_session_ttl: int | None = None  # seconds
     source_version: str = "v8"
     source_file: str = ""
+    record_session: RecordSession | None = None  # options.record_session (None: not set)
+    join_sessions: tuple[JoinRule, ...] = ()  # allow.join_sessions
 
 
 class RoleSet:
@@ -449,7 +467,7 @@ def _conditions(ctx: _Ctx, where: str, raw: object, version: str, allow: bool) -
     for key in raw:
         if key in _UNSUPPORTED_CONDITION_KEYS:
             raise ctx.err(f"{where}.{key}", f"{key} is not supported by kubegate (use kubernetes_labels)")
-    _check_keys(ctx, where, raw, _CONDITION_KEYS | _IGNORED_CONDITION_KEYS)
+    _check_keys(ctx, where, raw, _CONDITION_KEYS | _IGNORED_CONDITION_KEYS | {"join_sessions"})
     labels = _labels(ctx, f"{where}.kubernetes_labels", raw.get("kubernetes_labels"))
     raw_resources = raw.get("kubernetes_resources") or []
     if not isinstance(raw_resources, list):
@@ -511,7 +529,19 @@ def _role_from_doc(doc: object, file: str | None, index: int) -> Role:
     options = spec.get("options") or {}
     if not isinstance(options, dict):
         raise ctx.err("spec.options", "must be a mapping")
-    _check_keys(ctx, "spec.options", options, _OPTION_KEYS)
+    _check_keys(ctx, "spec.options", options, _OPTION_KEYS | _OTHER_PRODUCT_OPTION_KEYS | _UNIMPLEMENTED_OPTION_KEYS)
+    for key in sorted(_UNIMPLEMENTED_OPTION_KEYS & set(options)):
+        if options[key] not in _OFF_VALUES:
+            raise ctx.err(f"spec.options.{key}", f"option {key} is not implemented by kubegate; remove it "
+                          f"(or set it off) rather than have it silently ignored")
+    try:
+        record = parse_record_session(options["record_session"]) if "record_session" in options else None
+        joins = parse_join_sessions((spec.get("allow") or {}).get("join_sessions") if isinstance(spec.get("allow"), dict) else None)
+    except SessionOptionError as exc:
+        where = "spec.allow." if exc.key.startswith("join_sessions") else "spec.options."
+        raise ctx.err(where + exc.key, str(exc)) from None
+    if isinstance(spec.get("deny"), dict) and spec["deny"].get("join_sessions"):
+        raise ctx.err("spec.deny.join_sessions", "deny.join_sessions is not supported by kubegate (joining is allowed only by allow rules)")
     ttl: int | None = None
     if options.get("max_session_ttl") is not None:
         try:
@@ -522,7 +552,7 @@ def _role_from_doc(doc: object, file: str | None, index: int) -> Role:
             raise ctx.err("spec.options.max_session_ttl", "must be positive")
     allow = _conditions(ctx, "spec.allow", spec.get("allow"), version, True)
     deny = _conditions(ctx, "spec.deny", spec.get("deny"), version, False)
-    return Role(name, "v8", allow, deny, ttl, version, file or "")
+    return Role(name, "v8", allow, deny, ttl, version, file or "", record, joins)
 
 
 def parse_roles_yaml(text: str, file: str | None = None) -> list[Role]:

@@ -588,6 +588,26 @@ class ChannelTap:
                 return
         self.on_data(d.side, _CHANNEL_NAMES.get(channel, str(channel)), memoryview(payload))
 
+    def server_at_boundary(self) -> bool:
+        """True when the server's bytes so far end on a whole message (a frame may be inserted now)."""
+        d = self._scan["server"]
+        return not self.failed and d.remaining == 0 and not d.buf and not d.message_opcode
+
+    def stdout_frame(self, data: bytes) -> bytes | None:
+        """A server message carrying ``data`` on stdout, framed for this protocol (None: no such channel)."""
+        if self.spdy_tap is not None:
+            return None
+        payload = (b"1" + base64.b64encode(data)) if self.base64 else bytes((STDOUT,)) + data
+        opcode = 0x81 if self.base64 else 0x82  # one final text / binary frame
+        n = len(payload)
+        if n < 126:
+            head = bytes((opcode, n))
+        elif n < 65536:
+            head = bytes((opcode, 126)) + struct.pack("!H", n)
+        else:
+            head = bytes((opcode, 127)) + struct.pack("!Q", n)
+        return head + payload
+
     def _frame_done(self, d: _WsScan) -> None:
         if d.opcode in (0, 1, 2) and d.fin:
             d.channel = None
@@ -638,6 +658,14 @@ class SessionTap:
     @property
     def failure(self) -> str:
         return self.tap.failure
+
+    def server_at_boundary(self) -> bool:
+        """The server's bytes so far end on a whole frame/message: one may be inserted toward the client."""
+        return self.tap.server_at_boundary()
+
+    def stdout_frame(self, data: bytes) -> bytes | None:
+        """``data`` framed as a server write on the session's stdout (None when there is none)."""
+        return self.tap.stdout_frame(data)
 
     def __call__(self, direction: str, data: bytes) -> None:
         if direction == "client":

@@ -719,6 +719,18 @@ class SpdyTap:
                     return code
         return None
 
+    def server_at_boundary(self) -> bool:
+        """True when the server's bytes so far end on a whole frame (a frame may be inserted now)."""
+        d = self._dirs["server"]
+        return not self.failed and d.skip == 0 and not d.pending
+
+    def stdout_frame(self, data: bytes) -> bytes | None:
+        """A data frame carrying ``data`` on the stdout stream (None before the client opened one)."""
+        for stream in self.streams.values():
+            if stream.stream_type == "stdout" and not stream.closed_by_server:
+                return data_frame_header(stream.stream_id, 0, len(data)) + data
+        return None
+
     def _feed(self, d: _TapDirection, data: bytes) -> None:
         if self.failed or not data:
             return

@@ -1,0 +1,226 @@
+"""Recording sessions as they are relayed, without blocking the event loop.
+
+``Recordings`` is the proxy's recording service (one per process): a store, a session index, the mode
+(``best_effort`` | ``strict``), and ONE writer thread that does every blocking call (opening, writing,
+fsync, uploads, index updates) in submission order. ``SessionRecorder`` is one session: the taps hand it
+terminal bytes (``content(stream, data)``: one list append on the hot path); every ``flush_interval`` the
+pending pieces become asciicast lines (:class:`proxy.recording.cast.CastEncoder`) that go to the live
+watchers (``kubegate sessions join``) and, on the writer thread, to the store. A recording whose writes
+fail, or whose unwritten backlog passes ``max_buffered``, is marked failed: the session goes on
+(best_effort) or is stopped (strict).
+
+Live sessions (recorded and in progress) are kept by id in ``Recordings.live`` with a bounded backlog
+of their latest cast lines, so that someone joining sees the recent screen before the live output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from proxy.recording.cast import CastEncoder
+from proxy.recording.index import SessionIndex
+from proxy.recording.stores import RecordingStore, RecordingStoreError, Sink
+
+log = logging.getLogger("kubegate.proxy.recording")
+
+BACKLOG_BYTES = 256 * 1024
+_TERMINAL = frozenset(("stdout", "stderr", "resize"))  # cast lines kept in memory per live session for someone joining
+
+
+class Recordings:
+    def __init__(
+        self,
+        store: RecordingStore,
+        index: SessionIndex,
+        *,
+        mode: str = "best_effort",
+        flush_interval: float = 0.2,
+        max_buffered: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.strict = mode == "strict"
+        self.flush_interval = flush_interval
+        self.max_buffered = max_buffered
+        self.live: dict[str, SessionRecorder] = {}
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="kubegate-recording")
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the writer thread (in order with everything submitted before)."""
+        self._executor.submit(_logged, fn, *args)
+
+    def put_index(self, record: dict[str, Any]) -> None:
+        self.submit(self.index.put, dict(record))
+
+    async def open(self, session_id: str, meta: dict[str, Any], *, record_input: bool, strict: bool,
+                   on_failure: Callable[[str], None]) -> SessionRecorder:
+        """Open the session's recording (on the writer thread); raises ``RecordingStoreError``."""
+        loop = asyncio.get_running_loop()
+        sink = await loop.run_in_executor(self._executor, self.store.open, session_id)
+        started = float(meta.get("start_time") or time.time())
+        recorder = SessionRecorder(self, session_id, sink, CastEncoder(meta, started, record_input=record_input),
+                                   loop, strict=strict, on_failure=on_failure)
+        self.live[session_id] = recorder
+        return recorder
+
+    def close(self) -> None:
+        """Finish every queued write (at shutdown)."""
+        self._executor.shutdown(wait=True)
+
+
+def _logged(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("recording write failed")
+
+
+class SessionRecorder:
+    def __init__(self, recordings: Recordings, session_id: str, sink: Sink, encoder: CastEncoder,
+                 loop: asyncio.AbstractEventLoop, *, strict: bool, on_failure: Callable[[str], None]) -> None:
+        self.recordings = recordings
+        self.session_id = session_id
+        self.sink = sink
+        self.location = sink.location
+        self.encoder = encoder
+        self.loop = loop
+        self.strict = strict
+        self.on_failure = on_failure
+        self.failed = ""
+        self.closed = False
+        self.bytes_written = 0
+        self.watchers: list[Callable[[bytes], None]] = []
+        self.backlog: deque[bytes] = deque()
+        self.header = b""
+        self.notify_owner: Callable[[str], None] | None = None  # set by the relay: a line to the owner's terminal
+        self._backlog_size = 0
+        self._pending: list[tuple[float, str, bytes]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._queued = 0  # bytes handed to the writer thread and not written yet
+
+    # --- hot path: called by the taps for every piece of every stream
+    def on_data(self, side: str, stream_type: str, chunk: memoryview) -> None:
+        """The taps' content hook (``proxy.protocol.spdy.DataObserver``): keep the terminal streams."""
+        if stream_type in _TERMINAL or (stream_type == "stdin" and self.encoder.record_input):
+            self.content(stream_type, bytes(chunk))
+
+    def content(self, stream: str, data: bytes) -> None:
+        self._pending.append((time.time(), stream, data))
+        if self._timer is None and not self.closed:
+            self._timer = self.loop.call_later(self.recordings.flush_interval, self.flush)
+
+    # --- batches
+    def flush(self) -> None:
+        self._timer = None
+        if not self._pending or self.failed:
+            self._pending.clear()
+            return
+        batch, self._pending = self._pending, []
+        self._emit(self.encoder.encode(batch))
+
+    def _emit(self, lines: bytes) -> None:
+        if not lines:
+            return
+        if not self.header:
+            cut = lines.index(b"\n") + 1
+            self.header, rest = lines[:cut], lines[cut:]
+            self._remember(rest)
+        else:
+            self._remember(lines)
+        for watcher in list(self.watchers):
+            watcher(lines)
+        if self._queued + len(lines) > self.recordings.max_buffered:
+            self._fail(f"the recording store is not keeping up ({self._queued} bytes waiting)")
+            return
+        self._queued += len(lines)
+        self.recordings.submit(self._write, lines)
+
+    def _remember(self, lines: bytes) -> None:
+        if not lines:
+            return
+        self.backlog.append(lines)
+        self._backlog_size += len(lines)
+        while self._backlog_size > BACKLOG_BYTES and len(self.backlog) > 1:
+            self._backlog_size -= len(self.backlog.popleft())
+
+    def _write(self, lines: bytes) -> None:  # writer thread
+        try:
+            if not self.failed:
+                self.sink.write(lines)
+                self.bytes_written += len(lines)
+        except RecordingStoreError as exc:
+            self.loop.call_soon_threadsafe(self._fail, str(exc))
+        finally:
+            self._queued -= len(lines)
+
+    def fail(self, reason: str) -> None:
+        """The recording cannot go on (e.g. the tap could not follow the stream)."""
+        self._fail(reason)
+
+    def _fail(self, reason: str) -> None:
+        if self.failed or self.closed:
+            return
+        self.failed = reason
+        log.warning("session recording failed", extra={"session_id": self.session_id, "problem": reason,
+                                                        "strict": self.strict})
+        if self.strict:
+            self.on_failure(f"session recording failed: {reason}")
+
+    # --- join
+    def watch(self, watcher: Callable[[bytes], None]) -> bytes:
+        """Add a live watcher; returns what it should show first (the header and the recent lines)."""
+        self.watchers.append(watcher)
+        return self.header + b"".join(self.backlog)
+
+    def unwatch(self, watcher: Callable[[bytes], None]) -> None:
+        if watcher in self.watchers:
+            self.watchers.remove(watcher)
+
+    # --- end
+    def close(self, record: dict[str, Any]) -> None:
+        """The session ended: write what is pending and the rest, close (fsync / complete the upload), and
+        update the index with ``record`` (after the recording is complete)."""
+        if self.closed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.failed:
+            batch, self._pending = self._pending, []
+            self._emit(self.encoder.encode(batch) + self.encoder.finish(time.time()))
+        self.closed = True
+        self.recordings.live.pop(self.session_id, None)
+        for watcher in list(self.watchers):
+            watcher(b"")  # end of stream
+        self.watchers.clear()
+        self.recordings.submit(self._finish, dict(record))
+
+    def abort(self) -> None:
+        """The session never started (the upstream refused the upgrade): drop the recording."""
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self.recordings.live.pop(self.session_id, None)
+        self.recordings.submit(self._close_sink)
+
+    def _close_sink(self) -> None:
+        try:
+            self.sink.close()
+        except RecordingStoreError as exc:
+            log.warning("closing a recording failed", extra={"session_id": self.session_id, "problem": str(exc)})
+
+    def _finish(self, record: dict[str, Any]) -> None:  # writer thread
+        try:
+            self.sink.close()
+        except RecordingStoreError as exc:
+            self.failed = self.failed or str(exc)
+        if self.failed:
+            record["recording_error"] = self.failed
+        record["recording_bytes"] = self.bytes_written
+        self.recordings.index.put(record)

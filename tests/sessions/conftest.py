@@ -1,0 +1,221 @@
+"""Fixtures for the session recording tests: a sandbox cluster and a kubegate proxy in front of it whose
+recordings go to a file store in a temporary directory, plus a driver for kubectl under a real pty."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import select
+import signal
+import struct
+import subprocess
+import termios
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROLES = {
+    # Records interactive sessions (the default) with input; may watch sessions of "admin" holders.
+    "admin": """
+kind: role
+version: v8
+metadata: {name: admin}
+spec:
+  options:
+    record_session: {default: best_effort, input: true}
+  allow:
+    kubernetes_labels: {'*': '*'}
+    kubernetes_resources: [{kind: '*', api_group: '*', namespace: '*', name: '*', verbs: ['*']}]
+    kubernetes_groups: ['system:masters']
+""",
+    # Also records non-interactive sessions' content.
+    "auditor": """
+kind: role
+version: v8
+metadata: {name: auditor}
+spec:
+  options:
+    record_session: {default: best_effort, non_interactive: best_effort}
+  allow:
+    kubernetes_labels: {'*': '*'}
+    kubernetes_resources: [{kind: pods, api_group: '', namespace: '*', name: '*', verbs: ['*']}]
+    kubernetes_groups: ['system:masters']
+""",
+    # May observe the sessions of users holding "admin"; cannot exec itself.
+    "observer": """
+kind: role
+version: v8
+metadata: {name: observer}
+spec:
+  allow:
+    kubernetes_labels: {'*': '*'}
+    kubernetes_resources: [{kind: pods, api_group: '', namespace: '*', name: '*', verbs: [get, list]}]
+    join_sessions: [{name: watch admins, roles: [admin], kinds: [k8s], modes: [observer]}]
+""",
+    # Sees pods but has no join_sessions.
+    "viewer": """
+kind: role
+version: v8
+metadata: {name: viewer}
+spec:
+  allow:
+    kubernetes_labels: {'*': '*'}
+    kubernetes_resources: [{kind: pods, api_group: '', namespace: '*', name: '*', verbs: [get, list]}]
+""",
+}
+
+
+def write_roles(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in ROLES.items():
+        (directory / f"{name}.yaml").write_text(text)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def rec_gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any, Path]]:
+    """(sandbox, proxy, sessions dir): the proxy records sessions into ``sessions dir``."""
+    from proxy.recording.index import FileSessionIndex
+    from proxy.recording.recorder import Recordings
+    from proxy.recording.stores import FileStore
+    from proxy.testing import cluster_for_sandbox, running_proxy
+    from rbac import RoleWatcher
+    from sandbox.testing import running_sandbox
+
+    base = tmp_path_factory.mktemp("rec")
+    sessions = base / "sessions"
+    roles = RoleWatcher(str(write_roles(base / "roles")), time.time)
+    recordings = Recordings(FileStore(str(sessions)), FileSessionIndex(str(sessions)), flush_interval=0.05)
+    with running_sandbox(base / "sandbox") as sb:
+        with running_proxy(base / "proxy", clusters=[cluster_for_sandbox(sb)], roles=roles,
+                           recordings=recordings) as px:
+            yield sb, px, sessions
+
+
+@pytest.fixture(scope="session")
+def rpx(rec_gate):
+    return rec_gate[1]
+
+
+@pytest.fixture(scope="session")
+def sessions_dir(rec_gate) -> Path:
+    return rec_gate[2]
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def ended_session(sessions_dir: Path, marker: str, timeout: float = 30.0) -> dict[str, Any]:
+    """The index record of the ended session whose command line carries ``marker``."""
+    from proxy.recording.index import FileSessionIndex
+
+    index = FileSessionIndex(str(sessions_dir))
+
+    def find() -> dict[str, Any] | None:
+        for record in index.list():
+            if marker in " ".join(record.get("command") or []) and record.get("state") == "ended":
+                return record
+        return None
+
+    return wait_for(find, timeout, f"the ended session with {marker}")
+
+
+class PtyKubectl:
+    """kubectl with a real pseudo-terminal as its stdin and stdout (stderr on a pipe), like a person at a
+    terminal: ``type`` keys, ``resize`` (TIOCSWINSZ + SIGWINCH), ``read_until`` output; ``screen`` renders
+    everything kubectl wrote to the terminal with pyte, resized where the terminal was."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cols: int = 80, rows: int = 24) -> None:
+        import pyte
+
+        self.master, slave = pty.openpty()
+        self._set_size(slave, cols, rows)
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=subprocess.PIPE, env=env,
+                                     start_new_session=True, close_fds=True)
+        os.close(slave)
+        self.screen = pyte.Screen(cols, rows)
+        self.stream = pyte.ByteStream(self.screen)
+        self.output = b""
+
+    @staticmethod
+    def _set_size(fd: int, cols: int, rows: int) -> None:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def type(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def resize(self, cols: int, rows: int) -> None:
+        self._set_size(self.master, cols, rows)
+        self.screen.resize(rows, cols)
+        self.proc.send_signal(signal.SIGWINCH)
+
+    def pump(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if not ready:
+            return True
+        try:
+            chunk = os.read(self.master, 65536)
+        except OSError:  # EIO: kubectl closed the terminal
+            return False
+        if not chunk:
+            return False
+        self.output += chunk
+        self.stream.feed(chunk)
+        return True
+
+    def read_until(self, needle: bytes, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        start = len(self.output)
+        while needle not in self.output[start:]:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {needle!r} in kubectl's terminal output: {self.output[-500:]!r}")
+            if not self.pump(0.2):
+                raise AssertionError(f"terminal closed before {needle!r}: {self.output[-500:]!r}")
+
+    def wait(self, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self.pump(0.1)
+        while self.pump(0.05) and self.proc.poll() is not None:
+            ready, _, _ = select.select([self.master], [], [], 0)
+            if not ready:
+                break
+        return self.proc.wait(timeout=5)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        os.close(self.master)
+
+
+def replay_screen(cast: bytes) -> Any:
+    """A pyte screen after playing a cast: its header's size, its resizes and its output, in order."""
+    import pyte
+
+    from proxy.recording.cast import read_cast
+
+    header, events = read_cast(cast)
+    screen = pyte.Screen(header["width"], header["height"])
+    stream = pyte.Stream(screen)
+    for _, code, data in events:
+        if code == "o":
+            stream.feed(data)
+        elif code == "r":
+            cols, rows = (int(x) for x in data.split("x"))
+            screen.resize(rows, cols)
+    return screen
