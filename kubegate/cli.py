@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kubegate.commands.bot",
     "kubegate.commands.clusters",
     "kubegate.commands.bench",
+    "kubegate.commands.sessions",
 )
 
 

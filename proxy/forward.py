@@ -234,6 +234,11 @@ class Exchange:
     def start(self) -> None:
         self.fwd.exchanges.add(self)
         metrics.IN_FLIGHT.inc()
+        if self.head.path.startswith("/kubegate/sessions/"):  # live session streams (kubegate sessions join)
+            from proxy.recording.join import serve_join
+
+            self.task = self.fwd.loop.create_task(serve_join(self))
+            return
         self.task = self.fwd.loop.create_task(self._run())
 
     def start_upgrade(self, trailing: bytes) -> None:

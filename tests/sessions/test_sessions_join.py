@@ -1,0 +1,92 @@
+"""``kubegate sessions join ID`` (the real CLI, as a subprocess) watches a live ``kubectl exec -it``
+session read-only through the proxy listener, authenticated by the joiner's client certificate; the
+session's owner sees a line naming who joined; a user without ``join_sessions`` is refused."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from proxy.recording.index import FileSessionIndex
+from tests.sessions.conftest import PtyKubectl, replay_screen, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def _live_session(sessions_dir, marker: str) -> dict:
+    index = FileSessionIndex(str(sessions_dir))
+    return wait_for(lambda: next((r for r in index.list() if marker in " ".join(r.get("command") or [])
+                                  and r.get("state") == "live"), None), 30, "the live session")
+
+
+def _join(session_id: str, kubeconfig) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "kubegate", "sessions", "join", session_id, "--kubeconfig", str(kubeconfig)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _read_until(proc: subprocess.Popen[bytes], needle: bytes, timeout: float = 30) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while needle not in seen:
+        assert time.monotonic() < deadline, f"joiner never showed {needle!r}: {seen[-300:]!r}"
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            assert chunk, f"joiner ended before {needle!r}: {seen[-300:]!r} {proc.stderr.read() if proc.stderr else b''!r}"
+            seen += chunk
+    return seen
+
+
+def test_an_observer_sees_the_live_session_and_the_owner_sees_the_join(kubectl, rpx, sessions_dir):
+    marker = uuid.uuid4().hex[:12]
+    owner_config = rpx.kubeconfig("alice", ["admin"], ["sandbox"])
+    observer_config = rpx.kubeconfig("bob", ["observer"], ["sandbox"])
+    viewer_config = rpx.kubeconfig("eve", ["viewer"], ["sandbox"])
+    term = PtyKubectl([kubectl, "--kubeconfig", str(owner_config), "exec", "-it", "-n", "dev", "web-1", "--",
+                       "sh", "-c", f"echo ready-{marker}; exec sh -i"], dict(os.environ, TERM="xterm"))
+    joiner = None
+    try:
+        term.read_until(f"ready-{marker}".encode())
+        session = _live_session(sessions_dir, marker)
+
+        refused = subprocess.run([sys.executable, "-m", "kubegate", "sessions", "join", session["session_id"],
+                                  "--kubeconfig", str(viewer_config)], capture_output=True, timeout=60)
+        assert refused.returncode == 1
+        assert b"403" in refused.stderr and b"may not join" in refused.stderr
+
+        joiner = _join(session["session_id"], observer_config)
+        _read_until(joiner, f"ready-{marker}".encode())  # the recent screen comes first
+        term.read_until(b"bob joined this session")
+        term.type("echo live-$((2+3))\r")
+        term.read_until(b"live-5")
+        _read_until(joiner, b"live-5")
+        term.type("exit\r")
+        assert term.wait() == 0
+        assert joiner.wait(timeout=30) == 0
+        assert joiner.stderr is not None and b"the session ended" in joiner.stderr.read()
+        owner_screen = term.screen.display
+    finally:
+        term.close()
+        if joiner is not None and joiner.poll() is None:
+            joiner.kill()
+            joiner.wait()
+    join_events = [e for e in list(rpx.audit_events) if e.get("event") == "session.join"]
+    assert any(e["session_id"] == session["session_id"] and e["user"] == "bob" and e["owner"] == "alice"
+               for e in join_events)
+    cast = wait_for(lambda: (sessions_dir / f"{session['session_id']}.cast").read_bytes()
+                    if FileSessionIndex(str(sessions_dir)).get(session["session_id"])["state"] == "ended" else None)
+    assert replay_screen(cast).display == owner_screen  # the join line is in the recording too
+
+
+def test_joining_a_session_that_is_not_live_is_a_404(rpx, sessions_dir):
+    observer_config = rpx.kubeconfig("bob", ["observer"], ["sandbox"])
+    result = subprocess.run([sys.executable, "-m", "kubegate", "sessions", "join", uuid.uuid4().hex,
+                             "--kubeconfig", str(observer_config)], capture_output=True, timeout=60)
+    assert result.returncode == 1 and b"404" in result.stderr and b"not live" in result.stderr
