@@ -1,6 +1,13 @@
 """Kubeconfig files → clusters.
 
-Each context becomes a cluster named after the context. Supported per context:
+Each context becomes a cluster. Its name (``KubeconfigFile``, from a ``kubernetes_service.kubeconfig_files``
+entry): the context's name (``name_from: context``, the default) or its cluster entry's name
+(``name_from: cluster``), shortened when a tool gave it a known shape — an EKS ARN → the EKS cluster's name,
+``gke_PROJECT_LOCATION_NAME`` → ``NAME``, ``user@cluster`` → ``cluster`` — and made valid otherwise
+(``cluster_name_from``); or an explicit name per context, or one ``name`` for a single-context file. The
+original context name is kept as label ``kubegate.dev/context``. Two contexts that map to one name: the
+first is served, the second is refused with a message naming both contexts and files. Supported per
+context:
 
 - cluster: ``server`` (https), ``certificate-authority-data`` / ``certificate-authority`` (a path,
   relative to the kubeconfig's directory), ``tls-server-name``, ``insecure-skip-tls-verify`` (allowed,
@@ -26,8 +33,10 @@ import binascii
 import dataclasses
 import logging
 import os
+import re
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +45,12 @@ import yaml
 from discovery.credentials import EXEC_API_VERSIONS, ExecCredentials, FileCredentials
 from discovery.errors import DiscoveryError
 from discovery.model import Cluster, CredentialsProvider, StaticCredentials, UpstreamCredentials
-from discovery.store import validate_cluster_name
+from discovery.store import NAME_RE, validate_cluster_name
 
 log = logging.getLogger(__name__)
 
 LABELS_EXTENSION = "kubegate.dev/labels"
+CONTEXT_LABEL = "kubegate.dev/context"  # the original context name of a kubeconfig cluster
 ORIGIN_LABEL = "kubegate.dev/origin"
 
 
@@ -67,37 +77,178 @@ def load_kubeconfig_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return parse_kubeconfig(text, str(path))
 
 
+@dataclass(frozen=True, slots=True)
+class ContextEntry:
+    """Per-context settings of a kubeconfig file entry: an explicit cluster name and extra labels."""
+
+    context: str
+    name: str | None = None
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class KubeconfigFile:
+    """One ``kubernetes_service.kubeconfig_files`` entry (a plain path string means all defaults).
+
+    ``name_from``: ``context`` (default) names each cluster after its context, ``cluster`` after the
+    context's cluster entry; either way the name is derived (``cluster_name_from``) when the raw one has a
+    known tool's shape or is not a valid cluster name. ``name``: a fixed name, for a file with exactly one
+    context. ``labels``: on every cluster of the file. ``contexts``: per-context ``name`` / ``labels``.
+    """
+
+    path: str
+    name_from: str = "context"
+    name: str | None = None
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    contexts: tuple[ContextEntry, ...] = ()
+
+
+def as_kubeconfig_file(entry: object) -> KubeconfigFile:
+    """A ``KubeconfigFile`` from a path string, a ``KubeconfigFile`` or any object with its attributes
+    (the validated config's entries); ``~`` in the path is expanded."""
+    if isinstance(entry, str | os.PathLike):
+        return KubeconfigFile(path=os.path.expanduser(os.fspath(entry)))
+    contexts = tuple(
+        ContextEntry(context=str(c.context), name=getattr(c, "name", None), labels=dict(getattr(c, "labels", {}) or {}))
+        for c in getattr(entry, "contexts", ()) or ()
+    )
+    return KubeconfigFile(
+        path=os.path.expanduser(str(entry.path)),  # type: ignore[attr-defined]
+        name_from=getattr(entry, "name_from", "context") or "context",
+        name=getattr(entry, "name", None),
+        labels=dict(getattr(entry, "labels", {}) or {}),
+        contexts=contexts,
+    )
+
+
+# Names real tools give contexts and clusters: the part that names the cluster itself.
+_EKS_ARN = re.compile(r"^arn:aws[a-z-]*:eks:[^:]*:[^:]*:cluster/(?P<name>[^/]+)$")  # aws eks update-kubeconfig
+_GKE = re.compile(r"^gke_[^_]+_[^_]+_(?P<name>.+)$")  # gcloud container clusters get-credentials
+_INVALID_RUN = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def cluster_name_from(raw: str) -> str:
+    """A valid kubegate cluster name for a context (or kubeconfig cluster) name as tools write them.
+
+    ``arn:aws:eks:REGION:ACCOUNT:cluster/NAME`` (EKS) → ``NAME``; ``gke_PROJECT_LOCATION_NAME`` (GKE) →
+    ``NAME``; ``USER@CLUSTER`` (kubeadm's ``kubernetes-admin@kubernetes``, minikube, kind…) → ``CLUSTER``;
+    any other name is kept when valid, else every run of characters outside ``[A-Za-z0-9._-]`` becomes
+    ``-``. Raises ``DiscoveryError`` when nothing usable is left.
+    """
+    for shape in (_EKS_ARN, _GKE):
+        match = shape.match(raw)
+        if match and NAME_RE.match(match.group("name")):
+            return match.group("name")
+    if "@" in raw:
+        tail = raw.rsplit("@", 1)[1]
+        if tail:
+            return cluster_name_from(tail)
+    if NAME_RE.match(raw):
+        return raw
+    cleaned = _INVALID_RUN.sub("-", raw).strip("-._")[:253].rstrip("-._")
+    return validate_cluster_name(cleaned, f"the name derived from {raw!r}")
+
+
+def _context_names(doc: Mapping[str, Any], where: str) -> list[tuple[str, str | None]]:
+    """(context name, its cluster entry name) of every named context, in file order."""
+    out = []
+    for ctx in doc.get("contexts") or []:
+        name = ctx.get("name") if isinstance(ctx, dict) else None
+        if not isinstance(name, str) or not name:
+            raise DiscoveryError(f"{where}: a context without a name")
+        body = ctx.get("context")
+        cluster = body.get("cluster") if isinstance(body, dict) else None
+        out.append((name, cluster if isinstance(cluster, str) else None))
+    return out
+
+
+def collision_message(name: str, first: tuple[str, str], second: tuple[str, str]) -> str:
+    """Two contexts (context, file) that would both be cluster ``name``: the first is kept."""
+    return (
+        f"cluster name {name!r} collides: context {second[0]!r} in {second[1]} and context {first[0]!r} in "
+        f"{first[1]} both map to it; serving the one from context {first[0]!r} (give one of them an explicit "
+        "name: kubernetes_service.kubeconfig_files[].contexts[].name)"
+    )
+
+
 def kubeconfig_clusters_with_errors(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | KubeconfigFile,
     *,
     origin: str = "kubeconfig",
     labels: Mapping[str, str] | None = None,
 ) -> tuple[list[Cluster], list[str]]:
-    """All usable contexts of a kubeconfig file, and one error message per unusable one."""
-    doc = load_kubeconfig_file(path)
-    base_dir = Path(path).resolve().parent
+    """All usable contexts of a kubeconfig file, and one error message per unusable one (and per name
+    collision inside the file). Each cluster carries its original context name as label
+    ``kubegate.dev/context``."""
+    entry = as_kubeconfig_file(path)
+    where = entry.path
+    doc = load_kubeconfig_file(where)
+    base_dir = Path(where).resolve().parent
+    overrides = {c.context: c for c in entry.contexts}
     clusters: list[Cluster] = []
     errors: list[str] = []
-    for ctx in doc.get("contexts") or []:
-        name = ctx.get("name") if isinstance(ctx, dict) else None
+    try:
+        contexts = _context_names(doc, where)
+    except DiscoveryError as exc:
+        return [], [str(exc)]
+    if entry.name is not None and len(contexts) != 1:
+        message = (f"{where}: name {entry.name!r} needs a file with exactly one context, this one has "
+                   f"{len(contexts)} (name each context under contexts: instead)")
+        log.error("%s", message)
+        return [], [message]
+    for missing in sorted(set(overrides) - {c for c, _ in contexts}):
+        errors.append(f"{where}: contexts: no context named {missing!r} in the file")
+    taken: dict[str, str] = {}
+    for context_name, cluster_entry in contexts:
+        override = overrides.get(context_name)
         try:
-            if not isinstance(name, str):
-                raise DiscoveryError(f"{path}: a context without a name")
+            if override is not None and override.name:
+                name = validate_cluster_name(override.name, f"{where}: context {context_name!r}")
+            elif entry.name is not None:
+                name = validate_cluster_name(entry.name, where)
+            elif entry.name_from == "cluster":
+                if cluster_entry is None:
+                    raise DiscoveryError(f"{where}: context {context_name!r} names no cluster")
+                name = cluster_name_from(cluster_entry)
+            else:
+                name = cluster_name_from(context_name)
+            if name in taken:
+                raise DiscoveryError(collision_message(name, (taken[name], where), (context_name, where)))
             cluster = cluster_from_context(
-                doc, name, name=name, base_dir=base_dir, where=str(path), origin=origin
+                doc, context_name, name=name, base_dir=base_dir, where=where, origin=origin
             )
         except DiscoveryError as exc:
             log.error("%s", exc)
             errors.append(str(exc))
             continue
-        if labels:
-            cluster = _with_labels(cluster, {**labels, **cluster.labels})
-        clusters.append(cluster)
+        taken[name] = context_name
+        extra = {**(labels or {}), **entry.labels, **cluster.labels, **(override.labels if override else {}),
+                 CONTEXT_LABEL: context_name}
+        clusters.append(_with_labels(cluster, extra))
     return clusters, errors
 
 
+def kubeconfig_files_collisions(loaded: list[tuple[str, list[Cluster]]]) -> tuple[list[tuple[str, list[Cluster]]], list[str]]:
+    """Across files (in order): drop each cluster whose name an earlier file already gave, with a message
+    naming both contexts and both files."""
+    owner: dict[str, tuple[str, str]] = {}
+    kept: list[tuple[str, list[Cluster]]] = []
+    errors: list[str] = []
+    for path, clusters in loaded:
+        mine = []
+        for cluster in clusters:
+            context = cluster.labels.get(CONTEXT_LABEL, cluster.name)
+            if cluster.name in owner:
+                errors.append(collision_message(cluster.name, owner[cluster.name], (context, path)))
+                continue
+            owner[cluster.name] = (context, path)
+            mine.append(cluster)
+        kept.append((path, mine))
+    return kept, errors
+
+
 def clusters_from_kubeconfig(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | KubeconfigFile,
     *,
     origin: str = "kubeconfig",
     labels: Mapping[str, str] | None = None,

@@ -44,7 +44,13 @@ from discovery.errors import DiscoveryError
 from discovery.health import HealthChecker
 from discovery.kube_cluster import ORIGIN as KUBE_CLUSTER
 from discovery.kube_cluster import ClustersDirScanner, KubeClusterResource
-from discovery.kubeconfig import kubeconfig_clusters_with_errors
+from discovery.kubeconfig import (
+    CONTEXT_LABEL,
+    KubeconfigFile,
+    as_kubeconfig_file,
+    collision_message,
+    kubeconfig_clusters_with_errors,
+)
 from discovery.model import Cluster
 from discovery.reconcile import Plan, reconcile
 from discovery.registry import ClusterRegistry
@@ -84,7 +90,7 @@ class DiscoveryService:
         registry: ClusterRegistry,
         *,
         store_dir: str | os.PathLike[str],
-        kubeconfig_files: Sequence[str] = (),
+        kubeconfig_files: Sequence[str | KubeconfigFile] = (),
         clusters_dir: str | None = None,
         discovery_group: str = "",
         poll_interval: float = 300.0,
@@ -103,7 +109,7 @@ class DiscoveryService:
     ) -> None:
         self.registry = registry
         self.store = ClusterStore(store_dir)
-        self.kubeconfig_files = [os.path.expanduser(p) for p in kubeconfig_files]
+        self.kubeconfig_files = [as_kubeconfig_file(entry) for entry in kubeconfig_files]
         self.dir_scanner = ClustersDirScanner(os.path.expanduser(clusters_dir)) if clusters_dir else None
         self.group = discovery_group
         self.poll_interval = poll_interval
@@ -211,19 +217,21 @@ class DiscoveryService:
 
     def _sync_files(self) -> bool:
         changed = False
-        for path in self.kubeconfig_files:
+        for entry in self.kubeconfig_files:
+            path = entry.path
             stamp = _stamp(path)
             if self._kubeconfig_stamps.get(path, "never") == stamp:
                 continue
             self._kubeconfig_stamps[path] = stamp
             source = f"kubeconfig:{path}"
             try:
-                clusters, errors = kubeconfig_clusters_with_errors(path)
+                clusters, errors = kubeconfig_clusters_with_errors(entry)
             except DiscoveryError as exc:
                 log.error("%s", exc)
                 self.errors[source] = [str(exc)]
                 continue  # an unreadable file keeps its last good clusters
-            self.errors[source] = errors + self.registry.replace_source(source, clusters)
+            clusters, collisions = self._kubeconfig_collisions(source, clusters)
+            self.errors[source] = errors + collisions + self.registry.replace_source(source, clusters)
             changed = True
         if self.dir_scanner is not None:
             scanner = self.dir_scanner
@@ -243,6 +251,25 @@ class DiscoveryService:
                 if errors:
                     self.errors[f"dir:{path}"] = errors
         return changed
+
+    def _kubeconfig_collisions(self, source: str, clusters: list[Cluster]) -> tuple[list[Cluster], list[str]]:
+        """Drop the clusters whose name another kubeconfig file already serves, with a message naming both
+        contexts and both files (the registry would refuse them naming the sources only)."""
+        kept, errors = [], []
+        for cluster in clusters:
+            owner = self.registry.source_of(cluster.name)
+            current = self.registry.peek(cluster.name)
+            if owner is not None and owner != source and owner.startswith("kubeconfig:") and current is not None:
+                message = collision_message(
+                    cluster.name,
+                    (current.labels.get(CONTEXT_LABEL, cluster.name), owner.removeprefix("kubeconfig:")),
+                    (cluster.labels.get(CONTEXT_LABEL, cluster.name), source.removeprefix("kubeconfig:")),
+                )
+                log.error("%s", message)
+                errors.append(message)
+                continue
+            kept.append(cluster)
+        return kept, errors
 
     def _refresh_store(self) -> bool:
         """Blocking (run in a thread: building clusters may read files): re-read the store, feed the

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from discovery.store import NAME_RE
 from rbac.roles import duration_seconds
 
 KiB = 1024
@@ -173,6 +174,7 @@ class _Spec:
     section: type | None = None
     secret: bool = False
     help: str = ""
+    shorthand: str = ""  # list_of_sections: a plain string item means {shorthand: item}
 
 
 def _f(kind: str, default: Any = None, *, factory: Callable[[], Any] | None = None, **spec: Any) -> Any:
@@ -274,8 +276,32 @@ class ResourceMatcher:
 
 
 @dataclass(frozen=True, slots=True)
+class KubeconfigContextConfig:
+    """One context of a kubeconfig file entry: its cluster name and extra labels."""
+
+    context: str = _f("str", "")
+    name: str | None = _f("str", None, optional=True)
+    labels: dict[str, str] = _f("str_map", factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class KubeconfigFileConfig:
+    """``kubeconfig_files`` entry; a plain string is ``{path: <string>}`` (see ``discovery.kubeconfig``)."""
+
+    path: str = _f("path", None, optional=True)  # required: checked in _check_kubeconfig_files
+    name_from: str = _f("choice", "context", choices=("context", "cluster"))
+    name: str | None = _f("str", None, optional=True, help="one fixed name: a file with exactly one context")
+    labels: dict[str, str] = _f("str_map", factory=dict)
+    contexts: tuple[KubeconfigContextConfig, ...] = field(
+        default=(), metadata={"spec": _Spec("list_of_sections", section=KubeconfigContextConfig)}
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class KubernetesServiceConfig:
-    kubeconfig_files: tuple[str, ...] = _f("path_list", ())
+    kubeconfig_files: tuple[KubeconfigFileConfig, ...] = field(
+        default=(), metadata={"spec": _Spec("list_of_sections", section=KubeconfigFileConfig, shorthand="path")}
+    )
     clusters_dir: str | None = _f("path", optional=True)
     resources: tuple[ResourceMatcher, ...] = field(
         default_factory=lambda: (ResourceMatcher(),),
@@ -431,6 +457,12 @@ class _Loader:
         if kind == "list_of_sections":
             if not isinstance(raw, list):
                 raise _Bad(f"must be a list, not {_show(raw)}")
+            if spec.shorthand:
+                for i, item in enumerate(raw):
+                    if not isinstance(item, str | Mapping):
+                        self.bad(f"{where}[{i}]", f"{_show(item)} is not a {spec.shorthand} (string) or a mapping")
+                raw = [{spec.shorthand: item} if isinstance(item, str) else item
+                       for item in raw if isinstance(item, str | Mapping)]
             return tuple(self.section(spec.section, item, f"{where}[{i}]")  # type: ignore[arg-type]
                          for i, item in enumerate(raw))
         if kind == "size":
@@ -484,6 +516,13 @@ class _Loader:
                 else:
                     raise _Bad(f"label {key}: {_show(val)} is not a string or a list of strings")
             return out
+        if kind == "str_map":
+            if not isinstance(raw, Mapping) or not all(
+                isinstance(k, str) and k and isinstance(v, str | int | float) and not isinstance(v, bool)
+                for k, v in raw.items()
+            ):
+                raise _Bad(f"{_show(raw)} is not a mapping of names to string values")
+            return {k: str(v) for k, v in raw.items()}
         raise AssertionError(f"unknown field kind {kind}")  # pragma: no cover - schema bug
 
     @staticmethod
@@ -503,7 +542,29 @@ class _Loader:
         return os.path.normpath(str(expanded))
 
 
+def _check_kubeconfig_files(cfg: Config, loader: _Loader) -> None:
+    for i, entry in enumerate(cfg.kubernetes_service.kubeconfig_files):
+        where = f"kubernetes_service.kubeconfig_files[{i}]"
+        if not entry.path:
+            loader.bad(f"{where}.path", "must be set (the kubeconfig file)")
+        if entry.name is not None and entry.contexts:
+            loader.bad(where, "name (one cluster for a single-context file) and contexts cannot be used together")
+        names = [(f"{where}.name", entry.name)] + [(f"{where}.contexts[{j}].name", c.name)
+                                                    for j, c in enumerate(entry.contexts)]
+        for key, name in names:
+            if name is not None and not NAME_RE.match(name):
+                loader.bad(key, f"{_show(name)} is not a valid cluster name (letters, digits, '.', '_', '-')")
+        seen: set[str] = set()
+        for j, ctx in enumerate(entry.contexts):
+            if not ctx.context:
+                loader.bad(f"{where}.contexts[{j}].context", "must be set (the context's name in the file)")
+            elif ctx.context in seen:
+                loader.bad(f"{where}.contexts[{j}].context", f"{_show(ctx.context)} is listed twice")
+            seen.add(ctx.context)
+
+
 def _cross_checks(cfg: Config, loader: _Loader) -> None:
+    _check_kubeconfig_files(cfg, loader)
     tls = cfg.proxy.tls
     if (tls.cert_file is None) != (tls.key_file is None):
         loader.bad("proxy.tls", "cert_file and key_file go together (set both or neither)")
@@ -607,6 +668,8 @@ def _plain(spec: _Spec, value: Any, redact: bool) -> Any:
         return list(value)
     if spec.kind == "selector":
         return {k: (list(v) if isinstance(v, list) else v) for k, v in value.items()}
+    if spec.kind == "str_map":
+        return dict(value)
     return value
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from discovery.errors import DiscoveryError
 from discovery.kube_cluster import ORIGIN as KUBE_CLUSTER
 from discovery.kube_cluster import ClustersDirScanner, KubeClusterResource, load_resource_file
-from discovery.kubeconfig import kubeconfig_clusters_with_errors
+from discovery.kubeconfig import kubeconfig_clusters_with_errors, kubeconfig_files_collisions
 from discovery.model import Cluster
 from discovery.registry import ClusterRegistry
 from discovery.store import ClusterStore, read_health
@@ -165,13 +166,9 @@ def _collect(cfg: Any) -> _View:
             return
         view.entries[cluster.name] = _Entry(cluster, source, dynamic or [])
 
-    for path in cfg.kubernetes_service.kubeconfig_files:
-        try:
-            clusters, errors = kubeconfig_clusters_with_errors(path)
-        except DiscoveryError as exc:
-            view.errors.append(str(exc))
-            continue
-        view.errors.extend(errors)
+    loaded, errors = load_kubeconfig_files(cfg)
+    view.errors.extend(errors)
+    for path, clusters in loaded:
         for cluster in clusters:
             add(cluster, f"kubeconfig {path}")
     if cfg.kubernetes_service.clusters_dir:
@@ -197,6 +194,28 @@ def _collect(cfg: Any) -> _View:
             add(Cluster(name=record.name, labels=dict(record.labels), server=str(record.spec.get("endpoint", "")),
                         origin=record.origin, discovery_group=record.discovery_group), f"store {where}")
     return view
+
+
+def load_kubeconfig_files(cfg: Any) -> tuple[list[tuple[str, list[Cluster]]], list[str]]:
+    """Every ``kubernetes_service.kubeconfig_files`` entry loaded as the proxy loads them: (path, clusters)
+    per readable file, and every problem (unusable contexts, name collisions inside and across files)."""
+    loaded: list[tuple[str, list[Cluster]]] = []
+    errors: list[str] = []
+    loader_log = logging.getLogger("discovery.kubeconfig")
+    was_disabled, loader_log.disabled = loader_log.disabled, True  # the caller prints every problem once
+    try:
+        for entry in cfg.kubernetes_service.kubeconfig_files:
+            try:
+                clusters, problems = kubeconfig_clusters_with_errors(entry)
+            except DiscoveryError as exc:
+                errors.append(str(exc))
+                continue
+            errors.extend(problems)
+            loaded.append((entry.path, clusters))
+    finally:
+        loader_log.disabled = was_disabled
+    kept, collisions = kubeconfig_files_collisions(loaded)
+    return kept, errors + collisions
 
 
 def _selector(cfg: Any) -> ClusterRegistry:

@@ -95,7 +95,7 @@ def test_durations_parse_with_units(text, seconds):
         ({"kubernetes_service": {"resources": [{"labels": {"env": 3}}]}},
          "kubegate.yaml: kubernetes_service.resources[0].labels: label env: 3 is not a string"),
         ({"kubernetes_service": {"kubeconfig_files": [1]}},
-         "kubegate.yaml: kubernetes_service.kubeconfig_files: [1] is not a list of strings"),
+         "kubegate.yaml: kubernetes_service.kubeconfig_files[0]: 1 is not a path (string) or a mapping"),
         ({"discovery_service": {"aws": [{"types": ["gke"]}]}},
          'kubegate.yaml: discovery_service.aws[0].types: "gke" is not one of: eks'),
         ({"discovery_service": {"azure": [{"regionz": ["*"]}]}},
@@ -174,8 +174,8 @@ def test_design_example_loads_and_relative_paths_follow_the_file(tmp_path):
     assert cfg.auth.roles_dir == str(conf_dir / "roles")
     assert cfg.proxy.tls.cert_file == str(conf_dir / "tls" / "cert.pem")
     assert cfg.proxy.tls.key_file == "/abs/key.pem"
-    assert cfg.kubernetes_service.kubeconfig_files == (
-        os.path.expanduser("~/.kube/config"), str(conf_dir / "kc" / "prod.yaml"))
+    assert [entry.path for entry in cfg.kubernetes_service.kubeconfig_files] == [
+        os.path.expanduser("~/.kube/config"), str(conf_dir / "kc" / "prod.yaml")]
     assert cfg.kubernetes_service.resources[1].labels == {"env": ["dev", "staging"]}
     assert cfg.proxy.workers == 2
     assert cfg.proxy.public_address == "kubegate.example.com:3026"

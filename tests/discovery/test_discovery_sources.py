@@ -71,7 +71,7 @@ def test_each_context_becomes_a_cluster_named_after_it_with_labels_from_the_cont
     clusters, errors = kubeconfig_clusters_with_errors(path)
     assert errors == []
     by_name = {c.name: c for c in clusters}
-    assert by_name["prod"].labels == {"env": "prod"}
+    assert by_name["prod"].labels == {"env": "prod", "kubegate.dev/context": "prod"}
     assert by_name["prod"].server == "https://prod.example:6443"
     assert by_name["prod"].ca_pem == CA_PEM
     assert by_name["prod"].origin == "kubeconfig"
@@ -337,3 +337,23 @@ def test_token_file_beats_an_inline_token_and_inline_cert_data_still_applies(tmp
     [cluster] = kubeconfig_clusters_with_errors(path)[0]
     got = creds(cluster)
     assert (got.bearer_token, got.client_cert_pem, got.client_key_pem) == ("from-file", b"CERT", b"KEY")
+
+
+def test_a_running_service_reports_a_name_collision_across_files_naming_both_contexts_and_files(tmp_path, caplog):
+    from discovery.kubeconfig import KubeconfigFile
+    from discovery.registry import ClusterRegistry
+    from discovery.service import DiscoveryService
+
+    us = write_yaml(tmp_path / "us.yaml", kubeconfig({"arn:aws:eks:us-east-1:1:cluster/prod": {}}))
+    eu = write_yaml(tmp_path / "eu.yaml", kubeconfig({"arn:aws:eks:eu-west-1:1:cluster/prod": {}}))
+    registry = ClusterRegistry([{"*": "*"}])
+    service = DiscoveryService(registry, store_dir=tmp_path / "store", health=False,
+                               kubeconfig_files=[str(us), KubeconfigFile(path=str(eu), labels={"env": "eu"})])
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(service.sync_local())
+    [cluster] = registry.all()
+    assert (cluster.name, cluster.labels) == ("prod", {"kubegate.dev/context": "arn:aws:eks:us-east-1:1:cluster/prod"})
+    [message] = service.errors[f"kubeconfig:{eu}"]
+    assert f"context 'arn:aws:eks:eu-west-1:1:cluster/prod' in {eu}" in message
+    assert f"context 'arn:aws:eks:us-east-1:1:cluster/prod' in {us}" in message
+    assert message in caplog.text
