@@ -49,6 +49,9 @@ def render_metrics(extra: Sequence[Any] = ()) -> tuple[bytes, str]:
     appends the ``extra`` collectors."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
+    from proxy import metrics as proxy_metrics
+
+    proxy_metrics.flush()  # this process's hot-path tallies (a single-process proxy serves from its loop)
     path = multiprocess_dir()
     registry = REGISTRY
     if path:

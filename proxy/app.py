@@ -226,6 +226,7 @@ class Proxy:
             await asyncio.sleep(self.sweep_interval)
             try:
                 fwd.sweep()
+                metrics.flush()
                 for name, pool in fwd.pools.pools.items():
                     for state, value in pool.state().items():
                         metrics.UPSTREAM_CONNECTIONS.labels(name, state).set(value)

@@ -233,7 +233,7 @@ class Exchange:
     # --- events from the client codec -------------------------------------------------------------
     def start(self) -> None:
         self.fwd.exchanges.add(self)
-        metrics.IN_FLIGHT.inc()
+        metrics.request_started()
         if self.head.path.startswith("/kubegate/sessions/"):  # live session streams (kubegate sessions join)
             from proxy.recording.join import serve_join
 
@@ -245,7 +245,7 @@ class Exchange:
         from proxy.upgrade import UpgradeSession
 
         self.fwd.exchanges.add(self)
-        metrics.IN_FLIGHT.inc()
+        metrics.request_started()
         self.upgrade = UpgradeSession(self, trailing)
         self.task = self.fwd.loop.create_task(self.upgrade.run())
 
@@ -623,8 +623,7 @@ class Exchange:
     def _observe_head(self) -> None:
         verb = self.verdict.verb if self.verdict else ""
         cluster = self.cluster.name if self.cluster else ""
-        metrics.child(metrics.REQUEST_SECONDS, cluster, verb).observe(  # type: ignore[attr-defined]
-            time.perf_counter() - self.started)
+        metrics.observe_latency(cluster, verb, time.perf_counter() - self.started)
 
     def _respond_error(self, code: int, body: bytes, reason: str) -> None:
         if self._response_started or self.reset:
@@ -650,7 +649,6 @@ class Exchange:
         self.finished = True
         fwd = self.fwd
         fwd.exchanges.discard(self)
-        metrics.IN_FLIGHT.dec()
         stream = self.stream
         if stream is not None and (self.reset or self.status == 0):
             stream.abort()
@@ -659,9 +657,7 @@ class Exchange:
         verdict = self.verdict
         cluster = self.cluster.name if self.cluster else ""
         verb = verdict.verb if verdict else ""
-        metrics.child(metrics.REQUESTS, cluster, verb, str(self.status)).inc()  # type: ignore[attr-defined]
-        if self.bytes_out:
-            metrics.child(metrics.BYTES_RELAYED, "to_client").inc(self.bytes_out)  # type: ignore[attr-defined]
+        metrics.request_finished(cluster, verb, self.status, self.bytes_out)
         if fwd.audit is not None:
             fwd.audit(self.audit_event())
         self.conn.exchange_done(self.sid)

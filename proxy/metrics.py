@@ -3,9 +3,18 @@
 Defined once at import; with several worker processes prometheus-client's multiprocess mode
 (``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor before workers start) sums them at scrape time —
 gauges use ``livesum`` so a dead worker's values disappear.
+
+The per-request figures (requests by cluster/verb/code, the latency histogram, bytes to clients,
+requests in flight) are counted on the hot path in plain Python ints (``request_started``,
+``request_finished``, ``observe_latency``: a dict update each, no lock, no mmap write) and folded
+into the prometheus-client metrics by ``flush()``: every second by the proxy's sweep and right
+before every scrape of a single-process proxy (``kubegate.metrics_server.render_metrics``). A scrape
+of workers sees figures at most one sweep old.
 """
 
 from __future__ import annotations
+
+from bisect import bisect_left
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -69,3 +78,56 @@ def child(metric: object, *labels: str) -> object:
         if len(_children) < 100_000:
             _children[key] = found
     return found
+
+
+# ------------------------------------------------------------------------ hot-path tallies (see top)
+
+_LATENCY_BOUNDS: tuple[float, ...] = tuple(REQUEST_SECONDS._upper_bounds)  # ascending, ends with +Inf
+_request_counts: dict[tuple[str, str, int], int] = {}
+_latency: dict[tuple[str, str], list[float]] = {}  # per bucket (not cumulative), then the sum
+_pending = [0, 0]  # [bytes to clients, in-flight change] since the last flush
+
+
+def request_started() -> None:
+    _pending[1] += 1
+
+
+def request_finished(cluster: str, verb: str, code: int, bytes_out: int) -> None:
+    key = (cluster, verb, code)
+    _request_counts[key] = _request_counts.get(key, 0) + 1
+    _pending[0] += bytes_out
+    _pending[1] -= 1
+
+
+def observe_latency(cluster: str, verb: str, seconds: float) -> None:
+    counts = _latency.get((cluster, verb))
+    if counts is None:
+        counts = _latency[(cluster, verb)] = [0.0] * (len(_LATENCY_BOUNDS) + 1)
+    counts[bisect_left(_LATENCY_BOUNDS, seconds)] += 1
+    counts[-1] += seconds
+
+
+def flush() -> None:
+    """Fold the tallies into the prometheus-client metrics (the same series ``observe``/``inc``
+    would have produced: a histogram observation counts in the first bucket whose bound is >= it)."""
+    if _request_counts:
+        counts = list(_request_counts.items())
+        _request_counts.clear()
+        for (cluster, verb, code), n in counts:
+            child(REQUESTS, cluster, verb, str(code)).inc(n)  # type: ignore[attr-defined]
+    if _latency:
+        latencies = list(_latency.items())
+        _latency.clear()
+        for (cluster, verb), per_bucket in latencies:
+            hist = child(REQUEST_SECONDS, cluster, verb)
+            buckets = hist._buckets  # type: ignore[attr-defined]
+            for i, n in enumerate(per_bucket[:-1]):
+                if n:
+                    buckets[i].inc(n)
+            hist._sum.inc(per_bucket[-1])  # type: ignore[attr-defined]
+    to_client, in_flight = _pending
+    _pending[0] = _pending[1] = 0
+    if to_client:
+        child(BYTES_RELAYED, "to_client").inc(to_client)  # type: ignore[attr-defined]
+    if in_flight:
+        IN_FLIGHT.inc(in_flight)

@@ -162,11 +162,16 @@ def test_two_workers_share_one_port_and_metrics_sum_both(two_workers):
     finally:
         for sock in socks:
             sock.close()
+    def requests_404() -> float:
+        status, text = _get(metrics + "/metrics")
+        assert status == 200
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("kubegate_requests_total{") and 'code="404"' in line)
+
+    # both workers' counters, summed by the supervisor; a worker folds its per-request tallies into the
+    # shared metric files every sweep (1 s), so a scrape sees them within about a second
+    _wait(lambda: requests_404() == 24, what="24 requests counted", timeout=10)
     status, text = _get(metrics + "/metrics")
-    assert status == 200
-    total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                if line.startswith("kubegate_requests_total{") and 'code="404"' in line)
-    assert total == 24  # both workers' counters, summed by the supervisor
     assert 'kubegate_workers{state="configured"} 2.0' in text
     assert 'kubegate_workers{state="ready"} 2.0' in text
     assert 'kubegate_certificate_expiry_timestamp_seconds{certificate="serving"}' in text
