@@ -48,7 +48,24 @@ class HealthResult:
     detail: str
 
 
+_CONTEXTS_MAX = 1024
+_contexts: dict[tuple[bool, bytes | None, bytes | None, bytes | None], ssl.SSLContext] = {}
+
+
 def client_context(cluster: Cluster, creds: UpstreamCredentials) -> ssl.SSLContext:
+    """The TLS context for checking ``cluster`` with ``creds``: built once per (trust, credentials) and
+    reused by every round (building one loads the system CA bundle or the cluster's CA and the client
+    key: milliseconds, every 30 s per cluster otherwise). Renewed credentials make a new key."""
+    key = (cluster.insecure_skip_tls_verify, cluster.ca_pem, creds.client_cert_pem, creds.client_key_pem)
+    ctx = _contexts.get(key)
+    if ctx is None:
+        if len(_contexts) >= _CONTEXTS_MAX:
+            _contexts.clear()
+        ctx = _contexts[key] = _new_client_context(cluster, creds)
+    return ctx
+
+
+def _new_client_context(cluster: Cluster, creds: UpstreamCredentials) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     if cluster.insecure_skip_tls_verify:
         ctx.check_hostname = False

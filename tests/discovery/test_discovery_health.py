@@ -139,3 +139,19 @@ def test_failing_credentials_make_the_cluster_unhealthy():
     result = asyncio.run(check_cluster(Cluster(name="x", labels={}, server="https://127.0.0.1:1",
                                                credentials=Broken()), timeout=1))
     assert (result.health, result.detail) == ("unhealthy", "credentials: token endpoint down")
+
+
+def test_each_round_reuses_the_tls_context_built_for_the_same_trust_and_credentials(stand_in, tmp_path):
+    from discovery.health import client_context
+
+    api = stand_in(lambda method, path, res: (200, {"status": {"allowed": True}}))
+    cluster = api.cluster()
+    creds = UpstreamCredentials(bearer_token="upstream-token")
+    first = client_context(cluster, creds)
+    assert client_context(cluster, creds) is first  # no CA bundle or key loaded again per round
+    for _ in range(2):
+        assert asyncio.run(check_cluster(cluster, timeout=2)).health == "healthy"
+    other_cert, other_key = self_signed(tmp_path / "..")
+    renewed = UpstreamCredentials(client_cert_pem=other_cert.read_bytes(), client_key_pem=other_key.read_bytes())
+    assert client_context(cluster, renewed) is not first  # renewed credentials: a context of their own
+    assert client_context(cluster, renewed) is client_context(cluster, renewed)
