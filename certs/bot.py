@@ -132,7 +132,7 @@ def _split_identity_pem(data: bytes) -> tuple[bytes, bytes]:
     return data[:at], data[at:]
 
 
-def _current(files: BotFiles) -> tuple[x509.Certificate, bytes, bytes] | None:
+def read_identity(files: BotFiles) -> tuple[x509.Certificate, bytes, bytes] | None:
     try:
         cert_pem, key_pem = _split_identity_pem(files.identity.read_bytes())
         certificate = x509.load_pem_x509_certificate(cert_pem)
@@ -198,15 +198,13 @@ def renew_if_due(
     files = BotFiles(ensure_private_dir(dest))
     traits = dict(traits or {})
     now = clock()
-    current = _current(files)
+    current = read_identity(files)
     reason, due = _reissue_reason(current, ca, name, roles, traits, renew, now)
     if reason:
         issued = ca.issue_user_certificate(bot_user(name), list(roles), ttl, traits=traits, kind="bot")
         assert issued.key_pem is not None
         cert_pem, key_pem, certificate = issued.cert_pem, issued.key_pem, issued.certificate
-        write_atomic(files.identity, cert_pem + key_pem, 0o600)
-        write_atomic(files.key, key_pem, 0o600)
-        write_atomic(files.cert, cert_pem, 0o600)
+        write_identity(files, cert_pem, key_pem)
         due = (certificate.not_valid_before_utc + CLOCK_SKEW + renew).timestamp()
         log.info(
             "bot %s: issued certificate serial %x (%s), valid until %s",
@@ -221,10 +219,38 @@ def renew_if_due(
         if not files.cert.exists() or not files.key.exists():
             write_atomic(files.key, key_pem, 0o600)
             write_atomic(files.cert, cert_pem, 0o600)
-    _write_if_changed(files.ca, ca.cert_pem)
     identity = identity_from_certificate(certificate)
     clusters = tuple(sorted(dict.fromkeys(clusters_provider(identity))))
-    user_name = bot_user(name)
+    write_kubeconfigs(files, ca.cert_pem, server_url, clusters, bot_user(name), exec_command)
+    return BotResult(
+        renewed=bool(reason),
+        serial=identity.serial,
+        not_after=certificate.not_valid_after_utc,
+        next_due=due,
+        clusters=clusters,
+        reason=reason,
+    )
+
+
+def write_identity(files: BotFiles, cert_pem: bytes, key_pem: bytes) -> None:
+    """A new certificate and key: ``identity.pem`` first (one file: readers never pair it with the old
+    key), then ``tls.key`` and ``tls.crt``."""
+    write_atomic(files.identity, cert_pem + key_pem, 0o600)
+    write_atomic(files.key, key_pem, 0o600)
+    write_atomic(files.cert, cert_pem, 0o600)
+
+
+def write_kubeconfigs(
+    files: BotFiles,
+    ca_pem: bytes,
+    server_url: str,
+    clusters: Sequence[str],
+    user_name: str,
+    exec_command: tuple[str, Sequence[str]] | None = None,
+) -> None:
+    """``ca.crt``, ``kubeconfig`` (certificate files) and ``kubeconfig-exec`` (exec plugin), each rewritten
+    only when it changed."""
+    _write_if_changed(files.ca, ca_pem)
     plain = build_kubeconfig(
         server_url,
         clusters,
@@ -234,18 +260,10 @@ def renew_if_due(
     )
     command, args = exec_command or default_exec_command(files.dest)
     with_exec = build_kubeconfig(
-        server_url, clusters, ExecCredentials(command, tuple(args)), ca_pem=ca.cert_pem, user_name=user_name
+        server_url, clusters, ExecCredentials(command, tuple(args)), ca_pem=ca_pem, user_name=user_name
     )
     _write_document_if_changed(files.kubeconfig, plain)
     _write_document_if_changed(files.kubeconfig_exec, with_exec)
-    return BotResult(
-        renewed=bool(reason),
-        serial=identity.serial,
-        not_after=certificate.not_valid_after_utc,
-        next_due=due,
-        clusters=clusters,
-        reason=reason,
-    )
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:
@@ -267,7 +285,7 @@ def _write_document_if_changed(path: Path, document: Mapping[str, Any]) -> None:
 
 
 @contextmanager
-def _exclusive(files: BotFiles) -> Iterator[None]:
+def exclusive_dest(files: BotFiles) -> Iterator[None]:
     fd = os.open(files.lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
@@ -316,7 +334,7 @@ def run_bot(
     files = BotFiles(ensure_private_dir(dest))
     waiter = wait or _Waiter()
     result: BotResult | None = None
-    with _exclusive(files):
+    with exclusive_dest(files):
         while True:
             try:
                 result = renew_if_due(

@@ -168,7 +168,9 @@ class ProxyService:
                                     "worker": self.worker_index})
         self.audit = _audit_sink(self.cfg)
         ssl_context = _server_context(tls)
-        self.proxy = _make_proxy(self.cfg, ssl_context, tls, self.registry, self.roles, self.audit)
+        auth = build_auth_service(self.cfg, self.registry, self.roles)
+        endpoints = {"auth": auth.handler()} if auth is not None else {}
+        self.proxy = _make_proxy(self.cfg, ssl_context, tls, self.registry, self.roles, self.audit, endpoints)
         sock = reuseport_socket(self.host, self.port, listen=True, backlog=min(
             4096, self.cfg.proxy.limits.max_connections))
         self._sockets.append(sock)
@@ -232,13 +234,13 @@ class _StdoutAudit:
 
 
 def _make_proxy(cfg: Config, ssl_context: ssl.SSLContext, tls: TLSFiles, registry: Any, roles: Any,
-                audit: Any) -> Any:
+                audit: Any, endpoints: dict[str, Any] | None = None) -> Any:
     from certs.locks import LockList
     from proxy.app import Proxy
 
     locks = LockList(cfg.locks_file)
     return Proxy.from_config(cfg, ssl_context=ssl_context, clusters=registry, roles=roles, locks=locks,
-                             audit=audit, recordings=recordings_from_config(cfg))
+                             audit=audit, recordings=recordings_from_config(cfg), endpoints=endpoints)
 
 
 def recording_store(cfg: Config) -> Any:
@@ -264,3 +266,33 @@ def recordings_from_config(cfg: Config) -> Any:
     rec = cfg.proxy.recording
     return Recordings(recording_store(cfg), session_index(cfg), mode=rec.mode, flush_interval=rec.flush_interval,
                       max_buffered=rec.max_buffered)
+
+
+def build_auth_service(cfg: Config, registry: Any, roles: Any) -> Any:
+    """The ``/kubegate/auth/`` endpoint: the kubegate CA (its key stays in this process), the store in
+    ``<state_dir>/auth``, the connectors of ``auth.connectors``, lifetimes from ``auth.*_ttl``."""
+    from datetime import timedelta
+
+    from certs.ca import CertificateAuthority
+    from certs.issuance import Issuer, LifetimePolicy
+    from certs.locks import LockList
+    from certs.store import FileAuthStore
+    from kubegate.auth.github import GitHubConnector
+    from kubegate.auth.oidc import OIDCConnector
+    from kubegate.auth.service import AuthService
+
+    if not os.path.isfile(os.path.join(cfg.ca_dir, "ca-key.pem")):
+        log.warning("no kubegate CA key in this state directory: /kubegate/auth/ (sign-in, bots) is off",
+                    extra={"ca_dir": cfg.ca_dir})
+        return None
+    ca = CertificateAuthority.load(cfg.ca_dir)
+    store = FileAuthStore.in_state_dir(cfg.state_dir)
+    auth = cfg.auth
+    policy = LifetimePolicy(user_ttl=timedelta(seconds=auth.user_certificate_ttl),
+                            bot_ttl=timedelta(seconds=auth.bot_certificate_ttl),
+                            max_ttl=timedelta(seconds=auth.max_certificate_ttl))
+    connectors = {c.name: (c, OIDCConnector(c) if c.type == "oidc" else GitHubConnector(c))
+                  for c in auth.connectors}
+    return AuthService(ca=ca, issuer=Issuer(ca, store, roles.current, policy), store=store,
+                       connectors=connectors, roles=roles.current, clusters=registry.list,
+                       locks=LockList(cfg.locks_file))

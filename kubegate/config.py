@@ -266,8 +266,63 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimMapping:
+    """OIDC ``claims_to_roles`` entry (Teleport's shape): a claim whose value (a string, or any element of
+    a list) matches ``value`` (literal, glob, or ``^regex$``) grants ``roles``."""
+
+    claim: str = _f("str", "")
+    value: str = _f("str", "")
+    roles: tuple[str, ...] = _f("str_list", ())
+
+
+@dataclass(frozen=True, slots=True)
+class TeamMapping:
+    """GitHub ``teams_to_roles`` entry: members of ``organization``/``team`` (slug) get ``roles``."""
+
+    organization: str = _f("str", "")
+    team: str = _f("str", "")
+    roles: tuple[str, ...] = _f("str_list", ())
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorConfig:
+    """A sign-in connector (``kubegate login --auth NAME``): OIDC or GitHub OAuth."""
+
+    name: str = _f("str", "")
+    type: str = _f("choice", "oidc", choices=("oidc", "github"))
+    display: str = _f("str", "")
+    client_id: str = _f("str", "")
+    client_secret: str | None = _f("str", None, optional=True, secret=True)
+    # OIDC
+    issuer_url: str | None = _f("str", None, optional=True)
+    scopes: tuple[str, ...] = _f("str_list", ("openid", "email", "profile"))
+    username_claim: str = _f("str", "email", help="the claim that becomes the kubegate user name")
+    claims_to_roles: tuple[ClaimMapping, ...] = field(
+        default=(), metadata={"spec": _Spec("list_of_sections", section=ClaimMapping)}
+    )
+    claims_to_traits: dict[str, str | list[str]] = _f(
+        "selector", factory=dict, help="trait: claim, e.g. kubernetes_groups: groups"
+    )
+    # GitHub
+    endpoint_url: str = _f("str", "https://github.com")
+    api_endpoint_url: str = _f("str", "https://api.github.com")
+    teams_to_roles: tuple[TeamMapping, ...] = field(
+        default=(), metadata={"spec": _Spec("list_of_sections", section=TeamMapping)}
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class AuthConfig:
     roles_dir: str = _f("path", "./roles")
+    # Certificates the auth endpoint (/kubegate/auth/) issues: users at login, bots at join and renewal;
+    # each is also capped by the smallest max_session_ttl of its roles.
+    user_certificate_ttl: float = _f("duration", 8 * 3600.0, min=60.0, max=30 * 86400.0)
+    bot_certificate_ttl: float = _f("duration", 3600.0, min=60.0, max=30 * 86400.0)
+    max_certificate_ttl: float = _f("duration", 30 * 3600.0, min=60.0, max=365 * 86400.0)
+    join_token_ttl: float = _f("duration", 1800.0, min=10.0, max=7 * 86400.0)
+    connectors: tuple[ConnectorConfig, ...] = field(
+        default=(), metadata={"spec": _Spec("list_of_sections", section=ConnectorConfig)}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -581,9 +636,50 @@ def _cross_checks(cfg: Config, loader: _Loader) -> None:
             if not re.fullmatch(r"[A-Za-z0-9.\-]+", cfg.proxy.public_addr):
                 loader.bad("proxy.public_addr",
                            f"{_show(cfg.proxy.public_addr)} is not host or host:port")
+    _check_connectors(cfg.auth.connectors, loader)
     if (cfg.metrics.enabled and cfg.metrics.listen.port != 0
             and cfg.metrics.listen.port == cfg.proxy.listen.port):
         loader.bad("metrics.listen", f"port {cfg.metrics.listen.port} is also proxy.listen's port")
+
+
+def _check_connectors(connectors: tuple[ConnectorConfig, ...], loader: _Loader) -> None:
+    from rbac.labels import LabelPatternError, check_pattern
+
+    seen: set[str] = set()
+    for i, connector in enumerate(connectors):
+        where = f"auth.connectors[{i}]"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", connector.name):
+            loader.bad(f"{where}.name", f"{_show(connector.name)} is not a connector name (letters, digits, . _ -)")
+        elif connector.name in seen:
+            loader.bad(f"{where}.name", f"connector {connector.name!r} is defined twice")
+        seen.add(connector.name)
+        if not connector.client_id:
+            loader.bad(f"{where}.client_id", "must be set")
+        if connector.type == "oidc":
+            if not connector.issuer_url or not connector.issuer_url.startswith(("https://", "http://")):
+                loader.bad(f"{where}.issuer_url", "an OIDC connector needs its issuer URL (https://…)")
+            if "openid" not in connector.scopes:
+                loader.bad(f"{where}.scopes", "must include openid")
+            if connector.teams_to_roles:
+                loader.bad(f"{where}.teams_to_roles", "is for GitHub connectors (OIDC uses claims_to_roles)")
+            for j, mapping in enumerate(connector.claims_to_roles):
+                if not mapping.claim or not mapping.roles:
+                    loader.bad(f"{where}.claims_to_roles[{j}]", "needs a claim and roles")
+                try:
+                    check_pattern(mapping.value)
+                except LabelPatternError as exc:
+                    loader.bad(f"{where}.claims_to_roles[{j}].value", str(exc))
+            for trait, claim in connector.claims_to_traits.items():
+                if not isinstance(claim, str):
+                    loader.bad(f"{where}.claims_to_traits.{trait}", "must name one claim")
+        else:
+            if not connector.client_secret:
+                loader.bad(f"{where}.client_secret", "a GitHub connector needs the OAuth app's client secret")
+            if connector.claims_to_roles:
+                loader.bad(f"{where}.claims_to_roles", "is for OIDC connectors (GitHub uses teams_to_roles)")
+            for j, team in enumerate(connector.teams_to_roles):
+                if not team.organization or not team.team or not team.roles:
+                    loader.bad(f"{where}.teams_to_roles[{j}]", "needs organization, team and roles")
 
 
 def config_from_mapping(data: object, *, source_name: str = "<config>", base_dir: str | None = None) -> Config:

@@ -24,6 +24,7 @@ from typing import Any
 from discovery.model import Cluster, ClusterSource
 from proxy import metrics
 from proxy.catalogs import CatalogCache
+from proxy.endpoints import LocalHandler
 from proxy.forward import Forwarder, ProxySettings
 from proxy.policy import Policy, RbacPolicy
 from proxy.server import Listener, listening_socket
@@ -57,6 +58,7 @@ class Proxy:
         sweep_interval: float = 1.0,
         clock: Callable[[], datetime] | None = None,
         recordings: Any = None,
+        endpoints: dict[str, LocalHandler] | None = None,
     ) -> None:
         if policy is None:
             if roles is None:
@@ -79,6 +81,7 @@ class Proxy:
         self.pool_settings = pool_settings or PoolSettings(response_head_timeout=self.settings.response_head_timeout)
         self.sweep_interval = sweep_interval
         self.clock = clock  # UTC "now" for certificate expiry checks (tests move it)
+        self.endpoints = endpoints  # /kubegate/<name>/… handlers (proxy.endpoints), e.g. {"auth": …}
         self.fwd: Forwarder | None = None
         self.listener: Listener | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -126,6 +129,7 @@ class Proxy:
             locks=self.locks,
             clock=self.clock,
             recordings=self.recordings,
+            endpoints=self.endpoints,
         )
         if not sockets:
             sock = listening_socket(self.host, self.port, reuse_port=self.reuse_port)

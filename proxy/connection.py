@@ -66,20 +66,17 @@ class ClientConnection(asyncio.Protocol):
         fwd = self.fwd
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        if not der:
-            fwd.handshake_failed("no_client_cert")
-            transport.abort()
-            self.closed = True
-            return
-        problem, identity = fwd.identify(der)
-        if identity is None:
+        # No certificate: identity stays None; kubegate's own endpoints (sign-in) answer, every other
+        # request gets a 401 Status (Forwarder.new_exchange).
+        problem, identity = fwd.identify(der) if der else (None, None)
+        if der and identity is None:
             fwd.handshake_failed("client_cert_rejected")
             log.info("client certificate rejected", extra={"peer": self.peer_ip, "problem": problem})
             transport.abort()
             self.closed = True
             return
         self.identity = identity
-        alpn = ssl_object.selected_alpn_protocol()
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         self.codec = fwd.new_codec(alpn == "h2")
         fwd.connection_opened(self)
         self._flush()

@@ -23,6 +23,7 @@ from typing import Any
 from discovery.model import Cluster, ClusterSource
 from proxy import metrics
 from proxy.catalogs import CatalogCache
+from proxy.endpoints import PREFIX, LocalExchange, LocalHandler, endpoint_name, no_identity
 from proxy.headers import REQUEST_ID_HEADER, rewrite_request_headers, rewrite_response_headers
 from proxy.identity import IdentityCache
 from proxy.policy import Policy, Verdict
@@ -90,8 +91,10 @@ class Forwarder:
         identity_cache: IdentityCache | None = None,
         clock: Callable[[], datetime] | None = None,
         recordings: Any = None,
+        endpoints: dict[str, LocalHandler] | None = None,
     ) -> None:
         self.loop = loop
+        self.endpoints = dict(endpoints or {})  # /kubegate/<name>/… answered by kubegate itself
         self.clusters = clusters
         self.policy = policy
         self.pools = pools
@@ -121,7 +124,9 @@ class Forwarder:
             cert, identity = self.identities.get(der)
         except Exception as exc:  # unparsable certificate or kubegate extension
             return f"cannot read identity: {exc}", None
-        problem = check_client_certificate(cert, self.clock())
+        # Expired certificates pass the handshake and this check: every request then gets a 401 Status
+        # saying so (kubectl prints it) instead of a TLS alert that kubectl shows as a bare EOF.
+        problem = check_client_certificate(cert, self.clock(), allow_expired=True)
         if problem is not None:
             return problem, None
         if not identity.user:
@@ -159,7 +164,14 @@ class Forwarder:
             extra={"peer": conn.peer_ip, "status": event.status, "problem": event.message},
         )
 
-    def new_exchange(self, conn: Any, head: RequestHead) -> Exchange:
+    def new_exchange(self, conn: Any, head: RequestHead) -> Exchange | LocalExchange:
+        if head.target.startswith(PREFIX):
+            name = endpoint_name(head.path)
+            handler = self.endpoints.get(name) if name else None
+            if handler is not None:
+                return LocalExchange(self, conn, head, name, handler)  # type: ignore[arg-type]
+        if conn.identity is None:  # no client certificate: nothing but kubegate's endpoints is served
+            return LocalExchange(self, conn, head, "unauthenticated", no_identity)
         return Exchange(self, conn, head)
 
     # --- long-lived streams -------------------------------------------------------------------------
@@ -324,22 +336,26 @@ class Exchange:
         locks, cluster health. Returns (cluster, route) or (None, status, Status body)."""
         head = self.head
         fwd = self.fwd
+        identity = self.identity
+        if identity.not_after is not None and identity.not_after <= fwd.clock():
+            metrics.DENIALS.labels("certificate_expired").inc()
+            message = expired_message(identity)
+            # kubectl's discovery (its first request) prints no Status message for a 401, but it prints
+            # Warning headers: the person sees why either way.
+            self.error_headers = [(b"warning", warning_header(message))]
+            return None, 401, status_body(401, "Unauthorized", message)
         route = split_target(head.target)
         if route is None:
             return None, 404, status_body(
                 404, "NotFound", f"the path {head.path!r} is not served here: kubegate serves clusters at /k8s/clusters/<name>/"
             )
         cluster = fwd.clusters.get(route.cluster_name)
-        identity = self.identity
         if cluster is None or not fwd.policy.visible(identity, cluster):
             metrics.DENIALS.labels("cluster_not_visible" if cluster else "unknown_cluster").inc()
             return None, 404, status_body(
                 404, "NotFound", f'cluster "{route.cluster_name}" not found', {"name": route.cluster_name, "kind": "clusters"}
             )
         self.cluster = cluster
-        if identity.not_after is not None and identity.not_after <= fwd.clock():
-            metrics.DENIALS.labels("certificate_expired").inc()
-            return None, 401, status_body(401, "Unauthorized", "client certificate expired")
         if fwd.locks is not None:
             reason = fwd.locks.is_locked(identity)
             if reason:
@@ -688,6 +704,14 @@ class Exchange:
             "client_ip": self.conn.peer_ip,
             "stopped": self._stop_reason,
         }
+
+
+def expired_message(identity: Identity) -> str:
+    """What kubectl prints for a request with an expired certificate (inside "You must be logged in")."""
+    when = identity.not_after.strftime("%Y-%m-%dT%H:%M:%SZ") if identity.not_after else "?"
+    if identity.kind == "bot":
+        return f"kubegate: the certificate of {identity.user} expired at {when}; is kubegate bot start running?"
+    return f"kubegate: your certificate expired at {when}; run kubegate login"
 
 
 def warning_header(text: str) -> bytes:

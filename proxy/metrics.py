@@ -60,6 +60,12 @@ TAP_GAVE_UP = Counter(
     "(the relay went on unobserved), by kind.",
     ["kind"],
 )
+ENDPOINT_REQUESTS = Counter(
+    "kubegate_endpoint_requests_total",
+    "Requests answered by kubegate itself (/kubegate/<endpoint>/, 'unauthenticated': no client certificate), "
+    "by endpoint and HTTP code.",
+    ["endpoint", "code"],
+)
 
 
 def upstream_error(cluster: str, kind: str) -> None:

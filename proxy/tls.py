@@ -1,9 +1,13 @@
 """TLS contexts: the mTLS listener and the upstream (client) contexts per cluster.
 
-Listener: TLS 1.2+, client certificate REQUIRED and verified by OpenSSL against the kubegate CA (chain,
-validity period); after the handshake ``check_client_certificate`` checks what OpenSSL leaves open for a
-client certificate (key usage allows signatures; extended key usage, when present, includes
-clientAuth). ALPN offers ``h2`` and ``http/1.1``.
+Listener: TLS 1.2+; a client certificate is requested and, when sent, verified by OpenSSL against the
+kubegate CA (chain and signature) with the time check switched off (``X509_V_FLAG_NO_CHECK_TIME``).
+After the handshake ``check_client_certificate`` checks the validity period and what OpenSSL leaves
+open for a client certificate (key usage allows signatures; extended key usage, when present, includes
+clientAuth). Why: an expired certificate then reaches the HTTP layer and gets a 401 ``Status`` saying
+it expired and how to get a new one (kubectl prints it), where a TLS alert shows as a bare "EOF"; and a
+client without a certificate can reach kubegate's own sign-in endpoints (``/kubegate/auth/``) on the
+same port — every other path answers it 401. ALPN offers ``h2`` and ``http/1.1``.
 
 Upstream: one ``SSLContext`` per (cluster, credentials) with the cluster's CA (or the system store), the
 client certificate and key when the kubeconfig has one, ALPN, and session reuse (``SSLContext`` keeps a
@@ -27,26 +31,34 @@ from discovery.model import Cluster, UpstreamCredentials
 log = logging.getLogger("kubegate.proxy.tls")
 
 ALPN_SERVER = ("h2", "http/1.1")
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME (1.1.0+): verify chain and signatures but not validity periods
+# (the ssl module has no name for it); the proxy checks the client certificate's period itself.
+VERIFY_NO_CHECK_TIME = 0x200000
 
 
 def server_context(
     cert_file: str, key_file: str, client_ca_file: str, *, alpn: tuple[str, ...] = ALPN_SERVER
 ) -> ssl.SSLContext:
-    """The listener's context: mutual TLS against ``client_ca_file``."""
+    """The listener's context: client certificates from ``client_ca_file`` (optional; time not checked by
+    OpenSSL, see the module docstring)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert_file, key_file)
     ctx.load_verify_locations(cafile=client_ca_file)
-    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    ctx.verify_flags |= VERIFY_NO_CHECK_TIME
     ctx.set_alpn_protocols(list(alpn))
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     return ctx
 
 
-def check_client_certificate(cert: x509.Certificate, now: datetime | None = None) -> str | None:
-    """What is wrong with a (chain-verified) client certificate for client authentication, or None."""
+def check_client_certificate(
+    cert: x509.Certificate, now: datetime | None = None, *, allow_expired: bool = False
+) -> str | None:
+    """What is wrong with a (chain-verified) client certificate for client authentication, or None.
+    ``allow_expired``: expiry is left to the caller (the proxy answers such requests with a 401)."""
     now = now or datetime.now(UTC)
-    if cert.not_valid_after_utc <= now:
+    if cert.not_valid_after_utc <= now and not allow_expired:
         return "certificate has expired"
     if cert.not_valid_before_utc > now:
         return "certificate is not yet valid"

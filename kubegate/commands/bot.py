@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -62,9 +63,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_config_argument(start)
-    start.add_argument("--name", required=True, help="bot name (certificate CN becomes bot-<name>)")
     start.add_argument(
-        "--roles", required=True, type=roles_argument, metavar="R1,R2", help="comma-separated kubegate roles"
+        "--proxy",
+        metavar="HOST:PORT",
+        help="join a remote kubegate with --token and --ca-pin (from `kubegate bots add`) and renew over its "
+        "auth endpoint: no CA key on this machine. Without --proxy the bot issues its own certificates "
+        "with the local CA (--name, --roles; operator mode)",
+    )
+    start.add_argument("--token", help="one-time join token (from `kubegate bots add`), with --proxy")
+    start.add_argument("--ca-pin", metavar="sha256:HEX", help="the kubegate CA pin, with --proxy")
+    start.add_argument("--name", help="bot name (certificate CN becomes bot-<name>); local CA mode")
+    start.add_argument(
+        "--roles", type=roles_argument, metavar="R1,R2", help="comma-separated kubegate roles; local CA mode"
     )
     start.add_argument(
         "--dest",
@@ -115,6 +125,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_start(args: argparse.Namespace) -> int:
+    if args.proxy:
+        return run_remote(args)
+    if not args.name or not args.roles:
+        raise CommandError("give --proxy with --token and --ca-pin (join a kubegate), or --name and --roles "
+                           "(issue with the local CA)")
     cfg = load_cfg(args)
     ca = open_ca(cfg)
     ttl = checked_ttl(cfg, args.roles, args.ttl)
@@ -136,15 +151,7 @@ def run_start(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def report(result: BotResult) -> None:
-        state = f"issued ({result.reason})" if result.renewed else "kept"
-        print(
-            f"bot {bot_user(args.name)}: certificate {state}, serial {result.serial}, expires "
-            f"{format_time(result.not_after)}, next renewal {format_time_unix(result.next_due)}; "
-            f"contexts: {', '.join(result.clusters) or '(none)'}",
-            flush=True,
-        )
+    report = _reporter(bot_user(args.name))
 
     try:
         run_bot(
@@ -168,6 +175,44 @@ def run_start(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
     files = BotFiles(dest)
     if args.once:
+        print(f"kubeconfig: {files.kubeconfig}  (exec-plugin variant: {files.kubeconfig_exec})")
+    return 0
+
+
+def _reporter(user: str) -> Callable[[BotResult], None]:
+    def report(result: BotResult) -> None:
+        state = f"issued ({result.reason})" if result.renewed else "kept"
+        print(
+            f"bot {user}: certificate {state}, serial {result.serial}, expires "
+            f"{format_time(result.not_after)}, next renewal {format_time_unix(result.next_due)}; "
+            f"contexts: {', '.join(result.clusters) or '(none)'}",
+            flush=True,
+        )
+
+    return report
+
+
+def run_remote(args: argparse.Namespace) -> int:
+    from kubegate.client.bot import run_remote_bot
+
+    if not args.dest:
+        raise CommandError("--dest DIR is needed with --proxy")
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        run_remote_bot(args.proxy, args.dest, token=args.token, ca_pin=args.ca_pin, wait=stop.wait,
+                       once=args.once, on_result=_reporter(f"in {args.dest}"))
+    except (BotError, OSError) as exc:
+        raise CommandError(f"bot: {exc}") from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if args.once:
+        files = BotFiles(Path(args.dest))
         print(f"kubeconfig: {files.kubeconfig}  (exec-plugin variant: {files.kubeconfig_exec})")
     return 0
 

@@ -67,6 +67,10 @@ def read_all(sock: socket.socket, limit: float = 10) -> bytes:
     return out
 
 
+def denials(reason: str) -> float:
+    return REGISTRY.get_sample_value("kubegate_authorization_denials_total", {"reason": reason}) or 0.0
+
+
 def handshake_failures(reason: str) -> float:
     return REGISTRY.get_sample_value("kubegate_tls_handshake_failures_total", {"reason": reason}) or 0.0
 
@@ -116,7 +120,15 @@ def test_certificate_from_another_ca_is_refused(px, tmp_path):
     wait_for(lambda: handshake_failures("client_cert_untrusted") > before)
 
 
-def test_expired_certificate_is_refused(px, tmp_path):
+def endpoint_requests(endpoint: str, code: str) -> float:
+    return REGISTRY.get_sample_value("kubegate_endpoint_requests_total", {"endpoint": endpoint, "code": code}) or 0.0
+
+
+def test_expired_certificate_gets_a_401_status_saying_so(px, tmp_path):
+    """An expired certificate passes the handshake (kubectl would show a bare EOF for a TLS alert) and
+    every request is answered 401 with a Status naming the expiry and what to do; nothing is forwarded."""
+    import json
+
     from certs.ca import CertificateAuthority
 
     past = CertificateAuthority(px.ca.certificate, px.ca.private_key, None, clock=lambda: time.time() - 3 * 3600)
@@ -124,15 +136,30 @@ def test_expired_certificate_is_refused(px, tmp_path):
     cert, key = tmp_path / "e.crt", tmp_path / "e.key"
     cert.write_bytes(issued.cert_pem)
     key.write_bytes(issued.key_pem)
-    before = handshake_failures("client_cert_expired")
-    assert refused(px, client_context(px, cert, key))
-    wait_for(lambda: handshake_failures("client_cert_expired") > before)
+    before = denials("certificate_expired")
+    with tls_connect(px, client_context(px, cert, key)) as sock:
+        sock.sendall(b"GET /k8s/clusters/sandbox/api/v1/namespaces HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = read_all(sock)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401")
+    status = json.loads(body)
+    expiry = issued.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert status["kind"] == "Status" and status["reason"] == "Unauthorized"
+    assert status["message"] == f"kubegate: your certificate expired at {expiry}; run kubegate login"
+    assert denials("certificate_expired") == before + 1
 
 
-def test_no_client_certificate_is_refused(px):
-    before = handshake_failures("no_client_cert")
-    assert refused(px, client_context(px))
-    wait_for(lambda: handshake_failures("no_client_cert") > before)
+def test_no_client_certificate_gets_a_401_status(px):
+    before = endpoint_requests("unauthenticated", "401")
+    import json
+
+    with tls_connect(px, client_context(px)) as sock:
+        sock.sendall(b"GET /k8s/clusters/sandbox/api HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = read_all(sock)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401")
+    assert "no client certificate" in json.loads(body)["message"]
+    assert endpoint_requests("unauthenticated", "401") == before + 1
 
 
 def test_plain_http_is_refused(px):
