@@ -249,7 +249,8 @@ class Exchange:
         if self.head.path.startswith("/kubegate/sessions/"):  # live session streams (kubegate sessions join)
             from proxy.recording.join import serve_join
 
-            self.task = self.fwd.loop.create_task(serve_join(self))
+            refused = self.identity_refusal()  # the listener lets expired certificates through
+            self.task = self.fwd.loop.create_task(self._refuse(*refused) if refused else serve_join(self))
             return
         self.task = self.fwd.loop.create_task(self._run())
 
@@ -337,13 +338,9 @@ class Exchange:
         head = self.head
         fwd = self.fwd
         identity = self.identity
-        if identity.not_after is not None and identity.not_after <= fwd.clock():
-            metrics.DENIALS.labels("certificate_expired").inc()
-            message = expired_message(identity)
-            # kubectl's discovery (its first request) prints no Status message for a 401, but it prints
-            # Warning headers: the person sees why either way.
-            self.error_headers = [(b"warning", warning_header(message))]
-            return None, 401, status_body(401, "Unauthorized", message)
+        refused = self.identity_refusal()
+        if refused is not None:
+            return None, *refused
         route = split_target(head.target)
         if route is None:
             return None, 404, status_body(
@@ -356,16 +353,35 @@ class Exchange:
                 404, "NotFound", f'cluster "{route.cluster_name}" not found', {"name": route.cluster_name, "kind": "clusters"}
             )
         self.cluster = cluster
-        if fwd.locks is not None:
-            reason = fwd.locks.is_locked(identity)
-            if reason:
-                metrics.DENIALS.labels("locked").inc()
-                return None, 403, status_body(403, "Forbidden", f"user {identity.user!r} is locked: {reason}")
         if cluster.health == "unhealthy":
             # The health checker found the cluster broken: answer now instead of connecting (and maybe
             # hanging until the connect timeout). "unknown" (not checked yet) still forwards.
             return None, 503, self._unhealthy(cluster)
         return cluster, route
+
+    def identity_refusal(self) -> tuple[int, bytes] | None:
+        """(code, Status body) when the caller's certificate has expired (401) or is locked (403)."""
+        identity = self.identity
+        fwd = self.fwd
+        if identity.not_after is not None and identity.not_after <= fwd.clock():
+            metrics.DENIALS.labels("certificate_expired").inc()
+            message = expired_message(identity)
+            # kubectl's discovery (its first request) prints no Status message for a 401, but it prints
+            # Warning headers: the person sees why either way.
+            self.error_headers = [(b"warning", warning_header(message))]
+            return 401, status_body(401, "Unauthorized", message)
+        if fwd.locks is not None:
+            reason = fwd.locks.is_locked(identity)
+            if reason:
+                metrics.DENIALS.labels("locked").inc()
+                return 403, status_body(403, "Forbidden", f"user {identity.user!r} is locked: {reason}")
+        return None
+
+    async def _refuse(self, code: int, body: bytes) -> None:
+        try:
+            self._respond_error(code, body, "denied")
+        finally:
+            self._finish()
 
     def _unhealthy(self, cluster: Cluster) -> bytes:
         detail = cluster.health_detail or "failed its health check"

@@ -118,3 +118,13 @@ def test_kubectl_with_an_expired_certificate_prints_why(gate, tmp_path, kubectl)
     assert result.returncode != 0, result.stderr
     assert f"kubegate: your certificate expired at {expiry}; run kubegate login" in result.stderr
     assert "EOF" not in result.stderr
+
+
+def test_an_expired_certificate_cannot_join_a_live_session(gate, tmp_path):
+    """The listener lets expired certificates through (for the readable 401): /kubegate/sessions/ must
+    refuse them too, before looking at the session."""
+    issued, identity = issued_by_operator(gate, tmp_path, hours_ago=3)
+    status, answer = call(gate, "GET", "/kubegate/sessions/0123456789abcdef/stream", identity=identity)
+    assert status == 401 and "your certificate expired" in answer["message"]
+    status, answer = call(gate, "GET", "/kubegate/sessions/0123456789abcdef/stream")
+    assert status == 401 and "no client certificate" in answer["message"]

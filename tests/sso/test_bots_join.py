@@ -84,7 +84,7 @@ def test_join_token_is_single_use_and_a_wrong_pin_sends_nothing(gate, tmp_path):
     before = len(gate.issued())
 
     wrong = bot_start(gate, tmp_path / "a", added["token"], "sha256:" + "0" * 64)
-    assert wrong.returncode == 1
+    assert wrong.returncode == 1, status_of(wrong)
     assert "does not match the pin" in wrong.stderr
     assert len(gate.issued()) == before
 
