@@ -11,7 +11,9 @@ Sources and how they are watched (all on the running event loop; blocking work g
   jitter; a failed or partial run retries after 10 s, 20 s, 40 s … (capped at the poll interval) and
   deletes nothing. Each run reconciles (``discovery.reconcile``) against the store records of its own
   origin and discovery group, writes the store, and re-reads it.
-- dynamic labels of kube_cluster resources (``DynamicLabelRunner``) → ``registry.set_dynamic_labels``.
+- dynamic labels of kube_cluster resources (``DynamicLabelRunner``) → ``registry.set_dynamic_labels``;
+  the values are also written to ``<state_dir>/clusters/dynamic_labels.state`` when they change, for the
+  CLI (``clusters ls``, ``kubeconfig``).
 - health checks (``HealthChecker``) → ``registry.set_health``; after each round the health of every
   cluster is written to ``<state_dir>/clusters/health.state`` for ``kubegate clusters ls``.
 
@@ -54,7 +56,7 @@ from discovery.kubeconfig import (
 from discovery.model import Cluster
 from discovery.reconcile import Plan, reconcile
 from discovery.registry import ClusterRegistry
-from discovery.store import HEALTH_FILE, ClusterRecord, ClusterStore, atomic_write
+from discovery.store import DYNAMIC_LABELS_FILE, HEALTH_FILE, ClusterRecord, ClusterStore, atomic_write
 
 if TYPE_CHECKING:  # boto3 / azure are imported only when a cloud matcher or record needs them
     from discovery.aks import ArmClient
@@ -147,6 +149,7 @@ class DiscoveryService:
         self._store_read_errors: dict[str, str] = {}
         self._store_built: dict[str, tuple[ClusterRecord, Cluster | None, tuple[DynamicLabelSpec, ...], str]] = {}
         self._dynamic: dict[str, tuple[DynamicLabelSpec, ...]] = {}
+        self._dynamic_values: dict[str, dict[str, str]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._gauges_set = False
         self._lock = asyncio.Lock()
@@ -374,18 +377,35 @@ class DiscoveryService:
         for name, (_, cluster, specs, _error) in self._store_built.items():
             if cluster is not None and specs and self.registry.source_of(name) == STORE_SOURCE:
                 wanted[name] = specs
-        for name in self._dynamic:
-            if name not in wanted:
-                self.registry.set_dynamic_labels(name, {})
+        gone = [name for name in self._dynamic if name not in wanted]
+        for name in gone:
+            self.registry.set_dynamic_labels(name, {})
+            self._dynamic_values.pop(name, None)
         self._dynamic = wanted
         self.labels.sync(wanted)
+        if gone:
+            self._write_dynamic_labels()
 
     def _on_dynamic_labels(self, cluster: str, labels: dict[str, str]) -> None:
         keys = {s.key for s in self._dynamic.get(cluster, ())}
         failures = [k for k in keys if (cluster, k) in self.labels.errors]
         if failures:
             metrics.DYNAMIC_LABEL_FAILURES.inc(len(failures))
-        self.registry.set_dynamic_labels(cluster, {k: v for k, v in labels.items() if k in keys})
+        values = {k: v for k, v in labels.items() if k in keys}
+        self.registry.set_dynamic_labels(cluster, values)
+        if self._dynamic_values.get(cluster) != values:
+            self._dynamic_values[cluster] = values
+            self._write_dynamic_labels()
+
+    def _write_dynamic_labels(self) -> None:
+        """``<state_dir>/clusters/dynamic_labels.state``: the current values, for the CLI (``clusters ls``,
+        ``kubeconfig``), which cannot run the commands itself. Written only when a value changed."""
+        try:
+            self.store.ensure()
+            atomic_write(self.store.directory / DYNAMIC_LABELS_FILE,
+                         json.dumps(self._dynamic_values, sort_keys=True).encode(), sync_dir=False)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", DYNAMIC_LABELS_FILE, exc)
 
     # ---- cloud --------------------------------------------------------------------------------------
 

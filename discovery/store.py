@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 RECORD_SUFFIX = ".json"
 HEALTH_FILE = "health.state"  # not *.json: never mistaken for a record
+DYNAMIC_LABELS_FILE = "dynamic_labels.state"  # {cluster: {label: value}} as the running proxy last ran them
 _counter = itertools.count()
 
 
@@ -295,3 +296,18 @@ def read_health(store_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def read_dynamic_labels(store_dir: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
+    """The dynamic label values a running proxy last recorded per cluster (``{}`` when none or unreadable)."""
+    try:
+        data = json.loads((Path(store_dir) / DYNAMIC_LABELS_FILE).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        name: {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)}
+        for name, labels in data.items()
+        if isinstance(name, str) and isinstance(labels, dict)
+    }

@@ -5,12 +5,14 @@
 (about a second) without a restart, and ``rm`` removes a cluster the same way (its in-flight streams end
 with a Status). ``ls``/``show`` list every cluster from every source — kubeconfig files, the clusters
 directory, the store (CLI-added and cloud-discovered) — with labels, origin, whether this proxy's
-``kubernetes_service.resources`` select it, and the health the running proxy last recorded.
+``kubernetes_service.resources`` select it, and the health and dynamic label values the running proxy
+last recorded (a dynamic label it has not run yet shows as ``key=?``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -23,7 +25,7 @@ from discovery.kube_cluster import ClustersDirScanner, KubeClusterResource, load
 from discovery.kubeconfig import kubeconfig_clusters_with_errors, kubeconfig_files_collisions
 from discovery.model import Cluster
 from discovery.registry import ClusterRegistry
-from discovery.store import ClusterStore, read_health
+from discovery.store import ClusterStore, read_dynamic_labels, read_health
 from kubegate.config import load_config_or_report
 
 
@@ -193,7 +195,17 @@ def _collect(cfg: Any) -> _View:
         else:  # cloud records: show them without building credentials
             add(Cluster(name=record.name, labels=dict(record.labels), server=str(record.spec.get("endpoint", "")),
                         origin=record.origin, discovery_group=record.discovery_group), f"store {where}")
+    _with_dynamic_values(view, read_dynamic_labels(cfg.registry_dir))
     return view
+
+
+def _with_dynamic_values(view: _View, recorded: dict[str, dict[str, str]]) -> None:
+    """Merge the dynamic label values the running proxy last recorded into the clusters' labels (dynamic
+    wins over static, as in the registry), so that ``ls`` shows them and ``kubeconfig`` sees them."""
+    for name, entry in view.entries.items():
+        values = {k: v for k, v in recorded.get(name, {}).items() if k in entry.dynamic}
+        if values:
+            entry.cluster = dataclasses.replace(entry.cluster, labels={**entry.cluster.labels, **values})
 
 
 def load_kubeconfig_files(cfg: Any) -> tuple[list[tuple[str, list[Cluster]]], list[str]]:
@@ -302,7 +314,8 @@ def run_ls(args: argparse.Namespace) -> int:
     else:
         table = [("NAME", "ORIGIN", "HEALTH", "SERVED", "LABELS")]
         for r in rows:
-            labels = ",".join(f"{k}={v}" for k, v in r["labels"].items())
+            unknown = {k: "?" for k in r["dynamic_labels"] if k not in r["labels"]}  # not run yet
+            labels = ",".join(f"{k}={v}" for k, v in sorted({**r["labels"], **unknown}.items()))
             table.append((r["name"], r["origin"], r["health"], "yes" if r["served"] else "no", labels))
         widths = [max(len(row[i]) for row in table) for i in range(4)]
         for row in table:

@@ -4,8 +4,9 @@ The cluster list comes from the config's cluster sources (``configured_clusters`
 ``kubernetes_service.kubeconfig_files``, the kube_cluster resources in ``kubernetes_service.clusters_dir``
 and the persisted registry (``<state_dir>/clusters``, clusters added with the CLI or found by cloud
 discovery), restricted to those this proxy serves (``kubernetes_service.resources``), then filtered by
-the identity's roles (``certs.access.visible_clusters``). Dynamic labels are only known to a running
-proxy, so a role that needs one to see a cluster does not get its context here.
+the identity's roles (``certs.access.visible_clusters``). Dynamic labels count with the values the running
+proxy last recorded (``<state_dir>/clusters/dynamic_labels.state``); before it has run them, a role that
+needs one to see a cluster does not get its context.
 """
 
 from __future__ import annotations
