@@ -5,7 +5,9 @@
 array; inside it, the C JSON decoder (``raw_decode``) reads one element at a time, which gives both its
 ``metadata`` (``object.metadata`` for Table rows, which the apiserver includes with the default
 ``includeObject=Metadata``) and where it ends. Only the current element is buffered; kept elements are
-passed on byte for byte. Everything outside the array passes through untouched.
+passed on byte for byte. What precedes the array is held until the array is found (a top-level object
+with no ``items`` / ``rows`` key at all — a single object or a watch event where a list was decided —
+yields nothing, unless it is a ``Status``); what follows it passes through untouched.
 
 ``WatchFilter`` handles a JSON watch stream (one event per line): ``BOOKMARK`` and ``ERROR`` events pass,
 other events pass when their object is allowed; a ``Table`` event object (``kubectl get -w``) has its
@@ -60,6 +62,15 @@ def _metadata_visible(obj: Any, allows: Allows) -> bool:
     if not isinstance(name, str) or not isinstance(namespace, str):
         return False
     return allows(namespace, name)
+
+
+def _is_status(body: bytes | bytearray) -> bool:
+    """Whether a JSON body is a ``Status`` object (passes a list filter whole: it lists nothing)."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and obj.get("kind") == "Status"
 
 
 def _utf8_cut(data: bytes) -> int:
@@ -151,6 +162,8 @@ class ListFilter:
         self._key = bytearray()
         self._last_key = b""
         self._after_colon_key: bytes | None = None
+        self._held = bytearray()  # the prefix scanned so far: passed on once the array is found
+        self._list_key = False  # a top-level "items" / "rows" key was seen (its value may be null)
         # items (text)
         self._text = ""
         self._tpos = 0
@@ -220,6 +233,10 @@ class ListFilter:
                 self._pos = 0
                 return b"".join(out)
             data = bytes(self._buf[self._pos :])
+            if self._state == self._SUFFIX:  # the top-level object ended (a List with "items": null)
+                self._buf.clear()
+                self._pos = 0
+                return b"".join(out) + data
             self._buf.clear()
             self._pos = 0
         self._add_text(data)
@@ -237,10 +254,11 @@ class ListFilter:
                 self._tail = b""
                 return b"".join(out)
             return b"".join(out)
-        rest = bytes(self._buf[self._pos :])
+        # the body ended inside the prefix (truncated or not a List): nothing of it passes
         self._buf.clear()
+        self._held.clear()
         self._pos = 0
-        return rest
+        return b""
 
     def _add_text(self, data: bytes) -> None:
         raw = self._tail + data if self._tail else data
@@ -291,12 +309,16 @@ class ListFilter:
                     continue
                 key = self._after_colon_key
                 self._after_colon_key = None
-                if c == 0x5B and key in (b"items", b"rows"):  # '['
-                    i += 1
-                    out.append(bytes(buf[start:i]))
-                    self._pos = i
-                    self._state = self._ITEMS
-                    return
+                if key in (b"items", b"rows"):
+                    self._list_key = True
+                    if c == 0x5B:  # '['
+                        i += 1
+                        self._held += buf[start:i]
+                        out.append(bytes(self._held))
+                        self._held.clear()
+                        self._pos = i
+                        self._state = self._ITEMS
+                        return
             if c == 0x22:
                 self._in_str = True
                 if self._depth == 1 and self._expect_key:
@@ -309,12 +331,25 @@ class ListFilter:
                     self._expect_key = True
             elif c in (0x7D, 0x5D):
                 self._depth -= 1
+                if self._depth == 0:  # the top-level object ended before any items / rows array
+                    i += 1
+                    self._pos = i
+                    self._held += buf[start:i]
+                    if not self._list_key and not _is_status(self._held):
+                        self._state = self._DROP
+                        self._held.clear()
+                        self.dropped += 1
+                        return
+                    out.append(bytes(self._held))
+                    self._held.clear()
+                    self._state = self._SUFFIX
+                    return
             elif c == 0x2C and self._depth == 1:  # ,
                 self._expect_key = True
             elif c == 0x3A and self._depth == 1:  # :
                 self._after_colon_key = self._last_key
             i += 1
-        out.append(bytes(buf[start:i]))
+        self._held += buf[start:i]
         self._pos = i
 
     # --- the array -----------------------------------------------------------------------------

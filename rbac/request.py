@@ -26,6 +26,7 @@ decision denies them unless a rule names that kind explicitly or uses ``kind: '*
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote
@@ -51,6 +52,8 @@ _METHOD_VERBS = {
 }
 _NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
 _EXEC_SUBRESOURCES = {"exec": "exec", "attach": "exec", "portforward": "portforward"}
+# Characters no name, namespace or resource may hold once decoded (checked when the path was encoded).
+_NOT_IN_NAMES = re.compile(r"[%?#\\\x00-\x1f\x7f]")
 # Core resources whose ``proxy`` subresource relays to the object (pod, service, node): verb ``proxy``.
 _PROXY_RESOURCES = frozenset({"pods", "services", "nodes"})
 
@@ -127,20 +130,24 @@ def kubegate_verb(group: str, resource: str, subresource: str, k8s_verb: str, kn
 
 
 def _truthy_watch(values: list[str]) -> bool:
-    return any(v.lower() in ("1", "true") for v in values)
+    """The apiserver's reading of ``watch=``: its FIRST value, anything but ``false`` / ``0`` / "" is a
+    watch (``watch=yes`` is a watch: taking it for a list would filter a watch stream as a list)."""
+    return bool(values) and values[0].lower() not in ("false", "0", "")
 
 
 def _field_selector_name(values: list[str]) -> str:
-    """X from ``metadata.name=X`` / ``metadata.name==X`` when that is the only requirement."""
-    for sel in values:
-        parts = [p for p in sel.split(",") if p]
-        if len(parts) != 1:
-            continue
-        key, op, value = parts[0].partition("==")
-        if not op:
-            key, op, value = parts[0].partition("=")
-        if op and key.strip() == "metadata.name" and value and "!" not in key:
-            return value.strip()
+    """X from ``metadata.name=X`` / ``metadata.name==X`` when that is the only requirement of the only
+    ``fieldSelector`` (the apiserver reads the first one only: any other shape is filtered, not named)."""
+    if len(values) != 1:
+        return ""
+    parts = [p for p in values[0].split(",") if p]
+    if len(parts) != 1:
+        return ""
+    key, op, value = parts[0].partition("==")
+    if not op:
+        key, op, value = parts[0].partition("=")
+    if op and key.strip() == "metadata.name" and value and "!" not in key:
+        return value.strip()
     return ""
 
 
@@ -174,9 +181,15 @@ def parse_request(
         raise RequestParseError(f"path {path!r} must start with '/'")
     base_verb = _METHOD_VERBS.get(method)
     stripped = path.rstrip("/") or "/"
+    decoded = "%" in stripped
+    if decoded:
+        # As the apiserver (Go's URL.Path): decode, THEN split, so %2F separates segments here exactly as
+        # upstream (deciding on "namespaces/dev%2Fsecrets" as one name would let secrets through).
+        try:
+            stripped = unquote(stripped, errors="strict")
+        except UnicodeDecodeError:
+            raise RequestParseError(f"invalid path {path!r}: percent-encoding is not UTF-8", 400) from None
     segments = stripped.strip("/").split("/") if stripped != "/" else []
-    if "%" in stripped:
-        segments = [unquote(s) for s in segments]
     if any(s in ("", ".", "..") for s in segments):
         raise RequestParseError(f"invalid path {path!r}")
 
@@ -224,6 +237,15 @@ def parse_request(
             raise RequestParseError(f"invalid resource path {path!r}")
     if resource == "namespaces":
         namespace = ""  # a namespace object is cluster-scoped; its name is the namespace
+    structure = f"{group}/{version}/{resource}/{subresource}"
+    if (decoded or "\\" in stripped or "#" in stripped) and _NOT_IN_NAMES.search(f"{structure}/{namespace}/{name}"):
+        # no Kubernetes name holds these (path.IsValidPathSegmentName forbids '%'); a server or proxy on
+        # the way could read them differently from kubegate (double decoding, '\\' as '/', '?' / '#')
+        raise RequestParseError(f"invalid path {path!r}: a name or resource holds a reserved character", 400)
+    if structure != structure.lower() or ";" in structure:
+        # API groups, versions, resources and subresources are lower case with no ';' (no "Secrets", no
+        # "secrets;x" that a server stripping path parameters would read as secrets)
+        raise RequestParseError(f"the server could not find the requested resource ({path!r})")
 
     by_name = False
     if watch_prefix and method in ("GET", "HEAD"):

@@ -287,3 +287,19 @@ def test_a_big_list_is_streamed_not_buffered() -> None:
             assert sum(map(len, out)) > 0  # output flows while input arrives
     out.append(f.close())
     assert len(json.loads(b"".join(out))["items"]) == 2000
+
+
+def test_a_list_filter_fed_a_watch_stream_or_a_single_object_yields_nothing() -> None:
+    # fail closed when the upstream answered something else than the List the decision expected
+    # (e.g. a watch for ?watch=yes that was taken for a list)
+    events = b"".join(
+        json.dumps({"type": "ADDED", "object": {"kind": "Pod", "metadata": {"name": n, "namespace": "prod"}}}).encode()
+        + b"\n"
+        for n in ("x", "y")
+    )
+    assert run(ListFilter(allows_dev), [events]) == b""
+    assert run(ListFilter(allows_dev), [events[:20], events[20:]]) == b""
+    pod = b'{"kind":"Pod","metadata":{"name":"x","namespace":"prod"}}'
+    assert run(ListFilter(allows_dev), [pod]) == b""
+    null_items = b'{"kind":"PodList","metadata":{},"items":null}'
+    assert run(ListFilter(allows_dev), [null_items]) == null_items

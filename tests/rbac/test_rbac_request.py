@@ -427,12 +427,66 @@ def test_non_resource_paths(path: str, discovery: bool) -> None:
         ("GET", "/api/v1/watch", 404),
         ("OPTIONS", "/api/v1/pods", 405),
         ("TRACE", "/api/v1/namespaces/dev/pods/x", 405),
+        # path tricks: encoded dots, double encoding, '\\', '?' / '#', case, ';' parameters, bad UTF-8
+        ("GET", "/api/v1/namespaces/dev/pods/%2E%2E/secrets", 404),
+        ("GET", "/api/v1/namespaces/dev/pods/%2e", 404),
+        ("GET", "/api/v1/namespaces/dev/pods//web", 404),
+        ("GET", "/api/v1/namespaces/dev/secrets%252Fx", 400),
+        ("GET", "/api/v1/namespaces/dev/pods/web%5C..%5Csecrets", 400),
+        ("GET", "/api/v1/namespaces/dev/pods/web\\x", 400),
+        ("GET", "/api/v1/namespaces/dev/secrets%3Fwatch=1", 400),
+        ("GET", "/api/v1/namespaces/dev/secrets%23x", 400),
+        ("GET", "/api/v1/namespaces/dev/pods/web%00", 400),
+        ("GET", "/api/v1/namespaces/dev/%FF", 400),
+        ("GET", "/api/v1/namespaces/dev/Secrets", 404),
+        ("GET", "/api/V1/namespaces/dev/secrets", 404),
+        ("GET", "/apis/Apps/v1/namespaces/dev/deployments", 404),
+        ("GET", "/api/v1/Namespaces/dev/secrets", 404),
+        ("GET", "/api/v1/namespaces/dev/pods/web/EXEC", 404),
+        ("GET", "/api/v1/namespaces/dev/secrets;x=1", 404),
+        ("GET", "/api/v1/namespaces/dev/secrets%3Bx", 404),
     ],
 )
 def test_invalid_requests(method: str, path: str, code: int) -> None:
     with pytest.raises(RequestParseError) as info:
         parse_request(method, path, "", CATALOG)
     assert info.value.code == code
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        # decoded THEN split, as the apiserver does: %2F separates segments exactly as upstream
+        ("/api/v1/namespaces/dev%2Fsecrets", ("list", "secrets", "dev", "", "")),
+        ("/api/v1/namespaces%2Fdev%2Fsecrets%2Fdb", ("get", "secrets", "dev", "db", "")),
+        ("/api/v1/namespaces/dev/pods/web%2Fexec", ("exec", "pods", "dev", "web", "exec")),
+        ("/api/v1/namespaces/dev/pods/web-%31", ("get", "pods", "dev", "web-1", "")),
+        ("/api/v1/namespaces/dev/pods/web/proxy/a%2Fb%25c", ("proxy", "pods", "dev", "web", "proxy")),
+    ],
+)
+def test_percent_encoding_is_decoded_before_the_path_is_split(path: str, expected: tuple) -> None:
+    info = parse_request("GET", path, "", CATALOG)
+    assert (info.verb, info.resource, info.namespace, info.name, info.subresource) == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "verb"),
+    [
+        ("watch=true", "watch"), ("watch=1", "watch"), ("watch=yes", "watch"), ("watch=True", "watch"),
+        ("watch=0", "list"), ("watch=false", "list"), ("watch=", "list"), ("watch=false&watch=true", "list"),
+        ("watch=on&watch=false", "watch"),
+    ],
+)  # fmt: skip
+def test_watch_is_read_like_the_apiserver_first_value_anything_but_false(query: str, verb: str) -> None:
+    assert parse_request("GET", "/api/v1/namespaces/dev/pods", query, CATALOG).verb == verb
+
+
+def test_only_a_single_field_selector_names_the_object() -> None:
+    # the apiserver reads the first fieldSelector: a second one must not make kubegate think "web-1 only"
+    two = "fieldSelector=metadata.namespace%3Ddev&fieldSelector=metadata.name%3Dweb-1"
+    assert parse_request("GET", "/api/v1/namespaces/dev/pods", two, CATALOG).name == ""
+    one = "fieldSelector=metadata.name%3Dweb-1"
+    assert parse_request("GET", "/api/v1/namespaces/dev/pods", one, CATALOG).name == "web-1"
 
 
 def test_catalog_from_discovery_and_lookup_by_alias() -> None:
