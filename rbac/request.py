@@ -35,6 +35,7 @@ from rbac.catalog import ResourceCatalog
 
 __all__ = [
     "DISCOVERY_PREFIXES",
+    "DISCOVERY_URLS",
     "RequestInfo",
     "RequestParseError",
     "kubegate_verb",
@@ -59,7 +60,7 @@ _PROXY_RESOURCES = frozenset({"pods", "services", "nodes"})
 
 # Non-resource paths anyone who can see the cluster may read (discovery, version, OpenAPI, health).
 DISCOVERY_PREFIXES = ("/openapi/", "/healthz/", "/livez/", "/readyz/")
-_DISCOVERY_EXACT = frozenset({"/api", "/apis", "/version", "/openapi", "/healthz", "/livez", "/readyz"})
+DISCOVERY_URLS = frozenset({"/api", "/apis", "/version", "/openapi", "/healthz", "/livez", "/readyz"})
 
 
 class RequestParseError(ValueError):
@@ -200,7 +201,7 @@ def parse_request(
         )
 
     if not segments or segments[0] not in ("api", "apis"):
-        discovery = stripped in _DISCOVERY_EXACT or stripped.startswith(DISCOVERY_PREFIXES)
+        discovery = stripped in DISCOVERY_URLS or stripped.startswith(DISCOVERY_PREFIXES)
         return non_resource(discovery)
     prefix = segments[0]
     if prefix == "api":

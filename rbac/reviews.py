@@ -5,8 +5,7 @@ them). For a ``SelfSubjectAccessReview`` it first calls ``review_access``: when 
 the reviewed action, the proxy answers itself (201, ``status.allowed = false``, ``denied = true``);
 otherwise it forwards the review to the cluster (as the impersonated user), whose answer stands. For a
 ``SelfSubjectRulesReview`` the proxy forwards it and passes the cluster's answer through
-``restrict_rules_review``, which keeps only what kubegate also allows (``status.incomplete`` is set when
-kubegate cannot express the intersection exactly, e.g. wildcards or deny rules).
+``restrict_rules_review`` (``rbac.rules_review``).
 """
 
 from __future__ import annotations
@@ -20,21 +19,10 @@ from rbac.decision import decide, visible_roles
 from rbac.identity import Identity
 from rbac.request import RequestInfo, kubegate_verb
 from rbac.roles import RoleSet
+from rbac.rules_review import restrict_rules_review
 
 __all__ = ["ReviewOutcome", "restrict_rules_review", "review_access"]
 
-_K8S_VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
-_DISCOVERY_URLS = (
-    "/api",
-    "/api/*",
-    "/apis",
-    "/apis/*",
-    "/version",
-    "/openapi/*",
-    "/healthz",
-    "/livez",
-    "/readyz",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,117 +110,3 @@ def review_access(
     if decision.allowed:
         return ReviewOutcome(True)
     return ReviewOutcome(False, _denied(body, f"kubegate: {decision.message}"), decision.reason)
-
-
-def _allowed(
-    identity: Identity,
-    roles: RoleSet,
-    cluster_name: str,
-    labels: Mapping[str, str],
-    attrs: dict[str, str],
-    catalog: ResourceCatalog,
-) -> bool:
-    return decide(identity, roles, cluster_name, labels, _info_for(attrs, catalog)).allowed
-
-
-def restrict_rules_review(
-    identity: Identity,
-    roles: RoleSet,
-    cluster_name: str,
-    cluster_labels: Mapping[str, str],
-    response: Mapping[str, Any],
-    catalog: ResourceCatalog | None = None,
-) -> dict[str, Any]:
-    """The cluster's SelfSubjectRulesReview answer, intersected with what kubegate allows."""
-    catalog = catalog or ResourceCatalog.builtin()
-    out = dict(response)
-    status = dict(response.get("status") or {})
-    spec = response.get("spec") or {}
-    namespace = str(spec.get("namespace") or "") if isinstance(spec, Mapping) else ""
-    allowing = visible_roles(identity, roles, cluster_labels, cluster_name)
-    mine = roles.for_names(identity.roles)
-    incomplete = bool(status.get("incomplete")) or any(r.deny.kubernetes_resources for r in mine)
-    # kubegate patterns (globs, regexes, name lists) cannot be written as rules: the answer is a subset
-    incomplete = incomplete or any(
-        any(c in pattern for c in "*^$")
-        for role in roles.for_names(identity.roles)
-        for rule in role.allow.kubernetes_resources
-        for pattern in (rule.name, rule.namespace, rule.kind)
-        if pattern not in ("*", "")
-    )
-    if allowing is None:
-        status.update(resourceRules=[], nonResourceRules=[], incomplete=False)
-        out["status"] = status
-        return out
-
-    # candidate (verb, group, resource[/sub], name) combinations
-    candidates: list[tuple[str, str, str, str]] = []
-    kg_rules = [r for role in allowing for r in role.allow.kubernetes_resources]
-    for rule in status.get("resourceRules") or []:
-        if not isinstance(rule, Mapping):
-            continue
-        verbs = [str(v) for v in rule.get("verbs") or []]
-        groups = [str(g) for g in rule.get("apiGroups") or []]
-        resources = [str(r) for r in rule.get("resources") or []]
-        names = [str(n) for n in rule.get("resourceNames") or []] or [""]
-        wild = "*" in verbs or "*" in groups or "*" in resources
-        if wild:
-            incomplete = True
-            for kr in kg_rules:
-                if any(c in kr.kind + kr.api_group for c in "*^$") and kr.kind != "namespaces":
-                    continue  # a kubegate pattern cannot be listed as a concrete rule
-                kverbs = _K8S_VERBS if "*" in kr.verbs else tuple(v for v in kr.verbs if v in _K8S_VERBS)
-                for v in kverbs:
-                    if ("*" in verbs or v in verbs) and ("*" in groups or kr.api_group in groups):
-                        if "*" in resources or kr.kind in resources:
-                            kname = kr.name if kr.name and not any(c in kr.name for c in "*^$") else ""
-                            candidates.append((v, kr.api_group, kr.kind, kname))
-            continue
-        for v in verbs:
-            for g in groups:
-                for res in resources:
-                    for n in names:
-                        candidates.append((v, g, res, n))
-    kept: dict[tuple[str, str, str], list[str]] = {}
-    for v, g, res, n in candidates:
-        resource, _, sub = res.partition("/")
-        attrs = {
-            "verb": v,
-            "group": g,
-            "resource": resource,
-            "subresource": sub,
-            "namespace": namespace,
-            "name": n,
-        }
-        if _allowed(identity, roles, cluster_name, cluster_labels, attrs, catalog):
-            verbs = kept.setdefault((g, res, n), [])
-            if v not in verbs:
-                verbs.append(v)
-    rules_out: list[dict[str, Any]] = []
-    for (g, res, n), verbs in kept.items():
-        entry: dict[str, Any] = {"verbs": verbs, "apiGroups": [g], "resources": [res]}
-        if n:
-            entry["resourceNames"] = [n]
-        rules_out.append(entry)
-    non_resource_out: list[dict[str, Any]] = []
-    for rule in status.get("nonResourceRules") or []:
-        if not isinstance(rule, Mapping):
-            continue
-        urls = [str(u) for u in rule.get("nonResourceURLs") or []]
-        verbs = [str(v) for v in rule.get("verbs") or []]
-        if "get" not in verbs and "*" not in verbs:
-            continue
-        allowed_urls = (
-            list(_DISCOVERY_URLS)
-            if "*" in urls
-            else [
-                u
-                for u in urls
-                if u in _DISCOVERY_URLS or u.startswith(("/openapi/", "/healthz/", "/livez/", "/readyz/"))
-            ]
-        )
-        if allowed_urls:
-            non_resource_out.append({"verbs": ["get"], "nonResourceURLs": allowed_urls})
-    status.update(resourceRules=rules_out, nonResourceRules=non_resource_out, incomplete=incomplete)
-    out["status"] = status
-    return out

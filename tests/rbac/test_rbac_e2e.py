@@ -51,6 +51,9 @@ ROLES = {
         "    kubernetes_users: [reader, writer]\n",
     ),
     "flip": role("flip", "[{kind: pods, api_group: '', namespace: dev, name: '*', verbs: [get]}]"),
+    "everything": role(
+        "everything", "[{kind: '*', api_group: '*', namespace: '*', name: '*', verbs: ['*']}]"
+    ),
 }
 
 
@@ -234,3 +237,32 @@ def test_auth_can_i_answers_from_kubegate_roles(env, kubectl_new):
         "no - kubegate"
     )  # system:masters upstream, kubegate says no
     assert re.match(r"no\b", can_i("get", "secrets", "-n", "dev"))
+
+
+def can_i_list(env: dict, kubectl: str, user: str, roles: list[str]) -> tuple[list[list[str]], str]:
+    """``kubectl auth can-i --list -n dev`` → (table rows split on 2+ spaces, stderr)."""
+    res = kube(env, kubectl, user, roles, "auth", "can-i", "--list", "-n", "dev")
+    assert res.returncode == 0, res.stderr
+    rows = [re.split(r"\s{2,}", line.strip()) for line in res.stdout.strip().splitlines()[1:]]
+    return rows, res.stderr
+
+
+def test_can_i_list_describes_a_wildcard_role_as_wildcards_each_rule_once(env, kubectl):
+    rows, stderr = can_i_list(env, kubectl, "root", ["everything"])
+    assert ["*.*", "[]", "[]", "[*]"] in rows, rows
+    assert "incomplete" not in stderr, stderr
+    urls = [r[0] for r in rows if r[0].startswith("[/")]  # non-resource rows: the first column is empty
+    assert urls and len(urls) == len(set(urls)), rows  # each non-resource URL once
+    assert "[/version]" in urls and "[/api/*]" in urls and "[*]" not in urls
+
+
+def test_can_i_list_says_why_it_may_be_incomplete(env, kubectl):
+    rows, stderr = can_i_list(env, kubectl, "sam", ["no-secrets"])
+    assert ["*.*", "[]", "[]", "[*]"] in rows, rows
+    assert 'the list may be incomplete: kubegate role "no-secrets" denies * on secrets' in stderr, stderr
+    rows, stderr = can_i_list(env, kubectl, "dan", ["dev"])
+    assert ["pods", "[]", "[]", "[get list watch exec]"] not in rows  # kubegate verbs are written as RBAC's
+    assert ["pods", "[]", "[]", "[get list watch]"] in rows, rows
+    assert ["pods/exec", "[]", "[]", "[get create]"] in rows, rows
+    assert not any(r[0].startswith("secrets") for r in rows)
+    assert "incomplete" not in stderr, stderr
