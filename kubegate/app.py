@@ -215,22 +215,9 @@ def _audit_sink(cfg: Config) -> Any:
     if not cfg.audit.enabled:
         return None
     path = cfg.audit_log_file
-    if path == "-":
-        return _StdoutAudit()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return AuditLog(path)
-
-
-class _StdoutAudit:
-    def __call__(self, event: dict[str, Any]) -> None:
-        import json
-        import sys
-
-        sys.stdout.write(json.dumps(event, separators=(",", ":"), default=str) + "\n")
-        sys.stdout.flush()
-
-    def close(self) -> None:
-        pass
+    if path != "-":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return AuditLog(path, max_size=cfg.audit.max_size, max_files=cfg.audit.max_files)
 
 
 def _make_proxy(cfg: Config, ssl_context: ssl.SSLContext, tls: TLSFiles, registry: Any, roles: Any,

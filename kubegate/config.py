@@ -399,6 +399,9 @@ class DiscoveryServiceConfig:
 class AuditConfig:
     enabled: bool = _f("bool", True)
     log_file: str | None = _f("path", optional=True, help="default: <state_dir>/audit.log; '-' = stdout")
+    max_size: int = _f("size", 100 * MiB, min=0, max=1024 * GiB,
+                       help="rotate when the file would grow past this; 0: never rotate")
+    max_files: int = _f("int", 10, min=1, max=1000, help="rotated files kept (audit.log.1 … audit.log.N)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -637,6 +640,9 @@ def _cross_checks(cfg: Config, loader: _Loader) -> None:
                 loader.bad("proxy.public_addr",
                            f"{_show(cfg.proxy.public_addr)} is not host or host:port")
     _check_connectors(cfg.auth.connectors, loader)
+    if 0 < cfg.audit.max_size < 64 * KiB:
+        loader.bad("audit.max_size", f"{format_size(cfg.audit.max_size)} is too small to rotate by "
+                   "(at least 64KiB; 0 never rotates)")
     if (cfg.metrics.enabled and cfg.metrics.listen.port != 0
             and cfg.metrics.listen.port == cfg.proxy.listen.port):
         loader.bad("metrics.listen", f"port {cfg.metrics.listen.port} is also proxy.listen's port")

@@ -1,52 +1,214 @@
 """Audit events: one JSON line per request and per session (exec/attach/portforward start and end).
 
-``AuditLog(path)`` appends lines to a file (opened once, line-buffered writes through a small in-memory
-buffer flushed at least every ``flush_interval`` seconds and at close); any callable taking a dict is an
-audit sink too (tests collect events in a list).
+``AuditLog(path)`` is the product's sink: calling it with an event (a dict nobody changes afterwards)
+only appends the dict to an in-memory queue — no formatting, no lock, no system call on the data path.
+A writer thread formats the queued events as JSON lines and appends them to the file every
+``flush_interval`` (200 ms), at once for session events, and on ``close()`` (the SIGTERM path): a
+SIGKILL loses at most the last interval's lines. ``path == "-"`` writes to standard output.
+
+Size-based rotation (``max_size`` bytes, ``max_files`` rotated files kept as ``path.1`` … ``path.N``)
+is safe with several worker processes appending to one file: the rotation is done under an
+``flock`` on ``path.lock`` and only if the file is still the one that grew; every writer reopens
+``path`` when it finds the name points to another file (rotated by a peer, or by logrotate).
+
+A write that fails (full disk, I/O error) never blocks or raises into the data path: it is logged
+(once per failure streak), counted in ``kubegate_audit_write_errors_total``, and its bytes are kept and
+retried at the next flush, up to ``max_retained`` bytes; beyond that, and when the queue holds more
+than ``max_queued`` events, events are dropped and counted in ``kubegate_audit_events_dropped_total``.
+
+Any callable taking a dict is an audit sink too (tests collect events in a list).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging
 import os
 import threading
-import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from proxy import metrics
+
 AuditSink = Callable[[dict[str, Any]], None]
+
+log = logging.getLogger("kubegate.audit")
+
+DEFAULT_FLUSH_INTERVAL = 0.2
+DEFAULT_MAX_QUEUED = 100_000
+DEFAULT_MAX_RETAINED = 16 * 1024 * 1024
 
 
 class AuditLog:
-    def __init__(self, path: str, flush_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        *,
+        max_size: int = 0,
+        max_files: int = 0,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+        max_retained: int = DEFAULT_MAX_RETAINED,
+    ) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._buf: list[bytes] = []
-        self._size = 0
-        self._last = time.monotonic()
+        self.max_size = max_size if path != "-" else 0
+        self.max_files = max_files
+        self.write_errors = 0
+        self.dropped = 0
         self._flush_interval = flush_interval
-        self._lock = threading.Lock()
+        self._max_queued = max_queued
+        self._max_retained = max_retained
+        self._queue: deque[dict[str, Any]] = deque()  # append (data path) / popleft (writer): thread-safe
+        self._retained = b""  # formatted bytes a failed write left for the next flush
+        self._failing = False
+        self._fd = 1 if path == "-" else self._open()
+        self._ino = self._inode()
+        self._wake = threading.Event()
+        self._closed = False
+        self._io = threading.Lock()  # one flush at a time (the writer thread, or close())
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    # ---- the data path
 
     def __call__(self, event: dict[str, Any]) -> None:
-        line = json.dumps(event, separators=(",", ":"), default=str).encode() + b"\n"
-        with self._lock:
-            self._buf.append(line)
-            self._size += len(line)
-            now = time.monotonic()
-            if self._size > 64 * 1024 or now - self._last >= self._flush_interval or event.get("event") != "request":
-                self._flush_locked(now)
+        queue = self._queue
+        if len(queue) >= self._max_queued:
+            self.dropped += 1
+            metrics.AUDIT_DROPPED.inc()
+            return
+        queue.append(event)
+        if event.get("event") != "request":  # session start/end: written at once
+            self._wake.set()
+
+    # ---- the writer
 
     def flush(self) -> None:
-        with self._lock:
-            self._flush_locked(time.monotonic())
-
-    def _flush_locked(self, now: float) -> None:
-        if self._buf:
-            os.write(self._fd, b"".join(self._buf))
-            self._buf.clear()
-            self._size = 0
-        self._last = now
+        """Write every queued event now (from any thread)."""
+        with self._io:
+            self._write_queued()
 
     def close(self) -> None:
-        self.flush()
+        """Write what is queued, stop the writer, close the file (the SIGTERM path ends here)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        self._thread.join(10)
+        with self._io:
+            self._write_queued()
+            if self._fd != 1:
+                os.close(self._fd)
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self._flush_interval)
+            self._wake.clear()
+            with self._io:
+                if not self._closed or self._queue:
+                    self._write_queued()
+
+    def _write_queued(self) -> None:
+        queue = self._queue
+        lines: list[str] = []
+        dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
+        while queue:
+            try:
+                event = queue.popleft()
+            except IndexError:
+                break
+            try:
+                lines.append(dumps(event))
+            except (TypeError, ValueError) as exc:  # never lose the rest of the batch to one bad event
+                log.error("audit event not serialisable", extra={"problem": str(exc)})
+                self._drop(1)
+        if not lines and not self._retained:
+            return
+        data = self._retained + ("\n".join(lines) + "\n").encode() if lines else self._retained
+        self._retained = b""
+        if self.max_size:
+            self._maybe_rotate(len(data))
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            self.write_errors += 1
+            metrics.AUDIT_WRITE_ERRORS.inc()
+            if not self._failing:
+                log.error("cannot write the audit log; keeping lines in memory and retrying",
+                          extra={"path": self.path, "problem": exc.strerror or str(exc)})
+            self._failing = True
+            rest = bytes(view)
+            if len(rest) > self._max_retained:
+                self._drop(rest.count(b"\n"))
+                rest = b""
+            self._retained = rest
+            return
+        if self._failing:
+            log.warning("audit log writable again", extra={"path": self.path})
+            self._failing = False
+
+    def _drop(self, count: int) -> None:
+        self.dropped += count
+        metrics.AUDIT_DROPPED.inc(count)
+
+    # ---- files and rotation
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def _inode(self) -> tuple[int, int]:
+        st = os.fstat(self._fd)
+        return st.st_dev, st.st_ino
+
+    def _maybe_rotate(self, incoming: int) -> None:
+        """Before a write: follow a rotation done elsewhere; rotate when this write would pass max_size."""
+        try:
+            st = os.stat(self.path)
+            current = (st.st_dev, st.st_ino)
+            size = st.st_size
+        except FileNotFoundError:
+            current, size = None, 0
+        if current != self._ino:
+            self._reopen()
+            return
+        if size == 0 or size + incoming <= self.max_size:
+            return
+        try:
+            with open(self.path + ".lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                st = os.stat(self.path)
+                if (st.st_dev, st.st_ino) == self._ino and st.st_size + incoming > self.max_size:
+                    self._shift()
+            self._reopen()
+        except OSError as exc:
+            self.write_errors += 1
+            metrics.AUDIT_WRITE_ERRORS.inc()
+            log.error("cannot rotate the audit log", extra={"path": self.path, "problem": exc.strerror or str(exc)})
+
+    def _shift(self) -> None:
+        """path.(N-1) → path.N … path → path.1; the oldest beyond max_files is removed."""
+        keep = max(self.max_files, 0)
+        if keep == 0:
+            os.unlink(self.path)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{self.path}.{keep}")
+        for n in range(keep - 1, 0, -1):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(f"{self.path}.{n}", f"{self.path}.{n + 1}")
+        os.rename(self.path, f"{self.path}.1")
+
+    def _reopen(self) -> None:
+        fd = self._open()
         os.close(self._fd)
+        self._fd = fd
+        self._ino = self._inode()

@@ -66,6 +66,14 @@ ENDPOINT_REQUESTS = Counter(
     "by endpoint and HTTP code.",
     ["endpoint", "code"],
 )
+AUDIT_WRITE_ERRORS = Counter(
+    "kubegate_audit_write_errors_total",
+    "Audit log writes or rotations that failed (full disk, I/O error); the lines are kept and retried.",
+)
+AUDIT_DROPPED = Counter(
+    "kubegate_audit_events_dropped_total",
+    "Audit events lost: the writer fell too far behind, or a failing disk held more than the retained limit.",
+)
 
 
 def upstream_error(cluster: str, kind: str) -> None:
