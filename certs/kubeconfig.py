@@ -8,7 +8,8 @@ Shape (names are the cluster names, so ``kubectl --context <cluster>`` works)::
                                   certificate-authority-data: <kubegate CA>  (or certificate-authority: <file>)
     contexts:   one per cluster:  name: <cluster>, context: {cluster: <cluster>, user: <user entry>}
     users:      ONE entry shared by every context: the client certificate (embedded data, file paths, or an
-                exec plugin printing an ExecCredential)
+                exec plugin printing an ExecCredential); or, with per-cluster credentials (certificates
+                pinned to one cluster each), one entry per context named <user>@<cluster>
     current-context: the requested cluster, else the first cluster in name order
 
 Files are written atomically with mode 0600 (they hold a private key or point at one).
@@ -126,14 +127,18 @@ def _user_entry(credentials: UserCredentials) -> dict[str, Any]:
 def build_kubeconfig(
     server_url: str,
     clusters: Sequence[str],
-    credentials: UserCredentials,
+    credentials: UserCredentials | Mapping[str, UserCredentials],
     *,
     ca_pem: bytes | None = None,
     ca_file: str | None = None,
     user_name: str = "kubegate",
     current: str | None = None,
 ) -> dict[str, Any]:
-    """The kubeconfig document (a dict ready for YAML). Exactly one of ``ca_pem`` / ``ca_file``."""
+    """The kubeconfig document (a dict ready for YAML). Exactly one of ``ca_pem`` / ``ca_file``.
+
+    ``credentials``: one for every context (one ``users`` entry named ``user_name``), or one per cluster
+    (pinned certificates, ``kubegate kubeconfig --pin``: a ``users`` entry ``<user_name>@<cluster>`` each).
+    """
     if (ca_pem is None) == (ca_file is None):
         raise ValueError("give exactly one of ca_pem (embedded) or ca_file (path)")
     names = sorted(dict.fromkeys(clusters))
@@ -152,10 +157,21 @@ def build_kubeconfig(
         {"name": context_name(name), "cluster": {"server": cluster_server_url(server_url, name), **ca_entry}}
         for name in names
     ]
+    per_cluster = isinstance(credentials, Mapping)
+    if per_cluster and set(credentials) != set(names):  # type: ignore[arg-type]
+        raise ValueError("per-cluster credentials must name exactly the clusters")
+
+    def user_of(name: str) -> str:
+        return f"{user_name}@{name}" if per_cluster else user_name
+
     contexts = [
-        {"name": context_name(name), "context": {"cluster": context_name(name), "user": user_name}}
+        {"name": context_name(name), "context": {"cluster": context_name(name), "user": user_of(name)}}
         for name in names
     ]
+    if isinstance(credentials, Mapping):
+        users = [{"name": user_of(name), "user": _user_entry(credentials[name])} for name in names]
+    else:
+        users = [{"name": user_name, "user": _user_entry(credentials)}]
     chosen = current if current is not None else (names[0] if names else "")
     return {
         "apiVersion": "v1",
@@ -164,7 +180,7 @@ def build_kubeconfig(
         "clusters": cluster_entries,
         "contexts": contexts,
         "current-context": context_name(chosen) if chosen else "",
-        "users": [{"name": user_name, "user": _user_entry(credentials)}],
+        "users": users,
     }
 
 

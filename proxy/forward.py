@@ -28,7 +28,7 @@ from proxy.headers import REQUEST_ID_HEADER, rewrite_request_headers, rewrite_re
 from proxy.identity import IdentityCache
 from proxy.policy import Policy, Verdict
 from proxy.protocol.events import ProtocolError, RequestHead, ResponseHead, ServerLimits
-from proxy.routing import Route, split_target, upstream_target
+from proxy.routing import Route, pinned_route, split_target, upstream_target
 from proxy.tls import check_client_certificate
 from proxy.upgrade import upgrade_kind
 from proxy.upstream import ClusterPools, UpstreamError, UpstreamStream
@@ -342,6 +342,8 @@ class Exchange:
         if refused is not None:
             return None, *refused
         route = split_target(head.target)
+        if route is None and identity.pinned_cluster:
+            route = pinned_route(identity.pinned_cluster, head.target)
         if route is None:
             return None, 404, status_body(
                 404, "NotFound", f"the path {head.path!r} is not served here: kubegate serves clusters at /k8s/clusters/<name>/"

@@ -1,6 +1,10 @@
 """Routing: ``/k8s/clusters/<name>/<rest>`` → (cluster, ``/<rest>``) (DESIGN §4). Pure apart from the
 cluster lookup through a ``ClusterSource``.
 
+A certificate pinned to one cluster also reaches it without the prefix (``pinned_route``): ``/api/v1/pods``
+goes to the pinned cluster as is, as Teleport routes a cluster-pinned certificate. kubectl 1.20's
+``get --raw /api/...`` drops the server URL's path, so only such a certificate works with it.
+
 Unknown clusters and clusters the caller may not see get the same 404 (existence is not revealed); the
 visibility check is the policy's job, done by the caller with the cluster this returns.
 """
@@ -56,6 +60,18 @@ def _split_target(target: str) -> Route | None:
         return None
     upstream_target = path + (sep + query if sep else "")
     return Route(cluster_name=name, target=upstream_target, path=path, query=query)
+
+
+def pinned_route(cluster_name: str, target: str) -> Route | None:
+    """The route of an un-prefixed ``target`` for a certificate pinned to ``cluster_name``; None for a
+    target that is not an origin-form path or has dot segments. Not cached: only un-prefixed requests of
+    pinned certificates get here."""
+    if not target.startswith("/") or target.startswith(PREFIX):
+        return None
+    path, sep, query = target.partition("?")
+    if "/../" in path + "/" or "/./" in path + "/":
+        return None
+    return Route(cluster_name=cluster_name, target=target, path=path, query=query)
 
 
 def upstream_target(cluster: Cluster, route: Route) -> str:

@@ -113,6 +113,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--context", metavar="CLUSTER", help="current context (default: first cluster by name)"
     )
     parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="one certificate per cluster, each pinned to its cluster (a user entry <user>@<cluster> per "
+        "context): a pinned certificate also reaches its cluster without the /k8s/clusters/<name> prefix, "
+        "which clients that drop the server URL's path need (kubectl 1.20 `get --raw /api/...`); with --user",
+    )
+    parser.add_argument(
         "--proxy-addr",
         metavar="HOST:PORT",
         help="address clients use to reach the proxy (default: proxy.public_addr, else the listen address)",
@@ -142,9 +149,47 @@ def _existing(
     return identity, cert_pem, key_pem
 
 
+def _pinned_document(args: argparse.Namespace, cfg: Config, ca: CertificateAuthority) -> tuple[dict, list[Identity]]:
+    """``--pin``: the kubeconfig with one certificate per visible cluster, each pinned to it."""
+    if not args.user:
+        raise CommandError("--pin issues new certificates: it needs --user (and --roles)")
+    if args.cluster:
+        raise CommandError("--pin gives every cluster its own pinned certificate; --cluster pins one: choose one")
+    if not args.roles:
+        raise CommandError("--user needs --roles (kubegate keeps no user database)")
+    traits = parse_traits(args.traits)
+    wanted = Identity(user=args.user, roles=tuple(args.roles), traits={k: tuple(v) for k, v in traits.items()})
+    clusters, problems = configured_clusters(cfg)
+    for problem in problems:
+        print(f"kubegate: warning: {problem}", file=sys.stderr)
+    names = visible_clusters(wanted, load_roles(cfg), clusters)
+    if not names:
+        raise CommandError(f"no cluster is visible to {args.user!r} with roles {', '.join(args.roles)}")
+    if args.context is not None and args.context not in names:
+        raise CommandError(f"--context {args.context!r} is not among the visible clusters: {', '.join(names)}")
+    credentials: dict[str, EmbeddedCredentials] = {}
+    identities = []
+    for name in names:
+        issued = issue_for(cfg, ca, args.user, args.roles, args.ttl, traits, name)
+        assert issued.key_pem is not None
+        credentials[name] = EmbeddedCredentials(issued.cert_pem, issued.key_pem)
+        identities.append(identity_from_certificate(issued.certificate))
+    document = build_kubeconfig(args.proxy_addr or cfg.proxy.public_address, names, credentials,
+                                ca_pem=ca.cert_pem, user_name=args.user, current=args.context)
+    return document, identities
+
+
 def run_kubeconfig(args: argparse.Namespace) -> int:
     cfg = load_cfg(args)
     ca = open_ca(cfg)
+    if args.pin:
+        document, identities = _pinned_document(args, cfg, ca)
+        _write(args, document, args.user)
+        for identity in identities:
+            expires = format_time(identity.not_after) if identity.not_after else "?"
+            print(f"context {identity.pinned_cluster}: user {identity.user} (serial {identity.serial}, pinned, "
+                  f"expires {expires})", file=sys.stderr if args.out == "-" else sys.stdout)
+        return 0
     if args.user:
         if not args.roles:
             raise CommandError("--user needs --roles (kubegate keeps no user database)")
@@ -173,12 +218,7 @@ def run_kubeconfig(args: argparse.Namespace) -> int:
         current=args.context,
     )
     contexts = [c["name"] for c in document["contexts"]]
-    if args.out == "-":
-        sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
-    else:
-        out = Path(args.out or f"{identity.user}.kubeconfig")
-        write_kubeconfig_document(out, document)
-        print(f"kubeconfig: {out}")
+    _write(args, document, identity.user)
     expires = format_time(identity.not_after) if identity.not_after else "?"
     print(
         f"user {identity.user} (serial {identity.serial}, expires {expires}); contexts: {', '.join(contexts)}; "
@@ -186,3 +226,12 @@ def run_kubeconfig(args: argparse.Namespace) -> int:
         file=sys.stderr if args.out == "-" else sys.stdout,
     )
     return 0
+
+
+def _write(args: argparse.Namespace, document: dict, user: str) -> None:
+    if args.out == "-":
+        sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
+    else:
+        out = Path(args.out or f"{user}.kubeconfig")
+        write_kubeconfig_document(out, document)
+        print(f"kubeconfig: {out}")

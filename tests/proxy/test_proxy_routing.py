@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from discovery.model import Cluster
-from proxy.routing import split_target, upstream_address, upstream_target
+from proxy.routing import pinned_route, split_target, upstream_address, upstream_target
 
 
 @pytest.mark.parametrize(
@@ -53,3 +53,24 @@ def test_cluster_base_path_is_kept():
 )
 def test_upstream_address(server, expected):
     assert upstream_address(server) == expected
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/api/v1/namespaces/dev/pods", ("/api/v1/namespaces/dev/pods", "/api/v1/namespaces/dev/pods", "")),
+        ("/apis/apps/v1/deployments?limit=5", ("/apis/apps/v1/deployments?limit=5", "/apis/apps/v1/deployments",
+                                               "limit=5")),
+        ("/version", ("/version", "/version", "")),
+        ("/api/../secrets", None),  # dot segments never reach an upstream
+        ("/k8s/clusters/other/api", None),  # a prefixed path is routed by its prefix, not the pin
+        ("*", None),
+    ],
+)
+def test_a_pinned_certificate_routes_unprefixed_paths_to_its_cluster(target, expected):
+    route = pinned_route("lab", target)
+    if expected is None:
+        assert route is None
+    else:
+        assert route is not None and route.cluster_name == "lab"
+        assert (route.target, route.path, route.query) == expected
