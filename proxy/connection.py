@@ -6,6 +6,12 @@ connection (no request in flight) closes after ``idle_timeout``. Backpressure: `
 waits while the socket's write buffer is above the high-water mark (transport ``pause_writing``) or the
 HTTP/2 stream has no send window; HTTP/1.1 request bodies pause reading from the socket while the
 exchange cannot pass them on.
+
+Abuse: the HTTP/2 codec counts frames that cost the proxy work and the client nothing (resets,
+PING, SETTINGS) and reports each quantum (``FramesCounted``); two quanta of one kind within a second
+(more than ``h2_max_*_per_second``) end the connection with GOAWAY(ENHANCE_YOUR_CALM). A client that
+does not read what is queued for it is cut once more than ``client_write_buffer_max`` bytes wait.
+Each is counted in ``kubegate_client_connections_rejected_total`` by reason and logged (rate-limited).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.protocol.events import (
     ConnectionClosed,
+    FramesCounted,
     ProtocolError,
     RequestBody,
     RequestEnd,
@@ -33,11 +40,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("kubegate.proxy.connection")
 
 
+_CLOSE_GRACE = 2.0  # seconds a closing connection may take to hand its last bytes to the peer
+
+
+class _Cut(Exception):
+    """Raised from ``_dispatch`` once the connection was cut for abuse: the rest of the events are dropped."""
+
+
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "fwd", "peer_ip", "transport", "codec", "identity", "exchanges", "closed", "_write_paused", "_read_paused",
         "_drain_waiters", "_window_waiters", "_header_timer", "_idle_timer", "_closing_after_flush", "upgraded",
-        "detached", "_served", "_idle_since", "__weakref__",
+        "detached", "_served", "_idle_since", "_frame_marks", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, fwd: Forwarder, peer_ip: str) -> None:
@@ -59,6 +73,7 @@ class ClientConnection(asyncio.Protocol):
         self.detached = False  # the raw transport belongs to an upgrade relay
         self._served = False  # a request head has been seen on this connection
         self._idle_since = 0.0  # loop time the connection last became idle (no request in flight)
+        self._frame_marks: dict[str, float] | None = None  # loop time of the last FramesCounted, by kind
 
     # --- set-up -------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -94,8 +109,11 @@ class ClientConnection(asyncio.Protocol):
             return
         idle = not self.exchanges
         events = codec.receive_data(data)
-        for event in events:
-            self._dispatch(event)
+        try:
+            for event in events:
+                self._dispatch(event)
+        except _Cut:
+            return
         if (
             idle
             and not self.exchanges
@@ -144,7 +162,22 @@ class ClientConnection(asyncio.Protocol):
             self.fwd.protocol_error(self, event)
             self._closing_after_flush = True
         elif isinstance(event, ConnectionClosed):
-            self._close_all()
+            self._end()
+        elif isinstance(event, FramesCounted):
+            self._frames_counted(event.kind)
+
+    def _frames_counted(self, kind: str) -> None:
+        """Another quantum of costly frames: within a second of the previous one, the client is flooding."""
+        now = self.fwd.loop.time()
+        marks = self._frame_marks
+        if marks is None:
+            marks = self._frame_marks = {}
+        last = marks.get(kind)
+        marks[kind] = now
+        if last is not None and now - last < 1.0:
+            self.codec.enhance_your_calm()
+            self.cut(kind)
+            raise _Cut
 
     def eof_received(self) -> bool | None:
         if self.codec is not None and not self.detached:
@@ -250,6 +283,24 @@ class ClientConnection(asyncio.Protocol):
         if not self.exchanges or self.detached:
             self.transport.close()
 
+    def cut(self, reason: str) -> None:
+        """End the connection for abuse: count and log it, then ``_end`` it."""
+        self.fwd.abuse(self.peer_ip, reason)
+        self._end()
+
+    def _end(self) -> None:
+        """The codec is done with the connection (the peer closed it, broke the protocol, or abused it):
+        write what the codec queued last (a GOAWAY), close, and abort after ``_CLOSE_GRACE`` seconds if the
+        peer does not take the bytes (a client that never reads must not keep the socket)."""
+        transport = self.transport
+        if transport is not None and not self.closed and not self.detached:
+            data = self.codec.data_to_send()
+            if data and not transport.is_closing():
+                transport.write(data)
+            transport.close()
+            self.fwd.loop.call_later(_CLOSE_GRACE, transport.abort)
+        self._close_all()
+
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
@@ -263,6 +314,9 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if data and transport is not None:
             transport.write(data)
+            if self._write_paused and transport.get_write_buffer_size() > self.fwd.settings.client_write_buffer_max:
+                self.cut("write_buffer_full")
+                return
         if (self._closing_after_flush or self.codec.must_close) and transport is not None:
             if not self.exchanges:
                 transport.close()
@@ -283,7 +337,7 @@ class ClientConnection(asyncio.Protocol):
         self._header_timer = None
         if not self.exchanges and not self.closed:
             self.fwd.connection_rejected("header_timeout")
-            log.info("request head not complete in time; closing", extra={"peer": self.peer_ip})
+            self.fwd.throttled_log.info("header_timeout", "request head not complete in time; closing", {"peer": self.peer_ip})
             self.abort()
 
     def _idle_timeout(self) -> None:

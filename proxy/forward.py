@@ -29,6 +29,7 @@ from proxy.identity import IdentityCache
 from proxy.policy import Policy, Verdict
 from proxy.protocol.events import ProtocolError, RequestHead, ResponseHead, ServerLimits
 from proxy.routing import Route, pinned_route, split_target, upstream_target
+from proxy.throttled_log import ThrottledLog
 from proxy.tls import check_client_certificate
 from proxy.upgrade import upgrade_kind
 from proxy.upstream import ClusterPools, UpstreamError, UpstreamStream
@@ -57,6 +58,10 @@ class ProxySettings:
     max_body_bytes: int | None = None  # request bodies larger than this are refused (413); None: streamed
     h2_initial_window: int = 1024 * 1024
     h2_max_concurrent_streams: int = 1000
+    h2_max_resets_per_second: int = 200  # streams reset by the client (or refused as malformed)
+    h2_max_control_frames_per_second: int = 200  # PING, SETTINGS (each kind)
+    client_write_buffer_max: int = 64 * 1024 * 1024  # bytes queued for a client that does not read
+    request_body_timeout: float = 60.0  # a request body must arrive whole within this of its head
 
 
 def _request_ids() -> Callable[[], str]:
@@ -110,6 +115,8 @@ class Forwarder:
             max_body_bytes=settings.max_body_bytes,
             h2_initial_window=settings.h2_initial_window,
             h2_max_concurrent_streams=settings.h2_max_concurrent_streams,
+            h2_max_resets_per_second=settings.h2_max_resets_per_second,
+            h2_max_control_frames_per_second=settings.h2_max_control_frames_per_second,
         )
         self.connections: set[Any] = set()
         self.exchanges: set[Exchange] = set()
@@ -117,6 +124,7 @@ class Forwarder:
         self.shutting_down = False
         self._codec_h1: Any = None
         self._codec_h2: Any = None
+        self.throttled_log = ThrottledLog(log)  # lines about hostile clients, one a second per reason
 
     # --- connections --------------------------------------------------------------------------------
     def identify(self, der: bytes) -> tuple[str | None, Identity | None]:
@@ -157,11 +165,18 @@ class Forwarder:
     def connection_rejected(self, reason: str) -> None:
         metrics.CONNECTIONS_REJECTED.labels(reason).inc()
 
+    def abuse(self, peer_ip: str, reason: str) -> None:
+        """A client connection was cut for abuse (a flood, a client that does not read): counted by
+        reason, logged at most once a second per reason."""
+        metrics.CONNECTIONS_REJECTED.labels(reason).inc()
+        self.throttled_log.info(reason, "client connection cut for abuse", {"peer": peer_ip, "reason": reason})
+
     def protocol_error(self, conn: Any, event: ProtocolError) -> None:
         metrics.PROTOCOL_ERRORS.labels(str(event.status)).inc()
-        log.info(
+        self.throttled_log.info(
+            f"protocol_error_{event.status}",
             "client request refused by the HTTP codec",
-            extra={"peer": conn.peer_ip, "status": event.status, "problem": event.message},
+            {"peer": conn.peer_ip, "status": event.status, "problem": event.message},
         )
 
     def new_exchange(self, conn: Any, head: RequestHead) -> Exchange | LocalExchange:
@@ -312,7 +327,13 @@ class Exchange:
             self.upgrade.client_gone()
         elif self.task is not None and not self.task.done():
             self.task.cancel()
+            # A task cancelled before its first step never runs _run (nor its finally): finish here then.
+            self.task.add_done_callback(self._finish_if_never_run)
         self._wake_body()
+
+    def _finish_if_never_run(self, task: asyncio.Task[None]) -> None:
+        if not self.finished:
+            self._finish()
 
     def stop(self, reason: str) -> None:
         """End a long-lived response cleanly (watch ends; kubectl re-watches or reports)."""

@@ -142,6 +142,18 @@ class ProtocolError:
     stream_id: int = 0
 
 
+@dataclass(slots=True)
+class FramesCounted:
+    """HTTP/2: the peer sent another ``count`` frames of one costly kind (``kind``: ``h2_rapid_reset``
+    for streams reset by the peer or refused as malformed, ``h2_ping_flood`` for PING frames,
+    ``h2_settings_flood`` for SETTINGS frames). The codec reports each full quantum and reads no clock;
+    whoever owns the clock decides whether that rate is abuse (``ClientConnection``: a quantum within a
+    second of the previous one) and then calls ``enhance_your_calm()``."""
+
+    kind: str
+    count: int
+
+
 Event = (
     RequestHead
     | RequestBody
@@ -154,6 +166,7 @@ Event = (
     | WindowOpened
     | ConnectionClosed
     | ProtocolError
+    | FramesCounted
 )
 
 
@@ -165,6 +178,9 @@ class ServerLimits:
     max_body_bytes: int | None = None  # None: unlimited (the proxy streams bodies)
     h2_initial_window: int = 1024 * 1024
     h2_max_concurrent_streams: int = 1000
+    # HTTP/2 frames of each costly kind per ``FramesCounted`` quantum (the proxy allows this many per second)
+    h2_max_resets_per_second: int = 200
+    h2_max_control_frames_per_second: int = 200
     extra: dict[str, int] = field(default_factory=dict)
 
 

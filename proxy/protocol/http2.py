@@ -13,6 +13,12 @@ Facts the code relies on:
 - Request heads above ``max_header_bytes`` are answered 431 with a ``Status`` body on their stream; the
   rest of the connection goes on. A peer breaking HTTP/2 gets GOAWAY and ``ProtocolError``.
 - Writing to a stream the peer reset is silently ignored (the ``StreamReset`` event says so).
+- Frames that cost the server work and the peer nothing (RST_STREAM after HEADERS, streams refused as
+  malformed, PING, SETTINGS) are counted; each full quantum (``h2_max_resets_per_second``,
+  ``h2_max_control_frames_per_second``) is reported as ``FramesCounted`` for the clock's owner to judge;
+  ``enhance_your_calm()`` then ends the connection with GOAWAY(ENHANCE_YOUR_CALM). CONTINUATION
+  floods and oversized header lists are h2's own connection errors (at most 64 CONTINUATION frames
+  per block; the HPACK decoder stops at ``max_header_list_size``).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from hyperframe.frame import GoAwayFrame
 from proxy.protocol.events import (
     ConnectionClosed,
     Event,
+    FramesCounted,
     Headers,
     ProtocolError,
     RequestBody,
@@ -228,6 +235,12 @@ class Http2ServerConnection:
         self._max_body = self._limits.max_body_bytes
         self._body_sizes: dict[int, int] = {}
         self._refusal = (431, "request header fields too large")  # why _head() refused the last stream
+        # Costly frames counted towards the next FramesCounted report, by kind.
+        self._reset_quantum = max(1, self._limits.h2_max_resets_per_second)
+        self._control_quantum = max(1, self._limits.h2_max_control_frames_per_second)
+        self._resets = 0
+        self._pings = 0
+        self._settings = 0
 
     @property
     def must_close(self) -> bool:
@@ -284,6 +297,10 @@ class Http2ServerConnection:
                         out.append(ProtocolError(message, status, ev.stream_id))
                     if ev.stream_ended is not None:
                         self._ignored.discard(ev.stream_id)  # nothing more will come on it
+                    self._resets += 1
+                    if self._resets >= self._reset_quantum:
+                        self._resets = 0
+                        out.append(FramesCounted("h2_rapid_reset", self._reset_quantum))
             elif kind is h2.events.StreamEnded:
                 continue  # reported with the DataReceived / RequestReceived it came with
             elif kind is h2.events.StreamReset:
@@ -292,11 +309,19 @@ class Http2ServerConnection:
                 self._ignored.discard(sid)
                 if ev.remote_reset:
                     out.append(StreamReset(sid, int(ev.error_code)))
+                    self._resets += 1
+                    if self._resets >= self._reset_quantum:
+                        self._resets = 0
+                        out.append(FramesCounted("h2_rapid_reset", self._reset_quantum))
             elif kind is h2.events.WindowUpdated:
                 out.extend(self._flush_held(ev.stream_id))
             elif kind is h2.events.RemoteSettingsChanged:
                 if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
                     out.extend(self._flush_held(0))
+                self._settings += 1
+                if self._settings >= self._control_quantum:
+                    self._settings = 0
+                    out.append(FramesCounted("h2_settings_flood", self._control_quantum))
             elif kind is h2.events.ConnectionTerminated:
                 self._terminated = True
                 self._must_close = True
@@ -309,6 +334,11 @@ class Http2ServerConnection:
                     self._ignored.discard(sid)
                 elif ev.stream_ended is not None:
                     out.append(RequestEnd(sid))
+            elif kind is h2.events.PingReceived or kind is h2.events.PingAckReceived:
+                self._pings += 1
+                if self._pings >= self._control_quantum:
+                    self._pings = 0
+                    out.append(FramesCounted("h2_ping_flood", self._control_quantum))
         self._pull()
         return out
 
@@ -663,6 +693,21 @@ class Http2ServerConnection:
             return max(0, self._h2.local_flow_control_window(stream_id))
         except h2.exceptions.H2Error:
             return 0
+
+    def enhance_your_calm(self) -> None:
+        """End the connection now for abuse: GOAWAY(ENHANCE_YOUR_CALM); nothing more is read or sent
+        on any stream (``must_close``)."""
+        if self._terminated:
+            return
+        self._terminated = True
+        self._must_close = True
+        self._held.clear()
+        self._pull()
+        try:
+            self._h2.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        except h2.exceptions.H2Error:
+            pass
+        self._pull()
 
     def close(self) -> None:
         """Send GOAWAY now; let open streams finish; ``must_close`` once none is left."""
