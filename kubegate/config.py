@@ -213,6 +213,16 @@ class LimitsConfig:
     write_high_water: int = _f("size", 1 * MiB, min=4 * KiB, max=1 * GiB)
     h2_initial_window: int = _f("size", 1 * MiB, min=64 * KiB - 1, max=2**31 - 1)
     h2_max_concurrent_streams: int = _f("int", 1000, min=1, max=100_000)
+    h2_max_resets_per_second: int = _f(
+        "int", 200, min=10, max=1_000_000, help="per connection: streams the client resets (rapid reset)"
+    )
+    h2_max_control_frames_per_second: int = _f(
+        "int", 200, min=10, max=1_000_000, help="per connection: PING frames, and SETTINGS frames"
+    )
+    client_write_buffer_max: int = _f(
+        "size", 64 * MiB, min=64 * KiB, max=4 * GiB, help="queued for a client that does not read: it is cut"
+    )
+    request_body_timeout: float = _f("duration", 60.0, min=0.1, max=86400.0, help="a request body, head to end")
     upstream_max_connections: int = _f("int", 16, min=1, max=10_000, help="per cluster")
 
 

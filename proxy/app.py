@@ -104,6 +104,10 @@ class Proxy:
             max_body_bytes=getattr(limits, "max_body_bytes", None),
             h2_initial_window=getattr(limits, "h2_initial_window", 1024 * 1024),
             h2_max_concurrent_streams=getattr(limits, "h2_max_concurrent_streams", 1000),
+            h2_max_resets_per_second=limits.h2_max_resets_per_second,
+            h2_max_control_frames_per_second=limits.h2_max_control_frames_per_second,
+            client_write_buffer_max=limits.client_write_buffer_max,
+            request_body_timeout=limits.request_body_timeout,
         )
         pool_settings = PoolSettings(
             connect_timeout=getattr(limits, "upstream_connect_timeout", 10.0),
@@ -204,6 +208,16 @@ class Proxy:
             "handshakes": len(self.listener.handshakes) if self.listener else 0,
             "streams": sorted(ex.kind for ex in fwd.exchanges if ex.kind),
             "pools": {name: pool.state() for name, pool in fwd.pools.pools.items()},
+            # bytes waiting for clients (codec-held for lack of h2 window + transport write buffers), and
+            # bytes read from upstreams not yet relayed: bounded even when a client never reads
+            "to_clients_bytes": sum(
+                conn.codec.held_bytes + conn.transport.get_write_buffer_size()
+                for conn in fwd.connections
+                if conn.codec is not None and conn.transport is not None
+            ),
+            "from_upstreams_bytes": sum(
+                ex.stream.body.size for ex in fwd.exchanges if ex.stream is not None and hasattr(ex.stream, "body")
+            ),
         }
 
     # --- internals ----------------------------------------------------------------------------------

@@ -41,6 +41,10 @@ log = logging.getLogger("kubegate.proxy")
 _JSON = b"application/json"
 _REQUEST_BODY_HIGH_WATER = 1024 * 1024
 _REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class RequestBodyTimeout(Exception):
+    """The request body kubegate waits for whole did not arrive within ``request_body_timeout``."""
 # Largest create body read to find the object's name when max_body_bytes is not set (the apiserver's own
 # default request body limit).
 _NAME_BODY_LIMIT = 3 * 1024 * 1024
@@ -166,10 +170,10 @@ class Forwarder:
         metrics.CONNECTIONS_REJECTED.labels(reason).inc()
 
     def abuse(self, peer_ip: str, reason: str) -> None:
-        """A client connection was cut for abuse (a flood, a client that does not read): counted by
+        """A client was cut off (a flood, a client that does not read, a body that does not come): counted by
         reason, logged at most once a second per reason."""
         metrics.CONNECTIONS_REJECTED.labels(reason).inc()
-        self.throttled_log.info(reason, "client connection cut for abuse", {"peer": peer_ip, "reason": reason})
+        self.throttled_log.info(reason, "hostile or stalled client cut off", {"peer": peer_ip, "reason": reason})
 
     def protocol_error(self, conn: Any, event: ProtocolError) -> None:
         metrics.PROTOCOL_ERRORS.labels(str(event.status)).inc()
@@ -508,6 +512,8 @@ class Exchange:
                     finally:
                         if self.kind is not None:
                             metrics.OPEN_STREAMS.labels(self.kind).dec()
+            except RequestBodyTimeout:
+                self._body_timed_out()
             except UpstreamError as exc:
                 metrics.upstream_error(self.cluster.name if self.cluster else "", exc.kind)
                 if self._response_started:
@@ -650,16 +656,41 @@ class Exchange:
         return await self._whole_body()
 
     async def _whole_body(self) -> bytes:
+        """The whole request body; it must have arrived ``request_body_timeout`` after the head (a body
+        dribbled in, slowloris-style, would hold the connection and the exchange forever)."""
         if self.full_body is not None:
             return self.full_body
-        while not self.request_ended and not self.reset:
-            self._body_waiter = self.fwd.loop.create_future()
+        if not self.request_ended and not self.reset:
+            loop = self.fwd.loop
+            remaining = self.fwd.settings.request_body_timeout - (time.perf_counter() - self.started)
+            timer = loop.call_later(max(0.0, remaining), self._wake_body)
             try:
-                await self._body_waiter
+                while not self.request_ended and not self.reset:
+                    if loop.time() >= timer.when():
+                        raise RequestBodyTimeout
+                    self._body_waiter = loop.create_future()
+                    try:
+                        await self._body_waiter
+                    finally:
+                        self._body_waiter = None
             finally:
-                self._body_waiter = None
+                timer.cancel()
         self.full_body = b"".join(self._take_parts())
         return self.full_body
+
+    def _body_timed_out(self) -> None:
+        """Answer 408 to a request whose body did not arrive in time; the rest of it is not read (HTTP/1.1:
+        the connection closes after the answer; HTTP/2: the stream is reset after it)."""
+        conn = self.conn
+        timeout = self.fwd.settings.request_body_timeout
+        self.fwd.abuse(conn.peer_ip, "request_body_timeout")
+        http2 = conn.codec.http_version == "2"
+        if not http2:
+            conn.close()
+        body = status_body(408, "Timeout", f"the request body did not arrive within {timeout:g} s")
+        self._respond_error(408, body, "request_body_timeout")
+        if http2:
+            conn.reset(self.sid)
 
     def _respond(self, code: int, body: bytes) -> None:
         """A complete JSON response of kubegate's own making (review answers)."""

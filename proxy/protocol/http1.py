@@ -189,6 +189,11 @@ class Http1ServerConnection:
         return self._must_close
 
     @property
+    def held_bytes(self) -> int:
+        """Response bytes of pipelined requests held until the earlier responses have ended."""
+        return sum(len(piece) for pieces in self._held.values() for piece in pieces)
+
+    @property
     def upgraded(self) -> bool:
         return self._pending_upgrade is not None
 
@@ -318,6 +323,8 @@ class Http1ServerConnection:
         parser = self._parser
         headers = self._headers
         version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise _Abort(400, f"unsupported HTTP version {version}")  # HTTP/0.9 (no version): not served
         content_length: int | None = None
         chunked = False
         expect_continue = False

@@ -243,6 +243,11 @@ class Http2ServerConnection:
         self._settings = 0
 
     @property
+    def held_bytes(self) -> int:
+        """Response bytes held for lack of flow-control window (bounded: writers wait on ``send_window``)."""
+        return sum(held.size for held in self._held.values())
+
+    @property
     def must_close(self) -> bool:
         """True once the connection is to be closed after ``data_to_send()`` has been written."""
         return self._must_close

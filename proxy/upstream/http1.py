@@ -146,6 +146,10 @@ class Http1Upstream(asyncio.Protocol):
             return
         self._fail(UpstreamError(502, f"connection to cluster {self.cluster_name} was closed mid-response", "reset"))
         self._wake_drain()
+        if self.exchange is not None:  # closed while serving (an aborted exchange): no longer busy
+            self.exchange = None
+            if self._on_idle is not None:
+                self._on_idle(self)  # type: ignore[operator]
 
     def pause_writing(self) -> None:
         self._write_paused = True

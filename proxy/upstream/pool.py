@@ -242,7 +242,7 @@ class ClusterPool:
 
     def _h1_idle(self, conn: Http1Upstream) -> None:
         self.h1_busy = max(0, self.h1_busy - 1)
-        if self.closed or len(self.h1_idle) >= self.settings.max_idle_http1:
+        if self.closed or conn.closed or len(self.h1_idle) >= self.settings.max_idle_http1:
             conn.close()
         else:
             self.h1_idle.append(conn)

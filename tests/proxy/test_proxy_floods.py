@@ -41,7 +41,7 @@ def fp(sandbox, tmp_path_factory) -> Iterator:
 
     base = tmp_path_factory.mktemp("floods")
     roles = RoleWatcher(str(write_roles(base / "roles")), time.time)
-    settings = ProxySettings(header_timeout=1.0, idle_timeout=30.0, max_header_bytes=8192)
+    settings = ProxySettings(header_timeout=1.0, idle_timeout=30.0, max_header_bytes=8192, request_body_timeout=2.0)
     with running_proxy(base / "proxy", clusters=[cluster_for_sandbox(sandbox)], roles=roles, settings=settings) as proxy:
         yield proxy
 
@@ -194,4 +194,154 @@ def test_dynamic_table_larger_than_advertised_is_a_connection_error(fp, creds, b
     """A dynamic table size update above the proxy's SETTINGS_HEADER_TABLE_SIZE (4096) is refused."""
     report = attack(fp, creds, "table-size")
     assert report["closed"] and report["goaway"] in (COMPRESSION_ERROR, PROTOCOL_ERROR), report
+    answers_within(fp, creds)
+
+
+def request(px, creds: tuple[Path, Path], raw: bytes, limit: float = 10) -> bytes:
+    with tls_connect(px, creds) as sock:
+        sock.sendall(raw)
+        return read_all(sock, limit)
+
+
+@pytest.fixture(scope="module")
+def big_list(fp, creds) -> str:
+    """A list of about 6 MB: eight 750 KB configmaps in a namespace of their own."""
+    namespace = json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "floods"}}).encode()
+    reply = request(fp, creds, b"POST /k8s/clusters/sandbox/api/v1/namespaces HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Type: application/json\r\nConnection: close\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(namespace), namespace))  # fmt: skip
+    assert reply.startswith((b"HTTP/1.1 201", b"HTTP/1.1 409")), reply[:300]
+    for n in range(8):
+        body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"big-{n}"},
+                           "data": {"blob": "x" * 750_000}}).encode()  # fmt: skip
+        reply = request(fp, creds, b"POST /k8s/clusters/sandbox/api/v1/namespaces/floods/configmaps HTTP/1.1\r\n"
+                        b"Host: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+        assert reply.startswith(b"HTTP/1.1 201"), reply[:300]
+    return "/k8s/clusters/sandbox/api/v1/namespaces/floods/configmaps"
+
+
+def test_a_window_that_never_opens_pauses_the_upstream(fp, creds, baseline, big_list):
+    """The client advertises a zero window and never opens it: nothing of the 6 MB list is sent, the
+    proxy holds at most one chunk for the client and one upstream buffer, the upstream is paused (the
+    exchange waits), and other clients are served; when the client goes, so does everything."""
+    proc = attack(fp, creds, "window-zero", path=big_list, seconds=4, background=True)
+    try:
+        wait_for(lambda: fp.stats()["exchanges"] == 1)
+        time.sleep(1.5)  # the upstream has sent what it may; the proxy is waiting on the client's window
+        stats = fp.stats()
+        assert stats["exchanges"] == 1  # still in flight: paused, not buffered to the end
+        assert stats["to_clients_bytes"] <= 2 * 1024 * 1024, stats
+        assert stats["from_upstreams_bytes"] <= 2 * 1024 * 1024, stats
+        answers_within(fp, creds)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)["window_zero"] == 0  # not one DATA byte without credit
+
+
+# --- HTTP/1.1 -------------------------------------------------------------------------------------
+
+SMUGGLING = {
+    "cl_and_te": b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "differing_content_lengths": b"Content-Length: 5\r\nContent-Length: 40\r\n\r\n",
+    "content_length_list": b"Content-Length: 5, 40\r\n\r\n",
+    "content_length_sign": b"Content-Length: +5\r\n\r\n",
+    "space_before_colon": b"Content-Length : 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "te_chunked_identity": b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+    "te_identity_chunked": b"Transfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n",
+    "te_twice": b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "te_xchunked": b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    "te_vertical_tab": b"Transfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n",
+    "te_obs_fold": b"Transfer-Encoding: identity\r\n chunked\r\n\r\n0\r\n\r\n",
+    "obs_fold": b"X-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+    "chunk_size_overflow": b"Transfer-Encoding: chunked\r\n\r\nfffffffffffffffff1\r\nx\r\n0\r\n\r\n",
+    "chunk_size_negative": b"Transfer-Encoding: chunked\r\n\r\n-1\r\nx\r\n0\r\n\r\n",
+    "chunk_size_hex_prefix": b"Transfer-Encoding: chunked\r\n\r\n0x1\r\nx\r\n0\r\n\r\n",
+    "chunk_bare_lf": b"Transfer-Encoding: chunked\r\n\r\n1\nx\n0\n\n",
+    "chunk_too_long": b"Transfer-Encoding: chunked\r\n\r\n1\r\nxyz\r\n0\r\n\r\n",
+    "header_bare_lf": b"Content-Length: 0\nX-A: b\n\n",
+    "header_bare_cr": b"X-A: b\rContent-Length: 0\r\n\r\n",
+    "nul_in_header": b"X-A: b\x00c\r\nContent-Length: 0\r\n\r\n",
+}
+SMUGGLED = b"GET /k8s/clusters/sandbox/version HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize("shape", sorted(SMUGGLING))
+def test_smuggling_shapes_are_refused_and_nothing_follows(fp, creds, shape):
+    """Each ambiguous framing is refused with a 4xx/501 Status and the connection closes: the request
+    hidden after it is never answered (only one response on the connection)."""
+    before = sum(protocol_errors(s) for s in (400, 501))
+    reply = request(fp, creds, b"POST /k8s/clusters/sandbox/api/v1/namespaces/floods/configmaps HTTP/1.1\r\nHost: x\r\n"
+                    + SMUGGLING[shape] + SMUGGLED)  # fmt: skip
+    assert reply.startswith((b"HTTP/1.1 400", b"HTTP/1.1 501")), reply[:300]
+    assert reply.count(b"HTTP/1.1 ") == 1, reply
+    assert b'"kind":"Status"' in reply
+    wait_for(lambda: sum(protocol_errors(s) for s in (400, 501)) > before)
+
+
+REQUEST_LINES = {
+    "no_version": b"GET /k8s/clusters/sandbox/version",
+    "version_9": b"GET /k8s/clusters/sandbox/version HTTP/9.9",
+    "trailing_junk": b"GET /k8s/clusters/sandbox/version HTTP/1.1 junk",
+    "tab_separator": b"GET\t/k8s/clusters/sandbox/version HTTP/1.1",
+    "space_in_target": b"GET /k8s/clusters/sandbox/ver sion HTTP/1.1",
+    "nul_in_target": b"GET /k8s/clusters/sandbox/ver\x00sion HTTP/1.1",
+    "lower_case_version": b"GET /k8s/clusters/sandbox/version http/1.1",
+    "non_ascii_target": "GET /k8s/clusters/sandbox/versión HTTP/1.1".encode(),
+    "bad_method_chars": b"G(T /k8s/clusters/sandbox/version HTTP/1.1",
+}
+
+
+@pytest.mark.parametrize("shape", sorted(REQUEST_LINES))
+def test_odd_request_lines_are_a_400_status(fp, creds, shape):
+    reply = request(fp, creds, REQUEST_LINES[shape] + b"\r\nHost: x\r\n\r\n" + SMUGGLED)
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:300]
+    assert reply.count(b"HTTP/1.1 ") == 1, reply
+
+
+def test_extra_spaces_in_the_request_line_are_one_request(fp, creds):
+    """llhttp reads ``GET  /path HTTP/1.1`` (two spaces) as ``GET /path``: harmless, since kubegate writes
+    its own request line upstream; the request after it is still only answered as the next request."""
+    reply = request(fp, creds, b"GET  /k8s/clusters/sandbox/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                    + SMUGGLED)  # fmt: skip
+    assert reply.startswith(b"HTTP/1.1 200") and reply.count(b"HTTP/1.1 ") == 1, reply[:300]
+
+
+def test_absolute_form_targets_are_not_a_way_around_routing(fp, creds):
+    """``GET https://other/k8s/... HTTP/1.1`` is not proxied anywhere: kubegate serves paths only."""
+    reply = request(fp, creds, b"GET https://evil.example/k8s/clusters/sandbox/version HTTP/1.1\r\nHost: x\r\n"
+                    b"Connection: close\r\n\r\n")  # fmt: skip
+    assert reply.startswith((b"HTTP/1.1 400", b"HTTP/1.1 404")), reply[:300]
+    assert b"gitVersion" not in reply
+
+
+def test_slow_body_gets_408_after_the_body_timeout(fp, creds, baseline):
+    """A body dribbled at a few bytes a second (slowloris on the body): 408 with a Status once
+    ``request_body_timeout`` (2 s here) has passed since the head, and the connection closes."""
+    before = rejected("request_body_timeout")
+    with tls_connect(fp, creds) as sock:
+        sock.sendall(b"POST /k8s/clusters/sandbox/api/v1/namespaces/floods/configmaps HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")  # fmt: skip
+        started = time.monotonic()
+        sock.settimeout(0.2)
+        reply = b""
+        while time.monotonic() - started < 15:
+            try:
+                sock.sendall(b" ")
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except (OSError, ssl.SSLError):
+                break
+            if not chunk:
+                break
+            reply += chunk
+        took = time.monotonic() - started
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:300]
+    assert b'"kind":"Status"' in reply and b"connection: close" in reply.lower()
+    assert 1.5 < took < 10
+    assert rejected("request_body_timeout") > before
     answers_within(fp, creds)
