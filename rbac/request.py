@@ -53,6 +53,7 @@ _METHOD_VERBS = {
 }
 _NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
 _EXEC_SUBRESOURCES = {"exec": "exec", "attach": "exec", "portforward": "portforward"}
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Characters no name, namespace or resource may hold once decoded (checked when the path was encoded).
 _NOT_IN_NAMES = re.compile(r"[%?#\\\x00-\x1f\x7f]")
 # Core resources whose ``proxy`` subresource relays to the object (pod, service, node): verb ``proxy``.
@@ -111,13 +112,20 @@ QueryLike = str | bytes | Mapping[str, str | Sequence[str]] | None
 
 
 def parse_query(query: QueryLike) -> dict[str, list[str]]:
-    """A query string (with or without ``?``) or mapping → {key: [values]}."""
+    """A query string (with or without ``?``) or mapping → {key: [values]}.
+
+    Read as the apiserver's Go ``url.ParseQuery`` reads it: a ``key=value`` pair holding ``;`` or a bad
+    percent-escape is skipped (Go drops it; keeping it, e.g. ``fieldSelector=metadata.name%3Dweb-1;x``,
+    would let kubegate decide on a name the apiserver never applies)."""
     if not query:
         return {}
     if isinstance(query, bytes):
         query = query.decode("latin-1")
     if isinstance(query, str):
-        return parse_qs(query.lstrip("?"), keep_blank_values=True)
+        query = query.lstrip("?")
+        if ";" in query or "%" in query:
+            query = "&".join(p for p in query.split("&") if ";" not in p and not _BAD_ESCAPE.search(p))
+        return parse_qs(query, keep_blank_values=True, errors="surrogateescape") if query else {}
     return {k: [v] if isinstance(v, str) else list(v) for k, v in query.items()}
 
 

@@ -238,3 +238,61 @@ def test_lists_and_watches_of_a_denied_kind_are_refused(env, accept, query):
         status, _, body = request(env, "no-secrets", path + query, {"Accept": ACCEPTS[accept]})
         assert status == 403 and json.loads(body)["kind"] == "Status", (status, body[:300])
         assert SECRET_DATA not in body
+
+
+# --- the proxy verb (Teleport v19), against a recording upstream -------------------------------------
+
+PROXY_ROLES = {
+    "getter": role("getter", "[{kind: pods, api_group: '', namespace: dev, name: '*', verbs: [get, list, create]}]"),
+    "proxier": role("proxier", "[{kind: pods, api_group: '', namespace: dev, name: '*', verbs: [proxy]}]"),
+    "star": role("star", "[{kind: '*', api_group: '*', namespace: '*', name: '*', verbs: ['*']}]"),
+}
+
+
+@pytest.fixture(scope="module")
+def echo_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A proxy in front of ``EchoUpstream`` (the sandbox serves no proxy subresource; the echo records
+    what reaches it, and kubegate's built-in catalog knows pods/proxy)."""
+    from proxy.testing import running_echo_upstream, running_proxy
+    from rbac import RoleWatcher
+
+    base = tmp_path_factory.mktemp("proxy-verb")
+    roles_dir = base / "roles"
+    roles_dir.mkdir()
+    for name, text in PROXY_ROLES.items():
+        (roles_dir / f"{name}.yaml").write_text(text)
+    with running_echo_upstream(base / "echo", h2=False) as echo:
+        with running_proxy(base / "proxy", clusters=[echo.cluster("sandbox")],
+                           roles=RoleWatcher(str(roles_dir), time.monotonic)) as px:
+            contexts = {}
+            for name in PROXY_ROLES:
+                cert, key = px.issue_user(f"user-{name}", [name])
+                ctx = ssl.create_default_context(cafile=str(px.ca_pem_path))
+                ctx.load_cert_chain(str(cert), str(key))
+                ctx.set_alpn_protocols(["http/1.1"])
+                contexts[name] = ctx
+            yield {"px": px, "ctx": contexts, "echo": echo}
+
+
+PROXY_PATHS = ["/api/v1/namespaces/dev/pods/web-1/proxy/", "/api/v1/namespaces/dev/pods/web-1:80/proxy/metrics",
+               "/api/v1/namespaces/dev/pods/web-1%2Fproxy%2Fmetrics"]  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize("path", PROXY_PATHS)
+def test_a_role_that_may_get_pods_may_not_proxy_to_them(echo_env, method, path):
+    sent_before = len(echo_env["echo"].requests)
+    status, _, body = request(echo_env, "getter", path, method=method)
+    assert status == 403, body
+    assert 'do not allow "proxy"' in json.loads(body)["message"]
+    assert not [r for r in echo_env["echo"].requests[sent_before:] if "/pods/" in r["target"]]
+
+
+@pytest.mark.parametrize("role_name", ["proxier", "star"])
+@pytest.mark.parametrize("path", PROXY_PATHS)
+def test_the_proxy_verb_or_star_grants_proxying(echo_env, role_name, path):
+    status, _, body = request(echo_env, role_name, path)
+    assert status == 200, body
+    assert json.loads(body)["target"] == path
+    status, _, body = request(echo_env, "proxier", "/api/v1/namespaces/dev/pods/web-1")
+    assert status == 403  # proxy is not get

@@ -489,6 +489,21 @@ def test_only_a_single_field_selector_names_the_object() -> None:
     assert parse_request("GET", "/api/v1/namespaces/dev/pods", one, CATALOG).name == "web-1"
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "fieldSelector=metadata.name%3Dweb-1;x",  # Go's url.ParseQuery drops a pair holding ';'
+        "fieldSelector=metadata.name%3Dweb-1%ZZ",  # ... and one with a bad escape
+        "fieldSelector=metadata.name%3Dweb-1%2",
+    ],
+)
+def test_query_pairs_the_apiserver_drops_are_dropped(query: str) -> None:
+    # the apiserver would list every pod: kubegate must not take the list for "web-1 only"
+    info = parse_request("GET", "/api/v1/namespaces/dev/pods", query + "&limit=5", CATALOG)
+    assert info.verb == "list" and info.name == "" and info.is_collection
+    assert parse_request("GET", "/api/v1/namespaces/dev/pods", "watch=1;x", CATALOG).verb == "list"
+
+
 def test_catalog_from_discovery_and_lookup_by_alias() -> None:
     docs = [
         {"groupVersion": "v1", "resources": [
