@@ -360,3 +360,31 @@ def test_impersonation_on_upgrade_requests_is_decided_and_refused(setup, kind):
     status, body = upgrade_request(px, ctx, method, [*headers, ("IMPERSONATE-USER", "root")])
     assert status == 403, body
     assert not echo.requests[sent_before:]
+
+
+def test_upper_case_identity_header_names_over_h2_are_refused(setup):
+    # h2 forbids upper-case field names; a client that sends them anyway never reaches the upstream
+    echo, px, ctx, _ = setup
+    sent_before = len(echo.requests)
+    ctx.set_alpn_protocols(["h2"])
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", px.port), timeout=10), server_hostname="127.0.0.1") as sock:
+        config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8", validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
+        conn = h2.connection.H2Connection(config)
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "GET"), (":path", "/k8s/clusters/echo/api/v1/namespaces/dev/pods"),
+                              (":scheme", "https"), (":authority", "127.0.0.1"), ("Impersonate-User", "root"),
+                              ("X-Remote-User", "admin")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        status, done = 0, False
+        while not done:
+            data = sock.recv(65536)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[":status"])
+                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset | h2.events.ConnectionTerminated):
+                    done = True
+    assert status != 200
+    assert not [r for r in echo.requests[sent_before:] if "/pods" in r["target"]]

@@ -189,6 +189,8 @@ ACCEPTS = {
     "protobuf-only": PROTOBUF,
     "protobuf-table": f"{PROTOBUF};as=Table;v=v1;g=meta.k8s.io, {TABLE}",
     "yaml": "application/yaml",
+    "metadata": "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io, application/json",
+    "protobuf-stream": f"{PROTOBUF};stream=watch",
 }
 WATCH_QUERIES = [
     "?watch=1&timeoutSeconds=1",
@@ -209,7 +211,8 @@ LIST_QUERIES = [
 @pytest.mark.parametrize(
     ("accept", "query"),
     [(a, "") for a in ACCEPTS]
-    + [(a, q) for a in ("json", "table", "protobuf-only") for q in LIST_QUERIES[1:] + WATCH_QUERIES],
+    + [(a, q) for a in ("json", "table", "protobuf-only") for q in LIST_QUERIES[1:] + WATCH_QUERIES]
+    + [("protobuf-stream", q) for q in WATCH_QUERIES],
 )
 def test_lists_and_watches_of_a_partly_visible_kind_never_show_a_hidden_item(env, accept, query):
     for path in ("/api/v1/namespaces/dev/pods", "/api/v1/pods"):
