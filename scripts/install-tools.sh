@@ -55,3 +55,5 @@ if [ ! -x .tools/bin/nginx ]; then
   rm -rf .tools/tmp/ngx .tools/tmp/nginx_*.deb
 fi
 .tools/bin/nginx -v 2>/dev/null
+# The OpenID Connect provider the sign-in tests and the demo run (npm oidc-provider under Node).
+scripts/install-oidc-provider.sh

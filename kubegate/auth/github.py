@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import requests
+from authlib.integrations.base_client import OAuthError
 from authlib.integrations.requests_client import OAuth2Session
-from authlib.oauth2.rfc6749.errors import OAuth2Error
 
 from kubegate.auth.oidc import HTTP_TIMEOUT, ConnectorError
 
@@ -56,7 +56,7 @@ class GitHubConnector:
                 token = session.fetch_token(f"{self.web}/login/oauth/access_token", code=code,
                                             code_verifier=code_verifier, timeout=HTTP_TIMEOUT,
                                             headers={"Accept": "application/json"})
-            except OAuth2Error as exc:
+            except OAuthError as exc:
                 raise ConnectorError(f"GitHub refused the authorization code: {exc.error}: "
                                      f"{exc.description or ''}".rstrip(": ")) from None
             except requests.RequestException as exc:

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from authlib.integrations.base_client import OAuthError
 from authlib.integrations.requests_client import OAuth2Session
-from authlib.oauth2.rfc6749.errors import OAuth2Error
 from authlib.oidc.core import CodeIDToken
 from joserfc import jwt
 from joserfc.errors import InvalidKeyIdError, JoseError
@@ -125,7 +125,7 @@ class OIDCConnector:
         with self._session(redirect_uri) as session:
             try:
                 token = session.fetch_token(endpoint, code=code, code_verifier=code_verifier, timeout=HTTP_TIMEOUT)
-            except OAuth2Error as exc:
+            except OAuthError as exc:
                 raise ConnectorError(f"the provider refused the authorization code: {exc.error}: "
                                      f"{exc.description or ''}".rstrip(": ")) from None
             except requests.RequestException as exc:
@@ -164,7 +164,7 @@ class OIDCConnector:
             try:
                 token = session.fetch_token(endpoint, grant_type=DEVICE_GRANT, device_code=device_code,
                                             timeout=HTTP_TIMEOUT)
-            except OAuth2Error as exc:
+            except OAuthError as exc:
                 if exc.error in ("authorization_pending", "slow_down"):
                     raise DevicePending(exc.error == "slow_down") from None
                 raise ConnectorError(f"device sign-in failed: {exc.error}: {exc.description or ''}".rstrip(": ")) from None

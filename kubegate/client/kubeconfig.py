@@ -20,9 +20,13 @@ from typing import Any
 import yaml
 
 from certs.files import write_atomic
-from certs.kubeconfig import EXEC_API_VERSION, cluster_server_url
+from certs.kubeconfig import cluster_server_url
 from kubegate.client.api import split_proxy
 from kubegate.client.profile import HOME_ENV
+
+# v1beta1: kubectl before 1.22 (e.g. 1.20) knows no other; newer ones still accept it. The plugin answers
+# in whatever version kubectl announces (KUBERNETES_EXEC_INFO).
+EXEC_API_VERSION = "client.authentication.k8s.io/v1beta1"
 
 __all__ = ["kubeconfig_path", "merge_contexts", "context_for", "user_entry_name", "exec_command"]
 

@@ -97,7 +97,9 @@ def run_login(args: argparse.Namespace) -> int:
 
 
 def run_credentials(args: argparse.Namespace) -> int:
-    from certs.kubeconfig import EXEC_API_VERSION
+    import os
+
+    from kubegate.client.kubeconfig import EXEC_API_VERSION
     from kubegate.client.profile import load_profile
 
     profile = load_profile(args.proxy)
@@ -118,5 +120,9 @@ def run_credentials(args: argparse.Namespace) -> int:
         # certificate expired at …; run kubegate login", which kubectl prints.
         print(f"kubegate: your certificate expired at {profile.expires}; run kubegate login",
               file=sys.stderr)
-    print(json.dumps({"apiVersion": EXEC_API_VERSION, "kind": "ExecCredential", "status": status}))
+    try:
+        version = json.loads(os.environ.get("KUBERNETES_EXEC_INFO") or "{}").get("apiVersion") or EXEC_API_VERSION
+    except ValueError:
+        version = EXEC_API_VERSION
+    print(json.dumps({"apiVersion": version, "kind": "ExecCredential", "status": status}))
     return 0

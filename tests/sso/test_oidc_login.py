@@ -1,0 +1,211 @@
+"""A person with an account at a real OpenID Connect provider (npm oidc-provider under Node) runs
+`kubegate login` (authorization code + PKCE through the loopback redirect, a scripted browser filling the
+provider's login form; or the device flow), `kubegate kube ls`, `kubegate kube login sandbox`, then
+plain kubectl 1.37 / 1.20 — without the operator doing anything for them. Bad tokens, replays and unknown
+connectors are refused with a message and nothing is issued."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+
+from tests.sso.conftest import running_gate, status_of
+from tests.sso.oidc import CLIENT_ID, require_provider, running_provider, sign_in_with_browser
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def provider(tmp_path_factory):
+    require_provider()
+    with running_provider(tmp_path_factory.mktemp("oidc")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def gate(provider, module_sandbox, tmp_path_factory):
+    connectors = f"""
+  connectors:
+  - name: example
+    type: oidc
+    issuer_url: {provider.issuer}
+    client_id: {CLIENT_ID}
+    scopes: [openid, email, groups]
+    claims_to_roles:
+    - {{claim: groups, value: admins, roles: [admin]}}
+    - {{claim: groups, value: '^dev.*$', roles: [short]}}
+    claims_to_traits: {{kubernetes_groups: groups}}
+"""
+    with running_gate(tmp_path_factory.mktemp("sso"), module_sandbox, connectors) as running:
+        yield running
+
+
+def login_process(gate, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "kubegate", "login", "--proxy", gate.proxy, "--ca-pin", gate.pin,
+                             *extra], cwd=gate.directory, env=gate.env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+
+
+def first_url(stream) -> str:
+    for line in stream:
+        found = re.search(r"https?://\S+", line)
+        if found:
+            return found.group(0)
+    raise AssertionError("kubegate login printed no URL")
+
+
+def test_browser_login_then_kube_ls_kube_login_and_plain_kubectl(gate, tmp_path, kubectl_new, kubectl_old):
+    before = len(gate.issued())
+    proc = login_process(gate, "--no-browser")
+    url = first_url(proc.stderr)
+    assert url.startswith("http://127.0.0.1:") and "/auth?" in url and "redirect_uri=http%3A%2F%2F127.0.0.1" in url
+    assert "code_challenge_method=S256" in url and "nonce=" in url
+    page = sign_in_with_browser(url, "alice")
+    assert "signed in at the provider" in page
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Logged in as: alice@example.com" in out
+    assert "Roles:        admin, short" in out
+    assert "kubernetes_groups=admins,devs" in out
+    records = gate.issued()[before:]
+    assert [(r.user, r.kind, r.roles, r.via) for r in records] == [
+        ("alice@example.com", "user", ("admin", "short"), "oidc:example")]
+    assert 1790 <= records[0].not_after - records[0].issued_at <= 1800  # role short: max_session_ttl 30m
+
+    identity = next(gate.home.glob("profiles/*/identity.pem"))
+    assert stat.S_IMODE(os.stat(identity).st_mode) == 0o600
+    status = gate.kubegate("status")
+    assert status.returncode == 0 and "alice@example.com" in status.stdout
+
+    listed = gate.kubegate("kube", "ls", "--format", "json")
+    assert listed.returncode == 0, status_of(listed)
+    assert [(c["name"], c["labels"]["env"]) for c in yaml.safe_load(listed.stdout)] == [
+        ("prod", "prod"), ("sandbox", "dev")]
+
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "other",
+        "clusters": [{"name": "other", "cluster": {"server": "https://other.example:6443"}}],
+        "contexts": [{"name": "other", "context": {"cluster": "other", "user": "someone"}}],
+        "users": [{"name": "someone", "user": {"token": "keep-me"}}]}))
+    logged = gate.kubegate("kube", "login", "sandbox", KUBECONFIG=str(kubeconfig))
+    assert logged.returncode == 0, status_of(logged)
+    merged = yaml.safe_load(kubeconfig.read_text())
+    assert merged["current-context"] == "127.0.0.1-sandbox"
+    assert [c["name"] for c in merged["contexts"]] == ["other", "127.0.0.1-sandbox"]
+    assert merged["users"][0] == {"name": "someone", "user": {"token": "keep-me"}}
+    assert merged["users"][1]["user"]["exec"]["args"][-4:] == ["kube", "credentials", "--proxy", gate.proxy]
+
+    env = {**gate.env(), "KUBECONFIG": str(kubeconfig)}
+    for kubectl in (kubectl_new, kubectl_old):
+        pods = subprocess.run([kubectl, "get", "pods", "-A"], env=env, capture_output=True, text=True, timeout=60)
+        assert pods.returncode == 0, pods.stderr
+        assert pods.stdout.split()[:2] == ["NAMESPACE", "NAME"]
+
+    out = gate.kubegate("logout")
+    assert out.returncode == 0 and f"logged out of {gate.proxy}" in out.stdout
+    assert gate.kubegate("status").returncode == 1
+    pods = subprocess.run([kubectl_new, "get", "pods"], env=env, capture_output=True, text=True, timeout=60)
+    assert pods.returncode != 0 and "not signed in" in pods.stderr
+
+
+def test_device_flow_for_a_machine_without_a_browser(gate):
+    before = len(gate.issued())
+    proc = login_process(gate, "--headless")
+    url = first_url(proc.stderr)
+    assert "/device?user_code=" in url
+    assert "Sign-in Success" in sign_in_with_browser(url, "alice")
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    assert "Logged in as: alice@example.com" in out
+    assert [r.via for r in gate.issued()[before:]] == ["oidc-device:example"]
+
+
+def test_a_person_no_rule_maps_to_a_role_gets_nothing(gate):
+    before = len(gate.issued())
+    proc = login_process(gate, "--no-browser")
+    sign_in_with_browser(first_url(proc.stderr), "bob")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "bob@example.com signed in, but no claims_to_roles rule of connector 'example' gives them a role" in err
+    assert len(gate.issued()) == before
+
+
+def test_unknown_connector_and_replayed_state_are_refused(gate):
+    from kubegate.client.api import AuthClient, ClientError
+    from kubegate.client.login import LoopbackRedirect, new_key
+
+    unknown = gate.kubegate("login", "--proxy", gate.proxy, "--ca-pin", gate.pin, "--auth", "okta", "--no-browser")
+    assert unknown.returncode == 1 and "unknown connector 'okta' (connectors: example)" in unknown.stderr
+
+    before = len(gate.issued())
+    client = AuthClient(gate.proxy, (gate.state / "ca" / "ca.pem").read_bytes())
+    with LoopbackRedirect() as loopback:
+        start = client.post("login/start", {"connector": "example", "redirect_uri": loopback.redirect_uri,
+                                            "public_key": new_key()[1]})
+        sign_in_with_browser(start["auth_url"], "alice")
+        params = loopback.wait(30)
+    finish = {"state": params["state"], "code": params["code"]}
+    assert client.post("login/finish", finish)["user"] == "alice@example.com"
+    with pytest.raises(ClientError) as replay:
+        client.post("login/finish", finish)
+    assert replay.value.code == 400
+    assert str(replay.value) == "unknown or already used login state: start kubegate login again"
+    assert len(gate.issued()) == before + 1
+
+
+@pytest.fixture(scope="module")
+def connector(provider):
+    from types import SimpleNamespace
+
+    from kubegate.auth.oidc import OIDCConnector
+
+    return OIDCConnector(SimpleNamespace(issuer_url=provider.issuer, client_id=CLIENT_ID, client_secret=None,
+                                         scopes=("openid",)))
+
+
+def minted(provider, key: RSAKey | None = None, **changes) -> dict:
+    now = int(time.time())
+    claims = {"iss": provider.issuer, "sub": "alice", "aud": CLIENT_ID, "iat": now, "exp": now + 600,
+              "nonce": "n-1", "email": "alice@example.com"}
+    claims.update(changes)
+    signer = key or provider.key
+    return {"id_token": jwt.encode({"alg": "RS256", "kid": signer.kid}, claims, signer)}
+
+
+def test_the_provider_signed_token_passes(provider, connector):
+    assert connector.verify_id_token(minted(provider), "n-1")["email"] == "alice@example.com"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"aud": "someone-else"}, "aud"),
+    ({"exp": int(time.time()) - 3600, "iat": int(time.time()) - 7200}, "expired"),
+    ({"iss": "https://evil.example"}, "iss"),
+    ({"nonce": "from-an-earlier-login"}, "nonce"),
+])
+def test_bad_id_tokens_are_refused(provider, connector, change, message):
+    from kubegate.auth.oidc import ConnectorError
+
+    with pytest.raises(ConnectorError, match=message) as refused:
+        connector.verify_id_token(minted(provider, **change), "n-1")
+    assert str(refused.value).startswith("ID token rejected:")
+
+
+def test_a_token_signed_by_another_key_is_refused(provider, connector):
+    from kubegate.auth.oidc import ConnectorError
+
+    forger = RSAKey.generate_key(2048, parameters={"kid": provider.key.kid}, private=True)  # same kid, other key
+    with pytest.raises(ConnectorError, match="ID token rejected: .*signature"):
+        connector.verify_id_token(minted(provider, forger), "n-1")
+    unknown = RSAKey.generate_key(2048, parameters={"kid": "not-the-providers"}, private=True)
+    with pytest.raises(ConnectorError, match="ID token rejected"):
+        connector.verify_id_token(minted(provider, unknown), "n-1")
