@@ -23,10 +23,8 @@ import contextlib
 import http.client
 import json
 import logging
-import os
 import socket
 import ssl
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from urllib.parse import urlsplit
 from discovery import metrics
 from discovery.model import Cluster, UpstreamCredentials
 from discovery.registry import ClusterRegistry
+from discovery.tls import ClusterTLSError, load_client_certificate, load_cluster_ca
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +71,9 @@ def _new_client_context(cluster: Cluster, creds: UpstreamCredentials) -> ssl.SSL
         ctx.verify_mode = ssl.CERT_NONE
     elif cluster.ca_pem:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(cadata=cluster.ca_pem.decode("ascii", errors="replace"))
+        load_cluster_ca(ctx, cluster.ca_pem)
     if creds.client_cert_pem and creds.client_key_pem:
-        fd, path = tempfile.mkstemp(prefix="kubegate-health-", suffix=".pem")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(creds.client_cert_pem.rstrip() + b"\n" + creds.client_key_pem)
-            ctx.load_cert_chain(path)
-        finally:
-            os.unlink(path)
+        load_client_certificate(ctx, creds.client_cert_pem, creds.client_key_pem)
     return ctx
 
 
@@ -138,6 +131,8 @@ def check_cluster_sync(cluster: Cluster, creds: UpstreamCredentials, timeout: fl
     ssar_path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
     try:
         answers = _request(cluster, creds, timeout, [("POST", ssar_path, _ssar(r)) for r in IMPERSONATED])
+    except ClusterTLSError as exc:
+        return HealthResult(UNHEALTHY, f"tls: {exc}")
     except ssl.SSLCertVerificationError as exc:
         return HealthResult(UNHEALTHY, f"tls: {exc.verify_message or exc}")
     except ssl.SSLError as exc:
@@ -205,9 +200,14 @@ class HealthChecker:
         self._wake.set()
 
     async def check_one(self, cluster: Cluster) -> HealthResult:
+        """Check one cluster and record the result; whatever goes wrong is this cluster's result only."""
         async with self._semaphore:
             started = time.monotonic()
-            result = await check_cluster(cluster, self.timeout)
+            try:
+                result = await check_cluster(cluster, self.timeout)
+            except Exception as exc:  # never let one cluster's surprise end the round of the others
+                log.exception("health check of cluster %s failed", cluster.name)
+                result = HealthResult(UNHEALTHY, f"health check failed: {type(exc).__name__}: {exc}")
         metrics.HEALTH_CHECKS.labels(result.health).inc()
         current = self.registry.peek(cluster.name)
         if current is not None and current.server == cluster.server:
@@ -221,7 +221,12 @@ class HealthChecker:
 
     async def run_round(self) -> None:
         clusters = self.registry.all()
-        await asyncio.gather(*(self.check_one(c) for c in clusters))
+        # Each check is isolated (check_one records its own failure); return_exceptions keeps a round
+        # whole even if recording one result fails.
+        for cluster, outcome in zip(clusters, await asyncio.gather(
+                *(self.check_one(c) for c in clusters), return_exceptions=True), strict=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+                log.error("health check of cluster %s failed: %r", cluster.name, outcome)
         self.rounds += 1
         if self._on_round:
             self._on_round()

@@ -18,15 +18,14 @@ when the cluster says so, with a warning.
 from __future__ import annotations
 
 import logging
-import os
 import ssl
-import tempfile
 from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from discovery.model import Cluster, UpstreamCredentials
+from discovery.tls import load_client_certificate, load_cluster_ca
 
 log = logging.getLogger("kubegate.proxy.tls")
 
@@ -113,7 +112,8 @@ def classify_handshake_error(exc: BaseException) -> str:
 def upstream_context(
     cluster: Cluster, credentials: UpstreamCredentials, *, alpn: tuple[str, ...] = ("h2", "http/1.1")
 ) -> ssl.SSLContext:
-    """The client context kubegate uses towards one cluster's API server."""
+    """The client context kubegate uses towards one cluster's API server; ``ClusterTLSError`` when the
+    cluster's CA data or kubegate's client certificate for it cannot be loaded."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if cluster.insecure_skip_tls_verify:
@@ -124,23 +124,11 @@ def upstream_context(
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     elif cluster.ca_pem:
-        ctx.load_verify_locations(cadata=cluster.ca_pem.decode("ascii"))
+        load_cluster_ca(ctx, cluster.ca_pem)
     else:
         ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     if credentials.client_cert_pem and credentials.client_key_pem:
-        _load_pem_chain(ctx, credentials.client_cert_pem, credentials.client_key_pem)
+        load_client_certificate(ctx, credentials.client_cert_pem, credentials.client_key_pem)
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     return ctx
-
-
-def _load_pem_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
-    """``load_cert_chain`` only reads files: write both to a private temporary file, load, remove."""
-    fd, path = tempfile.mkstemp(prefix="kubegate-upstream-", suffix=".pem")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(cert_pem.rstrip(b"\n") + b"\n" + key_pem)
-        ctx.load_cert_chain(path)
-    finally:
-        os.unlink(path)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from discovery.model import Cluster, UpstreamCredentials
+from discovery.tls import ClusterTLSError
 from proxy.protocol.events import Headers
 from proxy.routing import upstream_address
 from proxy.tls import upstream_context
@@ -85,8 +86,11 @@ class ClusterPool:
         key = (creds.client_cert_pem, creds.client_key_pem)
         if self._ctx is None or self._ctx_h1 is None or key != self._ctx_key:
             alpn: tuple[str, ...] = ("h2", "http/1.1") if self.settings.use_h2 else ("http/1.1",)
-            self._ctx = upstream_context(self.cluster, creds, alpn=alpn)
-            self._ctx_h1 = upstream_context(self.cluster, creds, alpn=("http/1.1",))
+            try:
+                self._ctx = upstream_context(self.cluster, creds, alpn=alpn)
+                self._ctx_h1 = upstream_context(self.cluster, creds, alpn=("http/1.1",))
+            except ClusterTLSError as exc:
+                raise UpstreamError(503, f"cluster {self.cluster.name} cannot be used: {exc}", "tls_config") from exc
             self._ctx_key = key
         return self._ctx, self._ctx_h1
 

@@ -155,3 +155,60 @@ def test_each_round_reuses_the_tls_context_built_for_the_same_trust_and_credenti
     renewed = UpstreamCredentials(client_cert_pem=other_cert.read_bytes(), client_key_pem=other_key.read_bytes())
     assert client_context(cluster, renewed) is not first  # renewed credentials: a context of their own
     assert client_context(cluster, renewed) is client_context(cluster, renewed)
+
+
+BAD_CA = {
+    "binary (DER, not PEM)": b"\x30\x82\x03\x1a\x30\x82\x02\x02\xa0\x03\x02\x01\x02",
+    "non-ASCII text": "-----BEGIN CERTIFICATE-----\nMIIé\n-----END CERTIFICATE-----\n".encode(),
+    "PEM markers around garbage": b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+}
+
+
+@pytest.mark.parametrize("bad_ca", list(BAD_CA.values()), ids=list(BAD_CA))
+def test_one_cluster_with_bad_ca_data_is_unhealthy_and_the_round_checks_every_other(stand_in, bad_ca):
+    """Discovered clusters come with CA data kubegate does not control. One that cannot be loaded was a
+    TypeError that ended the whole round (asyncio.gather without isolation): now it is that cluster's
+    result, named, and the others are checked as usual."""
+    from discovery.health import HealthChecker
+    from discovery.registry import ClusterRegistry
+
+    api = stand_in(lambda method, path, res: (201, {"status": {"allowed": True}}))
+    registry = ClusterRegistry()
+    good = api.cluster()
+    registry.upsert(Cluster(name="good-1", labels={}, server=good.server, ca_pem=good.ca_pem,
+                            credentials=good.credentials), "test")
+    registry.upsert(Cluster(name="bad-ca", labels={}, server=good.server, ca_pem=bad_ca,
+                            credentials=good.credentials), "test")
+    registry.upsert(Cluster(name="good-2", labels={}, server=good.server, ca_pem=good.ca_pem,
+                            credentials=good.credentials), "test")
+    rounds: list[int] = []
+    checker = HealthChecker(registry, timeout=2, on_round=lambda: rounds.append(1))
+    asyncio.run(checker.run_round())
+    assert rounds == [1] and checker.rounds == 1
+    health = {c.name: (c.health, c.health_detail) for c in registry.all()}
+    assert health["good-1"] == ("healthy", "") and health["good-2"] == ("healthy", "")
+    state, detail = health["bad-ca"]
+    assert state == "unhealthy" and detail.startswith("tls: certificate-authority data "), detail
+
+
+def test_a_check_that_fails_unexpectedly_is_recorded_for_that_cluster_only(stand_in, monkeypatch):
+    from discovery import health
+    from discovery.registry import ClusterRegistry
+
+    api = stand_in(lambda method, path, res: (201, {"status": {"allowed": True}}))
+    registry = ClusterRegistry()
+    good = api.cluster()
+    for name in ("fine", "cursed"):
+        registry.upsert(Cluster(name=name, labels={}, server=good.server, ca_pem=good.ca_pem,
+                                credentials=good.credentials), "test")
+    real = health.check_cluster
+
+    async def flaky(cluster, timeout=5.0):
+        if cluster.name == "cursed":
+            raise KeyError("surprise")  # any bug in a check, not only TLS
+        return await real(cluster, timeout)
+
+    monkeypatch.setattr(health, "check_cluster", flaky)
+    asyncio.run(health.HealthChecker(registry, timeout=2).run_round())
+    assert (registry.peek("fine").health, registry.peek("cursed").health) == ("healthy", "unhealthy")
+    assert registry.peek("cursed").health_detail == "health check failed: KeyError: 'surprise'"

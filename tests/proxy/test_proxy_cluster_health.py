@@ -4,6 +4,7 @@ and ``healthy`` clusters are forwarded as usual, and a cluster that recovers wor
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -175,3 +176,46 @@ def test_an_unhealthy_cluster_stays_hidden_from_callers_who_cannot_see_it(tmp_pa
         assert b"unhealthy" not in body
     finally:
         registry.remove(name, "test-health")
+
+
+def test_a_cluster_with_bad_ca_data_gets_a_503_naming_the_problem_and_others_are_unaffected(sandbox, px):
+    """A discovered cluster whose CA data is not PEM (here binary DER bytes): before any health round its
+    requests got a 500 "unknown" with a traceback in the log (building the TLS context raised). Now: a 503
+    Status saying what is wrong with the cluster, before and after the health checker has seen it; the
+    other clusters answer as usual."""
+    from discovery.health import HealthChecker
+    from proxy.testing import cluster_for_sandbox
+
+    name = "bad-ca-data"
+    registry = px.proxy.clusters
+    sandbox_health = (registry.peek("sandbox").health, registry.peek("sandbox").health_detail)
+    broken = cluster_for_sandbox(sandbox, name=name)
+    registry.upsert(type(broken)(name=name, labels=broken.labels, server=broken.server,
+                                 ca_pem=b"\x30\x82\x03\x1a\x30\x82\x02\x02\xa0\x03", credentials=broken.credentials,
+                                 origin="discovery"), "test-health")
+    cert, key = px.issue_user("alice", ["admin"])
+    try:
+        status, _, body = _raw_get(px, cert, key, f"/k8s/clusters/{name}/api/v1/namespaces/dev/pods")
+        doc = json.loads(body)
+        assert status == 503 and doc["kind"] == "Status" and doc["code"] == 503, body
+        assert doc["message"] == (f"cluster {name} cannot be used: certificate-authority data is not PEM text "
+                                  "(it holds non-ASCII bytes)")
+
+        # Only these two are checked: the session's registry holds other tests' clusters.
+        checker = HealthChecker(registry, timeout=5)
+
+        async def check_both() -> None:
+            await asyncio.gather(checker.check_one(registry.peek(name)), checker.check_one(registry.peek("sandbox")))
+
+        px.call(check_both, timeout=60)
+        assert registry.peek(name).health == "unhealthy"
+        assert registry.peek("sandbox").health == "healthy"
+        status, _, body = _raw_get(px, cert, key, f"/k8s/clusters/{name}/api/v1/namespaces/dev/pods")
+        assert status == 503 and json.loads(body)["message"] == (
+            f'cluster "{name}" is unhealthy: tls: certificate-authority data is not PEM text (it holds non-ASCII bytes)')
+
+        status, _, body = _raw_get(px, cert, key, "/k8s/clusters/sandbox/api/v1/namespaces/dev/pods")
+        assert status == 200 and b"web-1" in body
+    finally:
+        registry.remove(name, "test-health")
+        registry.set_health("sandbox", *sandbox_health)
