@@ -219,3 +219,101 @@ def replay_screen(cast: bytes) -> Any:
             cols, rows = (int(x) for x in data.split("x"))
             screen.resize(rows, cols)
     return screen
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def kubegate_cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "kubegate", *args], cwd=cwd, env=env, capture_output=True,
+                          timeout=timeout)
+
+
+class KubegateProcess:
+    """``kubegate start -c kubegate.yaml`` as its own process in front of a sandbox cluster (context
+    ``sandbox``), with the session test roles; ``extra`` is appended to the config's ``proxy:`` section."""
+
+    def __init__(self, workdir: Path, sb: Any, extra_proxy: str = "") -> None:
+        import sys
+
+        import yaml
+
+        from kubegate.demo import free_port
+
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        upstream = yaml.safe_load(Path(sb.admin_kubeconfig).read_text())
+        base = Path(sb.admin_kubeconfig).parent
+        for section, key in (("clusters", "cluster"), ("users", "user")):
+            for entry in upstream[section]:
+                for name in ("certificate-authority", "client-certificate", "client-key"):
+                    if name in entry[key] and not os.path.isabs(entry[key][name]):
+                        entry[key][name] = str(base / entry[key][name])
+        upstream["contexts"][0]["name"] = "sandbox"
+        upstream["current-context"] = "sandbox"
+        (workdir / "clusters.kubeconfig").write_text(yaml.safe_dump(upstream))
+        write_roles(workdir / "roles")
+        self.port, self.metrics_port = free_port(), free_port()
+        (workdir / "kubegate.yaml").write_text(f"""
+version: v1
+state_dir: ./state
+proxy:
+  listen: 127.0.0.1:{self.port}
+  public_addr: 127.0.0.1:{self.port}
+  limits: {{shutdown_grace: 2s}}
+{extra_proxy}
+metrics: {{listen: 127.0.0.1:{self.metrics_port}}}
+auth: {{roles_dir: ./roles}}
+kubernetes_service:
+  kubeconfig_files: [./clusters.kubeconfig]
+""")
+        init = kubegate_cli("ca", "init", "-c", "kubegate.yaml", cwd=workdir)
+        assert init.returncode == 0, init.stderr
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self.proc = subprocess.Popen([sys.executable, "-m", "kubegate", "start", "-c", "kubegate.yaml"], cwd=workdir,
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._ready()
+
+    def _ready(self, timeout: float = 60.0) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else ""
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("kubegate did not become ready")
+
+    def kubeconfig(self, user: str, roles: str) -> Path:
+        out = self.workdir / f"{user}.kubeconfig"
+        made = kubegate_cli("kubeconfig", "-c", "kubegate.yaml", "--user", user, "--roles", roles, "--out", str(out),
+                            cwd=self.workdir)
+        assert made.returncode == 0, made.stderr
+        return out
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        return kubegate_cli(*args, "-c", "kubegate.yaml", cwd=self.workdir)
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.workdir / "state" / "sessions"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()

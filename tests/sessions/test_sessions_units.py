@@ -1,0 +1,144 @@
+"""Pure parts of session recording: the asciicast encoder and reader, resize parsing, role options
+(record_session, join_sessions, options kubegate refuses), the recording decision, playback timing and
+the file index."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from kubegate.commands.sessions import parse_since, play_events
+from proxy.recording.cast import CastEncoder, output_text, parse_resize, read_cast
+from proxy.recording.index import FileSessionIndex
+from rbac import RoleError
+from rbac.roles import parse_roles_yaml
+from rbac.sessions import JoinRule, RecordSession, may_join, recording_decision
+
+
+def test_output_is_decoded_across_chunks_and_resizes_set_the_header():
+    enc = CastEncoder({"user": "alice", "command": ["sh"], "title": "t"}, started=1000.0, record_input=True)
+    cast = enc.encode([
+        (1000.5, "resize", b'{"Width":120,'), (1000.5, "resize", b'"Height":40}\n'),
+        (1001.0, "stdout", b"caf\xc3"), (1001.001, "stdout", b"\xa9 "),  # one event, the character whole
+        (1001.2, "stderr", b"oops\n"), (1001.3, "stdin", b"ls\r"),
+    ]) + enc.finish(1002.0)
+    header, events = read_cast(cast)
+    assert (header["width"], header["height"], header["timestamp"]) == (120, 40, 1000)
+    assert header["kubegate"] == {"user": "alice", "command": ["sh"]} and header["command"] == "sh"
+    assert events == [(0.5, "r", "120x40"), (1.0, "o", "café "), (1.2, "o", "oops\n"), (1.3, "i", "ls\r")]
+
+
+def test_input_is_left_out_unless_asked_and_invalid_utf8_is_replaced():
+    enc = CastEncoder({}, started=0.0)
+    _, events = read_cast(enc.encode([(1.0, "stdin", b"secret\r"), (2.0, "stdout", b"\xff ok\xe2")]) + enc.finish(3.0))
+    assert output_text(events) == "\ufffd ok\ufffd" and not [e for e in events if e[1] == "i"]
+
+
+def test_a_cast_cut_mid_line_reads_up_to_the_last_whole_line():
+    enc = CastEncoder({}, started=0.0)
+    whole = enc.encode([(0.1, "stdout", b"one\n"), (0.5, "stdout", b"two\n")])
+    _, events = read_cast(whole[:-7])
+    assert output_text(events) == "one\n"
+    with pytest.raises(ValueError, match="asciicast"):
+        read_cast(b'{"version": 1}\n')
+
+
+def test_resize_objects_are_parsed_from_a_byte_stream():
+    buf = bytearray(b'{"Width":80,"Height":24}{"Width":100,"Hei')
+    assert parse_resize(buf) == [(80, 24)] and bytes(buf) == b'{"Width":100,"Hei'
+    buf += b'ght":30}\n{"Width":0,"Height":5}'
+    assert parse_resize(buf) == [(100, 30)] and not buf
+
+
+ROLE = """
+kind: role
+version: v8
+metadata: {name: r}
+spec:
+  options: %s
+  allow:
+    kubernetes_labels: {'*': '*'}
+    %s
+"""
+
+
+def test_record_session_and_join_sessions_are_read_from_roles():
+    (role,) = parse_roles_yaml(ROLE % ("{record_session: {default: strict, input: true, desktop: false}}",
+                                       "join_sessions: [{name: j, roles: [prod-*], kinds: [k8s], modes: [observer]}]"))
+    assert role.record_session == RecordSession("strict", "off", True)
+    assert role.join_sessions == (JoinRule("j", ("prod-*",), ("k8s",), ("observer",)),)
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ("{require_session_mfa: true}", "spec.options.require_session_mfa"),
+    ("{max_sessions: 3}", "spec.options.max_sessions"),
+    ("{pin_source_ip: true}", "spec.options.pin_source_ip"),
+    ("{record_session: {default: always}}", "spec.options.record_session.default"),
+    ("{record_session: {k8s: strict}}", "spec.options.record_session.k8s"),
+])
+def test_options_kubegate_does_not_implement_fail_naming_option_and_file(options, field):
+    with pytest.raises(RoleError) as err:
+        parse_roles_yaml(ROLE % (options, ""), file="roles/r.yaml")
+    assert err.value.field == field and "roles/r.yaml" in str(err.value) and field in str(err.value)
+
+
+def test_off_values_of_unimplemented_options_and_other_products_options_load():
+    (role,) = parse_roles_yaml(ROLE % ("{require_session_mfa: false, forward_agent: true, disconnect_expired_cert: true}", ""))
+    assert role.record_session is None
+
+
+def test_bad_join_sessions_fail():
+    with pytest.raises(RoleError, match="join_sessions"):
+        parse_roles_yaml(ROLE % ("{}", "join_sessions: [{roles: [a], kinds: [k8s], modes: [driver]}]"))
+
+
+def test_the_strongest_recording_setting_wins_and_the_proxy_can_make_it_strict():
+    assert recording_decision([None], tty=True, proxy_strict=False) == recording_decision([], True, False)
+    d = recording_decision([None], tty=True, proxy_strict=False)
+    assert (d.record, d.strict, d.input) == (True, False, False)
+    assert not recording_decision([None], tty=False, proxy_strict=True).record  # non-TTY: off by default
+    off = RecordSession("off")
+    assert not recording_decision([off], tty=True, proxy_strict=True).record
+    d = recording_decision([off, RecordSession("best_effort", input=True)], tty=True, proxy_strict=True)
+    assert (d.record, d.strict, d.input) == (True, True, True)
+    assert recording_decision([RecordSession(non_interactive="strict")], tty=False, proxy_strict=False).strict
+
+
+def test_join_needs_a_rule_covering_an_owner_role():
+    rule = JoinRule("", ("prod-*",), ("k8s",), ("observer",))
+    assert may_join([rule], ["prod-admin"], owner="a", joiner="b")
+    assert not may_join([rule], ["dev"], owner="a", joiner="b")
+    assert not may_join([JoinRule("", ("*",), ("ssh",), ("observer",))], ["dev"], owner="a", joiner="b")
+    assert may_join([], ["dev"], owner="a", joiner="a")  # one's own session
+
+
+def test_play_waits_as_recorded_divided_by_speed():
+    out, waits = io.StringIO(), []
+    events = [(0.5, "o", "a"), (0.5, "r", "10x10"), (2.5, "o", "b"), (2.0, "i", "x")]
+    play_events(events, out, speed=2.0, sleep=waits.append)
+    assert out.getvalue() == "ab" and waits == [0.25, 1.0]
+    waits.clear()
+    play_events(events, io.StringIO(), raw=True, sleep=waits.append)
+    assert waits == []
+
+
+def test_since_takes_a_duration_or_an_iso_time():
+    assert parse_since("2h", 10_000.0) == 10_000.0 - 7200
+    assert parse_since("1970-01-01T01:00:00", 0) == 3600.0
+    with pytest.raises(ValueError, match="neither"):
+        parse_since("yesterday", 0)
+
+
+def test_the_file_index_filters_and_refuses_odd_ids(tmp_path):
+    index = FileSessionIndex(str(tmp_path))
+    index.put({"session_id": "a" * 32, "user": "u1", "cluster": "c1", "start_time": 10})
+    index.put({"session_id": "b" * 32, "user": "u2", "cluster": "c1", "start_time": 20})
+    assert [r["user"] for r in index.list()] == ["u1", "u2"]
+    assert [r["user"] for r in index.list(user="u2")] == ["u2"]
+    assert [r["user"] for r in index.list(since=15)] == ["u2"]
+    assert index.list(cluster="c2") == [] and index.get("../etc/passwd") is None
+    with pytest.raises(ValueError):
+        index.put({"session_id": "../x"})
+    assert json.loads((tmp_path / ("a" * 32 + ".json")).read_text())["user"] == "u1"
