@@ -469,13 +469,18 @@ async def watch_events(ep: Endpoint, path: str, expect: int, trigger, timeout: f
 
 # -------------------------------------------------------------------------------------------- exec
 
-async def exec_stdout(ep: Endpoint, pod_path: str, total_bytes: int) -> tuple[int, float]:
-    """Exec ``head -c total_bytes /dev/zero`` over WebSocket (``v5.channel.k8s.io``) and read its stdout
-    to the end. Returns (stdout bytes received, seconds from the 101 to the end of the session)."""
+async def exec_stdout(ep: Endpoint, pod_path: str, total_bytes: int,
+                      command: list[str] | None = None) -> tuple[int, float]:
+    """Exec ``head -c total_bytes /dev/zero`` (or ``command``) over WebSocket (``v5.channel.k8s.io``) and
+    read its stdout to the end. Returns (stdout bytes received, seconds from the 101 to the end of the
+    session)."""
+    from urllib.parse import quote
+
     import wsproto
     import wsproto.events as wse
 
-    query = f"command=head&command=-c&command={total_bytes}&command=/dev/zero&stdout=true&stderr=true"
+    argv = command or ["head", "-c", str(total_bytes), "/dev/zero"]
+    query = "&".join(f"command={quote(arg, safe='')}" for arg in argv) + "&stdout=true&stderr=true"
     target = f"{ep.prefix}{pod_path}/exec?{query}"
     reader, writer = await asyncio.open_connection(ep.host, ep.port, ssl=ep.ssl_context("http/1.1"),
                                                    server_hostname=ep.server_hostname or ep.host,

@@ -30,6 +30,7 @@ from proxy.recording.stores import RecordingStore, RecordingStoreError, Sink
 log = logging.getLogger("kubegate.proxy.recording")
 
 BACKLOG_BYTES = 256 * 1024
+FLUSH_BYTES = 1024 * 1024  # pending terminal bytes that trigger a batch before the flush interval
 _TERMINAL = frozenset(("stdout", "stderr", "resize"))  # cast lines kept in memory per live session for someone joining
 
 
@@ -101,6 +102,7 @@ class SessionRecorder:
         self.notify_owner: Callable[[str], None] | None = None  # set by the relay: a line to the owner's terminal
         self._backlog_size = 0
         self._pending: list[tuple[float, str, bytes]] = []
+        self._pending_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._queued = 0  # bytes handed to the writer thread and not written yet
 
@@ -108,56 +110,66 @@ class SessionRecorder:
     def on_data(self, side: str, stream_type: str, chunk: memoryview) -> None:
         """The taps' content hook (``proxy.protocol.spdy.DataObserver``): keep the terminal streams."""
         if stream_type in _TERMINAL or (stream_type == "stdin" and self.encoder.record_input):
-            self.content(stream_type, bytes(chunk))
+            # A read-only view is of an immutable bytes object (what the transport handed the relay): keep
+            # the view, which keeps that object alive, instead of copying; a view of a buffer that may
+            # change is copied.
+            self.content(stream_type, chunk if chunk.readonly else bytes(chunk))  # type: ignore[arg-type]
 
     def content(self, stream: str, data: bytes) -> None:
         self._pending.append((time.time(), stream, data))
-        if self._timer is None and not self.closed:
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= FLUSH_BYTES:
+            self.flush()  # a busy session is written in small batches, not one big one per interval
+        elif self._timer is None and not self.closed:
             self._timer = self.loop.call_later(self.recordings.flush_interval, self.flush)
 
     # --- batches
     def flush(self) -> None:
-        self._timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._pending_bytes = 0
         if not self._pending or self.failed:
             self._pending.clear()
             return
         batch, self._pending = self._pending, []
-        self._emit(self.encoder.encode(batch))
+        self._emit(self.encoder.encode_lines(batch))
 
-    def _emit(self, lines: bytes) -> None:
+    def _emit(self, lines: list[bytes]) -> None:
         if not lines:
             return
         if not self.header:
-            cut = lines.index(b"\n") + 1
-            self.header, rest = lines[:cut], lines[cut:]
-            self._remember(rest)
-        else:
-            self._remember(lines)
+            self.header = lines[0]
+            lines = lines[1:]
+            self.recordings.submit(self._write, [self.header])
+            if not lines:
+                return
+        self._remember(lines)
         for watcher in list(self.watchers):
-            watcher(lines)
-        if self._queued + len(lines) > self.recordings.max_buffered:
+            watcher(b"".join(lines))
+        size = sum(map(len, lines))
+        if self._queued + size > self.recordings.max_buffered:
             self._fail(f"the recording store is not keeping up ({self._queued} bytes waiting)")
             return
-        self._queued += len(lines)
+        self._queued += size
         self.recordings.submit(self._write, lines)
 
-    def _remember(self, lines: bytes) -> None:
-        if not lines:
-            return
-        self.backlog.append(lines)
-        self._backlog_size += len(lines)
+    def _remember(self, lines: list[bytes]) -> None:
+        self.backlog.extend(lines)
+        self._backlog_size += sum(map(len, lines))
         while self._backlog_size > BACKLOG_BYTES and len(self.backlog) > 1:
             self._backlog_size -= len(self.backlog.popleft())
 
-    def _write(self, lines: bytes) -> None:  # writer thread
+    def _write(self, lines: list[bytes]) -> None:  # writer thread
+        size = sum(map(len, lines))
         try:
             if not self.failed:
-                self.sink.write(lines)
-                self.bytes_written += len(lines)
+                self.sink.write_lines(lines)
+                self.bytes_written += size
         except RecordingStoreError as exc:
             self.loop.call_soon_threadsafe(self._fail, str(exc))
         finally:
-            self._queued -= len(lines)
+            self._queued -= size
 
     def fail(self, reason: str) -> None:
         """The recording cannot go on (e.g. the tap could not follow the stream)."""
@@ -193,7 +205,9 @@ class SessionRecorder:
             self._timer = None
         if not self.failed:
             batch, self._pending = self._pending, []
-            self._emit(self.encoder.encode(batch) + self.encoder.finish(time.time()))
+            lines = self.encoder.encode_lines(batch)
+            tail = self.encoder.finish(time.time())
+            self._emit(lines + [tail] if tail else lines)
         self.closed = True
         self.recordings.live.pop(self.session_id, None)
         for watcher in list(self.watchers):

@@ -142,3 +142,17 @@ def test_the_file_index_filters_and_refuses_odd_ids(tmp_path):
     with pytest.raises(ValueError):
         index.put({"session_id": "../x"})
     assert json.loads((tmp_path / ("a" * 32 + ".json")).read_text())["user"] == "u1"
+
+
+def test_the_file_sink_writes_many_lines_in_order_and_refuses_after_close(tmp_path):
+    from proxy.recording.stores import FileStore, RecordingStoreError
+
+    sink = FileStore(str(tmp_path)).open("c" * 32)
+    lines = [f"[{i}, \"o\", \"line {i}\"]\n".encode() for i in range(3000)]  # more than one writev (IOV_MAX)
+    sink.write_lines(lines)
+    sink.close()
+    assert (tmp_path / ("c" * 32 + ".cast")).read_bytes() == b"".join(lines)
+    with pytest.raises(RecordingStoreError, match="closed"):
+        sink.write_lines([b"x"])
+    with pytest.raises(RecordingStoreError, match="cannot create"):
+        FileStore(str(tmp_path)).open("c" * 32)  # never overwrites a recording
