@@ -236,17 +236,20 @@ class AuthService:
 
     def _person(self, settings: Any, found: Any) -> Person:
         if settings.type == "github":
-            return Person(found.login, roles_from_teams(found.teams, settings.teams_to_roles),
-                          {"github_teams": [f"{org}/{team}" for org, team in found.teams], "logins": [found.login]})
-        claims: Mapping[str, Any] = found
-        user = claims.get(settings.username_claim) or claims.get("sub")
-        if not isinstance(user, str) or not user:
-            raise AuthRefused(401, f"the ID token has no {settings.username_claim!r} or 'sub' claim")
-        roles = roles_from_claims(claims, settings.claims_to_roles)
+            user, rules = found.login, "teams_to_roles"
+            roles = roles_from_teams(found.teams, settings.teams_to_roles)
+            traits = {"github_teams": [f"{org}/{team}" for org, team in found.teams], "logins": [found.login]}
+        else:
+            claims: Mapping[str, Any] = found
+            user, rules = claims.get(settings.username_claim) or claims.get("sub"), "claims_to_roles"
+            if not isinstance(user, str) or not user:
+                raise AuthRefused(401, f"the ID token has no {settings.username_claim!r} or 'sub' claim")
+            roles = roles_from_claims(claims, settings.claims_to_roles)
+            traits = traits_from_claims(claims, settings.claims_to_traits)
         if not roles:
-            raise AuthRefused(403, f"{user} signed in, but no claims_to_roles rule of connector "
-                                   f"{settings.name!r} gives them a role")
-        return Person(user, roles, traits_from_claims(claims, settings.claims_to_traits))
+            raise AuthRefused(403, f"{user} signed in, but no {rules} rule of connector {settings.name!r} "
+                                   "gives them a role")
+        return Person(user, roles, traits)
 
     # --- headless sign-in: device authorization grant --------------------------------------------------------
     def device_start(self, request: LocalRequest, body: dict[str, Any]) -> tuple[int, Any]:
