@@ -7,7 +7,7 @@ One check (``check_cluster``):
 2. TLS connection with the cluster's CA / server name / client certificate (refused, timeout → unhealthy
    ``unreachable: …``; certificate problems → unhealthy ``tls: …``);
 3. three ``SelfSubjectAccessReview``s: ``impersonate`` on ``users``, ``groups`` and ``serviceaccounts``.
-   All allowed → healthy; any denied → unhealthy ``cannot impersonate …``; 401 → unhealthy
+   All allowed → healthy; any denied → unhealthy ``impersonation not permitted: cannot impersonate …``; 401 → unhealthy
    ``unauthorized``;
 4. when the review API is not served (404), ``GET /readyz`` → 200 means healthy (``readyz`` in the detail).
 
@@ -159,7 +159,8 @@ def check_cluster_sync(cluster: Cluster, creds: UpstreamCredentials, timeout: fl
         if not allowed:
             denied.append(resource)
     if denied:
-        return HealthResult(UNHEALTHY, f"cannot impersonate {', '.join(denied)}")
+        return HealthResult(UNHEALTHY, f"impersonation not permitted: cannot impersonate {', '.join(denied)} "
+                                       f"(see `kubegate clusters setup {cluster.name}`)")
     return HealthResult(HEALTHY, "")
 
 

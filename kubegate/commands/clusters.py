@@ -69,7 +69,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "it still exists)")
     rm.set_defaults(func=run_rm)
 
-    for p in (add, ls, show, rm):
+    setup = sub.add_parser(
+        "setup",
+        help="print (or --apply) the Kubernetes RBAC a cluster needs for kubegate",
+        description="Print the RBAC objects cluster NAME needs: a ClusterRole and ClusterRoleBinding "
+        "kubegate-impersonator for kubegate's own upstream identity (impersonate users, groups and service "
+        "accounts; get pods; create self access/rules reviews), found with a SelfSubjectReview (or the "
+        "client certificate's CN), and, for every kubegate role that can see the cluster, Roles/ClusterRoles "
+        "and bindings that let the groups and users it impersonates do what the role allows (the cluster's "
+        "own RBAC still applies to them). With --apply they are applied with kubectl and the operator's own "
+        "kubeconfig (--kubeconfig/--context, default kubectl's). Notes on what RBAC cannot express go to "
+        "the output as comments (stderr with --apply).",
+    )
+    setup.add_argument("name", metavar="NAME", help="the cluster (as `clusters ls` names it)")
+    setup.add_argument("--apply", action="store_true", help="apply with `kubectl apply -f -`")
+    setup.add_argument("--kubeconfig", metavar="FILE", help="--apply: the operator's kubeconfig (for kubectl)")
+    setup.add_argument("--context", metavar="NAME", help="--apply: the context in --kubeconfig")
+    setup.add_argument("--kubectl", metavar="PATH", default="kubectl", help="--apply: kubectl to run")
+    setup.add_argument("--upstream-user", metavar="USER",
+                       help="the user kubegate's credentials authenticate as (default: asked from the cluster)")
+    setup.add_argument("--traits", action="append", default=[], metavar="KEY=V1,V2",
+                       help="trait values to expand role templates such as {{internal.kubernetes_groups}} "
+                       "(repeatable); without them templated groups are not bound")
+    setup.set_defaults(func=run_setup)
+
+    for p in (add, ls, show, rm, setup):
         p.add_argument("-c", "--config", metavar="FILE", help="kubegate.yaml (default: built-in defaults)")
 
 
@@ -342,3 +366,66 @@ def run_show(args: argparse.Namespace) -> int:
             return 0
     print(f"error: no cluster named {args.name!r}", file=sys.stderr)
     return 1
+
+
+def run_setup(args: argparse.Namespace) -> int:
+    import asyncio
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from discovery.whoami import upstream_username
+    from kubegate.commands.ca import CommandError, load_roles, parse_traits
+    from kubegate.upstream_rbac import impersonator_objects, role_objects, subject_for_username
+    from rbac.decision import cluster_visible
+    from rbac.identity import Identity
+
+    cfg = _config(args)
+    if cfg is None:
+        return 1
+    entry = _collect(cfg).entries.get(args.name)
+    if entry is None:
+        print(f"error: no cluster named {args.name!r} (see `kubegate clusters ls`)", file=sys.stderr)
+        return 1
+    cluster = entry.cluster
+    try:
+        roles = load_roles(cfg)
+        traits = {k: tuple(v) for k, v in parse_traits(args.traits).items()}
+        username = args.upstream_user
+        if not username:
+            creds = asyncio.run(cluster.credentials.get())
+            username = upstream_username(cluster, creds)
+    except (DiscoveryError, CommandError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a credentials provider failing (exec plugin, cloud token …)
+        print(f"error: cluster {args.name!r}: credentials: {exc}", file=sys.stderr)
+        return 1
+    seeing = [role for role in roles
+              if cluster_visible(Identity(user=username, roles=(role.name,), traits=traits), roles,
+                                 cluster.labels, cluster.name)]
+    plan = role_objects(seeing, traits)
+    objects = impersonator_objects(subject_for_username(username)) + plan.objects
+    text = yaml.safe_dump_all(objects, sort_keys=False)
+    header = [f"kubegate RBAC for cluster {cluster.name} (kubegate authenticates as {username!r}); "
+              f"roles that see it: {', '.join(r.name for r in seeing) or 'none'}", *plan.notes]
+    if not args.apply:
+        sys.stdout.write("".join(f"# {line}\n" for line in header) + text)
+        return 0
+    for line in header:
+        print(f"note: {line}", file=sys.stderr)
+    kubectl = shutil.which(args.kubectl) or args.kubectl
+    command = [kubectl, "apply", "-f", "-"]
+    if args.kubeconfig:
+        command += ["--kubeconfig", args.kubeconfig]
+    if args.context:
+        command += ["--context", args.context]
+    try:
+        done = subprocess.run(command, input=text, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"error: {' '.join(command)}: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(done.stdout)
+    sys.stderr.write(done.stderr)
+    return done.returncode

@@ -70,14 +70,15 @@ def write_kubegate_yaml(directory: Path, kubernetes_service: dict) -> tuple[int,
 
 @pytest.fixture
 def start_kubegate() -> Iterator[Callable[[Path, int], subprocess.Popen]]:
-    """``start(cwd, metrics_port)``: ``kubegate ca init`` then ``kubegate start -c kubegate.yaml`` in
+    """``start(cwd, metrics_port)``: ``kubegate ca init`` (once) then ``kubegate start -c kubegate.yaml`` in
     ``cwd``, returned once ``/readyz`` answers 200; stopped with SIGTERM (and checked to exit 0) after the
     test."""
     procs: list[subprocess.Popen] = []
 
     def start(cwd: Path, metrics_port: int) -> subprocess.Popen:
-        init = run_kubegate("ca", "init", "-c", "kubegate.yaml", cwd=cwd)
-        assert init.returncode == 0, init.stderr
+        if not (cwd / "state" / "ca" / "ca.pem").exists():
+            init = run_kubegate("ca", "init", "-c", "kubegate.yaml", cwd=cwd)
+            assert init.returncode == 0, init.stderr
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         with open(cwd / "kubegate.stderr", "wb") as log:  # a file: a pipe nobody reads could fill up
             proc = subprocess.Popen([KUBEGATE, "start", "-c", "kubegate.yaml"], cwd=cwd, env=env,

@@ -111,7 +111,8 @@ def test_readyz_fallback_when_reviews_are_not_served(stand_in):
 def test_partial_impersonation_rights_are_named(stand_in):
     api = stand_in(lambda method, path, res: (201, {"status": {"allowed": res != "serviceaccounts"}}))
     result = asyncio.run(check_cluster(api.cluster(), timeout=2))
-    assert (result.health, result.detail) == ("unhealthy", "cannot impersonate serviceaccounts")
+    assert result.health == "unhealthy"
+    assert result.detail.startswith("impersonation not permitted: cannot impersonate serviceaccounts (see `kubegate")
 
 
 def test_rejected_credentials_are_unauthorized(stand_in):

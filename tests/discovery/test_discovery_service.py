@@ -307,7 +307,8 @@ def test_health_of_real_clusters_is_recorded_and_shown_by_ls(tmp_path, capsys):
 
         health = asyncio.run(main())
     assert health["admin"] == ("healthy", "")
-    assert health["weak"] == ("unhealthy", "cannot impersonate users, groups, serviceaccounts")
+    assert health["weak"] == ("unhealthy", "impersonation not permitted: cannot impersonate users, groups, "
+                                           "serviceaccounts (see `kubegate clusters setup weak`)")
     assert health["tls"][0] == "unhealthy" and health["tls"][1].startswith("tls:")
     assert health["down"][0] == "unhealthy" and health["down"][1].startswith("unreachable:")
     assert kubegate(["clusters", "ls", "-o", "json", "-c", str(cfg)]) == 0
