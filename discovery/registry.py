@@ -136,6 +136,7 @@ class ClusterRegistry:
                 )
             if entry is not None and same_definition(entry.base, cluster):
                 return False
+            added = entry is None
             if entry is None:
                 entry = _Entry(base=cluster, source=source)
                 self._entries[cluster.name] = entry
@@ -146,6 +147,9 @@ class ClusterRegistry:
                 health, detail = (old.health, old.health_detail) if old and endpoint_same else ("unknown", "")
                 entry.base = cluster
             events = self._refresh(entry, health=health, detail=detail)
+            served = entry.selected
+        log.info("cluster added" if added else "cluster updated", extra={
+            "cluster": cluster.name, "source": source, "origin": cluster.origin, "served": served})
         self._emit(events)
         return True
 
@@ -161,6 +165,7 @@ class ClusterRegistry:
                 self._served.pop(name, None)
                 self._snapshot = None
                 events.append((name, None))
+        log.info("cluster removed", extra={"cluster": name, "source": entry.source})
         self._emit(events)
         return True
 

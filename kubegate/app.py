@@ -12,6 +12,7 @@ so that with several workers the supervisor does it once before the workers star
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -90,9 +91,37 @@ def certificate_expiry_collector(tls: TLSFiles) -> Any:
     return FunctionCollector(families)
 
 
+def cluster_health_collector(cfg: Config) -> Any:
+    """``kubegate_cluster_healthy{cluster}``: 1 when the latest health check of the cluster passed, 0
+    when it failed (clusters not checked yet are left out), read at scrape time from the health the
+    proxy records after each round (``<state_dir>/clusters/health.state``, also what ``clusters ls``
+    shows): the same in one process and under the supervisor, and a removed cluster's series goes
+    away with it."""
+    from kubegate.metrics_server import FunctionCollector
+
+    def families() -> list[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        from discovery.store import read_health
+
+        family = GaugeMetricFamily("kubegate_cluster_healthy",
+                                   "1 when the cluster's latest health check passed, 0 when it failed.",
+                                   labels=["cluster"])
+        for name, state in sorted(read_health(cfg.registry_dir).items()):
+            health = state.get("health") if isinstance(state, dict) else None
+            if health in ("healthy", "unhealthy"):
+                family.add_metric([name], 1.0 if health == "healthy" else 0.0)
+        return [family]
+
+    return FunctionCollector(families)
+
+
 def load_roles(cfg: Config) -> Any:
-    """The hot-reloading role source; refuses to start without a valid role directory."""
-    from rbac.roles import RoleError, RoleWatcher
+    """The hot-reloading role source; refuses to start without a roles directory. A role file that
+    fails to load is refused on its own (logged with the file, role and key, counted in
+    ``kubegate_role_files_refused``); the other files' roles are served."""
+    from proxy import metrics
+    from rbac.roles import RoleError, RoleSet, RoleWatcher
 
     roles_dir = Path(cfg.auth.roles_dir)
     if not roles_dir.is_dir():
@@ -101,20 +130,27 @@ def load_roles(cfg: Config) -> Any:
             "(see examples/roles/)")
 
     def on_error(exc: RoleError) -> None:
-        log.error("roles failed to reload; keeping the last good set", extra={"error": str(exc)})
+        log.error("role file refused: its roles are not served", extra={
+            "file": exc.file, "role": exc.role, "field": exc.field, "error": exc.detail})
 
-    def on_reload(roles: Any) -> None:
-        log.info("roles reloaded", extra={"roles": roles.names()})
+    def count(roles: RoleSet) -> None:
+        metrics.ROLES_LOADED.set(len(roles))
+        metrics.ROLE_FILES_REFUSED.set(len(roles.refused))
+
+    def on_reload(roles: RoleSet) -> None:
+        count(roles)
+        log.info("roles reloaded", extra={"roles": roles.names(), "refused_files": sorted(roles.refused)})
 
     try:
         watcher = RoleWatcher(roles_dir, time.monotonic, on_error=on_error, on_reload=on_reload)
     except RoleError as exc:
         raise StartupError(f"auth.roles_dir: {exc}") from None
-    names = watcher.current().names()
-    if not names:
-        log.warning("the roles directory holds no roles: every request will be denied",
+    current = watcher.current()
+    count(current)
+    if not len(current):
+        log.warning("the roles directory holds no usable roles: every request will be denied",
                     extra={"roles_dir": str(roles_dir)})
-    log.info("roles loaded", extra={"roles": names})
+    log.info("roles loaded", extra={"roles": current.names(), "refused_files": sorted(current.refused)})
     return watcher
 
 
@@ -149,6 +185,7 @@ class ProxyService:
     audit: Any = None
     discovery: Any = None
     _sockets: list[Any] = field(default_factory=list)
+    _role_check: Any = None
     _started: bool = False
     _stopping: bool = False
 
@@ -176,6 +213,8 @@ class ProxyService:
         self._sockets.append(sock)
         self.port = sock.getsockname()[1]
         await self.proxy.start([sock])
+        self._role_check = asyncio.get_running_loop().create_task(_check_roles(self.roles),
+                                                                   name="roles:check")
         self._started = True
         log.info("proxy listening", extra={"listen": f"{self.host}:{self.port}", "worker": self.worker_index})
 
@@ -191,6 +230,8 @@ class ProxyService:
 
     async def stop(self, grace: float) -> None:
         self._stopping = True
+        if self._role_check is not None:
+            self._role_check.cancel()
         if self.proxy is not None and self._started:
             await self.proxy.shutdown(grace)
         for sock in self._sockets:
@@ -201,6 +242,17 @@ class ProxyService:
             await self.discovery.stop()
         if self.audit is not None and hasattr(self.audit, "close"):
             self.audit.close()
+
+
+async def _check_roles(roles: Any, interval: float = 2.0) -> None:
+    """Look at the roles directory every ``interval`` seconds even without requests, so that an edit
+    is loaded — and a refused file logged and counted — when it is made, not at the next request."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            roles.current()
+        except Exception:  # the watcher reports load errors itself; never let this task die
+            log.exception("checking the roles directory failed")
 
 
 def _server_context(tls: TLSFiles) -> ssl.SSLContext:

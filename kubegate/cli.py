@@ -67,10 +67,46 @@ def _fill_descriptions(parser: argparse.ArgumentParser) -> None:
                 _fill_descriptions(subparser)
 
 
+def _option_strings(parser: argparse.ArgumentParser) -> tuple[set[str], set[str]]:
+    """(every option string, those that take one value) over ``parser`` and its subcommands."""
+    known: set[str] = set()
+    valued: set[str] = set()
+    for action in parser._actions:
+        known.update(action.option_strings)
+        if action.option_strings and action.nargs is None:
+            valued.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                k, v = _option_strings(sub)
+                known |= k
+                valued |= v
+    return known, valued
+
+
+def attach_dashed_values(parser: argparse.ArgumentParser, words: list[str]) -> list[str]:
+    """``--ttl -5m`` → ``--ttl=-5m``: argparse takes a value starting with ``-`` for an option and then
+    says "expected one argument"; attached, the value reaches the option's own check, which names the
+    real problem. A following word that is itself an option is left alone."""
+    known, valued = _option_strings(parser)
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        following = words[i + 1] if i + 1 < len(words) else ""
+        if (word in valued and len(following) > 1 and following.startswith("-")
+                and following.split("=", 1)[0] not in known):
+            out.append(f"{word}={following}")
+            i += 2
+            continue
+        out.append(word)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     parser = build_parser(words[0] if words and not words[0].startswith("-") else None)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_dashed_values(parser, list(words)))
     return int(args.func(args) or 0)
 
 

@@ -786,4 +786,8 @@ def _plain(spec: _Spec, value: Any, redact: bool) -> Any:
 
 
 def config_to_yaml(cfg: Config, *, redact: bool = True) -> str:
-    return yaml.safe_dump(config_to_dict(cfg, redact=redact), sort_keys=False, default_flow_style=False)
+    """The effective config as YAML; paths with a computed default (``audit.log_file``) are printed
+    as the path kubegate will use."""
+    data = config_to_dict(cfg, redact=redact)
+    data["audit"]["log_file"] = cfg.audit_log_file
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)

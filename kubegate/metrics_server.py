@@ -46,8 +46,17 @@ class FunctionCollector:
 
 def render_metrics(extra: Sequence[Any] = ()) -> tuple[bytes, str]:
     """The current exposition (body, content type); sums all processes in multiprocess mode, then
-    appends the ``extra`` collectors."""
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+    appends the ``extra`` collectors. No ``*_created`` series (prometheus-client's default adds one
+    per counter and histogram child: noise nobody queries, and not there with several workers)."""
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        REGISTRY,
+        CollectorRegistry,
+        disable_created_metrics,
+        generate_latest,
+    )
+
+    disable_created_metrics()
 
     from proxy import metrics as proxy_metrics
 
@@ -158,9 +167,10 @@ class MetricsServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.host, self.port))
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+            raise OSError(exc.errno, f"metrics listener cannot listen on {where}: {exc.strerror or exc}") from None
         sock.listen(128)
         sock.setblocking(False)
         self._server = await loop.create_server(lambda: _MetricsProtocol(self), sock=sock)

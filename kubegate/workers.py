@@ -81,9 +81,10 @@ def reuseport_socket(host: str, port: int, *, listen: bool, backlog: int = 4096)
         if listen:
             sock.listen(backlog)
         sock.setblocking(False)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from None
     return sock
 
 
@@ -147,6 +148,35 @@ def _worker_families(configured: int, ready: int, restarts: int) -> list[Any]:
                                          value=restarts)]
 
 
+# Summed over the processes; the other process_* samples (start time, fd limit) are the first pid's.
+_SUMMED_PROCESS_SAMPLES = frozenset({"process_cpu_seconds_total", "process_resident_memory_bytes",
+                                     "process_virtual_memory_bytes", "process_open_fds"})
+
+
+def process_families(pids: Sequence[int]) -> list[Any]:
+    """The standard ``process_*`` metrics for a group of processes (the supervisor first, then its
+    workers), read from ``/proc`` by prometheus-client's own ``ProcessCollector``: CPU seconds, memory
+    and open descriptors summed, start time and descriptor limit of the first. Multiprocess mode has no
+    ``process_*`` metrics of its own, so with several workers the supervisor exports these."""
+    from prometheus_client import ProcessCollector
+
+    families: dict[str, Any] = {}
+    for pid in pids:
+        try:
+            collected = list(ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect())
+        except OSError:  # the process exited meanwhile
+            continue
+        for family in collected:
+            if family.name not in families:
+                families[family.name] = family
+                continue
+            mine = families[family.name]
+            for i, sample in enumerate(family.samples):
+                if sample.name in _SUMMED_PROCESS_SAMPLES and i < len(mine.samples):
+                    mine.samples[i] = mine.samples[i]._replace(value=mine.samples[i].value + sample.value)
+    return list(families.values())
+
+
 def run_single(cfg: Config, factory: ServiceFactory, collectors: Sequence[Any] = ()) -> int:
     install_uvloop()
 
@@ -180,7 +210,8 @@ class Supervisor:
                  collectors: Sequence[Any] = ()) -> None:
         self.cfg = cfg
         self.collectors = [*collectors, FunctionCollector(lambda: _worker_families(
-            self.n, sum(1 for w in self.workers if w.ready), sum(w.restarts for w in self.workers)))]
+            self.n, sum(1 for w in self.workers if w.ready), sum(w.restarts for w in self.workers))),
+            FunctionCollector(lambda: process_families([os.getpid(), *self._worker_pids()]))]
         self.config_path = config_path
         self.n = workers
         self.worker_argv = worker_argv or default_worker_argv
@@ -190,6 +221,9 @@ class Supervisor:
         self.stopping = False
         self._reservation: socket.socket | None = None
         self._own_multiproc_dir: str | None = None
+
+    def _worker_pids(self) -> list[int]:
+        return [w.proc.pid for w in self.workers if w.proc is not None and w.proc.poll() is None]
 
     # readiness -------------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, str]:

@@ -245,8 +245,6 @@ class Proxy:
             try:
                 fwd.sweep()
                 metrics.flush()
-                for name, pool in fwd.pools.pools.items():
-                    for state, value in pool.state().items():
-                        metrics.UPSTREAM_CONNECTIONS.labels(name, state).set(value)
+                metrics.record_upstream({name: pool.state() for name, pool in fwd.pools.pools.items()})
             except Exception:
                 log.exception("stream sweep failed")

@@ -30,6 +30,7 @@ from proxy.policy import Policy, Verdict
 from proxy.protocol.events import ProtocolError, RequestHead, ResponseHead, ServerLimits
 from proxy.routing import Route, pinned_route, split_target, upstream_target
 from proxy.throttled_log import ThrottledLog
+from proxy.timestamps import rfc3339_micro
 from proxy.tls import check_client_certificate
 from proxy.upgrade import upgrade_kind
 from proxy.upstream import ClusterPools, UpstreamError, UpstreamStream
@@ -401,7 +402,7 @@ class Exchange:
             reason = fwd.locks.is_locked(identity)
             if reason:
                 metrics.DENIALS.labels("locked").inc()
-                return 403, status_body(403, "Forbidden", f"user {identity.user!r} is locked: {reason}")
+                return 403, status_body(403, "Forbidden", reason)
         return None
 
     async def _refuse(self, code: int, body: bytes) -> None:
@@ -752,7 +753,7 @@ class Exchange:
         verdict = self.verdict
         return {
             "event": "request",
-            "time": time.time(),
+            "time": rfc3339_micro(time.time()),
             "request_id": self.request_id,
             "user": self.identity.user,
             "roles": list(self.identity.roles),

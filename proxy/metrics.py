@@ -15,6 +15,7 @@ of workers sees figures at most one sweep old.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Mapping
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -46,11 +47,25 @@ UPSTREAM_ERRORS = Counter(
 )
 UPSTREAM_CONNECTIONS = Gauge(
     "kubegate_upstream_connections",
-    "Upstream connections by cluster and state (h2, h2_streams, http1_idle, http1_busy).",
-    ["cluster", "state"],
+    "Open upstream connections by cluster, protocol (h2, http1) and state (h2: open; http1: idle, busy).",
+    ["cluster", "protocol", "state"],
+    multiprocess_mode="livesum",
+)
+UPSTREAM_STREAMS = Gauge(
+    "kubegate_upstream_streams",
+    "Requests and streams (watches, logs -f) open on multiplexed upstream h2 connections, by cluster.",
+    ["cluster"],
     multiprocess_mode="livesum",
 )
 DENIALS = Counter("kubegate_authorization_denials_total", "Requests denied by kubegate, by reason.", ["reason"])
+ROLES_LOADED = Gauge(
+    "kubegate_roles_loaded", "Roles the proxy serves (from auth.roles_dir).", multiprocess_mode="livemax"
+)
+ROLE_FILES_REFUSED = Gauge(
+    "kubegate_role_files_refused",
+    "Role files refused at the latest load (bad YAML, invalid key, duplicate name); their roles are not served.",
+    multiprocess_mode="livemax",
+)
 PROTOCOL_ERRORS = Counter(
     "kubegate_client_protocol_errors_total", "Client requests refused by the HTTP codec, by status.", ["status"]
 )
@@ -74,6 +89,26 @@ AUDIT_DROPPED = Counter(
     "kubegate_audit_events_dropped_total",
     "Audit events lost: the writer fell too far behind, or a failing disk held more than the retained limit.",
 )
+
+
+_UPSTREAM_SERIES = (("h2", "open", "h2_connections"), ("http1", "idle", "http1_idle"),
+                    ("http1", "busy", "http1_busy"))
+_upstream_clusters: set[str] = set()
+
+
+def record_upstream(pools: Mapping[str, Mapping[str, int]]) -> None:
+    """Set the upstream gauges from each cluster pool's ``state()``; a cluster whose pool is gone is
+    set to 0 (multiprocess mode cannot remove a series)."""
+    for name in _upstream_clusters - pools.keys():
+        for protocol, state, _ in _UPSTREAM_SERIES:
+            UPSTREAM_CONNECTIONS.labels(name, protocol, state).set(0)
+        UPSTREAM_STREAMS.labels(name).set(0)
+    _upstream_clusters.intersection_update(pools.keys())
+    for name, counts in pools.items():
+        for protocol, state, key in _UPSTREAM_SERIES:
+            UPSTREAM_CONNECTIONS.labels(name, protocol, state).set(counts.get(key, 0))
+        UPSTREAM_STREAMS.labels(name).set(counts.get("h2_streams", 0))
+        _upstream_clusters.add(name)
 
 
 def upstream_error(cluster: str, kind: str) -> None:

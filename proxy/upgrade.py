@@ -20,6 +20,7 @@ from proxy.headers import rewrite_request_headers, rewrite_response_headers
 from proxy.policy import Verdict
 from proxy.protocol.events import ResponseHead
 from proxy.recording.hook import new_session_id, open_recording, session_meta
+from proxy.timestamps import rfc3339_micro
 from proxy.upstream.base import UpstreamError
 from rbac.status import REASONS, status_body
 
@@ -321,7 +322,7 @@ class UpgradeSession:
         record: dict[str, Any] = {
             "event": event,
             "session_id": self.session_id,
-            "time": time.time(),
+            "time": rfc3339_micro(time.time()),
             "request_id": ex.request_id,
             "user": ex.identity.user,
             "roles": list(ex.identity.roles),
@@ -362,7 +363,7 @@ class UpgradeSession:
                      "recording": recording, "state": "live" if event == "session.start" else "ended"}
             if event == "session.end":
                 entry.update({k: record.get(k) for k in ("duration_s", "bytes_to_client", "bytes_from_client",
-                                                         "exit_code", "stopped")}, end_time=record["time"])
+                                                         "exit_code", "stopped")}, end_time=time.time())
             if self.recorder is not None and event == "session.end":
                 self.recorder.close(entry)  # the index is updated once the recording is complete
             else:

@@ -16,13 +16,15 @@ Status bodies (``rbac.status``)::
 
 Roles (``rbac.roles``)::
 
-    load_roles_dir(path) -> RoleSet            # raises RoleError (.file, .role, .field in the message)
+    load_roles_dir(path) -> RoleSet            # per file: a bad file is refused (RoleSet.refused:
+                                               # path -> RoleError naming file, role and key), the
+                                               # others load; raises RoleError only for a missing dir
     RoleWatcher(path, clock, min_check_interval=1.0, on_error=None, on_reload=None, *, initial_ok=True)
         .current() -> RoleSet                  # stats the files at most every min_check_interval and
-                                               # reloads on any add/change/remove; a broken directory
-                                               # keeps the last good set (never opens access)
-        .errors: list[RoleError] (bounded); .last_error (None once a load succeeds); .reloads;
-        .check() -> bool (look now); on_error(RoleError) is the hook for the log line and metric
+                                               # reloads on any add/change/remove; a refused file's
+                                               # roles are not served (never opens access)
+        .errors: list[RoleError] (bounded); .last_error; .refused; .reloads;
+        .check() -> bool (look now); on_error(RoleError) once per refused file version (log + metric)
     RoleSet.get(name) -> Role | None; .names(); .for_names(names) -> list[Role]
     Role.max_session_ttl -> int seconds | None; Role.name; Role.allow / Role.deny (Conditions)
 

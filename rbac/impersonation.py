@@ -30,7 +30,8 @@ class ImpersonationRequest:
     user: str | None = None
     groups: tuple[str, ...] = ()
     uid: str | None = None
-    extra_keys: tuple[str, ...] = ()  # the <key> of each Impersonate-Extra-<key> header
+    # the <key> of each Impersonate-Extra-<key> header (and the whole name of any other Impersonate-*)
+    extra_keys: tuple[str, ...] = ()
     several_users: bool = False  # Impersonate-User came more than once with different values
 
     @classmethod
@@ -55,8 +56,10 @@ class ImpersonationRequest:
                 groups.append(value)
             elif name == "impersonate-uid":
                 uid = value
-            else:
-                extras.append(name[len("impersonate-") :])
+            elif name.startswith("impersonate-extra-"):
+                extras.append(name[len("impersonate-extra-") :])
+            else:  # an Impersonate-* header Kubernetes does not define: refused like the extras
+                extras.append(name)
         return cls(user, tuple(groups), uid, tuple(extras), several_users)
 
     @property
@@ -116,8 +119,10 @@ def resolve_impersonation(
             "impersonating a user by UID (Impersonate-Uid) is not allowed through kubegate"
         )
     if request.extra_keys:
+        key = request.extra_keys[0]
+        header = key if key.startswith("impersonate-") else f"Impersonate-Extra-{key}"
         raise ImpersonationError(
-            f"impersonating extra user attributes (Impersonate-Extra-{request.extra_keys[0]}) is not allowed through kubegate"
+            f"impersonating extra user attributes ({header}) is not allowed through kubegate"
         )
     if request.user is not None:
         permitted = list(users) if users else [kubegate_user]

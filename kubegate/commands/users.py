@@ -69,7 +69,11 @@ def checked_ttl(cfg: Config, roles: list[str], ttl: timedelta) -> timedelta:
     missing = unknown_roles(roles, role_set)
     if missing:
         known = ", ".join(role_set.names()) or "none"
-        raise CommandError(f"unknown role(s): {', '.join(missing)} (roles in {cfg.auth.roles_dir}: {known})")
+        in_refused = [f"{exc.role} is in refused file {file}" for file, exc in role_set.refused.items()
+                      if exc.role in missing]
+        hint = f"; {'; '.join(in_refused)}" if in_refused else ""
+        raise CommandError(f"unknown role(s): {', '.join(missing)} (roles in {cfg.auth.roles_dir}: {known}"
+                           f"{hint})")
     decision = cap_ttl(ttl, roles, role_set)
     if decision.capped:
         print(

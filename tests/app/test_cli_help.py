@@ -38,6 +38,7 @@ def test_subcommand_help_is_complete(path, parser, summary):
         main([*path, "--help"])
     assert exit_info.value.code == 0
     assert f"usage: kubegate {' '.join(path)}" in out.getvalue()
+    assert "``" not in out.getvalue(), "reStructuredText markup from a docstring leaked into --help"
 
 
 def test_top_level_help():

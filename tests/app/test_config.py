@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -194,7 +195,8 @@ def test_printed_config_loads_back_to_the_same_config(tmp_path):
     cfg = _load({"proxy": {"limits": {"header_timeout": "1500ms", "write_high_water": "256KiB"}},
                  "metrics": {"listen": "[::1]:9000"}}, base=str(tmp_path))
     again = config_from_mapping(yaml.safe_load(config_to_yaml(cfg)), base_dir=str(tmp_path))
-    assert again == cfg
+    # audit.log_file is printed as the effective path (<state_dir>/audit.log), which loads to the same
+    assert dataclasses.replace(again, audit=cfg.audit) == cfg and again.audit_log_file == cfg.audit_log_file
     assert again.metrics.listen == Address("::1", 9000)
 
 
@@ -222,13 +224,16 @@ def _kubegate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_config_check_prints_effective_config(tmp_path):
     path = tmp_path / "kubegate.yaml"
-    path.write_text("proxy:\n  workers: 3\n  limits: {header_timeout: 1m}\n")
+    path.write_text("proxy:\n  listen: 127.0.0.1:0\n  workers: 3\n  limits: {header_timeout: 1m}\n"
+                    "metrics: {listen: 127.0.0.1:0}\n")
+    (tmp_path / "roles").mkdir()
     result = _kubegate("config", "check", "-c", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout)
     assert printed["proxy"]["workers"] == 3
     assert printed["proxy"]["limits"]["header_timeout"] == "1m"
     assert printed["state_dir"] == str(tmp_path / "state")
+    assert printed["audit"]["log_file"] == str(tmp_path / "state" / "audit.log")  # the path, not null
 
 
 def test_config_check_reports_errors_and_exits_1(tmp_path):
@@ -245,7 +250,7 @@ def test_start_refuses_without_a_roles_directory(tmp_path):
     path.write_text("proxy: {listen: '127.0.0.1:0'}\nmetrics: {enabled: false}\nauth: {roles_dir: ./no-roles}\n")
     result = _kubegate("start", "-c", str(path), cwd=tmp_path)
     assert result.returncode == 1
-    assert f"auth.roles_dir: {tmp_path / 'no-roles'} is not a directory" in result.stderr
+    assert f"auth.roles_dir: {tmp_path / 'no-roles'} does not exist" in result.stderr
 
 
 def test_start_with_an_invalid_config_prints_the_errors(tmp_path):
@@ -264,4 +269,5 @@ def test_start_with_workers_refuses_a_broken_roles_directory_before_starting_wor
     path.write_text("proxy: {listen: '127.0.0.1:0', workers: 2}\nmetrics: {enabled: false}\n")
     result = _kubegate("start", "-c", str(path), cwd=tmp_path)
     assert result.returncode == 1
-    assert "cannot start: auth.roles_dir:" in result.stderr and "bad.yaml" in result.stderr
+    assert "cannot start:" in result.stderr and "auth.roles_dir: role file refused" in result.stderr
+    assert "bad.yaml" in result.stderr and not (tmp_path / "state").exists()

@@ -175,6 +175,14 @@ def test_two_workers_share_one_port_and_metrics_sum_both(two_workers):
     assert 'kubegate_workers{state="configured"} 2.0' in text
     assert 'kubegate_workers{state="ready"} 2.0' in text
     assert 'kubegate_certificate_expiry_timestamp_seconds{certificate="serving"}' in text
+    # process_* metrics with several workers: the supervisor sums itself and its workers (from /proc)
+    rss = next(float(line.split()[1]) for line in text.splitlines()
+               if line.startswith("process_resident_memory_bytes "))
+    own = sum(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+              for pid in (proc.pid, *workers))
+    assert 0.5 * own < rss < 2 * own
+    assert "process_cpu_seconds_total " in text and "process_open_fds " in text
+    assert "_created" not in text
 
 
 @pytest.mark.e2e

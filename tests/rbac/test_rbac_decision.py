@@ -446,7 +446,7 @@ def test_impersonation_request_from_headers() -> None:
             (b"Impersonate-Extra-Scopes", b"s"),
         ]
     )
-    assert imp == ImpersonationRequest("ops", ("a", "b"), None, ("extra-scopes",))
+    assert imp == ImpersonationRequest("ops", ("a", "b"), None, ("scopes",))
     assert imp.requested and not ImpersonationRequest.from_headers([("Accept", "*/*")]).requested
 
 

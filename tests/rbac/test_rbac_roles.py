@@ -305,11 +305,29 @@ def test_load_roles_dir_reads_every_yaml_file_and_multi_document_files(tmp_path:
     assert [r.name for r in roles.for_names(["viewer", "unknown", "other"])] == ["viewer", "other"]
 
 
-def test_duplicate_role_names_are_an_error(tmp_path: Path) -> None:
+def test_duplicate_role_names_refuse_both_files_naming_each_other(tmp_path: Path) -> None:
     write(tmp_path / "a.yaml", V8)
     write(tmp_path / "b.yaml", V8)
-    with pytest.raises(RoleError, match="duplicate role name"):
-        load_roles_dir(tmp_path)
+    write(tmp_path / "c.yaml", _role_with().replace("broken-role", "viewer"))
+    roles = load_roles_dir(tmp_path)
+    assert roles.names() == ["viewer"]
+    assert sorted(roles.refused) == [str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")]
+    a = roles.refused[str(tmp_path / "a.yaml")]
+    assert "duplicate role name (also defined in" in str(a) and "b.yaml" in str(a)
+    assert a.role == "dev-access" and a.field == "metadata.name"
+
+
+def test_one_bad_file_is_refused_naming_file_and_key_and_the_others_load(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", V8)
+    write(tmp_path / "bad.yaml", V8.replace("dev-access", "broken").replace("verbs: [get, list, watch, exec]",
+                                                                          "verbs: [get, everything]"))
+    write(tmp_path / "garbage.yaml", "kind: role\n  version: [\n")
+    roles = load_roles_dir(tmp_path)
+    assert roles.names() == ["dev-access"]
+    bad = roles.refused[str(tmp_path / "bad.yaml")]
+    assert bad.file == str(tmp_path / "bad.yaml") and bad.role == "broken"
+    assert bad.field == "spec.allow.kubernetes_resources[0].verbs" and "unknown verb 'everything'" in str(bad)
+    assert "invalid YAML" in str(roles.refused[str(tmp_path / "garbage.yaml")])
 
 
 class FakeClock:
@@ -348,24 +366,37 @@ def test_watcher_applies_changes_after_the_check_interval(tmp_path: Path) -> Non
     assert w.reloads == 3 and len(reloaded) == 3 and w.errors == []
 
 
-def test_watcher_keeps_last_good_set_on_a_broken_file_and_reports_it(tmp_path: Path) -> None:
+def test_watcher_refuses_a_broken_file_keeps_the_others_and_reports_it_once(tmp_path: Path) -> None:
     clock = FakeClock()
     write(tmp_path / "a.yaml", V8)
+    write(tmp_path / "b.yaml", _role_with().replace("broken-role", "viewer"))
     seen: list[RoleError] = []
-    w = RoleWatcher(tmp_path, clock, min_check_interval=0, on_error=seen.append)
-    good = w.current()
+    reloaded: list[RoleSet] = []
+    w = RoleWatcher(tmp_path, clock, min_check_interval=0, on_error=seen.append, on_reload=reloaded.append)
+    assert w.current().names() == ["dev-access", "viewer"]
     _bump(tmp_path / "a.yaml", V8.replace("verbs: [get, list, watch, exec]", "verbs: [get, everything]"))
-    assert w.current() is good  # the broken edit never opens (or changes) access
+    # the broken file's role is no longer served (a broken edit never widens access); the other stays
+    assert w.current().names() == ["viewer"]
     assert len(seen) == 1 and "unknown verb 'everything'" in str(seen[0]) and seen[0].file.endswith("a.yaml")
-    assert w.errors == seen and w.last_error is seen[0]
-    assert w.current() is good and len(seen) == 1  # reported once, not on every request
+    assert w.errors == seen and w.last_error is seen[0] and list(w.refused) == [str(tmp_path / "a.yaml")]
+    assert reloaded[-1].refused == w.refused
+    _bump(tmp_path / "b.yaml", _role_with().replace("broken-role", "viewer").replace("8h", "1h"))
+    assert w.current().get("viewer") is not None
+    assert len(seen) == 1  # reported once per version of the file, not on every reload or request
     _bump(tmp_path / "a.yaml", V8.replace("8h", "2h"))  # fixed
-    assert w.current().get("dev-access").max_session_ttl == 7200 and w.last_error is None
+    assert w.current().get("dev-access").max_session_ttl == 7200 and w.last_error is None and not w.refused
 
 
-def test_watcher_first_load_of_broken_dir(tmp_path: Path) -> None:
+def test_watcher_first_load_of_a_dir_with_only_bad_files_serves_nothing(tmp_path: Path) -> None:
     write(tmp_path / "a.yaml", "kind: role\nversion: v9\nmetadata: {name: x}\n")
-    with pytest.raises(RoleError):
-        RoleWatcher(tmp_path, FakeClock())
-    w = RoleWatcher(tmp_path, FakeClock(), initial_ok=False)
+    seen: list[RoleError] = []
+    w = RoleWatcher(tmp_path, FakeClock(), on_error=seen.append)
+    assert len(w.current()) == 0 and len(w.errors) == 1 and seen == w.errors
+    assert seen[0].field == "version"
+
+
+def test_watcher_first_load_of_a_missing_dir(tmp_path: Path) -> None:
+    with pytest.raises(RoleError, match="does not exist"):
+        RoleWatcher(tmp_path / "nope", FakeClock())
+    w = RoleWatcher(tmp_path / "nope", FakeClock(), initial_ok=False)
     assert len(w.current()) == 0 and len(w.errors) == 1
