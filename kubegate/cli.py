@@ -57,13 +57,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def _fill_descriptions(parser: argparse.ArgumentParser) -> None:
     """A subcommand registered with only a one-line ``help`` shows that line as its description too, so
-    ``kubegate <command> --help`` always says what the command does."""
+    ``kubegate <command> --help`` always says what the command does; reStructuredText double backticks
+    in descriptions (often taken from module docstrings) are shown as single ones."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             summaries = {choice.dest: choice.help for choice in action._choices_actions}
             for name, subparser in action.choices.items():
                 if not subparser.description and summaries.get(name):
                     subparser.description = summaries[name]
+                if subparser.description:  # docstring-sourced text: ``code`` reads as `code` in a terminal
+                    subparser.description = subparser.description.replace("``", "`")
                 _fill_descriptions(subparser)
 
 

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "clusters",
         help="add, list, show and remove clusters",
-        description=__doc__.split("\n\n", 1)[1].replace("``", "`") if __doc__ else None,
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )
     sub = parser.add_subparsers(dest="clusters_command", metavar="SUBCOMMAND")
     sub.required = True
