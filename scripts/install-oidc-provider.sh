@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the npm package oidc-provider (an OpenID Certified OpenID Connect server) into
-# .tools/oidc-provider for the sign-in tests and the demo (tests/oidc/provider.mjs runs it under Node).
+# .tools/oidc-provider for the sign-in tests and the demo (sandbox/oidc/provider.mjs runs it under Node).
 # Needs node (>= 20) and npm; without them this says so and does nothing (the tests that need the
 # provider then skip, naming the reason). Idempotent: a second run only checks.
 set -euo pipefail

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shlex
 import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--user", default="demo", help="the demo user's name (default: demo)")
     parser.add_argument("--role", action="append", dest="roles", metavar="ROLE",
                         help="role(s) in the demo certificate: demo-admin (default) or viewer; repeatable")
+    parser.add_argument("--no-sso", action="store_true",
+                        help="do not start the demo OpenID provider (started when node and oidc-provider are "
+                             "installed) for `kubegate login`")
     parser.set_defaults(func=run)
 
 
@@ -60,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         prepare,
     )
     from kubegate.config import load_config, load_config_or_report
-    from kubegate.demo import free_port, prepare_demo_state, viewer_binding
+    from kubegate.demo import deep_merge, free_port, prepare_demo_state, viewer_binding
     from kubegate.workers import install_uvloop, serve_single
 
     extra: dict = {}
@@ -83,8 +89,10 @@ def run(args: argparse.Namespace) -> int:
         from sandbox.testing import running_sandbox
 
         print("starting the sandbox cluster …", flush=True)
-        with running_sandbox(state_dir / "sandbox") as sb:
+        with running_sandbox(state_dir / "sandbox") as sb, demo_provider(state_dir, args.no_sso) as provider:
             sb.store.put_object("rbac.authorization.k8s.io", "clusterrolebindings", viewer_binding())
+            if provider is not None:
+                extra = deep_merge(extra, {"auth": {"connectors": [demo_connector(provider.issuer)]}})
             state = prepare_demo_state(
                 state_dir, sb.admin_kubeconfig, proxy_port=args.port or free_port(),
                 metrics_port=args.metrics_port or free_port(), user=args.user, roles=roles,
@@ -104,6 +112,7 @@ Try it (in another terminal):
 
   {shlex.quote(kubectl)} --kubeconfig {shlex.quote(str(state.kubeconfig_path))} get pods -A
 
+""" + sign_in_help(state, provider, state_dir) + """
 Press Ctrl-C to stop.""", flush=True)
 
             install_uvloop()
@@ -130,3 +139,52 @@ Press Ctrl-C to stop.""", flush=True)
     print("stopped" + ("" if temporary else f"; state kept in {state_dir}"), flush=True)
     return 0
 
+
+@contextlib.contextmanager
+def demo_provider(state_dir: Path, disabled: bool) -> Iterator[Any]:
+    """The demo OpenID provider (sandbox.oidc_provider) when it can run here, else None."""
+    from sandbox.oidc_provider import provider_available, running_provider
+
+    if disabled or provider_available() is not None:
+        yield None
+        return
+    print("starting the demo OpenID provider …", flush=True)
+    with running_provider(state_dir / "oidc-provider") as provider:
+        yield provider
+
+
+def demo_connector(issuer: str) -> dict[str, Any]:
+    """The demo's OIDC connector: group admins → demo-admin, devs → viewer; groups become
+    kubernetes_groups."""
+    from sandbox.oidc_provider import CLIENT_ID
+
+    return {"name": "demo-oidc", "type": "oidc", "display": "demo OpenID provider (oidc-provider)",
+            "issuer_url": issuer, "client_id": CLIENT_ID, "scopes": ["openid", "email", "groups"],
+            "claims_to_roles": [{"claim": "groups", "value": "admins", "roles": ["demo-admin"]},
+                                {"claim": "groups", "value": "devs", "roles": ["viewer"]}],
+            "claims_to_traits": {"kubernetes_groups": "groups"}}
+
+
+def sign_in_help(state: Any, provider: Any, state_dir: Path) -> str:
+    """The "sign in as a person" lines of the demo banner."""
+    from certs.ca import load_certificate_file
+    from certs.issuance import ca_pin
+    from sandbox.oidc_provider import DEMO_USERS, provider_available
+
+    if provider is None:
+        why = provider_available() or "--no-sso"
+        return f"(Sign-in with `kubegate login` is not shown: {why}; install node and npm, then rerun setup.)\n"
+    pin = ca_pin(load_certificate_file(state.ca_file))
+    home, kubeconfig = state_dir / "home", state_dir / "sso.kubeconfig"
+    kubegate = shlex.quote(str(Path(sys.executable).parent / "kubegate"))
+    users = ", ".join(f"{name} ({', '.join(u['groups'])})" for name, u in DEMO_USERS.items())
+    return f"""
+Or sign in as a person through the demo OpenID provider at {provider.issuer}
+(users: {users}; any password). In another terminal:
+
+  export KUBEGATE_HOME={shlex.quote(str(home))} KUBECONFIG={shlex.quote(str(kubeconfig))}
+  {kubegate} login --proxy 127.0.0.1:{state.proxy_port} --ca-pin {pin}
+  {kubegate} kube ls
+  {kubegate} kube login {state.cluster_name}
+  {shlex.quote(kubectl_command())} get pods -A
+"""

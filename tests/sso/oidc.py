@@ -1,95 +1,25 @@
-"""The real OpenID Connect provider the sign-in tests use (npm ``oidc-provider`` under Node, see
-tests/oidc/provider.mjs) and a scripted browser that signs in through its login form."""
+"""The real OpenID Connect provider the sign-in tests use (npm ``oidc-provider`` under Node:
+``sandbox.oidc_provider``) and a scripted browser that signs in through its login form."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from html.parser import HTMLParser
-from pathlib import Path
 from urllib.parse import urljoin
 
 import pytest
 import requests
-from joserfc.jwk import RSAKey
 
-ROOT = Path(__file__).resolve().parents[2]
-PROVIDER_SCRIPT = ROOT / "tests" / "oidc" / "provider.mjs"
-INSTALLED = ROOT / ".tools" / "oidc-provider" / "node_modules" / "oidc-provider" / "package.json"
+from sandbox.oidc_provider import CLIENT_ID, DEMO_USERS, provider_available, running_provider
 
-USERS = {
-    "alice": {"email": "alice@example.com", "groups": ["admins", "devs"]},
-    "bob": {"email": "bob@example.com", "groups": ["contractors"]},
-}
-CLIENT_ID = "kubegate"
+__all__ = ["CLIENT_ID", "USERS", "require_provider", "running_provider", "sign_in_with_browser"]
+
+USERS = DEMO_USERS
 
 
-def require_provider() -> str:
-    node = shutil.which("node")
-    if node is None or not INSTALLED.exists():
-        pytest.skip("node and oidc-provider are needed (scripts/install-oidc-provider.sh installs it)")
-    return node
-
-
-@dataclass
-class Provider:
-    issuer: str
-    key: RSAKey  # the provider's signing key (the tests mint tokens with it)
-    process: subprocess.Popen[str]
-
-
-@contextmanager
-def running_provider(workdir: Path) -> Iterator[Provider]:
-    from kubegate.demo import free_port
-
-    node = require_provider()
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    key = RSAKey.generate_key(2048, parameters={"kid": "test-key-1", "use": "sig", "alg": "RS256"}, private=True)
-    settings = {
-        "port": port,
-        "jwks": {"keys": [key.as_dict(private=True)]},
-        "users": USERS,
-        "clients": [{
-            "client_id": CLIENT_ID,
-            "application_type": "native",
-            "token_endpoint_auth_method": "none",
-            "redirect_uris": ["http://127.0.0.1/callback"],
-            "grant_types": ["authorization_code", "urn:ietf:params:oauth:grant-type:device_code"],
-            "response_types": ["code"],
-        }],
-    }
-    (workdir / "provider.json").write_text(json.dumps(settings))
-    log = open(workdir / "provider.log", "w")  # noqa: SIM115 - closed below
-    process = subprocess.Popen([node, str(PROVIDER_SCRIPT), str(workdir / "provider.json")], stdout=subprocess.PIPE,
-                               stderr=log, text=True)
-    try:
-        line = process.stdout.readline() if process.stdout else ""
-        assert line.startswith("listening "), (workdir / "provider.log").read_text()
-        issuer = line.split(" ", 1)[1].strip()
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(issuer + "/.well-known/openid-configuration", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "the OIDC provider did not answer"
-            time.sleep(0.05)
-        yield Provider(issuer, key, process)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        log.close()
+def require_provider() -> None:
+    problem = provider_available()
+    if problem:
+        pytest.skip(f"the OpenID provider cannot run here: {problem} (scripts/install-oidc-provider.sh)")
 
 
 class _Forms(HTMLParser):

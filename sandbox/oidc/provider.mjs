@@ -1,7 +1,7 @@
 // A real OpenID Connect provider for kubegate's sign-in tests and demo: the npm package oidc-provider
 // (OpenID Certified), installed into .tools/oidc-provider by scripts/install-oidc-provider.sh.
 //
-//   node tests/oidc/provider.mjs SETTINGS.json
+//   node sandbox/oidc/provider.mjs SETTINGS.json
 //
 // SETTINGS.json: {"port": P, "clients": [...client metadata...], "jwks": {"keys": [private JWKs]},
 //                 "users": {"alice": {"email": ..., "groups": [...]}, ...}}
