@@ -391,3 +391,37 @@ def running_echo_upstream(workdir: Path, *, h2: bool = True, switch_upgrades: bo
         asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+@contextlib.contextmanager
+def tcp_echo_server() -> Iterator[int]:
+    """A loopback TCP server that echoes the bytes of one connection (a port-forward target for a sandbox
+    pod, see :func:`echo_pod_manifest`); yields its port."""
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+
+
+def echo_pod_manifest(name: str, namespace: str, local_port: int) -> str:
+    """A sandbox pod whose container port 8080 is forwarded to ``127.0.0.1:local_port``."""
+    return (
+        "apiVersion: v1\nkind: Pod\n"
+        f"metadata: {{name: {name}, namespace: {namespace}, annotations: "
+        f"{{sandbox.kubegate.dev/port-8080: '{local_port}'}}}}\n"
+        "spec: {containers: [{name: main, image: busybox, ports: [{containerPort: 8080}]}]}\n"
+    )

@@ -172,64 +172,48 @@ def test_a_port_forward_is_audited_with_the_bytes_of_its_data_streams(k, kubectl
     tap reads the data streams' bytes either way."""
     import re
     import socket
-    import threading
 
-    echo = socket.create_server(("127.0.0.1", 0))
+    from proxy.testing import echo_pod_manifest, tcp_echo_server
 
-    def serve() -> None:
+    with tcp_echo_server() as echo_port:
+        name = f"pf-audit-{uuid.uuid4().hex[:8]}"
+        manifest = tmp_path / "pod.yaml"
+        manifest.write_text(echo_pod_manifest(name, "dev", echo_port))
+        assert k("apply", "-f", str(manifest)).returncode == 0
         try:
-            conn, _ = echo.accept()
-        except OSError:
-            return
-        with conn:
-            while data := conn.recv(65536):
-                conn.sendall(data)
+            proc = popen_kubectl("port-forward", "-n", "dev", f"pod/{name}", ":8080")
+            assert proc.stdout is not None
+            line = b""
+            deadline = time.monotonic() + 60
+            while b"\n" not in line and time.monotonic() < deadline:
+                if select.select([proc.stdout], [], [], 0.5)[0]:
+                    chunk = os.read(proc.stdout.fileno(), 4096)
+                    if not chunk:
+                        break
+                    line += chunk
+            match = re.search(rb"127\.0\.0\.1:(\d+) -> 8080", line)
+            assert match, line
+            payload = os.urandom(50_000)
+            with socket.create_connection(("127.0.0.1", int(match.group(1))), timeout=60) as sock:
+                sock.sendall(payload)
+                received = b""
+                while len(received) < len(payload) and (chunk := sock.recv(65536)):
+                    received += chunk
+            assert received == payload
+            proc.terminate()
+            proc.wait(timeout=60)
 
-    threading.Thread(target=serve, daemon=True).start()
-    name = f"pf-audit-{uuid.uuid4().hex[:8]}"
-    manifest = tmp_path / "pod.yaml"
-    manifest.write_text(
-        "apiVersion: v1\nkind: Pod\n"
-        f"metadata: {{name: {name}, namespace: dev, annotations: "
-        f"{{sandbox.kubegate.dev/port-8080: '{echo.getsockname()[1]}'}}}}\n"
-        "spec: {containers: [{name: main, image: busybox, ports: [{containerPort: 8080}]}]}\n"
-    )
-    assert k("apply", "-f", str(manifest)).returncode == 0
-    try:
-        proc = popen_kubectl("port-forward", "-n", "dev", f"pod/{name}", ":8080")
-        assert proc.stdout is not None
-        line = b""
-        deadline = time.monotonic() + 60
-        while b"\n" not in line and time.monotonic() < deadline:
-            if select.select([proc.stdout], [], [], 0.5)[0]:
-                chunk = os.read(proc.stdout.fileno(), 4096)
-                if not chunk:
-                    break
-                line += chunk
-        match = re.search(rb"127\.0\.0\.1:(\d+) -> 8080", line)
-        assert match, line
-        payload = os.urandom(50_000)
-        with socket.create_connection(("127.0.0.1", int(match.group(1))), timeout=60) as sock:
-            sock.sendall(payload)
-            received = b""
-            while len(received) < len(payload) and (chunk := sock.recv(65536)):
-                received += chunk
-        assert received == payload
-        proc.terminate()
-        proc.wait(timeout=60)
-
-        deadline = time.monotonic() + 60
-        ends: list[dict[str, Any]] = []
-        while not ends and time.monotonic() < deadline:
-            ends = [e for e in list(px.audit_events) if e["event"] == "session.end" and e.get("pod") == name]
-            time.sleep(0.02)
-        (end,) = ends
-        (start,) = [e for e in list(px.audit_events) if e["event"] == "session.start" and e.get("pod") == name]
-        assert start["request_id"] == end["request_id"] and end["kind"] == "portforward"
-        expected = "SPDY/3.1+portforward.k8s.io" if _version(kubectl) == "1.37" else "portforward.k8s.io"
-        assert end["stream_protocol"] == expected
-        assert end["stream_bytes"]["data"] == {"from_client": len(payload), "from_server": len(payload)}
-        assert "tap_failed" not in end
-    finally:
-        echo.close()
-        k("delete", "pod", name, "-n", "dev", "--wait=false")
+            deadline = time.monotonic() + 60
+            ends: list[dict[str, Any]] = []
+            while not ends and time.monotonic() < deadline:
+                ends = [e for e in list(px.audit_events) if e["event"] == "session.end" and e.get("pod") == name]
+                time.sleep(0.02)
+            (end,) = ends
+            (start,) = [e for e in list(px.audit_events) if e["event"] == "session.start" and e.get("pod") == name]
+            assert start["request_id"] == end["request_id"] and end["kind"] == "portforward"
+            expected = "SPDY/3.1+portforward.k8s.io" if _version(kubectl) == "1.37" else "portforward.k8s.io"
+            assert end["stream_protocol"] == expected
+            assert end["stream_bytes"]["data"] == {"from_client": len(payload), "from_server": len(payload)}
+            assert "tap_failed" not in end
+        finally:
+            k("delete", "pod", name, "-n", "dev", "--wait=false")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -28,8 +29,13 @@ def test_an_interactive_exec_replays_to_the_same_screen(kubectl, rpx, sessions_d
         term.type("echo sum-$((6*7))\r")
         term.read_until(b"sum-42")
         term.resize(100, 30)
-        term.type("stty size\r")
-        term.read_until(b"30 100")
+        for _ in range(100):  # kubectl sends the new size when it handles SIGWINCH: ask until it arrived
+            term.type("stty size\r")
+            term.read_until(b"\r\n# ")
+            if b"30 100" in term.output:
+                break
+            time.sleep(0.1)
+        assert b"30 100" in term.output
         term.type("printf 'caf\\303\\251 done\\n'\r")
         term.read_until("café done".encode())
         term.type("exit 3\r")

@@ -156,3 +156,13 @@ def test_the_file_sink_writes_many_lines_in_order_and_refuses_after_close(tmp_pa
         sink.write_lines([b"x"])
     with pytest.raises(RecordingStoreError, match="cannot create"):
         FileStore(str(tmp_path)).open("c" * 32)  # never overwrites a recording
+
+
+def test_a_role_file_with_an_unimplemented_option_is_refused_naming_the_file(tmp_path):
+    from rbac.roles import load_role_file
+
+    path = tmp_path / "mfa.yaml"
+    path.write_text(ROLE % ("{require_session_mfa: hardware_key}", ""))
+    with pytest.raises(RoleError) as err:
+        load_role_file(path)
+    assert str(path) in str(err.value) and "require_session_mfa" in str(err.value) and "not implemented" in str(err.value)
