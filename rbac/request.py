@@ -246,8 +246,10 @@ def parse_request(
             raise RequestParseError(f"invalid resource path {path!r}")
     if resource == "namespaces":
         namespace = ""  # a namespace object is cluster-scoped; its name is the namespace
-    structure = f"{group}/{version}/{resource}/{subresource}"
-    if (decoded or "\\" in stripped or "#" in stripped) and _NOT_IN_NAMES.search(f"{structure}/{namespace}/{name}"):
+    structure = group + version + resource + subresource
+    if (decoded or "\\" in stripped or "#" in stripped) and _NOT_IN_NAMES.search(
+        f"{structure}/{namespace}/{name}"
+    ):
         # no Kubernetes name holds these (path.IsValidPathSegmentName forbids '%'); a server or proxy on
         # the way could read them differently from kubegate (double decoding, '\\' as '/', '?' / '#')
         raise RequestParseError(f"invalid path {path!r}: a name or resource holds a reserved character", 400)
