@@ -388,3 +388,22 @@ def test_upper_case_identity_header_names_over_h2_are_refused(setup):
                     done = True
     assert status != 200
     assert not [r for r in echo.requests[sent_before:] if "/pods" in r["target"]]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"Impersonate-User : root\r\n", b"X-Foo: a\r\n Impersonate-User: root\r\n", b"X-Remote-User\x00: admin\r\n",
+     b"Impersonate-User\x0b: root\r\n"],
+    ids=["space-before-colon", "obs-fold", "nul-in-name", "vt-in-name"],
+)  # fmt: skip
+def test_malformed_identity_header_lines_are_400_and_never_reach_the_upstream(setup, raw):
+    echo, px, ctx, _ = setup
+    sent_before = len(echo.requests)
+    ctx.set_alpn_protocols(["http/1.1"])
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", px.port), timeout=10), server_hostname="127.0.0.1") as sock:
+        sock.sendall(b"GET /k8s/clusters/echo/api/v1/namespaces/dev/pods HTTP/1.1\r\nHost: x\r\n" + raw + b"\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400"), data
+    assert not [r for r in echo.requests[sent_before:] if "/pods" in r["target"]]
