@@ -68,7 +68,7 @@ def test_contexts_named_by_kubeadm_eks_and_gcloud_are_all_served_with_labels_fro
         {"path": "./cloud.yaml", "labels": {"env": "dev"},
          "contexts": [{"context": GKE, "labels": {"team": "web"}}]},
     ])
-    check = kubegate("config", "check", "-c", "kubegate.yaml", cwd=tmp_path)
+    check = kubegate("config", "check", "--skip-ports", "-c", "kubegate.yaml", cwd=tmp_path)
     assert check.returncode == 0, check.stderr
     printed = yaml.safe_load(check.stdout)["kubernetes_service"]["kubeconfig_files"]
     assert printed[1]["labels"] == {"env": "dev"} and printed[1]["contexts"][0]["context"] == GKE
@@ -124,7 +124,7 @@ def test_collisions_name_both_contexts_and_both_files(tmp_path):
     (tmp_path / "us.yaml").write_text(kubeconfig({EKS_PROD: EKS_PROD}))
     (tmp_path / "eu.yaml").write_text(kubeconfig({EKS_EU_PROD: EKS_EU_PROD, "gke_p_europe-west1_prod": "g"}))
     write_config(tmp_path, ["./us.yaml", "./eu.yaml"])
-    check = kubegate("config", "check", "-c", "kubegate.yaml", cwd=tmp_path)
+    check = kubegate("config", "check", "--skip-ports", "-c", "kubegate.yaml", cwd=tmp_path)
     assert check.returncode == 1
     problems = check.stderr.strip().splitlines()
     assert len(problems) == 2, check.stderr
@@ -145,18 +145,18 @@ def test_collisions_name_both_contexts_and_both_files(tmp_path):
 def test_bad_entries_are_config_errors_naming_the_key(tmp_path):
     (tmp_path / "two.conf").write_text(kubeconfig({"a": "a", "b": "b"}))
     write_config(tmp_path, [{"path": "./two.conf", "name": "bad name!"}, {"labels": {"env": "dev"}}])
-    check = kubegate("config", "check", "-c", "kubegate.yaml", cwd=tmp_path)
+    check = kubegate("config", "check", "--skip-ports", "-c", "kubegate.yaml", cwd=tmp_path)
     assert check.returncode == 1
     assert 'kubernetes_service.kubeconfig_files[0].name: "bad name!" is not a valid cluster name' in check.stderr
     assert "kubernetes_service.kubeconfig_files[1].path: must be set" in check.stderr
 
     write_config(tmp_path, [{"path": "./two.conf", "name_from": "region"}, 7])
-    check = kubegate("config", "check", "-c", "kubegate.yaml", cwd=tmp_path)
+    check = kubegate("config", "check", "--skip-ports", "-c", "kubegate.yaml", cwd=tmp_path)
     assert check.returncode == 1
     assert 'kubernetes_service.kubeconfig_files[0].name_from: "region" is not one of: context, cluster' in check.stderr
     assert "kubernetes_service.kubeconfig_files[1]: 7 is not a path (string) or a mapping" in check.stderr
 
     write_config(tmp_path, [{"path": "./two.conf", "name": "only-one"}])
-    check = kubegate("config", "check", "-c", "kubegate.yaml", cwd=tmp_path)
+    check = kubegate("config", "check", "--skip-ports", "-c", "kubegate.yaml", cwd=tmp_path)
     assert check.returncode == 1
     assert "name 'only-one' needs a file with exactly one context, this one has 2" in check.stderr
