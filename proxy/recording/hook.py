@@ -5,6 +5,7 @@ the recording decision and opening, the audit/index fields of a session, and the
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -73,9 +74,6 @@ def session_meta(kind: str, session_id: str, query: str, *, user: str, roles: li
         "command": command,
         "tty": tty,
         "start_time": time.time(),
+        "proxy_pid": os.getpid(),  # another worker following the session knows when its recorder is gone
         "title": f"{user} {kind} {namespace}/{pod}" + (f" -- {' '.join(command)}" if command else ""),
     }
-
-
-def joined_notice(joiner: str) -> bytes:
-    return f"\r\n[kubegate] {joiner} joined this session (observer, read-only)\r\n".encode()

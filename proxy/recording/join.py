@@ -6,8 +6,10 @@ owner (kind ``k8s``); otherwise 403. The answer is ``200`` with ``Content-Type: 
 the cast header and the session's recent lines, then each new batch of lines as the session goes, and the
 end of the body when the session ends. The owner's terminal shows a line naming who joined.
 
-Live sessions are those recorded by THIS process (with ``proxy.workers`` > 1 another worker may hold
-it: 404 says so). A joiner that does not read fast enough (more than ``MAX_UNREAD`` bytes queued) is
+A session recorded by this process is followed from its recorder (lines as they are made); one recorded
+by another worker process (``proxy.workers`` > 1) into the file store is followed from its file
+(:mod:`proxy.recording.tail`; the owner's process learns of the join from ``<cast>.joins``). A session
+recorded to object storage by another process cannot be joined (404 says so). A joiner that does not read fast enough (more than ``MAX_UNREAD`` bytes queued) is
 disconnected; the session is never slowed down by a watcher.
 """
 
@@ -15,21 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from proxy.headers import REQUEST_ID_HEADER
 from proxy.protocol.events import ResponseHead
-from proxy.recording.hook import joined_notice
+from proxy.recording import tail
 from proxy.recording.index import valid_session_id
+from proxy.recording.tail import joined_notice
 from rbac.status import status_body
 
 if TYPE_CHECKING:
     from proxy.forward import Exchange
+    from proxy.recording.recorder import SessionRecorder
 
 log = logging.getLogger("kubegate.proxy.recording")
 
 SESSIONS_PREFIX = "/kubegate/sessions/"
 MAX_UNREAD = 4 * 1024 * 1024
+FOLLOW_INTERVAL = 0.1  # seconds between looks at another process's recording file
 
 
 def is_sessions_path(path: str) -> bool:
@@ -60,10 +65,15 @@ async def _serve(ex: Exchange) -> None:
         return
     recordings = ex.fwd.recordings
     recorder = recordings.live.get(session_id) if recordings is not None else None
-    if recorder is None:
-        ex._respond_error(404, status_body(404, "NotFound", f"session {session_id} is not live on this kubegate process (ended, not recorded, or held by another worker)", {"name": session_id, "kind": "sessions"}), "denied")
+    meta: dict[str, Any] | None = recorder.encoder.meta if recorder is not None else None  # type: ignore[assignment]
+    if meta is None and recordings is not None:
+        # Held by another process (proxy.workers > 1): follow its recording file, if it is one.
+        record = await ex.fwd.loop.run_in_executor(None, recordings.index.get, session_id)
+        if record and record.get("state") == "live" and _local_file(record.get("recording")):
+            meta = record
+    if meta is None:
+        ex._respond_error(404, status_body(404, "NotFound", f"session {session_id} is not live (ended, not recorded, or recorded by another kubegate process to object storage)", {"name": session_id, "kind": "sessions"}), "denied")
         return
-    meta = recorder.encoder.meta
     owner = str(meta.get("user") or "")
     if not ex.fwd.policy.may_join(ex.identity, owner, list(meta.get("roles") or [])):
         ex._respond_error(403, status_body(403, "Forbidden", f"user {ex.identity.user!r} may not join session {session_id}: no join_sessions rule of their roles covers the owner's roles", {"name": session_id, "kind": "sessions"}), "denied")
@@ -73,36 +83,74 @@ async def _serve(ex: Exchange) -> None:
     ex.kind = "session-join"
     conn.send_head(ResponseHead(ex.sid, 200, [(b"content-type", b"application/x-asciicast"), (b"cache-control", b"no-store"), (REQUEST_ID_HEADER, ex.request_id.encode())]))
     ex._response_started = True
+    log.info("session joined", extra={"session_id": session_id, "user": ex.identity.user, "owner": owner})
+    if ex.fwd.audit is not None:
+        ex.fwd.audit({"event": "session.join", "session_id": session_id, "user": ex.identity.user,
+                      "roles": list(ex.identity.roles), "owner": owner, "mode": "observer",
+                      "client_ip": conn.peer_ip, "request_id": ex.request_id})
+    if recorder is not None:
+        await _follow_live(ex, recorder, session_id)
+    else:
+        await _follow_file(ex, meta, session_id)
+    conn.send_end(ex.sid)
+    conn.flush()
+
+
+def _local_file(location: object) -> bool:
+    return isinstance(location, str) and location.startswith("/")
+
+
+def _send(ex: Exchange, lines: bytes) -> bool:
+    """Write ``lines`` to the joiner; False when it does not keep up (it is then dropped)."""
+    conn = ex.conn
+    transport = conn.transport
+    if transport is not None and transport.get_write_buffer_size() > MAX_UNREAD:
+        log.warning("session watcher too slow: disconnected", extra={"request_id": ex.request_id, "user": ex.identity.user})
+        return False
+    conn.send_body(ex.sid, lines)
+    conn.flush()
+    return True
+
+
+async def _follow_live(ex: Exchange, recorder: SessionRecorder, session_id: str) -> None:
+    """A session recorded by this process: its recorder's lines as they are made."""
     done: asyncio.Future[None] = ex.fwd.loop.create_future()
 
     def watcher(lines: bytes) -> None:
-        if done.done():
-            return
-        if not lines:
+        if not done.done() and (not lines or not _send(ex, lines)):
             done.set_result(None)
-            return
-        transport = conn.transport
-        if transport is not None and transport.get_write_buffer_size() > MAX_UNREAD:
-            log.warning("session watcher too slow: disconnected", extra={"session_id": session_id, "user": ex.identity.user})
-            done.set_result(None)
-            return
-        conn.send_body(ex.sid, lines)
-        conn.flush()
 
     first = recorder.watch(watcher)
     try:
         if first:
-            conn.send_body(ex.sid, first)
-        conn.flush()
-        log.info("session joined", extra={"session_id": session_id, "user": ex.identity.user, "owner": owner})
-        if ex.fwd.audit is not None:
-            ex.fwd.audit({"event": "session.join", "session_id": session_id, "user": ex.identity.user,
-                          "roles": list(ex.identity.roles), "owner": owner, "mode": "observer",
-                          "client_ip": conn.peer_ip, "request_id": ex.request_id})
+            _send(ex, first)
         if recorder.notify_owner is not None:
             recorder.notify_owner(joined_notice(ex.identity.user))
         await done
-        conn.send_end(ex.sid)
-        conn.flush()
     finally:
         recorder.unwatch(watcher)
+
+
+async def _follow_file(ex: Exchange, record: dict[str, Any], session_id: str) -> None:
+    """A session recorded by another process into a local file: follow the file until the session ends."""
+    loop = ex.fwd.loop
+    path = str(record["recording"])
+    recordings = ex.fwd.recordings
+    assert recordings is not None
+    pid = int(record.get("proxy_pid") or 0)
+    first, offset = await loop.run_in_executor(None, tail.recent_lines, path)
+    if first and not _send(ex, first):
+        return
+    await loop.run_in_executor(None, tail.announce_join, path, ex.identity.user)
+    while True:
+        lines, offset = await loop.run_in_executor(None, tail.read_from, path, offset)
+        if lines and not _send(ex, lines):
+            return
+        if not lines:
+            current = await loop.run_in_executor(None, recordings.index.get, session_id)
+            if not current or current.get("state") != "live" or (pid and not tail.process_alive(pid)):
+                lines, offset = await loop.run_in_executor(None, tail.read_from, path, offset)
+                if lines:
+                    _send(ex, lines)
+                return
+            await asyncio.sleep(FOLLOW_INTERVAL)

@@ -26,11 +26,13 @@ from typing import Any
 from proxy.recording.cast import CastEncoder
 from proxy.recording.index import SessionIndex
 from proxy.recording.stores import RecordingStore, RecordingStoreError, Sink
+from proxy.recording.tail import JoinNotices, joined_notice
 
 log = logging.getLogger("kubegate.proxy.recording")
 
 BACKLOG_BYTES = 256 * 1024
 FLUSH_BYTES = 1024 * 1024  # pending terminal bytes that trigger a batch before the flush interval
+JOINS_CHECK_INTERVAL = 0.5  # seconds between looks for joins made through another worker process
 _TERMINAL = frozenset(("stdout", "stderr", "resize"))  # cast lines kept in memory per live session for someone joining
 
 
@@ -105,6 +107,11 @@ class SessionRecorder:
         self._pending_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._queued = 0  # bytes handed to the writer thread and not written yet
+        # Joins through another worker process arrive as names in <cast>.joins (file store only).
+        self._joins = JoinNotices(self.location) if self.location.startswith("/") else None
+        self._joins_timer: asyncio.TimerHandle | None = None
+        if self._joins is not None:
+            self._joins_timer = loop.call_later(JOINS_CHECK_INTERVAL, self._check_joins)
 
     # --- hot path: called by the taps for every piece of every stream
     def on_data(self, side: str, stream_type: str, chunk: memoryview) -> None:
@@ -185,6 +192,25 @@ class SessionRecorder:
             self.on_failure(f"session recording failed: {reason}")
 
     # --- join
+    def _check_joins(self) -> None:
+        self._joins_timer = None
+        if self.closed or self._joins is None:
+            return
+        self.recordings.submit(self._read_joins)
+        self._joins_timer = self.loop.call_later(JOINS_CHECK_INTERVAL, self._check_joins)
+
+    def _read_joins(self) -> None:  # writer thread
+        if self._joins is None:
+            return
+        names = self._joins.new_joiners()
+        if names:
+            self.loop.call_soon_threadsafe(self._show_joins, names)
+
+    def _show_joins(self, names: list[str]) -> None:
+        if self.notify_owner is not None and not self.closed:
+            for name in names:
+                self.notify_owner(joined_notice(name))
+
     def watch(self, watcher: Callable[[bytes], None]) -> bytes:
         """Add a live watcher; returns what it should show first (the header and the recent lines)."""
         self.watchers.append(watcher)
@@ -203,6 +229,7 @@ class SessionRecorder:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._stop_joins()
         if not self.failed:
             batch, self._pending = self._pending, []
             lines = self.encoder.encode_lines(batch)
@@ -220,8 +247,16 @@ class SessionRecorder:
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
+        self._stop_joins()
         self.recordings.live.pop(self.session_id, None)
         self.recordings.submit(self._close_sink)
+
+    def _stop_joins(self) -> None:
+        if self._joins_timer is not None:
+            self._joins_timer.cancel()
+            self._joins_timer = None
+        if self._joins is not None:
+            self.recordings.submit(self._joins.remove)
 
     def _close_sink(self) -> None:
         try:

@@ -90,15 +90,26 @@ def rec_gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, An
     sessions = base / "sessions"
     roles = RoleWatcher(str(write_roles(base / "roles")), time.time)
     recordings = Recordings(FileStore(str(sessions)), FileSessionIndex(str(sessions)), flush_interval=0.05)
+    # A second proxy with its own recording service on the same state directory and CA: another worker
+    # process, as far as sessions are concerned (it shares only the files).
+    recordings2 = Recordings(FileStore(str(sessions)), FileSessionIndex(str(sessions)), flush_interval=0.05)
     with running_sandbox(base / "sandbox") as sb:
         with running_proxy(base / "proxy", clusters=[cluster_for_sandbox(sb)], roles=roles,
                            recordings=recordings) as px:
-            yield sb, px, sessions
+            with running_proxy(base / "proxy2", clusters=[cluster_for_sandbox(sb)], roles=roles,
+                               recordings=recordings2, ca=px.ca) as px2:
+                yield sb, px, sessions, px2
 
 
 @pytest.fixture(scope="session")
 def rpx(rec_gate):
     return rec_gate[1]
+
+
+@pytest.fixture(scope="session")
+def rpx_other_worker(rec_gate):
+    """Another proxy process's view of the same sessions (same CA and state directory)."""
+    return rec_gate[3]
 
 
 @pytest.fixture(scope="session")

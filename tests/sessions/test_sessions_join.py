@@ -44,11 +44,15 @@ def _read_until(proc: subprocess.Popen[bytes], needle: bytes, timeout: float = 3
     return seen
 
 
-def test_an_observer_sees_the_live_session_and_the_owner_sees_the_join(kubectl, rpx, sessions_dir):
+@pytest.mark.parametrize("through", ["same process", "another worker"])
+def test_an_observer_sees_the_live_session_and_the_owner_sees_the_join(kubectl, rpx, rpx_other_worker, sessions_dir, through):
+    """``another worker``: the joiner reaches a proxy that does not hold the session (proxy.workers > 1):
+    it follows the session's recording file, and the owner's proxy learns of the join from the files."""
     marker = uuid.uuid4().hex[:12]
     owner_config = rpx.kubeconfig("alice", ["admin"], ["sandbox"])
-    observer_config = rpx.kubeconfig("bob", ["observer"], ["sandbox"])
-    viewer_config = rpx.kubeconfig("eve", ["viewer"], ["sandbox"])
+    joined = rpx if through == "same process" else rpx_other_worker
+    observer_config = joined.kubeconfig("bob", ["observer"], ["sandbox"])
+    viewer_config = joined.kubeconfig("eve", ["viewer"], ["sandbox"])
     term = PtyKubectl([kubectl, "--kubeconfig", str(owner_config), "exec", "-it", "-n", "dev", "web-1", "--",
                        "sh", "-c", f"echo ready-{marker}; exec sh -i"], dict(os.environ, TERM="xterm"))
     joiner = None
@@ -77,7 +81,7 @@ def test_an_observer_sees_the_live_session_and_the_owner_sees_the_join(kubectl, 
         if joiner is not None and joiner.poll() is None:
             joiner.kill()
             joiner.wait()
-    join_events = [e for e in list(rpx.audit_events) if e.get("event") == "session.join"]
+    join_events = [e for e in list(joined.audit_events) if e.get("event") == "session.join"]
     assert any(e["session_id"] == session["session_id"] and e["user"] == "bob" and e["owner"] == "alice"
                for e in join_events)
     cast = wait_for(lambda: (sessions_dir / f"{session['session_id']}.cast").read_bytes()

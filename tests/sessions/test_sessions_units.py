@@ -166,3 +166,24 @@ def test_a_role_file_with_an_unimplemented_option_is_refused_naming_the_file(tmp
     with pytest.raises(RoleError) as err:
         load_role_file(path)
     assert str(path) in str(err.value) and "require_session_mfa" in str(err.value) and "not implemented" in str(err.value)
+
+
+def test_a_follower_gets_the_header_and_whole_recent_lines_then_what_follows(tmp_path, monkeypatch):
+    from proxy.recording import tail
+
+    path = tmp_path / "s.cast"
+    header = b'{"version": 2}\n'
+    lines = [f'[{i}, "o", "{"x" * 50}"]\n'.encode() for i in range(100)]
+    path.write_bytes(header + b"".join(lines))
+    monkeypatch.setattr(tail, "RECENT_BYTES", 1000)
+    first, offset = tail.recent_lines(str(path))
+    assert first.startswith(header) and first.endswith(lines[-1]) and len(first) < 1000 + len(header)
+    assert all(line.endswith(b"]") for line in first.splitlines()[1:])  # whole lines only
+    with path.open("ab") as f:
+        f.write(lines[0] + b'[1, "o", "cut')
+    more, offset2 = tail.read_from(str(path), offset)
+    assert more == lines[0] and offset2 == offset + len(lines[0])
+    notices = tail.JoinNotices(str(path))
+    tail.announce_join(str(path), "bob")
+    tail.announce_join(str(path), "carol")
+    assert notices.new_joiners() == ["bob", "carol"] and notices.new_joiners() == []
