@@ -26,6 +26,7 @@ import json
 import os
 import re
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ __all__ = [
     "new_secret",
 ]
 
+MAX_PENDING = 10_000
+PENDING_MAX_AGE = 900.0  # seconds: longer than any sign-in may take (device codes included)
 _NAME = re.compile(r"[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?")
 
 
@@ -227,7 +230,21 @@ class FileAuthStore:
 
     # --- logins in progress ----------------------------------------------------------------------------
     def put_pending(self, key: str, data: Mapping[str, Any]) -> None:
-        write_atomic(self._dir("pending") / f"{_hash(key)}.json", json.dumps(dict(data)), 0o600)
+        """Keep a login in progress. Anyone may start a login, so what they leave behind is bounded: logins
+        older than ``PENDING_MAX_AGE`` are swept away here, and beyond ``MAX_PENDING`` a new one is refused."""
+        folder = self._dir("pending")
+        path = folder / f"{_hash(key)}.json"
+        if not path.exists():
+            entries = list(folder.glob("*.json"))
+            if len(entries) >= MAX_PENDING // 2:
+                cutoff = time.time() - PENDING_MAX_AGE
+                for entry in entries:
+                    with contextlib.suppress(FileNotFoundError):
+                        if entry.stat().st_mtime < cutoff:
+                            entry.unlink()
+                if len(list(folder.glob("*.json"))) >= MAX_PENDING:
+                    raise StoreError("too many sign-ins in progress: try again in a few minutes")
+        write_atomic(path, json.dumps(dict(data)), 0o600)
 
     def take_pending(self, key: str) -> dict[str, Any] | None:
         """The pending login for ``key`` (its ``state``), removed: a second take (a replay) gets None."""

@@ -205,7 +205,7 @@ class ProxyService:
                                     "worker": self.worker_index})
         self.audit = _audit_sink(self.cfg)
         ssl_context = _server_context(tls)
-        auth = build_auth_service(self.cfg, self.registry, self.roles)
+        auth = build_auth_service(self.cfg, self.registry, self.roles, self.audit)
         endpoints = {"auth": auth.handler()} if auth is not None else {}
         self.proxy = _make_proxy(self.cfg, ssl_context, tls, self.registry, self.roles, self.audit, endpoints)
         sock = reuseport_socket(self.host, self.port, listen=True, backlog=min(
@@ -307,7 +307,7 @@ def recordings_from_config(cfg: Config) -> Any:
                       max_buffered=rec.max_buffered)
 
 
-def build_auth_service(cfg: Config, registry: Any, roles: Any) -> Any:
+def build_auth_service(cfg: Config, registry: Any, roles: Any, audit: Any = None) -> Any:
     """The ``/kubegate/auth/`` endpoint: the kubegate CA (its key stays in this process), the store in
     ``<state_dir>/auth``, the connectors of ``auth.connectors``, lifetimes from ``auth.*_ttl``."""
     from datetime import timedelta
@@ -334,4 +334,4 @@ def build_auth_service(cfg: Config, registry: Any, roles: Any) -> Any:
                   for c in auth.connectors}
     return AuthService(ca=ca, issuer=Issuer(ca, store, roles.current, policy), store=store,
                        connectors=connectors, roles=roles.current, clusters=registry.list,
-                       locks=LockList(cfg.locks_file))
+                       locks=LockList(cfg.locks_file), audit=audit)

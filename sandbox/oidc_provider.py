@@ -52,7 +52,8 @@ class Provider:
 
 @contextmanager
 def running_provider(workdir: str | Path, users: Mapping[str, Mapping[str, Any]] = DEMO_USERS,
-                     port: int = 0) -> Iterator[Provider]:
+                     port: int = 0, key: Any = None) -> Iterator[Provider]:
+    """The provider on ``port`` (default: a free one) signing with ``key`` (default: a new RSA key)."""
     from joserfc.jwk import RSAKey
 
     from kubegate.demo import free_port
@@ -63,7 +64,8 @@ def running_provider(workdir: str | Path, users: Mapping[str, Mapping[str, Any]]
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    key = RSAKey.generate_key(2048, parameters={"kid": "sandbox-key-1", "use": "sig", "alg": "RS256"}, private=True)
+    key = key or RSAKey.generate_key(2048, parameters={"kid": "sandbox-key-1", "use": "sig", "alg": "RS256"},
+                                     private=True)
     settings = {
         "port": port,
         "jwks": {"keys": [key.as_dict(private=True)]},

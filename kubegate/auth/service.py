@@ -85,6 +85,7 @@ class AuthService:
         roles: Callable[[], RoleSet],
         clusters: Callable[[], Iterable[ClusterLike]],
         locks: Any = None,
+        audit: Callable[[dict[str, Any]], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ca = ca
@@ -94,6 +95,7 @@ class AuthService:
         self.roles = roles
         self.clusters = clusters
         self.locks = locks
+        self.audit = audit
         self.clock = clock
         self.routes: dict[tuple[str, str], Callable[[LocalRequest, dict[str, Any]], tuple[int, Any]]] = {
             ("GET", "ca"): self.get_ca,
@@ -132,11 +134,22 @@ class AuthService:
                 if not isinstance(body, dict):
                     raise AuthRefused(400, "the request body must be a JSON object")
             code, answer = route(request, body)
+            if isinstance(answer, dict) and "serial" in answer:
+                self._audit(request, "certificate.issued", code, user=answer["user"], kind=answer["kind"],
+                            roles=answer["roles"], serial=answer["serial"], expires=answer["expires"])
             return LocalResponse(code, json.dumps(answer).encode())
         except AuthRefused as exc:
             log.info("auth request refused", extra={"path": request.path, "code": exc.code, "problem": exc.message,
                                                      "peer": request.peer_ip})
+            self._audit(request, "auth.refused", exc.code, reason=exc.message)
             return LocalResponse(exc.code, status_body(exc.code, REASONS.get(exc.code, "BadRequest"), exc.message))
+
+    def _audit(self, request: LocalRequest, event: str, code: int, **fields: Any) -> None:
+        if self.audit is None:
+            return
+        self.audit({"event": event, "time": self.clock(), "path": f"/kubegate/auth/{request.path}", "code": code,
+                    "client_ip": request.peer_ip,
+                    "caller": request.identity.user if request.identity is not None else None, **fields})
 
     @staticmethod
     def _field(body: Mapping[str, Any], name: str) -> str:
@@ -166,6 +179,10 @@ class AuthService:
         return identity
 
     def _issue(self, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+        if self.locks is not None:
+            reason = self.locks.is_locked(Identity(user=kwargs["user"], roles=tuple(kwargs["roles"])))
+            if reason:
+                raise AuthRefused(403, f"{kwargs['user']} is locked: {reason}")
         try:
             issued = self.issuer.issue(**kwargs)
         except IssueError as exc:
@@ -183,6 +200,12 @@ class AuthService:
             "expires": _iso(issued.not_after.timestamp()),
             "serial": issued.serial,
         }
+
+    def _put_pending(self, key: str, data: Mapping[str, Any]) -> None:
+        try:
+            self.store.put_pending(key, data)
+        except StoreError as exc:
+            raise AuthRefused(429, str(exc)) from None
 
     def _public_key(self, body: Mapping[str, Any]) -> Any:
         try:
@@ -212,7 +235,7 @@ class AuthService:
             url = connector.authorization_url(redirect_uri, state, nonce, verifier)
         except ConnectorError as exc:
             raise AuthRefused(502, str(exc)) from None
-        self.store.put_pending(state, {
+        self._put_pending(state, {
             "connector": name, "redirect_uri": redirect_uri, "nonce": nonce, "code_verifier": verifier,
             "public_key": public_key, "expires": self.clock() + PENDING_TTL,
         })
@@ -264,7 +287,7 @@ class AuthService:
         except ConnectorError as exc:
             raise AuthRefused(502, str(exc)) from None
         request_id = generate_token(32)
-        self.store.put_pending(request_id, {
+        self._put_pending(request_id, {
             "connector": name, "device_code": start.device_code, "public_key": public_key,
             "expires": self.clock() + start.expires_in,
         })
@@ -284,7 +307,7 @@ class AuthService:
         try:
             claims = connector.poll_device(pending["device_code"])
         except DevicePending as waiting:
-            self.store.put_pending(request_id, pending)
+            self._put_pending(request_id, pending)
             return 202, {"status": "slow_down" if waiting.slow_down else "pending"}
         except ConnectorError as exc:
             raise AuthRefused(401, str(exc)) from None

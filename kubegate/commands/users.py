@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from certs.access import cap_ttl, unknown_roles
 from certs.ca import CertificateAuthority, IssuedCertificate
 from certs.files import write_atomic
 from certs.locks import LockError, LockList, format_time, parse_time
+from certs.store import FileAuthStore, IssuedRecord
 from kubegate.commands.ca import (
     CommandError,
     add_config_argument,
@@ -97,9 +99,14 @@ def issue_for(
     """Validate the roles against auth.roles_dir, cap the TTL, issue. Notes go to stderr."""
     capped = checked_ttl(cfg, roles, ttl)
     try:
-        return ca.issue_user_certificate(user, roles, capped, traits=traits, cluster=cluster, kind=kind)
+        issued = ca.issue_user_certificate(user, roles, capped, traits=traits, cluster=cluster, kind=kind)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    # The CA's issued-serials record covers what operators issue too (the auth endpoint records its own).
+    FileAuthStore.in_state_dir(cfg.state_dir).record_issued(IssuedRecord(
+        serial=issued.serial, user=user, kind=kind, roles=tuple(roles), not_after=issued.not_after.timestamp(),
+        issued_at=time.time(), via="operator"))
+    return issued
 
 
 def _span(delta: timedelta) -> str:

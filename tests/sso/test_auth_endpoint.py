@@ -128,3 +128,11 @@ def test_an_expired_certificate_cannot_join_a_live_session(gate, tmp_path):
     assert status == 401 and "your certificate expired" in answer["message"]
     status, answer = call(gate, "GET", "/kubegate/sessions/0123456789abcdef/stream")
     assert status == 401 and "no client certificate" in answer["message"]
+
+
+def test_what_operators_issue_with_the_ca_key_is_recorded_too(gate, tmp_path):
+    issued = gate.kubegate("users", "issue", "-c", "kubegate.yaml", "--user", "carol", "--roles", "admin",
+                           "--ttl", "1h", "--out", str(tmp_path))
+    assert issued.returncode == 0, issued.stderr
+    record = gate.issued()[-1]
+    assert (record.user, record.roles, record.via) == ("carol", ("admin",), "operator")

@@ -6,6 +6,7 @@ connectors are refused with a message and nothing is issued."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -138,6 +139,62 @@ def test_a_person_no_rule_maps_to_a_role_gets_nothing(gate):
     assert proc.returncode == 1
     assert "bob@example.com signed in, but no claims_to_roles rule of connector 'example' gives them a role" in err
     assert len(gate.issued()) == before
+
+
+def test_a_locked_person_signs_in_at_the_provider_but_gets_nothing(gate):
+    locked = gate.kubegate("users", "lock", "alice@example.com", "-c", "kubegate.yaml", "--reason", "left the team")
+    assert locked.returncode == 0, locked.stderr
+    try:
+        before = len(gate.issued())
+        proc = login_process(gate, "--no-browser")
+        sign_in_with_browser(first_url(proc.stderr), "alice")
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1 and "alice@example.com is locked" in err and "left the team" in err
+        assert len(gate.issued()) == before
+    finally:
+        assert gate.kubegate("users", "unlock", "alice@example.com", "-c", "kubegate.yaml").returncode == 0
+
+
+def test_sign_ins_and_refusals_are_audited(gate):
+    from kubegate.client.api import AuthClient, ClientError
+
+    proc = login_process(gate, "--no-browser")
+    sign_in_with_browser(first_url(proc.stderr), "alice")
+    assert proc.wait(60) == 0
+    serial = gate.issued()[-1].serial
+    with pytest.raises(ClientError):
+        AuthClient(gate.proxy, (gate.state / "ca" / "ca.pem").read_bytes()).post(
+            "login/finish", {"state": "audited-replay", "code": "x"})
+
+    def audited() -> tuple[list[dict], list[dict]]:
+        events = [json.loads(line) for line in (gate.state / "audit.log").read_text().splitlines()]
+        return ([e for e in events if e.get("event") == "certificate.issued" and e.get("serial") == serial],
+                [e for e in events if e.get("event") == "auth.refused" and e.get("code") == 400])
+
+    deadline = time.monotonic() + 10
+    while not all(audited()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    issued, refused = audited()
+    assert issued and issued[0]["user"] == "alice@example.com" and issued[0]["path"] == "/kubegate/auth/login/finish"
+    assert refused and refused[-1]["reason"] == "unknown or already used login state: start kubegate login again"
+
+
+def test_the_provider_rotates_its_signing_key(tmp_path):
+    """A token signed with a key the cached JWKS lacks makes the connector fetch the JWKS again."""
+    from types import SimpleNamespace
+
+    from kubegate.auth.oidc import OIDCConnector
+    from kubegate.demo import free_port
+
+    port = free_port()
+    old = RSAKey.generate_key(2048, parameters={"kid": "old", "alg": "RS256"}, private=True)
+    new = RSAKey.generate_key(2048, parameters={"kid": "new", "alg": "RS256"}, private=True)
+    with running_provider(tmp_path / "a", port=port, key=old) as first:
+        connector = OIDCConnector(SimpleNamespace(issuer_url=first.issuer, client_id=CLIENT_ID, client_secret=None,
+                                                  scopes=("openid",)))
+        assert connector.verify_id_token(minted(first), "n-1")["sub"] == "alice"
+    with running_provider(tmp_path / "b", port=port, key=new) as second:  # same issuer, rotated key
+        assert connector.verify_id_token(minted(second), "n-1")["sub"] == "alice"
 
 
 def test_unknown_connector_and_replayed_state_are_refused(gate):
