@@ -37,6 +37,7 @@ _SCALAR_END_S = re.compile(r"[,\]\s]")
 _WS_COMMA = re.compile(r"[\s,]*")
 _DECODER = json.JSONDecoder()
 _WS = b" \t\r\n"
+_MAX_PREFIX = 16 * 1024 * 1024  # bytes held before the items / rows array (a Table's columns: a few KB)
 
 
 class ResponseFilter(Protocol):
@@ -217,7 +218,9 @@ class ListFilter:
     @property
     def buffered(self) -> int:
         """How much input is held back right now (at most about one element of the array)."""
-        return len(self._text) - self._tpos + len(self._tail) + len(self._buf) - self._pos + len(self._sniff)
+        return (
+            len(self._text) - self._tpos + len(self._tail) + len(self._buf) - self._pos + len(self._sniff) + len(self._held)
+        )
 
     def _feed_plain(self, data: bytes) -> bytes:
         if not data or self._state == self._DROP:
@@ -351,6 +354,10 @@ class ListFilter:
             i += 1
         self._held += buf[start:i]
         self._pos = i
+        if len(self._held) > _MAX_PREFIX:  # no list has this much before its items: not a list
+            self._state = self._DROP
+            self._held.clear()
+            self.dropped += 1
 
     # --- the array -----------------------------------------------------------------------------
 

@@ -303,3 +303,14 @@ def test_a_list_filter_fed_a_watch_stream_or_a_single_object_yields_nothing() ->
     assert run(ListFilter(allows_dev), [pod]) == b""
     null_items = b'{"kind":"PodList","metadata":{},"items":null}'
     assert run(ListFilter(allows_dev), [null_items]) == null_items
+
+
+def test_what_precedes_the_items_is_held_within_a_bound(monkeypatch) -> None:
+    import rbac.filtering
+
+    monkeypatch.setattr(rbac.filtering, "_MAX_PREFIX", 1000)
+    f = ListFilter(allows_dev)
+    out = f.feed(b'{"kind":"Pod","spec":"' + b"x" * 600)
+    out += f.feed(b"y" * 600)
+    assert out == b"" and f.buffered <= 1000  # past the bound: not a list, dropped, nothing held
+    assert f.feed(b'","items":[{"metadata":{"name":"a","namespace":"dev"}}]}') + f.close() == b""
