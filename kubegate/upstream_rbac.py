@@ -155,21 +155,15 @@ def role_objects(roles: Iterable[Role], traits: Mapping[str, Sequence[str]]) -> 
         namespaced: dict[str, list[dict]] = {}
         for rule in role.allow.kubernetes_resources:
             if rule.kind == "namespaces":  # kubegate: everything inside the named namespace(s)
-                everything = {"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}
-                if rule.name == "*":
-                    cluster_rules.append(everything)
-                elif _is_pattern(rule.name):
-                    plan.notes.append(f"role {role.name}: namespaces {rule.name!r} is a pattern: not bound")
-                else:
-                    namespaced.setdefault(rule.name, []).append(everything)
-                continue
-            rules = _translate(rule, role.name, plan.notes)
-            if rule.namespace == "*":
-                cluster_rules.extend(rules)
-            elif _is_pattern(rule.namespace):
-                plan.notes.append(f"role {role.name}: namespace {rule.namespace!r} is a pattern: not bound")
+                scope, rules = rule.name, [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]
             else:
-                namespaced.setdefault(rule.namespace, []).extend(rules)
+                scope, rules = rule.namespace, _translate(rule, role.name, plan.notes)
+            if scope == "*":
+                cluster_rules.extend(rules)
+            elif _is_pattern(scope):
+                plan.notes.append(f"role {role.name}: namespace {scope!r} is a pattern: not bound")
+            else:
+                namespaced.setdefault(scope, []).extend(rules)
         name = rbac_object_name(role.name)
         if cluster_rules:
             plan.objects.append({"apiVersion": RBAC_API, "kind": "ClusterRole",
