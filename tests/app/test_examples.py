@@ -17,6 +17,7 @@ def test_example_config_is_valid():
     assert cfg.auth.roles_dir == str(EXAMPLES / "roles")
     assert cfg.kubernetes_service.clusters_dir == str(EXAMPLES / "clusters")
     assert cfg.proxy.limits.write_high_water == 1024 * 1024
+    assert [(c.name, c.type) for c in cfg.auth.connectors] == [("corp", "oidc"), ("github", "github")]
 
 
 def test_example_roles_load():

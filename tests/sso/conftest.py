@@ -106,8 +106,9 @@ class Gate:
 
 
 @contextmanager
-def running_gate(directory: Path, sandbox, auth_extra: str = "") -> Iterator[Gate]:
-    """``kubegate start`` with clusters ``sandbox`` (env=dev) and ``prod`` (env=prod), both the sandbox."""
+def running_gate(directory: Path, sandbox, auth_extra: str = "", workers: int = 1) -> Iterator[Gate]:
+    """``kubegate start`` with clusters ``sandbox`` (env=dev) and ``prod`` (env=prod), both the sandbox;
+    with ``workers`` > 1 the steps of one sign-in may land on different worker processes."""
     from kubegate.demo import free_port
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -124,6 +125,7 @@ state_dir: ./state
 proxy:
   listen: 127.0.0.1:{port}
   public_addr: 127.0.0.1:{port}
+  workers: {workers}
   limits: {{shutdown_grace: 2s}}
 metrics: {{listen: 127.0.0.1:{metrics_port}}}
 auth:

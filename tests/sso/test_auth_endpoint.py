@@ -136,3 +136,25 @@ def test_what_operators_issue_with_the_ca_key_is_recorded_too(gate, tmp_path):
     assert issued.returncode == 0, issued.stderr
     record = gate.issued()[-1]
     assert (record.user, record.roles, record.via) == ("carol", ("admin",), "operator")
+
+
+def test_an_expired_sign_in_gets_kubectl_the_same_message_through_the_exec_plugin(gate, tmp_path, kubectl_new,
+                                                                                   monkeypatch):
+    """Not in a terminal, `kubegate kube credentials` hands kubectl the expired certificate anyway, so the
+    proxy's 401 says what happened and what to do."""
+    from kubegate.client.kubeconfig import merge_contexts
+    from kubegate.client.profile import Profile, save_profile
+
+    issued, _ = issued_by_operator(gate, tmp_path, hours_ago=3)
+    ca_pem = (gate.state / "ca" / "ca.pem").read_bytes()
+    expires = issued.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+    env = gate.env(KUBECONFIG=str(tmp_path / "config"))
+    monkeypatch.setenv("KUBEGATE_HOME", env["KUBEGATE_HOME"])
+    save_profile(Profile(proxy=gate.proxy, user="alice", roles=["admin"], traits={}, kind="user",
+                         expires=expires, cert_pem=issued.cert_pem, key_pem=issued.key_pem, ca_pem=ca_pem))
+    merge_contexts(tmp_path / "config", gate.proxy, ["sandbox"], ca_pem, current="sandbox")
+    status = gate.kubegate("status")
+    assert status.returncode == 1 and "[EXPIRED: run kubegate login]" in status.stdout
+    result = subprocess.run([kubectl_new, "get", "pods"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert f"kubegate: your certificate expired at {expires}; run kubegate login" in result.stderr

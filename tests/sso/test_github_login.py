@@ -116,7 +116,9 @@ def gate(github, module_sandbox, tmp_path_factory):
     teams_to_roles:
     - {{organization: acme, team: platform, roles: [admin]}}
 """
-    with running_gate(tmp_path_factory.mktemp("github"), module_sandbox, connectors) as running:
+    # Two worker processes: login/start and login/finish come on separate connections and may be served by
+    # different workers (the pending sign-in lives in the shared store).
+    with running_gate(tmp_path_factory.mktemp("github"), module_sandbox, connectors, workers=2) as running:
         yield running
 
 
