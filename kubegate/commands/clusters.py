@@ -344,6 +344,9 @@ def run_ls(args: argparse.Namespace) -> int:
         widths = [max(len(row[i]) for row in table) for i in range(4)]
         for row in table:
             print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+        details = [f"{r['name']}: {r['health']}: {r['health_detail']}" for r in rows if r["health_detail"]]
+        if details:  # why a cluster is unhealthy (e.g. "impersonation not permitted: …"), under the table
+            print("\n" + "\n".join(details))
     for error in view.errors:
         print(f"error: {error}", file=sys.stderr)
     return 0

@@ -37,6 +37,8 @@ def test_setup_prints_and_applies_the_rbac_kubegate_needs(
 
     row = wait_for_health(kubegate_cli, tmp_path, "lab", "unhealthy")
     assert row["health_detail"].startswith("impersonation not permitted: cannot impersonate users, groups"), row
+    table = kubegate_cli("clusters", "ls", "-c", "kubegate.yaml", cwd=tmp_path).stdout
+    assert "\nlab: unhealthy: impersonation not permitted: cannot impersonate users, groups" in table
     assert "impersonation not permitted" in kubegate_cli("clusters", "show", "lab", "-c", "kubegate.yaml",
                                                          cwd=tmp_path).stdout
 
