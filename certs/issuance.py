@@ -94,6 +94,7 @@ class Issuer:
         public_key: ec.EllipticCurvePublicKey,
         via: str,
         not_after: datetime | None = None,
+        cluster: str | None = None,
     ) -> IssuedCertificate:
         if not roles:
             raise IssueError(f"{user!r} maps to no kubegate role: nothing to issue")
@@ -104,7 +105,8 @@ class Issuer:
         if ttl < timedelta(seconds=60):
             raise IssueError("the session has (almost) expired: sign in again")
         issued = self.ca.issue_user_certificate(
-            user, list(roles), ttl, traits={k: list(v) for k, v in traits.items()}, kind=kind, public_key=public_key
+            user, list(roles), ttl, traits={k: list(v) for k, v in traits.items()}, cluster=cluster, kind=kind,
+            public_key=public_key,
         )
         self.store.record_issued(
             IssuedRecord(

@@ -326,9 +326,11 @@ class AuthService:
                 raise AuthRefused(403, f"bot {name!r} was removed: its certificates are not renewed")
             return self._issue(user=identity.user, roles=list(bot.roles), traits=dict(bot.traits), kind="bot",
                                public_key=public_key, via="renew")
-        # A user's renewal rotates the key but never extends the session: signing in again does.
+        # A user's renewal rotates the key but never extends the session (signing in again does) and keeps
+        # everything else, the pinned cluster included.
         return self._issue(user=identity.user, roles=list(identity.roles), traits=dict(identity.traits),
-                           kind="user", public_key=public_key, via="renew", not_after=identity.not_after)
+                           kind="user", public_key=public_key, via="renew", not_after=identity.not_after,
+                           cluster=identity.pinned_cluster)
 
     def join(self, request: LocalRequest, body: dict[str, Any]) -> tuple[int, Any]:
         secret = self._field(body, "token")

@@ -158,3 +158,23 @@ def test_an_expired_sign_in_gets_kubectl_the_same_message_through_the_exec_plugi
     result = subprocess.run([kubectl_new, "get", "pods"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert f"kubegate: your certificate expired at {expires}; run kubegate login" in result.stderr
+
+
+def test_a_renewal_keeps_the_pinned_cluster(gate, tmp_path):
+    """A certificate pinned to one cluster must not renew into one that reaches every cluster."""
+    from cryptography import x509
+
+    from certs.ca import CertificateAuthority
+    from certs.identity import identity_from_certificate
+    from kubegate.client.login import new_key
+
+    ca = CertificateAuthority.load(gate.state / "ca")
+    pinned = ca.issue_user_certificate("dora", ["admin"], timedelta(hours=1), cluster="sandbox")
+    cert, key = tmp_path / "dora.crt", tmp_path / "dora.key"
+    cert.write_bytes(pinned.cert_pem)
+    key.write_bytes(pinned.key_pem)
+    status, answer = call(gate, "POST", "/kubegate/auth/renew", json.dumps({"public_key": new_key()[1]}).encode(),
+                          (str(cert), str(key)))
+    assert status == 200, answer
+    renewed = identity_from_certificate(x509.load_pem_x509_certificate(answer["certificate"].encode()))
+    assert renewed.pinned_cluster == "sandbox" and renewed.user == "dora"
