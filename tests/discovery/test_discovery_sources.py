@@ -26,7 +26,7 @@ from discovery.kube_cluster import (
     load_clusters_from_file,
     parse_resources,
 )
-from discovery.kubeconfig import kubeconfig_clusters_with_errors
+from discovery.kubeconfig import cluster_name_from, kubeconfig_clusters_with_errors
 
 CA_PEM = b"-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 CA_DATA = base64.b64encode(CA_PEM).decode()
@@ -357,3 +357,25 @@ def test_a_running_service_reports_a_name_collision_across_files_naming_both_con
     assert f"context 'arn:aws:eks:eu-west-1:1:cluster/prod' in {eu}" in message
     assert f"context 'arn:aws:eks:us-east-1:1:cluster/prod' in {us}" in message
     assert message in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [
+        ("prod", "prod"),
+        ("kubernetes-admin@kubernetes", "kubernetes"),  # kubeadm
+        ("arn:aws:eks:us-east-1:111122223333:cluster/prod", "prod"),  # aws eks update-kubeconfig
+        ("arn:aws-cn:eks:cn-north-1:111122223333:cluster/cn-prod", "cn-prod"),
+        ("gke_my-project_us-central1-a_web", "web"),  # gcloud container clusters get-credentials
+        ("kind-kind", "kind-kind"),
+        ("default/api-crc-testing:6443/kube:admin", "default-api-crc-testing-6443-kube-admin"),  # oc login
+        ("ops@arn:aws:eks:eu-west-1:1:cluster/eu", "eu"),
+    ],
+)
+def test_cluster_names_derived_from_context_names_real_tools_write(raw, name):
+    assert cluster_name_from(raw) == name
+
+
+def test_a_context_name_with_nothing_usable_is_refused():
+    with pytest.raises(DiscoveryError, match="invalid cluster name"):
+        cluster_name_from("@@@")
