@@ -305,11 +305,16 @@ class UpgradeSession:
         recordings = ex.fwd.recordings
         if recordings is None or ex.kind not in ("exec", "attach"):
             return None
-        self.recorder, refusal = await open_recording(
-            recordings, ex.fwd.policy, ex.identity, self.meta, lambda reason: ex.stop(reason))
+        self.recorder, refusal = await open_recording(recordings, ex.fwd.policy, ex.identity, self.meta,
+                                                      self._recording_failed)
         if refusal is not None:
             metrics.DENIALS.labels("recording_unavailable").inc()
         return refusal
+
+    def _recording_failed(self, reason: str) -> None:
+        """A strict recording can no longer be written: tell the owner, end the session."""
+        self.notify_owner(f"\r\n[kubegate] {reason}; the session is ended (recording mode strict)\r\n".encode())
+        self.ex.stop(reason)
 
     def _audit_session(self, event: str, verdict: Verdict) -> None:
         ex = self.ex

@@ -81,6 +81,18 @@ def _iso(ts: Any) -> str:
     return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def session_state(record: dict[str, Any]) -> str:
+    """``live`` / ``ended``, or ``interrupted`` for a live record whose proxy process (on this host) is gone
+    (killed before it could write the end)."""
+    from proxy.recording.tail import process_alive
+
+    state = str(record.get("state") or "")
+    pid = record.get("proxy_pid")
+    if state == "live" and isinstance(pid, int) and pid > 0 and not process_alive(pid):
+        return "interrupted"
+    return state
+
+
 def run_ls(args: argparse.Namespace) -> int:
     from kubegate.app import session_index
 
@@ -103,7 +115,7 @@ def run_ls(args: argparse.Namespace) -> int:
         rows.append((
             r.get("session_id", ""), _iso(r.get("start_time")), r.get("user", ""), r.get("cluster", ""),
             r.get("kind", ""), f"{r.get('namespace', '')}/{r.get('pod', '')}", "yes" if r.get("tty") else "no",
-            r.get("state", ""), "-" if r.get("exit_code") is None else str(r["exit_code"]),
+            session_state(r), "-" if r.get("exit_code") is None else str(r["exit_code"]),
             "-" if duration is None else f"{float(duration):.1f}s", " ".join(r.get("command") or []),
         ))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]

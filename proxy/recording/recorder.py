@@ -55,8 +55,12 @@ class Recordings:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="kubegate-recording")
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on the writer thread (in order with everything submitted before)."""
-        self._executor.submit(_logged, fn, *args)
+        """Run ``fn(*args)`` on the writer thread (in order with everything submitted before); after
+        ``close`` (a session outliving the shutdown) it runs at once, in the caller's thread."""
+        try:
+            self._executor.submit(_logged, fn, *args)
+        except RuntimeError:  # the executor is shut down
+            _logged(fn, *args)
 
     def put_index(self, record: dict[str, Any]) -> None:
         self.submit(self.index.put, dict(record))

@@ -52,6 +52,8 @@ def test_a_proxy_killed_mid_session_leaves_a_readable_recording(tmp_path, sb, ku
     assert listed.returncode == 0, listed.stderr
     (record,) = [json.loads(line) for line in listed.stdout.splitlines() if marker in line.decode()]
     assert record["state"] == "live"  # the proxy died before it could write the end
+    table = gate.cli("sessions", "ls").stdout.decode()
+    assert any(record["session_id"] in line and "interrupted" in line for line in table.splitlines())
     played = gate.cli("sessions", "play", record["session_id"], "--raw")
     assert played.returncode == 0 and b"before-42" in played.stdout
 

@@ -187,3 +187,51 @@ def test_a_follower_gets_the_header_and_whole_recent_lines_then_what_follows(tmp
     tail.announce_join(str(path), "bob")
     tail.announce_join(str(path), "carol")
     assert notices.new_joiners() == ["bob", "carol"] and notices.new_joiners() == []
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_write_failure_mid_session_stops_a_strict_session_only(tmp_path, strict):
+    """The store is a stand-in whose writes fail (a full or vanished disk cannot be made on demand here)."""
+    import asyncio
+
+    from proxy.recording.index import FileSessionIndex
+    from proxy.recording.recorder import Recordings
+    from proxy.recording.stores import RecordingStoreError
+
+    class FailingSink:
+        location = str(tmp_path / "x.cast")
+
+        def write_lines(self, lines):
+            raise RecordingStoreError("disk full")
+
+        def write(self, data):
+            raise RecordingStoreError("disk full")
+
+        def close(self):
+            pass
+
+    class FailingStore:
+        def open(self, session_id):
+            return FailingSink()
+
+        def read(self, location):
+            return b""
+
+    failures: list[str] = []
+
+    async def main():
+        recordings = Recordings(FailingStore(), FileSessionIndex(str(tmp_path)), flush_interval=0.01)
+        recorder = await recordings.open("d" * 32, {"session_id": "d" * 32}, record_input=False, strict=strict,
+                                         on_failure=failures.append)
+        recorder.content("stdout", b"hello")
+        for _ in range(200):
+            if recorder.failed:
+                break
+            await asyncio.sleep(0.01)
+        recorder.close({"session_id": "d" * 32})
+        recordings.close()
+        return recorder.failed
+
+    assert "disk full" in asyncio.run(main())
+    assert failures == (["session recording failed: disk full"] if strict else [])
+    assert "disk full" in FileSessionIndex(str(tmp_path)).get("d" * 32)["recording_error"]
