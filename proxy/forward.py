@@ -402,6 +402,7 @@ class Exchange:
             reason = fwd.locks.is_locked(identity)
             if reason:
                 metrics.DENIALS.labels("locked").inc()
+                self.error_headers = [(b"warning", warning_header(f"kubegate: {reason}"))]  # for kubectl's discovery
                 return 403, status_body(403, "Forbidden", reason)
         return None
 

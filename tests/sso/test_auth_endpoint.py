@@ -178,3 +178,19 @@ def test_a_renewal_keeps_the_pinned_cluster(gate, tmp_path):
     assert status == 200, answer
     renewed = identity_from_certificate(x509.load_pem_x509_certificate(answer["certificate"].encode()))
     assert renewed.pinned_cluster == "sandbox" and renewed.user == "dora"
+
+
+def test_kubectl_with_a_locked_certificate_prints_why(gate, tmp_path, kubectl):
+    from certs.ca import CertificateAuthority
+    from certs.kubeconfig import write_kubeconfig
+
+    issued = CertificateAuthority.load(gate.state / "ca").issue_user_certificate("erin", ["admin"], timedelta(hours=1))
+    kubeconfig = tmp_path / "erin.kubeconfig"
+    write_kubeconfig(kubeconfig, gate.proxy, ["sandbox"], (gate.state / "ca" / "ca.pem").read_bytes(),
+                     issued.cert_pem, issued.key_pem)
+    locked = gate.kubegate("users", "lock", "erin", "-c", "kubegate.yaml", "--reason", "laptop stolen")
+    assert locked.returncode == 0, locked.stderr
+    result = subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "get", "pods"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert "erin" in result.stderr and "laptop stolen" in result.stderr, result.stderr
