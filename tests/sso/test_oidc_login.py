@@ -112,6 +112,14 @@ def test_browser_login_then_kube_ls_kube_login_and_plain_kubectl(gate, tmp_path,
         assert pods.returncode == 0, pods.stderr
         assert pods.stdout.split()[:2] == ["NAMESPACE", "NAME"]
 
+    everything = tmp_path / "all"
+    logged = gate.kubegate("kube", "login", "--all", KUBECONFIG=str(everything))
+    assert logged.returncode == 0, status_of(logged)
+    assert [c["name"] for c in yaml.safe_load(everything.read_text())["contexts"]] == [
+        "127.0.0.1-prod", "127.0.0.1-sandbox"]
+    unknown = gate.kubegate("kube", "login", "staging", KUBECONFIG=str(everything))
+    assert unknown.returncode == 1 and "cluster 'staging' not found (yours: prod, sandbox)" in unknown.stderr
+
     out = gate.kubegate("logout")
     assert out.returncode == 0 and f"logged out of {gate.proxy}" in out.stdout
     assert gate.kubegate("status").returncode == 1
