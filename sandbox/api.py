@@ -12,6 +12,7 @@ sees (verb list/watch/get distinguished, subresources, non-resource paths).
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import json
 import logging
@@ -30,7 +31,8 @@ import yaml
 from rbac.status import status_dict
 from sandbox import patch as patches
 from sandbox import protobuf, tables
-from sandbox.controllers import DeploymentController, collect_garbage
+from sandbox.controllers import DeploymentController, PodAddresses, collect_garbage
+from sandbox.crds import CRD_GROUP, CRD_PLURAL, crd_resource_types, crd_status
 from sandbox.discovery_docs import AGGREGATED_V2, DOCS, OPENAPI_V2_PROTOBUF, DiscoveryDocs
 from sandbox.resources import CATALOG, KIND_FIELDS, Catalog, ResourceType
 from sandbox.selectors import (
@@ -224,12 +226,15 @@ class Api:
         self.reviews = reviews
         self.catalog = catalog
         self.docs = docs
+        self._builtin = catalog  # what is served without any CRD; CRDs in the store add to it
         self.max_body_bytes = max_body_bytes
         self.log_tick_seconds = log_tick_seconds
         self.bookmark_seconds = bookmark_seconds
         self.clock = clock
         self._next_cluster_ip = 100
         self.deployments = DeploymentController(store, self._controller_pod)
+        self.pod_addresses = PodAddresses(store)
+        self._serve_crds()
 
     # ================================================================== entry points
 
@@ -905,10 +910,13 @@ class Api:
                                            "state": {"running": {"startedAt": started}}, "lastState": {}}
                                           for c in spec.get("containers") or []],
                     "hostIP": "192.168.49.2",
-                    "podIP": f"10.244.1.{random.randint(2, 250)}",
+                    "podIP": (ip := self.pod_addresses.allocate()),
+                    "podIPs": [{"ip": ip}],
                     "qosClass": "BestEffort",
                     "startTime": started,
                 }
+        elif gr == (CRD_GROUP, CRD_PLURAL):
+            obj["status"] = crd_status(obj, now_rfc3339())
         elif gr == ("", "namespaces"):
             obj["spec"] = obj.get("spec") or {}
             obj["spec"].setdefault("finalizers", ["kubernetes"])
@@ -1016,8 +1024,28 @@ class Api:
         entry = self._after_write(rt, entry)
         return self._render_one(req, rt, entry, status)
 
+    def _serve_crds(self) -> None:
+        """Serve the kinds of every stored CRD (beside the built-in resources): a new catalog and new
+        discovery documents, so clients see them at once (kubectl re-reads discovery on a no-match)."""
+        builtin = self._builtin
+        extra: dict[tuple[str, str, str], ResourceType] = {}
+        for crd in self.store.list_objects(CRD_GROUP, CRD_PLURAL):
+            for rt in crd_resource_types(crd):
+                key = (rt.group, rt.version, rt.plural)
+                if builtin.get(*key) is None and key not in extra:
+                    extra[key] = rt
+        if not extra and self.catalog is builtin:
+            return
+        for rt in extra.values():
+            self.store.add_resource_type(rt)
+        self.catalog = Catalog(builtin.resources + tuple(extra.values())) if extra else builtin
+        self.docs = DiscoveryDocs(self.catalog)
+
     def _after_write(self, rt: ResourceType, entry: Entry) -> Entry:
         """Run the controllers a write concerns; answer with the object as they left it."""
+        if (rt.group, rt.plural) == (CRD_GROUP, CRD_PLURAL):
+            self._serve_crds()
+            return entry
         if (rt.group, rt.plural) != ("apps", "deployments"):
             return entry
         meta = entry.obj["metadata"]
@@ -1025,10 +1053,26 @@ class Api:
         return self.store.get_entry(rt.group, rt.plural, meta["namespace"], meta["name"]) or entry
 
     def _collect_owned(self, rt: ResourceType, deleted: Entry) -> None:
-        """Garbage collection of what a deleted Deployment / ReplicaSet owned (background propagation)."""
+        """Garbage collection of what a deleted Deployment / ReplicaSet owned (background propagation);
+        a deleted pod of a ReplicaSet is replaced (the controller keeps the replica count)."""
         if (rt.group, rt.plural) in (("apps", "deployments"), ("apps", "replicasets")):
             meta = deleted.obj["metadata"]
             collect_garbage(self.store, meta.get("namespace", ""), meta.get("uid", ""))
+        elif (rt.group, rt.plural) == ("", "pods"):
+            self.deployments.pod_deleted(deleted.obj)
+        elif (rt.group, rt.plural) == (CRD_GROUP, CRD_PLURAL):
+            self._delete_custom_objects(deleted.obj)
+            self._serve_crds()
+
+    def _delete_custom_objects(self, crd: dict[str, Any]) -> None:
+        """A deleted CRD takes its objects with it (the apiextensions controller's cleanup)."""
+        for rt in crd_resource_types(crd):
+            if self._builtin.get(rt.group, rt.version, rt.plural) is not None:
+                continue
+            for obj in self.store.list_objects(rt.group, rt.plural):
+                meta = obj["metadata"]
+                with contextlib.suppress(NotFound):
+                    self.store.delete(rt.group, rt.plural, meta.get("namespace"), meta["name"])
 
     def _controller_pod(self, pod: dict[str, Any]) -> None:
         pod_rt = self.catalog.get("", "v1", "pods")

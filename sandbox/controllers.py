@@ -3,7 +3,8 @@
 Deployments written through the API get a ReplicaSet per pod template (``<name>-<template hash>``,
 ``deployment.kubernetes.io/revision`` annotations, older ReplicaSets scaled to zero) and the ReplicaSet's
 pods (``<replicaset>-<suffix>``, owned by it, running at once). Deleting a Deployment or ReplicaSet
-deletes what it owns. Objects loaded as seed data are left alone (no controller saw them being written).
+deletes what it owns; deleting a pod a ReplicaSet owns makes the ReplicaSet create a replacement.
+Objects loaded as seed data are left alone (no controller saw them being written).
 """
 
 from __future__ import annotations
@@ -94,6 +95,19 @@ class DeploymentController:
                 new["status"] = status
                 store.update("apps", "deployments", new)
 
+    def pod_deleted(self, pod: dict[str, Any]) -> None:
+        """A pod went away: the ReplicaSet that owned it (if any, and still there) makes up its replica
+        count again, as the ReplicaSet controller does (kubectl delete pod → a new pod appears)."""
+        namespace = pod["metadata"].get("namespace", "")
+        for ref in pod["metadata"].get("ownerReferences") or []:
+            if ref.get("kind") != "ReplicaSet" or not ref.get("controller"):
+                continue
+            with self.store._lock:
+                rs = self.store.get_object("apps", "replicasets", namespace, ref.get("name", ""))
+                if rs is None or rs["metadata"].get("uid") != ref.get("uid"):
+                    continue
+                self._scale_replicaset(rs, int((rs.get("spec") or {}).get("replicas", 0) or 0))
+
     def _scale_replicaset(self, rs: dict[str, Any], replicas: int) -> None:
         store = self.store
         namespace = rs["metadata"]["namespace"]
@@ -127,6 +141,28 @@ class DeploymentController:
                 store.update("apps", "replicasets", new)
 
 
+class PodAddresses:
+    """Pod IPs from 10.244.1.0 - 10.244.254.255 (the seed's pods use 10.244.0.x), each unique among the
+    stored pods: the next address after the last one given out that no pod holds (as a node's IPAM
+    hands them out), wrapping around when the range is used up."""
+
+    SIZE = 254 * 256
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._next = 0
+
+    def allocate(self) -> str:
+        used = {(pod.get("status") or {}).get("podIP") for pod in self.store.list_objects("", "pods")}
+        for _ in range(self.SIZE):
+            n = self._next
+            self._next = (n + 1) % self.SIZE
+            address = f"10.244.{1 + n // 256}.{n % 256}"
+            if n % 256 not in (0, 255) and address not in used:
+                return address
+        raise RuntimeError("the sandbox's pod network 10.244.0.0/16 is full")
+
+
 def collect_garbage(store: Store, namespace: str, owner_uid: str) -> None:
     """Delete what an owner (by uid) owned in its namespace: ReplicaSets first (and their pods), then pods."""
     for rs in store.list_objects("apps", "replicasets", namespace):
@@ -144,4 +180,4 @@ def collect_garbage(store: Store, namespace: str, owner_uid: str) -> None:
                 pass
 
 
-__all__ = ["DeploymentController", "collect_garbage", "template_hash"]
+__all__ = ["DeploymentController", "PodAddresses", "collect_garbage", "template_hash"]

@@ -2,7 +2,8 @@
 
 * ``pods/exec`` runs the command as a real local process (``asyncio.create_subprocess_exec``, never a
   shell), in the pod's working directory ``<pod_root>/<namespace>/<pod>`` (created on demand;
-  ``pod_root`` defaults to ``$TMPDIR/kubegate-sandbox-pods``, see :func:`configure`). With a tty the
+  ``pod_root`` is the sandbox's ``<state>/pods`` (:func:`use_pod_root`), else
+  ``$TMPDIR/kubegate-sandbox-pods``, see :func:`configure`). With a tty the
   process gets a pty (``pty.openpty``) as stdin/stdout/stderr and as its controlling terminal.
   It runs in its own session/process group; killing it kills the group.
 * ``pods/attach`` attaches to the pod's console: one long-running process per (namespace, pod,
@@ -42,6 +43,9 @@ READ_CHUNK = 64 * 1024
 _pod_root: Path = Path(tempfile.gettempdir()) / "kubegate-sandbox-pods"
 
 
+_loop_roots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Path] = weakref.WeakKeyDictionary()
+
+
 def configure(pod_root: str | os.PathLike[str]) -> Path:
     """Set the directory under which each pod gets its working directory; returns the previous one."""
     global _pod_root
@@ -49,9 +53,20 @@ def configure(pod_root: str | os.PathLike[str]) -> Path:
     return previous
 
 
+def use_pod_root(pod_root: str | os.PathLike[str]) -> None:
+    """Give the pods of the running event loop's sandbox their working directories under ``pod_root``
+    (``build_sandbox`` uses ``<state>/pods``, so a sandbox keeps them inside its own state directory and
+    several sandboxes in one process keep theirs apart)."""
+    _loop_roots[asyncio.get_running_loop()] = Path(pod_root)
+
+
 def pod_workdir(namespace: str, pod: str) -> Path:
     safe = [p.replace("/", "_").replace("..", "_") or "_" for p in (namespace, pod)]
-    path = _pod_root / safe[0] / safe[1]
+    try:
+        root = _loop_roots.get(asyncio.get_running_loop(), _pod_root)
+    except RuntimeError:  # not called from a sandbox's loop
+        root = _pod_root
+    path = root / safe[0] / safe[1]
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -70,9 +85,22 @@ def pod_env(namespace: str, pod: str, workdir: Path, tty: bool) -> dict[str, str
     return env
 
 
-def _set_controlling_tty() -> None:  # runs in the child, after setsid()
-    with contextlib.suppress(OSError):
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+def _controlling_tty(slave_path: str) -> Callable[[], None]:
+    """A ``preexec_fn`` making the pty at ``slave_path`` the child's controlling terminal: a new session
+    (so a shell gets job control instead of "sh: 0: can't access tty"), then the slave opened by its
+    path and claimed with TIOCSCTTY. It does not rely on the stdio descriptors being in place yet
+    (uvloop runs ``preexec_fn`` before it sets them up)."""
+
+    def claim() -> None:
+        with contextlib.suppress(OSError):
+            os.setsid()
+        fd = os.open(slave_path, os.O_RDWR)
+        try:
+            fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+        finally:
+            os.close(fd)
+
+    return claim
 
 
 def set_window_size(fd: int, width: int, height: int) -> None:
@@ -101,7 +129,7 @@ class LocalProcess:
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env,
-                    start_new_session=True, preexec_fn=_set_controlling_tty,
+                    preexec_fn=_controlling_tty(os.ttyname(slave)),
                 )
             except BaseException:
                 os.close(master)

@@ -559,8 +559,10 @@ class SandboxServer:
         port: int = 0,
         limits: ServerLimits | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
+        pod_root: Path | None = None,
     ) -> None:
         self.api = api
+        self.pod_root = pod_root  # where exec/attach processes get their per-pod working directories
         self.idle_timeout = idle_timeout
         self._sweeper: asyncio.Task[None] | None = None
         self.authorizer = authorizer
@@ -603,6 +605,10 @@ class SandboxServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.pod_root is not None:
+            from sandbox.processes import use_pod_root
+
+            use_pod_root(self.pod_root)
         self._all_closed = asyncio.Event()
         self._server = await loop.create_server(
             lambda: _Connection(self),
@@ -727,6 +733,7 @@ def build_sandbox(
         host=host,
         port=port,
         limits=limits,
+        pod_root=state / "pods",
     )
     return SandboxParts(server, store, pki, tokens, state, state / "admin.kubeconfig")
 

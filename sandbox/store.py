@@ -214,7 +214,14 @@ class Store:
         self._namespaced: dict[GR, bool] = {}
         self._generation: dict[GR, bool] = {}
         for rt in catalog.stored():
-            gr = (rt.group, rt.plural)
+            self.add_resource_type(rt)
+
+    def add_resource_type(self, rt: ResourceType) -> None:
+        """Make room for objects of ``rt`` (a custom resource once its CRD is stored); idempotent."""
+        gr = (rt.group, rt.plural)
+        with self._lock:
+            if gr in self._data:
+                return
             self._data[gr] = {}
             self._sorted[gr] = []
             self._history[gr] = deque()

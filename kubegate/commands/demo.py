@@ -112,6 +112,9 @@ Try it (in another terminal):
 
   {shlex.quote(kubectl)} --kubeconfig {shlex.quote(str(state.kubeconfig_path))} get pods -A
 
+  Note: the sandbox has no containers. `kubectl exec` and `attach` run the command as a real process
+  on THIS machine, as you, in the pod's directory under {sb.state_dir / "pods"}
+
 """ + sign_in_help(state, provider, state_dir) + """
 Press Ctrl-C to stop.""", flush=True)
 

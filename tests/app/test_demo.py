@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,7 @@ def test_demo_prints_a_kubectl_line_that_works_and_cleans_up_on_ctrl_c(tmp_path,
     try:
         assert ready.wait(60), "".join(lines)
         assert proc.poll() is None, "".join(lines)
+        assert any("get pods -A" in line for line in lines), "".join(lines)
         command_line = next(line for line in lines if "get pods -A" in line)
         argv = shlex.split(command_line)
         assert argv[0].endswith("kubectl") and argv[1] == "--kubeconfig" and argv[3:] == ["get", "pods", "-A"]
@@ -64,11 +66,22 @@ def test_demo_prints_a_kubectl_line_that_works_and_cleans_up_on_ctrl_c(tmp_path,
         assert result.stdout.splitlines()[0].split()[:2] == ["NAMESPACE", "NAME"]
         assert len(result.stdout.splitlines()) > 1
         assert "default" in result.stdout
+        # exec runs a real local process: the demo says so next to its kubectl line, and the process runs
+        # in the pod's own directory inside the demo's state, not in a shared /tmp directory
+        deadline = time.monotonic() + 30
+        while "Press Ctrl-C" not in "".join(lines) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "run the command as a real process\n  on THIS machine" in "".join(lines)
+        pwd = subprocess.run([kubectl_new, *argv[1:3], "exec", "-n", "default", "hello", "--", "pwd"],
+                             capture_output=True, text=True, timeout=60)
+        assert pwd.returncode == 0, pwd.stderr
+        assert pwd.stdout.strip() == str(state_dir / "sandbox" / "pods" / "default" / "hello")
     finally:
         code = _stop(proc)
     assert code == 0, "".join(lines)
     assert "stopped" in "".join(lines)
     assert not state_dir.exists()  # temporary state removed
+    assert not (tmp_path / "kubegate-sandbox-pods").exists()  # nothing left in the demo's TMPDIR
 
 
 @pytest.mark.e2e
