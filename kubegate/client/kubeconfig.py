@@ -60,8 +60,10 @@ def _replace(entries: list[dict[str, Any]], entry: dict[str, Any]) -> None:
     entries.append(entry)
 
 
-def merge_contexts(path: Path, proxy: str, clusters: Sequence[str], ca_pem: bytes, current: str | None) -> list[str]:
-    """Add/update the contexts for ``clusters`` in ``path``; returns the context names."""
+def merge_contexts(path: Path, proxy: str, clusters: Sequence[str], ca_pem: bytes | None,
+                   current: str | None) -> list[str]:
+    """Add/update the contexts for ``clusters`` in ``path``; returns the context names. ``ca_pem`` None:
+    kubectl verifies the proxy with the system's CAs."""
     try:
         document = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
@@ -90,9 +92,10 @@ def merge_contexts(path: Path, proxy: str, clusters: Sequence[str], ca_pem: byte
     for cluster in clusters:
         name = context_for(proxy, cluster)
         names.append(name)
-        _replace(document["clusters"], {"name": name, "cluster": {
-            "server": cluster_server_url(proxy, cluster),
-            "certificate-authority-data": base64.b64encode(ca_pem).decode()}})
+        entry: dict[str, Any] = {"server": cluster_server_url(proxy, cluster)}
+        if ca_pem is not None:
+            entry["certificate-authority-data"] = base64.b64encode(ca_pem).decode()
+        _replace(document["clusters"], {"name": name, "cluster": entry})
         _replace(document["contexts"], {"name": name, "context": {"cluster": name, "user": user}})
     if current is not None:
         document["current-context"] = context_for(proxy, current)

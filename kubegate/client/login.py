@@ -130,9 +130,11 @@ def device_login(client: AuthClient, connector: str, *, out: TextIO,
     raise ClientError("the device code expired before the sign-in finished")
 
 
-def profile_from_answer(proxy: str, answer: dict[str, Any], key_pem: bytes, connector: str) -> Profile:
+def profile_from_answer(proxy: str, answer: dict[str, Any], key_pem: bytes, connector: str,
+                        system_trust: bool = False) -> Profile:
     return Profile(
         proxy=proxy, user=answer["user"], roles=list(answer["roles"]), traits=dict(answer["traits"]),
         kind=answer["kind"], expires=answer["expires"], connector=connector, serial=answer["serial"],
+        system_trust=system_trust,
         cert_pem=answer["certificate"].encode(), key_pem=key_pem, ca_pem=answer["ca"].encode(),
     )

@@ -5,7 +5,8 @@
       profiles/<host_port>/          0700, one per proxy
         identity.pem                 certificate + private key in one file (0600): never a new
                                      certificate with an old key
-        ca.pem                       the kubegate CA of that proxy (pinned at first contact)
+        ca.pem                       the kubegate CA of that proxy (pinned at first contact; what
+                                     verifies the proxy unless profile.json says system_trust)
         profile.json                 proxy, user, roles, traits, kind, expiry, connector (0600)
 """
 
@@ -46,6 +47,9 @@ class Profile:
     expires: str  # ISO 8601 UTC
     connector: str = ""
     serial: str = ""
+    # The proxy's serving certificate is trusted through the system's CAs (a public certificate), not
+    # through the pinned kubegate CA: kubeconfigs then carry no certificate-authority-data.
+    system_trust: bool = False
     cert_pem: bytes = field(default=b"", repr=False)
     key_pem: bytes = field(default=b"", repr=False)
     ca_pem: bytes = field(default=b"", repr=False)
@@ -61,6 +65,11 @@ class Profile:
     @property
     def ca_file(self) -> Path:
         return self.directory / "ca.pem"
+
+    @property
+    def server_ca(self) -> bytes | None:
+        """What verifies the proxy's serving certificate: the pinned CA, or None for the system's CAs."""
+        return None if self.system_trust else self.ca_pem
 
     @property
     def not_after(self) -> datetime:

@@ -51,7 +51,7 @@ def _clusters(profile: Profile) -> list[dict[str, object]]:
     from kubegate.client.api import AuthClient, ClientError
 
     try:
-        client = AuthClient(profile.proxy, profile.ca_pem, (profile.cert_pem, profile.key_pem))
+        client = AuthClient(profile.proxy, profile.server_ca, (profile.cert_pem, profile.key_pem))
         return client.get("clusters")
     except ClientError as exc:
         raise CommandError(str(exc)) from None
@@ -85,7 +85,7 @@ def run_login(args: argparse.Namespace) -> int:
     chosen = visible if args.all else [args.cluster]
     path = kubeconfig_path()
     try:
-        names = merge_contexts(path, profile.proxy, chosen, profile.ca_pem,
+        names = merge_contexts(path, profile.proxy, chosen, profile.server_ca,
                                current=args.cluster or (chosen[0] if chosen else None))
     except (OSError, ValueError) as exc:
         raise CommandError(f"cannot update {path}: {exc}") from None

@@ -43,8 +43,8 @@ def sign_in(proxy: str, connector: str | None, ca_pin: str | None, *, headless: 
         known = load_profile(proxy)
         if ca_pin:
             ca_pem: bytes | None = fetch_pinned_ca(proxy, ca_pin)
-        else:
-            ca_pem = known.ca_pem if known is not None else None
+        else:  # the CA pinned at an earlier sign-in, else the system's CAs (a public serving certificate)
+            ca_pem = known.server_ca if known is not None else None
         client = AuthClient(proxy, ca_pem)
         if connector is None:
             connectors = client.get("connectors")
@@ -58,7 +58,7 @@ def sign_in(proxy: str, connector: str | None, ca_pin: str | None, *, headless: 
             answer, key_pem = browser_login(client, connector, open_browser=open_browser, out=sys.stderr)
     except ClientError as exc:
         raise CommandError(str(exc)) from None
-    profile = profile_from_answer(proxy, answer, key_pem, connector)
+    profile = profile_from_answer(proxy, answer, key_pem, connector, system_trust=ca_pem is None)
     save_profile(profile)
     return profile
 
