@@ -115,3 +115,26 @@ def test_bots_ls_lists_what_add_registered(gate):
     assert listed.returncode == 0, status_of(listed)
     assert {"name": "lister", "roles": ["admin"]}.items() <= next(
         b for b in json.loads(listed.stdout) if b["name"] == "lister").items()
+
+
+def test_a_running_bot_stops_when_it_is_removed(gate, tmp_path):
+    """The renewal loop of `bot start --proxy`: joined, then — once the operator removed the bot — its
+    next renewal is refused and the loop ends with the proxy's reason (no retrying forever)."""
+    from certs.bot import BotError
+    from kubegate.client.bot import run_remote_bot
+
+    added = add_bot(gate, "looper")
+    now = [time.time()]
+    results = []
+
+    def wait(seconds: float) -> bool:
+        if len(results) == 1:
+            removed = gate.kubegate("bots", "rm", "looper", "-c", "kubegate.yaml")
+            assert removed.returncode == 0, status_of(removed)
+        now[0] += seconds + 1  # the renewal is due when the loop wakes up
+        return False
+
+    with pytest.raises(BotError, match="bot 'looper' was removed: its certificates are not renewed"):
+        run_remote_bot(gate.proxy, tmp_path / "looper", token=added["token"], ca_pin=added["ca_pin"], wait=wait,
+                       on_result=results.append, clock=lambda: now[0])
+    assert [r.reason for r in results] == ["joined"]
