@@ -26,6 +26,7 @@ from proxy import metrics
 from proxy.catalogs import CatalogCache
 from proxy.endpoints import LocalHandler
 from proxy.forward import Forwarder, ProxySettings
+from proxy.memory import Trimmer
 from proxy.policy import Policy, RbacPolicy
 from proxy.server import Listener, listening_socket
 from proxy.tls import server_context
@@ -240,10 +241,12 @@ class Proxy:
     async def _sweep_loop(self) -> None:
         fwd = self.fwd
         assert fwd is not None
+        trimmer = Trimmer()
         while True:
             await asyncio.sleep(self.sweep_interval)
             try:
                 fwd.sweep()
+                trimmer.check(len(fwd.connections) + (len(self.listener.handshakes) if self.listener else 0))
                 metrics.flush()
                 metrics.record_upstream({name: pool.state() for name, pool in fwd.pools.pools.items()})
             except Exception:
