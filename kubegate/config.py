@@ -223,6 +223,7 @@ class LimitsConfig:
         "size", 64 * MiB, min=64 * KiB, max=4 * GiB, help="queued for a client that does not read: it is cut"
     )
     request_body_timeout: float = _f("duration", 60.0, min=0.1, max=86400.0, help="a request body, head to end")
+    http1_max_pipelined: int = _f("int", 64, min=1, max=100_000, help="per connection, before reading pauses")
     upstream_max_connections: int = _f("int", 16, min=1, max=10_000, help="per cluster")
 
 

@@ -109,6 +109,7 @@ class Proxy:
             h2_max_control_frames_per_second=limits.h2_max_control_frames_per_second,
             client_write_buffer_max=limits.client_write_buffer_max,
             request_body_timeout=limits.request_body_timeout,
+            http1_max_pipelined=limits.http1_max_pipelined,
         )
         pool_settings = PoolSettings(
             connect_timeout=getattr(limits, "upstream_connect_timeout", 10.0),

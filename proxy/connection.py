@@ -11,6 +11,8 @@ Abuse: the HTTP/2 codec counts frames that cost the proxy work and the client no
 PING, SETTINGS) and reports each quantum (``FramesCounted``); two quanta of one kind within a second
 (more than ``h2_max_*_per_second``) end the connection with GOAWAY(ENHANCE_YOUR_CALM). A client that
 does not read what is queued for it is cut once more than ``client_write_buffer_max`` bytes wait.
+An HTTP/1.1 client pipelining more than ``http1_max_pipelined`` requests is not read from until half of
+them have been answered.
 Each is counted in ``kubegate_client_connections_rejected_total`` by reason and logged (rate-limited).
 """
 
@@ -114,6 +116,8 @@ class ClientConnection(asyncio.Protocol):
                 self._dispatch(event)
         except _Cut:
             return
+        if len(self.exchanges) > self.fwd.settings.http1_max_pipelined and codec.http_version != "2":
+            self.pause_reading()  # pipelined requests: read no more until answers have gone out
         if (
             idle
             and not self.exchanges
@@ -255,6 +259,8 @@ class ClientConnection(asyncio.Protocol):
 
     def exchange_done(self, stream_id: int) -> None:
         self.exchanges.pop(stream_id, None)
+        if self._read_paused and len(self.exchanges) <= self.fwd.settings.http1_max_pipelined // 2:
+            self.resume_reading()
         if not self.exchanges and not self.upgraded:
             if self._closing_after_flush or (self.codec is not None and self.codec.must_close):
                 self._flush()

@@ -236,9 +236,15 @@ class Http1ServerConnection:
             self._fail(status, f"bad request: {message}")
         else:
             if self._in_head:
-                self._head_fed += len(data)
-                if self._head_fed > self._max_head:
-                    self._fail(431, f"request header fields larger than {self._max_head} bytes")
+                # A head still incomplete at the end of this chunk: chunks after the one it began in are
+                # all head bytes (on_header only sees complete lines). The chunk it began in also holds
+                # the requests before it (pipelining, a body): not counted, it is bounded by the read size.
+                if self._head_fed < 0:
+                    self._head_fed = 0
+                else:
+                    self._head_fed += len(data)
+                    if self._head_fed > self._max_head:
+                        self._fail(431, f"request header fields larger than {self._max_head} bytes")
         if not events:
             return []
         self._events = []
@@ -299,7 +305,7 @@ class Http1ServerConnection:
         self._url = b""
         self._headers = []
         self._head_bytes = 0
-        self._head_fed = 0
+        self._head_fed = -1  # began in the chunk being fed
         self._in_msg = True
         self._in_head = True
         self._body_bytes = 0

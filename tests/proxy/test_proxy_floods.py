@@ -42,7 +42,8 @@ def fp(sandbox, tmp_path_factory) -> Iterator:
 
     base = tmp_path_factory.mktemp("floods")
     roles = RoleWatcher(str(write_roles(base / "roles")), time.time)
-    settings = ProxySettings(header_timeout=1.0, idle_timeout=30.0, max_header_bytes=8192, request_body_timeout=2.0)
+    settings = ProxySettings(header_timeout=1.0, idle_timeout=600.0, max_header_bytes=8192, request_body_timeout=2.0,
+                             client_write_buffer_max=1024 * 1024)
     with running_proxy(base / "proxy", clusters=[cluster_for_sandbox(sandbox)], roles=roles, settings=settings) as proxy:
         yield proxy
 
@@ -413,3 +414,63 @@ def test_ten_thousand_idle_tls_connections_and_silent_tcp_ones(fp, creds, baseli
     print(f"opened in {opened['seconds']} s; {held_rss / IDLE:.0f} B RSS per idle connection; "
           f"other client answered in {took:.2f} s; RSS after close +{after / 1e6:.1f} MB")
     assert after < max(held_rss / 2, 16 * 1024 * 1024), (after, held_rss)
+
+
+# --- after an upgrade -----------------------------------------------------------------------------
+
+EXEC = b"/k8s/clusters/sandbox/api/v1/namespaces/dev/pods/web-1/exec?command=cat&stdin=true&stdout=true"
+UPGRADES = {
+    "spdy": b"POST " + EXEC + b" HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+            b"X-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n",
+    "websocket": b"GET " + EXEC + b" HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                 b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n",
+}  # fmt: skip
+GARBAGE = {
+    "random": os.urandom(256 * 1024),
+    # SPDY control frame header (version 3, SYN_STREAM) declaring a 16 MB body, then a little of it
+    "spdy_huge_length": b"\x80\x03\x00\x01\x00\xff\xff\xff" + b"\x00" * 65536,
+    # WebSocket binary frame, masked, declaring a 2**63-1 byte payload
+    "ws_huge_length": b"\x82\xff\x7f\xff\xff\xff\xff\xff\xff\xff" + b"\x00\x00\x00\x00" + b"\x00" * 65536,
+    # WebSocket frames with reserved opcodes and RSV bits, unmasked (clients must mask)
+    "ws_reserved_bits": b"\xf3\x05hello\x8b\x00" * 1000,
+}
+
+
+@pytest.mark.parametrize("garbage", sorted(GARBAGE))
+@pytest.mark.parametrize("protocol", sorted(UPGRADES))
+def test_garbage_after_an_upgrade_ends_that_session_only(fp, creds, baseline, protocol, garbage):
+    """After the 101 the proxy relays bytes; bytes that are not the protocol (or frames declaring absurd
+    lengths) end that session when the server gives up, never the proxy: another client is answered
+    and nothing of the session is left behind."""
+    with tls_connect(fp, creds) as sock:
+        sock.sendall(UPGRADES[protocol])
+        sock.settimeout(10)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(65536)
+            assert chunk, head
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101"), head[:300]
+        try:
+            sock.sendall(GARBAGE[garbage])
+        except (OSError, ssl.SSLError):
+            pass  # the server may give up before it has read it all
+        answers_within(fp, creds)
+        read_all(sock, limit=1)  # the session ends (or is still relaying): either way we leave
+
+
+def test_a_client_that_never_reads_is_cut_once_its_buffer_is_full(fp, creds, baseline):
+    """40,000 pipelined requests answered by the proxy itself (404 Status, ~18 MB of answers) from a
+    client that never reads: past the socket buffers the answers pile up in the proxy, which cuts the
+    connection once more than ``client_write_buffer_max`` (1 MiB here) waits."""
+    before = rejected("write_buffer_full")
+    with tls_connect(fp, creds) as sock:
+        sock.settimeout(30)
+        try:
+            sock.sendall(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n" * 40_000)
+        except (OSError, ssl.SSLError):
+            pass  # cut while still sending
+        wait_for(lambda: rejected("write_buffer_full") > before)
+        wait_for(lambda: fp.stats()["connections"] == 0)
+    answers_within(fp, creds)
