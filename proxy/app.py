@@ -247,7 +247,7 @@ class Proxy:
             await asyncio.sleep(self.sweep_interval)
             try:
                 fwd.sweep()
-                trimmer.check(len(fwd.connections) + (len(self.listener.handshakes) if self.listener else 0))
+                trimmer.check(len(fwd.connections) + (len(self.listener.handshakes) if self.listener else 0), fwd.loop.time())
                 metrics.flush()
                 metrics.record_upstream({name: pool.state() for name, pool in fwd.pools.pools.items()})
             except Exception:

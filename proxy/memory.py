@@ -3,8 +3,9 @@
 Each client connection holds tens of KiB in C allocations (OpenSSL, the TLS transport's buffers); when
 thousands close at once (a flood of idle connections ends), glibc keeps the freed memory in its arenas
 and the process's RSS stays at its peak. ``Trimmer.check(open_connections)``, called by the proxy's
-periodic sweep, calls ``malloc_trim(0)`` once the count has fallen by ``drop`` since its peak.
-Elsewhere than glibc it does nothing.
+periodic sweep, calls ``malloc_trim(0)`` once the count has fallen by ``drop`` since its peak, and
+once more ``again`` seconds later (closing connections free their TLS state a little after they leave
+the count: the abort grace of ``ClientConnection._end``). Elsewhere than glibc it does nothing.
 """
 
 from __future__ import annotations
@@ -26,21 +27,29 @@ def _libc_malloc_trim() -> Callable[[int], int] | None:
 
 
 class Trimmer:
-    __slots__ = ("drop", "_peak", "_trim")
+    __slots__ = ("drop", "again", "_peak", "_due", "_trim")
 
-    def __init__(self, drop: int = 1000, trim: Callable[[int], int] | None = None) -> None:
+    def __init__(self, drop: int = 1000, again: float = 3.0, trim: Callable[[int], int] | None = None) -> None:
         self.drop = drop
+        self.again = again
         self._peak = 0
+        self._due: float | None = None  # when to trim once more after a trim
         self._trim = trim if trim is not None else _libc_malloc_trim()
 
-    def check(self, open_connections: int) -> bool:
-        """True when memory was handed back (the count fell by ``drop`` since its peak)."""
+    def check(self, open_connections: int, now: float) -> bool:
+        """True when memory was handed back (the count fell by ``drop`` since its peak, or the follow-up
+        of such a trim is due)."""
         if open_connections > self._peak:
             self._peak = open_connections
+        if self._trim is None:
             return False
-        if self._trim is None or self._peak - open_connections < self.drop:
+        if self._peak - open_connections >= self.drop:
+            self._peak = open_connections
+            self._due = now + self.again
+        elif self._due is not None and now >= self._due:
+            self._due = None
+        else:
             return False
-        self._peak = open_connections
         self._trim(0)
         log.info("returned freed memory to the system", extra={"connections": open_connections})
         return True

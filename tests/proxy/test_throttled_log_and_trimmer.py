@@ -24,12 +24,14 @@ def test_one_line_a_second_per_reason_and_the_next_says_how_many_were_held(caplo
     assert records[2].suppressed == 2  # type: ignore[attr-defined]
 
 
-def test_memory_is_trimmed_once_the_connection_count_falls_by_the_drop():
+def test_memory_is_trimmed_once_the_connection_count_falls_by_the_drop_and_once_more_later():
     calls: list[int] = []
-    trimmer = Trimmer(drop=1000, trim=lambda pad: calls.append(pad) or 1)
+    trimmer = Trimmer(drop=1000, again=3.0, trim=lambda pad: calls.append(pad) or 1)
     for count in (10, 5000, 10_000, 9_500):
-        assert not trimmer.check(count)
-    assert trimmer.check(8_000)  # 2,000 below the peak
-    assert not trimmer.check(7_500)  # the peak is now 8,000
-    assert trimmer.check(0)
-    assert calls == [0, 0]
+        assert not trimmer.check(count, 0.0)
+    assert trimmer.check(8_000, 1.0)  # 2,000 below the peak
+    assert not trimmer.check(7_500, 2.0)  # the peak is now 8,000; the follow-up is not due yet
+    assert trimmer.check(7_500, 4.0)  # the follow-up (connections free their TLS state late)
+    assert not trimmer.check(7_500, 9.0)
+    assert trimmer.check(0, 10.0)
+    assert calls == [0, 0, 0]
