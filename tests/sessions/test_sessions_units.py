@@ -158,14 +158,16 @@ def test_the_file_sink_writes_many_lines_in_order_and_refuses_after_close(tmp_pa
         FileStore(str(tmp_path)).open("c" * 32)  # never overwrites a recording
 
 
-def test_a_role_file_with_an_unimplemented_option_is_refused_naming_the_file(tmp_path):
-    from rbac.roles import load_role_file
+def test_a_role_file_with_an_unimplemented_option_is_refused_naming_the_file_and_the_others_load(tmp_path):
+    from rbac.roles import load_roles_dir
 
-    path = tmp_path / "mfa.yaml"
-    path.write_text(ROLE % ("{require_session_mfa: hardware_key}", ""))
-    with pytest.raises(RoleError) as err:
-        load_role_file(path)
-    assert str(path) in str(err.value) and "require_session_mfa" in str(err.value) and "not implemented" in str(err.value)
+    (tmp_path / "mfa.yaml").write_text(ROLE.replace("name: r", "name: mfa") % ("{require_session_mfa: hardware_key}", ""))
+    (tmp_path / "ok.yaml").write_text(ROLE.replace("name: r", "name: ok") % ("{record_session: {default: strict}}", ""))
+    roles = load_roles_dir(tmp_path)
+    assert roles.names() == ["ok"] and roles.get("ok").record_session == RecordSession("strict")
+    (refusal,) = roles.refused.values()
+    assert str(tmp_path / "mfa.yaml") in str(refusal) and "require_session_mfa" in str(refusal)
+    assert "not implemented" in str(refusal)
 
 
 def test_a_follower_gets_the_header_and_whole_recent_lines_then_what_follows(tmp_path, monkeypatch):
