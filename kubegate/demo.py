@@ -91,7 +91,7 @@ class DemoState:
         return f"https://127.0.0.1:{self.proxy_port}"
 
 
-def _rename_single_context(upstream_kubeconfig: str | os.PathLike[str], name: str) -> dict:
+def single_context_kubeconfig(upstream_kubeconfig: str | os.PathLike[str], name: str) -> dict:
     """The upstream kubeconfig with its current context renamed to ``name`` (only that context kept)."""
     doc = yaml.safe_load(Path(upstream_kubeconfig).read_text())
     current = doc.get("current-context") or doc["contexts"][0]["name"]
@@ -140,7 +140,7 @@ def prepare_demo_state(
         (roles_dir / name).write_text(text)
 
     upstream = state / "clusters.kubeconfig"
-    write_atomic(upstream, yaml.safe_dump(_rename_single_context(upstream_kubeconfig, cluster_name)), 0o600)
+    write_atomic(upstream, yaml.safe_dump(single_context_kubeconfig(upstream_kubeconfig, cluster_name)), 0o600)
 
     public = f"127.0.0.1:{proxy_port}"
     config: dict = {

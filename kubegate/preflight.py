@@ -45,9 +45,9 @@ def preflight(cfg: Config, *, ports: bool = True) -> list[str]:
                       ("proxy.client_ca_file", cfg.proxy.client_ca_file)):
         if path is not None:
             _readable_file(key, path, bad)
-    _writable_dir("state_dir", cfg.state_dir, bad)
+    _writable("state_dir", cfg.state_dir, bad, directory=True)
     if cfg.audit.enabled and cfg.audit_log_file != "-":
-        _writable_file("audit.log_file", cfg.audit_log_file, bad)
+        _writable("audit.log_file", cfg.audit_log_file, bad, directory=False)
     if ports:
         _bindable("proxy.listen", cfg.proxy.listen, bad)
         if cfg.metrics.enabled:
@@ -109,23 +109,14 @@ def _creatable_under(path: str) -> str | None:
     return None
 
 
-def _writable_dir(key: str, path: str, bad: _Bad) -> None:
+def _writable(key: str, path: str, bad: _Bad, *, directory: bool) -> None:
+    """``path`` is a writable directory (``directory``) or file, or can be created."""
     if os.path.exists(path):
-        if not os.path.isdir(path):
+        if directory and not os.path.isdir(path):
             bad(key, f"{path} is not a directory")
-        elif not os.access(path, os.W_OK | os.X_OK):
-            bad(key, f"{path} is not writable")
-        return
-    why = _creatable_under(path)
-    if why:
-        bad(key, f"{path} {why}")
-
-
-def _writable_file(key: str, path: str, bad: _Bad) -> None:
-    if os.path.exists(path):
-        if not os.path.isfile(path):
+        elif not directory and not os.path.isfile(path):
             bad(key, f"{path} is not a file")
-        elif not os.access(path, os.W_OK):
+        elif not os.access(path, os.W_OK | (os.X_OK if directory else 0)):
             bad(key, f"{path} is not writable")
         return
     why = _creatable_under(path)

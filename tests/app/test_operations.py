@@ -5,6 +5,7 @@ checked against a live /metrics, and the rules against `promtool`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,13 +16,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
-from kubegate.demo import free_port, viewer_binding
+from kubegate.demo import free_port, single_context_kubeconfig, viewer_binding
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_ROLES = ROOT / "examples" / "roles"
@@ -61,11 +63,11 @@ def _get(url: str) -> str:
 
 # ------------------------------------------------------------------------------ config and start
 
-def _broken_config(tmp_path: Path, busy_port: int) -> Path:
+def _broken_config(tmp_path: Path, busy_port: int, state_dir: str = "./state", tls: str = "{}") -> Path:
     path = tmp_path / "kubegate.yaml"
     path.write_text(f"""
-state_dir: ./state
-proxy: {{listen: '127.0.0.1:{busy_port}'}}
+state_dir: {state_dir}
+proxy: {{listen: '127.0.0.1:{busy_port}', tls: {tls}}}
 metrics: {{listen: '127.0.0.1:0'}}
 auth: {{roles_dir: ./no-such-roles}}
 kubernetes_service:
@@ -74,14 +76,25 @@ kubernetes_service:
     return path
 
 
-def test_config_check_reports_every_path_and_port_problem_in_one_pass(tmp_path):
+@contextlib.contextmanager
+def _busy_port() -> Iterator[int]:
+    """A loopback port some other server listens on for the duration."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
-        port = busy.getsockname()[1]
-        path = _broken_config(tmp_path, port)
+        yield busy.getsockname()[1]
+
+
+def test_config_check_reports_every_path_and_port_problem_in_one_pass(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with _busy_port() as port:
+        path = _broken_config(tmp_path, port, state_dir="./a-file/state",
+                              tls="{cert_file: ./no.crt, key_file: ./no.key}")
         result = _kubegate("config", "check", "-c", str(path), cwd=tmp_path)
     assert result.returncode == 1 and result.stdout == ""
+    assert f"{path}: state_dir: {tmp_path / 'a-file' / 'state'} cannot be created: {tmp_path / 'a-file'} is not a directory" in result.stderr
+    assert f"{path}: proxy.tls.cert_file: {tmp_path / 'no.crt'} does not exist" in result.stderr
+    assert f"{path}: proxy.tls.key_file: {tmp_path / 'no.key'} does not exist" in result.stderr
     assert f"{path}: auth.roles_dir: {tmp_path / 'no-such-roles'} does not exist" in result.stderr
     assert (f"{path}: kubernetes_service.kubeconfig_files[0]: {tmp_path / 'no-such.kubeconfig'} does not exist"
             in result.stderr)
@@ -90,10 +103,7 @@ def test_config_check_reports_every_path_and_port_problem_in_one_pass(tmp_path):
 
 
 def test_start_creates_nothing_until_the_config_is_valid(tmp_path):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen(1)
-        port = busy.getsockname()[1]
+    with _busy_port() as port:
         path = _broken_config(tmp_path, port)
         result = _kubegate("start", "-c", str(path), cwd=tmp_path)
     assert result.returncode == 1
@@ -182,23 +192,11 @@ def test_alert_rules_parse_with_promtool():
     assert "SUCCESS" in result.stdout
 
 
-def _upstream_kubeconfig(sandbox_cluster, path: Path) -> None:
-    upstream = yaml.safe_load(Path(sandbox_cluster.admin_kubeconfig).read_text())
-    base = Path(sandbox_cluster.admin_kubeconfig).parent
-    for section, key in (("clusters", "cluster"), ("users", "user")):
-        for entry in upstream[section]:
-            for field in ("certificate-authority", "client-certificate", "client-key"):
-                if field in entry[key] and not os.path.isabs(entry[key][field]):
-                    entry[key][field] = str(base / entry[key][field])
-    upstream["contexts"][0]["name"] = "prod"
-    upstream["current-context"] = "prod"
-    path.write_text(yaml.safe_dump(upstream))
-
-
 @pytest.mark.e2e
 def test_a_running_proxy_logs_counts_and_audits_what_operators_need(tmp_path, sandbox_cluster, kubectl_new):
     sandbox_cluster.store.put_object("rbac.authorization.k8s.io", "clusterrolebindings", viewer_binding())
-    _upstream_kubeconfig(sandbox_cluster, tmp_path / "clusters.kubeconfig")
+    (tmp_path / "clusters.kubeconfig").write_text(
+        yaml.safe_dump(single_context_kubeconfig(sandbox_cluster.admin_kubeconfig, "prod")))
     shutil.copytree(EXAMPLE_ROLES, tmp_path / "roles")
     port, metrics_port = free_port(), free_port()
     (tmp_path / "kubegate.yaml").write_text(f"""
