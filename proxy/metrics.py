@@ -75,6 +75,14 @@ TAP_GAVE_UP = Counter(
     "(the relay went on unobserved), by kind.",
     ["kind"],
 )
+SESSION_RECORDINGS = Counter(
+    "kubegate_session_recordings_total",
+    "Session recordings by outcome: started, completed, open_failed (not started: refused when strict), "
+    "write_failed (stopped mid-session: the session ended when strict).",
+    ["outcome"],
+)
+SESSION_JOINS = Counter("kubegate_session_joins_total", "Live session joins (kubegate sessions join), by where the "
+                        "session was followed from: this_process | recording_file.", ["source"])
 ENDPOINT_REQUESTS = Counter(
     "kubegate_endpoint_requests_total",
     "Requests answered by kubegate itself (/kubegate/<endpoint>/, 'unauthenticated': no client certificate), "

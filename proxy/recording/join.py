@@ -19,6 +19,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from proxy import metrics
 from proxy.headers import REQUEST_ID_HEADER
 from proxy.protocol.events import ResponseHead
 from proxy.recording import tail
@@ -88,6 +89,7 @@ async def _serve(ex: Exchange) -> None:
         ex.fwd.audit({"event": "session.join", "session_id": session_id, "user": ex.identity.user,
                       "roles": list(ex.identity.roles), "owner": owner, "mode": "observer",
                       "client_ip": conn.peer_ip, "request_id": ex.request_id})
+    metrics.SESSION_JOINS.labels("this_process" if recorder is not None else "recording_file").inc()
     if recorder is not None:
         await _follow_live(ex, recorder, session_id)
     else:

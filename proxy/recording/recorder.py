@@ -23,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from proxy import metrics
 from proxy.recording.cast import CastEncoder
 from proxy.recording.index import SessionIndex
 from proxy.recording.stores import RecordingStore, RecordingStoreError, Sink
@@ -69,7 +70,12 @@ class Recordings:
                    on_failure: Callable[[str], None]) -> SessionRecorder:
         """Open the session's recording (on the writer thread); raises ``RecordingStoreError``."""
         loop = asyncio.get_running_loop()
-        sink = await loop.run_in_executor(self._executor, self.store.open, session_id)
+        try:
+            sink = await loop.run_in_executor(self._executor, self.store.open, session_id)
+        except RecordingStoreError:
+            metrics.SESSION_RECORDINGS.labels("open_failed").inc()
+            raise
+        metrics.SESSION_RECORDINGS.labels("started").inc()
         started = float(meta.get("start_time") or time.time())
         recorder = SessionRecorder(self, session_id, sink, CastEncoder(meta, started, record_input=record_input),
                                    loop, strict=strict, on_failure=on_failure)
@@ -190,6 +196,7 @@ class SessionRecorder:
         if self.failed or self.closed:
             return
         self.failed = reason
+        metrics.SESSION_RECORDINGS.labels("write_failed").inc()
         log.warning("session recording failed", extra={"session_id": self.session_id, "problem": reason,
                                                         "strict": self.strict})
         if self.strict:
@@ -241,6 +248,8 @@ class SessionRecorder:
             self._emit(lines + [tail] if tail else lines)
         self.closed = True
         self.recordings.live.pop(self.session_id, None)
+        if not self.failed:
+            metrics.SESSION_RECORDINGS.labels("completed").inc()
         for watcher in list(self.watchers):
             watcher(b"")  # end of stream
         self.watchers.clear()

@@ -48,6 +48,10 @@ def _read_until(proc: subprocess.Popen[bytes], needle: bytes, timeout: float = 3
 def test_an_observer_sees_the_live_session_and_the_owner_sees_the_join(kubectl, rpx, rpx_other_worker, sessions_dir, through):
     """``another worker``: the joiner reaches a proxy that does not hold the session (proxy.workers > 1):
     it follows the session's recording file, and the owner's proxy learns of the join from the files."""
+    from prometheus_client import REGISTRY
+
+    source = "this_process" if through == "same process" else "recording_file"
+    joins_before = REGISTRY.get_sample_value("kubegate_session_joins_total", {"source": source}) or 0
     marker = uuid.uuid4().hex[:12]
     owner_config = rpx.kubeconfig("alice", ["admin"], ["sandbox"])
     joined = rpx if through == "same process" else rpx_other_worker
@@ -81,6 +85,7 @@ def test_an_observer_sees_the_live_session_and_the_owner_sees_the_join(kubectl, 
         if joiner is not None and joiner.poll() is None:
             joiner.kill()
             joiner.wait()
+    assert REGISTRY.get_sample_value("kubegate_session_joins_total", {"source": source}) == joins_before + 1
     join_events = [e for e in list(joined.audit_events) if e.get("event") == "session.join"]
     assert any(e["session_id"] == session["session_id"] and e["user"] == "bob" and e["owner"] == "alice"
                for e in join_events)

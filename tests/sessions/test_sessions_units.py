@@ -234,6 +234,10 @@ def test_a_write_failure_mid_session_stops_a_strict_session_only(tmp_path, stric
         recordings.close()
         return recorder.failed
 
+    from prometheus_client import REGISTRY
+
+    before = REGISTRY.get_sample_value("kubegate_session_recordings_total", {"outcome": "write_failed"}) or 0
     assert "disk full" in asyncio.run(main())
+    assert REGISTRY.get_sample_value("kubegate_session_recordings_total", {"outcome": "write_failed"}) == before + 1
     assert failures == (["session recording failed: disk full"] if strict else [])
     assert "disk full" in FileSessionIndex(str(tmp_path)).get("d" * 32)["recording_error"]
