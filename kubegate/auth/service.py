@@ -46,6 +46,7 @@ from certs.store import AuthStore, StoreError
 from kubegate.auth.mapping import roles_from_claims, roles_from_teams, traits_from_claims
 from kubegate.auth.oidc import ConnectorError, DevicePending
 from proxy.endpoints import LocalHandler, LocalRequest, LocalResponse
+from proxy.timestamps import rfc3339_micro
 from rbac.decision import cluster_visible
 from rbac.identity import Identity
 from rbac.roles import RoleSet
@@ -147,7 +148,7 @@ class AuthService:
     def _audit(self, request: LocalRequest, event: str, code: int, **fields: Any) -> None:
         if self.audit is None:
             return
-        self.audit({"event": event, "time": self.clock(), "path": f"/kubegate/auth/{request.path}", "code": code,
+        self.audit({"event": event, "time": rfc3339_micro(self.clock()), "path": f"/kubegate/auth/{request.path}", "code": code,
                     "client_ip": request.peer_ip,
                     "caller": request.identity.user if request.identity is not None else None, **fields})
 
