@@ -79,6 +79,7 @@ class Settings:
     out_dir: str = str(RESULTS_DIR)
     pin: bool = True
     profile: bool = False
+    wrap: tuple[str, ...] = ()  # a command prefix for kubegate and the reference nginx (benchmarks.instructions)
     paced_rate: float = 1000.0  # the paced cell: GET over HTTP/1.1 at this total rate …
     paced_clients: int = 10     # … spread over this many keep-alive clients
 
@@ -178,14 +179,17 @@ class Processes:
             metrics_port=metrics_port, workers=self.settings.workers, log_level="warning")
         config = yaml.safe_load(self.state.config_path.read_text())
         config["kubernetes_service"]["kubeconfig_files"].append(str(fast_kubeconfig))
+        if self.settings.wrap:  # everything runs ~50× slower under callgrind: health checks too
+            config["kubernetes_service"]["health_timeout"] = "300s"
         self.state.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         cmd = [sys.executable, "-m", "kubegate", "start", "-c", str(self.state.config_path)]
+        cmd = [*self.settings.wrap, *cmd]
         if self.pinned and self.settings.workers == 1:
             cmd = ["taskset", "-c", "0", *cmd]
         log_file = open(self.proxy_log, "wb")  # noqa: SIM115 - closed in close()
         self._log_file = log_file
         self.proxy = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=self._env(), cwd=ROOT)
-        self._wait_ready(metrics_port)
+        self._wait_ready(metrics_port, timeout=600.0 if self.settings.wrap else 60.0)
         self._start_reference_proxy()
         if self.pinned:
             os.sched_setaffinity(0, {1})
@@ -245,7 +249,8 @@ class Processes:
         conf = reference_proxy_conf(self.workdir / "nginx-proxy", port, str(ca_dir / "server.pem"),
                                     str(ca_dir / "server-key.pem"), str(st.ca_file), clusters,
                                     {"demo-admin": "system:masters"})
-        self.nginx = NginxProcess(binary, self.workdir / "nginx-proxy", conf, port, 0 if self.pinned else None)
+        self.nginx = NginxProcess(binary, self.workdir / "nginx-proxy", conf, port, 0 if self.pinned else None,
+                                  wrap=self.settings.wrap)
 
     def _wait_ready(self, metrics_port: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

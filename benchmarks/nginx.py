@@ -99,14 +99,17 @@ def _upstream_tls(up: UpstreamTLS) -> str:
 class NginxProcess:
     """One nginx master + worker in ``prefix``; ``pid`` is the master (its worker is its child)."""
 
-    def __init__(self, binary: str, prefix: Path, conf: str, port: int, cpu: int | None) -> None:
+    def __init__(self, binary: str, prefix: Path, conf: str, port: int, cpu: int | None,
+                 wrap: tuple[str, ...] = ()) -> None:
         self.prefix = prefix
         self.port = port
         prefix.mkdir(parents=True, exist_ok=True)
         self.conf_path = prefix / "nginx.conf"
         self.conf_path.write_text(conf)
         self.log_path = prefix / "nginx.log"
-        cmd = [binary, "-p", str(prefix), "-c", str(self.conf_path), "-e", "stderr"]
+        cmd = [*wrap, binary, "-p", str(prefix), "-c", str(self.conf_path), "-e", "stderr"]
+        if wrap:  # one process (no master/worker fork) so the wrapper (callgrind) sees the worker's work
+            cmd += ["-g", "master_process off;"]
         if cpu is not None and shutil.which("taskset"):
             cmd = ["taskset", "-c", str(cpu), *cmd]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
@@ -117,7 +120,7 @@ class NginxProcess:
     def pid(self) -> int:
         return self.proc.pid
 
-    def _wait_listening(self, timeout: float = 15.0) -> None:
+    def _wait_listening(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -172,6 +172,8 @@ class DiscoveryService:
             "clusters_dir": ks.clusters_dir,
             "discovery_group": ds.discovery_group,
             "poll_interval": ds.poll_interval,
+            "health_interval": ks.health_interval,
+            "health_timeout": ks.health_timeout,
             "aws_matchers": list(ds.aws) if ds.enabled else [],
             "azure_matchers": list(ds.azure) if ds.enabled else [],
         }

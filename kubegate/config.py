@@ -373,6 +373,8 @@ class KubernetesServiceConfig:
         default_factory=lambda: (ResourceMatcher(),),
         metadata={"spec": _Spec("list_of_sections", section=ResourceMatcher)},
     )
+    health_interval: float = _f("duration", 30.0, min=1.0, max=86400.0)  # between health rounds
+    health_timeout: float = _f("duration", 5.0, min=0.1, max=600.0)  # per health request to a cluster
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,157 @@
+"""Instructions per request, counted by valgrind's callgrind: a figure that does not move with whatever
+else runs on a shared machine (CPU time does).
+
+    python -m benchmarks.instructions [--requests 1000] [--warmup 200] [--clients 16]
+
+Starts what ``python -m benchmarks`` starts (the sandbox, the fast nginx upstream, kubegate, the
+reference nginx proxy) with kubegate and the reference nginx under ``valgrind --tool=callgrind``
+(nginx as one process: ``master_process off``). For each proxy and each client protocol (HTTP/1.1
+keep-alive over ``--clients`` connections, h2 over one connection with 16 streams in flight): the
+connections opened, GETs of the benchmark pod to warm up, the counters dumped (which zeroes them:
+``callgrind_control --dump``), ``--requests`` GETs, the counters dumped again; instructions ÷ requests. Everything the process
+did in that window counts (its timers, a health check that fell in it): a few per cent at most.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import harness, load
+
+
+def _callgrind_control(*args: str) -> None:
+    subprocess.run(["callgrind_control", *args], check=True, capture_output=True, timeout=300)
+
+
+def _dumped_instructions(workdir: Path, pid: int, before: set[Path]) -> int:
+    """The Ir total of the newest callgrind dump of ``pid`` (written by ``callgrind_control --dump``)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        new = sorted(set(workdir.glob(f"cg.{pid}*")) - before, key=lambda p: p.stat().st_mtime)
+        for path in reversed(new):
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith(("summary:", "totals:")):
+                    return int(line.split()[1])
+        time.sleep(0.2)
+    raise RuntimeError(f"no callgrind dump for pid {pid}")
+
+
+async def _requests(conns: list, protocol: str, path: str, authority: str, n: int) -> dict[int, int]:
+    """``n`` GETs spread over already-open connections (one in flight per connection for HTTP/1.1,
+    all at once for h2 streams): the statuses seen."""
+    statuses: dict[int, int] = {}
+    remaining = [n]
+    raw = load.h1_request_bytes("GET", path, authority) if protocol == "h1" else load.h2_headers("GET", path, authority)
+
+    async def client(conn: object) -> None:
+        while remaining[0] > 0:
+            remaining[0] -= 1
+            status, _ = await conn.request(raw)  # type: ignore[attr-defined]
+            statuses[status] = statuses.get(status, 0) + 1
+
+    await asyncio.gather(*(client(conns[i % len(conns)]) for i in range(len(conns) if protocol == "h1" else 16)))
+    return statuses
+
+
+async def count(procs: harness.Processes, pid: int, ep: load.Endpoint, protocol: str, requests: int,
+                warmup: int, clients: int) -> dict:
+    """Instructions per GET in steady state: the connections are opened and warmed before counting."""
+    if protocol == "h1":
+        conns = [await load.h1_connect(ep) for _ in range(clients)]
+    else:
+        conns = [await load.h2_connect(ep)]
+    path = ep.prefix + harness.GET_PATH
+    try:
+        await _requests(conns, protocol, path, ep.authority, warmup)
+        before = set(procs.workdir.glob(f"cg.{pid}*"))
+        _callgrind_control("--dump=warmup", str(pid))  # a dump zeroes the counters
+        _dumped_instructions(procs.workdir, pid, before)
+        before = set(procs.workdir.glob(f"cg.{pid}*"))
+        statuses = await _requests(conns, protocol, path, ep.authority, requests)
+        _callgrind_control("--dump=measured", str(pid))
+        instructions = _dumped_instructions(procs.workdir, pid, before)
+    finally:
+        for conn in conns:
+            if conn.transport is not None:
+                conn.transport.close()
+    ok = statuses.get(200, 0)
+    if ok != requests:
+        raise RuntimeError(f"GET {path} through {ep.authority} answered {statuses}")
+    return {"requests": requests, "statuses": statuses, "instructions": instructions,
+            "instructions_per_request": round(instructions / ok)}
+
+
+def run(requests: int, warmup: int, clients: int, keep: str | None = None) -> dict:
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("valgrind (with callgrind_control) is not installed")
+    load.install_uvloop()
+    harness.raise_nofile()
+    workdir = Path(tempfile.mkdtemp(prefix="kubegate-instr-"))
+    settings = harness.Settings(pin=False, wrap=("valgrind", "--tool=callgrind", "--quiet",
+                                                 f"--callgrind-out-file={workdir}/cg.%p"))
+    procs = harness.Processes(settings, workdir)
+    report: dict = {"requests": requests, "clients": clients, "commit": harness._git_commit(), "cells": []}
+    try:
+        procs.start()
+        kubegate_pid = harness.process_tree(procs.proxy_pid)[-1]
+
+        async def main() -> None:
+            for protocol in ("h1", "h2"):
+                kg = await count(procs, kubegate_pid, procs.through_proxy(harness.FAST_CLUSTER), protocol,
+                                 requests, warmup, clients)
+                ng = await count(procs, procs.nginx_pid, procs.through_nginx(harness.FAST_CLUSTER), protocol,
+                                 requests, warmup, clients)
+                cell = {"protocol": protocol, "kubegate": kg, "nginx": ng,
+                        "ratio": round(kg["instructions_per_request"] / max(1, ng["instructions_per_request"]), 2)}
+                report["cells"].append(cell)
+                print(f"  GET {protocol}: kubegate {kg['instructions_per_request']:,} instructions/request, "
+                      f"nginx {ng['instructions_per_request']:,} ({cell['ratio']}×)", file=sys.stderr, flush=True)
+
+        asyncio.run(main())
+    finally:
+        procs.close()
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            for dump in workdir.glob("cg.*"):
+                shutil.copy(dump, Path(keep) / dump.name)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return report
+
+
+def render(report: dict) -> str:
+    lines = [f"GET of one pod, {report['requests']} requests from {report['clients']} clients, "
+             f"counted by callgrind (commit {report['commit']}):", "",
+             "| client protocol | kubegate instructions/request | nginx instructions/request | kubegate ÷ nginx |",
+             "|---|---:|---:|---:|"]
+    for c in report["cells"]:
+        lines.append(f"| {'HTTP/1.1' if c['protocol'] == 'h1' else 'h2'} | {c['kubegate']['instructions_per_request']:,} | "
+                     f"{c['nginx']['instructions_per_request']:,} | {c['ratio']:.2f}× |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--json", help="also write the report here")
+    parser.add_argument("--keep", help="copy callgrind's dumps into this directory (for callgrind_annotate)")
+    args = parser.parse_args(argv)
+    report = run(args.requests, args.warmup, args.clients, args.keep)
+    print(render(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
