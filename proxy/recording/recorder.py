@@ -262,7 +262,7 @@ class SessionRecorder:
             self._timer.cancel()
         self._stop_joins()
         self.recordings.live.pop(self.session_id, None)
-        self.recordings.submit(self._close_sink)
+        self.recordings.submit(self._abort_sink)
 
     def _stop_joins(self) -> None:
         if self._joins_timer is not None:
@@ -271,11 +271,11 @@ class SessionRecorder:
         if self._joins is not None:
             self.recordings.submit(self._joins.remove)
 
-    def _close_sink(self) -> None:
+    def _abort_sink(self) -> None:  # writer thread
         try:
-            self.sink.close()
+            self.sink.abort()
         except RecordingStoreError as exc:
-            log.warning("closing a recording failed", extra={"session_id": self.session_id, "problem": str(exc)})
+            log.warning("dropping a recording failed", extra={"session_id": self.session_id, "problem": str(exc)})
 
     def _finish(self, record: dict[str, Any]) -> None:  # writer thread
         try:

@@ -31,6 +31,10 @@ class Sink(Protocol):
 
     def close(self) -> None: ...
 
+    def abort(self) -> None:
+        """Drop the recording (the session never started)."""
+        ...
+
 
 class RecordingStore(Protocol):
     def open(self, session_id: str) -> Sink: ...
@@ -87,6 +91,15 @@ class FileSink:
             raise RecordingStoreError(f"cannot sync recording {self.location}: {exc.strerror or exc}") from exc
         finally:
             os.close(fd)
+
+    def abort(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        try:
+            os.unlink(self.location)
+        except OSError as exc:
+            raise RecordingStoreError(f"cannot remove recording {self.location}: {exc.strerror or exc}") from exc
 
 
 class FileStore:
@@ -166,6 +179,15 @@ class S3Sink:
         except Exception as exc:
             raise RecordingStoreError(f"cannot complete the upload of {self.location}: {exc}") from exc
         self._upload_id = None
+
+    def abort(self) -> None:
+        upload_id, self._upload_id = self._upload_id, None
+        if upload_id is None:
+            return
+        try:
+            self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=upload_id)
+        except Exception as exc:
+            raise RecordingStoreError(f"cannot abort the upload of {self.location}: {exc}") from exc
 
 
 class S3Store:

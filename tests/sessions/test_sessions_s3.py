@@ -99,3 +99,19 @@ def test_a_session_is_uploaded_in_parts_as_it_goes(tmp_path, moto, kubectl_new):
     assert output_text(events) == "x" * 6_000_000 + f"\nmark-{marker}\ntyped at the end\n"
     exported = gate.cli("sessions", "export", record["session_id"])
     assert exported.returncode == 0 and exported.stdout == body
+
+
+def test_an_aborted_s3_recording_leaves_no_upload_and_no_object(moto):
+    import boto3
+
+    from proxy.recording.stores import S3Store
+
+    s3 = boto3.client("s3", endpoint_url=moto, region_name="us-east-1")
+    s3.create_bucket(Bucket="aborted")
+    store = S3Store("aborted", "p/", moto, "us-east-1")
+    sink = store.open("f" * 32)
+    sink.write_lines([b'{"version": 2}\n'])
+    assert s3.list_multipart_uploads(Bucket="aborted").get("Uploads")
+    sink.abort()
+    assert not s3.list_multipart_uploads(Bucket="aborted").get("Uploads")
+    assert "Contents" not in s3.list_objects_v2(Bucket="aborted")

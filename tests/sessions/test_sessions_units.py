@@ -241,3 +241,12 @@ def test_a_write_failure_mid_session_stops_a_strict_session_only(tmp_path, stric
     assert REGISTRY.get_sample_value("kubegate_session_recordings_total", {"outcome": "write_failed"}) == before + 1
     assert failures == (["session recording failed: disk full"] if strict else [])
     assert "disk full" in FileSessionIndex(str(tmp_path)).get("d" * 32)["recording_error"]
+
+
+def test_an_aborted_file_recording_leaves_nothing(tmp_path):
+    from proxy.recording.stores import FileStore
+
+    sink = FileStore(str(tmp_path)).open("e" * 32)
+    sink.write_lines([b"{}\n"])
+    sink.abort()
+    assert list(tmp_path.iterdir()) == []
