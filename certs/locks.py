@@ -32,13 +32,18 @@ from typing import Any
 from certs.files import write_atomic
 from rbac.identity import Identity
 
-__all__ = ["Lock", "LockList", "LockError", "normalize_serial", "format_time", "parse_time"]
+__all__ = ["Lock", "LockList", "LockError", "StateUnavailable", "normalize_serial", "format_time", "parse_time"]
 
 LOCKS_VERSION = 1
 
 
 class LockError(ValueError):
     """Bad lock input (empty user, malformed serial, bad time) or an unreadable lock file."""
+
+
+class StateUnavailable(str):
+    """A refusal reason meaning "the lock list itself is out of reach" (shared backend down longer than
+    ``backend.stale_grace``): the proxy answers 503, not 403 — nobody was locked, kubegate cannot tell."""
 
 
 def format_time(moment: datetime) -> str:

@@ -7,10 +7,14 @@ Sources and how they are watched (all on the running event loop; blocking work g
   one registry source per file (``dir:<path>``).
 - the store ``<state_dir>/clusters/`` (``ClusterStore``): the CLI's clusters and the cloud-discovered
   ones, polled by mtime; a record is rebuilt into a cluster only when it changed (token caches survive).
+- or, with a shared backend (``backend.type: etcd``), the ``SharedClusterStore``: an in-memory copy kept
+  by a watch; each change it reports rebuilds the registry at once (no polling).
 - cloud pollers (``discovery_service.enabled``): EKS and AKS fetchers every ``poll_interval`` ± 10 %
   jitter; a failed or partial run retries after 10 s, 20 s, 40 s … (capped at the poll interval) and
   deletes nothing. Each run reconciles (``discovery.reconcile``) against the store records of its own
-  origin and discovery group, writes the store, and re-reads it.
+  origin and discovery group, writes the store, and re-reads it. With a shared backend the pollers run
+  only while this replica leads its ``discovery_group`` (``backend.election.Election``), and the writes
+  are compare-and-swaps against the revisions the plan was made from.
 - dynamic labels of kube_cluster resources (``DynamicLabelRunner``) → ``registry.set_dynamic_labels``;
   the values are also written to ``<state_dir>/clusters/dynamic_labels.state`` when they change, for the
   CLI (``clusters ls``, ``kubeconfig``).
@@ -34,6 +38,7 @@ import json
 import logging
 import os
 import random
+import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -56,6 +61,7 @@ from discovery.kubeconfig import (
 from discovery.model import Cluster
 from discovery.reconcile import Plan, reconcile
 from discovery.registry import ClusterRegistry
+from discovery.shared_store import SharedClusterStore
 from discovery.store import DYNAMIC_LABELS_FILE, HEALTH_FILE, ClusterRecord, ClusterStore, atomic_write
 
 if TYPE_CHECKING:  # boto3 / azure are imported only when a cloud matcher or record needs them
@@ -108,9 +114,16 @@ class DiscoveryService:
         azure_credential: Any = None,
         arm_client: ArmClient | None = None,
         rng: random.Random | None = None,
+        store: SharedClusterStore | None = None,
+        leader: Any = None,
     ) -> None:
         self.registry = registry
-        self.store = ClusterStore(store_dir)
+        self.store: Any = store if store is not None else ClusterStore(store_dir)
+        self.shared = store is not None
+        self.leader = leader  # None: always poll; else poll only while leader.is_leader
+        self._store_items: dict[str, Any] = {}
+        self._store_sync: asyncio.Task[None] | None = None
+        self._store_dirty = False
         self.kubeconfig_files = [as_kubeconfig_file(entry) for entry in kubeconfig_files]
         self.dir_scanner = ClustersDirScanner(os.path.expanduser(clusters_dir)) if clusters_dir else None
         self.group = discovery_group
@@ -183,12 +196,16 @@ class DiscoveryService:
     # ---- lifecycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.store.ensure()
-        swept = await asyncio.to_thread(self.store.sweep_temporaries)
-        if swept:
-            log.warning("removed %d temporary file(s) a crashed writer left in %s", swept, self.store.directory)
-        await self.sync_local()
         loop = asyncio.get_running_loop()
+        if self.shared:
+            await asyncio.to_thread(self.store.watch, lambda: loop.call_soon_threadsafe(self._store_changed))
+        else:
+            self.store.ensure()
+            swept = await asyncio.to_thread(self.store.sweep_temporaries)
+            if swept:
+                log.warning("removed %d temporary file(s) a crashed writer left in %s", swept,
+                            self.store.directory)
+        await self.sync_local()
         self._tasks.append(loop.create_task(self._watch_loop(), name="discovery:watch"))
         for fetcher in self.fetchers:
             self._tasks.append(loop.create_task(self._cloud_loop(fetcher), name=f"discovery:{fetcher.origin}"))
@@ -203,6 +220,28 @@ class DiscoveryService:
                 await task
         self._tasks.clear()
         self.labels.stop_all()
+        if self._store_sync is not None:
+            self._store_sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._store_sync
+        if self.shared:
+            await asyncio.to_thread(self.store.stop)
+
+    def _store_changed(self) -> None:
+        """On the loop: the shared store's watch saw a change; sync now rather than at the next tick
+        (changes arriving while a sync runs are coalesced into one more sync)."""
+        self._store_dirty = True
+        if self._store_sync is None or self._store_sync.done():
+            self._store_sync = asyncio.get_running_loop().create_task(self._sync_store_changes(),
+                                                                      name="discovery:store-change")
+
+    async def _sync_store_changes(self) -> None:
+        while self._store_dirty:
+            self._store_dirty = False
+            try:
+                await self.sync_local()
+            except Exception:
+                log.exception("cluster store sync failed")
 
     # ---- local sources ------------------------------------------------------------------------------
 
@@ -290,7 +329,16 @@ class DiscoveryService:
         Every store write is a rename into the directory, which updates the directory's mtime: when the
         directory is unchanged since a scan that happened well after its last modification (so that a
         second change within the same timestamp tick cannot hide), the per-file stats are skipped.
+        A shared store is read from its watched in-memory copy instead.
         """
+        if self.shared:
+            items, records, errors = self.store.snapshot()
+            self._store_items = items
+            self.errors[STORE_SOURCE] = errors
+            if records == self._store_records:
+                return False
+            self._store_records = records
+            return True
         dir_stamp = _stamp(str(self.store.directory))
         now = time.time()
         if (
@@ -427,10 +475,10 @@ class DiscoveryService:
             unreadable = bool(self._store_read_errors)
             plan = reconcile(result.records, self._store_records, origin=fetcher.origin, group=self.group,
                              complete=result.complete and not unreadable)
-            await asyncio.to_thread(self._apply_plan, plan)
+            refused = await asyncio.to_thread(self._apply_plan, plan)
         for conflict in plan.conflicts:
             log.warning("%s", conflict)
-        self.errors[f"cloud:{fetcher.origin}"] = list(result.errors) + list(plan.conflicts)
+        self.errors[f"cloud:{fetcher.origin}"] = list(result.errors) + list(plan.conflicts) + refused
         metrics.DISCOVERY_RUNS.labels(fetcher.origin, "ok" if result.complete else "partial").inc()
         metrics.DISCOVERY_RUN_SECONDS.labels(fetcher.origin).observe(time.monotonic() - started)
         for action, items in (("create", plan.create), ("update", plan.update), ("delete", plan.delete)):
@@ -443,9 +491,13 @@ class DiscoveryService:
         fetcher.failures = 0 if result.complete else fetcher.failures + 1
         return plan
 
-    def _apply_plan(self, plan: Plan) -> None:
+    def _apply_plan(self, plan: Plan) -> list[str]:
+        """Write the plan; returns the writes refused because another replica changed a record first."""
+        if self.shared:
+            return self.store.apply(list(plan.create), list(plan.update), list(plan.delete), self._store_items)
         self.store.put_many([*plan.create, *plan.update])
         self.store.delete_many(list(plan.delete))
+        return []
 
     def next_delay(self, fetcher: _Fetcher) -> float:
         if fetcher.failures:
@@ -455,6 +507,9 @@ class DiscoveryService:
     async def _cloud_loop(self, fetcher: _Fetcher) -> None:
         await asyncio.sleep(self.rng.uniform(0, min(5.0, self.poll_interval * JITTER)))
         while True:
+            if self.leader is not None and not self.leader.is_leader:
+                await self.leader.wait_leader()  # another replica polls this group meanwhile
+                continue
             plan = await self.run_discovery_once(fetcher)
             if plan is None:
                 fetcher.failures += 1
@@ -474,11 +529,22 @@ class DiscoveryService:
         metrics.update_cluster_gauges(self.registry.all(), len(self.registry))
         state = {c.name: {"health": c.health, "detail": c.health_detail, "checked_at": time.time()}
                  for c in self.registry.all()}
+        if self.shared:  # every replica checks; `clusters ls` shows the newest check of any replica
+            replica = f"{socket.gethostname()}:{os.getpid()}"
+            ttl = 3 * (self.health.interval if self.health is not None else 30.0)
+            future = asyncio.get_running_loop().run_in_executor(None, self.store.put_health, replica, state, ttl)
+            future.add_done_callback(_log_health_failure)
+            return
         try:
             self.store.ensure()
             atomic_write(self.store.directory / HEALTH_FILE, json.dumps(state, sort_keys=True).encode())
         except OSError as exc:
             log.warning("cannot write %s: %s", HEALTH_FILE, exc)
+
+
+def _log_health_failure(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("cannot publish cluster health to the shared backend: %s", future.exception())
 
 
 def all_errors(service: DiscoveryService) -> Iterable[str]:

@@ -38,15 +38,26 @@ class TLSFiles:
     client_ca_file: str
 
 
-def prepare(cfg: Config) -> TLSFiles:
+def prepare(cfg: Config, backend: Any = None) -> TLSFiles:
     """Create the state directory, the CA (first start) and the serving certificate when the config
-    does not name its own. Idempotent; safe to call in every process."""
-    from certs.ca import CertificateAuthority, server_hosts
+    does not name its own. Idempotent; safe to call in every process. With a shared backend the CA is
+    the one stored there (``certs.shared_ca``): every replica trusts and issues with the same CA."""
+    from certs.ca import CAError, CertificateAuthority, server_hosts
 
     Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
     tls = cfg.proxy.tls
     ca = None
-    if tls.cert_file is None or cfg.proxy.client_ca_file is None:
+    if (tls.cert_file is None or cfg.proxy.client_ca_file is None) and backend is not None:
+        from backend.base import BackendError
+        from certs.shared_ca import sync_ca
+
+        try:
+            ca, how = sync_ca(backend, cfg.ca_dir, cfg.backend.ca_key_file)
+        except (CAError, BackendError) as exc:
+            raise StartupError(f"the shared CA: {exc}") from None
+        if how != "current":
+            log.info("the shared kubegate CA was %s", how, extra={"fingerprint": ca.fingerprint_sha256})
+    elif tls.cert_file is None or cfg.proxy.client_ca_file is None:
         ca, created = CertificateAuthority.load_or_create(cfg.ca_dir)
         if created:
             log.info("created the kubegate CA", extra={"ca_dir": cfg.ca_dir,
@@ -116,12 +127,20 @@ def cluster_health_collector(cfg: Config) -> Any:
     return FunctionCollector(families)
 
 
-def load_roles(cfg: Config) -> Any:
+def load_roles(cfg: Config, backend: Any = None) -> Any:
     """The hot-reloading role source; refuses to start without a roles directory. A role file that
     fails to load is refused on its own (logged with the file, role and key, counted in
-    ``kubegate_role_files_refused``); the other files' roles are served."""
+    ``kubegate_role_files_refused``); the other files' roles are served. With a shared backend: the
+    roles stored there (``kubegate roles apply``), followed by watch."""
     from proxy import metrics
     from rbac.roles import RoleError, RoleSet, RoleWatcher
+
+    if backend is not None:
+        from kubegate.shared_roles import SharedRoles
+
+        shared = SharedRoles(backend)
+        log.info("roles loaded from the shared backend", extra={"roles": shared.names()})
+        return shared
 
     roles_dir = Path(cfg.auth.roles_dir)
     if not roles_dir.is_dir():
@@ -162,13 +181,33 @@ def build_registry(cfg: Config) -> Any:
     return ClusterRegistry([dict(r.labels) for r in cfg.kubernetes_service.resources])
 
 
-def build_discovery(cfg: Config, registry: Any, worker_index: int) -> Any:
+def build_discovery(cfg: Config, registry: Any, worker_index: int, backend: Any = None,
+                    leader: Any = None) -> Any:
     """The discovery service feeding ``registry`` from kubeconfig files, ``clusters_dir``, the state
     store (``kubegate clusters add``) and, in worker 0 only, the EKS/AKS pollers (one poller per
-    deployment, not per worker: the others pick the results up from the store)."""
+    deployment, not per worker: the others pick the results up from the store). With a shared backend
+    the store is the shared one and the pollers run only while ``leader`` leads the discovery group."""
     from discovery.service import DiscoveryService
+    from kubegate.shared import cluster_store
 
-    return DiscoveryService.from_config(cfg, registry, cloud=worker_index == 0)
+    extra: dict[str, Any] = {}
+    if backend is not None:
+        extra = {"store": cluster_store(cfg, backend), "leader": leader}
+    return DiscoveryService.from_config(cfg, registry, cloud=worker_index == 0, **extra)
+
+
+def build_election(cfg: Config, backend: Any, worker_index: int, port: int) -> Any:
+    """Discovery leadership across replicas: only with a shared backend, cloud discovery enabled, and in
+    worker 0 (the only worker that polls clouds)."""
+    if backend is None or worker_index != 0 or not cfg.discovery_service.enabled:
+        return None
+    import socket
+
+    from backend.election import Election
+
+    identity = f"{socket.gethostname()}:{os.getpid()}:{port}"
+    return Election(backend, f"discovery/{cfg.discovery_service.discovery_group}", identity=identity,
+                    ttl=cfg.backend.lease_ttl)
 
 
 @dataclass
@@ -184,6 +223,10 @@ class ProxyService:
     roles: Any = None
     audit: Any = None
     discovery: Any = None
+    backend: Any = None
+    election: Any = None
+    locks: Any = None
+    _election_task: Any = None
     _sockets: list[Any] = field(default_factory=list)
     _role_check: Any = None
     _started: bool = False
@@ -194,20 +237,29 @@ class ProxyService:
         return cls(cfg, host, port, worker_index)
 
     async def start(self) -> None:
+        import asyncio
+
+        from kubegate.shared import lock_list, open_backend
         from kubegate.workers import reuseport_socket
 
-        tls = prepare(self.cfg)
-        self.roles = load_roles(self.cfg)
+        self.backend = open_backend(self.cfg)
+        tls = await asyncio.to_thread(prepare, self.cfg, self.backend)
+        self.roles = await asyncio.to_thread(load_roles, self.cfg, self.backend)
         self.registry = build_registry(self.cfg)
-        self.discovery = build_discovery(self.cfg, self.registry, self.worker_index)
+        self.election = build_election(self.cfg, self.backend, self.worker_index, self.port)
+        if self.election is not None:
+            self._election_task = asyncio.get_running_loop().create_task(self.election.run(), name="election")
+        self.discovery = build_discovery(self.cfg, self.registry, self.worker_index, self.backend, self.election)
         await self.discovery.start()  # the first sync of every local source is done when this returns
         log.info("clusters", extra={"served": [c.name for c in self.registry.list()],
                                     "worker": self.worker_index})
         self.audit = _audit_sink(self.cfg)
         ssl_context = _server_context(tls)
-        auth = build_auth_service(self.cfg, self.registry, self.roles, self.audit)
+        self.locks = await asyncio.to_thread(lock_list, self.cfg, self.backend, watch=True)
+        auth = build_auth_service(self.cfg, self.registry, self.roles, self.audit, self.locks)
         endpoints = {"auth": auth.handler()} if auth is not None else {}
-        self.proxy = _make_proxy(self.cfg, ssl_context, tls, self.registry, self.roles, self.audit, endpoints)
+        self.proxy = _make_proxy(self.cfg, ssl_context, self.registry, self.roles, self.locks, self.audit,
+                                 endpoints)
         sock = reuseport_socket(self.host, self.port, listen=True, backlog=min(
             4096, self.cfg.proxy.limits.max_connections))
         self._sockets.append(sock)
@@ -223,12 +275,29 @@ class ProxyService:
             return False, "shutting down"
         if not self._started:
             return False, "starting"
+        broken = self.shared_state_problem()
+        if broken:
+            return False, broken
         ready = getattr(self.proxy, "readiness", None)
         if callable(ready):
             return ready()
         return True, ""
 
+    def shared_state_problem(self) -> str:
+        """Why the shared backend is not usable now ("" when it is, or when there is none): the watched
+        copies of clusters, locks and roles each report their watch's health."""
+        if self.backend is None:
+            return ""
+        for what, holder in (("locks", self.locks), ("roles", self.roles),
+                             ("clusters", getattr(self.discovery, "store", None))):
+            cache = getattr(holder, "cache", None)
+            if cache is not None and not cache.healthy:
+                return f"shared state backend ({self.backend.name}) unreachable ({what}): {cache.error}"
+        return ""
+
     async def stop(self, grace: float) -> None:
+        import asyncio
+
         self._stopping = True
         if self._role_check is not None:
             self._role_check.cancel()
@@ -238,8 +307,18 @@ class ProxyService:
             with contextlib.suppress(OSError):
                 sock.close()
         self._sockets.clear()
+        if self.election is not None:
+            await self.election.resign()
+            if self._election_task is not None:
+                self._election_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._election_task
         if self.discovery is not None:
             await self.discovery.stop()
+        for holder in (self.locks, self.roles):
+            stop = getattr(holder, "stop", None)
+            if callable(stop):
+                await asyncio.to_thread(stop)
         if self.audit is not None and hasattr(self.audit, "close"):
             self.audit.close()
 
@@ -272,12 +351,10 @@ def _audit_sink(cfg: Config) -> Any:
     return AuditLog(path, max_size=cfg.audit.max_size, max_files=cfg.audit.max_files)
 
 
-def _make_proxy(cfg: Config, ssl_context: ssl.SSLContext, tls: TLSFiles, registry: Any, roles: Any,
+def _make_proxy(cfg: Config, ssl_context: ssl.SSLContext, registry: Any, roles: Any, locks: Any,
                 audit: Any, endpoints: dict[str, Any] | None = None) -> Any:
-    from certs.locks import LockList
     from proxy.app import Proxy
 
-    locks = LockList(cfg.locks_file)
     return Proxy.from_config(cfg, ssl_context=ssl_context, clusters=registry, roles=roles, locks=locks,
                              audit=audit, recordings=recordings_from_config(cfg), endpoints=endpoints)
 
@@ -293,9 +370,16 @@ def recording_store(cfg: Config) -> Any:
     return FileStore(cfg.sessions_dir)
 
 
-def session_index(cfg: Config) -> Any:
+def session_index(cfg: Config, backend: Any = None) -> Any:
+    """The session index: files under ``sessions_dir``, or the shared backend's (``backend.type: etcd``)."""
+    from kubegate.shared import open_backend
     from proxy.recording.index import FileSessionIndex
 
+    backend = backend if backend is not None else open_backend(cfg)
+    if backend is not None:
+        from kubegate.shared_sessions import SharedSessionIndex
+
+        return SharedSessionIndex(backend)
     return FileSessionIndex(cfg.sessions_dir)
 
 
@@ -307,15 +391,29 @@ def recordings_from_config(cfg: Config) -> Any:
                       max_buffered=rec.max_buffered)
 
 
-def build_auth_service(cfg: Config, registry: Any, roles: Any, audit: Any = None) -> Any:
+def auth_store(cfg: Config, backend: Any = None) -> Any:
+    """Bots, join tokens, pending logins, issued serials: ``<state_dir>/auth``, or the shared backend's."""
+    from certs.store import FileAuthStore
+    from kubegate.shared import open_backend
+
+    backend = backend if backend is not None else open_backend(cfg)
+    if backend is not None:
+        from certs.shared_auth_store import SharedAuthStore
+
+        return SharedAuthStore(backend)
+    return FileAuthStore.in_state_dir(cfg.state_dir)
+
+
+def build_auth_service(cfg: Config, registry: Any, roles: Any, audit: Any = None,
+                       locks: Any = None) -> Any:
     """The ``/kubegate/auth/`` endpoint: the kubegate CA (its key stays in this process), the store in
-    ``<state_dir>/auth``, the connectors of ``auth.connectors``, lifetimes from ``auth.*_ttl``."""
+    ``<state_dir>/auth``, the connectors of ``auth.connectors``, lifetimes from ``auth.*_ttl``; ``locks``:
+    the proxy's lock list (the shared one with ``backend.type: etcd``), else the ``locks`` file."""
     from datetime import timedelta
 
     from certs.ca import CertificateAuthority
     from certs.issuance import Issuer, LifetimePolicy
     from certs.locks import LockList
-    from certs.store import FileAuthStore
     from kubegate.auth.github import GitHubConnector
     from kubegate.auth.oidc import OIDCConnector
     from kubegate.auth.service import AuthService
@@ -325,7 +423,7 @@ def build_auth_service(cfg: Config, registry: Any, roles: Any, audit: Any = None
                     extra={"ca_dir": cfg.ca_dir})
         return None
     ca = CertificateAuthority.load(cfg.ca_dir)
-    store = FileAuthStore.in_state_dir(cfg.state_dir)
+    store = auth_store(cfg)
     auth = cfg.auth
     policy = LifetimePolicy(user_ttl=timedelta(seconds=auth.user_certificate_ttl),
                             bot_ttl=timedelta(seconds=auth.bot_certificate_ttl),
@@ -334,4 +432,4 @@ def build_auth_service(cfg: Config, registry: Any, roles: Any, audit: Any = None
                   for c in auth.connectors}
     return AuthService(ca=ca, issuer=Issuer(ca, store, roles.current, policy), store=store,
                        connectors=connectors, roles=roles.current, clusters=registry.list,
-                       locks=LockList(cfg.locks_file), audit=audit)
+                       locks=locks if locks is not None else LockList(cfg.locks_file), audit=audit)

@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kubegate.commands.logout",
     "kubegate.commands.kube",
     "kubegate.commands.clusters",
+    "kubegate.commands.roles",
     "kubegate.commands.bench",
     "kubegate.commands.sessions",
 )

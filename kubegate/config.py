@@ -424,6 +424,31 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BackendTLSConfig:
+    """TLS to etcd: ``ca_file`` verifies the members; ``cert_file`` + ``key_file`` are the client cert."""
+
+    ca_file: str | None = _f("path", optional=True)
+    cert_file: str | None = _f("path", optional=True)
+    key_file: str | None = _f("path", optional=True)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """Where shared state lives: ``local`` (the state directory, one host) or ``etcd`` (many replicas)."""
+
+    type: str = _f("choice", "local", choices=("local", "etcd"))
+    endpoints: tuple[str, ...] = _f("str_list", (), help="etcd: http(s)://host:port, one per member")
+    prefix: str = _f("str", "/kubegate/", help="etcd: every key lives under it")
+    tls: BackendTLSConfig = _section(BackendTLSConfig)
+    timeout: float = _f("duration", 2.0, min=0.05, max=60.0, help="per backend call, per endpoint")
+    lease_ttl: float = _f("duration", 10.0, min=1.0, max=600.0, help="discovery leadership lease")
+    stale_grace: float = _f("duration", 300.0, min=0.0, max=86400.0,
+                            help="serve the last known state this long with the backend unreachable")
+    ca_key_file: str | None = _f("path", optional=True,
+                                 help="etcd: 32-byte key file encrypting the CA private key in etcd")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     version: str = _f("choice", CONFIG_VERSION, choices=(CONFIG_VERSION,))
     state_dir: str = _f("path", "./state")
@@ -434,6 +459,7 @@ class Config:
     discovery_service: DiscoveryServiceConfig = _section(DiscoveryServiceConfig)
     audit: AuditConfig = _section(AuditConfig)
     log: LogConfig = _section(LogConfig)
+    backend: BackendConfig = _section(BackendConfig)
     # Where this config came from (None: defaults). Not a config key.
     source: str | None = field(default=None, compare=False, metadata={"internal": True})
 
@@ -656,6 +682,16 @@ def _cross_checks(cfg: Config, loader: _Loader) -> None:
     if 0 < cfg.audit.max_size < 64 * KiB:
         loader.bad("audit.max_size", f"{format_size(cfg.audit.max_size)} is too small to rotate by "
                    "(at least 64KiB; 0 never rotates)")
+    if cfg.backend.type == "etcd":
+        if not cfg.backend.endpoints:
+            loader.bad("backend.endpoints", "must list at least one etcd endpoint when backend.type is etcd")
+        for i, endpoint in enumerate(cfg.backend.endpoints):
+            if not re.fullmatch(r"https?://[^/\s]+:\d+/?", endpoint):
+                loader.bad(f"backend.endpoints[{i}]", f"{_show(endpoint)} is not http(s)://host:port")
+        if not cfg.backend.prefix.startswith("/") or not cfg.backend.prefix.endswith("/"):
+            loader.bad("backend.prefix", f"{_show(cfg.backend.prefix)} must start and end with '/'")
+    if (cfg.backend.tls.cert_file is None) != (cfg.backend.tls.key_file is None):
+        loader.bad("backend.tls", "cert_file and key_file go together (set both or neither)")
     if (cfg.metrics.enabled and cfg.metrics.listen.port != 0
             and cfg.metrics.listen.port == cfg.proxy.listen.port):
         loader.bad("metrics.listen", f"port {cfg.metrics.listen.port} is also proxy.listen's port")

@@ -35,7 +35,8 @@ def preflight(cfg: Config, *, ports: bool = True) -> list[str]:
     def bad(key: str, message: str) -> None:
         problems.append(f"{source}: {key}: {message}")
 
-    _check_roles(cfg.auth.roles_dir, bad)
+    if cfg.backend.type != "etcd":  # with etcd, roles live in the shared backend
+        _check_roles(cfg.auth.roles_dir, bad)
     for i, path in enumerate(kubeconfig_paths(cfg.kubernetes_service.kubeconfig_files)):
         _readable_file(f"kubernetes_service.kubeconfig_files[{i}]", path, bad)
     if cfg.kubernetes_service.clusters_dir is not None:
@@ -148,7 +149,10 @@ def bind_problem(host: str, port: int) -> str | None:
         sock.listen(1)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            return "the address is already in use (is another kubegate or another server running?)"
+            from kubegate.listeners import owner_problem
+
+            return owner_problem(host, port) or (
+                "the address is already in use (is another kubegate or another server running?)")
         return (exc.strerror or str(exc)).lower()
     finally:
         sock.close()

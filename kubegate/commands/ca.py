@@ -100,6 +100,15 @@ def open_ca(cfg: Config) -> CertificateAuthority:
 def load_roles(cfg: Config) -> RoleSet:
     """The roles of ``auth.roles_dir``; each refused role file is named on stderr (file, role, key)
     and the others' roles are used."""
+    if cfg.backend.type == "etcd":  # roles live in the shared backend (kubegate roles apply)
+        from backend.base import BackendError
+        from kubegate.shared import open_backend
+        from kubegate.shared_roles import SharedRoles
+
+        try:
+            return SharedRoles(open_backend(cfg), watch=False).current()
+        except BackendError as exc:
+            raise CommandError(f"cannot load roles from the shared backend: {exc}") from None
     try:
         roles = load_roles_dir(cfg.auth.roles_dir)
     except RoleError as exc:

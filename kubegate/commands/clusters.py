@@ -101,8 +101,11 @@ def _config(args: argparse.Namespace) -> Any:
     return load_config_or_report(args.config)
 
 
-def _store(cfg: Any) -> ClusterStore:
-    return ClusterStore(cfg.registry_dir)
+def _store(cfg: Any) -> Any:
+    """The file store, or the shared one with ``backend.type: etcd`` (kubegate.shared)."""
+    from kubegate.shared import cluster_store
+
+    return cluster_store(cfg)
 
 
 def run_add(args: argparse.Namespace) -> int:
@@ -147,7 +150,7 @@ def run_rm(args: argparse.Namespace) -> int:
     except DiscoveryError as exc:  # unreadable record: remove it anyway
         print(f"warning: {exc}", file=sys.stderr)
         record = None
-        if not store.path_for(args.name).exists():
+        if isinstance(store, ClusterStore) and not store.path_for(args.name).exists():
             return 1
     else:
         if record is None:
@@ -260,7 +263,8 @@ def _selector(cfg: Any) -> ClusterRegistry:
 
 
 def _rows(cfg: Any, view: _View, selector: ClusterRegistry) -> list[dict[str, Any]]:
-    health = read_health(cfg.registry_dir)
+    store = _store(cfg)
+    health = store.read_health() if hasattr(store, "read_health") else read_health(cfg.registry_dir)
     rows = []
     for name in sorted(view.entries):
         entry = view.entries[name]

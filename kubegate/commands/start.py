@@ -53,6 +53,7 @@ def start(cfg: object, config_path: str | None, workers: int) -> int:
     )
     from kubegate.config import Config
     from kubegate.preflight import preflight
+    from kubegate.shared import open_backend
     from kubegate.workers import run_single, run_supervisor
 
     assert isinstance(cfg, Config)
@@ -64,8 +65,10 @@ def start(cfg: object, config_path: str | None, workers: int) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     try:
-        tls = prepare(cfg)  # once, before any worker: CA, serving certificate, state directory
-        load_roles(cfg)
+        backend = open_backend(cfg)
+        tls = prepare(cfg, backend)  # once, before any worker: CA, serving certificate, state directory
+        if backend is None:
+            load_roles(cfg)  # fail fast (before any worker starts) on a broken roles directory
         collectors = [certificate_expiry_collector(tls), cluster_health_collector(cfg)]
         if workers == 1:
             return run_single(cfg, ProxyService.factory, collectors)

@@ -74,8 +74,8 @@ def checked_ttl(cfg: Config, roles: list[str], ttl: timedelta) -> timedelta:
         in_refused = [f"{exc.role} is in refused file {file}" for file, exc in role_set.refused.items()
                       if exc.role in missing]
         hint = f"; {'; '.join(in_refused)}" if in_refused else ""
-        raise CommandError(f"unknown role(s): {', '.join(missing)} (roles in {cfg.auth.roles_dir}: {known}"
-                           f"{hint})")
+        where = "the shared backend" if cfg.backend.type == "etcd" else cfg.auth.roles_dir
+        raise CommandError(f"unknown role(s): {', '.join(missing)} (roles in {where}: {known}{hint})")
     decision = cap_ttl(ttl, roles, role_set)
     if decision.capped:
         print(
@@ -217,7 +217,10 @@ def run_issue(args: argparse.Namespace) -> int:
 
 
 def _lock_list(cfg: Config) -> LockList:
-    return LockList(cfg.locks_file)
+    """The ``locks`` file, or the shared lock list with ``backend.type: etcd`` (kubegate.shared)."""
+    from kubegate.shared import lock_list
+
+    return lock_list(cfg)
 
 
 def run_lock(args: argparse.Namespace) -> int:
