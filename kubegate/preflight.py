@@ -151,8 +151,10 @@ def bind_problem(host: str, port: int) -> str | None:
         if exc.errno == errno.EADDRINUSE:
             from kubegate.listeners import owner_problem
 
-            return owner_problem(host, port) or (
-                "the address is already in use (is another kubegate or another server running?)")
+            owner = owner_problem(host, port)
+            if owner is not None:
+                return f"the address is already in use: {owner}"
+            return "the address is already in use (is another kubegate or another server running?)"
         return (exc.strerror or str(exc)).lower()
     finally:
         sock.close()
