@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -70,7 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "auth endpoint: no CA key on this machine. Without --proxy the bot issues its own certificates "
         "with the local CA (--name, --roles; operator mode)",
     )
-    start.add_argument("--token", help="one-time join token (from `kubegate bots add`), with --proxy")
+    start.add_argument("--token", help="one-time join token (from `kubegate bots add`), or a file holding it "
+                       "(keeps it out of the process list), with --proxy")
     start.add_argument("--ca-pin", metavar="sha256:HEX", help="the kubegate CA pin, with --proxy")
     start.add_argument("--name", help="bot name (certificate CN becomes bot-<name>); local CA mode")
     start.add_argument(
@@ -197,6 +199,10 @@ def run_remote(args: argparse.Namespace) -> int:
 
     if not args.dest:
         raise CommandError("--dest DIR is needed with --proxy")
+    token = args.token
+    if token and os.path.isfile(token):
+        with open(token) as handle:
+            token = handle.read().strip()
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -204,7 +210,7 @@ def run_remote(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        run_remote_bot(args.proxy, args.dest, token=args.token, ca_pin=args.ca_pin, wait=stop.wait,
+        run_remote_bot(args.proxy, args.dest, token=token, ca_pin=args.ca_pin, wait=stop.wait,
                        once=args.once, on_result=_reporter(f"in {args.dest}"))
     except (BotError, OSError) as exc:
         raise CommandError(f"bot: {exc}") from None

@@ -92,7 +92,9 @@ def test_join_token_is_single_use_and_a_wrong_pin_sends_nothing(gate, tmp_path):
     assert first.returncode == 0, status_of(first)
     assert len(gate.issued()) == before + 1
 
-    again = bot_start(gate, tmp_path / "c", added["token"], added["ca_pin"])
+    token_file = tmp_path / "token"
+    token_file.write_text(added["token"] + "\n")
+    again = bot_start(gate, tmp_path / "c", str(token_file), added["ca_pin"])  # a file holding the token
     assert again.returncode == 1
     assert "the join token was already used (tokens are single use)" in again.stderr
     unknown = bot_start(gate, tmp_path / "d", "not-a-token", added["ca_pin"])
