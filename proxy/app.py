@@ -173,13 +173,13 @@ class Proxy:
         # Long-lived streams would never finish: end them now; ordinary requests get the grace period.
         for ex in list(fwd.exchanges):
             if ex.kind is not None:
-                ex.stop("kubegate is shutting down")
+                ex.stop("kubegate ended this stream: kubegate is shutting down", 503)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while fwd.exchanges and loop.time() < deadline:
             await asyncio.sleep(0.02)
         for ex in list(fwd.exchanges):
-            ex.stop("kubegate is shutting down")
+            ex.stop("kubegate ended this stream: kubegate is shutting down", 503)
         for _ in range(50):
             if not fwd.exchanges:
                 break
@@ -236,8 +236,9 @@ class Proxy:
             return
         old = fwd.pools.pools.get(name)
         if cluster is None or (old is not None and connection_changed(old.cluster, cluster)):
+            # Streams first: each is told why before dropping the pool breaks its upstream connection.
+            fwd.stop_cluster(name, removed=cluster is None)
             fwd.pools.drop(name)
-            fwd.stop_cluster(name)
 
     async def _sweep_loop(self) -> None:
         fwd = self.fwd

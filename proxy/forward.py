@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import time
@@ -198,8 +199,9 @@ class Forwarder:
 
     # --- long-lived streams -------------------------------------------------------------------------
     def sweep(self) -> None:
-        """End the long-lived streams of identities whose certificate expired or that were locked (the lock
-        list is asked once per identity per sweep)."""
+        """End the long-lived streams of identities whose certificate expired, that were locked (the lock
+        list is asked once per identity per sweep) or whose roles no longer allow the stream (decided
+        again: a memoised hit unless the roles or the catalog changed)."""
         now = self.clock()
         locked: dict[int, str | None] = {}
         for ex in list(self.exchanges):
@@ -207,20 +209,49 @@ class Forwarder:
                 continue
             identity = ex.identity
             if identity.not_after is not None and identity.not_after <= now:
-                ex.stop("client certificate expired")
+                ex.stop(expired_message(identity), 401)
                 continue
             if self.locks is not None:
                 key = id(identity)
                 if key not in locked:
                     locked[key] = self.locks.is_locked(identity)
                 if locked[key]:
-                    ex.stop(f"locked: {locked[key]}")
+                    ex.stop(f"kubegate ended this stream: {locked[key]}", 403)
+                    continue
+            revoked = self._revoked(ex)
+            if revoked is not None:
+                ex.stop(f"kubegate ended this stream: your roles no longer allow it: {revoked}", 403)
 
-    def stop_cluster(self, name: str) -> None:
-        """The cluster was removed or changed: end its streams cleanly."""
+    def _revoked(self, ex: Exchange) -> str | None:
+        """Why the current roles deny what this long-lived exchange was allowed, or None."""
+        if ex.cluster is None or ex.verdict is None or not ex.verdict.allowed:
+            return None
+        head = ex.head
+        route = split_target(head.target)
+        if route is None and ex.identity.pinned_cluster:
+            route = pinned_route(ex.identity.pinned_cluster, head.target)
+        if route is None:
+            return None
+        if not self.policy.visible(ex.identity, ex.cluster):
+            return f"they no longer give access to cluster {ex.cluster.name!r}"
+        verdict = self.policy.decide(ex.identity, ex.cluster, head.method, route.path, route.query, head.headers, ex.catalog)
+        if verdict.allowed:
+            return None
+        try:
+            return str(json.loads(verdict.body)["message"])
+        except (ValueError, KeyError, TypeError):
+            return verdict.reason or "denied"
+
+    def stop_cluster(self, name: str, *, removed: bool = False) -> None:
+        """The cluster was removed (404: clients stop) or changed its address or credentials (503: clients
+        such as kubectl get -w watch again, through the new connection): end its streams, saying so."""
+        if removed:
+            reason, code = f"kubegate ended this stream: cluster {name} was removed", 404
+        else:
+            reason, code = f"kubegate ended this stream: cluster {name} changed (address or credentials)", 503
         for ex in list(self.exchanges):
             if ex.cluster is not None and ex.cluster.name == name and not ex.finished:
-                ex.stop(f"cluster {name} changed")
+                ex.stop(reason, code)
 
 
 class Exchange:
@@ -229,7 +260,8 @@ class Exchange:
     __slots__ = (
         "fwd", "conn", "head", "sid", "identity", "request_id", "started", "body_parts", "body_size",
         "request_ended", "stream", "task", "finished", "kind", "cluster", "verdict", "status",
-        "bytes_out", "bytes_in", "_body_waiter", "reset", "_response_started", "_stop_reason", "upgrade",
+        "bytes_out", "bytes_in", "_body_waiter", "reset", "_response_started", "_stop_reason", "_stop_code",
+        "_stop_note", "_at_line_end", "upgrade",
         "catalog", "full_body", "_unacked", "_ack_task", "error_headers",
     )  # fmt: skip
 
@@ -257,6 +289,11 @@ class Exchange:
         self.reset = False
         self._response_started = False
         self._stop_reason: str | None = None
+        self._stop_code = 503
+        # How a stop is told to the client of a long-lived response: "watch" (an ERROR event, JSON
+        # watches), "log" (a last line, then an abort) or "" (nothing can be said: just end).
+        self._stop_note = ""
+        self._at_line_end = True  # the relayed body so far ends a line (an event may be appended)
         self.upgrade: Any = None
         self.catalog: Any = None
         self.full_body: bytes | None = None
@@ -342,17 +379,43 @@ class Exchange:
         if not self.finished:
             self._finish()
 
-    def stop(self, reason: str) -> None:
-        """End a long-lived response cleanly (watch ends; kubectl re-watches or reports)."""
+    def stop(self, reason: str, code: int = 503) -> None:
+        """End a long-lived response and tell the client why (``reason``, a sentence; ``code`` the HTTP
+        code of the Status that carries it), as far as its protocol can carry it: a JSON watch gets an
+        ERROR event with the Status (kubectl prints it), ``logs -f`` a last line and an abort (kubectl
+        exits non-zero), exec/attach the error channel's Status (see ``UpgradeSession.stop``)."""
         self._stop_reason = reason
+        self._stop_code = code
         log.info("ending stream", extra={"request_id": self.request_id, "user": self.identity.user, "reason": reason})
         if self.upgrade is not None:
-            self.upgrade.stop(reason)
+            self.upgrade.stop(reason, code)
             return
         if self.stream is not None:
             self.stream.abort()
         if self.task is not None and not self.task.done():
             self.task.cancel()
+
+    def _tell_stop(self) -> None:
+        """The client of a stopped long-lived response learns why (see ``stop``); then its response ends."""
+        conn, sid, reason = self.conn, self.sid, self._stop_reason or "stream ended"
+        status = status_body(self._stop_code, REASONS.get(self._stop_code, "InternalError"), reason)
+        if not self._response_started:  # stopped before the upstream's head (a watch's comes with its
+            self._respond_error(self._stop_code, status, "stopped")  # first event): an ordinary error answer
+            return
+        if self._stop_note == "watch" and self._at_line_end:
+            event = b'{"type":"ERROR","object":' + status.rstrip(b"\n") + b"}\n"  # kubectl get -w prints it
+            self.bytes_out += len(event)
+            conn.send_body(sid, event)
+        elif self._stop_note == "log":
+            # A log is text: the reason is its last line. Not a clean end: kubectl logs -f then reports the
+            # broken stream and exits non-zero (after a clean end it exits 0, as if the log had finished).
+            line = (b"" if self._at_line_end else b"\n") + f"kubegate: {reason}\n".encode()
+            self.bytes_out += len(line)
+            conn.send_body(sid, line)
+            conn.reset(sid)
+            return
+        conn.send_end(sid)  # a watch ends cleanly (an abort only adds a decode error to what kubectl prints)
+        conn.flush()
 
     def _wake_body(self) -> None:
         waiter = self._body_waiter
@@ -523,7 +586,9 @@ class Exchange:
                 self._body_timed_out()
             except UpstreamError as exc:
                 metrics.upstream_error(self.cluster.name if self.cluster else "", exc.kind)
-                if self._response_started:
+                if self._stop_reason is not None:
+                    self._tell_stop()  # kubegate ended the stream (and so its upstream): say why
+                elif self._response_started:
                     log.warning("upstream failed mid-response", extra={"request_id": self.request_id, "problem": exc.message})
                     conn.reset(self.sid)
                     self.status = self.status or 502
@@ -531,9 +596,8 @@ class Exchange:
                     log.warning("upstream error", extra={"request_id": self.request_id, "code": exc.status, "problem": exc.message})
                     self._respond_error(exc.status, status_body(exc.status, REASONS.get(exc.status, "InternalError"), exc.message), exc.kind)
         except asyncio.CancelledError:
-            if self._stop_reason is not None and self._response_started:
-                conn.send_end(self.sid)  # clean end of a watch / log stream
-                conn.flush()
+            if self._stop_reason is not None:
+                self._tell_stop()  # why, as the stream's protocol can say it; then the end
             elif not self.reset:
                 conn.reset(self.sid)
         except Exception as exc:
@@ -581,6 +645,8 @@ class Exchange:
                     break
         conn.send_head(ResponseHead(sid, status, headers, content_length=length))
         self._response_started = True
+        if self.kind is not None and 200 <= status < 300:
+            self._stop_note = _stop_note(self.kind, up_headers)
         self._observe_head()
         body = stream.body  # type: ignore[attr-defined]
         if not body.size and not body.eof:
@@ -597,6 +663,8 @@ class Exchange:
             if data:
                 self.bytes_out += len(data)
                 conn.send_body(sid, data)
+                if self._stop_note:
+                    self._at_line_end = data.endswith(b"\n")
                 if body.eof and not body.size and body.error is None:
                     stream.consumed(n)
                     break  # the end goes out with this last chunk: one write
@@ -781,6 +849,17 @@ class Exchange:
             "client_ip": self.conn.peer_ip,
             "stopped": self._stop_reason,
         }
+
+
+def _stop_note(kind: str, up_headers: list[tuple[bytes, bytes]]) -> str:
+    """How a stop can be told to the client of this long-lived response (see ``Exchange._tell_stop``)."""
+    if kind == "log":
+        return "log"
+    if kind == "watch":
+        for key, value in up_headers:
+            if key == b"content-type":
+                return "watch" if value.startswith(b"application/json") else ""
+    return ""
 
 
 def expired_message(identity: Identity) -> str:

@@ -232,7 +232,8 @@ class UpgradeSession:
             up.resume()
         # The tap must exist before the first relayed bytes: a SPDY tap that misses a header block loses
         # its zlib context, and a WebSocket exec's first stdout frames can ride in up_trailing.
-        if (ex.fwd.audit is not None and ex.fwd.settings.tap_sessions) or self.recorder is not None:
+        # (also without an audit sink: the tap is what lets a stop tell the client why, see stop())
+        if ex.fwd.settings.tap_sessions or self.recorder is not None:
             self.tap = _session_tap(up_headers, self.recorder.on_data if self.recorder is not None else None)
         if self.recorder is not None:
             if self.tap is not None:
@@ -283,10 +284,19 @@ class UpgradeSession:
         elif self.ex.task is not None and not self.ex.task.done():
             self.ex.task.cancel()
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: str, code: int = 503) -> None:
+        """kubegate ends the session: the client is told why where its protocol allows (the error
+        channel's Status and a close frame on WebSocket, the error stream on SPDY; see
+        ``SessionTap.ending``), then both sides close once their queued bytes are written."""
         if not self.relaying:
             self.client_gone()
             return
+        transport = self.client.transport
+        if self.tap is not None and self.tapping and transport is not None and not transport.is_closing():
+            told = self.tap.ending(reason, status_body(code, REASONS.get(code, "InternalError"), reason).rstrip(b"\n"))
+            if told:  # (only at a frame boundary, where pending notices may go first)
+                transport.write(b"".join(self._notices) + told)
+                self._notices = []
         for side in (self.client, self.upstream):
             if side.transport is not None:
                 side.transport.close()

@@ -325,6 +325,18 @@ class WebSocketClient:
 # ------------------------------------------------------------------------------------------ tap
 
 
+def _ws_frame(first_byte: int, payload: bytes) -> bytes:
+    """A server (unmasked) WebSocket frame: ``first_byte`` is FIN + opcode (0x81 text, 0x82 binary, 0x88 close)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((first_byte, n))
+    elif n < 65536:
+        head = bytes((first_byte, 126)) + struct.pack("!H", n)
+    else:
+        head = bytes((first_byte, 127)) + struct.pack("!Q", n)
+    return head + payload
+
+
 def _header_length(b1: int) -> int:
     """A WebSocket frame header's length, from its second byte (length code and mask bit)."""
     return 2 + {126: 2, 127: 8}.get(b1 & 0x7F, 0) + (4 if b1 & 0x80 else 0)
@@ -597,16 +609,31 @@ class ChannelTap:
         """A server message carrying ``data`` on stdout, framed for this protocol (None: no such channel)."""
         if self.spdy_tap is not None:
             return None
-        payload = (b"1" + base64.b64encode(data)) if self.base64 else bytes((STDOUT,)) + data
-        opcode = 0x81 if self.base64 else 0x82  # one final text / binary frame
-        n = len(payload)
-        if n < 126:
-            head = bytes((opcode, n))
-        elif n < 65536:
-            head = bytes((opcode, 126)) + struct.pack("!H", n)
-        else:
-            head = bytes((opcode, 127)) + struct.pack("!Q", n)
-        return head + payload
+        return self._server_message(STDOUT, data)
+
+    def ending(self, message: str, status: bytes) -> bytes | None:
+        """The bytes that end this session toward the client and say why: a message on the error channel
+        (``status``, a ``Status`` JSON, from v4; ``message`` as text below v4), then a close frame (1000)
+        with ``message`` as its reason. None when that cannot be written now: the server's bytes so far end
+        inside a message, the tap gave up, or this is a port-forward (no error channel to speak on)."""
+        if self.spdy_tap is not None or self.protocol_name in (PORTFORWARD_WS, PORTFORWARD_WS_BASE64):
+            return None
+        if not self.server_at_boundary():
+            return None
+        try:
+            version = channel_protocol(self.protocol_name).version
+        except ValueError:
+            return None
+        told = self._server_message(ERROR, status if version >= 4 else message.encode())
+        reason = message.encode()[:123]  # a close frame's reason: at most 123 bytes, valid UTF-8
+        reason = reason.decode("utf-8", "ignore").encode()
+        return told + _ws_frame(0x88, struct.pack("!H", 1000) + reason)
+
+    def _server_message(self, channel: int, data: bytes) -> bytes:
+        """One final unmasked frame (text for base64 protocols, else binary) carrying ``data`` on ``channel``."""
+        if self.base64:
+            return _ws_frame(0x81, str(channel).encode() + base64.b64encode(data))
+        return _ws_frame(0x82, bytes((channel,)) + data)
 
     def _frame_done(self, d: _WsScan) -> None:
         if d.opcode in (0, 1, 2) and d.fin:
@@ -666,6 +693,18 @@ class SessionTap:
     def stdout_frame(self, data: bytes) -> bytes | None:
         """``data`` framed as a server write on the session's stdout (None when there is none)."""
         return self.tap.stdout_frame(data)
+
+    def ending(self, message: str, status: bytes) -> bytes | None:
+        """The bytes that end the session toward the client and say why (``message``; ``status``, the same
+        as a ``Status`` JSON for protocols that carry one), or None when nothing can be said now (the
+        server's bytes end inside a frame, the tap gave up, no error channel). See the taps' ``ending``."""
+        if isinstance(self.tap, SpdyTap):
+            try:
+                status_errors = channel_protocol(self.protocol).status_errors
+            except ValueError:
+                status_errors = False
+            return self.tap.ending(message, status, status_errors=status_errors)
+        return self.tap.ending(message, status)
 
     def __call__(self, direction: str, data: bytes) -> None:
         if direction == "client":
