@@ -183,6 +183,10 @@ def test_two_workers_share_one_port_and_metrics_sum_both(two_workers):
     assert 0.5 * own < rss < 2 * own
     assert "process_cpu_seconds_total " in text and "process_open_fds " in text
     assert "_created" not in text
+    assert "kubegate_roles_loaded 2.0" in text and "kubegate_role_files_refused 0.0" in text  # not summed
+    # the health of each cluster, by name, also from the supervisor (its API server does not answer)
+    _wait(lambda: 'kubegate_cluster_healthy{cluster="sandbox"} 0.0' in _get(metrics + "/metrics")[1],
+          what="kubegate_cluster_healthy for the sandbox cluster")
 
 
 @pytest.mark.e2e
