@@ -274,3 +274,41 @@ def test_a_token_signed_by_another_key_is_refused(provider, connector):
     unknown = RSAKey.generate_key(2048, parameters={"kid": "not-the-providers"}, private=True)
     with pytest.raises(ConnectorError, match="ID token rejected"):
         connector.verify_id_token(minted(provider, unknown), "n-1")
+
+
+def test_kubectl_in_a_terminal_signs_in_again_when_the_certificate_expired(gate, tmp_path, kubectl_new,
+                                                                          monkeypatch):
+    """The exec plugin (interactiveMode IfAvailable) sees a terminal and an expired certificate: it runs the
+    sign-in (the URL goes to kubectl's stderr; no browser here: BROWSER=none), then hands kubectl the new
+    certificate and the command goes through."""
+    import pty
+    import time as clock
+    from datetime import timedelta
+
+    from certs.ca import CertificateAuthority
+    from kubegate.client.kubeconfig import merge_contexts
+    from kubegate.client.profile import Profile, save_profile
+
+    past = CertificateAuthority.load(gate.state / "ca", clock=lambda: clock.time() - 3 * 3600)
+    expired = past.issue_user_certificate("alice@example.com", ["admin"], timedelta(hours=1))
+    ca_pem = (gate.state / "ca" / "ca.pem").read_bytes()
+    env = gate.env(KUBECONFIG=str(tmp_path / "config"), BROWSER="none")
+    monkeypatch.setenv("KUBEGATE_HOME", env["KUBEGATE_HOME"])
+    save_profile(Profile(proxy=gate.proxy, user="alice@example.com", roles=["admin"], traits={}, kind="user",
+                         expires=expired.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"), connector="example",
+                         cert_pem=expired.cert_pem, key_pem=expired.key_pem, ca_pem=ca_pem))
+    merge_contexts(tmp_path / "config", gate.proxy, ["sandbox"], ca_pem, current="sandbox")
+    before = len(gate.issued())
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen([kubectl_new, "get", "pods", "-A"], env=env, stdin=terminal,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        url = first_url(proc.stderr)
+        sign_in_with_browser(url, "alice")
+        out, err = proc.communicate(timeout=90)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert proc.returncode == 0, err
+    assert out.split()[:2] == ["NAMESPACE", "NAME"]
+    assert [r.via for r in gate.issued()[before:]] == ["oidc:example"]
