@@ -72,6 +72,7 @@ class Settings:
     operations: tuple[str, ...] = ("get", "list")
     pods: int = 500
     idle_watches: tuple[int, ...] = (1000, 10000)
+    idle_watches_h1: tuple[int, ...] = (1000,)  # one HTTP/1.1 connection per watch
     exec_bytes: int = 256 * 1024 * 1024
     watch_events: int = 5000
     only: tuple[str, ...] = ("requests", "watches", "exec", "events")
@@ -85,7 +86,7 @@ class Settings:
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(mode="quick", duration=0.3, concurrencies=(1, 4), pods=20, idle_watches=(20,),
+        return cls(mode="quick", duration=0.3, concurrencies=(1, 4), pods=20, idle_watches=(20,), idle_watches_h1=(10,),
                    exec_bytes=1024 * 1024, watch_events=50, paced_rate=200.0, paced_clients=2)
 
 
@@ -406,6 +407,14 @@ async def create_configmap(ep: load.Endpoint, namespace: str, name: str) -> None
 
 
 async def measure_idle_watches(procs: Processes, settings: Settings) -> list[dict]:
+    """Idle watches over h2 (multiplexed), then over HTTP/1.1 (a TLS connection each)."""
+    out = await _idle_watches(procs, settings, settings.idle_watches, "h2")
+    if settings.idle_watches_h1:
+        out += await _idle_watches(procs, settings, settings.idle_watches_h1, "h1")
+    return out
+
+
+async def _idle_watches(procs: Processes, settings: Settings, counts: tuple[int, ...], protocol: str) -> list[dict]:
     """kubegate's RSS growth with idle watches open. After a warm-up (200 watches opened and closed:
     first-use allocations, upstream connections), watches are added up to each count in turn and kept
     open, so every figure is measured from the same baseline: (RSS now - baseline) / watches open.
@@ -417,24 +426,24 @@ async def measure_idle_watches(procs: Processes, settings: Settings) -> list[dic
 
     async def open_more(n: int, tag: str) -> load.WatchHolder:
         rv = await load.current_resource_version(direct, "/api/v1/namespaces/bench-idle/configmaps")
-        holder = load.WatchHolder(proxied, f"{IDLE_WATCH_PATH}&resourceVersion={rv}", n)
+        holder = load.WatchHolder(proxied, f"{IDLE_WATCH_PATH}&resourceVersion={rv}", n, protocol=protocol)
 
         async def trigger() -> None:
             await asyncio.sleep(0.5)
-            await create_configmap(direct, "bench-idle", f"idle-{run}-{tag}")
+            await create_configmap(direct, "bench-idle", f"idle-{run}-{protocol}-{tag}")
 
         await holder.open(timeout=max(30.0, n / 50), trigger=trigger)
         return holder
 
     try:
-        warm = await open_more(min(200, max(settings.idle_watches)), "warmup")
+        warm = await open_more(min(200, max(counts)), "warmup")
         await warm.close()
         await asyncio.sleep(1.0)
         rss0 = tree_rss_bytes(procs.proxy_pid)
         opened = failed = 0
         failures: dict[str, int] = {}
         t0 = time.perf_counter()
-        for count in sorted(settings.idle_watches):
+        for count in sorted(counts):
             holder = await open_more(count - opened - failed, str(count))
             holders.append(holder)
             opened += holder.opened
@@ -444,13 +453,13 @@ async def measure_idle_watches(procs: Processes, settings: Settings) -> list[dic
             await asyncio.sleep(1.0)
             rss1 = tree_rss_bytes(procs.proxy_pid)
             delta = rss1 - rss0
-            entry = {"watches": count, "opened": opened, "failed": failed, "failures": dict(failures),
+            entry = {"protocol": protocol, "watches": count, "opened": opened, "failed": failed, "failures": dict(failures),
                      "open_seconds": round(time.perf_counter() - t0, 2),
                      "rss_before_mib": round(rss0 / 2**20, 1), "rss_after_mib": round(rss1 / 2**20, 1),
                      "rss_delta_mib": round(delta / 2**20, 1),
                      "kib_per_watch": round(delta / 1024 / max(1, opened), 2)}
             out.append(entry)
-            print(f"  idle watches {count}: opened {opened}, {entry['kib_per_watch']} KiB/watch",
+            print(f"  idle watches {protocol} {count}: opened {opened}, {entry['kib_per_watch']} KiB/watch",
                   file=sys.stderr, flush=True)
     finally:
         for holder in holders:
@@ -585,10 +594,11 @@ def render_table(report: dict) -> str:
                 f"{c.get('cpu_ratio_to_nginx', 0):.2f}× |")
     if report.get("idle_watches"):
         lines.append("")
-        lines.append("| idle watches | opened | proxy RSS delta MiB | KiB per watch |")
-        lines.append("|---:|---:|---:|---:|")
+        lines.append("| idle watches | client protocol | opened | kubegate RSS delta MiB | KiB per watch |")
+        lines.append("|---:|---|---:|---:|---:|")
         for w in report["idle_watches"]:
-            lines.append(f"| {w['watches']} | {w['opened']} | {w['rss_delta_mib']} | {w['kib_per_watch']} |")
+            proto = "HTTP/1.1" if w.get("protocol") == "h1" else "h2"
+            lines.append(f"| {w['watches']} | {proto} | {w['opened']} | {w['rss_delta_mib']} | {w['kib_per_watch']} |")
     if report.get("exec"):
         e = report["exec"]
         ng = e.get("nginx") or {}

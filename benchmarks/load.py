@@ -365,14 +365,16 @@ async def run_load(ep: Endpoint, path: str, *, protocol: str, concurrency: int, 
 # ----------------------------------------------------------------------------------------- watches
 
 class WatchHolder:
-    """Opens ``count`` idle watches over h2 (``per_conn`` streams per connection); ``close()`` ends them."""
+    """Opens ``count`` idle watches over h2 (``per_conn`` streams per connection) or, with
+    ``protocol="h1"``, one HTTP/1.1 connection each (as client-go without h2); ``close()`` ends them."""
 
-    def __init__(self, ep: Endpoint, path: str, count: int, per_conn: int = 100) -> None:
+    def __init__(self, ep: Endpoint, path: str, count: int, per_conn: int = 100, protocol: str = "h2") -> None:
         self.ep = ep
         self.path = ep.prefix + path
         self.count = count
         self.per_conn = per_conn
-        self.conns: list[H2Client] = []
+        self.protocol = protocol
+        self.conns: list = []
         self.opened = 0
         self.failed = 0
         self.failures: dict[str, int] = {}
@@ -381,31 +383,40 @@ class WatchHolder:
         """Start every watch; then ``await trigger()`` (if given: e.g. create one object so that a
         server which sends the response head only with the first event sends it) and wait for every
         response head."""
-        nconn = max(1, -(-self.count // self.per_conn))
+        h1 = self.protocol == "h1"
+        nconn = self.count if h1 else max(1, -(-self.count // self.per_conn))
         sem = asyncio.Semaphore(32)
 
-        async def connect() -> H2Client:
+        async def connect() -> H1Client | H2Client:
             async with sem:
-                return await h2_connect(self.ep)
+                return await (h1_connect(self.ep) if h1 else h2_connect(self.ep))
 
         self.conns = list(await asyncio.gather(*(connect() for _ in range(nconn))))
         heads = []
-        headers = h2_headers("GET", self.path, self.ep.authority)
-        for i in range(self.count):
-            conn = self.conns[i // self.per_conn]
-            _, entry = conn.start(headers, want_head=True)
-            heads.append(entry[3])
+        if h1:
+            raw = h1_request_bytes("GET", self.path, self.ep.authority)
+            for conn in self.conns:
+                conn.on_body_chunk = _ignore  # streaming: the head answers the request
+                heads.append(asyncio.ensure_future(conn.request(raw)))
+        else:
+            headers = h2_headers("GET", self.path, self.ep.authority)
+            for i in range(self.count):
+                conn = self.conns[i // self.per_conn]
+                _, entry = conn.start(headers, want_head=True)
+                heads.append(entry[3])
         if trigger is not None:
             await trigger()
         done, pending = await asyncio.wait(heads, timeout=timeout)
         for fut in pending:
             fut.cancel()
         for fut in done:
-            if fut.exception() is None and fut.result() == 200:
+            error = fut.exception()
+            status = None if error is not None else fut.result()[0] if h1 else fut.result()
+            if status == 200:
                 self.opened += 1
             else:
                 self.failed += 1
-                why = repr(fut.exception()) if fut.exception() is not None else f"HTTP {fut.result()}"
+                why = repr(error) if error is not None else f"HTTP {status}"
                 self.failures[why] = self.failures.get(why, 0) + 1
         if pending:
             self.failures["no response head in time"] = len(pending)
@@ -415,6 +426,10 @@ class WatchHolder:
             if conn.transport is not None:
                 conn.transport.close()
         await asyncio.gather(*(c.closed for c in self.conns), return_exceptions=True)
+
+def _ignore(_chunk: bytes) -> None:
+    pass
+
 
 async def get_json(ep: Endpoint, path: str) -> dict:
     """One GET over HTTP/1.1, the body parsed as JSON."""

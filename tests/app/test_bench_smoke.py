@@ -43,8 +43,10 @@ def test_quick_benchmark_produces_every_figure(tmp_path):
     get_cell = next(c for c in cells if c["op"] == "get")
     assert list_cell["proxy"]["bytes_per_response"] > get_cell["proxy"]["bytes_per_response"]
 
-    [watches] = report["idle_watches"]
-    assert watches["watches"] == watches["opened"] == 20 and "kib_per_watch" in watches
+    h2_watches, h1_watches = report["idle_watches"]
+    assert h2_watches["protocol"] == "h2" and h2_watches["watches"] == h2_watches["opened"] == 20
+    assert h1_watches["protocol"] == "h1" and h1_watches["watches"] == h1_watches["opened"] == 10
+    assert "kib_per_watch" in h2_watches and "kib_per_watch" in h1_watches
     assert report["exec"]["proxy"]["bytes"] == report["exec"]["requested_bytes"] == 1024 * 1024
     assert report["exec"]["proxy"]["mb_per_s"] > 0 and "proxy_cpu_seconds_per_gb" in report["exec"]["proxy"]
     assert report["exec"]["nginx"]["bytes"] == 1024 * 1024 and "cpu_seconds_per_gb" in report["exec"]["nginx"]
