@@ -118,6 +118,7 @@ class Forwarder:
         self.locks = locks
         self.identities = identity_cache or IdentityCache()
         self.clock = clock or (lambda: datetime.now(UTC))
+        self._swept_roles: object = None  # the role set the last sweep decided streams with
         self.limits = ServerLimits(
             max_header_bytes=settings.max_header_bytes,
             max_body_bytes=settings.max_body_bytes,
@@ -201,9 +202,13 @@ class Forwarder:
     def sweep(self) -> None:
         """End the long-lived streams of identities whose certificate expired, that were locked (the lock
         list is asked once per identity per sweep) or whose roles no longer allow the stream (decided
-        again: a memoised hit unless the roles or the catalog changed)."""
+        again, only in a sweep that finds a new role set: idle watches cost nothing otherwise)."""
         now = self.clock()
         locked: dict[int, str | None] = {}
+        watcher = getattr(self.policy, "roles", None)
+        role_set = watcher.current() if watcher is not None else object()  # another policy: always decide
+        recheck = role_set is not self._swept_roles
+        self._swept_roles = role_set
         for ex in list(self.exchanges):
             if ex.kind is None or ex.finished:
                 continue
@@ -218,7 +223,7 @@ class Forwarder:
                 if locked[key]:
                     ex.stop(f"kubegate ended this stream: {locked[key]}", 403)
                     continue
-            revoked = self._revoked(ex)
+            revoked = self._revoked(ex) if recheck else None
             if revoked is not None:
                 ex.stop(f"kubegate ended this stream: your roles no longer allow it: {revoked}", 403)
 

@@ -190,3 +190,16 @@ def test_a_writer_far_behind_drops_and_counts_instead_of_growing_without_bound(t
     finally:
         sink.close()
     assert len(_lines(tmp_path / "audit.log")) == 100
+
+
+def test_a_dash_writes_the_lines_to_standard_output():
+    code = ("from proxy.audit import AuditLog\n"
+            "sink = AuditLog('-')\n"
+            "sink({'event': 'request', 'n': 1})\n"
+            "sink({'event': 'session.start', 'n': 2})\n"
+            "sink.close()\n"
+            "print('after close', flush=True)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == '{"event":"request","n":1}\n{"event":"session.start","n":2}\nafter close\n'
