@@ -99,17 +99,24 @@ class AuditLog:
         with self._io:
             self._write_queued()
 
-    def close(self) -> None:
-        """Write what is queued, stop the writer, close the file (the SIGTERM path ends here)."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, stop the writer, close the file (the SIGTERM path ends here). A writer
+        stuck on a hung disk is given ``timeout`` seconds, twice, then abandoned (logged)."""
         if self._closed:
             return
         self._closed = True
         self._wake.set()
-        self._thread.join(10)
-        with self._io:
+        self._thread.join(timeout)
+        # A writer stuck on a hung disk (NFS) must not hang the shutdown too: give up after a while.
+        if not self._io.acquire(timeout=timeout):
+            log.error("audit writer stuck; events not written", extra={"path": self.path, "events": len(self._queue)})
+            return
+        try:
             self._write_queued()
             if self._fd != 1:
                 os.close(self._fd)
+        finally:
+            self._io.release()
 
     def _run(self) -> None:
         while not self._closed:

@@ -203,3 +203,26 @@ def test_a_dash_writes_the_lines_to_standard_output():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout == '{"event":"request","n":1}\n{"event":"session.start","n":2}\nafter close\n'
+
+
+def test_a_writer_stuck_on_a_hung_disk_does_not_hang_the_caller_nor_the_shutdown(tmp_path, caplog):
+    """A hung disk (an NFS server gone), simulated with a FIFO nobody reads: the writer thread blocks in
+    write() once the pipe is full; the caller keeps queueing at memory speed and close() gives up after
+    its timeout instead of hanging kubegate's shutdown."""
+    fifo = tmp_path / "audit.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # held open, never read
+    caplog.set_level(logging.ERROR, logger="kubegate.audit")
+    try:
+        sink = AuditLog(str(fifo), flush_interval=0.01)
+        started = time.perf_counter()
+        for n in range(5000):  # ~500 KB: far more than a pipe holds
+            sink({**_request(n), "pad": "x" * 100})
+        assert time.perf_counter() - started < 2.0
+        time.sleep(0.3)  # the writer is now blocked in write()
+        started = time.perf_counter()
+        sink.close(timeout=0.5)
+        assert time.perf_counter() - started < 3.0
+        assert any("audit writer stuck" in r.getMessage() for r in caplog.records)
+    finally:
+        os.close(reader)  # the pipe breaks: the stuck write ends (EPIPE is counted, not raised)
