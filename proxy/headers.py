@@ -66,8 +66,45 @@ def connection_tokens(headers: Headers) -> frozenset[bytes]:
     return frozenset(names)
 
 
-def _is_hop_by_hop(name: bytes, declared: frozenset[bytes]) -> bool:
-    return name in _HOP_BY_HOP or name.startswith(b"proxy-") or name in declared
+def _is_hop_by_hop(name: bytes) -> bool:
+    return name in _HOP_BY_HOP or name.startswith(b"proxy-")
+
+
+# What each header name means to the rewrite, decided once per name: header names repeat from a small
+# set, so a request or response costs one dict lookup per header instead of several checks.
+_KEEP, _DROP, _XFF, _UPGRADE, _ACCEPT = 0, 1, 2, 3, 4
+_NAMES_CACHED = 4096  # distinct names remembered per side (more are classified each time)
+
+
+def _request_action(name: bytes) -> int:
+    if is_client_identity_header(name) or name in (b"host", REQUEST_ID_HEADER, b"content-length"):
+        return _DROP
+    if name == b"x-forwarded-for":
+        return _XFF
+    if name == b"upgrade":
+        return _UPGRADE
+    if name == b"accept":
+        return _ACCEPT
+    return _DROP if _is_hop_by_hop(name) else _KEEP
+
+
+def _response_action(name: bytes) -> int:
+    if name in (b"connection", b"upgrade"):
+        return _UPGRADE  # kept on an upgrade answer, hop-by-hop otherwise
+    if name == b"content-length":
+        return _ACCEPT  # dropped when the body is rewritten
+    return _DROP if name == REQUEST_ID_HEADER or _is_hop_by_hop(name) else _KEEP
+
+
+_request_actions: dict[bytes, int] = {}
+_response_actions: dict[bytes, int] = {}
+
+
+def _classify(cache: dict[bytes, int], decide: object, name: bytes) -> int:
+    action = decide(name)  # type: ignore[operator]
+    if len(cache) < _NAMES_CACHED:
+        cache[name] = action
+    return action
 
 
 def rewrite_request_headers(
@@ -83,30 +120,29 @@ def rewrite_request_headers(
     accept: bytes | None = None,
 ) -> Headers:
     """The headers to send upstream for one request (see the module docstring)."""
-    declared = connection_tokens(headers) if upgrade is False else frozenset()
-    out: Headers = []
+    out: Headers = [] if http2 else [(b"host", upstream_authority.encode("latin-1"))]
     forwarded_for: bytes | None = None
     upgrade_value: bytes | None = None
+    declared = False
+    actions = _request_actions
     for key, value in headers:
-        if is_client_identity_header(key):
-            continue
-        if key == b"x-forwarded-for":
+        action = actions.get(key)
+        if action is None:
+            action = _classify(actions, _request_action, key)
+        if action == _KEEP:
+            out.append((key, value))
+        elif action == _DROP:
+            if key == b"connection":
+                declared = True
+        elif action == _XFF:
             forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
-            continue
-        if key == b"host":
-            continue
-        if key == b"upgrade":
+        elif action == _UPGRADE:
             upgrade_value = value
-            continue
-        if key == REQUEST_ID_HEADER or key == b"content-length":  # body framing is the upstream side's job
-            continue
-        if accept is not None and key == b"accept":
-            continue
-        if _is_hop_by_hop(key, declared):
-            continue
-        out.append((key, value))
-    if not http2:
-        out.insert(0, (b"host", upstream_authority.encode("latin-1")))
+        elif accept is None:  # _ACCEPT: the client's, unless the decision replaces it
+            out.append((key, value))
+    if declared and not upgrade:  # names listed in Connection are hop-by-hop too
+        tokens = connection_tokens(headers)
+        out = [(key, value) for key, value in out if key not in tokens or key == b"host"]
     if upgrade:
         if upgrade_value is None:
             raise ValueError("an upgrade request without an Upgrade header")
@@ -132,19 +168,26 @@ def rewrite_response_headers(
     body_rewritten: bool = False,
 ) -> Headers:
     """The headers to send back to the client for one upstream response."""
-    declared = frozenset() if upgrade else connection_tokens(headers)
     out: Headers = []
+    declared = False
+    actions = _response_actions
     for key, value in headers:
-        if upgrade and key in (b"connection", b"upgrade"):
+        action = actions.get(key)
+        if action is None:
+            action = _classify(actions, _response_action, key)
+        if action == _KEEP:
             out.append((key, value))
-            continue
-        if body_rewritten and key == b"content-length":
-            continue
-        if key == REQUEST_ID_HEADER:
-            continue
-        if _is_hop_by_hop(key, declared):
-            continue
-        out.append((key, value))
+        elif action == _UPGRADE:
+            if upgrade:
+                out.append((key, value))
+            elif key == b"connection":
+                declared = True
+        elif action == _ACCEPT:  # content-length
+            if not body_rewritten:
+                out.append((key, value))
+    if declared:
+        tokens = connection_tokens(headers)
+        out = [(key, value) for key, value in out if key not in tokens]
     out.append((REQUEST_ID_HEADER, request_id.encode("ascii")))
     return out
 
