@@ -83,6 +83,7 @@ class Settings:
     wrap: tuple[str, ...] = ()  # a command prefix for kubegate and the reference nginx (benchmarks.instructions)
     paced_rate: float = 1000.0  # the paced cell: GET over HTTP/1.1 at this total rate …
     paced_clients: int = 10     # … spread over this many keep-alive clients
+    backend: str = "local"      # "etcd": kubegate keeps its shared state in a 3-member etcd on loopback
 
     @classmethod
     def quick(cls) -> Settings:
@@ -182,6 +183,8 @@ class Processes:
         config["kubernetes_service"]["kubeconfig_files"].append(str(fast_kubeconfig))
         if self.settings.wrap:  # everything runs ~50× slower under callgrind: health checks too
             config["kubernetes_service"]["health_timeout"] = "300s"
+        if self.settings.backend == "etcd":
+            config["backend"] = self._start_etcd()
         self.state.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         cmd = [sys.executable, "-m", "kubegate", "start", "-c", str(self.state.config_path)]
         cmd = [*self.settings.wrap, *cmd]
@@ -194,6 +197,23 @@ class Processes:
         self._start_reference_proxy()
         if self.pinned:
             os.sched_setaffinity(0, {1})
+
+    def _start_etcd(self) -> dict:
+        """A 3-member etcd on loopback holding kubegate's shared state (the demo roles stored there, as
+        ``kubegate roles apply`` would); returns the config's ``backend`` section."""
+        from backend.etcd import EtcdBackend
+        from backend.testing import EtcdCluster
+        from kubegate.shared_roles import PREFIX
+
+        self.etcd = EtcdCluster(self.workdir / "etcd", members=3)
+        self.etcd.start_all()
+        backend = EtcdBackend(self.etcd.endpoints, prefix="/kubegate/")
+        for role_file in sorted(self.state.roles_dir.glob("*.yaml")):
+            for doc in yaml.safe_load_all(role_file.read_text()):
+                backend.put(PREFIX + doc["metadata"]["name"], yaml.safe_dump(doc).encode())
+        key_file = self.workdir / "ca.key"
+        key_file.write_bytes(os.urandom(32))
+        return {"type": "etcd", "endpoints": self.etcd.endpoints, "ca_key_file": str(key_file)}
 
     def _start_fast_upstream(self) -> Path:
         """nginx serving the benchmark's GET and LIST bodies (captured from the sandbox) and proxying
@@ -313,6 +333,8 @@ class Processes:
                 self.proxy.wait()
         if getattr(self, "_log_file", None) is not None:
             self._log_file.close()
+        if getattr(self, "etcd", None) is not None:
+            self.etcd.stop_all()
         if self.sandbox is not None and self.sandbox.poll() is None:
             assert self.sandbox.stdin is not None
             with contextlib.suppress(OSError):
@@ -697,6 +719,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--profile", action="store_true",
                         help="also sample kubegate with py-spy under GET load and list the hottest functions")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs with taskset")
+    parser.add_argument("--backend", choices=("local", "etcd"), default="local",
+                        help="kubegate's shared state: the state directory (default) or a 3-member etcd")
     parser.add_argument("--out", help=f"directory for the JSON result (default {RESULTS_DIR})")
     parser.add_argument("--update-readme", action="store_true",
                         help="write the table into README.md between its benchmark markers")
@@ -715,6 +739,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         settings.idle_watches = tuple(int(x) for x in args.idle_watches.split(","))
     settings.workers = args.workers
     settings.pin = not args.no_pin
+    settings.backend = args.backend
     settings.profile = args.profile
     if args.out:
         settings.out_dir = args.out
