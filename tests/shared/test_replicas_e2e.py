@@ -187,7 +187,7 @@ def stream_ends(replica: Replica, user: str) -> list[float]:
         if '"ending stream"' not in line:
             continue
         entry = json.loads(line)
-        if entry.get("user") == user and str(entry.get("reason", "")).startswith("locked"):
+        if entry.get("user") == user and "is locked" in str(entry.get("reason", "")):
             ends.append(datetime.fromisoformat(entry["ts"].replace("Z", "+00:00")).timestamp())
     return ends
 
