@@ -478,3 +478,57 @@ def test_a_client_that_never_reads_is_cut_once_its_buffer_is_full(fp, creds, bas
         wait_for(lambda: rejected("write_buffer_full") > before)
         wait_for(lambda: fp.stats()["connections"] == 0)
     answers_within(fp, creds)
+
+
+def test_slow_body_on_http2_gets_408_and_its_stream_reset_while_the_connection_serves_on(fp, creds, baseline):
+    """The same dribbled body on an HTTP/2 stream: 408 on that stream, then RST_STREAM (the rest of the
+    body is not wanted); the connection stays usable for the next request."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    with tls_connect(fp, creds, alpn="h2") as sock:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        conn.initiate_connection()
+        slow = conn.get_next_available_stream_id()
+        conn.send_headers(slow, [(":method", "POST"), (":path", "/k8s/clusters/sandbox/api/v1/namespaces/floods/configmaps"),
+                                 (":scheme", "https"), (":authority", "x"), ("content-type", "application/json"),
+                                 ("content-length", "1000")])  # fmt: skip
+        sock.sendall(conn.data_to_send())
+        sock.settimeout(0.2)
+        started = time.monotonic()
+        status, reset, body = 0, False, b""
+        while not reset and time.monotonic() - started < 15:
+            if not reset and status == 0:
+                conn.send_data(slow, b" ")
+            sock.sendall(conn.data_to_send())
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            assert data, "connection closed"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived) and event.stream_id == slow:
+                    status = int(dict(event.headers)[":status"])
+                elif isinstance(event, h2.events.DataReceived) and event.stream_id == slow:
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, slow)
+                elif isinstance(event, h2.events.StreamReset) and event.stream_id == slow:
+                    reset = True
+        took = time.monotonic() - started
+        assert status == 408 and b'"kind":"Status"' in body and reset, (status, body, reset)
+        assert 1.5 < took < 10
+        nxt = conn.get_next_available_stream_id()
+        conn.send_headers(nxt, [(":method", "GET"), (":path", "/k8s/clusters/sandbox/version"), (":scheme", "https"),
+                                (":authority", "x")], end_stream=True)  # fmt: skip
+        sock.sendall(conn.data_to_send())
+        sock.settimeout(10)
+        answered = 0
+        while not answered:
+            data = sock.recv(65536)
+            assert data, "connection closed"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived) and event.stream_id == nxt:
+                    answered = int(dict(event.headers)[":status"])
+            sock.sendall(conn.data_to_send())
+        assert answered == 200
