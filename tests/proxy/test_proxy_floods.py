@@ -416,7 +416,8 @@ def test_ten_thousand_idle_tls_connections_and_silent_tcp_ones(fp, creds, baseli
     try:
         wait_for(lambda: rss_bytes() - rss < bound, 30, lambda: (rss_bytes() - rss, bound))  # follow-up trim: 3 s
     finally:
-        print(f"opened in {opened['seconds']} s; {held_rss / IDLE:.0f} B RSS per idle connection; "
+        print(f"opened in {opened['seconds']} s ({opened['retries']} handshakes retried); "
+              f"{held_rss / IDLE:.0f} B RSS per idle connection; "
               f"other client answered in {took:.2f} s; RSS after close +{(rss_bytes() - rss) / 1e6:.1f} MB")
 
 
