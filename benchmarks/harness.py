@@ -30,6 +30,7 @@ import platform
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -722,6 +723,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--backend", choices=("local", "etcd"), default="local",
                         help="kubegate's shared state: the state directory (default) or a 3-member etcd")
     parser.add_argument("--out", help=f"directory for the JSON result (default {RESULTS_DIR})")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="repeat the whole run (fresh processes) and report each figure's median")
     parser.add_argument("--update-readme", action="store_true",
                         help="write the table into README.md between its benchmark markers")
     return parser
@@ -748,11 +751,35 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
-    return run_and_print(settings_from_args(args), update_readme=args.update_readme)
+    return run_and_print(settings_from_args(args), update_readme=args.update_readme, runs=args.runs)
 
 
-def run_and_print(settings: Settings, update_readme: bool = False) -> int:
-    report = run(settings)
+def median_report(reports: list[dict]) -> dict:
+    """One report of the same shape whose every number is the median of the runs' (strings and other
+    values from the first run); ``meta.runs`` says how many runs it summarises."""
+    def combine(values: list) -> object:
+        first = values[0]
+        if isinstance(first, bool) or first is None or isinstance(first, str):
+            return first
+        if isinstance(first, (int, float)):
+            numbers = [v for v in values if isinstance(v, (int, float))]
+            return round(statistics.median(numbers), 2) if numbers else first
+        if isinstance(first, dict):
+            return {k: combine([v.get(k) for v in values if isinstance(v, dict)]) for k in first}
+        if isinstance(first, list) and all(isinstance(v, list) and len(v) == len(first) for v in values):
+            return [combine([v[i] for v in values]) for i in range(len(first))]
+        return first
+
+    merged = combine(reports)
+    assert isinstance(merged, dict)
+    merged["meta"] = {**reports[0]["meta"], "runs": len(reports),
+                      "json_paths": [r["meta"].get("json_path") for r in reports]}
+    return merged
+
+
+def run_and_print(settings: Settings, update_readme: bool = False, runs: int = 1) -> int:
+    reports = [run(settings) for _ in range(max(1, runs))]
+    report = reports[0] if len(reports) == 1 else median_report(reports)
     print(render_table(report))
     print(f"\nJSON: {report['meta']['json_path']}")
     if update_readme:
@@ -768,10 +795,11 @@ README_END = "<!-- /BENCHMARK-TABLE -->"
 def write_readme_table(report: dict, readme: Path) -> None:
     """Replace the text between the README's benchmark markers with this run's table."""
     meta = report["meta"]
+    runs = f", each figure the median of {meta['runs']} runs" if meta.get("runs", 1) > 1 else ""
     intro = (f"Measured {meta['started'][:10]} on {meta['cpus']} vCPUs ({meta['cpu_model']}), CPython "
              f"{meta['python']}, uvloop, {meta['proxy_workers']} kubegate worker, "
              f"{'pinned with taskset' if meta.get('pinned') else 'not pinned'}, "
-             f"{meta['settings']['duration']:g} s per cell, commit {meta['commit']}:")
+             f"{meta['settings']['duration']:g} s per cell, commit {meta['commit']}{runs}:")
     text = readme.read_text()
     start, end = text.index(README_START) + len(README_START), text.index(README_END)
     readme.write_text(text[:start] + "\n" + intro + "\n\n" + render_table(report) + "\n" + text[end:])

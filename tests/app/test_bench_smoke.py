@@ -59,3 +59,20 @@ def test_quick_benchmark_produces_every_figure(tmp_path):
     assert "| GET | HTTP/1.1 | 1 |" in table and "| LIST | h2 | 4 |" in table and "| 2 @ 200/s |" in table
     assert "kubegate ÷ nginx" in table
     assert "exec stdout relay" in table and "watch event relay" in table
+
+
+def test_several_runs_are_reported_as_each_figures_median():
+    from benchmarks.harness import median_report
+
+    def report(cpu: float, ratio: float, watch_kib: float) -> dict:
+        return {"meta": {"mode": "full", "json_path": f"run-{cpu}.json"},
+                "requests": [{"op": "get", "protocol": "h1", "concurrency": 16, "rate": None,
+                              "proxy_cpu_us_per_request": cpu, "cpu_ratio_to_nginx": ratio}],
+                "idle_watches": [{"protocol": "h2", "watches": 1000, "kib_per_watch": watch_kib}]}
+
+    merged = median_report([report(130, 3.5, 9.0), report(120, 3.9, 5.0), report(300, 2.0, 7.0)])
+    [cell] = merged["requests"]
+    assert (cell["op"], cell["rate"], cell["concurrency"]) == ("get", None, 16)
+    assert cell["proxy_cpu_us_per_request"] == 130 and cell["cpu_ratio_to_nginx"] == 3.5
+    assert merged["idle_watches"][0]["kib_per_watch"] == 7.0
+    assert merged["meta"]["runs"] == 3 and len(merged["meta"]["json_paths"]) == 3
