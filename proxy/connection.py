@@ -53,7 +53,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "fwd", "peer_ip", "transport", "codec", "identity", "exchanges", "closed", "_write_paused", "_read_paused",
         "_drain_waiters", "_window_waiters", "_header_timer", "_idle_timer", "_closing_after_flush", "upgraded",
-        "detached", "_served", "_idle_since", "_frame_marks", "__weakref__",
+        "detached", "_served", "_idle_since", "_frame_marks", "_max_pipelined", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, fwd: Forwarder, peer_ip: str) -> None:
@@ -76,6 +76,7 @@ class ClientConnection(asyncio.Protocol):
         self._served = False  # a request head has been seen on this connection
         self._idle_since = 0.0  # loop time the connection last became idle (no request in flight)
         self._frame_marks: dict[str, float] | None = None  # loop time of the last FramesCounted, by kind
+        self._max_pipelined = fwd.settings.http1_max_pipelined  # exchanges in flight before reading pauses
 
     # --- set-up -------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -95,6 +96,8 @@ class ClientConnection(asyncio.Protocol):
         self.identity = identity
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         self.codec = fwd.new_codec(alpn == "h2")
+        if alpn == "h2":
+            self._max_pipelined = 1 << 62  # HTTP/2 bounds its streams itself (h2_max_concurrent_streams)
         fwd.connection_opened(self)
         self._flush()
         self._arm_idle()
@@ -116,7 +119,7 @@ class ClientConnection(asyncio.Protocol):
                 self._dispatch(event)
         except _Cut:
             return
-        if len(self.exchanges) > self.fwd.settings.http1_max_pipelined and codec.http_version != "2":
+        if len(self.exchanges) > self._max_pipelined:
             self.pause_reading()  # pipelined requests: read no more until answers have gone out
         if (
             idle
@@ -259,7 +262,7 @@ class ClientConnection(asyncio.Protocol):
 
     def exchange_done(self, stream_id: int) -> None:
         self.exchanges.pop(stream_id, None)
-        if self._read_paused and len(self.exchanges) <= self.fwd.settings.http1_max_pipelined // 2:
+        if self._read_paused and len(self.exchanges) <= self._max_pipelined // 2:
             self.resume_reading()
         if not self.exchanges and not self.upgraded:
             if self._closing_after_flush or (self.codec is not None and self.codec.must_close):

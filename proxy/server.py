@@ -74,7 +74,9 @@ class Listener:
         except (asyncio.CancelledError, Exception) as exc:
             reason = "shutdown" if isinstance(exc, asyncio.CancelledError) else classify_handshake_error(exc)
             fwd.handshake_failed(reason)
-            log.info("TLS handshake failed", extra={"peer": peer_ip, "reason": reason, "problem": str(exc)[:200]})
+            fwd.throttled_log.info(
+                f"handshake_{reason}", "TLS handshake failed", {"peer": peer_ip, "reason": reason, "problem": str(exc)[:200]}
+            )
             try:
                 sock.close()
             except OSError:

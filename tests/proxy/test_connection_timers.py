@@ -54,6 +54,7 @@ class FakeTimer:
 class Settings:
     idle_timeout: float = 10.0
     header_timeout: float = 2.0
+    http1_max_pipelined: int = 64
 
 
 @dataclass
