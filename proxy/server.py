@@ -9,6 +9,7 @@ Accepting is done by hand (``add_reader`` on the listening socket) and the hands
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import ssl
@@ -18,6 +19,9 @@ from proxy.forward import Forwarder
 from proxy.tls import classify_handshake_error
 
 log = logging.getLogger("kubegate.proxy.server")
+
+ACCEPT_BACKOFF = 0.25  # seconds without accepting after the process ran out of file descriptors
+_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
 class Listener:
@@ -48,7 +52,11 @@ class Listener:
                 return
             except OSError as exc:  # EMFILE, ENFILE, ECONNABORTED...
                 fwd.connection_rejected("accept_error")
-                log.warning("accept failed", extra={"problem": str(exc)})
+                fwd.throttled_log.info("accept_error", "accept failed", {"problem": str(exc)})
+                if exc.errno in _OUT_OF_RESOURCES:
+                    # The connection stays in the backlog and the socket stays readable: without a pause
+                    # this callback would spin the loop until a file descriptor is freed.
+                    self._pause_accepting(lsock)
                 return
             if self.closing or len(fwd.connections) + len(self.handshakes) >= fwd.settings.max_connections:
                 fwd.connection_rejected("closing" if self.closing else "max_connections")
@@ -81,6 +89,18 @@ class Listener:
                 sock.close()
             except OSError:
                 pass
+
+    def _pause_accepting(self, lsock: socket.socket) -> None:
+        loop = self.fwd.loop
+        try:
+            loop.remove_reader(lsock.fileno())
+        except (ValueError, OSError):
+            return
+        loop.call_later(ACCEPT_BACKOFF, self._resume_accepting, lsock)
+
+    def _resume_accepting(self, lsock: socket.socket) -> None:
+        if not self.closing and lsock.fileno() >= 0:
+            self.fwd.loop.add_reader(lsock.fileno(), self._accept, lsock)
 
     def close(self) -> None:
         """Stop accepting (open connections go on)."""

@@ -556,3 +556,56 @@ def test_slow_body_on_http2_gets_408_and_its_stream_reset_while_the_connection_s
                     answered = int(dict(event.headers)[":status"])
             sock.sendall(conn.data_to_send())
         assert answered == 200
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_running_out_of_file_descriptors_pauses_accepting_instead_of_spinning(tmp_path):
+    """A proxy process with 100 file descriptors and 150 TCP connections waiting: ``accept`` fails with
+    EMFILE while the connections stay queued, so the listening socket stays readable. The listener
+    pauses accepting for a moment (it does not spin on the readable socket), and once descriptors are
+    free again it serves a client (before the pause: it never answered again)."""
+    proc = subprocess.Popen([sys.executable, str(HOSTILE.with_name("starved_proxy.py")), str(tmp_path), "100"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=str(HOSTILE.parents[2]))  # fmt: skip
+    crowd: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read().decode() if proc.stderr else ""
+        info = json.loads(line)
+        for _ in range(150):
+            crowd.append(socket.create_connection(("127.0.0.1", info["port"]), timeout=10))
+        time.sleep(0.5)  # the proxy has met EMFILE
+        before = cpu_seconds(info["pid"])
+        time.sleep(2.0)
+        spent = cpu_seconds(info["pid"]) - before
+        assert spent < 0.6, f"the proxy spent {spent:.2f} s of CPU in 2 s with nothing to do"
+        for sock in crowd:
+            sock.close()
+        crowd.clear()
+        ctx = ssl.create_default_context(cafile=info["ca"])
+        ctx.load_cert_chain(info["cert"], info["key"])
+        started = time.monotonic()
+        reply = b""
+        while not reply.startswith(b"HTTP/1.1 ") and time.monotonic() - started < 10:
+            try:
+                with ctx.wrap_socket(socket.create_connection(("127.0.0.1", info["port"]), timeout=5),
+                                     server_hostname="127.0.0.1") as sock:  # fmt: skip
+                    sock.sendall(b"GET /k8s/clusters/sandbox/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    reply = read_all(sock, limit=5)
+            except (OSError, ssl.SSLError):
+                time.sleep(0.2)  # its descriptors are still being freed
+        assert reply.startswith(b"HTTP/1.1 404"), reply[:200]  # served (no clusters: kubegate's 404 Status)
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in crowd:
+            sock.close()
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
