@@ -119,18 +119,36 @@ def answers_within(px, creds: tuple[Path, Path], seconds: float = 5.0) -> float:
     return took
 
 
+def proxy_tasks(px) -> int:
+    """Tasks alive on the proxy's event loop."""
+
+    async def count() -> int:
+        import asyncio
+
+        return len(asyncio.all_tasks())
+
+    return px.call(count)
+
+
+def connections_gauge() -> float:
+    return REGISTRY.get_sample_value("kubegate_client_connections") or 0.0
+
+
 @pytest.fixture
 def baseline(fp, creds) -> Iterator[int]:
     """Warm (the pooled upstream connection exists), settled; yields the fd count, and at the end checks
-    the proxy is back to it: no connection, exchange, handshake or upstream stream left."""
+    the proxy is back to where it was: no connection, exchange, handshake or upstream stream left, no
+    more file descriptors, tasks on its loop, or connections on the gauge than before."""
     answers_within(fp, creds)
     wait_for(lambda: settled(fp))
-    fds = open_fds()
+    fds, tasks, gauge = open_fds(), proxy_tasks(fp), connections_gauge()
     yield fds
-    try:
-        wait_for(lambda: settled(fp) and open_fds() <= fds)
-    except AssertionError:
-        raise AssertionError(f"not back to baseline: {fp.stats()}, fds {open_fds()} > {fds}") from None
+
+    def back() -> bool:
+        return settled(fp) and open_fds() <= fds and proxy_tasks(fp) <= tasks and connections_gauge() <= gauge
+
+    wait_for(back, 30, lambda: (fp.stats(), "fds", open_fds(), fds, "tasks", proxy_tasks(fp), tasks,
+                                "gauge", connections_gauge(), gauge))  # fmt: skip
 
 
 def attack(px, creds: tuple[Path, Path], name: str, *, seconds: float = 10.0, count: int = 1_000_000,
