@@ -627,3 +627,30 @@ def test_running_out_of_file_descriptors_pauses_accepting_instead_of_spinning(tm
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_two_hundred_slowloris_heads_at_one_byte_a_second_are_all_closed(fp, creds, baseline):
+    """200 TLS connections each writing its request head one byte a second: every one is closed once the
+    head has taken longer than ``header_timeout`` (1 s here), counted, and others are served meanwhile."""
+    before = rejected("header_timeout")
+    head = b"GET /k8s/clusters/sandbox/version HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"z" * 100
+    socks = [tls_connect(fp, creds) for _ in range(200)]
+    try:
+        open_ = list(socks)
+        started = time.monotonic()
+        for second in range(10):
+            for sock in list(open_):
+                try:
+                    sock.sendall(head[second : second + 1])
+                except (OSError, ssl.SSLError):
+                    open_.remove(sock)
+            if second == 1:
+                answers_within(fp, creds)
+            if not open_:
+                break
+            time.sleep(1.0)
+        assert not open_, f"{len(open_)} slow heads still open after {time.monotonic() - started:.0f} s"
+    finally:
+        for sock in socks:
+            sock.close()
+    wait_for(lambda: rejected("header_timeout") >= before + 200, 30, lambda: rejected("header_timeout") - before)
