@@ -27,6 +27,9 @@ from kubegate.config import Config
 log = logging.getLogger("kubegate.app")
 
 
+READY_FAILOVER_GRACE = 2.0  # seconds a broken backend watch may take to resume before /readyz says 503
+
+
 class StartupError(RuntimeError):
     """kubegate cannot start with this configuration (the message says why and what to do)."""
 
@@ -288,11 +291,16 @@ class ProxyService:
         copies of clusters, locks and roles each report their watch's health."""
         if self.backend is None:
             return ""
+        now = time.monotonic()
         for what, holder in (("locks", self.locks), ("roles", self.roles),
                              ("clusters", getattr(self.discovery, "store", None))):
             cache = getattr(holder, "cache", None)
-            if cache is not None and not cache.healthy:
-                return f"shared state backend ({self.backend.name}) unreachable ({what}): {cache.error}"
+            if cache is None or cache.healthy:
+                continue
+            since = cache.unreachable_since
+            if since is not None and now - since < READY_FAILOVER_GRACE:
+                continue  # a watch moving to another etcd member: not worth leaving the load balancer
+            return f"shared state backend ({self.backend.name}) unreachable ({what}): {cache.error}"
         return ""
 
     async def stop(self, grace: float) -> None:
