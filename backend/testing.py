@@ -127,9 +127,23 @@ class EtcdCluster:
 
     def start_all(self, timeout: float = 30.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for i in range(len(self.names)):
-            self.start(i)
-        self.wait_healthy(timeout)
+        fresh = not any((self.workdir / name).exists() for name in self.names)
+        for attempt in range(3):
+            for i in range(len(self.names)):
+                self.start(i)
+            try:
+                self.wait_healthy(timeout)
+                return
+            except RuntimeError:
+                exited = any(p is not None and p.poll() is not None for p in self.procs)
+                if not (fresh and exited) or attempt == 2:
+                    raise
+            # a port picked a moment ago was taken by someone else before etcd bound it: new ports
+            self.stop_all()
+            for name in self.names:
+                shutil.rmtree(self.workdir / name, ignore_errors=True)
+            self.client_ports = [_port() for _ in self.names]
+            self.peer_ports = [_port() for _ in self.names]
 
     def wait_healthy(self, timeout: float = 30.0, members: list[int] | None = None) -> None:
         deadline = time.monotonic() + timeout

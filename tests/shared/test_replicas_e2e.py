@@ -49,8 +49,15 @@ class Replica:
     def __init__(self, name: str, workdir: Path, endpoints: list[str], key_file: Path) -> None:
         self.name, self.dir = name, workdir
         workdir.mkdir(parents=True)
-        self.port, self.metrics_port = free_port(), free_port()
         self.config = workdir / "kubegate.yaml"
+        self.endpoints, self.key_file = endpoints, key_file
+        self.proc: subprocess.Popen[str] | None = None
+        self.write_config()
+
+    def write_config(self) -> None:
+        """A config with ports that were free a moment ago (again after a start lost one of them)."""
+        self.port, self.metrics_port = free_port(), free_port()
+        endpoints, key_file = self.endpoints, self.key_file
         self.config.write_text(yaml.safe_dump({
             "version": "v1", "state_dir": "./state",
             "proxy": {"listen": f"127.0.0.1:{self.port}", "public_addr": f"127.0.0.1:{self.port}",
@@ -60,7 +67,6 @@ class Replica:
                         "timeout": "500ms", "lease_ttl": "2s", "stale_grace": f"{STALE_GRACE:g}s",
                         "ca_key_file": str(key_file)},
         }))
-        self.proc: subprocess.Popen[str] | None = None
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "kubegate", *args, "-c", str(self.config)], cwd=self.dir,
@@ -84,7 +90,8 @@ class Replica:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        self.log.close()
+        if getattr(self, "log", None) is not None:
+            self.log.close()
 
     def kubeconfig(self, user: str, roles: str) -> Path:
         out = self.dir / f"{user}.kubeconfig"
@@ -117,11 +124,18 @@ def replicas(etcd, tmp_path_factory):
     for role in ("admin", "viewer"):
         applied = group[0].cli("roles", "apply", "-f", str(EXAMPLE_ROLES / f"{role}.yaml"))
         assert applied.returncode == 0, applied.stderr
-    for replica in group:
-        replica.start(workers=2 if replica.name == "b" else 1)  # b: a supervisor and two workers
     try:
         for replica in group:
-            wait_until(lambda r=replica: r.readyz() == 200, f"replica {replica.name} is ready", timeout=60)
+            for attempt in range(3):
+                replica.start(workers=2 if replica.name == "b" else 1)  # b: a supervisor and two workers
+                wait_until(lambda r=replica: r.proc.poll() is not None or http_status(
+                    f"http://127.0.0.1:{r.metrics_port}/readyz") == 200, f"replica {replica.name} starts",
+                    timeout=120)
+                if replica.proc.poll() is None:
+                    break
+                replica.stop()  # a port picked a moment ago was taken meanwhile: new ports, once more
+                assert attempt < 2, (replica.dir / "kubegate.log").read_text()
+                replica.write_config()
         yield group
     finally:
         for replica in group:
