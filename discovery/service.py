@@ -119,6 +119,8 @@ class DiscoveryService:
     ) -> None:
         self.registry = registry
         self.store: Any = store if store is not None else ClusterStore(store_dir)
+        # this replica's own files (health.state, dynamic_labels.state), whichever store holds the records
+        self.local_dir = ClusterStore(store_dir)
         self.shared = store is not None
         self.leader = leader  # None: always poll; else poll only while leader.is_leader
         self._store_items: dict[str, Any] = {}
@@ -451,8 +453,8 @@ class DiscoveryService:
         """``<state_dir>/clusters/dynamic_labels.state``: the current values, for the CLI (``clusters ls``,
         ``kubeconfig``), which cannot run the commands itself. Written only when a value changed."""
         try:
-            self.store.ensure()
-            atomic_write(self.store.directory / DYNAMIC_LABELS_FILE,
+            self.local_dir.ensure()
+            atomic_write(self.local_dir.directory / DYNAMIC_LABELS_FILE,
                          json.dumps(self._dynamic_values, sort_keys=True).encode(), sync_dir=False)
         except OSError as exc:
             log.warning("cannot write %s: %s", DYNAMIC_LABELS_FILE, exc)
@@ -534,10 +536,9 @@ class DiscoveryService:
             ttl = 3 * (self.health.interval if self.health is not None else 30.0)
             future = asyncio.get_running_loop().run_in_executor(None, self.store.put_health, replica, state, ttl)
             future.add_done_callback(_log_health_failure)
-            return
-        try:
-            self.store.ensure()
-            atomic_write(self.store.directory / HEALTH_FILE, json.dumps(state, sort_keys=True).encode())
+        try:  # this replica's own view, for kubegate_cluster_healthy and (local backend) `clusters ls`
+            self.local_dir.ensure()
+            atomic_write(self.local_dir.directory / HEALTH_FILE, json.dumps(state, sort_keys=True).encode())
         except OSError as exc:
             log.warning("cannot write %s: %s", HEALTH_FILE, exc)
 
