@@ -224,6 +224,7 @@ class LimitsConfig:
     )
     request_body_timeout: float = _f("duration", 60.0, min=0.1, max=86400.0, help="a request body, head to end")
     http1_max_pipelined: int = _f("int", 64, min=1, max=100_000, help="per connection, before reading pauses")
+    client_send_timeout: float = _f("duration", 60.0, min=0.1, max=86400.0, help="a client taking no bytes: stalled")
     upstream_max_connections: int = _f("int", 16, min=1, max=10_000, help="per cluster")
 
 

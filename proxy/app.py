@@ -110,6 +110,7 @@ class Proxy:
             client_write_buffer_max=limits.client_write_buffer_max,
             request_body_timeout=limits.request_body_timeout,
             http1_max_pipelined=limits.http1_max_pipelined,
+            client_send_timeout=limits.client_send_timeout,
         )
         pool_settings = PoolSettings(
             connect_timeout=getattr(limits, "upstream_connect_timeout", 10.0),

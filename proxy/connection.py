@@ -45,6 +45,14 @@ log = logging.getLogger("kubegate.proxy.connection")
 _CLOSE_GRACE = 2.0  # seconds a closing connection may take to hand its last bytes to the peer
 
 
+_STALLED = object()  # a drain waiter's result when the client took nothing for client_send_timeout
+
+
+def _stall(waiter: asyncio.Future[object]) -> None:
+    if not waiter.done():
+        waiter.set_result(_STALLED)
+
+
 class _Cut(Exception):
     """Raised from ``_dispatch`` once the connection was cut for abuse: the rest of the events are dropped."""
 
@@ -232,21 +240,39 @@ class ClientConnection(asyncio.Protocol):
         self._flush()
 
     async def drain(self, stream_id: int) -> None:
-        """Wait until this stream may be written again (socket buffer below high water, h2 window open)."""
+        """Wait until this stream may be written again (socket buffer below high water, h2 window open).
+        A client that takes nothing for ``client_send_timeout`` has stalled: a full socket buffer cuts
+        the connection, a window that stays shut resets the stream (its exchange ends, the upstream with it)."""
         loop = self.fwd.loop
+        timeout = self.fwd.settings.client_send_timeout
         while not self.closed:
             if self._write_paused:
                 waiter = loop.create_future()
                 self._drain_waiters.append(waiter)
-                await waiter
+                timer = loop.call_later(timeout, _stall, waiter)
+                try:
+                    stalled = await waiter is _STALLED
+                finally:
+                    timer.cancel()
+                if stalled:
+                    self.cut("client_send_timeout")
                 continue
             if self.codec.http_version == "2" and self.codec.send_window(stream_id) <= 0:
                 waiter = loop.create_future()
                 self._window_waiters[stream_id] = waiter
+                timer = loop.call_later(timeout, _stall, waiter)
                 try:
-                    await waiter
+                    stalled = await waiter is _STALLED
                 finally:
+                    timer.cancel()
                     self._window_waiters.pop(stream_id, None)
+                if stalled:
+                    self.fwd.abuse(self.peer_ip, "client_send_timeout")
+                    self.reset(stream_id)
+                    ex = self.exchanges.pop(stream_id, None)
+                    if ex is not None:
+                        ex.on_reset()
+                    return
                 continue
             return
 

@@ -70,6 +70,7 @@ class ProxySettings:
     client_write_buffer_max: int = 64 * 1024 * 1024  # bytes queued for a client that does not read
     request_body_timeout: float = 60.0  # a request body must arrive whole within this of its head
     http1_max_pipelined: int = 64  # HTTP/1.1 requests in flight on one connection before reading pauses
+    client_send_timeout: float = 60.0  # a client that takes no response bytes this long has stalled
 
 
 def _request_ids() -> Callable[[], str]:

@@ -43,7 +43,7 @@ def fp(sandbox, tmp_path_factory) -> Iterator:
     base = tmp_path_factory.mktemp("floods")
     roles = RoleWatcher(str(write_roles(base / "roles")), time.time)
     settings = ProxySettings(header_timeout=1.0, idle_timeout=600.0, max_header_bytes=8192, request_body_timeout=2.0,
-                             client_write_buffer_max=1024 * 1024)
+                             client_write_buffer_max=1024 * 1024, client_send_timeout=3.0)
     with running_proxy(base / "proxy", clusters=[cluster_for_sandbox(sandbox)], roles=roles, settings=settings) as proxy:
         yield proxy
 
@@ -242,11 +242,13 @@ def big_list(fp, creds) -> str:
     return "/k8s/clusters/sandbox/api/v1/namespaces/floods/configmaps"
 
 
-def test_a_window_that_never_opens_pauses_the_upstream(fp, creds, baseline, big_list):
+def test_a_window_that_never_opens_pauses_the_upstream_then_the_stream_is_reset(fp, creds, baseline, big_list):
     """The client advertises a zero window and never opens it: nothing of the 6 MB list is sent, the
     proxy holds at most one chunk for the client and one upstream buffer, the upstream is paused (the
-    exchange waits), and other clients are served; when the client goes, so does everything."""
-    proc = attack(fp, creds, "window-zero", path=big_list, seconds=4, background=True)
+    exchange waits), and other clients are served; after ``client_send_timeout`` (3 s here) the stream
+    is reset and its exchange and upstream request end, the connection staying open."""
+    stalls = rejected("client_send_timeout")
+    proc = attack(fp, creds, "window-zero", path=big_list, seconds=8, background=True)
     try:
         wait_for(lambda: fp.stats()["exchanges"] == 1)
         time.sleep(1.5)  # the upstream has sent what it may; the proxy is waiting on the client's window
@@ -255,6 +257,9 @@ def test_a_window_that_never_opens_pauses_the_upstream(fp, creds, baseline, big_
         assert stats["to_clients_bytes"] <= 2 * 1024 * 1024, stats
         assert stats["from_upstreams_bytes"] <= 2 * 1024 * 1024, stats
         answers_within(fp, creds)
+        wait_for(lambda: fp.stats()["exchanges"] == 0, 30, fp.stats)  # reset after the send timeout
+        assert rejected("client_send_timeout") > stalls
+        assert fp.stats()["connections"] == 1  # only the stream ended
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
