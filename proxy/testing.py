@@ -5,6 +5,8 @@
         subprocess.run([kubectl, "--kubeconfig", kubeconfig, "get", "pods", "-A"], check=True)
         px.audit_events        # what the proxy audited (when no audit sink was given)
         px.stats()             # connections / exchanges / streams / pools, read on the proxy's loop
+        px.settled()           # no connection, exchange, handshake or upstream stream in flight
+        read_all(sock), wait_for(predicate), open_fds()   # helpers for raw-socket tests
 
 ``clusters`` is a ``ClusterSource`` or a list of ``Cluster`` (put into a ``ClusterRegistry``).
 ``cluster_for_sandbox(sb)`` builds the ``Cluster`` for a sandbox from ``sandbox.testing`` (its admin
@@ -15,7 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
+import ssl
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -67,6 +73,16 @@ class RunningProxy:
 
         return self.call(read)
 
+    def settled(self) -> bool:
+        """Nothing in flight: no client connection, exchange or handshake, no upstream stream busy."""
+        stats = self.stats()
+        return (
+            stats["connections"] == 0
+            and stats["exchanges"] == 0
+            and stats["handshakes"] == 0
+            and all(p["h2_streams"] == 0 and p["http1_busy"] == 0 for p in stats["pools"].values())
+        )
+
     def issue_user(
         self,
         user: str,
@@ -106,6 +122,33 @@ class RunningProxy:
             path, f"127.0.0.1:{self.port}", clusters, self.ca.cert_pem, cert.read_bytes(), key.read_bytes(), current=clusters[0]
         )
         return path
+
+
+def read_all(sock: socket.socket, limit: float = 10) -> bytes:
+    """Everything the peer sends until it closes (or ``limit`` seconds pass, or the connection resets)."""
+    sock.settimeout(limit)
+    out = b""
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except (ConnectionResetError, ssl.SSLError, TimeoutError):
+        pass
+    return out
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30, describe: Callable[[], object] = lambda: "") -> None:
+    """Poll until ``predicate()`` holds; the deadline only bounds a failure (generous for loaded runs);
+    ``describe()`` says what was seen when it fails."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached in {timeout} s {describe()}")
+        time.sleep(0.02)
+
+
+def open_fds() -> int:
+    """File descriptors of this process (the in-process proxy's included)."""
+    return len(os.listdir("/proc/self/fd"))
 
 
 def cluster_for_sandbox(sb: Any, name: str = "sandbox", labels: dict[str, str] | None = None) -> Cluster:

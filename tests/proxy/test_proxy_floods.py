@@ -16,11 +16,13 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
+
+from proxy.testing import open_fds, read_all, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -65,28 +67,10 @@ def tls_connect(px, creds: tuple[Path, Path], alpn: str = "http/1.1") -> ssl.SSL
     return client_context(px, creds, alpn).wrap_socket(raw, server_hostname="127.0.0.1")
 
 
-def read_all(sock: socket.socket, limit: float = 10) -> bytes:
-    sock.settimeout(limit)
-    out = b""
-    try:
-        while chunk := sock.recv(65536):
-            out += chunk
-    except (ConnectionResetError, ssl.SSLError, TimeoutError):
-        pass
-    return out
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 30, describe: Callable[[], object] = lambda: "") -> None:
-    """Poll until ``predicate()`` holds; the deadline only bounds a failure (generous for loaded runs)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached in {timeout} s {describe()}")
-        time.sleep(0.02)
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def rejected(reason: str) -> float:
@@ -97,14 +81,6 @@ def protocol_errors(status: int) -> float:
     return REGISTRY.get_sample_value("kubegate_client_protocol_errors_total", {"status": str(status)}) or 0.0
 
 
-def settled(px) -> bool:
-    stats = px.stats()
-    return (
-        stats["connections"] == 0
-        and stats["exchanges"] == 0
-        and stats["handshakes"] == 0
-        and all(p["h2_streams"] == 0 and p["http1_busy"] == 0 for p in stats["pools"].values())
-    )
 
 
 def answers_within(px, creds: tuple[Path, Path], seconds: float = 5.0) -> float:
@@ -140,12 +116,12 @@ def baseline(fp, creds) -> Iterator[int]:
     the proxy is back to where it was: no connection, exchange, handshake or upstream stream left, no
     more file descriptors, tasks on its loop, or connections on the gauge than before."""
     answers_within(fp, creds)
-    wait_for(lambda: settled(fp))
+    wait_for(lambda: fp.settled())
     fds, tasks, gauge = open_fds(), proxy_tasks(fp), connections_gauge()
     yield fds
 
     def back() -> bool:
-        return settled(fp) and open_fds() <= fds and proxy_tasks(fp) <= tasks and connections_gauge() <= gauge
+        return fp.settled() and open_fds() <= fds and proxy_tasks(fp) <= tasks and connections_gauge() <= gauge
 
     wait_for(back, 30, lambda: (fp.stats(), "fds", open_fds(), fds, "tasks", proxy_tasks(fp), tasks,
                                 "gauge", connections_gauge(), gauge))  # fmt: skip
@@ -428,7 +404,7 @@ def test_ten_thousand_idle_tls_connections_and_silent_tcp_ones(crowd, many_fds):
     fp = crowd
     creds = crowd.issue_user("alice", ["admin"])
     answers_within(fp, creds)  # warm: the pooled upstream connection exists before fds are counted
-    wait_for(lambda: settled(fp), 30, fp.stats)
+    wait_for(lambda: fp.settled(), 30, fp.stats)
     baseline = open_fds()
     rss = rss_bytes()
     timeouts = handshake_failures("timeout")
@@ -457,7 +433,7 @@ def test_ten_thousand_idle_tls_connections_and_silent_tcp_ones(crowd, many_fds):
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
-    wait_for(lambda: settled(fp) and open_fds() <= baseline, 60, lambda: (fp.stats(), open_fds(), baseline))
+    wait_for(lambda: fp.settled() and open_fds() <= baseline, 60, lambda: (fp.stats(), open_fds(), baseline))
     bound = max(held_rss / 2, 16 * 1024 * 1024)
     try:
         wait_for(lambda: rss_bytes() - rss < bound, 30, lambda: (rss_bytes() - rss, bound))  # follow-up trim: 3 s

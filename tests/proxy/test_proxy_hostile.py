@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from proxy.testing import open_fds, read_all, wait_for
+
 pytestmark = pytest.mark.e2e
 
 
@@ -56,15 +58,6 @@ def tls_connect(px, ctx: ssl.SSLContext, timeout: float = 10) -> ssl.SSLSocket:
     return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
 
 
-def read_all(sock: socket.socket, limit: float = 10) -> bytes:
-    sock.settimeout(limit)
-    out = b""
-    try:
-        while chunk := sock.recv(65536):
-            out += chunk
-    except (ConnectionResetError, ssl.SSLError, TimeoutError):
-        pass
-    return out
 
 
 def denials(reason: str) -> float:
@@ -75,13 +68,6 @@ def handshake_failures(reason: str) -> float:
     return REGISTRY.get_sample_value("kubegate_tls_handshake_failures_total", {"reason": reason}) or 0.0
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 30) -> None:
-    """Poll until ``predicate()`` holds; the deadline only bounds a failure (generous for loaded runs)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 def refused(px, ctx: ssl.SSLContext) -> bool:
@@ -237,18 +223,8 @@ def test_a_request_outside_the_cluster_prefix_is_a_404_status(strict_client):
     assert b'"kind":"Status"' in reply
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
-def settled(px) -> bool:
-    stats = px.stats()
-    return (
-        stats["connections"] == 0
-        and stats["exchanges"] == 0
-        and stats["handshakes"] == 0
-        and all(p["h2_streams"] == 0 and p["http1_busy"] == 0 for p in stats["pools"].values())
-    )
 
 
 def warm_up(client: Callable[[], ssl.SSLSocket]) -> None:
@@ -269,7 +245,7 @@ def test_client_vanishing_mid_watch_leaves_nothing_behind(strict, strict_client)
         wait_for(lambda: strict.stats()["streams"] == ["watch"])
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         sock.close()  # RST: vanished
-        wait_for(lambda: settled(strict))
+        wait_for(lambda: strict.settled())
         if attempt == 0:  # the first watch opened the pooled upstream h2 connection; count from here
             fds = open_fds()
     wait_for(lambda: open_fds() <= fds)
@@ -278,7 +254,7 @@ def test_client_vanishing_mid_watch_leaves_nothing_behind(strict, strict_client)
 def test_client_vanishing_mid_exec_leaves_nothing_behind(strict, strict_client, kubectl_new, tmp_path):
     kubeconfig = strict.kubeconfig("alice", ["admin"], ["sandbox"])
     warm_up(strict_client)
-    wait_for(lambda: settled(strict))
+    wait_for(lambda: strict.settled())
     fds = open_fds()
     proc = subprocess.Popen(
         [kubectl_new, "--kubeconfig", str(kubeconfig), "exec", "-i", "-n", "dev", "web-1", "--", "cat"],
@@ -305,7 +281,7 @@ def test_client_vanishing_mid_exec_leaves_nothing_behind(strict, strict_client, 
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
-    wait_for(lambda: settled(strict) and open_fds() <= fds)
+    wait_for(lambda: strict.settled() and open_fds() <= fds)
     events = [e for e in strict.audit_events if e["event"] == "session.end"]
     assert events and events[-1]["kind"] == "exec" and events[-1]["bytes_from_client"] > 0
     assert "stream_protocol" in events[-1]  # the session tap decoded the wire
