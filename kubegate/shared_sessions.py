@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from backend.base import Backend
-from proxy.recording.index import valid_session_id
+from proxy.recording.index import select_sessions, valid_session_id
 
 PREFIX = "sessions/"
 
@@ -29,26 +29,17 @@ class SharedSessionIndex:
         item = self.backend.get(PREFIX + session_id)
         if item is None:
             return None
-        record = json.loads(item.value)
-        return record if isinstance(record, dict) else None
+        return _record(item.value)
 
     def list(self, *, user: str | None = None, cluster: str | None = None,
              since: float | None = None) -> list[dict[str, Any]]:
         items, _ = self.backend.get_range(PREFIX)
-        out = []
-        for item in items:
-            try:
-                record = json.loads(item.value)
-            except ValueError:
-                continue
-            if not isinstance(record, dict):
-                continue
-            if user is not None and record.get("user") != user:
-                continue
-            if cluster is not None and record.get("cluster") != cluster:
-                continue
-            if since is not None and float(record.get("start_time") or 0) < since:
-                continue
-            out.append(record)
-        out.sort(key=lambda r: float(r.get("start_time") or 0))
-        return out
+        return select_sessions((_record(item.value) for item in items), user=user, cluster=cluster, since=since)
+
+
+def _record(value: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(value)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")
@@ -66,22 +67,28 @@ class FileSessionIndex:
             names = os.listdir(self.directory)
         except OSError:
             return []
-        out = []
-        for name in names:
-            if not name.endswith(".json") or not valid_session_id(name[:-5]):
-                continue
-            record = self.get(name[:-5])
-            if record is None:
-                continue
-            if user is not None and record.get("user") != user:
-                continue
-            if cluster is not None and record.get("cluster") != cluster:
-                continue
-            if since is not None and float(record.get("start_time") or 0) < since:
-                continue
-            out.append(record)
-        out.sort(key=lambda r: float(r.get("start_time") or 0))
-        return out
+        records = (self.get(name[:-5]) for name in names
+                   if name.endswith(".json") and valid_session_id(name[:-5]))
+        return select_sessions(records, user=user, cluster=cluster, since=since)
+
+
+def select_sessions(records: Iterable[dict[str, Any] | None], *, user: str | None = None,
+                    cluster: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
+    """The records of ``user`` on ``cluster`` started at or after ``since`` (None: any), oldest first;
+    every index implementation lists through this one filter."""
+    out = []
+    for record in records:
+        if record is None:
+            continue
+        if user is not None and record.get("user") != user:
+            continue
+        if cluster is not None and record.get("cluster") != cluster:
+            continue
+        if since is not None and float(record.get("start_time") or 0) < since:
+            continue
+        out.append(record)
+    out.sort(key=lambda r: float(r.get("start_time") or 0))
+    return out
 
 
 def with_suppressed_unlink(path: str) -> None:
