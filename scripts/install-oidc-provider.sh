@@ -18,5 +18,10 @@ if [ -f "$TARGET/node_modules/oidc-provider/package.json" ] && \
 fi
 mkdir -p "$TARGET"
 [ -f "$TARGET/package.json" ] || echo '{"name": "kubegate-oidc-provider", "private": true}' > "$TARGET/package.json"
-npm install --prefix "$TARGET" --no-audit --no-fund --silent "oidc-provider@$VERSION" >/dev/null
+if ! npm install --prefix "$TARGET" --no-audit --no-fund --silent "oidc-provider@$VERSION" >/dev/null; then
+  # no npm registry here (the project's two commands need only PyPI and Debian's packages): the
+  # sign-in tests that need the real provider skip, naming the reason; everything else goes on
+  echo "install-oidc-provider: npm install oidc-provider@$VERSION failed: the OIDC sign-in tests will be skipped" >&2
+  exit 0
+fi
 node -e "import('$ROOT/$TARGET/node_modules/oidc-provider/lib/index.js').then(() => 0)"
