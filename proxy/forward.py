@@ -29,6 +29,7 @@ from proxy.endpoints import PREFIX, LocalExchange, LocalHandler, endpoint_name, 
 from proxy.headers import REQUEST_ID_HEADER, rewrite_request_headers, rewrite_response_headers
 from proxy.identity import IdentityCache
 from proxy.policy import Policy, Verdict
+from proxy.protocol import protobuf_watch
 from proxy.protocol.events import ProtocolError, RequestHead, ResponseHead, ServerLimits
 from proxy.routing import Route, pinned_route, split_target, upstream_target
 from proxy.throttled_log import ThrottledLog
@@ -267,7 +268,7 @@ class Exchange:
         "fwd", "conn", "head", "sid", "identity", "request_id", "started", "body_parts", "body_size",
         "request_ended", "stream", "task", "finished", "kind", "cluster", "verdict", "status",
         "bytes_out", "bytes_in", "_body_waiter", "reset", "_response_started", "_stop_reason", "_stop_code",
-        "_stop_note", "_at_line_end", "upgrade",
+        "_stop_note", "_at_line_end", "_frames", "upgrade",
         "catalog", "full_body", "_unacked", "_ack_task", "error_headers",
     )  # fmt: skip
 
@@ -300,6 +301,7 @@ class Exchange:
         # watches), "log" (a last line, then an abort) or "" (nothing can be said: just end).
         self._stop_note = ""
         self._at_line_end = True  # the relayed body so far ends a line (an event may be appended)
+        self._frames: protobuf_watch.FrameBoundary | None = None  # a protobuf watch's frames (an event goes between two)
         self.upgrade: Any = None
         self.catalog: Any = None
         self.full_body: bytes | None = None
@@ -410,6 +412,10 @@ class Exchange:
             return
         if self._stop_note == "watch" and self._at_line_end:
             event = b'{"type":"ERROR","object":' + status.rstrip(b"\n") + b"}\n"  # kubectl get -w prints it
+            self.bytes_out += len(event)
+            conn.send_body(sid, event)
+        elif self._frames is not None and self._frames.at_boundary:  # client-go returns it as an error
+            event = protobuf_watch.error_event(self._stop_code, REASONS.get(self._stop_code, "InternalError"), reason)
             self.bytes_out += len(event)
             conn.send_body(sid, event)
         elif self._stop_note == "log":
@@ -653,6 +659,8 @@ class Exchange:
         self._response_started = True
         if self.kind is not None and 200 <= status < 300:
             self._stop_note = _stop_note(self.kind, up_headers)
+            if self._stop_note == "protobuf-watch":
+                self._frames = protobuf_watch.FrameBoundary()
         self._observe_head()
         body = stream.body  # type: ignore[attr-defined]
         if not body.size and not body.eof:
@@ -669,7 +677,9 @@ class Exchange:
             if data:
                 self.bytes_out += len(data)
                 conn.send_body(sid, data)
-                if self._stop_note:
+                if self._frames is not None:
+                    self._frames.feed(data)
+                elif self._stop_note:
                     self._at_line_end = data.endswith(b"\n")
                 if body.eof and not body.size and body.error is None:
                     stream.consumed(n)
@@ -864,7 +874,9 @@ def _stop_note(kind: str, up_headers: list[tuple[bytes, bytes]]) -> str:
     if kind == "watch":
         for key, value in up_headers:
             if key == b"content-type":
-                return "watch" if value.startswith(b"application/json") else ""
+                if value.startswith(b"application/json"):
+                    return "watch"
+                return "protobuf-watch" if value.startswith(protobuf_watch.CONTENT_TYPE) else ""
     return ""
 
 

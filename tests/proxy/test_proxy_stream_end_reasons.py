@@ -1,7 +1,7 @@
 """A stream kubegate ends tells the client why, the way each protocol can carry it, and kubectl prints it:
 
 - ``get -w`` (a JSON watch): an ERROR event with the Status (lock: 403, expired certificate: 401, cluster
-  changed or removed: 503);
+  changed or removed: 503); a protobuf watch (client-go typed clients) the same event in protobuf framing;
 - ``logs -f``: the reason as the last line of the log text, then an abort, so kubectl exits non-zero (a
   log stream has no place for a Status);
 - ``exec``: the error channel's Status (WebSocket v5 with kubectl 1.37, SPDY/3.1 with kubectl 1.20) and,
@@ -12,12 +12,17 @@ clock the test moves."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
+import socket
+import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -197,15 +202,11 @@ def test_exec_is_told_why_kubegate_ended_it(gate, kubectl, cause):
     assert err.startswith("error: ") and cause.says in err and "1006" not in err, err
 
 
-def test_a_watch_ended_before_the_upstream_answered_gets_the_status_as_its_answer(gate, tmp_path):
-    """Before the upstream's response head (an API server that has not answered yet; here a TLS server that
-    reads the request and never answers) there is no stream to carry an event: the client gets an ordinary
-    error response with the Status, not a reset."""
-    import json
-    import socket
-    import ssl
-    import threading
-
+@contextmanager
+def _stand_in_api(gate: Gate, tmp_path: Path, answer: bytes) -> Iterator[list[ssl.SSLSocket]]:
+    """Cluster ``standin``: a TLS server that reads each request, sends ``answer`` (maybe nothing) and keeps
+    the connection open; yields the connections it accepted. A stand-in for an API server in a state the
+    sandbox cannot be put in (one that has not answered yet; a protobuf watch: the sandbox's are JSON)."""
     from certs.ca import CertificateAuthority
     from discovery.model import Cluster
 
@@ -215,34 +216,50 @@ def test_a_watch_ended_before_the_upstream_answered_gets_the_status_as_its_answe
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(str(tmp_path / "api.pem"))
     server_ctx.set_alpn_protocols(["http/1.1"])
-    mute = socket.create_server(("127.0.0.1", 0))
+    server = socket.create_server(("127.0.0.1", 0))
     accepted: list[ssl.SSLSocket] = []
 
     def serve() -> None:
         while True:
             try:
-                raw, _ = mute.accept()
+                raw, _ = server.accept()
             except OSError:
                 return
             try:
                 conn = server_ctx.wrap_socket(raw, server_side=True)
-                conn.recv(65536)  # the request; never answered
+                conn.recv(65536)  # the request
+                conn.sendall(answer)
                 accepted.append(conn)
             except OSError:
                 raw.close()
 
     threading.Thread(target=serve, daemon=True).start()
-    gate.registry.upsert(Cluster(name="mute", labels={"env": "test"}, server=f"https://127.0.0.1:{mute.getsockname()[1]}",
+    gate.registry.upsert(Cluster(name="standin", labels={"env": "test"}, server=f"https://127.0.0.1:{server.getsockname()[1]}",
                                  ca_pem=ca.cert_pem), "test")
-    user = f"early{time.monotonic_ns() % 10**9}"
+    try:
+        yield accepted
+    finally:
+        gate.registry.remove("standin", "test")
+        server.close()
+        for conn in accepted:
+            conn.close()
+
+
+def _user_socket(gate: Gate, user: str) -> ssl.SSLSocket:
     cert, key = gate.px.issue_user(user, ["admin"])
     ctx = ssl.create_default_context(cafile=str(gate.px.ca_pem_path))
     ctx.load_cert_chain(str(cert), str(key))
     ctx.set_alpn_protocols(["http/1.1"])
+    return ctx.wrap_socket(socket.create_connection(("127.0.0.1", gate.px.port), timeout=30), server_hostname="127.0.0.1")
+
+
+def test_a_watch_ended_before_the_upstream_answered_gets_the_status_as_its_answer(gate, tmp_path):
+    """Before the upstream's response head (an API server that has not answered yet) there is no stream to
+    carry an event: the client gets an ordinary error response with the Status, not a reset."""
+    user = f"early{time.monotonic_ns() % 10**9}"
     try:
-        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", gate.px.port), timeout=30),
-                             server_hostname="127.0.0.1") as sock:
-            sock.sendall(b"GET /k8s/clusters/mute/api/v1/namespaces/dev/pods?watch=true HTTP/1.1\r\nHost: x\r\n\r\n")
+        with _stand_in_api(gate, tmp_path, b"") as accepted, _user_socket(gate, user) as sock:
+            sock.sendall(b"GET /k8s/clusters/standin/api/v1/namespaces/dev/pods?watch=true HTTP/1.1\r\nHost: x\r\n\r\n")
             _wait(lambda: _watch_status(gate, user) == 0 and bool(accepted))
             gate.locks.lock_user(user, reason="left the team")
             data = b""
@@ -252,12 +269,67 @@ def test_a_watch_ended_before_the_upstream_answered_gets_the_status_as_its_answe
                 data += chunk
     finally:
         gate.locks.unlock_user(user)
-        gate.registry.remove("mute", "test")
-        mute.close()
-        for conn in accepted:
-            conn.close()
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 403"), head
     status = json.loads(body)
     assert status["kind"] == "Status" and status["reason"] == "Forbidden"
     assert status["message"] == f'kubegate ended this stream: user "{user}" is locked: left the team'
+
+
+def _unchunk(body: bytes) -> tuple[bytes, bool]:
+    """An HTTP/1.1 chunked body's bytes so far, and whether its last chunk came."""
+    out, pos = b"", 0
+    while (line_end := body.find(b"\r\n", pos)) >= 0:
+        size = int(body[pos:line_end], 16)
+        if size == 0:
+            return out, True
+        if len(body) < line_end + 2 + size + 2:
+            break
+        out += body[line_end + 2 : line_end + 2 + size]
+        pos = line_end + 2 + size + 2
+    return out, False
+
+
+def test_a_protobuf_watch_gets_an_error_event_with_the_status(gate, tmp_path):
+    """A protobuf watch (client-go typed clients) ended by a lock gets an ERROR event in the protobuf watch
+    framing, whose Status client-go decodes with its protobuf serializer; then a clean end. The kubernetes
+    Python client and kubectl's get -w speak JSON only, so the stream is read with the project's protobuf
+    reader, from an API server stand-in that answers in protobuf."""
+    from proxy.protocol import protobuf_watch
+    from proxy.protocol.protobuf_wire import fields as protobuf_fields
+    from proxy.protocol.protobuf_wire import length_delimited, unwrap
+
+    pod = b"k8s\x00" + length_delimited(1, length_delimited(1, "v1") + length_delimited(2, "Pod")) + length_delimited(
+        2, length_delimited(1, length_delimited(1, "web-1")))
+    added = length_delimited(1, "ADDED") + length_delimited(2, length_delimited(1, pod))
+    framed = len(added).to_bytes(4, "big") + added
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.kubernetes.protobuf;stream=watch\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(framed):x}\r\n".encode() + framed + b"\r\n")
+    user = f"proto{time.monotonic_ns() % 10**9}"
+    try:
+        with _stand_in_api(gate, tmp_path, answer), _user_socket(gate, user) as sock:
+            sock.sendall(b"GET /k8s/clusters/standin/api/v1/namespaces/dev/pods?watch=true HTTP/1.1\r\nHost: x\r\n"
+                         b"Accept: application/vnd.kubernetes.protobuf;stream=watch, application/json\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data or not protobuf_watch.events(_unchunk(data.partition(b"\r\n\r\n")[2])[0]):
+                chunk = sock.recv(65536)
+                assert chunk, data
+                data += chunk
+            gate.locks.lock_user(user, reason="left the team")
+            while not _unchunk(data.partition(b"\r\n\r\n")[2])[1]:
+                chunk = sock.recv(65536)
+                assert chunk, data
+                data += chunk
+    finally:
+        gate.locks.unlock_user(user)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"application/vnd.kubernetes.protobuf;stream=watch" in head, head
+    payload, ended = _unchunk(body)
+    assert ended, body  # a clean end after the event
+    (first, _), (kind, raw) = protobuf_watch.events(payload)
+    assert first == "ADDED" and kind == "ERROR"
+    status = unwrap(raw)
+    assert (status.api_version, status.kind) == ("v1", "Status")
+    fields = dict(protobuf_fields(status.raw))
+    assert fields[2] == b"Failure" and fields[4] == b"Forbidden" and fields[6] == 403
+    assert fields[3].decode() == f'kubegate ended this stream: user "{user}" is locked: left the team'
