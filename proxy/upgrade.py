@@ -24,6 +24,8 @@ from proxy.timestamps import rfc3339_micro
 from proxy.upstream.base import UpstreamError
 from rbac.status import REASONS, status_body
 
+PORTFORWARD_TELL_SECONDS = 1.0  # between telling kubectl port-forward why it ends and closing (see stop)
+
 if TYPE_CHECKING:
     from proxy.forward import Exchange
     from proxy.recording.recorder import SessionRecorder
@@ -97,6 +99,7 @@ class UpgradeSession:
         self.meta: dict[str, Any] = {}
         self.recorder: SessionRecorder | None = None
         self._notices: list[bytes] = []  # frames for the client's stdout, written at a frame boundary
+        self.told = False  # the client was told why kubegate ends the session (see stop)
 
     def observe(self, direction: str, data: bytes) -> None:
         tap = self.tap
@@ -291,12 +294,28 @@ class UpgradeSession:
         if not self.relaying:
             self.client_gone()
             return
+        if self.told:
+            return  # told already (a port-forward closing a moment later): a second ending would break the stream
         transport = self.client.transport
         if self.tap is not None and self.tapping and transport is not None and not transport.is_closing():
             told = self.tap.ending(reason, status_body(code, REASONS.get(code, "InternalError"), reason).rstrip(b"\n"))
             if told:  # (only at a frame boundary, where pending notices may go first)
                 transport.write(b"".join(self._notices) + told)
                 self._notices = []
+                self.told = True
+                if self.ex.kind == "portforward":
+                    # kubectl prints a forwarded connection's error stream from another goroutine than the
+                    # one that sees the connection close and exits: it gets a moment to print it, while
+                    # nothing more is relayed either way.
+                    for side in (self.client, self.upstream):
+                        if side.transport is not None:
+                            side.transport.pause_reading()
+                    asyncio.get_running_loop().call_later(PORTFORWARD_TELL_SECONDS, self._close)
+                    return
+        self._close()
+
+    def _close(self) -> None:
+        """Both sides close once their queued bytes are written; the session ends."""
         for side in (self.client, self.upstream):
             if side.transport is not None:
                 side.transport.close()

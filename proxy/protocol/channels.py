@@ -615,11 +615,14 @@ class ChannelTap:
         """The bytes that end this session toward the client and say why: a message on the error channel
         (``status``, a ``Status`` JSON, from v4; ``message`` as text below v4), then a close frame (1000)
         with ``message`` as its reason. None when that cannot be written now: the server's bytes so far end
-        inside a message, the tap gave up, or this is a port-forward (no error channel to speak on)."""
-        if self.spdy_tap is not None or self.protocol_name in (PORTFORWARD_WS, PORTFORWARD_WS_BASE64):
+        inside a message, the tap gave up, or this is a WebSocket port-forward (not told: no client here
+        reads its error channels). SPDY tunnelled in WebSocket (kubectl port-forward ≥ 1.31): the SPDY
+        error streams' text in one binary message, no close frame (kubectl reads the streams first)."""
+        if self.protocol_name in (PORTFORWARD_WS, PORTFORWARD_WS_BASE64) or not self.server_at_boundary():
             return None
-        if not self.server_at_boundary():
-            return None
+        if self.spdy_tap is not None:
+            inner = self.spdy_tap.ending(message, status, status_errors=False)
+            return _ws_frame(0x82, inner) if inner else None
         try:
             version = channel_protocol(self.protocol_name).version
         except ValueError:

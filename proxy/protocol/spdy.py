@@ -725,16 +725,21 @@ class SpdyTap:
         return not self.failed and d.skip == 0 and not d.pending
 
     def ending(self, message: str, status: bytes, *, status_errors: bool) -> bytes | None:
-        """A last data frame (FIN) on the session's error stream saying why it ends: ``status`` (a
+        """A last data frame (FIN) on the session's error streams saying why it ends: ``status`` (a
         ``Status`` JSON) when the stream protocol carries one (v4+), else ``message`` as text. None when it
         cannot be written now (the server's bytes end inside a frame, no open error stream, tap gave up)."""
         if not self.server_at_boundary():
             return None
         payload = status if status_errors else message.encode()
-        for stream in self.streams.values():
-            if stream.stream_type == "error" and not stream.closed_by_server and not stream.reset:
-                return data_frame_header(stream.stream_id, FLAG_FIN, len(payload)) + payload
-        return None
+        open_streams = [stream for stream in self.streams.values() if not stream.closed_by_server and not stream.reset]
+        told = b"".join(data_frame_header(stream.stream_id, FLAG_FIN, len(payload)) + payload
+                        for stream in open_streams if stream.stream_type == "error")
+        if not told:
+            return None
+        # Port-forward (one error and one data stream per forwarded connection): kubectl reads the error
+        # stream once the data stream ended, so that ends too (else kubectl sees the connection close first).
+        return told + b"".join(data_frame_header(stream.stream_id, FLAG_FIN, 0)
+                               for stream in open_streams if stream.stream_type == "data")
 
     def stdout_frame(self, data: bytes) -> bytes | None:
         """A data frame carrying ``data`` on the stdout stream (None before the client opened one)."""

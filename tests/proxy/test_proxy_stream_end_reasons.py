@@ -6,6 +6,8 @@
   log stream has no place for a Status);
 - ``exec``: the error channel's Status (WebSocket v5 with kubectl 1.37, SPDY/3.1 with kubectl 1.20) and,
   on WebSocket, a close frame (1000) instead of a dropped connection ("websocket: close 1006").
+- ``port-forward``: the reason on each forwarded connection's error stream (SPDY with 1.20, SPDY tunnelled
+  in WebSocket with 1.37), which kubectl logs.
 
 Real kubectl 1.37 and 1.20 against a real (sandbox) cluster through a proxy with its own lock list and a
 clock the test moves."""
@@ -333,3 +335,38 @@ def test_a_protobuf_watch_gets_an_error_event_with_the_status(gate, tmp_path):
     fields = dict(protobuf_fields(status.raw))
     assert fields[2] == b"Failure" and fields[4] == b"Forbidden" and fields[6] == 403
     assert fields[3].decode() == f'kubegate ended this stream: user "{user}" is locked: left the team'
+
+
+def test_port_forward_is_told_why_kubegate_ended_it(gate, kubectl, tmp_path):
+    """kubectl port-forward (SPDY with 1.20, SPDY tunnelled in WebSocket with 1.37) reads each forwarded
+    connection's error stream and prints its text: a lock ends the session with the reason there."""
+    from proxy.testing import echo_pod_manifest, tcp_echo_server
+
+    user = f"pf{time.monotonic_ns() % 10**9}"
+    kubeconfig = gate.px.kubeconfig(user, ["admin"], ["sandbox"])
+    pod = f"pf-{user}"
+    manifest = tmp_path / "pod.yaml"
+    try:
+        with tcp_echo_server() as echo_port:
+            manifest.write_text(echo_pod_manifest(pod, "dev", echo_port))
+            subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "apply", "-f", str(manifest)], check=True,
+                           capture_output=True, timeout=60)
+            proc = _start(kubectl, kubeconfig, "port-forward", "-n", "dev", f"pod/{pod}", ":8080")
+            assert proc.stdout is not None
+            seen = b""
+            while not (match := re.search(rb"127\.0\.0\.1:(\d+) -> 8080", seen)):
+                assert select.select([proc.stdout], [], [], 60)[0], seen
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                assert chunk, seen
+                seen += chunk
+            with socket.create_connection(("127.0.0.1", int(match.group(1))), timeout=30) as sock:
+                sock.sendall(b"ping")
+                assert sock.recv(4) == b"ping"  # the forwarded connection is open, its streams too
+                gate.locks.lock_user(user, reason="left the team")
+                code, out, err = _ended(proc)
+    finally:
+        gate.locks.unlock_user(user)
+        subprocess.run([kubectl, "--kubeconfig", str(gate.px.kubeconfig("cleaner", ["admin"], ["sandbox"])), "delete",
+                        "pod", pod, "-n", "dev", "--wait=false"], capture_output=True, timeout=60)
+    said = f'user "{user}" is locked: left the team'  # (1.37 logs it quoted: its quotes escaped)
+    assert said in err or said.replace('"', '\\"') in err, (code, out, err)
