@@ -31,6 +31,7 @@ from proxy.identity import IdentityCache
 from proxy.policy import Policy, Verdict
 from proxy.protocol import protobuf_watch
 from proxy.protocol.events import ProtocolError, RequestHead, ResponseHead, ServerLimits
+from proxy.recording.join import SESSIONS_PREFIX
 from proxy.routing import Route, pinned_route, split_target, upstream_target
 from proxy.throttled_log import ThrottledLog
 from proxy.timestamps import rfc3339_micro
@@ -191,13 +192,16 @@ class Forwarder:
         )
 
     def new_exchange(self, conn: Any, head: RequestHead) -> Exchange | LocalExchange:
-        if head.target.startswith(PREFIX):
+        own = head.target.startswith(PREFIX)
+        if own:
             name = endpoint_name(head.path)
             handler = self.endpoints.get(name) if name else None
             if handler is not None:
                 return LocalExchange(self, conn, head, name, handler)  # type: ignore[arg-type]
         if conn.identity is None:  # no client certificate: nothing but kubegate's endpoints is served
             return LocalExchange(self, conn, head, "unauthenticated", no_identity)
+        if own and head.path.startswith(SESSIONS_PREFIX):
+            return SessionJoinExchange(self, conn, head)
         return Exchange(self, conn, head)
 
     # --- long-lived streams -------------------------------------------------------------------------
@@ -313,12 +317,6 @@ class Exchange:
     def start(self) -> None:
         self.fwd.exchanges.add(self)
         metrics.request_started()
-        if self.head.path.startswith("/kubegate/sessions/"):  # live session streams (kubegate sessions join)
-            from proxy.recording.join import serve_join
-
-            refused = self.identity_refusal()  # the listener lets expired certificates through
-            self.task = self.fwd.loop.create_task(self._refuse(*refused) if refused else serve_join(self))
-            return
         self.task = self.fwd.loop.create_task(self._run())
 
     def start_upgrade(self, trailing: bytes) -> None:
@@ -878,6 +876,23 @@ def _stop_note(kind: str, up_headers: list[tuple[bytes, bytes]]) -> str:
                     return "watch"
                 return "protobuf-watch" if value.startswith(protobuf_watch.CONTENT_TYPE) else ""
     return ""
+
+
+
+class SessionJoinExchange(Exchange):
+    """``/kubegate/sessions/<id>/stream``: a live session streamed read-only to an observer
+    (``proxy.recording.join``), chosen by ``Forwarder.new_exchange`` beside kubegate's other endpoints,
+    so that ordinary requests pay no test for it."""
+
+    __slots__ = ()
+
+    def start(self) -> None:
+        from proxy.recording.join import serve_join
+
+        self.fwd.exchanges.add(self)
+        metrics.request_started()
+        refused = self.identity_refusal()  # the listener lets expired certificates through
+        self.task = self.fwd.loop.create_task(self._refuse(*refused) if refused else serve_join(self))
 
 
 def expired_message(identity: Identity) -> str:

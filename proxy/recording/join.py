@@ -38,10 +38,6 @@ MAX_UNREAD = 4 * 1024 * 1024
 FOLLOW_INTERVAL = 0.1  # seconds between looks at another process's recording file
 
 
-def is_sessions_path(path: str) -> bool:
-    return path.startswith(SESSIONS_PREFIX)
-
-
 async def serve_join(ex: Exchange) -> None:
     try:
         await _serve(ex)
