@@ -48,9 +48,9 @@ from benchmarks.nginx import (
     fast_upstream_conf,
     fetch_raw,
     find_nginx,
-    free_port,
     reference_proxy_conf,
 )
+from kubegate.demo import free_port, single_context_kubeconfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -160,7 +160,7 @@ class Processes:
         return env
 
     def start(self) -> None:
-        from kubegate.demo import free_port, prepare_demo_state
+        from kubegate.demo import prepare_demo_state
 
         cmd = [sys.executable, "-m", "benchmarks.sandbox_proc", str(self.workdir / "sandbox"),
                "--pods", str(self.settings.pods)]
@@ -238,21 +238,8 @@ class Processes:
         conf = fast_upstream_conf(self.workdir / "nginx-upstream", port, info["server_cert_file"],
                                   info["server_key_file"], static, sandbox)
         self.fast = NginxProcess(binary, self.workdir / "nginx-upstream", conf, port, 1 if self.pinned else None)
-        doc = yaml.safe_load(Path(info["admin_kubeconfig"]).read_text())
-        doc["clusters"] = [{"name": FAST_CLUSTER, "cluster": {**doc["clusters"][0]["cluster"],
-                                                               "server": f"https://127.0.0.1:{port}"}}]
-        doc["contexts"] = [{"name": FAST_CLUSTER, "context": {**doc["contexts"][0]["context"],
-                                                               "cluster": FAST_CLUSTER}}]
-        doc["current-context"] = FAST_CLUSTER
-        base = Path(info["admin_kubeconfig"]).resolve().parent
-        for user in doc.get("users", []):  # relative file references stay valid from the new location
-            for key in ("client-certificate", "client-key"):
-                if key in user["user"] and not os.path.isabs(user["user"][key]):
-                    user["user"][key] = str(base / user["user"][key])
-        for cluster in doc["clusters"]:
-            ca = cluster["cluster"].get("certificate-authority")
-            if ca and not os.path.isabs(ca):
-                cluster["cluster"]["certificate-authority"] = str(base / ca)
+        doc = single_context_kubeconfig(info["admin_kubeconfig"], FAST_CLUSTER)
+        doc["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{port}"
         path = self.workdir / "fast.kubeconfig"
         path.write_text(yaml.safe_dump(doc))
         return path

@@ -206,12 +206,6 @@ http {{
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def fetch_raw(port: int, path: str, ca_file: str, cert_file: str, key_file: str) -> tuple[bytes, str]:
     """GET ``path`` from 127.0.0.1:``port`` over TLS with a client certificate: (body, content type)."""
     import http.client

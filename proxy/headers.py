@@ -23,6 +23,8 @@ Response side (upstream → client): hop-by-hop headers dropped (an upgrade keep
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from proxy.protocol.events import Headers
 
 REQUEST_ID_HEADER = b"x-kubegate-request-id"
@@ -72,7 +74,7 @@ def _is_hop_by_hop(name: bytes) -> bool:
 
 # What each header name means to the rewrite, decided once per name: header names repeat from a small
 # set, so a request or response costs one dict lookup per header instead of several checks.
-_KEEP, _DROP, _XFF, _UPGRADE, _ACCEPT = 0, 1, 2, 3, 4
+_KEEP, _DROP, _XFF, _UPGRADE, _ACCEPT, _LENGTH = 0, 1, 2, 3, 4, 5
 _NAMES_CACHED = 4096  # distinct names remembered per side (more are classified each time)
 
 
@@ -92,7 +94,7 @@ def _response_action(name: bytes) -> int:
     if name in (b"connection", b"upgrade"):
         return _UPGRADE  # kept on an upgrade answer, hop-by-hop otherwise
     if name == b"content-length":
-        return _ACCEPT  # dropped when the body is rewritten
+        return _LENGTH  # dropped when the body is rewritten
     return _DROP if name == REQUEST_ID_HEADER or _is_hop_by_hop(name) else _KEEP
 
 
@@ -100,8 +102,8 @@ _request_actions: dict[bytes, int] = {}
 _response_actions: dict[bytes, int] = {}
 
 
-def _classify(cache: dict[bytes, int], decide: object, name: bytes) -> int:
-    action = decide(name)  # type: ignore[operator]
+def _classify(cache: dict[bytes, int], decide: Callable[[bytes], int], name: bytes) -> int:
+    action = decide(name)
     if len(cache) < _NAMES_CACHED:
         cache[name] = action
     return action
@@ -120,7 +122,7 @@ def rewrite_request_headers(
     accept: bytes | None = None,
 ) -> Headers:
     """The headers to send upstream for one request (see the module docstring)."""
-    out: Headers = [] if http2 else [(b"host", upstream_authority.encode("latin-1"))]
+    out: Headers = []
     forwarded_for: bytes | None = None
     upgrade_value: bytes | None = None
     declared = False
@@ -142,7 +144,9 @@ def rewrite_request_headers(
             out.append((key, value))
     if declared and not upgrade:  # names listed in Connection are hop-by-hop too
         tokens = connection_tokens(headers)
-        out = [(key, value) for key, value in out if key not in tokens or key == b"host"]
+        out = [(key, value) for key, value in out if key not in tokens]
+    if not http2:
+        out.insert(0, (b"host", upstream_authority.encode("latin-1")))
     if upgrade:
         if upgrade_value is None:
             raise ValueError("an upgrade request without an Upgrade header")
@@ -182,7 +186,7 @@ def rewrite_response_headers(
                 out.append((key, value))
             elif key == b"connection":
                 declared = True
-        elif action == _ACCEPT:  # content-length
+        elif action == _LENGTH:
             if not body_rewritten:
                 out.append((key, value))
     if declared:
