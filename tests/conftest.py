@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,19 @@ def sandbox_cluster(tmp_path: Path):
 
     with running_sandbox(tmp_path / "sandbox-cluster") as sb:
         yield sb
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """moto's AWS server (``ThreadedMotoServer``, real HTTP on loopback) for one test module: its URL."""
+    from moto.server import ThreadedMotoServer
+
+    from kubegate.demo import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()

@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import socket
 import urllib.parse
 import urllib.request
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from discovery.eks import (
     TOKEN_PREFIX,
@@ -23,25 +21,9 @@ from discovery.eks import (
     cluster_from_record,
 )
 from discovery.reconcile import reconcile
+from kubegate.demo import free_port
 
 CA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def moto_url():
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -205,7 +187,6 @@ def test_kubegate_start_with_eks_discovery_enabled_fills_the_store(aws, moto_url
     import time
     from pathlib import Path
 
-    from kubegate.demo import free_port
 
     root = Path(__file__).resolve().parents[2]
     create_cluster(moto_url, "us-east-1", "found-by-kubegate", env="prod")

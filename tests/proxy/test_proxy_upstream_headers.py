@@ -64,6 +64,29 @@ def h1_request(px, ctx, path: str, headers: list[tuple[str, str]]) -> tuple[int,
     return status, data.split(b"\r\n\r\n", 1)[1]
 
 
+def h2_response(sock, conn, sid: int) -> tuple[int, bytes]:
+    """Send what ``conn`` has queued, then read stream ``sid``'s answer: (status, body) once the stream
+    ends, is reset, or the connection goes away."""
+    sock.sendall(conn.data_to_send())
+    status, body, done = 0, b"", False
+    while not done:
+        data = sock.recv(65536)
+        if not data:
+            break
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                status = int(dict(event.headers)[":status"])
+            elif isinstance(event, h2.events.DataReceived):
+                body += event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, sid)
+            elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset | h2.events.ConnectionTerminated):
+                done = True
+        pending = conn.data_to_send()
+        if pending and not done:
+            sock.sendall(pending)
+    return status, body
+
+
 def h2_request(px, ctx, path: str, headers: list[tuple[str, str]]) -> tuple[int, bytes]:
     ctx.set_alpn_protocols(["h2"])
     with ctx.wrap_socket(socket.create_connection(("127.0.0.1", px.port), timeout=10), server_hostname="127.0.0.1") as sock:
@@ -76,21 +99,7 @@ def h2_request(px, ctx, path: str, headers: list[tuple[str, str]]) -> tuple[int,
             [(":method", "GET"), (":path", path), (":scheme", "https"), (":authority", "127.0.0.1"), *headers],
             end_stream=True,
         )
-        sock.sendall(conn.data_to_send())
-        status, body, done = 0, b"", False
-        while not done:
-            data = sock.recv(65536)
-            if not data:
-                break
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived):
-                    status = int(dict(event.headers)[":status"])
-                elif isinstance(event, h2.events.DataReceived):
-                    body += event.data
-                    conn.acknowledge_received_data(event.flow_controlled_length, sid)
-                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
-                    done = True
-            sock.sendall(conn.data_to_send())
+        status, body = h2_response(sock, conn, sid)
     return status, body
 
 
@@ -302,21 +311,7 @@ def test_h2_trailers_never_reach_the_upstream(setup):
         conn.send_data(sid, b"{}")
         conn.send_headers(sid, [("impersonate-user", "root"), ("x-remote-user", "admin"),
                                 ("authorization", "Bearer t"), ("x-trailer-marker", "1")], end_stream=True)
-        sock.sendall(conn.data_to_send())
-        status, body, done = 0, b"", False
-        while not done:
-            data = sock.recv(65536)
-            if not data:
-                break
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived):
-                    status = int(dict(event.headers)[":status"])
-                elif isinstance(event, h2.events.DataReceived):
-                    body += event.data
-                    conn.acknowledge_received_data(event.flow_controlled_length, sid)
-                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
-                    done = True
-            sock.sendall(conn.data_to_send())
+        status, body = h2_response(sock, conn, sid)
     assert status == 200, body
     headers = upstream_headers(body)
     assert_only_kubegates_identity(headers)
@@ -379,17 +374,7 @@ def test_upper_case_identity_header_names_over_h2_are_refused(setup):
         conn.send_headers(1, [(":method", "GET"), (":path", "/k8s/clusters/echo/api/v1/namespaces/dev/pods"),
                               (":scheme", "https"), (":authority", "127.0.0.1"), ("Impersonate-User", "root"),
                               ("X-Remote-User", "admin")], end_stream=True)
-        sock.sendall(conn.data_to_send())
-        status, done = 0, False
-        while not done:
-            data = sock.recv(65536)
-            if not data:
-                break
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived):
-                    status = int(dict(event.headers)[":status"])
-                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset | h2.events.ConnectionTerminated):
-                    done = True
+        status, _ = h2_response(sock, conn, 1)
     assert status != 200
     assert not [r for r in echo.requests[sent_before:] if "/pods" in r["target"]]
 

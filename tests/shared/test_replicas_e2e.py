@@ -311,19 +311,6 @@ def test_a_second_start_on_a_used_port_is_refused_naming_the_address_and_pid(rep
         second.stderr
 
 
-@pytest.fixture(scope="module")
-def moto_url():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 def eks_cluster(moto_url: str, name: str, group: str) -> None:
     import boto3
 
