@@ -145,15 +145,22 @@ def _recording(cfg: Config, session_id: str) -> tuple[dict[str, Any], bytes] | s
         return str(exc)
 
 
-def run_export(args: argparse.Namespace) -> int:
+def _cast_or_report(args: argparse.Namespace, command: str) -> bytes | None:
+    """The cast of ``args.session_id`` under ``args.config``; None once the problem is on stderr."""
     cfg = load_config_or_report(args.config)
     if cfg is None:
-        return 1
+        return None
     found = _recording(cfg, args.session_id)
     if isinstance(found, str):
-        print(f"kubegate sessions export: {found}", file=sys.stderr)
+        print(f"kubegate sessions {command}: {found}", file=sys.stderr)
+        return None
+    return found[1]
+
+
+def run_export(args: argparse.Namespace) -> int:
+    cast = _cast_or_report(args, "export")
+    if cast is None:
         return 1
-    _, cast = found
     if args.output:
         with open(args.output, "wb") as f:
             f.write(cast)
@@ -183,15 +190,11 @@ def run_play(args: argparse.Namespace) -> int:
     if args.speed <= 0:
         print("kubegate sessions play: --speed must be positive", file=sys.stderr)
         return 2
-    cfg = load_config_or_report(args.config)
-    if cfg is None:
-        return 1
-    found = _recording(cfg, args.session_id)
-    if isinstance(found, str):
-        print(f"kubegate sessions play: {found}", file=sys.stderr)
+    cast = _cast_or_report(args, "play")
+    if cast is None:
         return 1
     try:
-        _, events = read_cast(found[1])
+        _, events = read_cast(cast)
     except ValueError as exc:
         print(f"kubegate sessions play: {exc}", file=sys.stderr)
         return 1
