@@ -1,7 +1,8 @@
-"""Instructions per request, counted by valgrind's callgrind: a figure that does not move with whatever
-else runs on a shared machine (CPU time does).
+"""Instructions per request and per relayed watch event, counted by valgrind's callgrind: figures that do
+not move with whatever else runs on a shared machine (CPU time does).
 
-    python -m benchmarks.instructions [--requests 1000] [--warmup 200] [--clients 16]
+    python -m benchmarks.instructions [--cells requests,events] [--requests 1000] [--warmup 200]
+                                      [--clients 16] [--events 500]
 
 Starts what ``python -m benchmarks`` starts (the sandbox, the fast nginx upstream, kubegate, the
 reference nginx proxy) with kubegate and the reference nginx under ``valgrind --tool=callgrind``
@@ -10,6 +11,14 @@ keep-alive over ``--clients`` connections, h2 over one connection with 16 stream
 connections opened, GETs of the benchmark pod to warm up, the counters dumped (which zeroes them:
 ``callgrind_control --dump``), ``--requests`` GETs, the counters dumped again; instructions ÷ requests. Everything the process
 did in that window counts (its timers, a health check that fell in it): a few per cent at most.
+
+Watch events (``--cells events``): the setup of the ``events`` cell of ``python -m benchmarks``
+(``harness._watch_event_cost``): one HTTP/1.1 watch of configmaps in ``bench-watch`` through the proxy
+(kubegate reaches the sandbox over h2, nginx over HTTP/1.1), configmaps created directly on the sandbox.
+They are created one at a time, the next once the watcher has seen the previous event, so each event
+reaches the proxy on its own (as in the timed cell, where the sandbox is the slower side) and the count
+does not depend on how many events a slow proxy under callgrind would find batched in one read.
+After ``--warmup`` ÷ 4 events: dump, ``--events`` events, dump; instructions ÷ events.
 """
 
 from __future__ import annotations
@@ -61,6 +70,20 @@ async def _requests(conns: list, protocol: str, path: str, authority: str, n: in
     return statuses
 
 
+def _zero_counters(procs: harness.Processes, pid: int) -> None:
+    """Dump ``pid``'s counters and wait for the dump (a dump zeroes them)."""
+    before = set(procs.workdir.glob(f"cg.{pid}*"))
+    _callgrind_control("--dump=warmup", str(pid))
+    _dumped_instructions(procs.workdir, pid, before)
+
+
+def _counted_since_zero(procs: harness.Processes, pid: int) -> int:
+    """The instructions ``pid`` executed since the counters were last zeroed."""
+    before = set(procs.workdir.glob(f"cg.{pid}*"))
+    _callgrind_control("--dump=measured", str(pid))
+    return _dumped_instructions(procs.workdir, pid, before)
+
+
 async def count(procs: harness.Processes, pid: int, ep: load.Endpoint, protocol: str, requests: int,
                 warmup: int, clients: int) -> dict:
     """Instructions per GET in steady state: the connections are opened and warmed before counting."""
@@ -71,13 +94,9 @@ async def count(procs: harness.Processes, pid: int, ep: load.Endpoint, protocol:
     path = ep.prefix + harness.GET_PATH
     try:
         await _requests(conns, protocol, path, ep.authority, warmup)
-        before = set(procs.workdir.glob(f"cg.{pid}*"))
-        _callgrind_control("--dump=warmup", str(pid))  # a dump zeroes the counters
-        _dumped_instructions(procs.workdir, pid, before)
-        before = set(procs.workdir.glob(f"cg.{pid}*"))
+        _zero_counters(procs, pid)
         statuses = await _requests(conns, protocol, path, ep.authority, requests)
-        _callgrind_control("--dump=measured", str(pid))
-        instructions = _dumped_instructions(procs.workdir, pid, before)
+        instructions = _counted_since_zero(procs, pid)
     finally:
         for conn in conns:
             if conn.transport is not None:
@@ -89,7 +108,60 @@ async def count(procs: harness.Processes, pid: int, ep: load.Endpoint, protocol:
             "instructions_per_request": round(instructions / ok)}
 
 
-def run(requests: int, warmup: int, clients: int, keep: str | None = None) -> dict:
+async def count_watch_events(procs: harness.Processes, pid: int, ep: load.Endpoint, events: int, warmup: int,
+                             tag: str) -> dict:
+    """Instructions per watch event relayed by ``pid`` (see the module docstring: one event at a time)."""
+    direct = procs.direct()
+    run_id = f"{int(time.time() * 1000) % 10**9}-{tag}"
+    namespace = "bench-watch"
+    creator = await load.h1_connect(direct)
+    rv = await load.current_resource_version(direct, f"/api/v1/namespaces/{namespace}/configmaps")
+    watcher = await load.h1_connect(ep)
+    loop = asyncio.get_running_loop()
+    seen = [0]
+    arrived: list[asyncio.Future[None] | None] = [None]
+    target = [0]
+
+    def on_chunk(chunk: bytes) -> None:
+        seen[0] += chunk.count(b"\n")
+        waiter = arrived[0]
+        if waiter is not None and seen[0] >= target[0] and not waiter.done():
+            waiter.set_result(None)
+
+    async def one_at_a_time(first: int, n: int) -> None:
+        for i in range(first, first + n):
+            target[0] = seen[0] + 1
+            arrived[0] = loop.create_future()
+            status, _ = await creator.request(load.h1_request_bytes(
+                "POST", f"/api/v1/namespaces/{namespace}/configmaps", direct.authority,
+                harness._configmap(namespace, f"cm-{run_id}-{i}")))
+            if status >= 300:
+                raise RuntimeError(f"creating a configmap answered {status}")
+            await asyncio.wait_for(arrived[0], 120)
+
+    watcher.on_body_chunk = on_chunk
+    head = asyncio.ensure_future(watcher.request(load.h1_request_bytes(
+        "GET", f"{ep.prefix}{harness.EVENT_WATCH_PATH}&resourceVersion={rv}", ep.authority)))
+    head.add_done_callback(load._consume)
+    try:
+        await one_at_a_time(0, warmup)
+        status, _ = head.result()
+        if status != 200:
+            raise RuntimeError(f"the watch through {ep.authority} answered {status}")
+        _zero_counters(procs, pid)
+        start = seen[0]
+        await one_at_a_time(warmup, events)
+        instructions = _counted_since_zero(procs, pid)
+        relayed = seen[0] - start
+    finally:
+        for conn in (watcher, creator):
+            if conn.transport is not None:
+                conn.transport.close()
+    return {"events": relayed, "instructions": instructions, "instructions_per_event": round(instructions / max(1, relayed))}
+
+
+def run(requests: int, warmup: int, clients: int, keep: str | None = None, cells: tuple[str, ...] = ("requests",),
+        events: int = 500) -> dict:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind (with callgrind_control) is not installed")
     load.install_uvloop()
@@ -99,12 +171,23 @@ def run(requests: int, warmup: int, clients: int, keep: str | None = None) -> di
                                                  f"--callgrind-out-file={workdir}/cg.%p"))
     procs = harness.Processes(settings, workdir)
     report: dict = {"requests": requests, "clients": clients, "commit": harness._git_commit(), "cells": []}
+    if "events" in cells:
+        report["events"] = events
     try:
         procs.start()
         kubegate_pid = harness.process_tree(procs.proxy_pid)[-1]
 
         async def main() -> None:
-            for protocol in ("h1", "h2"):
+            if "events" in cells:
+                warm = max(10, warmup // 4)
+                kg = await count_watch_events(procs, kubegate_pid, procs.through_proxy(), events, warm, "kubegate")
+                ng = await count_watch_events(procs, procs.nginx_pid, procs.through_nginx(), events, warm, "nginx")
+                report["watch_events"] = {"kubegate": kg, "nginx": ng, "ratio": round(
+                    kg["instructions_per_event"] / max(1, ng["instructions_per_event"]), 2)}
+                print(f"  watch events: kubegate {kg['instructions_per_event']:,} instructions/event, "
+                      f"nginx {ng['instructions_per_event']:,} ({report['watch_events']['ratio']}×)",
+                      file=sys.stderr, flush=True)
+            for protocol in ("h1", "h2") if "requests" in cells else ():
                 kg = await count(procs, kubegate_pid, procs.through_proxy(harness.FAST_CLUSTER), protocol,
                                  requests, warmup, clients)
                 ng = await count(procs, procs.nginx_pid, procs.through_nginx(harness.FAST_CLUSTER), protocol,
@@ -127,13 +210,23 @@ def run(requests: int, warmup: int, clients: int, keep: str | None = None) -> di
 
 
 def render(report: dict) -> str:
-    lines = [f"GET of one pod, {report['requests']} requests from {report['clients']} clients, "
-             f"counted by callgrind (commit {report['commit']}):", "",
-             "| client protocol | kubegate instructions/request | nginx instructions/request | kubegate ÷ nginx |",
-             "|---|---:|---:|---:|"]
-    for c in report["cells"]:
-        lines.append(f"| {'HTTP/1.1' if c['protocol'] == 'h1' else 'h2'} | {c['kubegate']['instructions_per_request']:,} | "
-                     f"{c['nginx']['instructions_per_request']:,} | {c['ratio']:.2f}× |")
+    lines: list[str] = []
+    if report["cells"]:
+        lines += [f"GET of one pod, {report['requests']} requests from {report['clients']} clients, "
+                  f"counted by callgrind (commit {report['commit']}):", "",
+                  "| client protocol | kubegate instructions/request | nginx instructions/request | kubegate ÷ nginx |",
+                  "|---|---:|---:|---:|"]
+        for c in report["cells"]:
+            lines.append(f"| {'HTTP/1.1' if c['protocol'] == 'h1' else 'h2'} | {c['kubegate']['instructions_per_request']:,} | "
+                         f"{c['nginx']['instructions_per_request']:,} | {c['ratio']:.2f}× |")
+    w = report.get("watch_events")
+    if w:
+        if lines:
+            lines.append("")
+        lines += [f"Watch event relay, {report['events']} events one at a time over one HTTP/1.1 "
+                  f"watch, counted by callgrind (commit {report['commit']}): kubegate "
+                  f"{w['kubegate']['instructions_per_event']:,} instructions/event, nginx "
+                  f"{w['nginx']['instructions_per_event']:,} ({w['ratio']:.2f}×)"]
     return "\n".join(lines)
 
 
@@ -143,10 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--cells", default="requests", help="comma-separated: requests (GET cells), events (watch events)")
+    parser.add_argument("--events", type=int, default=500, help="watch events counted (--cells events)")
     parser.add_argument("--json", help="also write the report here")
     parser.add_argument("--keep", help="copy callgrind's dumps into this directory (for callgrind_annotate)")
     args = parser.parse_args(argv)
-    report = run(args.requests, args.warmup, args.clients, args.keep)
+    cells = tuple(c.strip() for c in args.cells.split(",") if c.strip())
+    unknown = set(cells) - {"requests", "events"}
+    if unknown:
+        parser.error(f"unknown cells: {', '.join(sorted(unknown))}")
+    report = run(args.requests, args.warmup, args.clients, args.keep, cells, args.events)
     print(render(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
