@@ -5,14 +5,26 @@ Flow control: response DATA is buffered per stream and its credit is returned to
 the forwarding task reports the bytes ``consumed`` (they left towards the client), so a slow client
 stalls its own stream at the server, not the proxy's memory. Request bodies are sent as the server's
 window allows; the remainder waits for WINDOW_UPDATE.
+
+DATA frames of response bodies without a ``content-length`` (watches, ``logs -f``, streamed lists) do
+not go through the ``h2`` state machine (issue 9: ~90 Python calls per frame there, a hex repr of
+every frame among them): ``data_received`` cuts the input into whole frames, hands such a frame's
+payload straight to its exchange and everything else, in order, to ``h2``. Their flow control is kept
+here: each such stream's receive window is checked (a server overrunning it breaks the connection, as
+``h2`` would), and the credit of consumed bytes is announced in batches (``_STREAM_CREDIT_BATCH`` per
+stream, ``_CONNECTION_CREDIT_BATCH`` for the connection) instead of one WINDOW_UPDATE per event. A
+frame that ends its stream or is padded still goes through ``h2`` (the stream's state is its), and is
+credited on arrival: it is the last of its stream, or a padding the apiserver never sends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -22,10 +34,27 @@ from proxy.upstream.base import BodyBuffer, UpstreamError, UpstreamStream
 
 _CONNECTION_WINDOW = 16 * 1024 * 1024
 _STREAM_WINDOW = 1024 * 1024
+# Consumed bytes of direct DATA frames are announced to the server once this many have gathered: a few
+# WINDOW_UPDATE frames per window instead of one per event; the server keeps >= 3/4 of its window.
+_STREAM_CREDIT_BATCH = _STREAM_WINDOW // 4
+_CONNECTION_CREDIT_BATCH = _CONNECTION_WINDOW // 16
+
+_FRAME_HEAD = 9
+_DATA, _HEADERS, _PUSH_PROMISE, _CONTINUATION = 0, 1, 5, 9
+_END_STREAM, _END_HEADERS, _PADDED = 0x1, 0x4, 0x8
+_WINDOW_UPDATE = struct.Struct(">BHBBLL")  # length (24 bits: 0, 4), type 8, flags 0, stream id, increment
+
+
+def window_update(stream_id: int, increment: int) -> bytes:
+    """A WINDOW_UPDATE frame (RFC 9113 §6.9)."""
+    return _WINDOW_UPDATE.pack(0, 4, 8, 0, stream_id, increment)
 
 
 class H2Exchange(UpstreamStream):
-    __slots__ = ("conn", "stream_id", "status", "headers", "body", "_head", "_pending", "_end_pending", "_drain", "_closed")
+    __slots__ = (
+        "conn", "stream_id", "status", "headers", "body", "_head", "_pending", "_end_pending", "_drain", "_closed",
+        "direct", "window", "owed", "unannounced",
+    )  # fmt: skip
 
     def __init__(self, conn: H2Upstream, stream_id: int, high_water: int) -> None:
         self.conn = conn
@@ -38,6 +67,11 @@ class H2Exchange(UpstreamStream):
         self._end_pending = False
         self._drain: asyncio.Future[None] | None = None
         self._closed = False
+        # Direct DATA (see the module docstring): set once the response head shows no content-length.
+        self.direct = False
+        self.window = _STREAM_WINDOW  # bytes the server may still send on this stream, as far as we know
+        self.owed = 0  # direct bytes received and not yet consumed
+        self.unannounced = 0  # direct bytes consumed and not yet announced in a WINDOW_UPDATE
 
     def send_body(self, data: bytes) -> None:
         if data and not self._closed:
@@ -68,7 +102,14 @@ class H2Exchange(UpstreamStream):
         return await self.body.read()
 
     def consumed(self, nbytes: int) -> None:
-        if nbytes:
+        if not nbytes:
+            return
+        if self.direct:  # the frames h2 saw of this stream were credited on arrival
+            nbytes = min(nbytes, self.owed)
+            if nbytes:
+                self.owed -= nbytes
+                self.conn.credit(self, nbytes)
+        else:
             self.conn.acknowledge(self.stream_id, nbytes)
 
     def abort(self) -> None:
@@ -110,6 +151,9 @@ class H2Upstream(asyncio.Protocol):
         self.h2 = h2.connection.H2Connection(config)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Exchange] = {}
+        self._inbox = b""  # the start of a frame not all here yet
+        self._header_block = False  # a HEADERS/PUSH_PROMISE without END_HEADERS awaits its CONTINUATION
+        self.unannounced = 0  # direct bytes consumed on all streams and not yet announced for the connection
         self.closed = False
         self.retiring = False  # no new streams; close once the open ones are done
         self.write_paused = False
@@ -165,36 +209,94 @@ class H2Upstream(asyncio.Protocol):
 
     # --- asyncio.Protocol -------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        """Whole frames only: direct DATA frames to their exchange, the rest in order to ``h2``."""
+        if self._inbox:
+            data = self._inbox + data
+            self._inbox = b""
+        size = len(data)
+        pos = fed = 0
+        max_frame = self.h2.max_inbound_frame_size
+        streams = self.streams
+        while size - pos >= _FRAME_HEAD:
+            length = int.from_bytes(data[pos:pos + 3], "big")
+            if length > max_frame:
+                pos = size  # h2 refuses it (FRAME_SIZE_ERROR)
+                break
+            end = pos + _FRAME_HEAD + length
+            if end > size:
+                break
+            kind = data[pos + 3]
+            flags = data[pos + 4]
+            if kind == _DATA:
+                if not flags & (_END_STREAM | _PADDED) and not self._header_block:
+                    exchange = streams.get(int.from_bytes(data[pos + 5:pos + 9], "big") & 0x7FFFFFFF)
+                    if exchange is not None and exchange.direct:
+                        if fed < pos and not self._feed(data[fed:pos]):
+                            return
+                        fed = end
+                        if length and not self._direct_data(exchange, data[pos + _FRAME_HEAD:end]):
+                            return
+            elif kind == _HEADERS or kind == _PUSH_PROMISE or kind == _CONTINUATION:
+                self._header_block = not flags & _END_HEADERS
+            pos = end
+        if fed < pos and not self._feed(data if fed == 0 and pos == size else data[fed:pos]):
+            return
+        if pos < size:
+            self._inbox = data[pos:]
+        if self.retiring and not self.streams:
+            self.close()
+            return
+        self._flush()
+
+    def _direct_data(self, exchange: H2Exchange, payload: bytes) -> bool:
+        n = len(payload)
+        if n > exchange.window:
+            self._broken(f"cluster {self.cluster_name} sent beyond the stream's flow-control window",
+                         h2.errors.ErrorCodes.FLOW_CONTROL_ERROR)
+            return False
+        exchange.window -= n
+        exchange.owed += n
+        exchange.body.push(payload)
+        return True
+
+    def _feed(self, data: bytes) -> bool:
+        """Whole frames through ``h2``; False once the connection broke."""
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             self._fail_all(UpstreamError(502, f"cluster {self.cluster_name} broke HTTP/2: {exc}", "protocol"))
             self.close()
-            return
+            return False
         for event in events:
             if isinstance(event, h2.events.DataReceived):
                 exchange = self.streams.get(event.stream_id)
-                if exchange is None:
+                if exchange is None or exchange.direct:  # forgotten, or the last (or a padded) frame of a direct stream
                     self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                    continue
-                padding = event.flow_controlled_length - len(event.data)
-                if padding:
-                    self.h2.acknowledge_received_data(padding, event.stream_id)
+                    if exchange is None:
+                        continue
+                else:
+                    padding = event.flow_controlled_length - len(event.data)
+                    if padding:
+                        self.h2.acknowledge_received_data(padding, event.stream_id)
                 if event.data:
                     exchange.body.push(event.data)
             elif isinstance(event, h2.events.ResponseReceived):
                 exchange = self.streams.get(event.stream_id)
                 if exchange is not None:
                     status = 0
+                    sized = False
                     headers: Headers = []
                     for key, value in event.headers:
                         if key == b":status":
                             status = int(value)
                         elif not key.startswith(b":"):
                             headers.append((key, value))
+                            if key == b"content-length":
+                                sized = True  # h2 checks the length: every frame goes through it
                     if status >= 200 and not exchange._head.done():
                         exchange.status = status
                         exchange.headers = headers
+                        exchange.direct = not sized
                         exchange._head.set_result((status, headers))
             elif isinstance(event, h2.events.StreamEnded):
                 exchange = self.streams.pop(event.stream_id, None)
@@ -224,12 +326,7 @@ class H2Upstream(asyncio.Protocol):
                 last = event.last_stream_id or 0
                 for sid in [s for s in self.streams if s > last]:
                     self.streams.pop(sid).fail(UpstreamError(502, f"cluster {self.cluster_name} refused the stream (GOAWAY)", "reset"))
-            elif isinstance(event, h2.events.RemoteSettingsChanged):
-                pass
-        if self.retiring and not self.streams:
-            self.close()
-            return
-        self._flush()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -270,6 +367,22 @@ class H2Upstream(asyncio.Protocol):
             exchange.wake_drain()
         self._flush()
 
+    def credit(self, exchange: H2Exchange, nbytes: int) -> None:
+        """``nbytes`` of direct DATA left towards the client: announce them once a batch has gathered."""
+        frames = b""
+        if not exchange._closed:
+            exchange.unannounced += nbytes
+            if exchange.unannounced >= _STREAM_CREDIT_BATCH:
+                frames = window_update(exchange.stream_id, exchange.unannounced)
+                exchange.window += exchange.unannounced
+                exchange.unannounced = 0
+        self.unannounced += nbytes
+        if self.unannounced >= _CONNECTION_CREDIT_BATCH:
+            frames += window_update(0, self.unannounced)
+            self.unannounced = 0
+        if frames and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self.h2.data_to_send() + frames)
+
     def acknowledge(self, stream_id: int, nbytes: int) -> None:
         try:
             self.h2.acknowledge_received_data(nbytes, stream_id)
@@ -279,7 +392,11 @@ class H2Upstream(asyncio.Protocol):
 
     def reset(self, exchange: H2Exchange) -> None:
         exchange._closed = True
-        if exchange.body.size:  # buffered, never consumed: give the connection window back
+        if exchange.direct:  # received, never consumed: give the connection window back
+            if exchange.owed:
+                owed, exchange.owed = exchange.owed, 0
+                self.credit(exchange, owed)
+        elif exchange.body.size:
             self.acknowledge(exchange.stream_id, exchange.body.size)
         if self.streams.pop(exchange.stream_id, None) is not None:
             try:
@@ -301,6 +418,18 @@ class H2Upstream(asyncio.Protocol):
             self.transport.close()
 
     # --- internals ----------------------------------------------------------------------------------
+    def _broken(self, message: str, code: h2.errors.ErrorCodes) -> None:
+        """The server broke the protocol where ``h2`` does not look: GOAWAY with ``code``, every stream fails."""
+        self._fail_all(UpstreamError(502, message, "protocol"))
+        self.closed = True
+        if self.transport is not None:
+            try:
+                self.h2.close_connection(error_code=code)
+                self._flush()
+            except h2.exceptions.ProtocolError:
+                pass
+            self.transport.close()
+
     def _flush(self) -> None:
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
