@@ -1,46 +1,48 @@
-"""Sans-IO HTTP/2 server codec on the ``h2`` library, with the same shape as ``http1``.
+"""Sans-IO HTTP/2 server codec (RFC 9113), with the same shape as ``http1``: bytes in, events out.
+
+kubegate's own frame layer and stream states; HPACK decoding is the ``hpack`` library's ``Decoder``
+(response heads are encoded statelessly by ``h2wire.encode_response_block``). It replaced the ``h2``
+library on the server side, whose per-frame objects, event objects and state-machine transitions cost
+~400,000 instructions per GET (issue 9).
 
 Facts the code relies on:
 - Pseudo-headers are lifted into ``RequestHead`` fields; ``headers`` holds the rest (lower case).
+- Stream states (§5.1): a stream exists from its HEADERS until both sides have ended it or either
+  reset it. Frames on a stream the codec reset are ignored (DATA still counts against, and is credited
+  back to, the connection window); DATA or HEADERS on a stream closed otherwise get RST_STREAM
+  (STREAM_CLOSED); frames on idle streams, frames carrying the wrong stream id, and frames of the
+  wrong size are connection errors (GOAWAY, ``ProtocolError``, ``ConnectionClosed``).
 - Flow control: received DATA is reported as ``RequestBody``; its credit goes back to the peer only
-  when ``acknowledge_received(stream_id, nbytes)`` is called (padding is returned at once).
-  ``send_body`` never fails for lack of window: what the window cannot take is held by the codec and
-  sent as the peer grants credit; ``send_window`` says how much more may be written without being held
-  (0 -> wait for ``WindowOpened``).
-- ``close()`` sends GOAWAY at once (a frame written beside h2's state machine, so streams already
-  open finish normally); streams opened after it are refused (RST_STREAM REFUSED_STREAM); once no
-  stream is open ``must_close`` is set.
+  when ``acknowledge_received(stream_id, nbytes)`` is called (padding, and DATA the codec drops, are
+  credited at once); WINDOW_UPDATE goes out once half a window is owed. ``send_body`` never fails for
+  lack of window: what the window cannot take is held by the codec and sent as the peer grants credit;
+  ``send_window`` says how much more may be written without being held (0 -> wait for ``WindowOpened``).
+- ``close()`` sends GOAWAY at once, so streams already open finish normally; streams opened after it
+  are refused (RST_STREAM REFUSED_STREAM); once no stream is open ``must_close`` is set.
 - Request heads above ``max_header_bytes`` are answered 431 with a ``Status`` body on their stream; the
-  rest of the connection goes on. A peer breaking HTTP/2 gets GOAWAY and ``ProtocolError``.
+  rest of the connection goes on. Malformed heads (§8.1.1) reset their stream with PROTOCOL_ERROR.
+  A request body that does not match its content-length resets the stream (PROTOCOL_ERROR).
 - Writing to a stream the peer reset is silently ignored (the ``StreamReset`` event says so).
 - Frames that cost the server work and the peer nothing (RST_STREAM after HEADERS, streams refused as
-  malformed, PING, SETTINGS) are counted; each full quantum (``h2_max_resets_per_second``,
-  ``h2_max_control_frames_per_second``) is reported as ``FramesCounted`` for the clock's owner to judge;
-  ``enhance_your_calm()`` then ends the connection with GOAWAY(ENHANCE_YOUR_CALM). CONTINUATION
-  floods and oversized header lists are h2's own connection errors (at most 64 CONTINUATION frames
-  per block; the HPACK decoder stops at ``max_header_list_size``).
+  malformed, frames on closed streams answered with RST_STREAM, PING, SETTINGS) are counted; each full
+  quantum (``h2_max_resets_per_second``, ``h2_max_control_frames_per_second``) is reported as
+  ``FramesCounted`` for the clock's owner to judge; ``enhance_your_calm()`` then ends the connection
+  with GOAWAY(ENHANCE_YOUR_CALM). A header block of more than 64 CONTINUATION frames or more than 4x
+  the decoder's header list limit is GOAWAY(ENHANCE_YOUR_CALM); the HPACK decoder stops at its
+  header list limit (GOAWAY ENHANCE_YOUR_CALM) and refuses bad blocks and table sizes above 4096
+  (GOAWAY COMPRESSION_ERROR).
+- A header block made only of indexed fields decodes to the same fields while the dynamic table is
+  unchanged: such a block's checked result is kept per connection (cleared whenever a block that may
+  change the table is decoded), so a client repeating a request costs no HPACK decoding or checks.
 """
 
 from __future__ import annotations
 
-import binascii
-import logging
-import re
-import struct
+from hpack import Decoder
+from hpack.exceptions import HPACKError, OversizedHeaderListError
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-import hpack.hpack
-import hyperframe.frame
-from h2.connection import ConnectionInputs
-from h2.stream import StreamInputs, StreamState
-from hpack.table import HeaderTable
-from hyperframe.frame import GoAwayFrame
-
+from proxy.protocol import h2lib
+from proxy.protocol import h2wire as w
 from proxy.protocol.events import (
     ConnectionClosed,
     Event,
@@ -55,127 +57,28 @@ from proxy.protocol.events import (
     StreamReset,
     WindowOpened,
 )
+from proxy.protocol.h2wire import encode_response_block
 from proxy.protocol.http1 import status_json
+
+h2lib.quiet_hpack()
+__all__ = ["Http2ServerConnection", "encode_response_block"]
 
 # Connection-specific headers that must not appear in HTTP/2 (RFC 9113 §8.2.2).
 _HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
-_STATUS = {code: str(code).encode() for code in range(100, 600)}
+_MAX_CONTINUATIONS = 64
+_MAX_RESET_MEMORY = 1024  # streams reset by the codec whose late frames are ignored (older ones: RST again)
+_MEMO_MAX = 64
+_unpack_header = w.FRAME_HEADER.unpack_from
+_pack_header = w.FRAME_HEADER.pack
+_unpack_u32 = w.U32.unpack_from
 
 
-def _short_hex_repr(data: bytes | None) -> str:
-    """``hyperframe.frame._raw_data_repr`` with the same output, hexlifying only the 10 bytes it shows.
-    h2 builds ``repr(frame)`` for its trace log on EVERY received frame, and the original hexlifies the
-    whole payload (~20 us per 16 KiB DATA frame) only to keep 20 characters of it."""
-    if not data:
-        return "None"
-    shown = binascii.hexlify(data[:11]).decode("ascii")
-    if len(shown) > 20:
-        shown = shown[:20] + "..."
-    return "<hex:" + shown + ">"
+class _Failed(Exception):
+    """A connection error (RFC 9113 §5.4.1): GOAWAY with ``code``."""
 
-
-hyperframe.frame._raw_data_repr = _short_hex_repr  # process-wide; identical text, bounded cost
-
-
-def _frame_repr(frame: hyperframe.frame.Frame) -> str:
-    """``repr`` of a frame without its body: h2 formats ``repr(frame)`` eagerly for its trace log on
-    every received frame (then discards it), and the full form cost ~2 us per HEADERS frame."""
-    return f"{type(frame).__name__}(stream_id={frame.stream_id}, flags={sorted(frame.flags._flags)!r})"
-
-
-hyperframe.frame.Frame.__repr__ = _frame_repr  # type: ignore[method-assign,assignment]
-
-
-class _NoDebug:
-    """hpack's module logger minus ``debug``: hpack calls it several times per header field (~0.3 us
-    each even when disabled); kubegate keeps the hpack logger at WARNING or above anyway."""
-
-    def __init__(self, log: logging.Logger) -> None:
-        self._log = log
-
-    def debug(self, *args: object, **kwargs: object) -> None:
-        return None
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._log, name)
-
-
-if not isinstance(hpack.hpack.log, _NoDebug):
-    hpack.hpack.log = _NoDebug(hpack.hpack.log)  # type: ignore[assignment]
-
-_DATA_HEADER = struct.Struct(">HBBBL")  # 24-bit length (as 16 + 8), type 0 = DATA, flags, stream id
-_FRAME_HEADER = _DATA_HEADER  # the same 9-byte layout, any frame type
-_SENDABLE = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
-_WS = (0x20, 0x09)
-_BAD_NAME = re.compile(rb"[\x00-\x20A-Z\x7f-\xff]")  # RFC 9113 §8.2.1 (":" only leads pseudo-headers)
-_CONNECTION_SPECIFIC = frozenset((b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"))
-_GOOD_NAMES: set[bytes] = set()  # regular request header names already found valid (process-wide, bounded)
-_END_STREAM = 0x1
-_END_HEADERS = 0x4
-
-
-# --- response header blocks ------------------------------------------------------------------------
-# h2's send_headers runs each response head through generator pipelines, HPACK with Huffman coding and
-# dynamic-table bookkeeping, and hyperframe objects: most of an h2 response's CPU. Response heads are
-# encoded here instead, statelessly: ":status" indexed or literal, every other field a "literal without
-# indexing" (the static table's name index when there is one, else the literal name), no Huffman. Such
-# blocks never touch the peer's dynamic table, so h2's encoder (still used for the rare fallbacks:
-# informational heads, a pending table-size update, blocks over one frame) stays in step with the peer.
-
-
-def _hpack_int(value: int, prefix_bits: int, first: int) -> bytes:
-    """RFC 7541 §5.1 integer with an N-bit prefix; ``first`` holds the representation's high bits."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((first | value,))
-    out = bytearray((first | limit,))
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-_STATIC_NAME_INDEX: dict[bytes, int] = {}
-for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, 1):
-    _STATIC_NAME_INDEX.setdefault(_name, _index)
-_STATUS_FIELD: dict[int, bytes] = {}
-for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, 1):
-    if _name == b":status":
-        _STATUS_FIELD[int(_value)] = bytes((0x80 | _index,))  # fully indexed
-for _code in range(100, 600):
-    # literal without indexing, name = static ":status" (index 8), 3-byte value
-    _STATUS_FIELD.setdefault(_code, b"\x08\x03" + str(_code).encode())
-_NAME_PREFIX: dict[bytes, bytes] = {}  # header name as given -> encoded representation + name part
-_NAME_CACHE_MAX = 2048
-
-
-def _name_prefix(name: bytes) -> bytes:
-    lower = name.lower()
-    index = _STATIC_NAME_INDEX.get(lower)
-    if index is not None:
-        prefix = _hpack_int(index, 4, 0x00)
-    else:
-        prefix = b"\x00" + _hpack_int(len(lower), 7, 0x00) + lower
-    if len(_NAME_PREFIX) < _NAME_CACHE_MAX:
-        _NAME_PREFIX[name] = prefix
-    return prefix
-
-
-def encode_response_block(status: int, headers: Headers) -> bytes:
-    """An HPACK header block for a response head (see above); names are lower-cased."""
-    parts = [_STATUS_FIELD[status]]
-    append = parts.append
-    names = _NAME_PREFIX
-    for name, value in headers:
-        prefix = names.get(name) or _name_prefix(name)
-        size = len(value)
-        append(prefix + (_SMALL_LENGTH[size] if size < 127 else _hpack_int(size, 7, 0x00)) + value)
-    return b"".join(parts)
-
-
-_SMALL_LENGTH = [bytes((n,)) for n in range(127)]
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class _Out:
@@ -189,63 +92,80 @@ class _Out:
         self.end = False
 
 
+class _Stream:
+    """One stream that is open or half-closed (RFC 9113 §5.1) and whose request head was reported."""
+
+    __slots__ = ("sid", "recv_window", "recv_owed", "send_window", "remote_ended", "local_ended", "expected",
+                 "received", "held")  # fmt: skip
+
+    def __init__(self, sid: int, recv_window: int, send_window: int, remote_ended: bool, expected: int | None) -> None:
+        self.sid = sid
+        self.recv_window = recv_window  # what the peer may still send on it
+        self.recv_owed = 0  # credit consumed by the application, not yet returned by WINDOW_UPDATE
+        self.send_window = send_window
+        self.remote_ended = remote_ended
+        self.local_ended = False  # the response has ended (END_STREAM sent)
+        self.expected = expected  # content-length, if the request declared one
+        self.received = 0  # request body bytes so far
+        self.held: _Out | None = None
+
+
 class Http2ServerConnection:
     """HTTP/2 server side of one connection. Implements ``events.ServerConnection``."""
 
     http_version = "2"
 
     def __init__(self, limits: ServerLimits | None = None) -> None:
-        self._limits = limits or ServerLimits()
-        config = h2.config.H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            # Request heads are checked (RFC 9113 §8.2, §8.3) and cookies joined in one pass in
-            # _head(): h2's chain of per-header generators cost more than the rest of the head.
-            validate_inbound_headers=False,
-            normalize_inbound_headers=False,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-        )
-        self._h2 = h2.connection.H2Connection(config=config)
+        self._limits = limits = limits or ServerLimits()
+        self._max_head = limits.max_header_bytes
+        self._decoder = Decoder()
         # Let the HPACK decoder take somewhat more than the limit, so an oversized head becomes a 431
         # on its stream rather than a connection error.
-        self._h2.decoder.max_header_list_size = self._limits.max_header_bytes * 2 + 4096
-        self._max_head = self._limits.max_header_bytes
-        window = self._limits.h2_initial_window
-        self._h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self._limits.h2_max_concurrent_streams,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self._limits.max_header_bytes,
-                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
-            },
-        )
-        self._h2.initiate_connection()
-        if window > 65535:
-            self._h2.increment_flow_control_window(window - 65535)
-        # Output pieces, joined once by data_to_send() (large bodies are not copied frame by frame).
-        self._out: list[bytes | memoryview] = [self._h2.data_to_send()]
-        self._held: dict[int, _Out] = {}
-        self._ignored: set[int] = set()  # streams the codec answered itself (431) or refused
-        self._open: set[int] = set()  # streams with a request head seen and the response not ended
+        self._decoder.max_header_list_size = self._max_head * 2 + 4096
+        self._max_block = 4 * self._decoder.max_header_list_size
+        self._memo: dict[bytes, w.RequestFields] = {}
+        self._max_streams = limits.h2_max_concurrent_streams
+        window = limits.h2_initial_window
+        self._window = window  # our SETTINGS_INITIAL_WINDOW_SIZE: each stream's receive window
+        # Until the peer acknowledges our SETTINGS it may still count on the default window.
+        self._stream_recv_initial = max(window, w.DEFAULT_WINDOW)
+        self._conn_max = max(window, w.DEFAULT_WINDOW)
+        self._recv_window = self._conn_max  # what the peer may still send on the connection
+        self._recv_owed = 0
+        self._send_window = w.DEFAULT_WINDOW  # the peer's connection window for our DATA
+        self._peer_initial = w.DEFAULT_WINDOW  # the peer's SETTINGS_INITIAL_WINDOW_SIZE
+        self._max_send_frame = w.DEFAULT_MAX_FRAME
+        self._streams: dict[int, _Stream] = {}
+        self._reset_by_us: dict[int, None] = {}  # recently reset streams whose late frames are ignored
+        self._highest = 0  # highest stream id the peer has used
+        self._buf = b""
+        self._preface = True  # the client preface is still expected
+        self._settings_seen = False  # the peer's first frame (SETTINGS) has arrived
+        self._block: list[bytes] | None = None  # a header block awaiting CONTINUATION frames
+        self._block_sid = 0
+        self._block_flags = 0
+        self._block_bad_priority = False
+        self._block_size = 0
         self._goaway_sent = False
         self._must_close = False
         self._terminated = False
-        self._max_body = self._limits.max_body_bytes
-        self._body_sizes: dict[int, int] = {}
-        self._refusal = (431, "request header fields too large")  # why _head() refused the last stream
+        self._max_body = limits.max_body_bytes
         # Costly frames counted towards the next FramesCounted report, by kind.
-        self._reset_quantum = max(1, self._limits.h2_max_resets_per_second)
-        self._control_quantum = max(1, self._limits.h2_max_control_frames_per_second)
+        self._reset_quantum = max(1, limits.h2_max_resets_per_second)
+        self._control_quantum = max(1, limits.h2_max_control_frames_per_second)
         self._resets = 0
         self._pings = 0
         self._settings = 0
+        ours = {w.MAX_CONCURRENT_STREAMS: self._max_streams, w.INITIAL_WINDOW_SIZE: window,
+                w.MAX_HEADER_LIST_SIZE: self._max_head}  # fmt: skip
+        self._out: list[bytes | memoryview] = [w.settings(ours)]
+        if self._conn_max > w.DEFAULT_WINDOW:
+            self._out.append(w.window_update(0, self._conn_max - w.DEFAULT_WINDOW))
 
     @property
     def held_bytes(self) -> int:
         """Response bytes held for lack of flow-control window (bounded: writers wait on ``send_window``)."""
-        return sum(held.size for held in self._held.values())
+        return sum(s.held.size for s in self._streams.values() if s.held is not None)
 
     @property
     def must_close(self) -> bool:
@@ -261,236 +181,440 @@ class Http2ServerConnection:
             self._terminated = True
             self._must_close = True
             return [ConnectionClosed("peer closed the connection")]
-        try:
-            h2_events = self._h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            return self._connection_error(exc)
+        buf = self._buf + data if self._buf else data
         out: list[Event] = []
-        for ev in h2_events:
-            kind = type(ev)
-            if kind is h2.events.DataReceived:
-                sid = ev.stream_id
-                padding = ev.flow_controlled_length - len(ev.data)
-                if padding:
-                    self._h2.acknowledge_received_data(padding, sid)
-                if sid in self._ignored:
-                    self._h2.acknowledge_received_data(len(ev.data), sid)
-                    if ev.stream_ended is not None:
-                        self._ignored.discard(sid)
-                    continue
-                if self._max_body is not None:
-                    total = self._body_sizes.get(sid, 0) + len(ev.data)
-                    self._body_sizes[sid] = total
-                    if total > self._max_body:
-                        self._refuse(sid, 413, f"request body larger than {self._max_body} bytes")
-                        out.append(ProtocolError("request body too large", 413, sid))
-                        out.append(StreamReset(sid, h2.errors.ErrorCodes.CANCEL))
-                        continue
-                if ev.data:
-                    out.append(RequestBody(sid, ev.data))
-                if ev.stream_ended is not None:
-                    out.append(RequestEnd(sid))
-            elif kind is h2.events.RequestReceived:
-                head = self._head(ev)
-                if head is not None:
-                    out.append(head)
-                    if ev.stream_ended is not None:
-                        out.append(RequestEnd(ev.stream_id))
-                else:
-                    if not self._goaway_sent:
-                        status, message = self._refusal
-                        out.append(ProtocolError(message, status, ev.stream_id))
-                    if ev.stream_ended is not None:
-                        self._ignored.discard(ev.stream_id)  # nothing more will come on it
-                    self._resets += 1
-                    if self._resets >= self._reset_quantum:
-                        self._resets = 0
-                        out.append(FramesCounted("h2_rapid_reset", self._reset_quantum))
-            elif kind is h2.events.StreamEnded:
-                continue  # reported with the DataReceived / RequestReceived it came with
-            elif kind is h2.events.StreamReset:
-                sid = ev.stream_id
-                self._drop(sid)
-                self._ignored.discard(sid)
-                if ev.remote_reset:
-                    out.append(StreamReset(sid, int(ev.error_code)))
-                    self._resets += 1
-                    if self._resets >= self._reset_quantum:
-                        self._resets = 0
-                        out.append(FramesCounted("h2_rapid_reset", self._reset_quantum))
-            elif kind is h2.events.WindowUpdated:
-                out.extend(self._flush_held(ev.stream_id))
-            elif kind is h2.events.RemoteSettingsChanged:
-                if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
-                    out.extend(self._flush_held(0))
-                self._settings += 1
-                if self._settings >= self._control_quantum:
-                    self._settings = 0
-                    out.append(FramesCounted("h2_settings_flood", self._control_quantum))
-            elif kind is h2.events.ConnectionTerminated:
-                self._terminated = True
-                self._must_close = True
-                out.append(ConnectionClosed(f"peer sent GOAWAY ({ev.error_code!s})"))
-            elif kind is h2.events.TrailersReceived:
-                # Request trailers are not used by Kubernetes clients and never forwarded (an Impersonate-*
-                # there must not count); the request ends with them.
-                sid = ev.stream_id
-                if sid in self._ignored:
-                    self._ignored.discard(sid)
-                elif ev.stream_ended is not None:
-                    out.append(RequestEnd(sid))
-            elif kind is h2.events.PingReceived or kind is h2.events.PingAckReceived:
-                self._pings += 1
-                if self._pings >= self._control_quantum:
-                    self._pings = 0
-                    out.append(FramesCounted("h2_ping_flood", self._control_quantum))
-        self._pull()
+        try:
+            pos = 0
+            if self._preface:
+                if len(buf) < 24:
+                    if not w.PREFACE.startswith(buf):
+                        raise _Failed(w.PROTOCOL_ERROR, "invalid connection preface")
+                    self._buf = buf
+                    return out
+                if buf[:24] != w.PREFACE:
+                    raise _Failed(w.PROTOCOL_ERROR, "invalid connection preface")
+                self._preface = False
+                pos = 24
+            end = len(buf)
+            while end - pos >= 9:
+                high, low, kind, flags, sid = _unpack_header(buf, pos)
+                length = (high << 8) | low
+                if length > w.DEFAULT_MAX_FRAME:
+                    raise _Failed(w.FRAME_SIZE_ERROR, f"frame of {length} bytes exceeds SETTINGS_MAX_FRAME_SIZE")
+                stop = pos + 9 + length
+                if stop > end:
+                    break
+                sid &= 0x7FFFFFFF
+                start = pos + 9
+                pos = stop
+                if self._block is not None:
+                    if kind != w.CONTINUATION or sid != self._block_sid:
+                        raise _Failed(w.PROTOCOL_ERROR, "header block interrupted by another frame")
+                    self._continuation(flags, buf[start:stop], out)
+                elif kind == w.HEADERS:
+                    self._headers(sid, flags, buf[start:stop], out)
+                elif kind == w.DATA:
+                    self._data(sid, flags, buf[start:stop], out)
+                elif kind == w.WINDOW_UPDATE:
+                    if length != 4:
+                        raise _Failed(w.FRAME_SIZE_ERROR, "WINDOW_UPDATE of a size other than 4")
+                    self._window_update(sid, _unpack_u32(buf, start)[0] & 0x7FFFFFFF, out)
+                elif kind == w.SETTINGS:
+                    self._on_settings(sid, flags, buf[start:stop], out)
+                elif kind == w.PING:
+                    self._ping(sid, flags, buf[start:stop], out)
+                elif kind == w.RST_STREAM:
+                    if length != 4:
+                        raise _Failed(w.FRAME_SIZE_ERROR, "RST_STREAM of a size other than 4")
+                    self._rst_stream(sid, _unpack_u32(buf, start)[0], out)
+                elif kind == w.PRIORITY:
+                    self._priority(sid, buf[start:stop], out)
+                elif kind == w.GOAWAY:
+                    self._on_goaway(sid, buf[start:stop], out)
+                    return out
+                elif kind == w.CONTINUATION:
+                    raise _Failed(w.PROTOCOL_ERROR, "CONTINUATION without a header block")
+                elif kind == w.PUSH_PROMISE:
+                    raise _Failed(w.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
+                if not self._settings_seen:
+                    raise _Failed(w.PROTOCOL_ERROR, "the client's first frame is not SETTINGS")
+                # other frame types are ignored (§5.5)
+            self._buf = buf[pos:] if pos < end else b""
+        except _Failed as exc:
+            return self._connection_error(exc.code, str(exc))
         return out
 
-    def _head(self, ev: h2.events.RequestReceived) -> RequestHead | None:
-        sid = ev.stream_id
-        if self._goaway_sent:
-            self._ignored.add(sid)
-            self._h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
-            return None
-        method = target = authority = scheme = None
-        headers: Headers = []
-        size = 0
-        content_length: int | None = None
-        host: bytes | None = None
-        cookies: list[bytes] | None = None
-        regular = False
-        good_names = _GOOD_NAMES
-        for key, value in ev.headers:
-            size += len(key) + len(value) + 32
-            if value and (value[0] in _WS or value[-1] in _WS or b"\r" in value or b"\n" in value or b"\0" in value):
-                return self._malformed(sid, f"header {key!r} has an invalid value")
-            if key[:1] == b":":
-                if regular:
-                    return self._malformed(sid, f"pseudo-header {key!r} after a regular header")
-                if key == b":method":
-                    if method is not None:
-                        return self._malformed(sid, "duplicate :method")
-                    method = value.decode("ascii", "replace")
-                elif key == b":path":
-                    if target is not None:
-                        return self._malformed(sid, "duplicate :path")
-                    target = value.decode("ascii", "replace")
-                elif key == b":authority":
-                    if authority is not None:
-                        return self._malformed(sid, "duplicate :authority")
-                    authority = value.decode("ascii", "replace")
-                elif key == b":scheme":
-                    if scheme is not None:
-                        return self._malformed(sid, "duplicate :scheme")
-                    scheme = value.decode("ascii", "replace")
-                else:
-                    return self._malformed(sid, f"pseudo-header {key!r} not allowed in a request")
-                continue
-            regular = True
-            if key not in good_names:
-                if not key or _BAD_NAME.search(key) is not None:
-                    return self._malformed(sid, f"invalid header name {key!r}")
-                if key in _CONNECTION_SPECIFIC:
-                    return self._malformed(sid, f"connection-specific header {key.decode('latin-1')!r}")
-                if len(good_names) < 4096:
-                    good_names.add(key)
-            if key == b"content-length":
-                content_length = int(value)  # h2 has validated it against the body
-            elif key == b"te":
-                if value != b"trailers":
-                    return self._malformed(sid, "TE other than trailers")
-            elif key == b"host":
-                host = value
-            elif key == b"cookie":
-                if cookies is None:
-                    cookies = [value]
-                    headers.append((key, value))
-                else:
-                    cookies.append(value)
-                continue
-            headers.append((key, value))
-        if method is None:
-            return self._malformed(sid, "request without :method")
-        if method == "CONNECT":
-            if authority is None or target is not None or scheme is not None:
-                return self._malformed(sid, "CONNECT needs :authority and no :path or :scheme")
-        elif target is None or scheme is None:
-            return self._malformed(sid, "request without :path or :scheme")
-        elif not target:
-            return self._malformed(sid, "empty :path")
-        if host is not None:
-            host_text = host.decode("ascii", "replace")
-            if authority is None:
-                authority = host_text
-            elif authority != host_text:
-                return self._malformed(sid, "Host and :authority differ")
-        elif authority is None:
-            return self._malformed(sid, "request without :authority or Host")
-        if cookies is not None and len(cookies) > 1:  # RFC 9113 §8.2.3: one field for HTTP/1.1
-            headers = [(b"cookie", b"; ".join(cookies)) if k == b"cookie" else (k, v) for k, v in headers]
-        if size > self._max_head:
-            self._refusal = (431, "request header fields too large")
-            self._refuse(sid, 431, f"request header fields larger than {self._max_head} bytes")
-            return None
-        if ev.stream_ended is not None and content_length is None:
-            content_length = 0
-        self._open.add(sid)
-        return RequestHead(sid, method, target or "", headers, "2", authority, scheme or "https", False, content_length)
+    def _headers(self, sid: int, flags: int, payload: bytes, out: list[Event]) -> None:
+        if sid == 0 or not sid & 1:
+            raise _Failed(w.PROTOCOL_ERROR, f"HEADERS on stream {sid}")
+        start = 0
+        stop = len(payload)
+        if flags & w.PADDED:
+            if not stop or payload[0] >= stop:
+                raise _Failed(w.PROTOCOL_ERROR, "padding as long as the HEADERS frame")
+            start = 1
+            stop -= payload[0]
+        bad_priority = False
+        if flags & w.PRIORITY_FLAG:
+            if stop - start < 5:
+                raise _Failed(w.FRAME_SIZE_ERROR, "HEADERS too short for its priority")
+            bad_priority = _unpack_u32(payload, start)[0] & 0x7FFFFFFF == sid
+            start += 5
+        block = payload[start:stop] if start or stop != len(payload) else payload
+        if flags & w.END_HEADERS:
+            self._header_block(sid, flags, block, bad_priority, out)
+            return
+        self._block = [block]
+        self._block_sid = sid
+        self._block_flags = flags
+        self._block_bad_priority = bad_priority
+        self._block_size = len(block)
 
-    def _malformed(self, sid: int, message: str) -> None:
-        """A malformed request (RFC 9113 §8.1.1): reset its stream with PROTOCOL_ERROR; others go on."""
-        self._ignored.add(sid)
-        self._refusal = (400, f"malformed request: {message}")
-        try:
-            self._h2.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
-        except h2.exceptions.H2Error:
-            pass
-        return None
+    def _continuation(self, flags: int, payload: bytes, out: list[Event]) -> None:
+        block = self._block
+        assert block is not None
+        block.append(payload)
+        self._block_size += len(payload)
+        if len(block) > _MAX_CONTINUATIONS + 1 or self._block_size > self._max_block:
+            raise _Failed(w.ENHANCE_YOUR_CALM, "header block of too many CONTINUATION frames")
+        if flags & w.END_HEADERS:
+            self._block = None
+            self._header_block(self._block_sid, self._block_flags, b"".join(block), self._block_bad_priority, out)
 
-    def _refuse(self, sid: int, status: int, message: str) -> None:
-        self._ignored.add(sid)
-        self._open.discard(sid)
-        self._held.pop(sid, None)
-        body = status_json(status, message)
+    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
         try:
-            self._h2.send_headers(
-                sid,
-                [
-                    (b":status", _STATUS[status]),
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            )
-            if len(body) <= self._h2.local_flow_control_window(sid):
-                self._h2.send_data(sid, body, end_stream=True)
+            fields = self._decoder.decode(block, raw=True)
+        except OversizedHeaderListError as exc:
+            raise _Failed(w.ENHANCE_YOUR_CALM, f"header list too large: {exc}") from None
+        except (HPACKError, IndexError, TypeError) as exc:
+            raise _Failed(w.COMPRESSION_ERROR, f"cannot decode header block: {exc}") from None
+        return fields  # type: ignore[return-value]
+
+    def _header_block(self, sid: int, flags: int, block: bytes, bad_priority: bool, out: list[Event]) -> None:
+        stream = self._streams.get(sid)
+        if stream is not None:
+            self._trailers(stream, flags, self._decode(block), out)
+            return
+        if sid <= self._highest:  # a closed stream: the block still updates the HPACK table
+            self._decode(block)
+            self._memo.clear()
+            if sid not in self._reset_by_us:
+                self._closed_stream(sid, out)
+            return
+        self._highest = sid
+        if len(self._streams) >= self._max_streams:
+            raise _Failed(w.PROTOCOL_ERROR, f"more than {self._max_streams} concurrent streams")
+        end_stream = bool(flags & w.END_STREAM)
+        parsed = self._memo.get(block)
+        if parsed is None:
+            fields = self._decode(block)
+            if w.all_indexed(block):
+                checked = w.request_fields(fields, self._max_head)
+                if type(checked) is tuple:
+                    if len(self._memo) >= _MEMO_MAX:
+                        self._memo.clear()
+                    self._memo[block] = checked
             else:
-                self._h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
-        except h2.exceptions.H2Error:
-            pass
+                self._memo.clear()
+                checked = w.request_fields(fields, self._max_head)
+        else:
+            checked = parsed
+        if self._goaway_sent:
+            self._reset(sid, w.REFUSED_STREAM)
+            self._count_reset(out)
+            return
+        if bad_priority:
+            checked = w.Refusal(400, "malformed request: stream depends on itself")
+        if type(checked) is not tuple:
+            self._refuse_head(sid, end_stream, checked, out)  # type: ignore[arg-type]
+            return
+        method, target, authority, scheme, headers, length = checked  # type: ignore[misc]
+        if end_stream:
+            if length:
+                self._refuse_head(sid, end_stream, w.Refusal(400, "malformed request: content-length without a body"), out)
+                return
+            length = 0
+        stream = _Stream(sid, self._stream_recv_initial, self._peer_initial, end_stream, length)
+        self._streams[sid] = stream
+        out.append(RequestHead(sid, method, target, list(headers), "2", authority, scheme, False, length))
+        if end_stream:
+            out.append(RequestEnd(sid))
 
-    def _connection_error(self, exc: Exception) -> list[Event]:
+    def _refuse_head(self, sid: int, end_stream: bool, refusal: w.Refusal, out: list[Event]) -> None:
+        """A head the codec answers itself: 431 with a ``Status`` body, or RST_STREAM(PROTOCOL_ERROR)."""
+        if refusal.status == 431:
+            self._answer(sid, end_stream, 431, refusal.message)
+        else:
+            self._reset(sid, w.PROTOCOL_ERROR)
+        out.append(ProtocolError(refusal.message, refusal.status, sid))
+        self._count_reset(out)
+
+    def _trailers(self, stream: _Stream, flags: int, fields: list[tuple[bytes, bytes]], out: list[Event]) -> None:
+        """A second header block on an open stream: request trailers. Never forwarded (an Impersonate-*
+        there must not count); the request ends with them."""
+        self._memo.clear()
+        if stream.remote_ended:
+            self._stream_error(stream, w.STREAM_CLOSED, out)
+            return
+        expected = stream.expected
+        if (
+            not flags & w.END_STREAM
+            or w.trailer_problem(fields) is not None
+            or (expected is not None and stream.received != expected)
+        ):
+            self._stream_error(stream, w.PROTOCOL_ERROR, out)
+            return
+        self._remote_end(stream, out)
+
+    def _data(self, sid: int, flags: int, payload: bytes, out: list[Event]) -> None:
+        if sid == 0:
+            raise _Failed(w.PROTOCOL_ERROR, "DATA on stream 0")
+        size = len(payload)
+        if size > self._recv_window:
+            raise _Failed(w.FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+        self._recv_window -= size
+        stream = self._streams.get(sid)
+        if stream is None:
+            if sid > self._highest:
+                raise _Failed(w.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
+            self._credit(size)
+            if sid not in self._reset_by_us:
+                self._closed_stream(sid, out)
+            return
+        if stream.remote_ended:
+            self._credit(size)
+            self._stream_error(stream, w.STREAM_CLOSED, out)
+            return
+        if size > stream.recv_window:
+            raise _Failed(w.FLOW_CONTROL_ERROR, f"DATA beyond the window of stream {sid}")
+        stream.recv_window -= size
+        data = payload
+        if flags & w.PADDED:
+            if not size or payload[0] >= size:
+                raise _Failed(w.PROTOCOL_ERROR, "padding as long as the DATA frame")
+            data = payload[1 : size - payload[0]]
+            self._credit(size - len(data), stream)
+        received = stream.received + len(data)
+        stream.received = received
+        expected = stream.expected
+        end = flags & w.END_STREAM
+        if expected is not None and (received > expected or (end and received != expected)):
+            self._credit(len(data))
+            self._stream_error(stream, w.PROTOCOL_ERROR, out)
+            return
+        if self._max_body is not None and received > self._max_body:
+            self._credit(len(data))
+            message = f"request body larger than {self._max_body} bytes"
+            del self._streams[sid]
+            stream.held = None
+            self._answer(sid, bool(end), 413, message)
+            out.append(ProtocolError("request body too large", 413, sid))
+            out.append(StreamReset(sid, w.CANCEL))
+            self._closed_app_stream()
+            return
+        if data:
+            out.append(RequestBody(sid, data))
+        if end:
+            self._remote_end(stream, out)
+
+    def _remote_end(self, stream: _Stream, out: list[Event]) -> None:
+        stream.remote_ended = True
+        out.append(RequestEnd(stream.sid))
+        if stream.local_ended:
+            del self._streams[stream.sid]
+
+    def _window_update(self, sid: int, increment: int, out: list[Event]) -> None:
+        if sid == 0:
+            if not increment:
+                raise _Failed(w.PROTOCOL_ERROR, "WINDOW_UPDATE of 0 on the connection")
+            self._send_window += increment
+            if self._send_window > w.MAX_WINDOW:
+                raise _Failed(w.FLOW_CONTROL_ERROR, "connection window above 2^31-1")
+            self._flush_held(0, out)
+            return
+        stream = self._streams.get(sid)
+        if stream is None:
+            if sid > self._highest or not sid & 1:
+                raise _Failed(w.PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {sid}")
+            return  # a closed stream: credit that arrived late
+        if not increment:
+            self._stream_error(stream, w.PROTOCOL_ERROR, out)
+            return
+        stream.send_window += increment
+        if stream.send_window > w.MAX_WINDOW:
+            self._stream_error(stream, w.FLOW_CONTROL_ERROR, out)
+            return
+        self._flush_held(sid, out)
+
+    def _on_settings(self, sid: int, flags: int, payload: bytes, out: list[Event]) -> None:
+        if sid != 0:
+            raise _Failed(w.PROTOCOL_ERROR, "SETTINGS on a stream")
+        size = len(payload)
+        if flags & w.ACK:
+            if size:
+                raise _Failed(w.FRAME_SIZE_ERROR, "SETTINGS acknowledgement with a payload")
+            if not self._settings_seen:
+                raise _Failed(w.PROTOCOL_ERROR, "the client's first frame is not SETTINGS")
+            self._stream_recv_initial = self._window  # the peer now counts with our window
+            return
+        if size % 6:
+            raise _Failed(w.FRAME_SIZE_ERROR, "SETTINGS of a size not a multiple of 6")
+        self._settings_seen = True
+        window_changed = False
+        for offset in range(0, size, 6):
+            ident, value = w.SETTING.unpack_from(payload, offset)
+            if ident == w.INITIAL_WINDOW_SIZE:
+                if value > w.MAX_WINDOW:
+                    raise _Failed(w.FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1")
+                delta = value - self._peer_initial
+                self._peer_initial = value
+                if delta:
+                    for stream in self._streams.values():
+                        stream.send_window += delta
+                        if stream.send_window > w.MAX_WINDOW:
+                            raise _Failed(w.FLOW_CONTROL_ERROR, "a stream window above 2^31-1")
+                    window_changed = True
+            elif ident == w.MAX_FRAME_SIZE:
+                if not w.DEFAULT_MAX_FRAME <= value <= w.MAX_FRAME_CEILING:
+                    raise _Failed(w.PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
+                self._max_send_frame = value
+            elif ident == w.ENABLE_PUSH or ident == w.ENABLE_CONNECT_PROTOCOL:
+                if value > 1:
+                    raise _Failed(w.PROTOCOL_ERROR, f"setting {ident} is neither 0 nor 1")
+            # HEADER_TABLE_SIZE: responses never use the dynamic table; the others bind a client only
+        self._out.append(w.frame(w.SETTINGS, w.ACK, 0))
+        if window_changed:
+            self._flush_held(0, out)
+        self._settings += 1
+        if self._settings >= self._control_quantum:
+            self._settings = 0
+            out.append(FramesCounted("h2_settings_flood", self._control_quantum))
+
+    def _ping(self, sid: int, flags: int, payload: bytes, out: list[Event]) -> None:
+        if sid != 0:
+            raise _Failed(w.PROTOCOL_ERROR, "PING on a stream")
+        if len(payload) != 8:
+            raise _Failed(w.FRAME_SIZE_ERROR, "PING of a size other than 8")
+        if not flags & w.ACK:
+            self._out.append(w.frame(w.PING, w.ACK, 0, payload))
+        self._pings += 1
+        if self._pings >= self._control_quantum:
+            self._pings = 0
+            out.append(FramesCounted("h2_ping_flood", self._control_quantum))
+
+    def _rst_stream(self, sid: int, code: int, out: list[Event]) -> None:
+        if sid == 0:
+            raise _Failed(w.PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        stream = self._streams.pop(sid, None)
+        if stream is None:
+            if sid > self._highest or not sid & 1:
+                raise _Failed(w.PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
+            return  # already closed
+        out.append(StreamReset(sid, code))
+        self._count_reset(out)
+        if not stream.local_ended:
+            self._closed_app_stream()
+
+    def _priority(self, sid: int, payload: bytes, out: list[Event]) -> None:
+        """PRIORITY is deprecated (RFC 9113 §5.3.2) and ignored, but still checked."""
+        if sid == 0:
+            raise _Failed(w.PROTOCOL_ERROR, "PRIORITY on stream 0")
+        if len(payload) != 5:
+            raise _Failed(w.FRAME_SIZE_ERROR, "PRIORITY of a size other than 5")
+        stream = self._streams.get(sid)
+        if stream is not None and _unpack_u32(payload)[0] & 0x7FFFFFFF == sid:
+            self._stream_error(stream, w.PROTOCOL_ERROR, out)
+
+    def _on_goaway(self, sid: int, payload: bytes, out: list[Event]) -> None:
+        if sid != 0:
+            raise _Failed(w.PROTOCOL_ERROR, "GOAWAY on a stream")
+        if len(payload) < 8:
+            raise _Failed(w.FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
+        code = w.GOAWAY_BODY.unpack_from(payload)[1]
         self._terminated = True
         self._must_close = True
-        self._pull()
-        code = getattr(exc, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR)
-        try:
-            self._h2.close_connection(error_code=code)
-        except h2.exceptions.H2Error:
-            pass
-        self._pull()
-        return [ProtocolError(f"HTTP/2 protocol error: {exc}", 400, 0), ConnectionClosed(str(exc))]
+        out.append(ConnectionClosed(f"peer sent GOAWAY ({w.ERROR_NAMES.get(code, hex(code))})"))
+
+    def _closed_stream(self, sid: int, out: list[Event]) -> None:
+        """DATA or HEADERS on a stream closed without a reset from us: a stream error (STREAM_CLOSED)."""
+        self._out.append(w.rst_stream(sid, w.STREAM_CLOSED))
+        self._count_reset(out)
+
+    def _stream_error(self, stream: _Stream, code: int, out: list[Event]) -> None:
+        """RST_STREAM for a stream the application knows: it is told with ``StreamReset``."""
+        del self._streams[stream.sid]
+        self._reset(stream.sid, code)
+        out.append(StreamReset(stream.sid, code))
+        if not stream.local_ended:
+            self._closed_app_stream()
+
+    def _count_reset(self, out: list[Event]) -> None:
+        self._resets += 1
+        if self._resets >= self._reset_quantum:
+            self._resets = 0
+            out.append(FramesCounted("h2_rapid_reset", self._reset_quantum))
+
+    def _credit(self, nbytes: int, stream: _Stream | None = None) -> None:
+        """Return credit for ``nbytes`` received: on the connection, and on ``stream`` if given and it
+        may still send. WINDOW_UPDATE once half a window is owed."""
+        if nbytes <= 0:
+            return
+        owed = self._recv_owed + nbytes
+        if owed >= self._conn_max >> 1:
+            self._out.append(w.window_update(0, owed))
+            self._recv_window += owed
+            owed = 0
+        self._recv_owed = owed
+        if stream is not None and not stream.remote_ended:
+            owed = stream.recv_owed + nbytes
+            if owed >= self._window >> 1:
+                self._out.append(w.window_update(stream.sid, owed))
+                stream.recv_window += owed
+                owed = 0
+            stream.recv_owed = owed
+
+    def _reset(self, sid: int, code: int) -> None:
+        """RST_STREAM from us; the stream's late frames are ignored from now on."""
+        self._out.append(w.rst_stream(sid, code))
+        memory = self._reset_by_us
+        memory[sid] = None
+        if len(memory) > _MAX_RESET_MEMORY:
+            del memory[next(iter(memory))]
+
+    def _answer(self, sid: int, peer_ended: bool, status: int, message: str) -> None:
+        """Answer a stream the application never sees with a ``Status`` (or REFUSED_STREAM when the
+        windows cannot take it); RST_STREAM(NO_ERROR) after it if the peer is still sending (§8.1)."""
+        body = status_json(status, message)
+        window = min(self._send_window, self._peer_initial)
+        if len(body) > window or len(body) > self._max_send_frame:
+            self._reset(sid, w.REFUSED_STREAM)
+            return
+        block = encode_response_block(status, [(b"content-type", b"application/json"),
+                                               (b"content-length", b"%d" % len(body))])  # fmt: skip
+        self._out.append(w.frame(w.HEADERS, w.END_HEADERS, sid, block))
+        self._out.append(w.frame(w.DATA, w.END_STREAM, sid, body))
+        self._send_window -= len(body)
+        if not peer_ended:
+            self._reset(sid, w.NO_ERROR)
+
+    def _connection_error(self, code: int, message: str) -> list[Event]:
+        self._terminated = True
+        self._must_close = True
+        self._out.append(w.goaway(self._highest, code))
+        return [ProtocolError(f"HTTP/2 protocol error: {message}", 400, 0), ConnectionClosed(message)]
 
     # ------------------------------------------------------------------ sending
 
-    def _pull(self) -> None:
-        data = self._h2.data_to_send()
-        if data:
-            self._out.append(data)
+    def _sendable(self, sid: int) -> _Stream | None:
+        """The stream if its response may still be written."""
+        stream = self._streams.get(sid)
+        if stream is None or stream.local_ended or self._terminated:
+            return None
+        return stream
 
     def send_response_head(self, head: ResponseHead, *, end_stream: bool = False) -> None:
-        sid = head.stream_id
-        if sid in self._ignored or sid not in self._open:
+        stream = self._sendable(head.stream_id)
+        if stream is None:
             return
         headers: Headers = []
         has_length = False
@@ -502,202 +626,144 @@ class Http2ServerConnection:
             headers.append((key, value))
         if head.content_length is not None and not has_length:
             headers.append((b"content-length", b"%d" % head.content_length))
-        try:
-            if not self._send_headers_fast(sid, head.status, headers, end_stream):
-                headers.insert(0, (b":status", _STATUS[head.status]))
-                self._h2.send_headers(sid, headers, end_stream=end_stream)
-        except h2.exceptions.StreamClosedError:
-            self._drop(sid)
-            return
-        if end_stream:
-            self._ended(sid)
-
-    def _send_headers_fast(self, sid: int, status: int, headers: Headers, end_stream: bool) -> bool:
-        """Queue a final response head as one HEADERS frame encoded here, driving h2's connection and
-        stream state machines exactly as ``send_headers`` would. False when h2 must do it (an
-        informational head, a pending HPACK table-size update, a block larger than one frame)."""
-        conn = self._h2
-        if status < 200 or conn.encoder.table_size_changes:
-            return False
-        stream = conn.streams.get(sid)
-        if stream is None:
-            return False
-        block = encode_response_block(status, headers)
+        block = encode_response_block(head.status, headers)
+        sid = stream.sid
+        flags = w.END_STREAM if end_stream else 0
+        max_frame = self._max_send_frame
         size = len(block)
-        if size > conn.max_outbound_frame_size:
-            return False
-        conn.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
-        machine = stream.state_machine
-        machine.process_input(StreamInputs.SEND_HEADERS)
-        flags = _END_HEADERS
+        if size <= max_frame:
+            self._out.append(_pack_header(size >> 8, size & 0xFF, w.HEADERS, flags | w.END_HEADERS, sid) + block)
+        else:
+            self._out.append(w.frame(w.HEADERS, flags, sid, block[:max_frame]))
+            for pos in range(max_frame, size, max_frame):
+                last = w.END_HEADERS if pos + max_frame >= size else 0
+                self._out.append(w.frame(w.CONTINUATION, last, sid, block[pos : pos + max_frame]))
         if end_stream:
-            machine.process_input(StreamInputs.SEND_END_STREAM)
-            flags |= _END_STREAM
-        self._pull()
-        self._out.append(_FRAME_HEADER.pack(size >> 8, size & 0xFF, 0x1, flags, sid) + block)
-        return True
+            self._local_end(stream)
 
     def send_body(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
-        if stream_id in self._ignored or stream_id not in self._open:
+        stream = self._sendable(stream_id)
+        if stream is None:
             return
-        held = self._held.get(stream_id)
+        held = stream.held
         if held is not None:
             if data:
                 held.chunks.append(data)
                 held.size += len(data)
             held.end = held.end or end_stream
             return
-        try:
-            sent = self._write(stream_id, data, end_stream)
-        except h2.exceptions.StreamClosedError:
-            self._drop(stream_id)
-            return
+        sent = self._write(stream, data, end_stream)
         if sent == len(data):
             if end_stream:
-                self._ended(stream_id)
+                self._local_end(stream)
             return
-        held = _Out()
+        held = stream.held = _Out()
         held.chunks.append(data[sent:])
         held.size = len(data) - sent
         held.end = end_stream
-        self._held[stream_id] = held
 
-    def _write(self, sid: int, data: bytes, end_stream: bool) -> int:
-        """Send as much of ``data`` as the flow-control window allows; END_STREAM only with the last
-        byte. Returns how many bytes went out. Bodies larger than a frame are framed here, straight
-        into the output buffer (h2 would copy each frame several times): h2's window accounting is
-        updated the same way its ``send_data`` does; the frame carrying END_STREAM goes through h2 so
-        its stream state machine sees it."""
-        conn = self._h2
+    def _write(self, stream: _Stream, data: bytes, end_stream: bool) -> int:
+        """Send as much of ``data`` as the flow-control windows allow; END_STREAM only with the last
+        byte. Returns how many bytes went out. Large bodies are framed straight into the output
+        buffer, referencing (never copying) immutable ``bytes``."""
         size = len(data)
-        window = conn.local_flow_control_window(sid)
-        max_frame = conn.max_outbound_frame_size
-        stream = conn.streams.get(sid)
-        if stream is None or stream.state_machine.state not in _SENDABLE:
-            raise h2.exceptions.StreamClosedError(sid)
+        sid = stream.sid
+        flag = w.END_STREAM if end_stream else 0
+        window = min(self._send_window, stream.send_window)
+        max_frame = self._max_send_frame
         if size <= window and size <= max_frame:
-            # One frame: queued here with the state-machine inputs and window accounting of h2's
-            # send_data, without its frame objects.
-            conn.state_machine.process_input(ConnectionInputs.SEND_DATA)
-            machine = stream.state_machine
-            machine.process_input(StreamInputs.SEND_DATA)
-            if end_stream:
-                machine.process_input(StreamInputs.SEND_END_STREAM)
-            conn.outbound_flow_control_window -= size
-            stream.outbound_flow_control_window -= size
-            self._pull()
-            header = _DATA_HEADER.pack(size >> 8, size & 0xFF, 0, _END_STREAM if end_stream else 0, sid)
+            self._send_window -= size
+            stream.send_window -= size
+            header = _pack_header(size >> 8, size & 0xFF, w.DATA, flag, sid)
             if size < 4096:
                 self._out.append(header + data)
             else:
                 self._out.append(header)
                 self._out.append(data if type(data) is bytes else bytes(data))
             return size
-        total = min(size, window)
-        # Frames below reference ``data`` until data_to_send(): only immutable bytes may be referenced.
+        if not size:  # END_STREAM alone takes no window
+            if end_stream:
+                self._out.append(_pack_header(0, 0, w.DATA, flag, sid))
+            return 0
+        total = min(size, max(window, 0))
         view = memoryview(data if type(data) is bytes else bytes(data))
-        self._pull()  # frames h2 already queued go first
         append = self._out.append
-        pack = _DATA_HEADER.pack
         pos = 0
         while pos < total:
-            frame = min(max_frame, total - pos)
-            if end_stream and pos + frame == size:
-                break  # the final frame, with END_STREAM, goes through h2 below
-            append(pack(frame >> 8, frame & 0xFF, 0, 0, sid))
-            append(view[pos : pos + frame])
-            pos += frame
-        conn.outbound_flow_control_window -= pos
-        stream.outbound_flow_control_window -= pos
-        if pos < total:
-            conn.send_data(sid, bytes(view[pos:total]), end_stream=True)
-            pos = total
+            n = min(max_frame, total - pos)
+            last = flag if pos + n == size else 0
+            append(_pack_header(n >> 8, n & 0xFF, w.DATA, last, sid))
+            append(view[pos : pos + n])
+            pos += n
+        self._send_window -= pos
+        stream.send_window -= pos
         return pos
 
     def send_end(self, stream_id: int) -> None:
-        if stream_id in self._ignored or stream_id not in self._open:
-            return
-        held = self._held.get(stream_id)
-        if held is not None:
-            held.end = True
-            return
-        try:
-            self._end_stream(stream_id)
-        except h2.exceptions.StreamClosedError:
-            self._drop(stream_id)
-            return
-        self._ended(stream_id)
-
-    def _end_stream(self, sid: int) -> None:
-        """An empty DATA frame with END_STREAM (what h2's ``end_stream`` queues), without frame objects."""
-        conn = self._h2
-        stream = conn.streams.get(sid)
+        stream = self._sendable(stream_id)
         if stream is None:
-            raise h2.exceptions.StreamClosedError(sid)
-        conn.state_machine.process_input(ConnectionInputs.SEND_DATA)
-        stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
-        self._pull()
-        self._out.append(_DATA_HEADER.pack(0, 0, 0, _END_STREAM, sid))
+            return
+        if stream.held is not None:
+            stream.held.end = True
+            return
+        self._out.append(_pack_header(0, 0, w.DATA, w.END_STREAM, stream_id))
+        self._local_end(stream)
 
-    def _flush_held(self, stream_id: int) -> list[Event]:
+    def _flush_held(self, sid: int, out: list[Event]) -> None:
         """Send what the new window allows; report the streams that may write again."""
-        sids = list(self._held) if stream_id == 0 else [stream_id]
-        for sid in sids:
-            held = self._held.get(sid)
+        streams = self._streams
+        for stream in list(streams.values()) if sid == 0 else [streams[sid]]:
+            held = stream.held
             if held is None:
                 continue
-            try:
-                while held.chunks:
-                    chunk = held.chunks[0]
-                    last = len(held.chunks) == 1
-                    sent = self._write(sid, chunk, held.end and last)
-                    held.size -= sent
-                    if sent < len(chunk):
-                        held.chunks[0] = chunk[sent:]
-                        break
-                    held.chunks.pop(0)
-                if not held.chunks:
-                    del self._held[sid]
-                    if held.end:
-                        self._ended(sid)
-            except h2.exceptions.StreamClosedError:
-                self._drop(sid)
-        return [WindowOpened(stream_id)]
+            while held.chunks:
+                chunk = held.chunks[0]
+                last = len(held.chunks) == 1
+                sent = self._write(stream, chunk, held.end and last)
+                held.size -= sent
+                if sent < len(chunk):
+                    held.chunks[0] = chunk[sent:]
+                    break
+                held.chunks.pop(0)
+            if not held.chunks:
+                stream.held = None
+                if held.end:
+                    self._local_end(stream)
+        out.append(WindowOpened(sid))
 
-    def _ended(self, sid: int) -> None:
-        self._open.discard(sid)
-        self._body_sizes.pop(sid, None)
-        if self._goaway_sent and not self._open:
+    def _local_end(self, stream: _Stream) -> None:
+        stream.local_ended = True
+        stream.held = None
+        if stream.remote_ended:
+            del self._streams[stream.sid]
+        self._closed_app_stream()
+
+    def _closed_app_stream(self) -> None:
+        """A stream's response ended or was abandoned: after GOAWAY the last one closes the connection."""
+        if self._goaway_sent and not self._responding():
             self._must_close = True
 
-    def _drop(self, sid: int) -> None:
-        self._held.pop(sid, None)
-        self._ended(sid)
+    def _responding(self) -> bool:
+        """Some stream's response has not ended yet."""
+        return any(not s.local_ended for s in self._streams.values())
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
-        """Abandon a stream (RST_STREAM); h2 itself absorbs whatever the peer still sends on it."""
-        self._drop(stream_id)
-        try:
-            self._h2.reset_stream(stream_id, error_code or h2.errors.ErrorCodes.CANCEL)
-        except h2.exceptions.H2Error:
-            pass
+        """Abandon a stream (RST_STREAM); whatever the peer still sends on it is absorbed."""
+        stream = self._streams.pop(stream_id, None)
+        if stream is None or self._terminated:
+            return
+        self._reset(stream_id, error_code or w.CANCEL)
+        self._closed_app_stream()
 
     def acknowledge_received(self, stream_id: int, nbytes: int) -> None:
-        if nbytes <= 0:
-            return
-        try:
-            self._h2.acknowledge_received_data(nbytes, stream_id)
-        except h2.exceptions.H2Error:
-            pass
+        if nbytes > 0 and not self._terminated:
+            self._credit(nbytes, self._streams.get(stream_id))
 
     def send_window(self, stream_id: int) -> int:
-        held = self._held.get(stream_id)
-        if held is not None:
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.held is not None:
             return 0
-        try:
-            return max(0, self._h2.local_flow_control_window(stream_id))
-        except h2.exceptions.H2Error:
-            return 0
+        return max(0, min(self._send_window, stream.send_window))
 
     def enhance_your_calm(self) -> None:
         """End the connection now for abuse: GOAWAY(ENHANCE_YOUR_CALM); nothing more is read or sent
@@ -706,30 +772,18 @@ class Http2ServerConnection:
             return
         self._terminated = True
         self._must_close = True
-        self._held.clear()
-        self._pull()
-        try:
-            self._h2.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
-        except h2.exceptions.H2Error:
-            pass
-        self._pull()
+        self._out.append(w.goaway(self._highest, w.ENHANCE_YOUR_CALM))
 
     def close(self) -> None:
         """Send GOAWAY now; let open streams finish; ``must_close`` once none is left."""
         if self._goaway_sent or self._terminated:
-            self._must_close = self._must_close or not self._open
+            self._must_close = self._must_close or not self._responding()
             return
         self._goaway_sent = True
-        self._pull()
-        frame = GoAwayFrame(0)
-        frame.last_stream_id = self._h2.highest_inbound_stream_id
-        frame.error_code = 0
-        self._out.append(frame.serialize())
-        if not self._open:
-            self._must_close = True
+        self._out.append(w.goaway(self._highest, w.NO_ERROR))
+        self._closed_app_stream()
 
     def data_to_send(self) -> bytes:
-        self._pull()
         out = self._out
         if not out:
             return b""

@@ -29,8 +29,11 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from proxy.protocol import h2lib
 from proxy.protocol.events import Headers
 from proxy.upstream.base import BodyBuffer, UpstreamError, UpstreamStream
+
+h2lib.speed_up_h2()
 
 _CONNECTION_WINDOW = 16 * 1024 * 1024
 _STREAM_WINDOW = 1024 * 1024
