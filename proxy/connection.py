@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from proxy import fastpath
+from proxy.fastpath import FAST_SID, MAX_PLANNED_REQUEST, PLANS_PER_CONNECTION, FastExchange
+from proxy.forward import Exchange
 from proxy.protocol.events import (
     ConnectionClosed,
     FramesCounted,
@@ -37,7 +41,8 @@ from proxy.protocol.events import (
 from rbac.identity import Identity
 
 if TYPE_CHECKING:
-    from proxy.forward import Exchange, Forwarder
+    from proxy.fastpath import Plan
+    from proxy.forward import Forwarder
 
 log = logging.getLogger("kubegate.proxy.connection")
 
@@ -61,7 +66,8 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "fwd", "peer_ip", "transport", "codec", "identity", "exchanges", "closed", "_write_paused", "_read_paused",
         "_drain_waiters", "_window_waiters", "_header_timer", "_idle_timer", "_closing_after_flush", "upgraded",
-        "detached", "_served", "_idle_since", "_frame_marks", "_max_pipelined", "__weakref__",
+        "detached", "_served", "_idle_since", "_frame_marks", "_max_pipelined", "plans", "fast", "_held_data",
+        "_writable_hooks", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, fwd: Forwarder, peer_ip: str) -> None:
@@ -85,6 +91,11 @@ class ClientConnection(asyncio.Protocol):
         self._idle_since = 0.0  # loop time the connection last became idle (no request in flight)
         self._frame_marks: dict[str, float] | None = None  # loop time of the last FramesCounted, by kind
         self._max_pipelined = fwd.settings.http1_max_pipelined  # exchanges in flight before reading pauses
+        # HTTP/1.1: request bytes → what the full pipeline made of them (``proxy.fastpath``); None: no fast path
+        self.plans: dict[bytes, Plan] | None = None
+        self.fast: FastExchange | None = None  # the fast-path exchange in flight
+        self._held_data: list[bytes] = []  # bytes that arrived while it was in flight
+        self._writable_hooks: list[Callable[[], None]] = []  # called once the transport takes writes again
 
     # --- set-up -------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -106,6 +117,8 @@ class ClientConnection(asyncio.Protocol):
         self.codec = fwd.new_codec(alpn == "h2")
         if alpn == "h2":
             self._max_pipelined = 1 << 62  # HTTP/2 bounds its streams itself (h2_max_concurrent_streams)
+        elif identity is not None and fwd.fast_path:
+            self.plans = {}
         fwd.connection_opened(self)
         self._flush()
         self._arm_idle()
@@ -115,6 +128,22 @@ class ClientConnection(asyncio.Protocol):
         codec = self.codec
         if codec is None:
             return
+        plans = self.plans
+        candidate = None
+        if plans is not None:
+            if self.fast is not None:  # answers go out in order: these wait for the fast exchange's end
+                self._held_data.append(data)
+                self.pause_reading()
+                return
+            if not self.exchanges and len(data) <= MAX_PLANNED_REQUEST and codec.idle:
+                plan = plans.get(data)
+                if plan is not None:
+                    upstream = fastpath.usable(self.fwd, self, plan)
+                    if upstream is not None:
+                        self._served = True
+                        FastExchange(self.fwd, self, plan, data, upstream).start()
+                        return
+                candidate = data
         if self.upgraded:  # bytes of the new protocol before the relay started: keep them for it
             for ex in self.exchanges.values():
                 if ex.upgrade is not None:
@@ -127,6 +156,11 @@ class ClientConnection(asyncio.Protocol):
                 self._dispatch(event)
         except _Cut:
             return
+        if candidate is not None and len(events) == 2 and type(events[0]) is RequestHead and type(events[1]) is RequestEnd:
+            # One whole request in one read: the full pipeline may remember what it made of these bytes.
+            exchange = self.exchanges.get(events[0].stream_id)
+            if type(exchange) is Exchange:
+                exchange.plan_key = candidate
         if len(self.exchanges) > self._max_pipelined:
             self.pause_reading()  # pipelined requests: read no more until answers have gone out
         if (
@@ -213,6 +247,55 @@ class ClientConnection(asyncio.Protocol):
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        hooks, self._writable_hooks = self._writable_hooks, []
+        for hook in hooks:
+            hook()
+
+    # --- used by the fast path (proxy.fastpath) ---------------------------------------------------------
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
+    def when_writable(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` once the transport takes writes again (after ``pause_writing``)."""
+        self._writable_hooks.append(hook)
+
+    def remember(self, raw: bytes, plan: Plan) -> None:
+        """What the full pipeline made of the request ``raw`` (see ``proxy.fastpath``)."""
+        plans = self.plans
+        if plans is not None:
+            if len(plans) >= PLANS_PER_CONNECTION:
+                plans.clear()
+            plans[raw] = plan
+
+    def fast_done(self, counted: bool) -> None:
+        """The fast exchange ended (``counted``) or was handed to the full pipeline: bytes that arrived
+        meanwhile are read now, in order."""
+        self.fast = None
+        self.exchanges.pop(FAST_SID, None)
+        if counted:
+            self.exchange_done(FAST_SID)
+        if self._held_data and not self.closed:
+            self.fwd.loop.call_soon(self._release_held)
+
+    def replay(self, raw: bytes) -> None:
+        """Serve ``raw`` (a request a fast exchange gave up on) through the full pipeline."""
+        self._held_data.insert(0, raw)
+        self.pause_reading()
+        self.fwd.loop.call_soon(self._release_held)
+
+    def _release_held(self) -> None:
+        if self.closed or self.fast is not None or not self._held_data:
+            return
+        data = b"".join(self._held_data)
+        self._held_data = []
+        plans, self.plans = self.plans, None  # not the fast path for these: they may be several requests
+        try:
+            self.data_received(data)
+        finally:
+            self.plans = plans
+        if not self.exchanges or len(self.exchanges) <= self._max_pipelined // 2:
+            self.resume_reading()
 
     # --- used by exchanges ----------------------------------------------------------------------------
     def send_head(self, head: ResponseHead, end_stream: bool = False) -> None:

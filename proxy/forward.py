@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -24,20 +25,23 @@ from typing import Any
 from certs.locks import StateUnavailable
 from discovery.model import Cluster, ClusterSource
 from proxy import metrics
+from proxy.audit import request_audit_event
 from proxy.catalogs import CatalogCache
 from proxy.endpoints import PREFIX, LocalExchange, LocalHandler, endpoint_name, no_identity
+from proxy.fastpath import FastExchange, Plan
 from proxy.headers import REQUEST_ID_HEADER, rewrite_request_headers, rewrite_response_headers
 from proxy.identity import IdentityCache
 from proxy.policy import Policy, Verdict
 from proxy.protocol import protobuf_watch
-from proxy.protocol.events import ProtocolError, RequestHead, ResponseHead, ServerLimits
+from proxy.protocol.events import Headers, ProtocolError, RequestHead, ResponseHead, ServerLimits
 from proxy.recording.join import SESSIONS_PREFIX
 from proxy.routing import Route, pinned_route, split_target, upstream_target
 from proxy.throttled_log import ThrottledLog
-from proxy.timestamps import rfc3339_micro
 from proxy.tls import check_client_certificate
 from proxy.upgrade import upgrade_kind
 from proxy.upstream import ClusterPools, UpstreamError, UpstreamStream
+from proxy.upstream.http1 import Http1Exchange, encode_request_head
+from proxy.upstream.pool import ClusterPool
 from rbac.identity import Identity
 from rbac.status import REASONS, status_body
 
@@ -46,6 +50,9 @@ log = logging.getLogger("kubegate.proxy")
 _JSON = b"application/json"
 _REQUEST_BODY_HIGH_WATER = 1024 * 1024
 _REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+# A request carrying one of these is never remembered for the fast path (framing, connection management,
+# interim answers: the full codec handles them).
+_UNPLANNED_HEADERS = frozenset({b"connection", b"expect", b"transfer-encoding", b"content-length", b"upgrade", b"te"})
 
 
 class RequestBodyTimeout(Exception):
@@ -121,6 +128,10 @@ class Forwarder:
         self.locks = locks
         self.identities = identity_cache or IdentityCache()
         self.clock = clock or (lambda: datetime.now(UTC))
+        # The HTTP/1.1 fast path (proxy.fastpath) checks the role set and certificate expiry itself: only
+        # with the role source's own objects and the real clock (tests that fake the clock do without it).
+        self.role_source: Any = getattr(policy, "roles", None)
+        self.fast_path = clock is None and callable(getattr(self.role_source, "current", None))
         self._swept_roles: object = None  # the role set the last sweep decided streams with
         self.limits = ServerLimits(
             max_header_bytes=settings.max_header_bytes,
@@ -215,8 +226,11 @@ class Forwarder:
         role_set = watcher.current() if watcher is not None else object()  # another policy: always decide
         recheck = role_set is not self._swept_roles
         self._swept_roles = role_set
+        perf_now = time.perf_counter()
         for ex in list(self.exchanges):
             if ex.kind is None or ex.finished:
+                if type(ex) is FastExchange and perf_now > ex.head_deadline:
+                    ex.head_timed_out()
                 continue
             identity = ex.identity
             if identity.not_after is not None and identity.not_after <= now:
@@ -273,7 +287,7 @@ class Exchange:
         "request_ended", "stream", "task", "finished", "kind", "cluster", "verdict", "status",
         "bytes_out", "bytes_in", "_body_waiter", "reset", "_response_started", "_stop_reason", "_stop_code",
         "_stop_note", "_at_line_end", "_frames", "upgrade",
-        "catalog", "full_body", "_unacked", "_ack_task", "error_headers",
+        "catalog", "full_body", "_unacked", "_ack_task", "error_headers", "plan_key", "_roles",
     )  # fmt: skip
 
     def __init__(self, fwd: Forwarder, conn: Any, head: RequestHead) -> None:
@@ -312,6 +326,8 @@ class Exchange:
         self._unacked = 0
         self._ack_task: asyncio.Task[None] | None = None
         self.error_headers: list[tuple[bytes, bytes]] = []  # extra headers for kubegate's own error answer
+        self.plan_key: bytes | None = None  # the request's bytes, when the fast path may remember it
+        self._roles: Any = None  # the role set the decision was made with (for the fast path's plan)
 
     # --- events from the client codec -------------------------------------------------------------
     def start(self) -> None:
@@ -517,7 +533,10 @@ class Exchange:
         catalog = fwd.catalogs.cached(cluster, pool)  # type: ignore[arg-type]
         if catalog is None:
             catalog = await fwd.catalogs.fetch(cluster, pool)  # type: ignore[arg-type]
+        roles = fwd.role_source.current() if self.plan_key is not None else None
         verdict = fwd.policy.decide(self.identity, cluster, head.method, route.path, route.query, head.headers, catalog)  # type: ignore[arg-type, union-attr]
+        if roles is not None and fwd.role_source.current() is roles:
+            self._roles = roles
         if verdict.catalog_miss and fwd.catalogs.may_refresh(cluster):  # type: ignore[arg-type]
             catalog = await fwd.catalogs.fetch(cluster, pool, force=True)  # type: ignore[arg-type]
             verdict = fwd.policy.decide(self.identity, cluster, head.method, route.path, route.query, head.headers, catalog)  # type: ignore[arg-type, union-attr]
@@ -582,6 +601,8 @@ class Exchange:
                         metrics.OPEN_STREAMS.labels(self.kind).inc()
                     try:
                         await self._relay_response(stream, verdict)
+                        if self.plan_key is not None:
+                            self._remember(pool, target, headers, stream)
                         break
                     except UpstreamError as exc:
                         # A pooled connection the server had just closed: retry a replayable request once.
@@ -619,6 +640,47 @@ class Exchange:
             del exc
         finally:
             self._finish()
+
+    def _remember(self, pool: ClusterPool, target: str, headers: Headers, stream: UpstreamStream) -> None:
+        """Leave the connection a ``fastpath.Plan`` for these request bytes when this exchange was plain: a
+        GET without a body, allowed as is (no filter, review or changed query), not long-lived, forwarded
+        over HTTP/1.1 with the role set it was decided with."""
+        head = self.head
+        verdict = self.verdict
+        if (
+            type(stream) is not Http1Exchange
+            or verdict is None
+            or self.kind is not None
+            or verdict.filter is not None
+            or verdict.review is not None
+            or verdict.query is not None
+            or verdict.catalog_miss
+            or head.method != "GET"
+            or head.content_length != 0
+            or head.http_version != "1.1"
+            or self._roles is None
+            or self._stop_reason is not None
+            or self.reset
+            or self.cluster is None
+            or any(key in _UNPLANNED_HEADERS for key, _ in head.headers)
+        ):
+            return
+        credentials = pool.bearer_credentials
+        expires = credentials.expires_at if credentials is not None else None
+        not_after = self.identity.not_after
+        plan = Plan(
+            cluster=self.cluster,
+            roles=self._roles,
+            catalog=self.catalog,
+            pool=pool,
+            credentials=credentials,
+            credentials_expire=math.inf if expires is None else expires,
+            not_after=math.inf if not_after is None else not_after.timestamp(),
+            head=encode_request_head("GET", target, headers),
+            verdict=verdict,
+            path=head.path,
+        )
+        self.conn.remember(self.plan_key, plan)
 
     async def _whole_body_if_ready(self) -> bytes | None:
         """The request body when it is all here already (or declared small); None to stream it."""
@@ -838,31 +900,11 @@ class Exchange:
         self.conn.exchange_done(self.sid)
 
     def audit_event(self) -> dict[str, Any]:
-        verdict = self.verdict
-        return {
-            "event": "request",
-            "time": rfc3339_micro(time.time()),
-            "request_id": self.request_id,
-            "user": self.identity.user,
-            "roles": list(self.identity.roles),
-            "impersonated_user": verdict.user if verdict and verdict.allowed else None,
-            "impersonated_groups": list(verdict.groups) if verdict and verdict.allowed else None,
-            "cluster": self.cluster.name if self.cluster else None,
-            "method": self.head.method,
-            "path": self.head.path,
-            "verb": verdict.verb if verdict else None,
-            "resource": verdict.resource if verdict else None,
-            "namespace": verdict.namespace if verdict else None,
-            "name": verdict.name if verdict else None,
-            "code": self.status,
-            "allowed": bool(verdict and verdict.allowed),
-            "reason": verdict.reason if verdict else None,
-            "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
-            "bytes_out": self.bytes_out,
-            "bytes_in": self.bytes_in,
-            "client_ip": self.conn.peer_ip,
-            "stopped": self._stop_reason,
-        }
+        return request_audit_event(
+            self.request_id, self.identity, self.verdict, self.cluster, self.head.method, self.head.path, self.status,
+            self.started, self.bytes_out, self.bytes_in, self.conn.peer_ip, self._stop_reason,
+        )
+
 
 
 def _stop_note(kind: str, up_headers: list[tuple[bytes, bytes]]) -> str:

@@ -149,6 +149,11 @@ def request_started() -> None:
     _pending[1] += 1
 
 
+def request_abandoned() -> None:
+    """A started request handed over to be served again (and counted then)."""
+    _pending[1] -= 1
+
+
 def request_finished(cluster: str, verb: str, code: int, bytes_out: int) -> None:
     key = (cluster, verb, code)
     _request_counts[key] = _request_counts.get(key, 0) + 1

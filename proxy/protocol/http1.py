@@ -94,6 +94,39 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _OWNED = frozenset((b"connection", b"transfer-encoding", b"keep-alive"))
 
 
+def _field_block(status: int, reason: bytes | None, headers: Headers) -> tuple[bytes, int | None]:
+    """The status line and header lines of a response head (each ending in CRLF, without the blank line
+    that ends the head) and the ``content-length`` the headers declare (None: none). Fields the codec owns
+    (framing, connection management) are left out; a line break inside a field is refused."""
+    length: int | None = None
+    fields = [b"HTTP/1.1 %d %s" % (status, reason or REASONS.get(status, b"Unknown"))]
+    append = fields.append
+    for key, value in headers:
+        if key in _OWNED:
+            continue
+        if key == b"content-length":
+            length = int(value)
+        append(key + b": " + value)
+    fields.append(b"")
+    block = b"\r\n".join(fields)
+    lines = len(fields) - 1
+    if block.count(b"\n") != lines or block.count(b"\r") != lines:  # one scan, not two per field
+        for key, value in headers:
+            if b"\n" in value or b"\r" in value or b"\n" in key or b"\r" in key:
+                raise ValueError(f"response header {key!r} holds a line break")
+    return block, length
+
+
+def response_head_bytes(status: int, headers: Headers) -> tuple[bytes, bool]:
+    """A whole keep-alive HTTP/1.1 response head (a final status, 200–599) for a body framed by the
+    ``content-length`` in ``headers`` when there is one, and otherwise chunked; and whether the body is
+    to be chunked. 204 and 304 answers carry no body and get no framing."""
+    block, length = _field_block(status, None, headers)
+    if length is not None or status == 204 or status == 304:
+        return block + b"\r\n", False
+    return block + b"transfer-encoding: chunked\r\n\r\n", True
+
+
 def status_json(code: int, message: str) -> bytes:
     """A Kubernetes ``Status`` body (kept local so the codec depends on nothing above it)."""
     return json.dumps(
@@ -196,6 +229,11 @@ class Http1ServerConnection:
     @property
     def upgraded(self) -> bool:
         return self._pending_upgrade is not None
+
+    @property
+    def idle(self) -> bool:
+        """No request is being read or answered, and the next bytes may start a new one."""
+        return not (self._in_msg or self._streams or self._stopped or self._closing)
 
     # ------------------------------------------------------------------ receiving
 
@@ -423,24 +461,9 @@ class Http1ServerConnection:
         if stream.head_sent:
             raise RuntimeError(f"response head already sent on stream {sid}")
         status = head.status
-        length = head.content_length
-        has_length = False
-        fields = [b"HTTP/1.1 %d %s" % (status, head.reason or REASONS.get(status, b"Unknown"))]
-        append = fields.append
-        for key, value in head.headers:
-            if key in _OWNED:
-                continue
-            if key == b"content-length":
-                has_length = True
-                length = int(value)
-            append(key + b": " + value)
-        fields.append(b"")
-        block = b"\r\n".join(fields)
-        lines = len(fields) - 1
-        if block.count(b"\n") != lines or block.count(b"\r") != lines:  # one scan, not two per field
-            for key, value in head.headers:
-                if b"\n" in value or b"\r" in value or b"\n" in key or b"\r" in key:
-                    raise ValueError(f"response header {key!r} holds a line break")
+        block, declared = _field_block(status, head.reason, head.headers)
+        has_length = declared is not None
+        length = declared if has_length else head.content_length
         parts = [block]
         append = parts.append
         stream.head_sent = True

@@ -8,6 +8,7 @@ fresh connection: ``Http1Upstream.start_upgrade`` writes the head and waits for 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httptools
 
@@ -92,6 +93,18 @@ class Http1Exchange(UpstreamStream):
             self._head.set_exception(error)
             self._head.exception()  # mark retrieved: the reader may be gone already
         self.body.finish(error)
+
+    def on_data(self, data: bytes) -> bool:
+        """A piece of the response body; True when the connection should stop reading for now."""
+        return self.body.push(data)
+
+    def on_done(self) -> None:
+        """The response body ended."""
+        self.body.finish()
+
+    @property
+    def complete(self) -> bool:
+        return self.body.eof
 
 
 class Http1Upstream(asyncio.Protocol):
@@ -183,19 +196,20 @@ class Http1Upstream(asyncio.Protocol):
                 # exchange ends here and the connection is not reused.
                 self._keep_alive = self._keep_alive and not self._head_request
                 self._message_done = True
-                self.exchange.body.finish()
+                self.exchange.on_done()
                 if self._head_request:
                     self.parser = httptools.HttpResponseParser(self)
 
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange
-        if exchange is not None and exchange.body.push(body) and not self.reading_paused:
+        if exchange is not None and exchange.on_data(body) and not self.reading_paused:
             self.pause()
 
     def on_message_complete(self) -> None:
-        if self.exchange is not None and self.exchange.status >= 200 and not self.exchange.body.eof:
+        exchange = self.exchange
+        if exchange is not None and exchange.status >= 200 and not exchange.complete:
             self._message_done = True
-            self.exchange.body.finish()
+            exchange.on_done()
             self._maybe_idle()
 
     # --- use ----------------------------------------------------------------------------------------
@@ -208,6 +222,16 @@ class Http1Upstream(asyncio.Protocol):
         head = encode_request_head(method, target, headers)
         self.transport.write(head + body if body else head)
         return exchange
+
+    def start_raw(self, head: bytes, sink: Any) -> None:
+        """Send a complete bodiless request (``head``, already encoded); the answer goes to ``sink``, which
+        has ``Http1Exchange``'s callbacks (``on_head``, ``on_data``, ``on_done``, ``on_error``,
+        ``complete``, ``status``) and releases the connection itself (``proxy.fastpath``)."""
+        assert self.transport is not None and self.exchange is None
+        self.exchange = sink
+        self._message_done = False
+        self._head_request = False
+        self.transport.write(head)
 
     async def start_upgrade(self, method: str, target: str, headers: Headers) -> tuple[int, Headers, bytes]:
         """Send an upgrade request; return (status, headers, bytes after the head). On 101 the caller
@@ -275,7 +299,7 @@ class Http1Upstream(asyncio.Protocol):
 
     def _fail(self, error: UpstreamError) -> None:
         exchange = self.exchange
-        if exchange is not None and not (self._message_done and exchange.body.eof):
+        if exchange is not None and not (self._message_done and exchange.complete):
             exchange.on_error(error)
 
     def _wake_drain(self) -> None:

@@ -69,6 +69,11 @@ class ClusterPool:
     def bearer_token(self) -> str | None:
         return self._creds.bearer_token if self._creds else None
 
+    @property
+    def bearer_credentials(self) -> UpstreamCredentials | None:
+        """The credentials requests are made with now (a new object after each refresh)."""
+        return self._creds
+
     async def ensure_credentials(self) -> None:
         creds = self._creds
         if creds is not None and (
@@ -243,6 +248,16 @@ class ClusterPool:
         conn = await self._new_connection(http1=True)
         assert isinstance(conn, Http1Upstream)
         return conn
+
+    def idle_http1(self) -> Http1Upstream | None:
+        """An idle keep-alive connection, counted busy, or None (no waiting: ``proxy.fastpath``)."""
+        idle = self.h1_idle
+        while idle:
+            conn = idle.pop()
+            if conn.reusable:
+                self.h1_busy += 1
+                return conn
+        return None
 
     def _h1_idle(self, conn: Http1Upstream) -> None:
         self.h1_busy = max(0, self.h1_busy - 1)

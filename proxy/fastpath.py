@@ -1,0 +1,287 @@
+"""The HTTP/1.1 fast path: a request a connection sends again is answered with no codec, no task and no
+new decision.
+
+A request that arrived whole in one read (a GET without a body: kubectl's and client libraries'
+polling, informer relists, health probes, a benchmark) goes through the full pipeline
+(``forward.Exchange``) the first time: parsed, routed, authorized, rewritten, forwarded. When that
+exchange was plain (allowed with no response filter or review, not long-lived, the target unchanged,
+forwarded over a pooled HTTP/1.1 upstream connection), its outcome is remembered on the client connection
+as a ``Plan``, keyed by the request's exact bytes: the upstream request head and the decision.
+
+The same bytes again on the same connection (so the same certificate) are the same request. The fast path
+checks everything that may have changed since: the certificate's expiry, the lock list, the role set,
+the cluster (removed, changed, unhealthy), its catalog and upstream credentials, each by object identity.
+Then it writes the remembered head to an idle upstream connection and relays the answer from the
+upstream parser's callbacks straight to the client's socket: no asyncio Task, no future, no event
+object per request. Metrics and the audit line are the same as the full pipeline's.
+
+Whatever is unusual takes the full pipeline before a byte is written: a check that does not hold, no
+idle upstream connection, another request in flight on the connection, a client whose clock is faked
+(tests). An upstream connection that fails before any answer reached the client (the server had closed
+a pooled connection) hands the request bytes to the full pipeline, which retries as for any GET.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from proxy import metrics
+from proxy.audit import request_audit_event
+from proxy.headers import rewrite_response_headers
+from proxy.protocol.http1 import response_head_bytes
+from proxy.upstream.base import UpstreamError
+from rbac.status import REASONS, status_body
+
+if TYPE_CHECKING:
+    from discovery.model import Cluster, UpstreamCredentials
+    from proxy.connection import ClientConnection
+    from proxy.forward import Forwarder
+    from proxy.policy import Verdict
+    from proxy.upstream.http1 import Http1Upstream
+    from proxy.upstream.pool import ClusterPool
+
+log = logging.getLogger("kubegate.proxy")
+
+MAX_PLANNED_REQUEST = 8192  # longest request (bytes) remembered; longer ones always take the full pipeline
+PLANS_PER_CONNECTION = 64  # remembered requests per connection (all forgotten when full)
+FAST_SID = 0  # the key of a fast exchange in ``ClientConnection.exchanges`` (codec streams are odd)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the full pipeline made of one request, and the objects it was made from."""
+
+    cluster: Cluster
+    roles: Any
+    catalog: Any
+    pool: ClusterPool
+    credentials: UpstreamCredentials | None
+    credentials_expire: float  # unix time; inf when the credentials do not expire
+    not_after: float  # unix time the client certificate expires; inf when it does not
+    head: bytes  # the upstream request head
+    verdict: Verdict
+    path: str  # for the audit line
+
+
+def usable(fwd: Forwarder, conn: ClientConnection, plan: Plan) -> Http1Upstream | None:
+    """An idle upstream connection to send ``plan``'s request on when nothing decided since has changed,
+    else None (the request takes the full pipeline, which answers whatever changed)."""
+    now = time.time()
+    if plan.not_after <= now or fwd.shutting_down:
+        return None
+    locks = fwd.locks
+    if locks is not None and locks.is_locked(conn.identity):
+        return None
+    cluster = plan.cluster
+    if fwd.clusters.get(cluster.name) is not cluster or cluster.health == "unhealthy":
+        return None
+    if fwd.role_source.current() is not plan.roles:
+        return None
+    pool = plan.pool
+    if (
+        fwd.pools.pools.get(cluster.name) is not pool
+        or pool.bearer_credentials is not plan.credentials
+        or plan.credentials_expire - now <= pool.settings.credentials_refresh_margin
+        or fwd.catalogs.cached(cluster, pool) is not plan.catalog
+    ):
+        return None
+    return pool.idle_http1()
+
+
+class FastExchange:
+    """One request on the fast path: the sink of an ``Http1Upstream`` (``on_head``/``on_data``/``on_done``/
+    ``on_error``) that writes the answer to the client's transport, and an exchange to the forwarder
+    (``stop``, ``on_reset``, ``audit_event``) like ``forward.Exchange``."""
+
+    __slots__ = (
+        "fwd", "conn", "plan", "raw", "identity", "cluster", "verdict", "request_id", "started", "status",
+        "bytes_out", "upstream", "finished", "kind", "stream", "head_deadline", "_done", "_ended", "_head",
+        "_chunked", "_written", "_stop_reason", "_stall_timer",
+    )  # fmt: skip
+
+    def __init__(self, fwd: Forwarder, conn: ClientConnection, plan: Plan, raw: bytes, upstream: Http1Upstream) -> None:
+        self.fwd = fwd
+        self.conn = conn
+        self.plan = plan
+        self.raw = raw
+        self.identity = conn.identity
+        self.cluster = plan.cluster
+        self.verdict = plan.verdict
+        self.request_id = fwd.next_request_id()
+        self.started = time.perf_counter()
+        self.head_deadline = self.started + fwd.settings.response_head_timeout
+        self.status = 0
+        self.bytes_out = 0
+        self.upstream = upstream
+        self.finished = False
+        self.kind: str | None = None  # never long-lived
+        self.stream = None
+        self._done = False  # released: the upstream connection may serve another request once the answer ended
+        self._ended = True  # the request (a GET without a body) is sent whole with its head
+        self._head: bytes | None = None  # the response head, written with the first body bytes
+        self._chunked = False
+        self._written = False  # a byte of the answer reached the client's transport
+        self._stop_reason: str | None = None
+        self._stall_timer: Any = None
+
+    def start(self) -> None:
+        self.fwd.exchanges.add(self)
+        self.conn.exchanges[FAST_SID] = self
+        self.conn.fast = self
+        metrics.request_started()
+        self.upstream.start_raw(self.plan.head, self)
+
+    # --- the upstream connection's sink --------------------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        return self._done
+
+    def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if self.finished:
+            return
+        if status == 101:  # switching protocols on a request that asked for none: not an answer to relay
+            self.upstream.close()
+            self._answer(502, f"cluster {self.cluster.name} switched protocols on a plain GET")
+            return
+        self.status = status
+        out = rewrite_response_headers(headers, request_id=self.request_id)
+        head, self._chunked = response_head_bytes(status, out)
+        self._head = head
+        metrics.observe_latency(self.cluster.name, self.verdict.verb, time.perf_counter() - self.started)
+
+    def on_data(self, data: bytes) -> bool:
+        if self.finished:
+            return False
+        self.bytes_out += len(data)
+        if self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        head = self._head
+        if head is not None:
+            self._head = None
+            data = head + data
+        conn = self.conn
+        transport = conn.transport
+        if conn.closed or transport is None:
+            return False
+        self._written = True
+        transport.write(data)
+        if conn.write_paused:  # a slow reader slows the server: read no more until the client took these
+            conn.when_writable(self._client_writable)
+            self._stall_timer = self.fwd.loop.call_later(self.fwd.settings.client_send_timeout, self._stalled)
+            return True
+        return False
+
+    def on_done(self) -> None:
+        if self.finished:
+            return
+        tail = b"0\r\n\r\n" if self._chunked else b""
+        head = self._head
+        if head is not None:
+            self._head = None
+            tail = head + tail
+        if tail and not self.conn.closed and self.conn.transport is not None:
+            self._written = True
+            self.conn.transport.write(tail)
+        self._done = True
+        self.upstream.exchange_released(self)
+        self._finish()
+
+    def on_error(self, error: UpstreamError) -> None:
+        if self.finished:
+            return
+        if not self._written and self._stop_reason is None:
+            # Nothing reached the client: the full pipeline serves the request (and retries it).
+            self._abandon()
+            self.conn.replay(self.raw)
+            return
+        metrics.upstream_error(self.cluster.name, error.kind)
+        log.warning("upstream failed mid-response", extra={"request_id": self.request_id, "problem": error.message})
+        self.status = self.status or 502
+        self._finish()
+        self.conn.abort()  # HTTP/1.1 cannot say it otherwise: the client sees a short body
+
+    # --- the forwarder's and the client connection's exchange -----------------------------------------
+    def on_reset(self) -> None:
+        """The client went away."""
+        if self.finished:
+            return
+        self.upstream.close()
+        self._finish()
+
+    def stop(self, reason: str, code: int = 503) -> None:
+        """kubegate ends this request (its cluster changed or went, shutdown): answered with a Status saying
+        why when the answer has not begun, else the connection closes."""
+        if self.finished:
+            return
+        self._stop_reason = reason
+        self.upstream.close()
+        if self._written:
+            self._finish()
+            self.conn.abort()
+            return
+        self._answer(code, reason)
+
+    def head_timed_out(self) -> None:
+        """Called by the forwarder's sweep once ``response_head_timeout`` passed without an answer."""
+        if self.finished or self.status:
+            return
+        self.upstream.close()
+        message = f"cluster {self.cluster.name} did not answer in time"
+        metrics.upstream_error(self.cluster.name, "timeout")
+        log.warning("upstream error", extra={"request_id": self.request_id, "code": 504, "problem": message})
+        self._answer(504, message)
+
+    def audit_event(self) -> dict[str, Any]:
+        return request_audit_event(
+            self.request_id, self.identity, self.verdict, self.cluster, "GET", self.plan.path, self.status,
+            self.started, self.bytes_out, 0, self.conn.peer_ip, self._stop_reason,
+        )
+
+    # --- internals ------------------------------------------------------------------------------------
+    def _answer(self, code: int, message: str) -> None:
+        body = status_body(code, REASONS.get(code, "InternalError"), message)
+        head, _ = response_head_bytes(code, [
+            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+            (b"x-kubegate-request-id", self.request_id.encode("ascii")),
+        ])
+        self.status = code
+        if not self.conn.closed and self.conn.transport is not None:
+            self._written = True
+            self.conn.transport.write(head + body)
+        self._finish()
+
+    def _client_writable(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if not self.finished:
+            self.upstream.resume()
+
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        if not self.finished:
+            self.conn.cut("client_send_timeout")
+
+    def _abandon(self) -> None:
+        """Forget this exchange without counting it (its request is served again by the full pipeline)."""
+        self.finished = True
+        self.fwd.exchanges.discard(self)
+        metrics.request_abandoned()
+        self.conn.fast_done(counted=False)
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        fwd = self.fwd
+        fwd.exchanges.discard(self)
+        metrics.request_finished(self.cluster.name, self.verdict.verb, self.status, self.bytes_out)
+        if fwd.audit is not None:
+            fwd.audit(self.audit_event())
+        self.conn.fast_done(counted=True)
