@@ -322,6 +322,13 @@ class ClientConnection(asyncio.Protocol):
     def flush(self) -> None:
         self._flush()
 
+    def writable(self, stream_id: int) -> bool:
+        """Whether ``drain(stream_id)`` would return at once: the socket takes more and, on HTTP/2, the
+        stream has send window."""
+        if self._write_paused or self.closed:
+            return False
+        return self.codec.http_version != "2" or self.codec.send_window(stream_id) > 0
+
     async def drain(self, stream_id: int) -> None:
         """Wait until this stream may be written again (socket buffer below high water, h2 window open).
         A client that takes nothing for ``client_send_timeout`` has stalled: a full socket buffer cuts

@@ -40,6 +40,7 @@ from proxy.throttled_log import ThrottledLog
 from proxy.tls import check_client_certificate
 from proxy.upgrade import upgrade_kind
 from proxy.upstream import ClusterPools, UpstreamError, UpstreamStream
+from proxy.upstream.base import BodyBuffer
 from proxy.upstream.http1 import Http1Exchange, encode_request_head
 from proxy.upstream.pool import ClusterPool
 from rbac.identity import Identity
@@ -288,6 +289,7 @@ class Exchange:
         "bytes_out", "bytes_in", "_body_waiter", "reset", "_response_started", "_stop_reason", "_stop_code",
         "_stop_note", "_at_line_end", "_frames", "upgrade",
         "catalog", "full_body", "_unacked", "_ack_task", "error_headers", "plan_key", "_roles",
+        "_filter", "_relay_waiter", "_held",
     )  # fmt: skip
 
     def __init__(self, fwd: Forwarder, conn: Any, head: RequestHead) -> None:
@@ -328,6 +330,11 @@ class Exchange:
         self.error_headers: list[tuple[bytes, bytes]] = []  # extra headers for kubegate's own error answer
         self.plan_key: bytes | None = None  # the request's bytes, when the fast path may remember it
         self._roles: Any = None  # the role set the decision was made with (for the fast path's plan)
+        # The body relay of a long-lived response by callbacks (_relay_live): the response filter, the
+        # relay task's waiter, the bytes passed on but not yet credited upstream (the client is slow).
+        self._filter: Any = None
+        self._relay_waiter: asyncio.Future[None] | None = None
+        self._held = 0
 
     # --- events from the client codec -------------------------------------------------------------
     def start(self) -> None:
@@ -727,26 +734,21 @@ class Exchange:
             # Nothing of the body is here yet (a watch before its first event, logs -f): the client gets
             # the head now, as from the apiserver, instead of with the first event.
             conn.flush()
-        while True:
-            data = await stream.read()
-            if not data:
-                break
-            n = len(data)
-            if filt is not None:
-                data = filt.feed(data)
-            if data:
-                self.bytes_out += len(data)
-                conn.send_body(sid, data)
-                if self._frames is not None:
-                    self._frames.feed(data)
-                elif self._stop_note:
-                    self._at_line_end = data.endswith(b"\n")
-                if body.eof and not body.size and body.error is None:
-                    stream.consumed(n)
-                    break  # the end goes out with this last chunk: one write
-                conn.flush()
-                await conn.drain(sid)
-            stream.consumed(n)
+        if self.kind is not None:
+            await self._relay_live(stream, body, filt)
+        else:
+            while True:
+                data = await stream.read()
+                if not data:
+                    break
+                n = len(data)
+                if self._pass_on(data, filt):
+                    if body.eof and not body.size and body.error is None:
+                        stream.consumed(n)
+                        break  # the end goes out with this last chunk: one write
+                    conn.flush()
+                    await conn.drain(sid)
+                stream.consumed(n)
         if filt is not None:
             tail = filt.close()
             if tail:
@@ -755,6 +757,79 @@ class Exchange:
         conn.send_end(sid)
         conn.flush()
         stream.release()
+
+    def _pass_on(self, data: bytes, filt: Any) -> bool:
+        """One body chunk to the client, through the response filter if any; False if it kept it all back."""
+        if filt is not None:
+            data = filt.feed(data)
+            if not data:
+                return False
+        self.bytes_out += len(data)
+        self.conn.send_body(self.sid, data)
+        if self._frames is not None:
+            self._frames.feed(data)
+        elif self._stop_note:
+            self._at_line_end = data.endswith(b"\n")
+        return True
+
+    async def _relay_live(self, stream: UpstreamStream, body: BodyBuffer, filt: Any) -> None:
+        """The body of a long-lived response (watch, ``logs -f``) by callbacks: while the client keeps up,
+        the upstream protocol hands each chunk to ``body_chunk`` (it goes out and is credited upstream at
+        once: no future, no task wakeup per event); this task wakes only when the client falls behind (it
+        waits for the client, credits the held bytes, then relays what was buffered meanwhile) and at the end."""
+        conn, sid = self.conn, self.sid
+        self._filter = filt
+        while True:
+            while body.size:  # buffered before the sink was set, or while the client was behind
+                data = await stream.read()
+                n = len(data)
+                if self._pass_on(data, filt):
+                    conn.flush()
+                    await conn.drain(sid)
+                stream.consumed(n)
+            if body.eof:
+                break
+            self._relay_waiter = self.fwd.loop.create_future()
+            body.sink = self
+            try:
+                await self._relay_waiter
+            finally:  # woken (the client is behind, the body ended) or cancelled (stop, client reset)
+                body.sink = None
+                self._relay_waiter = None
+            if self._held:
+                await conn.drain(sid)
+                held, self._held = self._held, 0
+                stream.consumed(held)
+        await stream.read()  # at the end: b"", or the upstream's error raised
+
+    def body_chunk(self, data: bytes) -> None:
+        """A chunk of a long-lived body, straight from the upstream protocol (``_relay_live``)."""
+        stream = self.stream
+        assert stream is not None
+        try:
+            n = len(data)
+            if self._pass_on(data, self._filter):
+                conn = self.conn
+                conn.flush()
+                if not conn.writable(self.sid):  # the client is behind: the task waits for it, then credits
+                    stream.body.sink = None  # type: ignore[attr-defined]
+                    self._held = n
+                    self._wake_relay()
+                    return
+            stream.consumed(n)
+        except Exception as exc:  # the exchange fails (as its task would), not the upstream connection
+            stream.body.sink = None  # type: ignore[attr-defined]
+            waiter = self._relay_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+
+    def body_ended(self) -> None:
+        self._wake_relay()
+
+    def _wake_relay(self) -> None:
+        waiter = self._relay_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _relay_rules_review(self, stream: UpstreamStream, status: int, up_headers: list[tuple[bytes, bytes]]) -> None:
         chunks = []

@@ -7,12 +7,18 @@ An ``UpstreamStream`` is one request/response with the API server:
     while chunk := await stream.read():      # b"" at the end of the body
         ...hand the chunk on...
         stream.consumed(len(chunk))          # credit back to the server only once the data left
+
+or, for a long-lived body, without a task wakeup per chunk: ``stream.body.sink = sink`` while nothing is
+buffered; the upstream protocol then hands each chunk to ``sink.body_chunk`` as it arrives and calls
+``sink.body_ended`` at the end (``read`` then returns b"" or raises the error). A sink that cannot pass
+more on (a slow client) sets ``body.sink = None``: later chunks are buffered for ``read`` again.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Protocol
 
 from proxy.protocol.events import Headers
 
@@ -27,14 +33,23 @@ class UpstreamError(Exception):
         self.kind = kind  # metric label: connect, tls, timeout, reset, protocol
 
 
+class BodySink(Protocol):
+    """Takes a response body chunk by chunk as the upstream protocol receives it (see the module docstring)."""
+
+    def body_chunk(self, data: bytes) -> None: ...
+
+    def body_ended(self) -> None: ...
+
+
 class BodyBuffer:
     """Response body chunks between the upstream protocol (push) and the forwarding task (read).
 
     ``push`` reports whether the buffer went above its high-water mark so the producer can pause reading
     (HTTP/1.1) or simply withhold flow-control credit (HTTP/2, where credit is returned on ``consumed``).
+    With a ``sink`` set, chunks go to it instead (nothing is buffered).
     """
 
-    __slots__ = ("_chunks", "size", "eof", "error", "_waiter", "high_water")
+    __slots__ = ("_chunks", "size", "eof", "error", "_waiter", "high_water", "sink")
 
     def __init__(self, high_water: int) -> None:
         self._chunks: deque[bytes] = deque()
@@ -43,8 +58,13 @@ class BodyBuffer:
         self.error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self.high_water = high_water
+        self.sink: BodySink | None = None
 
     def push(self, data: bytes) -> bool:
+        sink = self.sink
+        if sink is not None:
+            sink.body_chunk(data)
+            return False
         self._chunks.append(data)
         self.size += len(data)
         self._wake()
@@ -55,6 +75,8 @@ class BodyBuffer:
             return
         self.eof = True
         self.error = error
+        if self.sink is not None:
+            self.sink.body_ended()
         self._wake()
 
     def _wake(self) -> None:

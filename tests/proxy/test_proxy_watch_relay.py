@@ -1,0 +1,118 @@
+"""Watch events relayed by callbacks (issue 9): while the watcher keeps up, each event goes from the
+upstream protocol straight to the client's codec; when the watcher falls behind, the relay holds the
+upstream's credit, so the server is slowed at its own flow control and kubegate buffers at most one
+stream window; once the watcher reads again every event arrives, in order, and the relay is back to
+callbacks. Real parts: the sandbox API server (over h2), kubegate, a TLS client with a small receive
+buffer that stops reading."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from proxy.testing import wait_for
+from proxy.upstream.http2 import _STREAM_WINDOW
+
+NAMESPACE = "watch-relay"
+EVENT_DATA = 250_000  # bytes of data per configmap: each event is ~250 KB
+EVENTS = 40  # ~10 MB in all: far beyond what socket buffers, kubegate's buffers and one window hold
+
+
+@pytest.fixture(scope="module")
+def rp(sandbox, tmp_path_factory) -> Iterator:
+    """A proxy of its own (its stats are this module's) in front of the session's sandbox."""
+    from proxy.testing import cluster_for_sandbox, running_proxy
+    from rbac import RoleWatcher
+
+    from .conftest import write_roles
+
+    base = tmp_path_factory.mktemp("watch-relay")
+    roles = RoleWatcher(str(write_roles(base / "roles")), time.time)
+    with running_proxy(base / "proxy", clusters=[cluster_for_sandbox(sandbox)], roles=roles) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="module")
+def creds(rp) -> tuple[Path, Path]:
+    return rp.issue_user("alice", ["admin"])
+
+
+def connect(rp, creds: tuple[Path, Path], rcvbuf: int | None = None) -> http.client.HTTPSConnection:
+    ctx = ssl.create_default_context(cafile=str(rp.ca_pem_path))
+    ctx.load_cert_chain(str(creds[0]), str(creds[1]))
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: no autotuning
+    raw.settimeout(60)
+    raw.connect(("127.0.0.1", rp.port))
+    conn = http.client.HTTPSConnection("127.0.0.1", rp.port, timeout=60)
+    conn.sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+    return conn
+
+
+def call(conn: http.client.HTTPSConnection, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    conn.request(method, "/k8s/clusters/sandbox" + path, body=data, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    return resp.status, json.loads(resp.read() or b"{}")
+
+
+def create_configmaps(conn: http.client.HTTPSConnection, names: list[str], size: int) -> None:
+    for name in names:
+        status, answer = call(conn, "POST", f"/api/v1/namespaces/{NAMESPACE}/configmaps",
+                              {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+                               "data": {"blob": "x" * size}})  # fmt: skip
+        assert status == 201, answer
+
+
+def read_events(resp: http.client.HTTPResponse, n: int) -> list[str]:
+    names = []
+    while len(names) < n:
+        line = resp.readline()
+        assert line, f"the watch ended after {names}"
+        event = json.loads(line)
+        assert event["type"] == "ADDED", event
+        names.append(event["object"]["metadata"]["name"])
+    return names
+
+
+def test_a_watcher_that_stops_reading_holds_the_server_back_then_gets_every_event_in_order(rp, creds):
+    api = connect(rp, creds)
+    status, _ = call(api, "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                         "metadata": {"name": NAMESPACE}})  # fmt: skip
+    assert status in (201, 409)
+    status, listed = call(api, "GET", f"/api/v1/namespaces/{NAMESPACE}/configmaps?limit=1")
+    assert status == 200
+    watcher = connect(rp, creds, rcvbuf=32 * 1024)
+    watcher.request("GET", f"/k8s/clusters/sandbox/api/v1/namespaces/{NAMESPACE}/configmaps?watch=true"
+                           f"&resourceVersion={listed['metadata']['resourceVersion']}")
+    resp = watcher.getresponse()  # the head comes before any event
+    assert resp.status == 200
+    try:
+        # The watcher reads nothing while ~10 MB of events are made (through the same upstream
+        # connection: the watch holding its stream's window does not stop the other streams).
+        create_configmaps(api, [f"big-{i}" for i in range(EVENTS)], EVENT_DATA)
+        wait_for(lambda: rp.stats()["from_upstreams_bytes"] > 0, 60, rp.stats)  # the client fell behind
+        time.sleep(1.0)  # the server has sent what the window allows
+        stats = rp.stats()
+        assert stats["exchanges"] == 1 and stats["streams"] == ["watch"], stats
+        assert 0 < stats["from_upstreams_bytes"] <= _STREAM_WINDOW, stats  # at most one window held
+        assert stats["to_clients_bytes"] <= 2 * 1024 * 1024, stats
+
+        # Reading again: every event, once, in order; then the relay is back to callbacks (small
+        # events made now arrive at once).
+        assert read_events(resp, EVENTS) == [f"big-{i}" for i in range(EVENTS)]
+        wait_for(lambda: rp.stats()["from_upstreams_bytes"] == 0, 30, rp.stats)
+        create_configmaps(api, [f"small-{i}" for i in range(3)], 10)
+        assert read_events(resp, 3) == [f"small-{i}" for i in range(3)]
+    finally:
+        watcher.close()
+        api.close()
+    wait_for(lambda: rp.stats()["exchanges"] == 0, 30, rp.stats)
