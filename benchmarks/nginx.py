@@ -142,8 +142,9 @@ class NginxProcess:
 
 
 def fast_upstream_conf(prefix: Path, port: int, server_cert: str, server_key: str,
-                       static: dict[str, tuple[Path, str]], sandbox: UpstreamTLS) -> str:
-    """nginx.conf of the fast upstream: ``static`` maps an exact path to (file, content type)."""
+                       static: dict[str, tuple[Path, str]], sandbox: UpstreamTLS, extra: str = "") -> str:
+    """nginx.conf of the fast upstream: ``static`` maps an exact path to (file, content type); ``extra``
+    is more of the server block (directives, locations: the tests' gzip and 204 answers)."""
     locations = "".join(
         f"        location = {path} {{ default_type {ctype}; alias {file}; }}\n"
         for path, (file, ctype) in static.items())
@@ -156,7 +157,7 @@ http {{
         ssl_certificate {server_cert};
         ssl_certificate_key {server_key};
         ssl_session_cache shared:up:10m;
-{locations}
+{locations}{extra}
         location / {{
             proxy_pass https://{sandbox.name};
             {_upstream_tls(sandbox)}

@@ -1,0 +1,651 @@
+"""The HTTP/1.1 fast path (``proxy.fastpath``): on one keep-alive connection, a GET sent again with the
+same bytes is answered from what the full pipeline made of it the first time, and is still refused,
+counted, audited and relayed exactly as the full pipeline would.
+
+A real kubegate proxy (its own, so locks, roles and clusters can change under it without touching the
+session's) in front of its own sandbox API server; the clients are raw TLS sockets sending the same
+request bytes on one connection (what kubectl's polling, informer relists and client libraries do) and
+the ``kubernetes`` Python client (urllib3 keep-alive). Which requests took the fast path is observed by
+counting ``FastExchange.start`` calls in the test (a wrapper set with monkeypatch: no product code for
+it) and by the plans the proxy's client connection holds.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httptools
+import pytest
+from prometheus_client import REGISTRY
+
+from proxy import metrics
+from proxy.connection import ClientConnection
+from proxy.fastpath import FastExchange
+from proxy.testing import wait_for
+
+pytestmark = pytest.mark.e2e
+
+CLUSTER = "fast"
+POD = f"/k8s/clusters/{CLUSTER}/api/v1/namespaces/dev/pods/web-1"
+OTHER_POD = f"/k8s/clusters/{CLUSTER}/api/v1/namespaces/dev/pods/web-2"
+BULK_NAMESPACE = "bulk"
+BULK_LIST = f"/k8s/clusters/{CLUSTER}/api/v1/namespaces/{BULK_NAMESPACE}/configmaps"
+BULK_ITEMS = 700  # ~1.2 KB each: a LIST answer of ~850 KB, far above the transports' high-water marks
+SEND_TIMEOUT = 2.0  # the proxy's client_send_timeout here
+
+READER_ROLE = """
+kind: role
+version: v8
+metadata: {name: reader}
+spec:
+  allow:
+    kubernetes_labels: {'*': '*'}
+    kubernetes_resources:
+      - {kind: pods, api_group: '', namespace: NAMESPACE, name: '*', verbs: [get, list]}
+    kubernetes_groups: ['system:masters']
+"""
+
+
+def get(path: str, extra: str = "") -> bytes:
+    """The exact bytes of a GET as a keep-alive client sends it."""
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n{extra}\r\n".encode()
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k == name), None)
+
+    @property
+    def json(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+
+@dataclass
+class _Parsed:
+    """httptools' callbacks for a stream of responses on one connection."""
+
+    done: list[Response] = field(default_factory=list)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: list[bytes] = field(default_factory=list)
+    parser: Any = None
+
+    def on_message_begin(self) -> None:
+        self.headers, self.body = [], []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.done.append(Response(self.parser.get_status_code(), self.headers, b"".join(self.body)))
+
+
+class Client:
+    """One HTTP/1.1 keep-alive connection to the proxy over TLS with a client certificate."""
+
+    def __init__(self, px, user: str, roles: list[str], *, ttl: timedelta = timedelta(hours=1),
+                 rcvbuf: int | None = None) -> None:
+        self.cert, self.key = px.issue_user(user, roles, ttl=ttl)
+        ctx = ssl.create_default_context(cafile=str(px.ca_pem_path))
+        ctx.load_cert_chain(str(self.cert), str(self.key))
+        ctx.set_alpn_protocols(["http/1.1"])
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:  # before connecting, so the TCP window stays small
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        raw.settimeout(30)
+        raw.connect(("127.0.0.1", px.port))
+        self.sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        self._parsed = _Parsed()
+        self._parsed.parser = httptools.HttpResponseParser(self._parsed)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def response(self, pause: float = 0.0, chunk: int = 65536) -> Response:
+        """The next whole response; ``pause`` seconds between reads of ``chunk`` bytes (a slow reader)."""
+        while not self._parsed.done:
+            data = self.sock.recv(chunk)
+            if not data:
+                raise ConnectionError("the proxy closed the connection before a whole response")
+            self._parsed.parser.feed_data(data)
+            if pause:
+                time.sleep(pause)
+        return self._parsed.done.pop(0)
+
+    def ask(self, data: bytes) -> Response:
+        self.send(data)
+        return self.response()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class Gate:
+    sandbox: Any
+    px: Any
+    registry: Any
+    roles_dir: Path
+    locks: Any
+
+    def proxy_connection(self, client: Client) -> ClientConnection:
+        """The proxy's object for ``client``'s connection (found by the client's address)."""
+        local = client.sock.getsockname()
+
+        async def find() -> ClientConnection:
+            for conn in self.px.proxy.fwd.connections:
+                if conn.transport is not None and conn.transport.get_extra_info("peername") == local:
+                    return conn
+            raise LookupError(local)
+
+        return self.px.call(find)
+
+    def shrink_send_buffer(self, client: Client, size: int = 16384) -> None:
+        """Give the proxy's socket to ``client`` a small kernel send buffer (loopback autotunes it to
+        megabytes): what the client does not read then stays in the proxy's transport, as on a real
+        network with a slow reader."""
+        conn = self.proxy_connection(client)
+
+        async def shrink() -> None:
+            conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+        self.px.call(shrink)
+
+    def plans(self, client: Client) -> dict[bytes, Any]:
+        conn = self.proxy_connection(client)
+
+        async def read() -> dict[bytes, Any]:
+            return dict(conn.plans or {})
+
+        return self.px.call(read)
+
+    def audit(self, request_id: str) -> dict[str, Any]:
+        """The audit line of one request (waits for it)."""
+        wait_for(lambda: any(e.get("request_id") == request_id for e in self.px.audit_events), timeout=10)
+        return next(e for e in self.px.audit_events if e.get("request_id") == request_id)
+
+    def requests_counted(self, verb: str, code: int, cluster: str = CLUSTER) -> float:
+        async def flush() -> None:
+            metrics.flush()
+
+        self.px.call(flush)
+        return REGISTRY.get_sample_value(
+            "kubegate_requests_total", {"cluster": cluster, "verb": verb, "code": str(code)}) or 0.0
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
+    from certs.locks import LockList
+    from discovery.registry import ClusterRegistry
+    from proxy.forward import ProxySettings
+    from proxy.testing import cluster_for_sandbox, running_proxy
+    from rbac import RoleWatcher
+    from sandbox.testing import running_sandbox
+    from tests.proxy.conftest import write_roles
+
+    base = tmp_path_factory.mktemp("fastpath")
+    roles_dir = write_roles(base / "roles")
+    (roles_dir / "reader.yaml").write_text(READER_ROLE.replace("NAMESPACE", "dev"))
+    roles = RoleWatcher(str(roles_dir), time.time, min_check_interval=0.0)
+    locks = LockList(base / "locks")
+    with running_sandbox(base / "sandbox") as sb:
+        for n in range(BULK_ITEMS):
+            sb.store.put_object("", "configmaps", {
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": f"cm-{n:04d}", "namespace": BULK_NAMESPACE, "labels": {"n": str(n)}},
+                "data": {"blob": f"{n:04d}" * 250},
+            })
+        registry = ClusterRegistry()
+        registry.upsert(cluster_for_sandbox(sb, name=CLUSTER), "test")
+        settings = ProxySettings(client_send_timeout=SEND_TIMEOUT)
+        with running_proxy(base / "proxy", clusters=registry, roles=roles, locks=locks, settings=settings) as px:
+            yield Gate(sb, px, registry, roles_dir, locks)
+
+
+@pytest.fixture
+def fast_starts(monkeypatch: pytest.MonkeyPatch) -> list[FastExchange]:
+    """Every ``FastExchange`` started while the test runs (the fast path taken), in order."""
+    started: list[FastExchange] = []
+    original = FastExchange.start
+
+    def start(self: FastExchange) -> None:
+        started.append(self)
+        original(self)
+
+    monkeypatch.setattr(FastExchange, "start", start)
+    return started
+
+
+@pytest.fixture
+def client(gate: Gate) -> Iterator[Any]:
+    """``client(user, roles, **kw)`` → a ``Client`` closed at teardown."""
+    opened: list[Client] = []
+
+    def make(user: str = "alice", roles: list[str] | None = None, **kw: Any) -> Client:
+        c = Client(gate.px, user, roles or ["admin"], **kw)
+        opened.append(c)
+        return c
+
+    yield make
+    for c in opened:
+        c.close()
+
+
+def _comparable(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k not in ("time", "request_id", "latency_ms")}
+
+
+# --- 1. the same answers, ids, audit lines and metrics -------------------------------------------------
+
+
+def test_repeated_get_is_answered_by_the_fast_path_like_the_full_pipeline(gate, client, fast_starts):
+    before = gate.requests_counted("get", 200)
+    c = client("alice")
+    first = c.ask(get(POD))
+    assert first.status == 200 and first.json["metadata"]["name"] == "web-1"
+    assert gate.plans(c).keys() == {get(POD)}  # the full pipeline left a plan for these bytes
+    assert fast_starts == []
+    repeats = [c.ask(get(POD)) for _ in range(4)]
+    assert len(fast_starts) == 4  # each repeat took the fast path
+
+    for answer in repeats:
+        assert answer.status == 200 and answer.body == first.body
+        assert answer.header("content-type") == first.header("content-type")
+        assert answer.header("content-length") == str(len(first.body))
+    ids = [r.header("x-kubegate-request-id") for r in [first, *repeats]]
+    assert all(ids) and len(set(ids)) == 5
+    assert [fx.request_id for fx in fast_starts] == ids[1:]
+
+    # One audit line per request; the fast path's have the full pipeline's fields and values.
+    events = [gate.audit(request_id) for request_id in ids]
+    assert events[0]["code"] == 200 and events[0]["user"] == "alice" and events[0]["verb"] == "get"
+    assert events[0]["impersonated_user"] == "alice" and events[0]["bytes_out"] == len(first.body)
+    for event in events[1:]:
+        assert event.keys() == events[0].keys()
+        assert _comparable(event) == _comparable(events[0])
+    assert gate.requests_counted("get", 200) == before + 5
+
+
+def test_the_kubernetes_python_client_repeating_a_get_is_served_by_the_fast_path(gate, fast_starts):
+    """urllib3 keeps the connection alive and sends the same bytes for the same call."""
+    import kubernetes
+
+    cert, key = gate.px.issue_user("carol", ["admin"])
+    config = kubernetes.client.Configuration()
+    config.host = gate.px.cluster_url(CLUSTER)
+    config.ssl_ca_cert = str(gate.px.ca_pem_path)
+    config.cert_file, config.key_file = str(cert), str(key)
+    with kubernetes.client.ApiClient(config) as api_client:
+        api = kubernetes.client.CoreV1Api(api_client)
+        names = [api.read_namespaced_pod("web-1", "dev").metadata.name for _ in range(5)]
+        listed = [len(api.list_namespaced_pod("dev").items) for _ in range(3)]
+    assert names == ["web-1"] * 5 and listed == [3, 3, 3]
+    assert len(fast_starts) == 4 + 2
+
+
+# --- 2. locks and certificate expiry ---------------------------------------------------------------
+
+
+def test_a_lock_added_between_two_identical_requests_refuses_the_second(gate, client, fast_starts):
+    c = client("mallory")
+    assert c.ask(get(POD)).status == 200
+    assert c.ask(get(POD)).status == 200 and len(fast_starts) == 1
+    gate.locks.lock_user("mallory", reason="left the team")
+    try:
+        refused = c.ask(get(POD))
+        assert refused.status == 403, refused
+        assert refused.json["kind"] == "Status" and "left the team" in refused.json["message"]
+        assert len(fast_starts) == 1
+        assert gate.audit(refused.header("x-kubegate-request-id"))["code"] == 403
+    finally:
+        gate.locks.unlock_user("mallory")
+    assert c.ask(get(POD)).status == 200  # unlocked: served again
+
+
+def test_an_expired_certificate_is_refused_on_a_connection_that_was_served_fast(gate, client, fast_starts):
+    """A certificate valid for 3 s (the CA backdates its start, so it is usable at once): the connection
+    opened with it is served, fast, until it expires, then every request gets a 401 Status."""
+    from cryptography import x509
+
+    c = client("dave", ttl=timedelta(seconds=3))
+    not_after = x509.load_pem_x509_certificate(c.cert.read_bytes()).not_valid_after_utc.timestamp()
+    assert c.ask(get(POD)).status == 200
+    assert c.ask(get(POD)).status == 200
+    assert time.time() < not_after, "the machine was too slow to send two requests within 3 s"
+    assert len(fast_starts) == 1
+    time.sleep(max(0.0, not_after - time.time()) + 0.3)
+    refused = c.ask(get(POD))
+    assert refused.status == 401, refused
+    assert refused.json["kind"] == "Status" and "expired" in refused.json["message"]
+    assert len(fast_starts) == 1
+
+
+# --- 3. roles, clusters, health ------------------------------------------------------------------
+
+
+def _role_set(gate: Gate) -> Any:
+    async def read() -> Any:
+        return gate.px.proxy.fwd.role_source.current()
+
+    return gate.px.call(read)
+
+
+def test_a_role_change_refuses_the_next_identical_request(gate, client, fast_starts):
+    c = client("erin", ["reader"])
+    role_file = gate.roles_dir / "reader.yaml"
+    assert c.ask(get(POD)).status == 200
+    assert c.ask(get(POD)).status == 200 and len(fast_starts) == 1
+    old = _role_set(gate)
+    role_file.write_text(READER_ROLE.replace("NAMESPACE", "prod"))  # no longer dev
+    try:
+        wait_for(lambda: _role_set(gate) is not old, timeout=10)
+        refused = c.ask(get(POD))
+        assert refused.status == 403, refused
+        assert refused.json["kind"] == "Status" and refused.json["reason"] == "Forbidden"
+        assert len(fast_starts) == 1
+    finally:
+        changed = _role_set(gate)
+        role_file.write_text(READER_ROLE.replace("NAMESPACE", "dev"))
+        wait_for(lambda: _role_set(gate) is not changed, timeout=10)
+    assert c.ask(get(POD)).status == 200
+
+
+def _second_cluster(gate: Gate, name: str) -> None:
+    from proxy.testing import cluster_for_sandbox
+
+    gate.registry.upsert(cluster_for_sandbox(gate.sandbox, name=name), "test-fast")
+
+
+def test_a_removed_cluster_is_not_found_on_the_next_identical_request(gate, client, fast_starts):
+    _second_cluster(gate, "gone")
+    request = get("/k8s/clusters/gone/api/v1/namespaces/dev/pods/web-1")
+    c = client("frank")
+    try:
+        assert c.ask(request).status == 200
+        assert c.ask(request).status == 200 and len(fast_starts) == 1
+    finally:
+        gate.registry.remove("gone", "test-fast")
+    missing = c.ask(request)
+    assert missing.status == 404, missing
+    assert missing.json["kind"] == "Status" and "gone" in missing.json["message"]
+    assert len(fast_starts) == 1
+
+
+def test_an_unhealthy_cluster_answers_503_on_the_next_identical_request(gate, client, fast_starts):
+    _second_cluster(gate, "sick")
+    request = get("/k8s/clusters/sick/api/v1/namespaces/dev/pods/web-1")
+    c = client("grace")
+    try:
+        assert c.ask(request).status == 200
+        assert c.ask(request).status == 200 and len(fast_starts) == 1
+        gate.registry.set_health("sick", "unhealthy", "unreachable: connection refused")
+        refused = c.ask(request)
+        assert refused.status == 503, refused
+        assert refused.json["kind"] == "Status" and "sick" in refused.json["message"]
+        assert "unhealthy" in refused.json["message"]
+        assert len(fast_starts) == 1
+        gate.registry.set_health("sick", "healthy")
+        assert c.ask(request).status == 200  # recovered: the full pipeline, which plans again
+        assert c.ask(request).status == 200 and len(fast_starts) == 2
+    finally:
+        gate.registry.remove("sick", "test-fast")
+
+
+# --- 4. the upstream closing its keep-alive connection ---------------------------------------------
+
+
+def _close_sandbox_connections(gate: Gate) -> None:
+    """What the sandbox's idle sweep does to an idle keep-alive connection: close it from the server side."""
+    for conn in list(gate.sandbox.server._connections):
+        conn.codec.close()
+        conn.flush()
+        conn.close_transport()
+
+
+def test_an_idle_upstream_connection_closed_by_the_server_between_requests(gate, client, fast_starts):
+    c = client("heidi")
+    first = c.ask(get(POD))
+    assert c.ask(get(POD)).body == first.body and len(fast_starts) == 1
+
+    async def close() -> None:
+        _close_sandbox_connections(gate)
+
+    gate.sandbox.call(close)
+    wait_for(lambda: gate.sandbox.counts()[0] == 0, timeout=10)
+    again = c.ask(get(POD))
+    assert again.status == 200 and again.body == first.body
+    assert gate.audit(again.header("x-kubegate-request-id"))["code"] == 200
+
+
+def test_a_request_the_server_closes_on_unanswered_is_replayed_through_the_full_pipeline(gate, client, fast_starts):
+    """The keep-alive race: the fast path writes the request to a pooled connection that the server closes
+    at that moment without reading it (its idle timeout fired). Made deterministic by holding the sandbox's
+    event loop while the request is written, then closing the connection with the request unread."""
+    c = client("ivan")
+    first = c.ask(get(POD))
+    assert c.ask(get(POD)).body == first.body and len(fast_starts) == 1
+    abandoned_before = len([e for e in gate.px.audit_events if e.get("user") == "ivan"])
+
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_then_close() -> None:
+        holding.set()
+        release.wait(30)
+        _close_sandbox_connections(gate)
+
+    gate.sandbox.loop.call_soon_threadsafe(hold_then_close)
+    assert holding.wait(10)
+    try:
+        c.send(get(POD))
+        wait_for(lambda: len(fast_starts) == 2, timeout=10)  # written to the pooled connection
+        time.sleep(0.2)
+    finally:
+        release.set()
+    again = c.response()
+    assert again.status == 200 and again.body == first.body
+    # Served once: one audit line, by the full pipeline (the fast exchange handed it over uncounted).
+    request_id = again.header("x-kubegate-request-id")
+    assert gate.audit(request_id)["code"] == 200
+    assert len([e for e in gate.px.audit_events if e.get("user") == "ivan"]) == abandoned_before + 1
+    assert request_id != fast_starts[1].request_id
+    assert c.ask(get(POD)).body == first.body  # and the connection goes on
+
+
+# --- 5. large answers: slow readers and readers that stop ----------------------------------------------
+
+
+def test_a_large_list_reaches_a_slow_reader_whole_through_the_fast_path(gate, client, fast_starts, monkeypatch):
+    paused: list[int] = []
+    original = ClientConnection.when_writable
+
+    def when_writable(self: ClientConnection, hook: Any) -> None:
+        paused.append(1)
+        original(self, hook)
+
+    monkeypatch.setattr(ClientConnection, "when_writable", when_writable)
+    c = client("judy", rcvbuf=16384)
+    first = c.ask(get(BULK_LIST))
+    gate.shrink_send_buffer(c)
+    assert first.status == 200 and len(first.body) > 800_000
+    names = [item["metadata"]["name"] for item in first.json["items"]]
+    assert names == [f"cm-{n:04d}" for n in range(BULK_ITEMS)]
+    c.send(get(BULK_LIST))
+    slow = c.response(pause=0.02, chunk=16384)
+    assert len(fast_starts) == 1
+    assert slow.status == 200 and slow.body == first.body
+    assert paused, "the client's socket never filled: backpressure was not exercised"
+    assert gate.audit(slow.header("x-kubegate-request-id"))["bytes_out"] == len(first.body)
+
+
+def test_a_client_that_stops_reading_a_fast_answer_is_cut_after_the_send_timeout(gate, client, fast_starts):
+    def cut_count() -> float:
+        return REGISTRY.get_sample_value(
+            "kubegate_client_connections_rejected_total", {"reason": "client_send_timeout"}) or 0.0
+
+    before = cut_count()
+    c = client("ken", rcvbuf=8192)
+    assert c.ask(get(BULK_LIST)).status == 200
+    gate.shrink_send_buffer(c)
+    conn = gate.proxy_connection(c)
+    c.send(get(BULK_LIST))  # and read nothing more
+    started = time.monotonic()
+    wait_for(lambda: len(fast_starts) == 1, timeout=10)
+    wait_for(lambda: conn.closed, timeout=SEND_TIMEOUT + 20)
+    assert time.monotonic() - started >= SEND_TIMEOUT - 0.1
+    assert cut_count() == before + 1
+    event = gate.audit(fast_starts[0].request_id)
+    assert event["code"] == 200 and 0 < event["bytes_out"] < 800_000
+    wait_for(lambda: gate.px.stats()["exchanges"] == 0, timeout=10)
+
+
+# --- 6. pipelining -------------------------------------------------------------------------------
+
+
+def test_two_gets_in_one_write_are_answered_in_order(gate, client, fast_starts):
+    c = client("leo")
+    one, two = c.ask(get(POD)), c.ask(get(OTHER_POD))
+    c.send(get(POD) + get(OTHER_POD))
+    first, second = c.response(), c.response()
+    assert (first.body, second.body) == (one.body, two.body)
+    c.send(get(POD) + get(OTHER_POD) + get(POD))
+    assert [c.response().body for _ in range(3)] == [one.body, two.body, one.body]
+    assert c.ask(get(OTHER_POD)).body == two.body
+
+
+def test_a_get_sent_while_a_fast_answer_is_in_flight_is_answered_after_it(gate, client, fast_starts):
+    c = client("mia")
+    big = c.ask(get(BULK_LIST))
+    small = c.ask(get(POD))
+    c.send(get(BULK_LIST))
+    wait_for(lambda: len(fast_starts) == 1, timeout=10)
+    c.send(get(POD))  # the ~850 KB answer is still being written: this one waits for it
+    c.send(get(BULK_LIST))
+    assert [c.response().body for _ in range(3)] == [big.body, small.body, big.body]
+    wait_for(lambda: len([e for e in gate.px.audit_events if e.get("user") == "mia"]) == 5, timeout=10)
+    assert [e["code"] for e in gate.px.audit_events if e.get("user") == "mia"] == [200] * 5
+
+
+# --- 7. chunked, 304 and 204 answers ---------------------------------------------------------------
+
+# The sandbox frames every answer that is not a stream (watch, logs -f: never on the fast path) with a
+# content-length and has no ETag: these answers come from nginx (a real server, the benchmarks' upstream)
+# in front of the sandbox, as cluster ``edge``. nginx serves one pod from a file captured from the sandbox
+# (ETag: a 304 on If-None-Match; gzip for a client that accepts it: a chunked answer), a 204, and proxies
+# everything else (discovery) to the sandbox.
+EDGE_POD = "/api/v1/namespaces/dev/pods/web-1"
+EDGE_EMPTY = "/api/v1/namespaces/dev/configmaps/nothing"
+EDGE_EXTRA = f"""
+        gzip on; gzip_types application/json; gzip_min_length 1; gzip_proxied any;
+        location = {EDGE_EMPTY} {{ return 204; }}
+"""
+
+
+@pytest.fixture(scope="module")
+def edge(gate: Gate, tmp_path_factory: pytest.TempPathFactory) -> Iterator[bytes]:
+    """Cluster ``edge`` (nginx before the sandbox); yields the pod file nginx serves."""
+    import dataclasses
+    import os
+
+    from benchmarks.nginx import NginxProcess, UpstreamTLS, fast_upstream_conf, fetch_raw, find_nginx
+    from kubegate.demo import free_port
+    from proxy.testing import cluster_for_sandbox
+
+    binary = find_nginx()
+    assert binary is not None, "nginx is not installed: scripts/install-tools.sh installs it into .tools/bin"
+    sb = gate.sandbox
+    base = tmp_path_factory.mktemp("edge")
+    cert, key = sb.issue_client_cert("edge-nginx", ["system:masters"])
+    pod, ctype = fetch_raw(sb.port, EDGE_POD, str(sb.ca_pem_path), str(cert), str(key))
+    (base / "web-1.json").write_bytes(pod)
+    pki = Path(sb.ca_pem_path).parent
+    port = free_port()
+    conf = fast_upstream_conf(base / "nginx", port, str(pki / "server.crt"), str(pki / "server.key"),
+                              {EDGE_POD: (base / "web-1.json", ctype)},
+                              UpstreamTLS("sandbox", sb.port, str(sb.ca_pem_path), str(cert), str(key)), EDGE_EXTRA)
+    if os.geteuid() == 0:  # nginx's worker would run as nobody, who cannot read a private temp dir
+        conf = "user root;\n" + conf
+    nginx = NginxProcess(binary, base / "nginx", conf, port, None)
+    try:
+        cluster = dataclasses.replace(cluster_for_sandbox(sb, name="edge"), server=f"https://127.0.0.1:{port}")
+        gate.registry.upsert(cluster, "test-edge")
+        yield pod
+    finally:
+        gate.registry.remove("edge", "test-edge")
+        nginx.close()
+
+
+def test_a_chunked_answer_is_relayed_through_the_fast_path(gate, edge, client, fast_starts):
+    import gzip
+
+    request = get(f"/k8s/clusters/edge{EDGE_POD}", "Accept-Encoding: gzip\r\n")
+    c = client("pat")
+    answers = [c.ask(request) for _ in range(3)]
+    assert len(fast_starts) == 2
+    for answer in answers:
+        assert answer.status == 200, answer
+        assert answer.header("transfer-encoding") == "chunked" and answer.header("content-length") is None
+        assert answer.header("content-encoding") == "gzip"
+        assert gzip.decompress(answer.body) == edge
+    event = gate.audit(answers[-1].header("x-kubegate-request-id"))
+    assert event["code"] == 200 and event["bytes_out"] == len(answers[-1].body)
+    plain = c.ask(get(f"/k8s/clusters/edge{EDGE_POD}"))  # the connection goes on after the last chunk
+    assert plain.body == edge and plain.header("content-length") == str(len(edge))
+
+
+def test_304_and_204_answers_have_no_body_on_the_fast_path(gate, edge, client, fast_starts):
+    c = client("quinn")
+    etag = c.ask(get(f"/k8s/clusters/edge{EDGE_POD}")).header("etag")
+    assert etag
+    not_modified = get(f"/k8s/clusters/edge{EDGE_POD}", f"If-None-Match: {etag}\r\n")
+    empty = get(f"/k8s/clusters/edge{EDGE_EMPTY}")
+    answers = [c.ask(not_modified), c.ask(not_modified), c.ask(empty), c.ask(empty), c.ask(not_modified)]
+    assert [(a.status, a.body) for a in answers] == [(304, b""), (304, b""), (204, b""), (204, b""), (304, b"")]
+    assert len(fast_starts) == 3
+    for answer in answers:
+        assert answer.header("transfer-encoding") is None and answer.header("x-kubegate-request-id")
+    assert c.ask(get(f"/k8s/clusters/edge{EDGE_POD}")).body == edge  # nothing stray on the connection
+    codes = [gate.audit(a.header("x-kubegate-request-id"))["code"] for a in answers]
+    assert codes == [304, 304, 204, 204, 304]
+
+
+# --- 8. client-sent impersonation ----------------------------------------------------------------
+
+
+def test_client_sent_impersonation_on_a_repeated_request_is_decided_as_by_the_full_pipeline(gate, client, fast_starts):
+    """A request that differs by one header is another request: it never rides the plan of the first."""
+    as_mallory = get(POD, "Impersonate-User: mallory\r\n")
+    fresh = client("olivia").ask(as_mallory)  # the full pipeline's answer on a connection with no plans
+    assert fresh.status == 403 and "mallory" in fresh.json["message"]
+
+    c = client("olivia")
+    plain = c.ask(get(POD))
+    assert c.ask(get(POD)).status == 200 and len(fast_starts) == 1
+    for _ in range(2):
+        refused = c.ask(as_mallory)
+        assert (refused.status, refused.json["message"]) == (fresh.status, fresh.json["message"])
+    assert len(fast_starts) == 1
+    assert as_mallory not in gate.plans(c)
+
+    # Impersonating oneself is allowed: remembered as its own plan, repeated on the fast path.
+    as_self = get(POD, "Impersonate-User: olivia\r\n")
+    assert c.ask(as_self).body == plain.body
+    answer = c.ask(as_self)
+    assert answer.body == plain.body and len(fast_starts) == 2
+    assert gate.audit(answer.header("x-kubegate-request-id"))["impersonated_user"] == "olivia"
+    assert c.ask(get(POD)).body == plain.body and len(fast_starts) == 3
