@@ -24,6 +24,7 @@ a pooled connection) hands the request bytes to the full pipeline, which retries
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,15 @@ if TYPE_CHECKING:
     from proxy.upstream.pool import ClusterPool
 
 log = logging.getLogger("kubegate.proxy")
+
+# Response fields that stop an answer's head from being relayed as bytes (hop-by-hop, or set by kubegate).
+_UNRELAYED = re.compile(
+    rb"\r\n(?:connection|keep-alive|transfer-encoding|te|trailers?|upgrade|proxy-[!-9;-~]*|http2-settings"
+    rb"|x-kubegate-request-id)[ \t]*:",
+    re.IGNORECASE,
+)
+_KEEP_ALIVE = re.compile(rb"\r\nconnection:[ \t]*keep-alive[ \t]*(?=\r\n)", re.IGNORECASE)
+_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:", re.IGNORECASE)
 
 MAX_PLANNED_REQUEST = 8192  # longest request (bytes) remembered; longer ones always take the full pipeline
 PLANS_PER_CONNECTION = 64  # remembered requests per connection (all forgotten when full)
@@ -138,6 +148,27 @@ class FastExchange:
     @property
     def complete(self) -> bool:
         return self._done
+
+    def raw_head(self, head: bytes) -> bool:
+        """Take the answer's head as the bytes the upstream sent (``head`` ends with the blank line) when
+        they can be relayed as they are: HTTP/1.1, a final status with a body framed by Content-Length, no
+        hop-by-hop field (nor one kubegate sets); the request id is added. False: ``on_head`` gets the
+        parsed fields instead."""
+        if self.finished or not head.startswith(b"HTTP/1.1 "):
+            return False
+        head = _KEEP_ALIVE.sub(b"", head, 1)  # "Connection: keep-alive" (nginx, for one) says nothing to drop
+        if _UNRELAYED.search(head) or not _LENGTH.search(head):
+            return False
+        try:
+            status = int(head[9:12])
+        except ValueError:
+            return False
+        if status < 200 or status == 204 or status == 304:
+            return False
+        self.status = status
+        self._head = b"%bx-kubegate-request-id: %b\r\n\r\n" % (head[:-2], self.request_id.encode("ascii"))
+        metrics.observe_latency(self.cluster.name, self.verdict.verb, time.perf_counter() - self.started)
+        return True
 
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self.finished:

@@ -128,6 +128,11 @@ class Http1Upstream(asyncio.Protocol):
         self._on_idle = on_idle  # callable(conn) when it can serve another request
         self.raw_protocol: asyncio.Protocol | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # set by connection_made
+        # A fast-path answer whose head came whole in the first read is parsed for framing only (no
+        # per-header callbacks: the sink relays the head's bytes). ``_active`` parses the current answer.
+        self._framing: httptools.HttpResponseParser | None = None
+        self._active = self.parser
+        self._fresh = False  # the next read starts the answer to a fast-path request
 
     # --- asyncio.Protocol -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -138,8 +143,17 @@ class Http1Upstream(asyncio.Protocol):
         if self.raw_protocol is not None:
             self.raw_protocol.data_received(data)
             return
+        if self._fresh:
+            self._fresh = False
+            self._active = self.parser
+            end = data.find(b"\r\n\r\n")
+            if end > 0 and self.exchange is not None and self.exchange.raw_head(data[: end + 4]):
+                framing = self._framing
+                if framing is None:
+                    framing = self._framing = httptools.HttpResponseParser(_FramingCallbacks(self))
+                self._active = framing
         try:
-            self.parser.feed_data(data)
+            self._active.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args else len(data)
             self._upgrade_data = data[offset:]
@@ -200,6 +214,16 @@ class Http1Upstream(asyncio.Protocol):
                 if self._head_request:
                     self.parser = httptools.HttpResponseParser(self)
 
+    def _framed_head(self) -> None:
+        """``on_headers_complete`` of an answer whose head the sink took as bytes (``raw_head``)."""
+        framing = self._framing
+        assert framing is not None
+        self._keep_alive = framing.should_keep_alive()
+        status = framing.get_status_code()
+        if status in (204, 304) and self.exchange is not None:  # raw_head takes none of these; for safety
+            self._message_done = True
+            self.exchange.on_done()
+
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange
         if exchange is not None and exchange.on_data(body) and not self.reading_paused:
@@ -215,6 +239,7 @@ class Http1Upstream(asyncio.Protocol):
     # --- use ----------------------------------------------------------------------------------------
     def start(self, method: str, target: str, headers: Headers, *, chunked: bool, body: bytes = b"") -> Http1Exchange:
         assert self.transport is not None and self.exchange is None
+        self._active = self.parser
         exchange = Http1Exchange(self, chunked, self.high_water)
         self.exchange = exchange
         self._message_done = False
@@ -231,6 +256,7 @@ class Http1Upstream(asyncio.Protocol):
         self.exchange = sink
         self._message_done = False
         self._head_request = False
+        self._fresh = True
         self.transport.write(head)
 
     async def start_upgrade(self, method: str, target: str, headers: Headers) -> tuple[int, Headers, bytes]:
@@ -306,3 +332,15 @@ class Http1Upstream(asyncio.Protocol):
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+class _FramingCallbacks:
+    """The callbacks of a framing-only response parser: httptools calls only the ones that exist (here no
+    ``on_message_begin``, ``on_status`` or ``on_header``), taken from the connection once."""
+
+    __slots__ = ("on_headers_complete", "on_body", "on_message_complete")
+
+    def __init__(self, conn: Http1Upstream) -> None:
+        self.on_headers_complete = conn._framed_head
+        self.on_body = conn.on_body
+        self.on_message_complete = conn.on_message_complete
