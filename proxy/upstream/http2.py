@@ -105,15 +105,19 @@ class H2Exchange(UpstreamStream):
         return await self.body.read()
 
     def consumed(self, nbytes: int) -> None:
-        if not nbytes:
-            return
-        if self.direct:  # the frames h2 saw of this stream were credited on arrival
-            nbytes = min(nbytes, self.owed)
+        if not self.direct:
             if nbytes:
-                self.owed -= nbytes
-                self.conn.credit(self, nbytes)
-        else:
-            self.conn.acknowledge(self.stream_id, nbytes)
+                self.conn.acknowledge(self.stream_id, nbytes)
+            return
+        if nbytes > self.owed:  # the frames h2 saw of this stream were credited on arrival
+            nbytes = self.owed
+        if nbytes:
+            self.owed -= nbytes
+            self.unannounced += nbytes
+            conn = self.conn
+            conn.unannounced += nbytes
+            if self.unannounced >= _STREAM_CREDIT_BATCH or conn.unannounced >= _CONNECTION_CREDIT_BATCH:
+                conn.announce(self)
 
     def abort(self) -> None:
         if not self._closed:
@@ -218,6 +222,7 @@ class H2Upstream(asyncio.Protocol):
             self._inbox = b""
         size = len(data)
         pos = fed = 0
+        to_h2 = False  # whether h2 was given frames (it may have frames to send in return)
         max_frame = self.h2.max_inbound_frame_size
         streams = self.streams
         while size - pos >= _FRAME_HEAD:
@@ -234,33 +239,33 @@ class H2Upstream(asyncio.Protocol):
                 if not flags & (_END_STREAM | _PADDED) and not self._header_block:
                     exchange = streams.get(int.from_bytes(data[pos + 5:pos + 9], "big") & 0x7FFFFFFF)
                     if exchange is not None and exchange.direct:
-                        if fed < pos and not self._feed(data[fed:pos]):
-                            return
+                        if fed < pos:
+                            if not self._feed(data[fed:pos]):
+                                return
+                            to_h2 = True
                         fed = end
-                        if length and not self._direct_data(exchange, data[pos + _FRAME_HEAD:end]):
-                            return
+                        if length:
+                            if length > exchange.window:
+                                self._broken(f"cluster {self.cluster_name} sent beyond the stream's flow-control window",
+                                             h2.errors.ErrorCodes.FLOW_CONTROL_ERROR)
+                                return
+                            exchange.window -= length
+                            exchange.owed += length
+                            exchange.body.push(data[pos + _FRAME_HEAD:end])
             elif kind == _HEADERS or kind == _PUSH_PROMISE or kind == _CONTINUATION:
                 self._header_block = not flags & _END_HEADERS
             pos = end
-        if fed < pos and not self._feed(data if fed == 0 and pos == size else data[fed:pos]):
-            return
+        if fed < pos:
+            if not self._feed(data if fed == 0 and pos == size else data[fed:pos]):
+                return
+            to_h2 = True
         if pos < size:
             self._inbox = data[pos:]
         if self.retiring and not self.streams:
             self.close()
             return
-        self._flush()
-
-    def _direct_data(self, exchange: H2Exchange, payload: bytes) -> bool:
-        n = len(payload)
-        if n > exchange.window:
-            self._broken(f"cluster {self.cluster_name} sent beyond the stream's flow-control window",
-                         h2.errors.ErrorCodes.FLOW_CONTROL_ERROR)
-            return False
-        exchange.window -= n
-        exchange.owed += n
-        exchange.body.push(payload)
-        return True
+        if to_h2:
+            self._flush()
 
     def _feed(self, data: bytes) -> bool:
         """Whole frames through ``h2``; False once the connection broke."""
@@ -370,16 +375,14 @@ class H2Upstream(asyncio.Protocol):
             exchange.wake_drain()
         self._flush()
 
-    def credit(self, exchange: H2Exchange, nbytes: int) -> None:
-        """``nbytes`` of direct DATA left towards the client: announce them once a batch has gathered."""
+    def announce(self, exchange: H2Exchange) -> None:
+        """Announce the consumed credit gathered on ``exchange`` and on the connection once it makes a batch."""
         frames = b""
-        if not exchange._closed:
-            exchange.unannounced += nbytes
-            if exchange.unannounced >= _STREAM_CREDIT_BATCH:
+        if exchange.unannounced >= _STREAM_CREDIT_BATCH:
+            if not exchange._closed:
                 frames = window_update(exchange.stream_id, exchange.unannounced)
                 exchange.window += exchange.unannounced
-                exchange.unannounced = 0
-        self.unannounced += nbytes
+            exchange.unannounced = 0
         if self.unannounced >= _CONNECTION_CREDIT_BATCH:
             frames += window_update(0, self.unannounced)
             self.unannounced = 0
@@ -397,8 +400,9 @@ class H2Upstream(asyncio.Protocol):
         exchange._closed = True
         if exchange.direct:  # received, never consumed: give the connection window back
             if exchange.owed:
-                owed, exchange.owed = exchange.owed, 0
-                self.credit(exchange, owed)
+                self.unannounced += exchange.owed
+                exchange.owed = 0
+                self.announce(exchange)
         elif exchange.body.size:
             self.acknowledge(exchange.stream_id, exchange.body.size)
         if self.streams.pop(exchange.stream_id, None) is not None:
