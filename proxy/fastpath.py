@@ -200,8 +200,9 @@ class FastExchange:
         self._written = True
         transport.write(data)
         if conn.write_paused:  # a slow reader slows the server: read no more until the client took these
-            conn.when_writable(self._client_writable)
-            self._stall_timer = self.fwd.loop.call_later(self.fwd.settings.client_send_timeout, self._stalled)
+            if self._stall_timer is None:  # one read from the upstream may hold several chunks: arm once
+                conn.when_writable(self._client_writable)
+                self._stall_timer = self.fwd.loop.call_later(self.fwd.settings.client_send_timeout, self._stalled)
             return True
         return False
 

@@ -12,7 +12,9 @@ it) and by the plans the proxy's client connection holds.
 
 from __future__ import annotations
 
+import base64
 import json
+import random
 import socket
 import ssl
 import threading
@@ -39,8 +41,8 @@ POD = f"/k8s/clusters/{CLUSTER}/api/v1/namespaces/dev/pods/web-1"
 OTHER_POD = f"/k8s/clusters/{CLUSTER}/api/v1/namespaces/dev/pods/web-2"
 BULK_NAMESPACE = "bulk"
 BULK_LIST = f"/k8s/clusters/{CLUSTER}/api/v1/namespaces/{BULK_NAMESPACE}/configmaps"
-BULK_ITEMS = 700  # ~1.2 KB each: a LIST answer of ~850 KB, far above the transports' high-water marks
-SEND_TIMEOUT = 2.0  # the proxy's client_send_timeout here
+BULK_ITEMS = 1000  # ~1.2 KB each: a LIST answer of ~1.2 MB (~0.9 MB gzipped), above the transports' high water
+SEND_TIMEOUT = 1.0  # the proxy's client_send_timeout here
 
 READER_ROLE = """
 kind: role
@@ -118,14 +120,17 @@ class Client:
         self.sock.sendall(data)
 
     def response(self, pause: float = 0.0, chunk: int = 65536) -> Response:
-        """The next whole response; ``pause`` seconds between reads of ``chunk`` bytes (a slow reader)."""
+        """The next whole response; ``pause`` seconds after each ``chunk`` bytes read (a slow reader)."""
+        unpaused = 0
         while not self._parsed.done:
-            data = self.sock.recv(chunk)
+            data = self.sock.recv(chunk - unpaused if pause else chunk)
             if not data:
                 raise ConnectionError("the proxy closed the connection before a whole response")
             self._parsed.parser.feed_data(data)
-            if pause:
+            unpaused += len(data)
+            if pause and unpaused >= chunk:
                 time.sleep(pause)
+                unpaused = 0
         return self._parsed.done.pop(0)
 
     def ask(self, data: bytes) -> Response:
@@ -158,12 +163,14 @@ class Gate:
 
     def shrink_send_buffer(self, client: Client, size: int = 16384) -> None:
         """Give the proxy's socket to ``client`` a small kernel send buffer (loopback autotunes it to
-        megabytes): what the client does not read then stays in the proxy's transport, as on a real
-        network with a slow reader."""
+        megabytes) and its transport a 64 KiB high-water mark (uvloop's TLS default is 512 KiB): what
+        the client does not read then soon stays in the proxy's transport, which pauses writing, as on
+        a real network with a slow reader."""
         conn = self.proxy_connection(client)
 
         async def shrink() -> None:
             conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            conn.transport.set_write_buffer_limits(high=65536)
 
         self.px.call(shrink)
 
@@ -209,7 +216,7 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
             sb.store.put_object("", "configmaps", {
                 "apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": f"cm-{n:04d}", "namespace": BULK_NAMESPACE, "labels": {"n": str(n)}},
-                "data": {"blob": f"{n:04d}" * 250},
+                "data": {"blob": base64.b64encode(random.Random(n).randbytes(750)).decode()},  # gzip: -25 %
             })
         registry = ClusterRegistry()
         registry.upsert(cluster_for_sandbox(sb, name=CLUSTER), "test")
@@ -482,7 +489,7 @@ def test_a_large_list_reaches_a_slow_reader_whole_through_the_fast_path(gate, cl
     c = client("judy", rcvbuf=16384)
     first = c.ask(get(BULK_LIST))
     gate.shrink_send_buffer(c)
-    assert first.status == 200 and len(first.body) > 800_000
+    assert first.status == 200 and len(first.body) > 1_100_000
     names = [item["metadata"]["name"] for item in first.json["items"]]
     assert names == [f"cm-{n:04d}" for n in range(BULK_ITEMS)]
     c.send(get(BULK_LIST))
@@ -510,7 +517,7 @@ def test_a_client_that_stops_reading_a_fast_answer_is_cut_after_the_send_timeout
     assert time.monotonic() - started >= SEND_TIMEOUT - 0.1
     assert cut_count() == before + 1
     event = gate.audit(fast_starts[0].request_id)
-    assert event["code"] == 200 and 0 < event["bytes_out"] < 800_000
+    assert event["code"] == 200 and 0 < event["bytes_out"] < 1_100_000
     wait_for(lambda: gate.px.stats()["exchanges"] == 0, timeout=10)
 
 
@@ -622,6 +629,27 @@ def test_304_and_204_answers_have_no_body_on_the_fast_path(gate, edge, client, f
     assert c.ask(get(f"/k8s/clusters/edge{EDGE_POD}")).body == edge  # nothing stray on the connection
     codes = [gate.audit(a.header("x-kubegate-request-id"))["code"] for a in answers]
     assert codes == [304, 304, 204, 204, 304]
+
+
+def test_a_slow_reader_of_a_long_chunked_answer_is_not_cut_while_it_reads(gate, edge, client, fast_starts):
+    """A gzipped LIST comes in many chunks, several to one read from the upstream: a client that keeps
+    reading, slowly, for longer than ``client_send_timeout`` in all gets the whole answer."""
+    import gzip
+
+    request = get(f"/k8s/clusters/edge/api/v1/namespaces/{BULK_NAMESPACE}/configmaps", "Accept-Encoding: gzip\r\n")
+    c = client("rita", rcvbuf=16384)
+    first = c.ask(request)
+    assert first.status == 200 and first.header("transfer-encoding") == "chunked"
+    items = json.loads(gzip.decompress(first.body))["items"]
+    assert len(items) == BULK_ITEMS and len(first.body) > 800_000
+    gate.shrink_send_buffer(c)
+    c.send(request)
+    started = time.monotonic()
+    slow = c.response(pause=0.06, chunk=16384)
+    assert time.monotonic() - started > SEND_TIMEOUT  # read for longer than the timeout, never stalled that long
+    assert len(fast_starts) == 1
+    assert slow.status == 200 and gzip.decompress(slow.body) == gzip.decompress(first.body)
+    assert c.ask(get(POD)).status == 200
 
 
 # --- 8. client-sent impersonation ----------------------------------------------------------------
