@@ -1,6 +1,6 @@
 """Speed-ups for the ``h2``/``hpack``/``hyperframe`` libraries, which kubegate's upstream HTTP/2 client
-(``proxy.upstream.http2``) still uses and whose ``hpack.Decoder`` the server codec uses. Process-wide,
-applied once, with output identical to the originals."""
+(``proxy.upstream.http2``) still uses. Process-wide, applied once, with output identical to the
+originals."""
 
 from __future__ import annotations
 
@@ -43,14 +43,9 @@ class _NoDebug:
         return getattr(self._log, name)
 
 
-def quiet_hpack() -> None:
-    """hpack's per-field ``log.debug`` calls become no-ops (idempotent)."""
-    if not isinstance(hpack.hpack.log, _NoDebug):
-        hpack.hpack.log = _NoDebug(hpack.hpack.log)  # type: ignore[assignment]
-
-
 def speed_up_h2() -> None:
     """Everything above, for the h2 client (idempotent)."""
-    quiet_hpack()
+    if not isinstance(hpack.hpack.log, _NoDebug):
+        hpack.hpack.log = _NoDebug(hpack.hpack.log)  # type: ignore[assignment]
     hyperframe.frame._raw_data_repr = _short_hex_repr
     hyperframe.frame.Frame.__repr__ = _frame_repr  # type: ignore[method-assign,assignment]

@@ -134,10 +134,19 @@ _NAME_CACHE_MAX = 2048
 _SMALL_LENGTH = [bytes((n,)) for n in range(127)]
 
 
+_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
+_SKIP = b""  # the prefix remembered for connection-specific names (RFC 9113 §8.2.2): never sent
+_CONTENT_LENGTH = _hpack_int(_STATIC_NAME_INDEX[b"content-length"], 4, 0x00)
+
+
 def _name_prefix(name: bytes) -> bytes:
     lower = name.lower()
     index = _STATIC_NAME_INDEX.get(lower)
-    if index is not None:
+    if lower in _HOP:
+        prefix = _SKIP
+    elif lower == b"content-length":
+        prefix = _CONTENT_LENGTH  # this very object: encode_response_block tells it by identity
+    elif index is not None:
         prefix = _hpack_int(index, 4, 0x00)
     else:
         prefix = b"\x00" + _hpack_int(len(lower), 7, 0x00) + lower
@@ -146,15 +155,25 @@ def _name_prefix(name: bytes) -> bytes:
     return prefix
 
 
-def encode_response_block(status: int, headers: Headers) -> bytes:
-    """An HPACK header block for a response head (see above); names are lower-cased."""
+def encode_response_block(status: int, headers: Headers, content_length: int | None = None) -> bytes:
+    """An HPACK header block for a response head (see above); names are lower-cased, connection-specific
+    fields left out, and ``content_length`` added unless the headers carry a content-length."""
     parts = [_STATUS_FIELD[status]]
     append = parts.append
     names = _NAME_PREFIX
     for name, value in headers:
-        prefix = names.get(name) or _name_prefix(name)
+        prefix = names.get(name)
+        if prefix is None:
+            prefix = _name_prefix(name)
+        if not prefix:  # _SKIP
+            continue
+        if prefix is _CONTENT_LENGTH:
+            content_length = None
         size = len(value)
         append(prefix + (_SMALL_LENGTH[size] if size < 127 else _hpack_int(size, 7, 0x00)) + value)
+    if content_length is not None:
+        value = b"%d" % content_length
+        append(_CONTENT_LENGTH + _SMALL_LENGTH[len(value)] + value)
     return b"".join(parts)
 
 

@@ -1,9 +1,9 @@
 """Sans-IO HTTP/2 server codec (RFC 9113), with the same shape as ``http1``: bytes in, events out.
 
-kubegate's own frame layer and stream states; HPACK decoding is the ``hpack`` library's ``Decoder``
-(response heads are encoded statelessly by ``h2wire.encode_response_block``). It replaced the ``h2``
-library on the server side, whose per-frame objects, event objects and state-machine transitions cost
-~400,000 instructions per GET (issue 9).
+kubegate's own frame layer and stream states; header blocks are decoded by ``h2fields`` (on the
+``hpack`` library's tables and Huffman decoder) and response heads encoded statelessly by
+``h2wire.encode_response_block``. It replaced the ``h2`` library on the server side, whose per-frame
+objects, event objects and state-machine transitions cost ~400,000 instructions per GET (issue 9).
 
 Facts the code relies on:
 - Pseudo-headers are lifted into ``RequestHead`` fields; ``headers`` holds the rest (lower case).
@@ -29,8 +29,8 @@ Facts the code relies on:
   ``FramesCounted`` for the clock's owner to judge; ``enhance_your_calm()`` then ends the connection
   with GOAWAY(ENHANCE_YOUR_CALM). A header block of more than 64 CONTINUATION frames or more than 4x
   the decoder's header list limit is GOAWAY(ENHANCE_YOUR_CALM); the HPACK decoder stops at its
-  header list limit (GOAWAY ENHANCE_YOUR_CALM) and refuses bad blocks and table sizes above 4096
-  (GOAWAY COMPRESSION_ERROR).
+  header list limit, 2 x ``max_header_bytes`` + 4 KiB (GOAWAY ENHANCE_YOUR_CALM), and refuses bad
+  blocks and table sizes above 4096 (GOAWAY COMPRESSION_ERROR).
 - A header block made only of indexed fields decodes to the same fields while the dynamic table is
   unchanged: such a block's checked result is kept per connection (cleared whenever a block that may
   change the table is decoded), so a client repeating a request costs no HPACK decoding or checks.
@@ -38,16 +38,13 @@ Facts the code relies on:
 
 from __future__ import annotations
 
-from hpack import Decoder
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 
-from proxy.protocol import h2lib
 from proxy.protocol import h2wire as w
 from proxy.protocol.events import (
     ConnectionClosed,
     Event,
     FramesCounted,
-    Headers,
     ProtocolError,
     RequestBody,
     RequestEnd,
@@ -57,17 +54,16 @@ from proxy.protocol.events import (
     StreamReset,
     WindowOpened,
 )
+from proxy.protocol.h2fields import FieldDecoder
 from proxy.protocol.h2wire import encode_response_block
 from proxy.protocol.http1 import status_json
 
-h2lib.quiet_hpack()
 __all__ = ["Http2ServerConnection", "encode_response_block"]
 
-# Connection-specific headers that must not appear in HTTP/2 (RFC 9113 §8.2.2).
-_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
 _MAX_CONTINUATIONS = 64
 _MAX_RESET_MEMORY = 1024  # streams reset by the codec whose late frames are ignored (older ones: RST again)
-_MEMO_MAX = 64
+_MEMO_MAX = 16  # checked heads kept per connection
+_MEMO_BLOCK_MAX = 256  # bytes: larger all-indexed blocks are decoded each time
 _unpack_header = w.FRAME_HEADER.unpack_from
 _pack_header = w.FRAME_HEADER.pack
 _unpack_u32 = w.U32.unpack_from
@@ -118,10 +114,9 @@ class Http2ServerConnection:
     def __init__(self, limits: ServerLimits | None = None) -> None:
         self._limits = limits = limits or ServerLimits()
         self._max_head = limits.max_header_bytes
-        self._decoder = Decoder()
         # Let the HPACK decoder take somewhat more than the limit, so an oversized head becomes a 431
         # on its stream rather than a connection error.
-        self._decoder.max_header_list_size = self._max_head * 2 + 4096
+        self._decoder = FieldDecoder(self._max_head * 2 + 4096)
         self._max_block = 4 * self._decoder.max_header_list_size
         self._memo: dict[bytes, w.RequestFields] = {}
         self._max_streams = limits.h2_max_concurrent_streams
@@ -136,6 +131,7 @@ class Http2ServerConnection:
         self._peer_initial = w.DEFAULT_WINDOW  # the peer's SETTINGS_INITIAL_WINDOW_SIZE
         self._max_send_frame = w.DEFAULT_MAX_FRAME
         self._streams: dict[int, _Stream] = {}
+        self._holding: dict[int, _Stream] = {}  # streams with response bytes held for lack of window
         self._reset_by_us: dict[int, None] = {}  # recently reset streams whose late frames are ignored
         self._highest = 0  # highest stream id the peer has used
         self._buf = b""
@@ -165,7 +161,7 @@ class Http2ServerConnection:
     @property
     def held_bytes(self) -> int:
         """Response bytes held for lack of flow-control window (bounded: writers wait on ``send_window``)."""
-        return sum(s.held.size for s in self._streams.values() if s.held is not None)
+        return sum(s.held.size for s in self._holding.values() if s.held is not None)
 
     @property
     def must_close(self) -> bool:
@@ -283,12 +279,12 @@ class Http2ServerConnection:
 
     def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
         try:
-            fields = self._decoder.decode(block, raw=True)
+            fields = self._decoder.decode(block)
         except OversizedHeaderListError as exc:
             raise _Failed(w.ENHANCE_YOUR_CALM, f"header list too large: {exc}") from None
-        except (HPACKError, IndexError, TypeError) as exc:
+        except HPACKError as exc:
             raise _Failed(w.COMPRESSION_ERROR, f"cannot decode header block: {exc}") from None
-        return fields  # type: ignore[return-value]
+        return fields
 
     def _header_block(self, sid: int, flags: int, block: bytes, bad_priority: bool, out: list[Event]) -> None:
         stream = self._streams.get(sid)
@@ -308,7 +304,7 @@ class Http2ServerConnection:
         parsed = self._memo.get(block)
         if parsed is None:
             fields = self._decode(block)
-            if w.all_indexed(block):
+            if len(block) <= _MEMO_BLOCK_MAX and w.all_indexed(block):
                 checked = w.request_fields(fields, self._max_head)
                 if type(checked) is tuple:
                     if len(self._memo) >= _MEMO_MAX:
@@ -405,8 +401,7 @@ class Http2ServerConnection:
         if self._max_body is not None and received > self._max_body:
             self._credit(len(data))
             message = f"request body larger than {self._max_body} bytes"
-            del self._streams[sid]
-            stream.held = None
+            self._remove(sid)
             self._answer(sid, bool(end), 413, message)
             out.append(ProtocolError("request body too large", 413, sid))
             out.append(StreamReset(sid, w.CANCEL))
@@ -421,7 +416,7 @@ class Http2ServerConnection:
         stream.remote_ended = True
         out.append(RequestEnd(stream.sid))
         if stream.local_ended:
-            del self._streams[stream.sid]
+            self._remove(stream.sid)
 
     def _window_update(self, sid: int, increment: int, out: list[Event]) -> None:
         if sid == 0:
@@ -505,7 +500,7 @@ class Http2ServerConnection:
     def _rst_stream(self, sid: int, code: int, out: list[Event]) -> None:
         if sid == 0:
             raise _Failed(w.PROTOCOL_ERROR, "RST_STREAM on stream 0")
-        stream = self._streams.pop(sid, None)
+        stream = self._remove(sid)
         if stream is None:
             if sid > self._highest or not sid & 1:
                 raise _Failed(w.PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
@@ -542,7 +537,7 @@ class Http2ServerConnection:
 
     def _stream_error(self, stream: _Stream, code: int, out: list[Event]) -> None:
         """RST_STREAM for a stream the application knows: it is told with ``StreamReset``."""
-        del self._streams[stream.sid]
+        self._remove(stream.sid)
         self._reset(stream.sid, code)
         out.append(StreamReset(stream.sid, code))
         if not stream.local_ended:
@@ -616,17 +611,7 @@ class Http2ServerConnection:
         stream = self._sendable(head.stream_id)
         if stream is None:
             return
-        headers: Headers = []
-        has_length = False
-        for key, value in head.headers:
-            if key in _HOP:
-                continue
-            if key == b"content-length":
-                has_length = True
-            headers.append((key, value))
-        if head.content_length is not None and not has_length:
-            headers.append((b"content-length", b"%d" % head.content_length))
-        block = encode_response_block(head.status, headers)
+        block = encode_response_block(head.status, head.headers, head.content_length)
         sid = stream.sid
         flags = w.END_STREAM if end_stream else 0
         max_frame = self._max_send_frame
@@ -658,6 +643,7 @@ class Http2ServerConnection:
                 self._local_end(stream)
             return
         held = stream.held = _Out()
+        self._holding[stream_id] = stream
         held.chunks.append(data[sent:])
         held.size = len(data) - sent
         held.end = end_stream
@@ -711,10 +697,11 @@ class Http2ServerConnection:
 
     def _flush_held(self, sid: int, out: list[Event]) -> None:
         """Send what the new window allows; report the streams that may write again."""
-        streams = self._streams
-        for stream in list(streams.values()) if sid == 0 else [streams[sid]]:
+        holding = self._holding
+        for stream in list(holding.values()) if sid == 0 else [self._streams[sid]]:
             held = stream.held
-            if held is None:
+            if held is None or self._streams.get(stream.sid) is not stream:
+                holding.pop(stream.sid, None)  # sent, or the stream went away
                 continue
             while held.chunks:
                 chunk = held.chunks[0]
@@ -727,16 +714,27 @@ class Http2ServerConnection:
                 held.chunks.pop(0)
             if not held.chunks:
                 stream.held = None
+                del holding[stream.sid]
                 if held.end:
                     self._local_end(stream)
         out.append(WindowOpened(sid))
 
     def _local_end(self, stream: _Stream) -> None:
         stream.local_ended = True
-        stream.held = None
+        if stream.held is not None:
+            stream.held = None
+            self._holding.pop(stream.sid, None)
         if stream.remote_ended:
-            del self._streams[stream.sid]
+            self._remove(stream.sid)
         self._closed_app_stream()
+
+    def _remove(self, sid: int) -> _Stream | None:
+        """The stream is closed: forget it and anything it still held."""
+        stream = self._streams.pop(sid, None)
+        if stream is not None and stream.held is not None:
+            stream.held = None
+            del self._holding[sid]
+        return stream
 
     def _closed_app_stream(self) -> None:
         """A stream's response ended or was abandoned: after GOAWAY the last one closes the connection."""
@@ -749,7 +747,7 @@ class Http2ServerConnection:
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
         """Abandon a stream (RST_STREAM); whatever the peer still sends on it is absorbed."""
-        stream = self._streams.pop(stream_id, None)
+        stream = self._remove(stream_id)
         if stream is None or self._terminated:
             return
         self._reset(stream_id, error_code or w.CANCEL)

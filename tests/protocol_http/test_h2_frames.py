@@ -484,3 +484,19 @@ def test_streams_refused_after_goaway_keep_the_hpack_table_in_step() -> None:
     assert [type(e) for e in events] == [RequestEnd]
     raw.server.send_response_head(ResponseHead(1, 200, []), end_stream=True)
     assert raw.server.must_close
+
+
+def test_a_stream_reset_while_holding_data_drops_it() -> None:
+    raw = Raw(settings={w.INITIAL_WINDOW_SIZE: 0})
+    raw.send(raw.headers(1, GET), raw.headers(3, GET))
+    for sid in (1, 3):
+        raw.server.send_response_head(ResponseHead(sid, 200, []))
+        raw.server.send_body(sid, b"held", end_stream=True)
+    raw.out()
+    assert raw.server.held_bytes == 8
+    assert raw.send(w.rst_stream(1, w.CANCEL)) == [StreamReset(1, w.CANCEL)]
+    assert raw.server.held_bytes == 4
+    raw.server.reset_stream(3)
+    assert raw.server.held_bytes == 0
+    raw.send(w.settings({w.INITIAL_WINDOW_SIZE: 100}))
+    assert [kind for kind, *_ in raw.out()] == [w.RST_STREAM, w.SETTINGS]  # our reset of 3, the ACK: no DATA

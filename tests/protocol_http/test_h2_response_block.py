@@ -29,6 +29,15 @@ def test_block_decodes_to_the_same_fields_and_adds_nothing_to_the_dynamic_table(
         assert len(decoder.header_table.dynamic_entries) == 0
 
 
+def test_connection_specific_fields_are_left_out_and_one_content_length_is_sent() -> None:
+    headers = [(b"Connection", b"keep-alive"), (b"transfer-encoding", b"chunked"), (b"Content-Length", b"5"),
+               (b"x-a", b"1")]  # fmt: skip
+    decoded = Decoder().decode(encode_response_block(200, headers, 5), raw=True)
+    assert decoded == [(b":status", b"200"), (b"content-length", b"5"), (b"x-a", b"1")]
+    decoded = Decoder().decode(encode_response_block(404, [(b"x-a", b"1")], 12345), raw=True)
+    assert decoded == [(b":status", b"404"), (b"x-a", b"1"), (b"content-length", b"12345")]
+
+
 def _client_and_server() -> tuple[h2.connection.H2Connection, Http2ServerConnection]:
     client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
     client.initiate_connection()
