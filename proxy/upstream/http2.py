@@ -53,6 +53,10 @@ def window_update(stream_id: int, increment: int) -> bytes:
     return _WINDOW_UPDATE.pack(0, 4, 8, 0, stream_id, increment)
 
 
+def _push(exchange: H2Exchange, parts: list[bytes]) -> None:
+    exchange.body.push(parts[0] if len(parts) == 1 else b"".join(parts))
+
+
 class H2Exchange(UpstreamStream):
     __slots__ = (
         "conn", "stream_id", "status", "headers", "body", "_head", "_pending", "_end_pending", "_drain", "_closed",
@@ -216,13 +220,16 @@ class H2Upstream(asyncio.Protocol):
 
     # --- asyncio.Protocol -------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        """Whole frames only: direct DATA frames to their exchange, the rest in order to ``h2``."""
+        """Whole frames only: direct DATA frames to their exchange, the rest in order to ``h2``. Direct
+        payloads of one stream that arrive together go to it as one chunk (one write to its client)."""
         if self._inbox:
             data = self._inbox + data
             self._inbox = b""
         size = len(data)
         pos = fed = 0
         to_h2 = False  # whether h2 was given frames (it may have frames to send in return)
+        gathering: H2Exchange | None = None  # the stream whose consecutive direct payloads are in ``parts``
+        parts: list[bytes] = []
         max_frame = self.h2.max_inbound_frame_size
         streams = self.streams
         while size - pos >= _FRAME_HEAD:
@@ -240,6 +247,9 @@ class H2Upstream(asyncio.Protocol):
                     exchange = streams.get(int.from_bytes(data[pos + 5:pos + 9], "big") & 0x7FFFFFFF)
                     if exchange is not None and exchange.direct:
                         if fed < pos:
+                            if gathering is not None:
+                                _push(gathering, parts)
+                                gathering = None
                             if not self._feed(data[fed:pos]):
                                 return
                             to_h2 = True
@@ -251,10 +261,17 @@ class H2Upstream(asyncio.Protocol):
                                 return
                             exchange.window -= length
                             exchange.owed += length
-                            exchange.body.push(data[pos + _FRAME_HEAD:end])
+                            if exchange is not gathering:
+                                if gathering is not None:
+                                    _push(gathering, parts)
+                                gathering = exchange
+                                parts = []
+                            parts.append(data[pos + _FRAME_HEAD:end])
             elif kind == _HEADERS or kind == _PUSH_PROMISE or kind == _CONTINUATION:
                 self._header_block = not flags & _END_HEADERS
             pos = end
+        if gathering is not None:
+            _push(gathering, parts)
         if fed < pos:
             if not self._feed(data if fed == 0 and pos == size else data[fed:pos]):
                 return

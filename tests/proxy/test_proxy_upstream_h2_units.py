@@ -212,3 +212,34 @@ def test_a_watch_abandoned_with_events_unconsumed_gives_the_connection_window_ba
         assert any(isinstance(e, h2.events.StreamReset) for e in p.events)
 
     run(scenario())
+
+
+class Recorder:
+    """A body sink (``BodyBuffer.sink``) that records what it is handed."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.ended = False
+
+    def body_chunk(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def body_ended(self) -> None:
+        self.ended = True
+
+
+def test_events_that_arrive_together_go_to_the_sink_as_one_chunk_per_stream_in_order():
+    async def scenario():
+        p = Peer()
+        a, b = p.watch(), p.watch()
+        sink_a, sink_b = Recorder(), Recorder()
+        a.body.sink, b.body.sink = sink_a, sink_b
+        for sid, event in ((a.stream_id, b"a1\n"), (a.stream_id, b"a2\n"), (b.stream_id, b"b1\n"), (a.stream_id, b"a3\n")):
+            p.server.send_data(sid, event)
+        p.to_client()  # four frames in one read
+        assert sink_a.chunks == [b"a1\na2\n", b"a3\n"] and sink_b.chunks == [b"b1\n"]
+        p.server.send_data(a.stream_id, b"a4\n", end_stream=True)  # the last frame goes through h2
+        p.to_client()
+        assert sink_a.chunks[-1] == b"a4\n" and sink_a.ended and not sink_b.ended
+
+    run(scenario())
