@@ -116,3 +116,78 @@ def test_a_watcher_that_stops_reading_holds_the_server_back_then_gets_every_even
         watcher.close()
         api.close()
     wait_for(lambda: rp.stats()["exchanges"] == 0, 30, rp.stats)
+
+
+def test_an_h2_watcher_with_its_window_shut_holds_the_server_back_then_gets_every_event_in_order(rp, creds):
+    """The same over h2 (kubectl's protocol for watches): the watcher's stream window (16 KiB) is used up
+    and not reopened, so the relay stops at the client's flow control instead of the socket's; the
+    ``h2`` library is the client."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.settings
+
+    api = connect(rp, creds)
+    status, _ = call(api, "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                         "metadata": {"name": NAMESPACE}})  # fmt: skip
+    assert status in (201, 409)
+    status, listed = call(api, "GET", f"/api/v1/namespaces/{NAMESPACE}/configmaps?limit=1")
+    assert status == 200
+    ctx = ssl.create_default_context(cafile=str(rp.ca_pem_path))
+    ctx.load_cert_chain(str(creds[0]), str(creds[1]))
+    ctx.set_alpn_protocols(["h2"])
+    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", rp.port), timeout=60), server_hostname="127.0.0.1")
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    client.local_settings = h2.settings.Settings(client=True, initial_values={
+        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 16384})  # fmt: skip
+    client.initiate_connection()
+    sid = client.get_next_available_stream_id()
+    path = (f"/k8s/clusters/sandbox/api/v1/namespaces/{NAMESPACE}/configmaps?watch=true"
+            f"&resourceVersion={listed['metadata']['resourceVersion']}")
+    client.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"127.0.0.1"),
+                              (b":path", path.encode())], end_stream=True)  # fmt: skip
+    sock.sendall(client.data_to_send())
+    body = bytearray()
+    statuses: list[bytes] = []
+
+    def pump(reading: bool) -> None:
+        """One read from the socket; with ``reading``, the data received is credited back at once."""
+        for event in client.receive_data(sock.recv(1 << 20)):
+            if isinstance(event, h2.events.ResponseReceived):
+                statuses.append(dict(event.headers)[b":status"])
+            elif isinstance(event, h2.events.DataReceived) and event.stream_id == sid:
+                body.extend(event.data)
+                if reading:
+                    client.acknowledge_received_data(event.flow_controlled_length, sid)
+            elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset | h2.events.ConnectionTerminated):
+                raise AssertionError(f"the watch ended: {event}")
+        sock.sendall(client.data_to_send())
+
+    try:
+        while not statuses:
+            pump(reading=False)
+        assert statuses == [b"200"]
+        create_configmaps(api, [f"h2big-{i}" for i in range(12)], EVENT_DATA)  # ~3 MB
+        sock.settimeout(0.5)
+        deadline = time.monotonic() + 60
+        while rp.stats()["from_upstreams_bytes"] == 0 and time.monotonic() < deadline:
+            try:
+                pump(reading=False)  # take what the window allows (SETTINGS acks, PINGs), credit nothing
+            except TimeoutError:
+                pass
+        time.sleep(1.0)
+        stats = rp.stats()
+        assert 0 < stats["from_upstreams_bytes"] <= _STREAM_WINDOW, stats  # one window held, no more
+        assert len(body) <= 16384, len(body)  # not a byte beyond the client's window
+        client.increment_flow_control_window(1 << 24, sid)
+        client.increment_flow_control_window(1 << 24)
+        sock.sendall(client.data_to_send())
+        sock.settimeout(60)
+        while body.count(b"\n") < 12:
+            pump(reading=True)
+        names = [json.loads(line)["object"]["metadata"]["name"] for line in bytes(body).splitlines()]
+        assert names == [f"h2big-{i}" for i in range(12)]
+    finally:
+        sock.close()
+        api.close()
+    wait_for(lambda: rp.stats()["exchanges"] == 0, 30, rp.stats)
