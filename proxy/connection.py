@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from proxy import fastpath
-from proxy.fastpath import FAST_SID, MAX_PLANNED_REQUEST, PLANS_PER_CONNECTION, FastExchange
+from proxy.fastpath import FAST_SID, MAX_PLANNED_REQUEST, PLANS_PER_CONNECTION, FastExchange, FastH2Exchange
 from proxy.forward import Exchange
 from proxy.protocol.events import (
     ConnectionClosed,
@@ -66,7 +66,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "fwd", "peer_ip", "transport", "codec", "identity", "exchanges", "closed", "_write_paused", "_read_paused",
         "_drain_waiters", "_window_waiters", "_header_timer", "_idle_timer", "_closing_after_flush", "upgraded",
-        "detached", "_served", "_idle_since", "_frame_marks", "_max_pipelined", "plans", "fast", "_held_data",
+        "detached", "_served", "_idle_since", "_frame_marks", "_max_pipelined", "plans", "h2_plans", "fast", "_held_data", "_flush_due",
         "_writable_hooks", "__weakref__",
     )  # fmt: skip
 
@@ -93,9 +93,11 @@ class ClientConnection(asyncio.Protocol):
         self._max_pipelined = fwd.settings.http1_max_pipelined  # exchanges in flight before reading pauses
         # HTTP/1.1: request bytes → what the full pipeline made of them (``proxy.fastpath``); None: no fast path
         self.plans: dict[bytes, Plan] | None = None
+        self.h2_plans: dict[tuple[Any, ...], Plan] | None = None  # HTTP/2: request head → plan (fastpath.h2_key)
         self.fast: FastExchange | None = None  # the fast-path exchange in flight
         self._held_data: list[bytes] = []  # bytes that arrived while it was in flight
         self._writable_hooks: list[Callable[[], None]] = []  # called once the transport takes writes again
+        self._flush_due = False  # flush_soon() scheduled a flush for the end of this loop iteration
 
     # --- set-up -------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -117,6 +119,8 @@ class ClientConnection(asyncio.Protocol):
         self.codec = fwd.new_codec(alpn == "h2")
         if alpn == "h2":
             self._max_pipelined = 1 << 62  # HTTP/2 bounds its streams itself (h2_max_concurrent_streams)
+            if identity is not None and fwd.fast_path:
+                self.h2_plans = {}
         elif identity is not None and fwd.fast_path:
             self.plans = {}
         fwd.connection_opened(self)
@@ -182,6 +186,22 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(event, RequestHead):
             self._served = True
             self._cancel_header_timer()  # the idle timer stays armed: _idle_timeout sees the request
+            h2_plans = self.h2_plans
+            if h2_plans is not None:
+                key = fastpath.h2_key(event)
+                if key is not None:
+                    plan = h2_plans.get(key)
+                    if plan is not None:
+                        upstream = fastpath.usable(self.fwd, self, plan)
+                        if upstream is not None:
+                            FastH2Exchange(self.fwd, self, plan, key, upstream, event.stream_id).start()
+                            return
+                    ex = self.fwd.new_exchange(self, event)
+                    self.exchanges[event.stream_id] = ex
+                    if type(ex) is Exchange:
+                        ex.plan_key = key
+                    ex.start()
+                    return
             ex = self.fwd.new_exchange(self, event)
             self.exchanges[event.stream_id] = ex
             ex.start()
@@ -260,13 +280,26 @@ class ClientConnection(asyncio.Protocol):
         """Call ``hook`` once the transport takes writes again (after ``pause_writing``)."""
         self._writable_hooks.append(hook)
 
-    def remember(self, raw: bytes, plan: Plan) -> None:
-        """What the full pipeline made of the request ``raw`` (see ``proxy.fastpath``)."""
-        plans = self.plans
+    def remember(self, key: bytes | tuple[Any, ...], plan: Plan) -> None:
+        """What the full pipeline made of a request: ``key`` is its bytes (HTTP/1.1) or its decoded head
+        (HTTP/2, ``fastpath.h2_key``); see ``proxy.fastpath``."""
+        plans: Any = self.plans if type(key) is bytes else self.h2_plans
         if plans is not None:
             if len(plans) >= PLANS_PER_CONNECTION:
                 plans.clear()
-            plans[raw] = plan
+            plans[key] = plan
+
+    def start_exchange(self, head: RequestHead, *, ended: bool) -> None:
+        """Serve ``head`` through the full pipeline (a request an HTTP/2 fast exchange gave up on before
+        answering); ``ended``: its body (none) has been received whole."""
+        if self.closed:
+            return
+        ex = self.fwd.new_exchange(self, head)
+        self.exchanges[head.stream_id] = ex
+        ex.start()
+        if ended:
+            ex.on_end()
+        self._flush()
 
     def fast_done(self, counted: bool) -> None:
         """The fast exchange ended (``counted``) or was handed to the full pipeline: bytes that arrived
@@ -320,6 +353,17 @@ class ClientConnection(asyncio.Protocol):
             self.codec.acknowledge_received(stream_id, nbytes)
 
     def flush(self) -> None:
+        self._flush()
+
+    def flush_soon(self) -> None:
+        """Flush once the callbacks ready now have run: answers of several HTTP/2 streams finished by one
+        read (or by reads of several upstream connections in one loop iteration) leave in one TLS write."""
+        if not self._flush_due:
+            self._flush_due = True
+            self.fwd.loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_due = False
         self._flush()
 
     def writable(self, stream_id: int) -> bool:

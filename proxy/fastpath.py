@@ -23,6 +23,7 @@ a pooled connection) hands the request bytes to the full pipeline, which retries
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -31,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
 from proxy.audit import request_audit_event
-from proxy.headers import rewrite_response_headers
+from proxy.headers import content_length, rewrite_response_headers
+from proxy.protocol.events import RequestHead, ResponseHead
 from proxy.protocol.http1 import response_head_bytes
 from proxy.upstream.base import UpstreamError
 from rbac.status import REASONS, status_body
@@ -227,7 +229,7 @@ class FastExchange:
         if not self._written and self._stop_reason is None:
             # Nothing reached the client: the full pipeline serves the request (and retries it).
             self._abandon()
-            self.conn.replay(self.raw)
+            self._replay()
             return
         metrics.upstream_error(self.cluster.name, error.kind)
         log.warning("upstream failed mid-response", extra={"request_id": self.request_id, "problem": error.message})
@@ -252,7 +254,7 @@ class FastExchange:
         self.upstream.close()
         if self._written:
             self._finish()
-            self.conn.abort()
+            self._cut_answer()
             return
         self._answer(code, reason)
 
@@ -285,6 +287,9 @@ class FastExchange:
             self.conn.transport.write(head + body)
         self._finish()
 
+    def _replay(self) -> None:
+        self.conn.replay(self.raw)
+
     def _client_writable(self) -> None:
         if self._stall_timer is not None:
             self._stall_timer.cancel()
@@ -302,7 +307,10 @@ class FastExchange:
         self.finished = True
         self.fwd.exchanges.discard(self)
         metrics.request_abandoned()
-        self.conn.fast_done(counted=False)
+        self._release_client(counted=False)
+
+    def _release_client(self, counted: bool) -> None:
+        self.conn.fast_done(counted=counted)
 
     def _finish(self) -> None:
         if self.finished:
@@ -316,4 +324,120 @@ class FastExchange:
         metrics.request_finished(self.cluster.name, self.verdict.verb, self.status, self.bytes_out)
         if fwd.audit is not None:
             fwd.audit(self.audit_event())
-        self.conn.fast_done(counted=True)
+        self._release_client(counted=True)
+
+
+class FastH2Exchange(FastExchange):
+    """The fast path for a request on an HTTP/2 client connection: the plan is keyed by the request's
+    decoded head (target, authority, fields: ``h2_key``), the answer goes through the connection's codec
+    (HPACK, DATA frames, flow control) on the request's own stream. Requests on other streams go on
+    meanwhile, as for any HTTP/2 exchange. A stream whose window shuts waits for it like the full pipeline
+    (``ClientConnection.drain``), the upstream paused meanwhile."""
+
+    __slots__ = ("sid", "key", "_drainer")
+
+    def __init__(
+        self, fwd: Forwarder, conn: ClientConnection, plan: Plan, key: tuple[Any, ...], upstream: Http1Upstream, sid: int
+    ) -> None:
+        super().__init__(fwd, conn, plan, b"", upstream)
+        self.sid = sid
+        self.key = key
+        self._drainer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.fwd.exchanges.add(self)
+        self.conn.exchanges[self.sid] = self
+        metrics.request_started()
+        self.upstream.start_raw(self.plan.head, self)
+
+    def on_body(self, data: bytes) -> None:  # pragma: no cover - a planned request has no body (content-length 0)
+        pass
+
+    def on_end(self) -> None:
+        pass
+
+    def raw_head(self, head: bytes) -> bool:
+        return False  # HTTP/2 answers are encoded by the codec from the parsed fields
+
+    def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if self.finished:
+            return
+        if status == 101:
+            self.upstream.close()
+            self._answer(502, f"cluster {self.cluster.name} switched protocols on a plain GET")
+            return
+        self.status = status
+        out = rewrite_response_headers(headers, request_id=self.request_id)
+        self._written = True
+        self.conn.send_head(ResponseHead(self.sid, status, out, content_length=content_length(out)))
+        metrics.observe_latency(self.cluster.name, self.verdict.verb, time.perf_counter() - self.started)
+
+    def on_data(self, data: bytes) -> bool:
+        if self.finished:
+            return False
+        self.bytes_out += len(data)
+        conn = self.conn
+        conn.send_body(self.sid, data)
+        conn.flush_soon()
+        if conn.writable(self.sid) or conn.closed:
+            return False
+        if self._drainer is None:  # the client (or the stream's window) is behind: wait for it, upstream paused
+            self._drainer = self.fwd.loop.create_task(self._drain())
+        return True
+
+    async def _drain(self) -> None:
+        try:
+            await self.conn.drain(self.sid)
+        finally:
+            self._drainer = None
+        if not self.finished:
+            self.upstream.resume()
+
+    def on_done(self) -> None:
+        if self.finished:
+            return
+        self._written = True
+        self.conn.send_end(self.sid)
+        self.conn.flush_soon()
+        self._done = True
+        self.upstream.exchange_released(self)
+        self._finish()
+
+    def _cut_answer(self) -> None:
+        self.conn.reset(self.sid)
+
+    def _answer(self, code: int, message: str) -> None:
+        body = status_body(code, REASONS.get(code, "InternalError"), message)
+        headers = [
+            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+            (b"x-kubegate-request-id", self.request_id.encode("ascii")),
+        ]
+        self.status = code
+        self._written = True
+        conn = self.conn
+        conn.send_head(ResponseHead(self.sid, code, headers, content_length=len(body)))
+        conn.send_body(self.sid, body, end_stream=True)
+        conn.flush()
+        self._finish()
+
+    def _replay(self) -> None:
+        target, authority, headers = self.key
+        head = RequestHead(self.sid, "GET", target, list(headers), "2", authority, "https", False, 0)
+        self.conn.start_exchange(head, ended=True)
+
+    def _release_client(self, counted: bool) -> None:
+        if self._drainer is not None:
+            self._drainer.cancel()
+            self._drainer = None
+        if counted:
+            self.conn.exchange_done(self.sid)
+        else:
+            self.conn.exchanges.pop(self.sid, None)
+
+
+def h2_key(head: RequestHead) -> tuple[Any, ...] | None:
+    """The plan key of an HTTP/2 request (its target, authority and fields), or None when the fast path
+    never takes it (anything but a GET without a body)."""
+    if head.method != "GET" or head.content_length != 0:
+        return None
+    return (head.target, head.authority, tuple(head.headers))

@@ -230,7 +230,7 @@ class Forwarder:
         perf_now = time.perf_counter()
         for ex in list(self.exchanges):
             if ex.kind is None or ex.finished:
-                if type(ex) is FastExchange and perf_now > ex.head_deadline:
+                if isinstance(ex, FastExchange) and perf_now > ex.head_deadline:
                     ex.head_timed_out()
                 continue
             identity = ex.identity
@@ -328,7 +328,8 @@ class Exchange:
         self._unacked = 0
         self._ack_task: asyncio.Task[None] | None = None
         self.error_headers: list[tuple[bytes, bytes]] = []  # extra headers for kubegate's own error answer
-        self.plan_key: bytes | None = None  # the request's bytes, when the fast path may remember it
+        # the request's bytes (HTTP/1.1) or decoded head (HTTP/2), when the fast path may remember it
+        self.plan_key: bytes | tuple[Any, ...] | None = None
         self._roles: Any = None  # the role set the decision was made with (for the fast path's plan)
         # The body relay of a long-lived response by callbacks (_relay_live): the response filter, the
         # relay task's waiter, the bytes passed on but not yet credited upstream (the client is slow).
@@ -664,7 +665,7 @@ class Exchange:
             or verdict.catalog_miss
             or head.method != "GET"
             or head.content_length != 0
-            or head.http_version != "1.1"
+            or head.http_version == "1.0"
             or self._roles is None
             or self._stop_reason is not None
             or self.reset
