@@ -455,20 +455,13 @@ class Http2ServerConnection:
         if size % 6:
             raise _Failed(w.FRAME_SIZE_ERROR, "SETTINGS of a size not a multiple of 6")
         self._settings_seen = True
-        window_changed = False
+        initial = None
         for offset in range(0, size, 6):
             ident, value = w.SETTING.unpack_from(payload, offset)
             if ident == w.INITIAL_WINDOW_SIZE:
                 if value > w.MAX_WINDOW:
                     raise _Failed(w.FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1")
-                delta = value - self._peer_initial
-                self._peer_initial = value
-                if delta:
-                    for stream in self._streams.values():
-                        stream.send_window += delta
-                        if stream.send_window > w.MAX_WINDOW:
-                            raise _Failed(w.FLOW_CONTROL_ERROR, "a stream window above 2^31-1")
-                    window_changed = True
+                initial = value  # applied once below: a frame repeating it costs one pass over the streams
             elif ident == w.MAX_FRAME_SIZE:
                 if not w.DEFAULT_MAX_FRAME <= value <= w.MAX_FRAME_CEILING:
                     raise _Failed(w.PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
@@ -477,6 +470,15 @@ class Http2ServerConnection:
                 if value > 1:
                     raise _Failed(w.PROTOCOL_ERROR, f"setting {ident} is neither 0 nor 1")
             # HEADER_TABLE_SIZE: responses never use the dynamic table; the others bind a client only
+        window_changed = False
+        if initial is not None and initial != self._peer_initial:
+            delta = initial - self._peer_initial
+            self._peer_initial = initial
+            for stream in self._streams.values():
+                stream.send_window += delta
+                if stream.send_window > w.MAX_WINDOW:
+                    raise _Failed(w.FLOW_CONTROL_ERROR, "a stream window above 2^31-1")
+            window_changed = True
         self._out.append(w.frame(w.SETTINGS, w.ACK, 0))
         if window_changed:
             self._flush_held(0, out)

@@ -500,3 +500,13 @@ def test_a_stream_reset_while_holding_data_drops_it() -> None:
     assert raw.server.held_bytes == 0
     raw.send(w.settings({w.INITIAL_WINDOW_SIZE: 100}))
     assert [kind for kind, *_ in raw.out()] == [w.RST_STREAM, w.SETTINGS]  # our reset of 3, the ACK: no DATA
+
+
+def test_a_settings_frame_repeating_the_initial_window_is_applied_once() -> None:
+    """A 16 KiB SETTINGS frame of 2,730 INITIAL_WINDOW_SIZE entries with 100 streams open: the last
+    value holds (settings apply in order), at the cost of one pass over the streams."""
+    raw = Raw(settings={w.INITIAL_WINDOW_SIZE: 0})
+    raw.send(*[raw.headers(2 * n + 1, GET) for n in range(100)])
+    payload = b"".join(w.SETTING.pack(w.INITIAL_WINDOW_SIZE, n % 1000) for n in range(2730))
+    assert raw.send(w.frame(w.SETTINGS, 0, 0, payload)) == [WindowOpened(0)]
+    assert raw.server.send_window(1) == 2729 % 1000
