@@ -81,6 +81,18 @@ class FieldDecoder:
             raise InvalidTableIndex(f"invalid table index {index}")
         return dynamic[offset]
 
+    def _literal(self, data: bytes, i: int, index: int, full: int) -> tuple[bytes, bytes, int]:
+        """A literal field's name (indexed when ``index``, a prefix integer that continues when it is
+        ``full``) and value: (name, value, next index)."""
+        if index == full:
+            index, i = _integer(data, i, index)
+        if index:
+            name = self._entry(index)[0]
+        else:
+            name, i = _string(data, i)
+        value, i = _string(data, i)
+        return name, value, i
+
     def decode(self, data: bytes) -> list[tuple[bytes, bytes]]:
         """The fields of one complete header block, in order; the dynamic table updated."""
         fields: list[tuple[bytes, bytes]] = []
@@ -99,14 +111,7 @@ class FieldDecoder:
                     index, i = _integer(data, i, index)
                 name, value = self._entry(index)
             elif first & 0x40:  # literal with incremental indexing (§6.2.1)
-                index = first & 0x3F
-                if index == 0x3F:
-                    index, i = _integer(data, i, index)
-                if index:
-                    name = self._entry(index)[0]
-                else:
-                    name, i = _string(data, i)
-                value, i = _string(data, i)
+                name, value, i = self._literal(data, i, first & 0x3F, 0x3F)
                 table.add(name, value)
             elif first & 0x20:  # dynamic table size update (§6.3)
                 if fields:
@@ -119,14 +124,7 @@ class FieldDecoder:
                 table.maxsize = new_size
                 continue
             else:  # literal without indexing / never indexed (§6.2.2, §6.2.3)
-                index = first & 0x0F
-                if index == 0x0F:
-                    index, i = _integer(data, i, index)
-                if index:
-                    name = self._entry(index)[0]
-                else:
-                    name, i = _string(data, i)
-                value, i = _string(data, i)
+                name, value, i = self._literal(data, i, first & 0x0F, 0x0F)
             size += len(name) + len(value) + 32
             if size > limit:
                 raise OversizedHeaderListError(f"a header list larger than {limit} has been received")
