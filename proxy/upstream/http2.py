@@ -13,8 +13,11 @@ payload straight to its exchange and everything else, in order, to ``h2``. Their
 here: each such stream's receive window is checked (a server overrunning it breaks the connection, as
 ``h2`` would), and the credit of consumed bytes is announced in batches (``_STREAM_CREDIT_BATCH`` per
 stream, ``_CONNECTION_CREDIT_BATCH`` for the connection) instead of one WINDOW_UPDATE per event. A
-frame that ends its stream or is padded still goes through ``h2`` (the stream's state is its), and is
-credited on arrival: it is the last of its stream, or a padding the apiserver never sends.
+frame that ends its stream or is padded still goes through ``h2`` (the stream's state is its), as does
+one that came in the same read as its stream's response head (the stream is known to be direct only
+once ``h2`` has handed the head over); ``h2`` credits those on arrival: a few frames at most (the last
+of the stream, the first events, a padding the apiserver never sends), so a slow client still holds
+the rest of the window.
 """
 
 from __future__ import annotations
@@ -295,7 +298,8 @@ class H2Upstream(asyncio.Protocol):
         for event in events:
             if isinstance(event, h2.events.DataReceived):
                 exchange = self.streams.get(event.stream_id)
-                if exchange is None or exchange.direct:  # forgotten, or the last (or a padded) frame of a direct stream
+                # forgotten; or a frame of a direct stream h2 saw (see the module docstring): credited now
+                if exchange is None or exchange.direct:
                     self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                     if exchange is None:
                         continue

@@ -243,3 +243,29 @@ def test_events_that_arrive_together_go_to_the_sink_as_one_chunk_per_stream_in_o
         assert sink_a.chunks[-1] == b"a4\n" and sink_a.ended and not sink_b.ended
 
     run(scenario())
+
+
+def test_events_in_the_same_read_as_the_head_arrive_and_credit_is_never_given_twice():
+    async def scenario():
+        p = Peer()
+        ex = p.up.start("GET", "/api/v1/configmaps?watch=true", [], end_stream=True)
+        p.to_server()
+        p.server.send_headers(ex.stream_id, WATCH_HEAD)
+        first = [b"first-%d\n" % i for i in range(3)]
+        for event in first:
+            p.server.send_data(ex.stream_id, event)
+        p.to_client()  # the head and three events in one read: h2 sees those events
+        assert (await ex.response_head())[0] == 200 and ex.direct
+        assert await read_exactly(ex, sum(map(len, first))) == b"".join(first)
+        ex.consumed(sum(map(len, first)))
+        sent = 0
+        while sent < 2 * _STREAM_CREDIT_BATCH:  # then direct frames, each consumed as read
+            p.server.send_data(ex.stream_id, b"d" * 8191 + b"\n")
+            p.to_client()
+            ex.consumed(len(await ex.read()))
+            p.to_server()
+            sent += 8192
+        window = p.server.local_flow_control_window(ex.stream_id)
+        assert _STREAM_WINDOW - _STREAM_CREDIT_BATCH < window <= _STREAM_WINDOW  # credited in batches, never beyond
+
+    run(scenario())
