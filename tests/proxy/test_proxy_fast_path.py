@@ -13,13 +13,14 @@ it) and by the plans the proxy's client connection holds.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import random
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -41,8 +42,10 @@ POD = f"/k8s/clusters/{CLUSTER}/api/v1/namespaces/dev/pods/web-1"
 OTHER_POD = f"/k8s/clusters/{CLUSTER}/api/v1/namespaces/dev/pods/web-2"
 BULK_NAMESPACE = "bulk"
 BULK_LIST = f"/k8s/clusters/{CLUSTER}/api/v1/namespaces/{BULK_NAMESPACE}/configmaps"
-BULK_ITEMS = 1000  # ~1.2 KB each: a LIST answer of ~1.2 MB (~0.9 MB gzipped), above the transports' high water
-SEND_TIMEOUT = 1.0  # the proxy's client_send_timeout here
+BULK_ITEMS = 1000  # ~1.2 KB each: a LIST answer of ~1.2 MB, far above the transports' high water
+LONG_NAMESPACE = "long"  # 2,000 more: ~1.8 MB gzipped, the long chunked answer
+LONG_ITEMS = 2000
+SEND_TIMEOUT = 2.0  # the proxy's client_send_timeout here
 
 READER_ROLE = """
 kind: role
@@ -212,12 +215,13 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
     roles = RoleWatcher(str(roles_dir), time.time, min_check_interval=0.0)
     locks = LockList(base / "locks")
     with running_sandbox(base / "sandbox") as sb:
-        for n in range(BULK_ITEMS):
-            sb.store.put_object("", "configmaps", {
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": f"cm-{n:04d}", "namespace": BULK_NAMESPACE, "labels": {"n": str(n)}},
-                "data": {"blob": base64.b64encode(random.Random(n).randbytes(750)).decode()},  # gzip: -25 %
-            })
+        for namespace, items in ((BULK_NAMESPACE, BULK_ITEMS), (LONG_NAMESPACE, LONG_ITEMS)):
+            for n in range(items):
+                sb.store.put_object("", "configmaps", {
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": f"cm-{n:04d}", "namespace": namespace, "labels": {"n": str(n)}},
+                    "data": {"blob": base64.b64encode(random.Random(n).randbytes(750)).decode()},  # gzip: -25 %
+                })
         registry = ClusterRegistry()
         registry.upsert(cluster_for_sandbox(sb, name=CLUSTER), "test")
         settings = ProxySettings(client_send_timeout=SEND_TIMEOUT)
@@ -440,38 +444,102 @@ def test_an_idle_upstream_connection_closed_by_the_server_between_requests(gate,
     assert gate.audit(again.header("x-kubegate-request-id"))["code"] == 200
 
 
+@contextlib.contextmanager
+def sandbox_held(gate: Gate, then: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """The sandbox's event loop held for the block (it reads and answers nothing); ``then`` runs on that
+    loop before it goes on."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        holding.set()
+        release.wait(30)
+        then()
+
+    gate.sandbox.loop.call_soon_threadsafe(hold)
+    assert holding.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+
+
 def test_a_request_the_server_closes_on_unanswered_is_replayed_through_the_full_pipeline(gate, client, fast_starts):
     """The keep-alive race: the fast path writes the request to a pooled connection that the server closes
     at that moment without reading it (its idle timeout fired). Made deterministic by holding the sandbox's
-    event loop while the request is written, then closing the connection with the request unread."""
+    event loop while the request is written, then closing the connection with the request unread. A
+    request pipelined behind it is answered after it."""
     c = client("ivan")
-    first = c.ask(get(POD))
+    first, other = c.ask(get(POD)), c.ask(get(OTHER_POD))
     assert c.ask(get(POD)).body == first.body and len(fast_starts) == 1
-    abandoned_before = len([e for e in gate.px.audit_events if e.get("user") == "ivan"])
+    lines_before = len([e for e in gate.px.audit_events if e.get("user") == "ivan"])
 
-    holding, release = threading.Event(), threading.Event()
-
-    def hold_then_close() -> None:
-        holding.set()
-        release.wait(30)
-        _close_sandbox_connections(gate)
-
-    gate.sandbox.loop.call_soon_threadsafe(hold_then_close)
-    assert holding.wait(10)
-    try:
+    with sandbox_held(gate, then=lambda: _close_sandbox_connections(gate)):
         c.send(get(POD))
         wait_for(lambda: len(fast_starts) == 2, timeout=10)  # written to the pooled connection
+        c.send(get(OTHER_POD))
         time.sleep(0.2)
-    finally:
-        release.set()
-    again = c.response()
+    again, behind = c.response(), c.response()
     assert again.status == 200 and again.body == first.body
-    # Served once: one audit line, by the full pipeline (the fast exchange handed it over uncounted).
+    assert behind.status == 200 and behind.body == other.body
+    # Served once: one audit line each, by the full pipeline (the fast exchange handed it over uncounted).
     request_id = again.header("x-kubegate-request-id")
-    assert gate.audit(request_id)["code"] == 200
-    assert len([e for e in gate.px.audit_events if e.get("user") == "ivan"]) == abandoned_before + 1
+    assert gate.audit(request_id)["code"] == 200 and gate.audit(behind.header("x-kubegate-request-id"))["code"] == 200
+    assert len([e for e in gate.px.audit_events if e.get("user") == "ivan"]) == lines_before + 2
     assert request_id != fast_starts[1].request_id
     assert c.ask(get(POD)).body == first.body  # and the connection goes on
+
+
+def test_a_cluster_removed_while_a_fast_request_waits_for_its_answer_gets_a_404_status(gate, client, fast_starts):
+    _second_cluster(gate, "leaving")
+    request = get("/k8s/clusters/leaving/api/v1/namespaces/dev/pods/web-1")
+    c = client("nina")
+    try:
+        assert c.ask(request).status == 200
+        with sandbox_held(gate):
+            c.send(request)
+            wait_for(lambda: len(fast_starts) == 1, timeout=10)
+            gate.registry.remove("leaving", "test-fast")
+            ended = c.response()
+        assert ended.status == 404, ended
+        assert ended.json["kind"] == "Status" and "leaving was removed" in ended.json["message"]
+        assert gate.audit(ended.header("x-kubegate-request-id"))["code"] == 404
+    finally:
+        gate.registry.remove("leaving", "test-fast")
+    assert c.ask(get(POD)).status == 200  # the connection goes on
+
+
+def test_a_fast_request_whose_upstream_does_not_answer_in_time_gets_a_504_status(gate, client, fast_starts, monkeypatch):
+    import dataclasses
+
+    fwd = gate.px.proxy.fwd
+    monkeypatch.setattr(fwd, "settings", dataclasses.replace(fwd.settings, response_head_timeout=1.0))
+    c = client("oscar")
+    first = c.ask(get(POD))
+    with sandbox_held(gate):
+        started = time.monotonic()
+        late = c.ask(get(POD))
+        waited = time.monotonic() - started
+    assert len(fast_starts) == 1
+    assert late.status == 504, late
+    assert late.json["kind"] == "Status" and "did not answer in time" in late.json["message"]
+    assert 1.0 <= waited < 20
+    assert gate.audit(late.header("x-kubegate-request-id"))["code"] == 504
+    assert c.ask(get(POD)).body == first.body  # the connection goes on (a new upstream connection)
+
+
+def test_a_client_that_goes_away_mid_answer_leaves_nothing_busy(gate, client, fast_starts):
+    c = client("pia", rcvbuf=16384)
+    total = len(c.ask(get(BULK_LIST)).body)
+    gate.shrink_send_buffer(c)
+    c.send(get(BULK_LIST))
+    assert c.sock.recv(16384)
+    wait_for(lambda: len(fast_starts) == 1, timeout=10)
+    c.close()
+    event = gate.audit(fast_starts[0].request_id)
+    assert event["code"] == 200 and 0 < event["bytes_out"] < total
+    wait_for(lambda: gate.px.stats()["exchanges"] == 0, timeout=10)
+    wait_for(lambda: all(p["http1_busy"] == 0 for p in gate.px.stats()["pools"].values()), timeout=10)
+    assert client("pia").ask(get(POD)).status == 200
 
 
 # --- 5. large answers: slow readers and readers that stop ----------------------------------------------
@@ -633,20 +701,21 @@ def test_304_and_204_answers_have_no_body_on_the_fast_path(gate, edge, client, f
 
 def test_a_slow_reader_of_a_long_chunked_answer_is_not_cut_while_it_reads(gate, edge, client, fast_starts):
     """A gzipped LIST comes in many chunks, several to one read from the upstream: a client that keeps
-    reading, slowly, for longer than ``client_send_timeout`` in all gets the whole answer."""
+    reading (~400 KB/s: each time the proxy pauses writing, what it holds is taken well within
+    ``client_send_timeout``), for longer than that timeout in all, gets the whole answer."""
     import gzip
 
-    request = get(f"/k8s/clusters/edge/api/v1/namespaces/{BULK_NAMESPACE}/configmaps", "Accept-Encoding: gzip\r\n")
+    request = get(f"/k8s/clusters/edge/api/v1/namespaces/{LONG_NAMESPACE}/configmaps", "Accept-Encoding: gzip\r\n")
     c = client("rita", rcvbuf=16384)
     first = c.ask(request)
     assert first.status == 200 and first.header("transfer-encoding") == "chunked"
     items = json.loads(gzip.decompress(first.body))["items"]
-    assert len(items) == BULK_ITEMS and len(first.body) > 800_000
+    assert len(items) == LONG_ITEMS and len(first.body) > 1_600_000
     gate.shrink_send_buffer(c)
     c.send(request)
     started = time.monotonic()
-    slow = c.response(pause=0.06, chunk=16384)
-    assert time.monotonic() - started > SEND_TIMEOUT  # read for longer than the timeout, never stalled that long
+    slow = c.response(pause=0.04, chunk=16384)
+    assert time.monotonic() - started > 1.5 * SEND_TIMEOUT  # read for longer than the timeout, never stalled
     assert len(fast_starts) == 1
     assert slow.status == 200 and gzip.decompress(slow.body) == gzip.decompress(first.body)
     assert c.ask(get(POD)).status == 200
