@@ -235,7 +235,7 @@ class FastExchange:
         log.warning("upstream failed mid-response", extra={"request_id": self.request_id, "problem": error.message})
         self.status = self.status or 502
         self._finish()
-        self.conn.abort()  # HTTP/1.1 cannot say it otherwise: the client sees a short body
+        self._cut_answer()
 
     # --- the forwarder's and the client connection's exchange -----------------------------------------
     def on_reset(self) -> None:
@@ -289,6 +289,10 @@ class FastExchange:
 
     def _replay(self) -> None:
         self.conn.replay(self.raw)
+
+    def _cut_answer(self) -> None:
+        """End an answer that has begun and cannot be finished."""
+        self.conn.abort()  # HTTP/1.1 cannot say it otherwise: the client sees a short body
 
     def _client_writable(self) -> None:
         if self._stall_timer is not None:

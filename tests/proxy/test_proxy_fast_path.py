@@ -533,6 +533,67 @@ def test_a_fast_request_whose_upstream_does_not_answer_in_time_gets_a_504_status
     assert c.ask(get(POD)).body == first.body  # the connection goes on (a new upstream connection)
 
 
+def _read_until_closed(c: Client) -> bytes:
+    """What the client gets until the proxy closes the connection (it must close it)."""
+    c.sock.settimeout(20)
+    out = b""
+    try:
+        while data := c.sock.recv(65536):
+            out += data
+    except (ConnectionResetError, ssl.SSLError):
+        pass
+    return out
+
+
+def test_a_cluster_removed_mid_answer_ends_the_connection_with_a_short_body(gate, client, fast_starts):
+    _second_cluster(gate, "dropped")
+    request = get(f"/k8s/clusters/dropped/api/v1/namespaces/{BULK_NAMESPACE}/configmaps")
+    c = client("tess", rcvbuf=16384)
+    try:
+        total = len(c.ask(request).body)
+        gate.shrink_send_buffer(c)
+        c.send(request)
+        assert c.sock.recv(16384)  # the answer has begun
+        wait_for(lambda: len(fast_starts) == 1, timeout=10)
+        gate.registry.remove("dropped", "test-fast")
+        rest = _read_until_closed(c)  # HTTP/1.1 can only say so by closing: the client sees a short body
+        assert len(rest) < total
+        event = gate.audit(fast_starts[0].request_id)
+        assert event["stopped"] == "kubegate ended this stream: cluster dropped was removed"
+        assert event["bytes_out"] < total
+        wait_for(lambda: gate.px.stats()["exchanges"] == 0, timeout=10)
+        assert "dropped" not in gate.px.stats()["pools"]
+    finally:
+        gate.registry.remove("dropped", "test-fast")
+    assert client("tess").ask(get(POD)).status == 200
+
+
+def test_an_upstream_that_fails_mid_answer_ends_the_connection_with_a_short_body(gate, client, fast_starts):
+    def resets() -> float:
+        return REGISTRY.get_sample_value("kubegate_upstream_errors_total", {"cluster": CLUSTER, "kind": "reset"}) or 0.0
+
+    before = resets()
+    c = client("uma", rcvbuf=16384)
+    total = len(c.ask(get(BULK_LIST)).body)
+    gate.shrink_send_buffer(c)
+    c.send(get(BULK_LIST))
+    assert c.sock.recv(16384)
+    wait_for(lambda: len(fast_starts) == 1, timeout=10)
+
+    async def reset_all() -> None:  # the API server's connections end abruptly (a crash, a RST)
+        for conn in list(gate.sandbox.server._connections):
+            conn.transport.abort()
+
+    gate.sandbox.call(reset_all)
+    rest = _read_until_closed(c)
+    assert len(rest) < total
+    event = gate.audit(fast_starts[0].request_id)
+    assert event["code"] == 200 and event["bytes_out"] < total
+    assert resets() == before + 1
+    wait_for(lambda: gate.px.stats()["exchanges"] == 0, timeout=10)
+    assert client("uma").ask(get(POD)).status == 200
+
+
 def test_a_client_that_goes_away_mid_answer_leaves_nothing_busy(gate, client, fast_starts):
     c = client("pia", rcvbuf=16384)
     total = len(c.ask(get(BULK_LIST)).body)
