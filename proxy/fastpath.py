@@ -28,6 +28,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
@@ -439,9 +440,14 @@ class FastH2Exchange(FastExchange):
             self.conn.exchanges.pop(self.sid, None)
 
 
+_FIELD_NAME = itemgetter(0)
+
+
 def h2_key(head: RequestHead) -> tuple[Any, ...] | None:
     """The plan key of an HTTP/2 request (its target, authority and fields), or None when the fast path
-    never takes it (anything but a GET without a body)."""
+    never takes it (anything but a GET without a body). The fields are ordered by name (a stable sort:
+    the values of one name keep their order, which is part of the request): Go's HTTP/2 client, kubectl's,
+    writes them in map order, another order for each request."""
     if head.method != "GET" or head.content_length != 0:
         return None
-    return (head.target, head.authority, tuple(head.headers))
+    return (head.target, head.authority, tuple(sorted(head.headers, key=_FIELD_NAME)))

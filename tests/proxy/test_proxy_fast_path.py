@@ -12,15 +12,11 @@ it) and by the plans the proxy's client connection holds.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
-import random
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -30,53 +26,33 @@ import httptools
 import pytest
 from prometheus_client import REGISTRY
 
-from proxy import metrics
 from proxy.connection import ClientConnection
 from proxy.fastpath import FastExchange
 from proxy.testing import wait_for
+from tests.proxy.fast_gate import (
+    BULK_ITEMS,
+    BULK_LIST,
+    BULK_NAMESPACE,
+    CLUSTER,
+    LONG_ITEMS,
+    LONG_NAMESPACE,
+    OTHER_POD,
+    POD,
+    READER_ROLE,
+    SEND_TIMEOUT,
+    Gate,
+    Response,
+    comparable,
+    record_starts,
+    running_gate,
+    same_fields,
+)
 
 pytestmark = pytest.mark.e2e
-
-CLUSTER = "fast"
-POD = f"/k8s/clusters/{CLUSTER}/api/v1/namespaces/dev/pods/web-1"
-OTHER_POD = f"/k8s/clusters/{CLUSTER}/api/v1/namespaces/dev/pods/web-2"
-BULK_NAMESPACE = "bulk"
-BULK_LIST = f"/k8s/clusters/{CLUSTER}/api/v1/namespaces/{BULK_NAMESPACE}/configmaps"
-BULK_ITEMS = 1000  # ~1.2 KB each: a LIST answer of ~1.2 MB, far above the transports' high water
-LONG_NAMESPACE = "long"  # 2,000 more: ~1.8 MB gzipped, the long chunked answer
-LONG_ITEMS = 2000
-SEND_TIMEOUT = 2.0  # the proxy's client_send_timeout here
-
-READER_ROLE = """
-kind: role
-version: v8
-metadata: {name: reader}
-spec:
-  allow:
-    kubernetes_labels: {'*': '*'}
-    kubernetes_resources:
-      - {kind: pods, api_group: '', namespace: NAMESPACE, name: '*', verbs: [get, list]}
-    kubernetes_groups: ['system:masters']
-"""
-
 
 def get(path: str, extra: str = "") -> bytes:
     """The exact bytes of a GET as a keep-alive client sends it."""
     return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n{extra}\r\n".encode()
-
-
-@dataclass
-class Response:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        return next((v for k, v in self.headers if k == name), None)
-
-    @property
-    def json(self) -> dict[str, Any]:
-        return json.loads(self.body)
 
 
 @dataclass
@@ -144,103 +120,16 @@ class Client:
         self.sock.close()
 
 
-@dataclass
-class Gate:
-    sandbox: Any
-    px: Any
-    registry: Any
-    roles_dir: Path
-    locks: Any
-
-    def proxy_connection(self, client: Client) -> ClientConnection:
-        """The proxy's object for ``client``'s connection (found by the client's address)."""
-        local = client.sock.getsockname()
-
-        async def find() -> ClientConnection:
-            for conn in self.px.proxy.fwd.connections:
-                if conn.transport is not None and conn.transport.get_extra_info("peername") == local:
-                    return conn
-            raise LookupError(local)
-
-        return self.px.call(find)
-
-    def shrink_send_buffer(self, client: Client, size: int = 16384) -> None:
-        """Give the proxy's socket to ``client`` a small kernel send buffer (loopback autotunes it to
-        megabytes) and its transport a 64 KiB high-water mark (uvloop's TLS default is 512 KiB): what
-        the client does not read then soon stays in the proxy's transport, which pauses writing, as on
-        a real network with a slow reader."""
-        conn = self.proxy_connection(client)
-
-        async def shrink() -> None:
-            conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-            conn.transport.set_write_buffer_limits(high=65536)
-
-        self.px.call(shrink)
-
-    def plans(self, client: Client) -> dict[bytes, Any]:
-        conn = self.proxy_connection(client)
-
-        async def read() -> dict[bytes, Any]:
-            return dict(conn.plans or {})
-
-        return self.px.call(read)
-
-    def audit(self, request_id: str) -> dict[str, Any]:
-        """The audit line of one request (waits for it)."""
-        wait_for(lambda: any(e.get("request_id") == request_id for e in self.px.audit_events), timeout=10)
-        return next(e for e in self.px.audit_events if e.get("request_id") == request_id)
-
-    def requests_counted(self, verb: str, code: int, cluster: str = CLUSTER) -> float:
-        async def flush() -> None:
-            metrics.flush()
-
-        self.px.call(flush)
-        return REGISTRY.get_sample_value(
-            "kubegate_requests_total", {"cluster": cluster, "verb": verb, "code": str(code)}) or 0.0
-
-
 @pytest.fixture(scope="module")
 def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
-    from certs.locks import LockList
-    from discovery.registry import ClusterRegistry
-    from proxy.forward import ProxySettings
-    from proxy.testing import cluster_for_sandbox, running_proxy
-    from rbac import RoleWatcher
-    from sandbox.testing import running_sandbox
-    from tests.proxy.conftest import write_roles
-
-    base = tmp_path_factory.mktemp("fastpath")
-    roles_dir = write_roles(base / "roles")
-    (roles_dir / "reader.yaml").write_text(READER_ROLE.replace("NAMESPACE", "dev"))
-    roles = RoleWatcher(str(roles_dir), time.time, min_check_interval=0.0)
-    locks = LockList(base / "locks")
-    with running_sandbox(base / "sandbox") as sb:
-        for namespace, items in ((BULK_NAMESPACE, BULK_ITEMS), (LONG_NAMESPACE, LONG_ITEMS)):
-            for n in range(items):
-                sb.store.put_object("", "configmaps", {
-                    "apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": f"cm-{n:04d}", "namespace": namespace, "labels": {"n": str(n)}},
-                    "data": {"blob": base64.b64encode(random.Random(n).randbytes(750)).decode()},  # gzip: -25 %
-                })
-        registry = ClusterRegistry()
-        registry.upsert(cluster_for_sandbox(sb, name=CLUSTER), "test")
-        settings = ProxySettings(client_send_timeout=SEND_TIMEOUT)
-        with running_proxy(base / "proxy", clusters=registry, roles=roles, locks=locks, settings=settings) as px:
-            yield Gate(sb, px, registry, roles_dir, locks)
+    with running_gate(tmp_path_factory.mktemp("fastpath"), long_list=True) as gate:
+        yield gate
 
 
 @pytest.fixture
 def fast_starts(monkeypatch: pytest.MonkeyPatch) -> list[FastExchange]:
     """Every ``FastExchange`` started while the test runs (the fast path taken), in order."""
-    started: list[FastExchange] = []
-    original = FastExchange.start
-
-    def start(self: FastExchange) -> None:
-        started.append(self)
-        original(self)
-
-    monkeypatch.setattr(FastExchange, "start", start)
-    return started
+    return record_starts(monkeypatch, FastExchange)
 
 
 @pytest.fixture
@@ -258,17 +147,6 @@ def client(gate: Gate) -> Iterator[Any]:
         c.close()
 
 
-def _same_fields(answer: Response) -> list[tuple[str, str]]:
-    """The answer's header fields that must not differ between two answers to one request (all but the
-    request id and the date), checking there is exactly one request id."""
-    assert [k for k, _ in answer.headers].count("x-kubegate-request-id") == 1, answer.headers
-    return sorted((k, v) for k, v in answer.headers if k not in ("x-kubegate-request-id", "date"))
-
-
-def _comparable(event: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in event.items() if k not in ("time", "request_id", "latency_ms")}
-
-
 # --- 1. the same answers, ids, audit lines and metrics -------------------------------------------------
 
 
@@ -284,7 +162,7 @@ def test_repeated_get_is_answered_by_the_fast_path_like_the_full_pipeline(gate, 
 
     for answer in repeats:
         assert answer.status == 200 and answer.body == first.body
-        assert _same_fields(answer) == _same_fields(first)
+        assert same_fields(answer) == same_fields(first)
     ids = [r.header("x-kubegate-request-id") for r in [first, *repeats]]
     assert all(ids) and len(set(ids)) == 5
     assert [fx.request_id for fx in fast_starts] == ids[1:]
@@ -295,7 +173,7 @@ def test_repeated_get_is_answered_by_the_fast_path_like_the_full_pipeline(gate, 
     assert events[0]["impersonated_user"] == "alice" and events[0]["bytes_out"] == len(first.body)
     for event in events[1:]:
         assert event.keys() == events[0].keys()
-        assert _comparable(event) == _comparable(events[0])
+        assert comparable(event) == comparable(events[0])
     assert gate.requests_counted("get", 200) == before + 5
 
 
@@ -356,41 +234,28 @@ def test_an_expired_certificate_is_refused_on_a_connection_that_was_served_fast(
 # --- 3. roles, clusters, health ------------------------------------------------------------------
 
 
-def _role_set(gate: Gate) -> Any:
-    async def read() -> Any:
-        return gate.px.proxy.fwd.role_source.current()
-
-    return gate.px.call(read)
-
-
 def test_a_role_change_refuses_the_next_identical_request(gate, client, fast_starts):
     c = client("erin", ["reader"])
     role_file = gate.roles_dir / "reader.yaml"
     assert c.ask(get(POD)).status == 200
     assert c.ask(get(POD)).status == 200 and len(fast_starts) == 1
-    old = _role_set(gate)
+    old = gate.role_set()
     role_file.write_text(READER_ROLE.replace("NAMESPACE", "prod"))  # no longer dev
     try:
-        wait_for(lambda: _role_set(gate) is not old, timeout=10)
+        wait_for(lambda: gate.role_set() is not old, timeout=10)
         refused = c.ask(get(POD))
         assert refused.status == 403, refused
         assert refused.json["kind"] == "Status" and refused.json["reason"] == "Forbidden"
         assert len(fast_starts) == 1
     finally:
-        changed = _role_set(gate)
+        changed = gate.role_set()
         role_file.write_text(READER_ROLE.replace("NAMESPACE", "dev"))
-        wait_for(lambda: _role_set(gate) is not changed, timeout=10)
+        wait_for(lambda: gate.role_set() is not changed, timeout=10)
     assert c.ask(get(POD)).status == 200
 
 
-def _second_cluster(gate: Gate, name: str) -> None:
-    from proxy.testing import cluster_for_sandbox
-
-    gate.registry.upsert(cluster_for_sandbox(gate.sandbox, name=name), "test-fast")
-
-
 def test_a_removed_cluster_is_not_found_on_the_next_identical_request(gate, client, fast_starts):
-    _second_cluster(gate, "gone")
+    gate.add_cluster("gone")
     request = get("/k8s/clusters/gone/api/v1/namespaces/dev/pods/web-1")
     c = client("frank")
     try:
@@ -405,7 +270,7 @@ def test_a_removed_cluster_is_not_found_on_the_next_identical_request(gate, clie
 
 
 def test_an_unhealthy_cluster_answers_503_on_the_next_identical_request(gate, client, fast_starts):
-    _second_cluster(gate, "sick")
+    gate.add_cluster("sick")
     request = get("/k8s/clusters/sick/api/v1/namespaces/dev/pods/web-1")
     c = client("grace")
     try:
@@ -427,46 +292,19 @@ def test_an_unhealthy_cluster_answers_503_on_the_next_identical_request(gate, cl
 # --- 4. the upstream closing its keep-alive connection ---------------------------------------------
 
 
-def _close_sandbox_connections(gate: Gate) -> None:
-    """What the sandbox's idle sweep does to an idle keep-alive connection: close it from the server side."""
-    for conn in list(gate.sandbox.server._connections):
-        conn.codec.close()
-        conn.flush()
-        conn.close_transport()
-
-
 def test_an_idle_upstream_connection_closed_by_the_server_between_requests(gate, client, fast_starts):
     c = client("heidi")
     first = c.ask(get(POD))
     assert c.ask(get(POD)).body == first.body and len(fast_starts) == 1
 
     async def close() -> None:
-        _close_sandbox_connections(gate)
+        gate.close_upstream_connections()
 
     gate.sandbox.call(close)
     wait_for(lambda: gate.sandbox.counts()[0] == 0, timeout=10)
     again = c.ask(get(POD))
     assert again.status == 200 and again.body == first.body
     assert gate.audit(again.header("x-kubegate-request-id"))["code"] == 200
-
-
-@contextlib.contextmanager
-def sandbox_held(gate: Gate, then: Callable[[], None] = lambda: None) -> Iterator[None]:
-    """The sandbox's event loop held for the block (it reads and answers nothing); ``then`` runs on that
-    loop before it goes on."""
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        holding.set()
-        release.wait(30)
-        then()
-
-    gate.sandbox.loop.call_soon_threadsafe(hold)
-    assert holding.wait(10)
-    try:
-        yield
-    finally:
-        release.set()
 
 
 def test_a_request_the_server_closes_on_unanswered_is_replayed_through_the_full_pipeline(gate, client, fast_starts):
@@ -479,7 +317,7 @@ def test_a_request_the_server_closes_on_unanswered_is_replayed_through_the_full_
     assert c.ask(get(POD)).body == first.body and len(fast_starts) == 1
     lines_before = len([e for e in gate.px.audit_events if e.get("user") == "ivan"])
 
-    with sandbox_held(gate, then=lambda: _close_sandbox_connections(gate)):
+    with gate.sandbox_held(then=gate.close_upstream_connections):
         c.send(get(POD))
         wait_for(lambda: len(fast_starts) == 2, timeout=10)  # written to the pooled connection
         c.send(get(OTHER_POD))
@@ -496,12 +334,12 @@ def test_a_request_the_server_closes_on_unanswered_is_replayed_through_the_full_
 
 
 def test_a_cluster_removed_while_a_fast_request_waits_for_its_answer_gets_a_404_status(gate, client, fast_starts):
-    _second_cluster(gate, "leaving")
+    gate.add_cluster("leaving")
     request = get("/k8s/clusters/leaving/api/v1/namespaces/dev/pods/web-1")
     c = client("nina")
     try:
         assert c.ask(request).status == 200
-        with sandbox_held(gate):
+        with gate.sandbox_held():
             c.send(request)
             wait_for(lambda: len(fast_starts) == 1, timeout=10)
             gate.registry.remove("leaving", "test-fast")
@@ -521,7 +359,7 @@ def test_a_fast_request_whose_upstream_does_not_answer_in_time_gets_a_504_status
     monkeypatch.setattr(fwd, "settings", dataclasses.replace(fwd.settings, response_head_timeout=1.0))
     c = client("oscar")
     first = c.ask(get(POD))
-    with sandbox_held(gate):
+    with gate.sandbox_held():
         started = time.monotonic()
         late = c.ask(get(POD))
         waited = time.monotonic() - started
@@ -546,7 +384,7 @@ def _read_until_closed(c: Client) -> bytes:
 
 
 def test_a_cluster_removed_mid_answer_ends_the_connection_with_a_short_body(gate, client, fast_starts):
-    _second_cluster(gate, "dropped")
+    gate.add_cluster("dropped")
     request = get(f"/k8s/clusters/dropped/api/v1/namespaces/{BULK_NAMESPACE}/configmaps")
     c = client("tess", rcvbuf=16384)
     try:
@@ -784,7 +622,7 @@ def test_answers_relayed_fast_carry_the_same_fields_as_the_full_pipelines(gate, 
         for _ in range(2):
             again = c.ask(request)
             assert (again.status, again.body) == (first.status, first.body)
-            assert _same_fields(again) == _same_fields(first)
+            assert same_fields(again) == same_fields(first)
         assert len(fast_starts) == 2 * (n + 1), request
     assert [c.ask(r).status for r in requests] == [200, 200, 200, 404, 200, 404]
 

@@ -1,0 +1,563 @@
+"""The HTTP/2 fast path (``proxy.fastpath.FastH2Exchange``): on one HTTP/2 client connection, a GET sent
+again with the same decoded head (target, authority, header fields) is answered on its own stream from
+what the full pipeline made of it the first time, and is still refused, counted, audited, flow-controlled
+and relayed exactly as the full pipeline would.
+
+The proxy and its sandbox are those of the HTTP/1.1 fast-path tests (``tests/proxy/fast_gate.py``). The
+clients are raw TLS sockets with ALPN h2 driven by the ``h2`` library (a real HTTP/2 implementation: its
+frames, HPACK and flow control, with the stream windows set per test) and kubectl, which speaks h2 to
+kubegate. Which requests took the fast path is observed by counting ``FastH2Exchange.start`` calls (a
+wrapper set with monkeypatch: no product code for it) and by the plans the proxy's connection holds
+(``ClientConnection.h2_plans``).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.settings
+import pytest
+from prometheus_client import REGISTRY
+
+from proxy.connection import ClientConnection
+from proxy.fastpath import FastH2Exchange
+from proxy.testing import wait_for
+from tests.proxy.fast_gate import (
+    BULK_ITEMS,
+    BULK_LIST,
+    OTHER_POD,
+    POD,
+    READER_ROLE,
+    SEND_TIMEOUT,
+    Gate,
+    Response,
+    comparable,
+    record_starts,
+    running_gate,
+    same_fields,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class _Stream:
+    status: int = 0
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+    ended: bool = False
+    reset: int | None = None  # the error code of the proxy's RST_STREAM
+    unacked: int = 0  # bytes received and not yet credited back (a held stream)
+
+
+class H2Client:
+    """One HTTP/2 connection to the proxy over TLS with a client certificate. ``window``: the client's
+    SETTINGS_INITIAL_WINDOW_SIZE (the send window of every stream, as the proxy sees it); the connection
+    window is opened wide at once, so only stream windows shape the tests. Data is credited back as it
+    arrives, except on streams ``hold``-ed (a reader that stopped, or credits by hand)."""
+
+    def __init__(self, px: Any, user: str, roles: list[str], *, window: int | None = None) -> None:
+        self.cert, self.key = px.issue_user(user, roles)
+        ctx = ssl.create_default_context(cafile=str(px.ca_pem_path))
+        ctx.load_cert_chain(str(self.cert), str(self.key))
+        ctx.set_alpn_protocols(["h2"])
+        raw = socket.create_connection(("127.0.0.1", px.port), timeout=30)
+        self.sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        assert self.sock.selected_alpn_protocol() == "h2"
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        if window is not None:
+            self.h2.local_settings = h2.settings.Settings(
+                client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(1 << 28)
+        self.streams: dict[int, _Stream] = {}
+        self.held: set[int] = set()
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def send(self, path: str, extra: list[tuple[str, str]] | None = None, *, flush: bool = True) -> int:
+        """A GET on a new stream (HEADERS with END_STREAM); returns the stream id."""
+        sid = self.h2.get_next_available_stream_id()
+        fields = [(":method", "GET"), (":scheme", "https"), (":authority", "127.0.0.1"), (":path", path),
+                  ("accept", "application/json"), *(extra or [])]  # fmt: skip
+        self.h2.send_headers(sid, [(k.encode(), v.encode()) for k, v in fields], end_stream=True)
+        self.streams[sid] = _Stream()
+        if flush:
+            self.flush()
+        return sid
+
+    def pump(self) -> None:
+        """One read from the socket, its events applied to the streams."""
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise ConnectionError("the proxy closed the connection")
+        for event in self.h2.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                stream = self.streams[event.stream_id]
+                stream.status = int(dict(event.headers)[b":status"])
+                stream.headers = [(k.decode(), v.decode()) for k, v in event.headers if not k.startswith(b":")]
+            elif isinstance(event, h2.events.DataReceived):
+                stream = self.streams[event.stream_id]
+                stream.body.extend(event.data)
+                if event.stream_id in self.held:
+                    stream.unacked += event.flow_controlled_length
+                elif not stream.reset:
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                self.streams[event.stream_id].ended = True
+            elif isinstance(event, h2.events.StreamReset):
+                self.streams[event.stream_id].reset = event.error_code
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                raise ConnectionError(f"the proxy ended the connection: {event}")
+        self.flush()
+
+    def until(self, done: Callable[[], bool], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, "no answer in time"
+            self.pump()
+
+    def response(self, sid: int) -> Response:
+        stream = self.streams[sid]
+        self.until(lambda: stream.ended or stream.reset is not None)
+        assert stream.reset is None, f"stream {sid} was reset ({stream.reset})"
+        return Response(stream.status, stream.headers, bytes(stream.body))
+
+    def get(self, path: str, extra: list[tuple[str, str]] | None = None) -> Response:
+        return self.response(self.send(path, extra))
+
+    def concurrent(self, path: str, n: int) -> list[tuple[int, Response]]:
+        """``n`` identical GETs on ``n`` streams sent in one write, with their answers."""
+        sids = [self.send(path, flush=False) for _ in range(n)]
+        self.flush()
+        return [(sid, self.response(sid)) for sid in sids]
+
+    def credit(self, sid: int) -> None:
+        """Credit back what a held stream received."""
+        stream = self.streams[sid]
+        if stream.unacked:
+            self.h2.acknowledge_received_data(stream.unacked, sid)
+            stream.unacked = 0
+            self.flush()
+
+    def cancel(self, sid: int) -> None:
+        self.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        self.flush()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
+    with running_gate(tmp_path_factory.mktemp("fastpath-h2")) as gate:
+        yield gate
+
+
+@pytest.fixture
+def fast_starts(monkeypatch: pytest.MonkeyPatch) -> list[FastH2Exchange]:
+    """Every ``FastH2Exchange`` started while the test runs (the fast path taken), in order."""
+    return record_starts(monkeypatch, FastH2Exchange)
+
+
+@pytest.fixture
+def client(gate: Gate) -> Iterator[Callable[..., H2Client]]:
+    """``client(user, roles, **kw)`` → an ``H2Client`` closed at teardown."""
+    opened: list[H2Client] = []
+
+    def make(user: str = "alice", roles: list[str] | None = None, **kw: Any) -> H2Client:
+        c = H2Client(gate.px, user, roles or ["admin"], **kw)
+        opened.append(c)
+        return c
+
+    yield make
+    for c in opened:
+        c.close()
+
+
+def _request_ids(answers: list[Response]) -> list[str]:
+    ids = [a.header("x-kubegate-request-id") for a in answers]
+    assert all(ids)
+    return ids  # type: ignore[return-value]
+
+
+def _same_answer(answer: Response, first: Response) -> None:
+    assert answer.status == first.status and answer.body == first.body
+    assert answer.header("content-length") == str(len(first.body))
+    assert same_fields(answer) == same_fields(first)
+
+
+# --- 1. the same answers, ids, audit lines and metrics -------------------------------------------------
+
+
+def test_repeated_gets_on_one_h2_connection_are_answered_by_the_fast_path(gate, client, fast_starts):
+    before = gate.requests_counted("get", 200)
+    c = client("alice")
+    first = c.get(POD)
+    assert first.status == 200 and first.json["metadata"]["name"] == "web-1"
+    (key,) = gate.plans(c)  # the full pipeline left one plan, keyed by the decoded head
+    target, authority, fields = key
+    assert (target, authority) == (POD, "127.0.0.1") and (b"accept", b"application/json") in fields
+    assert fast_starts == []
+    sids = [c.send(POD) for _ in range(4)]
+    repeats = [c.response(sid) for sid in sids]
+    assert [fx.sid for fx in fast_starts] == sids  # each repeat took the fast path, on its own stream
+
+    for answer in repeats:
+        _same_answer(answer, first)
+    ids = _request_ids([first, *repeats])
+    assert len(set(ids)) == 5
+    assert [fx.request_id for fx in fast_starts] == ids[1:]
+
+    # One audit line per request; the fast path's have the full pipeline's fields and values.
+    events = [gate.audit(request_id) for request_id in ids]
+    assert events[0]["code"] == 200 and events[0]["user"] == "alice" and events[0]["verb"] == "get"
+    assert events[0]["impersonated_user"] == "alice" and events[0]["bytes_out"] == len(first.body)
+    for event in events[1:]:
+        assert event.keys() == events[0].keys()
+        assert comparable(event) == comparable(events[0])
+    assert gate.requests_counted("get", 200) == before + 5
+
+
+def test_sixteen_concurrent_identical_streams_each_get_their_own_fast_answer(gate, client, fast_starts):
+    c = client("bob")
+    # Sent in one write, all sixteen heads are read before any answer: none has a plan yet.
+    firsts = c.concurrent(POD, 16)
+    assert fast_starts == []
+    body = firsts[0][1].body
+    assert all(a.status == 200 and a.body == body for _, a in firsts)
+    # Again: each stream is answered by a fast exchange of its own, on an idle upstream connection of its
+    # own (the sixteen the first round opened went back to the pool).
+    seconds = c.concurrent(POD, 16)
+    assert sorted(fx.sid for fx in fast_starts) == [sid for sid, _ in seconds]
+    for _, answer in seconds:
+        _same_answer(answer, firsts[0][1])
+    ids = _request_ids([a for _, a in firsts + seconds])
+    assert len(set(ids)) == 32
+    events = [gate.audit(request_id) for request_id in ids]
+    assert all(comparable(event) == comparable(events[0]) for event in events)
+    assert len(gate.audited("bob")) == 32
+    assert c.get(POD).body == body  # and the connection goes on
+
+
+# --- 2. locks, roles, clusters, health ------------------------------------------------------------
+
+
+def test_a_lock_added_between_two_identical_requests_refuses_the_second(gate, client, fast_starts):
+    c = client("mallory")
+    assert c.get(POD).status == 200
+    assert c.get(POD).status == 200 and len(fast_starts) == 1
+    gate.locks.lock_user("mallory", reason="left the team")
+    try:
+        refused = c.get(POD)
+        assert refused.status == 403, refused
+        assert refused.json["kind"] == "Status" and "left the team" in refused.json["message"]
+        assert len(fast_starts) == 1
+        assert gate.audit(refused.header("x-kubegate-request-id"))["code"] == 403
+    finally:
+        gate.locks.unlock_user("mallory")
+    assert c.get(POD).status == 200  # unlocked: served again
+
+
+def test_a_role_change_refuses_the_next_identical_request(gate, client, fast_starts):
+    c = client("erin", ["reader"])
+    role_file = gate.roles_dir / "reader.yaml"
+    assert c.get(POD).status == 200
+    assert c.get(POD).status == 200 and len(fast_starts) == 1
+    old = gate.role_set()
+    role_file.write_text(READER_ROLE.replace("NAMESPACE", "prod"))  # no longer dev
+    try:
+        wait_for(lambda: gate.role_set() is not old, timeout=10)
+        refused = c.get(POD)
+        assert refused.status == 403, refused
+        assert refused.json["kind"] == "Status" and refused.json["reason"] == "Forbidden"
+        assert len(fast_starts) == 1
+        assert gate.audit(refused.header("x-kubegate-request-id"))["code"] == 403
+    finally:
+        changed = gate.role_set()
+        role_file.write_text(READER_ROLE.replace("NAMESPACE", "dev"))
+        wait_for(lambda: gate.role_set() is not changed, timeout=10)
+    assert c.get(POD).status == 200
+
+
+def test_a_removed_cluster_is_not_found_on_the_next_identical_request(gate, client, fast_starts):
+    gate.add_cluster("gone")
+    path = "/k8s/clusters/gone/api/v1/namespaces/dev/pods/web-1"
+    c = client("frank")
+    try:
+        assert c.get(path).status == 200
+        assert c.get(path).status == 200 and len(fast_starts) == 1
+    finally:
+        gate.registry.remove("gone", "test-fast")
+    missing = c.get(path)
+    assert missing.status == 404, missing
+    assert missing.json["kind"] == "Status" and "gone" in missing.json["message"]
+    assert len(fast_starts) == 1
+
+
+def test_an_unhealthy_cluster_answers_503_on_the_next_identical_request(gate, client, fast_starts):
+    gate.add_cluster("sick")
+    path = "/k8s/clusters/sick/api/v1/namespaces/dev/pods/web-1"
+    c = client("grace")
+    try:
+        assert c.get(path).status == 200
+        assert c.get(path).status == 200 and len(fast_starts) == 1
+        gate.registry.set_health("sick", "unhealthy", "unreachable: connection refused")
+        refused = c.get(path)
+        assert refused.status == 503, refused
+        assert refused.json["kind"] == "Status" and "sick" in refused.json["message"]
+        assert "unhealthy" in refused.json["message"]
+        assert len(fast_starts) == 1
+        gate.registry.set_health("sick", "healthy")
+        assert c.get(path).status == 200  # recovered: the full pipeline, which plans again
+        assert c.get(path).status == 200 and len(fast_starts) == 2
+    finally:
+        gate.registry.remove("sick", "test-fast")
+
+
+# --- 3. the upstream closing its keep-alive connection ---------------------------------------------
+
+
+def test_an_idle_upstream_connection_closed_by_the_server_between_requests(gate, client, fast_starts):
+    c = client("heidi")
+    first = c.get(POD)
+    assert c.get(POD).body == first.body and len(fast_starts) == 1
+
+    async def close() -> None:
+        gate.close_upstream_connections()
+
+    gate.sandbox.call(close)
+    wait_for(lambda: gate.sandbox.counts()[0] == 0, timeout=10)
+    again = c.get(POD)
+    assert again.status == 200 and again.body == first.body
+    assert gate.audit(again.header("x-kubegate-request-id"))["code"] == 200
+
+
+def test_a_request_the_server_closes_on_unanswered_is_replayed_through_the_full_pipeline(
+    gate, client, fast_starts, monkeypatch
+):
+    """The keep-alive race: the fast path writes the request to a pooled connection that the server closes
+    at that moment without reading it (its idle timeout fired). Made deterministic by holding the sandbox's
+    event loop while the request is written, then closing the connection with the request unread. The
+    stream's head goes to the full pipeline (``ClientConnection.start_exchange``), which retries the GET;
+    a request on another stream meanwhile is served too."""
+    replayed = record_starts_exchange(monkeypatch)
+    c = client("ivan")
+    first = c.get(POD)
+    assert c.get(POD).body == first.body and len(fast_starts) == 1
+    lines_before = len(gate.audited("ivan"))
+
+    with gate.sandbox_held(then=gate.close_upstream_connections):
+        sid = c.send(POD)
+        wait_for(lambda: len(fast_starts) == 2, timeout=10)  # written to the pooled connection
+        other = c.send(OTHER_POD)  # no plan for this one: the full pipeline, meanwhile
+        time.sleep(0.2)
+    again = c.response(sid)
+    assert again.status == 200 and again.body == first.body
+    assert c.response(other).json["metadata"]["name"] == "web-2"
+    assert replayed == [sid] and len(fast_starts) == 2
+    # Served once: one audit line, by the full pipeline (the fast exchange handed it over uncounted).
+    request_id = again.header("x-kubegate-request-id")
+    assert request_id != fast_starts[1].request_id
+    assert gate.audit(request_id)["code"] == 200
+    wait_for(lambda: len(gate.audited("ivan")) == lines_before + 2, timeout=10)
+    assert fast_starts[1].request_id not in {e["request_id"] for e in gate.audited("ivan")}
+    assert c.get(POD).body == first.body  # and the connection goes on
+
+
+def record_starts_exchange(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The stream ids ``ClientConnection.start_exchange`` serves (requests a fast exchange gave up on)."""
+    replayed: list[int] = []
+    original = ClientConnection.start_exchange
+
+    def start_exchange(self: ClientConnection, head: Any, *, ended: bool) -> None:
+        replayed.append(head.stream_id)
+        original(self, head, ended=ended)
+
+    monkeypatch.setattr(ClientConnection, "start_exchange", start_exchange)
+    return replayed
+
+
+# --- 4. flow control: a small stream window, and one that never opens ------------------------------
+
+
+def _cut_count() -> float:
+    return REGISTRY.get_sample_value(
+        "kubegate_client_connections_rejected_total", {"reason": "client_send_timeout"}) or 0.0
+
+
+def test_a_large_answer_through_a_small_stream_window_credited_slowly_arrives_whole(
+    gate, client, fast_starts, monkeypatch
+):
+    """The client's streams have a 16 KiB window, credited back 8 KiB at a time after a pause: the fast
+    exchange stops reading the upstream whenever the window shuts with data held for the stream
+    (``FastH2Exchange._drain``) and goes on once the client took it, over and over for ~1.2 MB."""
+    drains: list[int] = []
+    original = FastH2Exchange._drain
+
+    async def drain(self: FastH2Exchange) -> None:
+        drains.append(self.sid)
+        await original(self)
+
+    monkeypatch.setattr(FastH2Exchange, "_drain", drain)
+    c = client("judy", window=16384)
+    first = c.get(BULK_LIST)
+    assert first.status == 200 and len(first.body) > 1_100_000
+    names = [item["metadata"]["name"] for item in first.json["items"]]
+    assert names == [f"cm-{n:04d}" for n in range(BULK_ITEMS)]
+
+    sid = c.send(BULK_LIST)
+    c.held.add(sid)
+    stream = c.streams[sid]
+    deadline = time.monotonic() + 60
+    while not stream.ended:
+        assert time.monotonic() < deadline and stream.reset is None
+        c.pump()
+        if stream.unacked >= 8192:
+            time.sleep(0.002)
+            c.credit(sid)
+    assert [fx.sid for fx in fast_starts] == [sid]
+    slow = Response(stream.status, stream.headers, bytes(stream.body))
+    _same_answer(slow, first)
+    assert len(drains) >= 2 and set(drains) == {sid}  # the upstream waited for the client, and went on
+    event = gate.audit(slow.header("x-kubegate-request-id"))
+    assert event["code"] == 200 and event["bytes_out"] == len(first.body)
+    assert c.get(POD).status == 200
+
+
+def test_a_stream_whose_window_never_opens_is_reset_after_the_send_timeout_while_others_are_served(
+    gate, client, fast_starts
+):
+    before = _cut_count()
+    c = client("ken", window=16384)
+    pod = c.concurrent(POD, 2)[0][1]  # two upstream connections for what follows: one stays idle
+    full = c.get(BULK_LIST)
+    stuck = c.send(BULK_LIST)
+    c.held.add(stuck)  # never credited: its window stays shut after the first 16 KiB
+    started = time.monotonic()
+    wait_for(lambda: len(fast_starts) == 1, timeout=10)
+    exchange = fast_starts[0]
+    # Meanwhile the connection serves other streams, on the fast path too.
+    for _ in range(3):
+        assert c.get(POD).body == pod.body
+    assert len(fast_starts) == 4
+    c.until(lambda: c.streams[stuck].reset is not None, timeout=SEND_TIMEOUT + 20)
+    assert time.monotonic() - started >= SEND_TIMEOUT - 0.1
+    assert not c.streams[stuck].ended and len(c.streams[stuck].body) == 16384
+    assert _cut_count() == before + 1
+    event = gate.audit(exchange.request_id)
+    assert event["code"] == 200 and 0 < event["bytes_out"] < len(full.body) // 2  # the upstream was paused
+    assert exchange.upstream.closed  # the upstream request ended with it
+    assert c.get(POD).body == pod.body and len(fast_starts) == 5  # the connection goes on
+    wait_for(lambda: gate.px.stats()["exchanges"] == 0, timeout=10)
+
+
+# --- 5. the client resetting its stream ------------------------------------------------------------
+
+
+def test_a_client_reset_ends_the_fast_exchange_and_its_upstream_connection_and_the_connection_goes_on(
+    gate, client, fast_starts
+):
+    c = client("leo", window=16384)
+    full = c.get(BULK_LIST)
+    pod = c.get(POD)
+    sid = c.send(BULK_LIST)
+    c.held.add(sid)  # the answer stays in flight: the window shuts after 16 KiB
+    c.until(lambda: len(c.streams[sid].body) == 16384)
+    (exchange,) = fast_starts
+    assert not exchange.finished
+    c.cancel(sid)
+    wait_for(lambda: exchange.finished, timeout=10)
+    event = gate.audit(exchange.request_id)
+    assert event["code"] == 200 and 0 < event["bytes_out"] < len(full.body)
+    assert exchange.upstream.closed
+
+    async def idle_upstreams() -> list[Any]:
+        return list(gate.px.proxy.fwd.pools.pools[exchange.cluster.name].h1_idle)
+
+    assert exchange.upstream not in gate.px.call(idle_upstreams)  # not reused
+    # The connection goes on (the full pipeline first when the closed upstream connection was the only
+    # idle one, and it leaves a new one in the pool), on the fast path again.
+    assert [c.get(POD).body for _ in range(2)] == [pod.body] * 2 and len(fast_starts) >= 2
+    assert fast_starts[-1].upstream is not exchange.upstream
+    assert c.get(BULK_LIST).body == full.body  # held no more: credited as it comes
+    wait_for(lambda: gate.px.stats()["exchanges"] == 0, timeout=10)
+
+
+# --- 6. client-sent impersonation ----------------------------------------------------------------
+
+
+def test_client_sent_impersonation_on_a_repeated_request_is_decided_as_by_the_full_pipeline(gate, client, fast_starts):
+    """A request that differs by one header field is another request: it never rides the plan of the
+    first."""
+    as_mallory = [("impersonate-user", "mallory")]
+    fresh = client("olivia").get(POD, as_mallory)  # the full pipeline's answer on a connection with no plans
+    assert fresh.status == 403 and "mallory" in fresh.json["message"]
+
+    c = client("olivia")
+    plain = c.get(POD)
+    assert c.get(POD).status == 200 and len(fast_starts) == 1
+    for _ in range(2):
+        refused = c.get(POD, as_mallory)
+        assert (refused.status, refused.json["message"]) == (fresh.status, fresh.json["message"])
+        assert gate.audit(refused.header("x-kubegate-request-id"))["code"] == 403
+    assert len(fast_starts) == 1
+    assert all((b"impersonate-user", b"mallory") not in fields for _, _, fields in gate.plans(c))
+
+    # Impersonating oneself is allowed: remembered as its own plan, repeated on the fast path.
+    as_self = [("impersonate-user", "olivia")]
+    assert c.get(POD, as_self).body == plain.body
+    answer = c.get(POD, as_self)
+    assert answer.body == plain.body and len(fast_starts) == 2
+    assert gate.audit(answer.header("x-kubegate-request-id"))["impersonated_user"] == "olivia"
+    assert c.get(POD).body == plain.body and len(fast_starts) == 3
+
+
+def test_the_same_fields_in_another_order_are_the_same_request(gate, client, fast_starts):
+    """Go's HTTP/2 client (kubectl's, client-go's) writes a request's header fields in map order, which
+    differs from one request to the next: fields of different names in another order are the same
+    request (RFC 9110 §5.3), and ride its plan. The order of the values of one name is part of the
+    request: another order is another request."""
+    c = client("pia")
+    fields = [("kubectl-command", "kubectl get"), ("kubectl-session", "4b1f"), ("user-agent", "kubectl/v1.37")]
+    first = c.get(POD, fields)
+    again = c.get(POD, fields[::-1])
+    assert again.body == first.body and len(fast_starts) == 1
+    assert len(gate.plans(c)) == 1
+
+    values = [("x-probe", "a"), ("x-probe", "b")]
+    assert c.get(POD, values).body == first.body
+    assert c.get(POD, values[::-1]).body == first.body and len(fast_starts) == 1  # another request: planned anew
+    assert len(gate.plans(c)) == 3
+    assert c.get(POD, values[::-1]).body == first.body and len(fast_starts) == 2
+
+
+# --- 7. kubectl -----------------------------------------------------------------------------------
+
+
+def test_kubectl_getting_the_same_pod_twice_in_one_run_is_served_by_the_fast_path(gate, kubectl, fast_starts):
+    """kubectl (each version) speaks h2 to kubegate and keeps one connection for a run: asked for the same
+    pod twice, it sends the same request twice, and the second rides the first's plan."""
+    import json
+    import subprocess
+
+    kubeconfig = gate.px.kubeconfig("pat", ["admin"], ["fast"])
+    run = subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "get", "pods", "web-1", "web-1", "-n", "dev",
+                          "-o", "json"], capture_output=True, timeout=60)  # fmt: skip
+    assert run.returncode == 0, run.stderr.decode()
+    listed = json.loads(run.stdout)
+    assert [item["metadata"]["name"] for item in listed["items"]] == ["web-1", "web-1"]
+    assert len(fast_starts) == 1
