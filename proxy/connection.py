@@ -24,7 +24,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from proxy import fastpath
-from proxy.fastpath import FAST_SID, MAX_PLANNED_REQUEST, PLANS_PER_CONNECTION, FastExchange, FastH2Exchange
+from proxy.fastpath import (
+    FAST_SID,
+    MAX_PLANNED_REQUEST,
+    PLANS_PER_CONNECTION,
+    CodecFastExchange,
+    FastExchange,
+)
 from proxy.forward import Exchange
 from proxy.protocol.events import (
     ConnectionClosed,
@@ -66,7 +72,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "fwd", "peer_ip", "transport", "codec", "identity", "exchanges", "closed", "_write_paused", "_read_paused",
         "_drain_waiters", "_window_waiters", "_header_timer", "_idle_timer", "_closing_after_flush", "upgraded",
-        "detached", "_served", "_idle_since", "_frame_marks", "_max_pipelined", "plans", "h2_plans", "fast", "_held_data", "_flush_due",
+        "detached", "_served", "_idle_since", "_frame_marks", "_max_pipelined", "plans", "h2_plans", "fast", "_held_data", "_flush_due", "_plan_candidate",
         "_writable_hooks", "__weakref__",
     )  # fmt: skip
 
@@ -98,6 +104,7 @@ class ClientConnection(asyncio.Protocol):
         self._held_data: list[bytes] = []  # bytes that arrived while it was in flight
         self._writable_hooks: list[Callable[[], None]] = []  # called once the transport takes writes again
         self._flush_due = False  # flush_soon() scheduled a flush for the end of this loop iteration
+        self._plan_candidate: bytes | None = None  # while dispatching: the bytes of the one request they hold
 
     # --- set-up -------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -147,7 +154,8 @@ class ClientConnection(asyncio.Protocol):
                         self._served = True
                         FastExchange(self.fwd, self, plan, data, upstream).start()
                         return
-                candidate = data
+                if data.endswith(b"\r\n\r\n") and data.count(b"\r\n\r\n") == 1:  # one bodiless head
+                    candidate = data
         if self.upgraded:  # bytes of the new protocol before the relay started: keep them for it
             for ex in self.exchanges.values():
                 if ex.upgrade is not None:
@@ -155,16 +163,15 @@ class ClientConnection(asyncio.Protocol):
             return
         idle = not self.exchanges
         events = codec.receive_data(data)
+        # One whole request in one read: the full pipeline may remember what it made of these bytes.
+        self._plan_candidate = candidate if len(events) == 2 and type(events[1]) is RequestEnd else None
         try:
             for event in events:
                 self._dispatch(event)
         except _Cut:
             return
-        if candidate is not None and len(events) == 2 and type(events[0]) is RequestHead and type(events[1]) is RequestEnd:
-            # One whole request in one read: the full pipeline may remember what it made of these bytes.
-            exchange = self.exchanges.get(events[0].stream_id)
-            if type(exchange) is Exchange:
-                exchange.plan_key = candidate
+        finally:
+            self._plan_candidate = None
         if len(self.exchanges) > self._max_pipelined:
             self.pause_reading()  # pipelined requests: read no more until answers have gone out
         if (
@@ -187,6 +194,7 @@ class ClientConnection(asyncio.Protocol):
             self._served = True
             self._cancel_header_timer()  # the idle timer stays armed: _idle_timeout sees the request
             h2_plans = self.h2_plans
+            key = self._plan_candidate  # HTTP/1.1: the request's bytes when it came whole and alone
             if h2_plans is not None:
                 key = fastpath.h2_key(event)
                 if key is not None:
@@ -194,16 +202,12 @@ class ClientConnection(asyncio.Protocol):
                     if plan is not None:
                         upstream = fastpath.usable(self.fwd, self, plan)
                         if upstream is not None:
-                            FastH2Exchange(self.fwd, self, plan, key, upstream, event.stream_id).start()
+                            CodecFastExchange(self.fwd, self, plan, event, upstream).start()
                             return
-                    ex = self.fwd.new_exchange(self, event)
-                    self.exchanges[event.stream_id] = ex
-                    if type(ex) is Exchange:
-                        ex.plan_key = key
-                    ex.start()
-                    return
             ex = self.fwd.new_exchange(self, event)
             self.exchanges[event.stream_id] = ex
+            if type(ex) is Exchange:
+                ex.plan_key = key
             ex.start()
         elif isinstance(event, RequestBody):
             ex = self.exchanges.get(event.stream_id)
@@ -296,7 +300,10 @@ class ClientConnection(asyncio.Protocol):
             return
         ex = self.fwd.new_exchange(self, head)
         self.exchanges[head.stream_id] = ex
-        ex.start()
+        if type(ex) is Exchange:
+            ex.start_pipeline()
+        else:
+            ex.start()
         if ended:
             ex.on_end()
         self._flush()

@@ -332,21 +332,24 @@ class FastExchange:
         self._release_client(counted=True)
 
 
-class FastH2Exchange(FastExchange):
-    """The fast path for a request on an HTTP/2 client connection: the plan is keyed by the request's
-    decoded head (target, authority, fields: ``h2_key``), the answer goes through the connection's codec
-    (HPACK, DATA frames, flow control) on the request's own stream. Requests on other streams go on
-    meanwhile, as for any HTTP/2 exchange. A stream whose window shuts waits for it like the full pipeline
-    (``ClientConnection.drain``), the upstream paused meanwhile."""
+class CodecFastExchange(FastExchange):
+    """A request answered without a task through the client connection's codec, on the request's own
+    stream: an HTTP/2 request whose plan (keyed by its decoded head: ``h2_key``) holds, or any GET without
+    a body (HTTP/1.1 or HTTP/2) whose decision the full pipeline's checks reach without waiting
+    (``forward.Exchange.start_direct``), which leaves a plan behind when ``key`` is given. Requests on other
+    HTTP/2 streams go on meanwhile. A stream that may not be written (a full socket buffer, a shut
+    window) waits like the full pipeline (``ClientConnection.drain``), the upstream paused meanwhile."""
 
-    __slots__ = ("sid", "key", "_drainer")
+    __slots__ = ("sid", "key", "request", "_drainer")
 
     def __init__(
-        self, fwd: Forwarder, conn: ClientConnection, plan: Plan, key: tuple[Any, ...], upstream: Http1Upstream, sid: int
+        self, fwd: Forwarder, conn: ClientConnection, plan: Plan, request: RequestHead, upstream: Http1Upstream,
+        key: bytes | tuple[Any, ...] | None = None,
     ) -> None:
         super().__init__(fwd, conn, plan, b"", upstream)
-        self.sid = sid
-        self.key = key
+        self.sid = request.stream_id
+        self.request = request  # served again by the full pipeline if the upstream fails before answering
+        self.key = key  # remembered with ``plan`` once answered
         self._drainer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -362,7 +365,7 @@ class FastH2Exchange(FastExchange):
         pass
 
     def raw_head(self, head: bytes) -> bool:
-        return False  # HTTP/2 answers are encoded by the codec from the parsed fields
+        return False  # the codec encodes the answer from the parsed fields
 
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self.finished:
@@ -407,6 +410,8 @@ class FastH2Exchange(FastExchange):
         self._done = True
         self.upstream.exchange_released(self)
         self._finish()
+        if self.key is not None:
+            self.conn.remember(self.key, self.plan)
 
     def _cut_answer(self) -> None:
         self.conn.reset(self.sid)
@@ -426,9 +431,7 @@ class FastH2Exchange(FastExchange):
         self._finish()
 
     def _replay(self) -> None:
-        target, authority, headers = self.key
-        head = RequestHead(self.sid, "GET", target, list(headers), "2", authority, "https", False, 0)
-        self.conn.start_exchange(head, ended=True)
+        self.conn.start_exchange(self.request, ended=True)
 
     def _release_client(self, counted: bool) -> None:
         if self._drainer is not None:

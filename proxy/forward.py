@@ -28,7 +28,7 @@ from proxy import metrics
 from proxy.audit import request_audit_event
 from proxy.catalogs import CatalogCache
 from proxy.endpoints import PREFIX, LocalExchange, LocalHandler, endpoint_name, no_identity
-from proxy.fastpath import FastExchange, Plan
+from proxy.fastpath import CodecFastExchange, FastExchange, Plan
 from proxy.headers import REQUEST_ID_HEADER, rewrite_request_headers, rewrite_response_headers
 from proxy.identity import IdentityCache
 from proxy.policy import Policy, Verdict
@@ -339,9 +339,70 @@ class Exchange:
 
     # --- events from the client codec -------------------------------------------------------------
     def start(self) -> None:
+        if self.fwd.fast_path and self.start_direct():
+            return
+        self.start_pipeline()
+
+    def start_pipeline(self) -> None:
+        """Serve the request with the full pipeline (a task: it may wait for a catalog, credentials, a
+        connection, a body)."""
         self.fwd.exchanges.add(self)
         metrics.request_started()
         self.task = self.fwd.loop.create_task(self._run())
+
+    def start_direct(self) -> bool:
+        """Serve a GET without a body at once when everything its answer needs is at hand — the route, the
+        cached catalog, a memoised or synchronous decision that allows it as is (no filter, review or
+        changed query; not long-lived), fresh upstream credentials, an idle HTTP/1.1 upstream connection —
+        through a ``fastpath.CodecFastExchange`` (no task); or refuse it at once when the checks before the
+        decision refuse it. False: nothing was done, the full pipeline serves it."""
+        head = self.head
+        if head.method != "GET" or head.content_length != 0 or head.http_version == "1.0":
+            return False
+        fwd = self.fwd
+        first = self.authorize()
+        if first[0] is None:
+            fwd.exchanges.add(self)
+            metrics.request_started()
+            _, code, body = first
+            self._respond_error(code, body, "denied")  # type: ignore[arg-type]
+            self._finish()
+            return True
+        cluster, route = first
+        pool = fwd.pools.get(cluster)  # type: ignore[arg-type]
+        catalog = fwd.catalogs.cached(cluster, pool)  # type: ignore[arg-type]
+        if catalog is None or not pool.credentials_fresh:
+            return False
+        roles = fwd.role_source.current()
+        verdict = fwd.policy.decide(self.identity, cluster, "GET", route.path, route.query, head.headers, catalog)  # type: ignore[arg-type, union-attr]
+        if (
+            not verdict.allowed
+            or verdict.catalog_miss
+            or verdict.filter is not None
+            or verdict.review is not None
+            or verdict.query is not None
+            or stream_kind(verdict, head, route.path, route.query) is not None  # type: ignore[union-attr]
+            or fwd.role_source.current() is not roles
+        ):
+            return False
+        upstream = pool.idle_http1()
+        if upstream is None:
+            return False
+        headers = rewrite_request_headers(
+            head.headers,
+            user=verdict.user or self.identity.user,
+            groups=verdict.groups,
+            client_ip=self.conn.peer_ip,
+            upstream_authority=pool.authority,
+            bearer_token=pool.bearer_token,
+            accept=verdict.accept,
+        )
+        plan = self._plan(cluster, roles, catalog, pool, encode_request_head("GET", upstream_target(cluster, route), headers), verdict)  # type: ignore[arg-type]
+        key = self.plan_key
+        if key is not None and any(name in _UNPLANNED_HEADERS for name, _ in head.headers):
+            key = None
+        CodecFastExchange(fwd, self.conn, plan, head, upstream, key).start()
+        return True
 
     def start_upgrade(self, trailing: bytes) -> None:
         from proxy.upgrade import UpgradeSession
@@ -673,22 +734,25 @@ class Exchange:
             or any(key in _UNPLANNED_HEADERS for key, _ in head.headers)
         ):
             return
+        plan = self._plan(self.cluster, self._roles, self.catalog, pool, encode_request_head("GET", target, headers), verdict)
+        self.conn.remember(self.plan_key, plan)
+
+    def _plan(self, cluster: Cluster, roles: Any, catalog: Any, pool: ClusterPool, upstream_head: bytes, verdict: Verdict) -> Plan:
         credentials = pool.bearer_credentials
         expires = credentials.expires_at if credentials is not None else None
         not_after = self.identity.not_after
-        plan = Plan(
-            cluster=self.cluster,
-            roles=self._roles,
-            catalog=self.catalog,
+        return Plan(
+            cluster=cluster,
+            roles=roles,
+            catalog=catalog,
             pool=pool,
             credentials=credentials,
             credentials_expire=math.inf if expires is None else expires,
             not_after=math.inf if not_after is None else not_after.timestamp(),
-            head=encode_request_head("GET", target, headers),
+            head=upstream_head,
             verdict=verdict,
-            path=head.path,
+            path=self.head.path,
         )
-        self.conn.remember(self.plan_key, plan)
 
     async def _whole_body_if_ready(self) -> bytes | None:
         """The request body when it is all here already (or declared small); None to stream it."""

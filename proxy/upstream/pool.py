@@ -74,11 +74,16 @@ class ClusterPool:
         """The credentials requests are made with now (a new object after each refresh)."""
         return self._creds
 
-    async def ensure_credentials(self) -> None:
+    @property
+    def credentials_fresh(self) -> bool:
+        """Whether requests may go out with the credentials held now (``ensure_credentials`` would not wait)."""
         creds = self._creds
-        if creds is not None and (
+        return creds is not None and (
             creds.expires_at is None or creds.expires_at - time.time() > self.settings.credentials_refresh_margin
-        ):
+        )
+
+    async def ensure_credentials(self) -> None:
+        if self.credentials_fresh:
             return
         try:
             self._creds = await self.cluster.credentials.get()
