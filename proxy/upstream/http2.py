@@ -48,6 +48,7 @@ _CONNECTION_CREDIT_BATCH = _CONNECTION_WINDOW // 16
 _FRAME_HEAD = 9
 _DATA, _HEADERS, _PUSH_PROMISE, _CONTINUATION = 0, 1, 5, 9
 _END_STREAM, _END_HEADERS, _PADDED = 0x1, 0x4, 0x8
+_UNPACK_HEAD = struct.Struct(">BHBBL").unpack_from  # a frame head: length (24 bits), type, flags, stream id
 _WINDOW_UPDATE = struct.Struct(">BHBBLL")  # length (24 bits: 0, 4), type 8, flags 0, stream id, increment
 
 
@@ -236,18 +237,17 @@ class H2Upstream(asyncio.Protocol):
         max_frame = self.h2.max_inbound_frame_size
         streams = self.streams
         while size - pos >= _FRAME_HEAD:
-            length = int.from_bytes(data[pos:pos + 3], "big")
+            high, low, kind, flags, stream_id = _UNPACK_HEAD(data, pos)
+            length = high << 16 | low
             if length > max_frame:
                 pos = size  # h2 refuses it (FRAME_SIZE_ERROR)
                 break
             end = pos + _FRAME_HEAD + length
             if end > size:
                 break
-            kind = data[pos + 3]
-            flags = data[pos + 4]
             if kind == _DATA:
                 if not flags & (_END_STREAM | _PADDED) and not self._header_block:
-                    exchange = streams.get(int.from_bytes(data[pos + 5:pos + 9], "big") & 0x7FFFFFFF)
+                    exchange = streams.get(stream_id & 0x7FFFFFFF)
                     if exchange is not None and exchange.direct:
                         if fed < pos:
                             if gathering is not None:
