@@ -1,7 +1,10 @@
-"""What the fast-path tests share (``test_proxy_fast_path.py`` for HTTP/1.1 clients,
+"""What the fast-path tests share (``test_proxy_fast_path.py`` for HTTP/1.1 clients and both protocols,
 ``test_proxy_fast_path_h2.py`` for HTTP/2 ones): a kubegate proxy of their own in front of their own
 sandbox API server, so locks, roles and clusters can change under it without touching the session's;
-ways to look at the proxy's connection objects (the plans they hold) and at its audit lines and metrics.
+ways to look at the proxy's connection objects (the plans they hold) and at its audit lines and metrics;
+the clients: raw TLS sockets speaking HTTP/1.1 (``Client``, answers parsed by httptools) or HTTP/2
+driven by the ``h2`` library (``H2Client``: a real HTTP/2 implementation, its frames, HPACK and flow
+control, with the stream windows set per test). Both have ``get(path, fields)``.
 """
 
 from __future__ import annotations
@@ -11,19 +14,29 @@ import contextlib
 import json
 import random
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.settings
+import httptools
 import pytest
 from prometheus_client import REGISTRY
 
 from proxy import metrics
 from proxy.connection import ClientConnection
 from proxy.testing import wait_for
+
+C = TypeVar("C")
 
 CLUSTER = "fast"
 POD = f"/k8s/clusters/{CLUSTER}/api/v1/namespaces/dev/pods/web-1"
@@ -200,18 +213,39 @@ def running_gate(base: Path, *, long_list: bool = False) -> Iterator[Gate]:
             yield Gate(sb, px, registry, roles_dir, locks)
 
 
-def record_starts(monkeypatch: pytest.MonkeyPatch, cls: type) -> list[Any]:
-    """Every exchange of class ``cls`` started from now until the test ends, in order (a wrapper of
-    ``cls.start`` set with monkeypatch: no product code for it)."""
+def record_starts(monkeypatch: pytest.MonkeyPatch, *classes: type) -> list[Any]:
+    """Every exchange of these classes started from now until the test ends, in order (a wrapper of
+    each class's ``start`` set with monkeypatch: no product code for it)."""
     started: list[Any] = []
-    original = cls.start
 
-    def start(self: Any) -> None:
-        started.append(self)
-        original(self)
+    def recording(original: Callable[[Any], None]) -> Callable[[Any], None]:
+        def start(self: Any) -> None:
+            started.append(self)
+            original(self)
 
-    monkeypatch.setattr(cls, "start", start)
+        return start
+
+    for cls in classes:
+        monkeypatch.setattr(cls, "start", recording(cls.start))
     return started
+
+
+@contextlib.contextmanager
+def opened_clients(gate: Gate, kind: Callable[..., C]) -> Iterator[Callable[..., C]]:
+    """``make(user, roles, **kw)`` → a client of ``kind`` (``Client``, ``H2Client``) for ``user`` with a
+    new certificate; all closed at the end."""
+    opened: list[Any] = []
+
+    def make(user: str = "alice", roles: list[str] | None = None, **kw: Any) -> C:
+        c = kind(gate.px, user, roles or ["admin"], **kw)
+        opened.append(c)
+        return c
+
+    try:
+        yield make
+    finally:
+        for c in opened:
+            c.close()
 
 
 def same_fields(answer: Response) -> list[tuple[str, str]]:
@@ -219,6 +253,195 @@ def same_fields(answer: Response) -> list[tuple[str, str]]:
     request id and the date), checking there is exactly one request id."""
     assert [k for k, _ in answer.headers].count("x-kubegate-request-id") == 1, answer.headers
     return sorted((k, v) for k, v in answer.headers if k not in ("x-kubegate-request-id", "date"))
+
+
+# --- clients ----------------------------------------------------------------------------------------
+
+
+def get(path: str, extra: str = "") -> bytes:
+    """The exact bytes of a GET as a keep-alive client sends it."""
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n{extra}\r\n".encode()
+
+
+@dataclass
+class _Parsed:
+    """httptools' callbacks for a stream of responses on one connection."""
+
+    done: list[Response] = field(default_factory=list)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: list[bytes] = field(default_factory=list)
+    parser: Any = None
+
+    def on_message_begin(self) -> None:
+        self.headers, self.body = [], []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.done.append(Response(self.parser.get_status_code(), self.headers, b"".join(self.body)))
+
+
+class Client:
+    """One HTTP/1.1 keep-alive connection to the proxy over TLS with a client certificate."""
+
+    def __init__(self, px: Any, user: str, roles: list[str], *, ttl: timedelta = timedelta(hours=1),
+                 rcvbuf: int | None = None) -> None:
+        self.cert, self.key = px.issue_user(user, roles, ttl=ttl)
+        ctx = ssl.create_default_context(cafile=str(px.ca_pem_path))
+        ctx.load_cert_chain(str(self.cert), str(self.key))
+        ctx.set_alpn_protocols(["http/1.1"])
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:  # before connecting, so the TCP window stays small
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        raw.settimeout(30)
+        raw.connect(("127.0.0.1", px.port))
+        self.sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        self._parsed = _Parsed()
+        self._parsed.parser = httptools.HttpResponseParser(self._parsed)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def response(self, pause: float = 0.0, chunk: int = 65536) -> Response:
+        """The next whole response; ``pause`` seconds after each ``chunk`` bytes read (a slow reader)."""
+        unpaused = 0
+        while not self._parsed.done:
+            data = self.sock.recv(chunk - unpaused if pause else chunk)
+            if not data:
+                raise ConnectionError("the proxy closed the connection before a whole response")
+            self._parsed.parser.feed_data(data)
+            unpaused += len(data)
+            if pause and unpaused >= chunk:
+                time.sleep(pause)
+                unpaused = 0
+        return self._parsed.done.pop(0)
+
+    def ask(self, data: bytes) -> Response:
+        self.send(data)
+        return self.response()
+
+    def get(self, path: str, fields: list[tuple[str, str]] | None = None) -> Response:
+        """A GET of ``path`` with these header fields besides Host and Accept, and its answer."""
+        return self.ask(get(path, "".join(f"{name}: {value}\r\n" for name, value in fields or [])))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class _Stream:
+    status: int = 0
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+    ended: bool = False
+    reset: int | None = None  # the error code of the proxy's RST_STREAM
+    unacked: int = 0  # bytes received and not yet credited back (a held stream)
+
+
+class H2Client:
+    """One HTTP/2 connection to the proxy over TLS with a client certificate. ``window``: the client's
+    SETTINGS_INITIAL_WINDOW_SIZE (the send window of every stream, as the proxy sees it); the connection
+    window is opened wide at once, so only stream windows shape the tests. Data is credited back as it
+    arrives, except on streams ``hold``-ed (a reader that stopped, or credits by hand)."""
+
+    def __init__(self, px: Any, user: str, roles: list[str], *, window: int | None = None) -> None:
+        self.cert, self.key = px.issue_user(user, roles)
+        ctx = ssl.create_default_context(cafile=str(px.ca_pem_path))
+        ctx.load_cert_chain(str(self.cert), str(self.key))
+        ctx.set_alpn_protocols(["h2"])
+        raw = socket.create_connection(("127.0.0.1", px.port), timeout=30)
+        self.sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        assert self.sock.selected_alpn_protocol() == "h2"
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        if window is not None:
+            self.h2.local_settings = h2.settings.Settings(
+                client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(1 << 28)
+        self.streams: dict[int, _Stream] = {}
+        self.held: set[int] = set()
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def send(self, path: str, extra: list[tuple[str, str]] | None = None, *, flush: bool = True) -> int:
+        """A GET on a new stream (HEADERS with END_STREAM); returns the stream id."""
+        sid = self.h2.get_next_available_stream_id()
+        fields = [(":method", "GET"), (":scheme", "https"), (":authority", "127.0.0.1"), (":path", path),
+                  ("accept", "application/json"), *(extra or [])]  # fmt: skip
+        self.h2.send_headers(sid, [(k.encode(), v.encode()) for k, v in fields], end_stream=True)
+        self.streams[sid] = _Stream()
+        if flush:
+            self.flush()
+        return sid
+
+    def pump(self) -> None:
+        """One read from the socket, its events applied to the streams."""
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise ConnectionError("the proxy closed the connection")
+        for event in self.h2.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                stream = self.streams[event.stream_id]
+                stream.status = int(dict(event.headers)[b":status"])
+                stream.headers = [(k.decode(), v.decode()) for k, v in event.headers if not k.startswith(b":")]
+            elif isinstance(event, h2.events.DataReceived):
+                stream = self.streams[event.stream_id]
+                stream.body.extend(event.data)
+                if event.stream_id in self.held:
+                    stream.unacked += event.flow_controlled_length
+                elif not stream.reset:
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                self.streams[event.stream_id].ended = True
+            elif isinstance(event, h2.events.StreamReset):
+                self.streams[event.stream_id].reset = event.error_code
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                raise ConnectionError(f"the proxy ended the connection: {event}")
+        self.flush()
+
+    def until(self, done: Callable[[], bool], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, "no answer in time"
+            self.pump()
+
+    def response(self, sid: int) -> Response:
+        stream = self.streams[sid]
+        self.until(lambda: stream.ended or stream.reset is not None)
+        assert stream.reset is None, f"stream {sid} was reset ({stream.reset})"
+        return Response(stream.status, stream.headers, bytes(stream.body))
+
+    def get(self, path: str, extra: list[tuple[str, str]] | None = None) -> Response:
+        return self.response(self.send(path, extra))
+
+    def concurrent(self, path: str, n: int) -> list[tuple[int, Response]]:
+        """``n`` identical GETs on ``n`` streams sent in one write, with their answers."""
+        sids = [self.send(path, flush=False) for _ in range(n)]
+        self.flush()
+        return [(sid, self.response(sid)) for sid in sids]
+
+    def credit(self, sid: int) -> None:
+        """Credit back what a held stream received."""
+        stream = self.streams[sid]
+        if stream.unacked:
+            self.h2.acknowledge_received_data(stream.unacked, sid)
+            stream.unacked = 0
+            self.flush()
+
+    def cancel(self, sid: int) -> None:
+        self.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        self.flush()
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def comparable(event: dict[str, Any]) -> dict[str, Any]:

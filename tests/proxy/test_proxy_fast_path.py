@@ -7,27 +7,26 @@ session's) in front of its own sandbox API server; the clients are raw TLS socke
 request bytes on one connection (what kubectl's polling, informer relists and client libraries do) and
 the ``kubernetes`` Python client (urllib3 keep-alive). Which requests took the fast path is observed by
 counting ``FastExchange.start`` calls in the test (a wrapper set with monkeypatch: no product code for
-it) and by the plans the proxy's client connection holds.
+it) and by the plans the proxy's client connection holds. The tests taking ``wire_client`` run for
+HTTP/2 clients too (``[h2]``: ``fast_gate.H2Client``, ``FastH2Exchange``); what only HTTP/2 has is in
+``test_proxy_fast_path_h2.py``.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httptools
 import pytest
 from prometheus_client import REGISTRY
 
 from proxy.connection import ClientConnection
-from proxy.fastpath import FastExchange
+from proxy.fastpath import FastExchange, FastH2Exchange
 from proxy.testing import wait_for
 from tests.proxy.fast_gate import (
     BULK_ITEMS,
@@ -40,85 +39,18 @@ from tests.proxy.fast_gate import (
     POD,
     READER_ROLE,
     SEND_TIMEOUT,
+    Client,
     Gate,
-    Response,
+    H2Client,
     comparable,
+    get,
+    opened_clients,
     record_starts,
     running_gate,
     same_fields,
 )
 
 pytestmark = pytest.mark.e2e
-
-def get(path: str, extra: str = "") -> bytes:
-    """The exact bytes of a GET as a keep-alive client sends it."""
-    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n{extra}\r\n".encode()
-
-
-@dataclass
-class _Parsed:
-    """httptools' callbacks for a stream of responses on one connection."""
-
-    done: list[Response] = field(default_factory=list)
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: list[bytes] = field(default_factory=list)
-    parser: Any = None
-
-    def on_message_begin(self) -> None:
-        self.headers, self.body = [], []
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.done.append(Response(self.parser.get_status_code(), self.headers, b"".join(self.body)))
-
-
-class Client:
-    """One HTTP/1.1 keep-alive connection to the proxy over TLS with a client certificate."""
-
-    def __init__(self, px, user: str, roles: list[str], *, ttl: timedelta = timedelta(hours=1),
-                 rcvbuf: int | None = None) -> None:
-        self.cert, self.key = px.issue_user(user, roles, ttl=ttl)
-        ctx = ssl.create_default_context(cafile=str(px.ca_pem_path))
-        ctx.load_cert_chain(str(self.cert), str(self.key))
-        ctx.set_alpn_protocols(["http/1.1"])
-        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:  # before connecting, so the TCP window stays small
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        raw.settimeout(30)
-        raw.connect(("127.0.0.1", px.port))
-        self.sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
-        self._parsed = _Parsed()
-        self._parsed.parser = httptools.HttpResponseParser(self._parsed)
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def response(self, pause: float = 0.0, chunk: int = 65536) -> Response:
-        """The next whole response; ``pause`` seconds after each ``chunk`` bytes read (a slow reader)."""
-        unpaused = 0
-        while not self._parsed.done:
-            data = self.sock.recv(chunk - unpaused if pause else chunk)
-            if not data:
-                raise ConnectionError("the proxy closed the connection before a whole response")
-            self._parsed.parser.feed_data(data)
-            unpaused += len(data)
-            if pause and unpaused >= chunk:
-                time.sleep(pause)
-                unpaused = 0
-        return self._parsed.done.pop(0)
-
-    def ask(self, data: bytes) -> Response:
-        self.send(data)
-        return self.response()
-
-    def close(self) -> None:
-        self.sock.close()
-
 
 @pytest.fixture(scope="module")
 def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
@@ -133,18 +65,23 @@ def fast_starts(monkeypatch: pytest.MonkeyPatch) -> list[FastExchange]:
 
 
 @pytest.fixture
-def client(gate: Gate) -> Iterator[Any]:
-    """``client(user, roles, **kw)`` → a ``Client`` closed at teardown."""
-    opened: list[Client] = []
+def client(gate: Gate) -> Iterator[Callable[..., Client]]:
+    """``client(user, roles, **kw)`` → a ``Client`` (HTTP/1.1) closed at teardown."""
+    with opened_clients(gate, Client) as make:
+        yield make
 
-    def make(user: str = "alice", roles: list[str] | None = None, **kw: Any) -> Client:
-        c = Client(gate.px, user, roles or ["admin"], **kw)
-        opened.append(c)
-        return c
 
-    yield make
-    for c in opened:
-        c.close()
+@pytest.fixture
+def wire_client(gate: Gate, wire: str) -> Iterator[Callable[..., Client | H2Client]]:
+    """``wire_client(user, roles)`` → a client of the protocol under test (``wire``: h2 or http1)."""
+    with opened_clients(gate, H2Client if wire == "h2" else Client) as make:
+        yield make
+
+
+@pytest.fixture
+def wire_fast_starts(monkeypatch: pytest.MonkeyPatch) -> list[FastExchange]:
+    """Every fast exchange (HTTP/1.1 or HTTP/2) started while the test runs, in order."""
+    return record_starts(monkeypatch, FastExchange, FastH2Exchange)
 
 
 # --- 1. the same answers, ids, audit lines and metrics -------------------------------------------------
@@ -197,20 +134,20 @@ def test_the_kubernetes_python_client_repeating_a_get_is_served_by_the_fast_path
 # --- 2. locks and certificate expiry ---------------------------------------------------------------
 
 
-def test_a_lock_added_between_two_identical_requests_refuses_the_second(gate, client, fast_starts):
-    c = client("mallory")
-    assert c.ask(get(POD)).status == 200
-    assert c.ask(get(POD)).status == 200 and len(fast_starts) == 1
+def test_a_lock_added_between_two_identical_requests_refuses_the_second(gate, wire_client, wire_fast_starts):
+    c = wire_client("mallory")
+    assert c.get(POD).status == 200
+    assert c.get(POD).status == 200 and len(wire_fast_starts) == 1
     gate.locks.lock_user("mallory", reason="left the team")
     try:
-        refused = c.ask(get(POD))
+        refused = c.get(POD)
         assert refused.status == 403, refused
         assert refused.json["kind"] == "Status" and "left the team" in refused.json["message"]
-        assert len(fast_starts) == 1
+        assert len(wire_fast_starts) == 1
         assert gate.audit(refused.header("x-kubegate-request-id"))["code"] == 403
     finally:
         gate.locks.unlock_user("mallory")
-    assert c.ask(get(POD)).status == 200  # unlocked: served again
+    assert c.get(POD).status == 200  # unlocked: served again
 
 
 def test_an_expired_certificate_is_refused_on_a_connection_that_was_served_fast(gate, client, fast_starts):
@@ -234,57 +171,58 @@ def test_an_expired_certificate_is_refused_on_a_connection_that_was_served_fast(
 # --- 3. roles, clusters, health ------------------------------------------------------------------
 
 
-def test_a_role_change_refuses_the_next_identical_request(gate, client, fast_starts):
-    c = client("erin", ["reader"])
+def test_a_role_change_refuses_the_next_identical_request(gate, wire_client, wire_fast_starts):
+    c = wire_client("erin", ["reader"])
     role_file = gate.roles_dir / "reader.yaml"
-    assert c.ask(get(POD)).status == 200
-    assert c.ask(get(POD)).status == 200 and len(fast_starts) == 1
+    assert c.get(POD).status == 200
+    assert c.get(POD).status == 200 and len(wire_fast_starts) == 1
     old = gate.role_set()
     role_file.write_text(READER_ROLE.replace("NAMESPACE", "prod"))  # no longer dev
     try:
         wait_for(lambda: gate.role_set() is not old, timeout=10)
-        refused = c.ask(get(POD))
+        refused = c.get(POD)
         assert refused.status == 403, refused
         assert refused.json["kind"] == "Status" and refused.json["reason"] == "Forbidden"
-        assert len(fast_starts) == 1
+        assert len(wire_fast_starts) == 1
+        assert gate.audit(refused.header("x-kubegate-request-id"))["code"] == 403
     finally:
         changed = gate.role_set()
         role_file.write_text(READER_ROLE.replace("NAMESPACE", "dev"))
         wait_for(lambda: gate.role_set() is not changed, timeout=10)
-    assert c.ask(get(POD)).status == 200
+    assert c.get(POD).status == 200
 
 
-def test_a_removed_cluster_is_not_found_on_the_next_identical_request(gate, client, fast_starts):
+def test_a_removed_cluster_is_not_found_on_the_next_identical_request(gate, wire_client, wire_fast_starts):
     gate.add_cluster("gone")
-    request = get("/k8s/clusters/gone/api/v1/namespaces/dev/pods/web-1")
-    c = client("frank")
+    path = "/k8s/clusters/gone/api/v1/namespaces/dev/pods/web-1"
+    c = wire_client("frank")
     try:
-        assert c.ask(request).status == 200
-        assert c.ask(request).status == 200 and len(fast_starts) == 1
+        assert c.get(path).status == 200
+        assert c.get(path).status == 200 and len(wire_fast_starts) == 1
     finally:
         gate.registry.remove("gone", "test-fast")
-    missing = c.ask(request)
+    missing = c.get(path)
     assert missing.status == 404, missing
     assert missing.json["kind"] == "Status" and "gone" in missing.json["message"]
-    assert len(fast_starts) == 1
+    assert len(wire_fast_starts) == 1
 
 
-def test_an_unhealthy_cluster_answers_503_on_the_next_identical_request(gate, client, fast_starts):
+def test_an_unhealthy_cluster_answers_503_on_the_next_identical_request(gate, wire_client, wire_fast_starts):
     gate.add_cluster("sick")
-    request = get("/k8s/clusters/sick/api/v1/namespaces/dev/pods/web-1")
-    c = client("grace")
+    path = "/k8s/clusters/sick/api/v1/namespaces/dev/pods/web-1"
+    c = wire_client("grace")
     try:
-        assert c.ask(request).status == 200
-        assert c.ask(request).status == 200 and len(fast_starts) == 1
+        assert c.get(path).status == 200
+        assert c.get(path).status == 200 and len(wire_fast_starts) == 1
         gate.registry.set_health("sick", "unhealthy", "unreachable: connection refused")
-        refused = c.ask(request)
+        refused = c.get(path)
         assert refused.status == 503, refused
         assert refused.json["kind"] == "Status" and "sick" in refused.json["message"]
         assert "unhealthy" in refused.json["message"]
-        assert len(fast_starts) == 1
+        assert len(wire_fast_starts) == 1
         gate.registry.set_health("sick", "healthy")
-        assert c.ask(request).status == 200  # recovered: the full pipeline, which plans again
-        assert c.ask(request).status == 200 and len(fast_starts) == 2
+        assert c.get(path).status == 200  # recovered: the full pipeline, which plans again
+        assert c.get(path).status == 200 and len(wire_fast_starts) == 2
     finally:
         gate.registry.remove("sick", "test-fast")
 
@@ -292,17 +230,17 @@ def test_an_unhealthy_cluster_answers_503_on_the_next_identical_request(gate, cl
 # --- 4. the upstream closing its keep-alive connection ---------------------------------------------
 
 
-def test_an_idle_upstream_connection_closed_by_the_server_between_requests(gate, client, fast_starts):
-    c = client("heidi")
-    first = c.ask(get(POD))
-    assert c.ask(get(POD)).body == first.body and len(fast_starts) == 1
+def test_an_idle_upstream_connection_closed_by_the_server_between_requests(gate, wire_client, wire_fast_starts):
+    c = wire_client("heidi")
+    first = c.get(POD)
+    assert c.get(POD).body == first.body and len(wire_fast_starts) == 1
 
     async def close() -> None:
         gate.close_upstream_connections()
 
     gate.sandbox.call(close)
     wait_for(lambda: gate.sandbox.counts()[0] == 0, timeout=10)
-    again = c.ask(get(POD))
+    again = c.get(POD)
     assert again.status == 200 and again.body == first.body
     assert gate.audit(again.header("x-kubegate-request-id"))["code"] == 200
 
@@ -352,23 +290,25 @@ def test_a_cluster_removed_while_a_fast_request_waits_for_its_answer_gets_a_404_
     assert c.ask(get(POD)).status == 200  # the connection goes on
 
 
-def test_a_fast_request_whose_upstream_does_not_answer_in_time_gets_a_504_status(gate, client, fast_starts, monkeypatch):
+def test_a_fast_request_whose_upstream_does_not_answer_in_time_gets_a_504_status(
+    gate, wire_client, wire_fast_starts, monkeypatch
+):
     import dataclasses
 
     fwd = gate.px.proxy.fwd
     monkeypatch.setattr(fwd, "settings", dataclasses.replace(fwd.settings, response_head_timeout=1.0))
-    c = client("oscar")
-    first = c.ask(get(POD))
+    c = wire_client("oscar")
+    first = c.get(POD)
     with gate.sandbox_held():
         started = time.monotonic()
-        late = c.ask(get(POD))
+        late = c.get(POD)
         waited = time.monotonic() - started
-    assert len(fast_starts) == 1
+    assert len(wire_fast_starts) == 1
     assert late.status == 504, late
     assert late.json["kind"] == "Status" and "did not answer in time" in late.json["message"]
     assert 1.0 <= waited < 20
     assert gate.audit(late.header("x-kubegate-request-id"))["code"] == 504
-    assert c.ask(get(POD)).body == first.body  # the connection goes on (a new upstream connection)
+    assert c.get(POD).body == first.body  # the connection goes on (a new upstream connection)
 
 
 def _read_until_closed(c: Client) -> bytes:
@@ -652,25 +592,30 @@ def test_a_slow_reader_of_a_long_chunked_answer_is_not_cut_while_it_reads(gate, 
 # --- 8. client-sent impersonation ----------------------------------------------------------------
 
 
-def test_client_sent_impersonation_on_a_repeated_request_is_decided_as_by_the_full_pipeline(gate, client, fast_starts):
+def test_client_sent_impersonation_on_a_repeated_request_is_decided_as_by_the_full_pipeline(
+    gate, wire_client, wire_fast_starts
+):
     """A request that differs by one header is another request: it never rides the plan of the first."""
-    as_mallory = get(POD, "Impersonate-User: mallory\r\n")
-    fresh = client("olivia").ask(as_mallory)  # the full pipeline's answer on a connection with no plans
+    as_mallory = [("Impersonate-User", "mallory")]
+    fresh = wire_client("olivia").get(POD, as_mallory)  # the full pipeline's answer on a connection with no plans
     assert fresh.status == 403 and "mallory" in fresh.json["message"]
 
-    c = client("olivia")
-    plain = c.ask(get(POD))
-    assert c.ask(get(POD)).status == 200 and len(fast_starts) == 1
+    c = wire_client("olivia")
+    plain = c.get(POD)
+    assert c.get(POD).status == 200 and len(wire_fast_starts) == 1
     for _ in range(2):
-        refused = c.ask(as_mallory)
+        refused = c.get(POD, as_mallory)
         assert (refused.status, refused.json["message"]) == (fresh.status, fresh.json["message"])
-    assert len(fast_starts) == 1
-    assert as_mallory not in gate.plans(c)
+        assert gate.audit(refused.header("x-kubegate-request-id"))["code"] == 403
+    assert len(wire_fast_starts) == 1
+    assert len(gate.plans(c)) == 1  # the refused request left no plan
 
     # Impersonating oneself is allowed: remembered as its own plan, repeated on the fast path.
-    as_self = get(POD, "Impersonate-User: olivia\r\n")
-    assert c.ask(as_self).body == plain.body
-    answer = c.ask(as_self)
-    assert answer.body == plain.body and len(fast_starts) == 2
+    as_self = [("Impersonate-User", "olivia")]
+    assert c.get(POD, as_self).body == plain.body
+    answer = c.get(POD, as_self)
+    assert answer.body == plain.body and len(wire_fast_starts) == 2 and len(gate.plans(c)) == 2
     assert gate.audit(answer.header("x-kubegate-request-id"))["impersonated_user"] == "olivia"
-    assert c.ask(get(POD)).body == plain.body and len(fast_starts) == 3
+    assert c.get(POD).body == plain.body and len(wire_fast_starts) == 3
+
+

@@ -3,28 +3,23 @@ again with the same decoded head (target, authority, header fields) is answered 
 what the full pipeline made of it the first time, and is still refused, counted, audited, flow-controlled
 and relayed exactly as the full pipeline would.
 
-The proxy and its sandbox are those of the HTTP/1.1 fast-path tests (``tests/proxy/fast_gate.py``). The
-clients are raw TLS sockets with ALPN h2 driven by the ``h2`` library (a real HTTP/2 implementation: its
-frames, HPACK and flow control, with the stream windows set per test) and kubectl, which speaks h2 to
-kubegate. Which requests took the fast path is observed by counting ``FastH2Exchange.start`` calls (a
-wrapper set with monkeypatch: no product code for it) and by the plans the proxy's connection holds
+The proxy, its sandbox and the clients are those of the HTTP/1.1 fast-path tests (``fast_gate.py``): here
+``H2Client``, a raw TLS socket with ALPN h2 driven by the ``h2`` library (its frames, HPACK and flow
+control, the stream windows set per test), and kubectl, which speaks h2 to kubegate. What a change of
+locks, roles, clusters or health, an upstream that closes or does not answer, and client-sent
+impersonation do to a repeated request is specified once for both protocols in
+``test_proxy_fast_path.py`` (the tests taking ``wire_client``, run ``[h2]`` and ``[http1]``). Which
+requests took the fast path is observed by counting ``FastH2Exchange.start`` calls (a wrapper set with
+monkeypatch: no product code for it) and by the plans the proxy's connection holds
 (``ClientConnection.h2_plans``).
 """
 
 from __future__ import annotations
 
-import socket
-import ssl
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.settings
 import pytest
 from prometheus_client import REGISTRY
 
@@ -36,129 +31,18 @@ from tests.proxy.fast_gate import (
     BULK_LIST,
     OTHER_POD,
     POD,
-    READER_ROLE,
     SEND_TIMEOUT,
     Gate,
+    H2Client,
     Response,
     comparable,
+    opened_clients,
     record_starts,
     running_gate,
     same_fields,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@dataclass
-class _Stream:
-    status: int = 0
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytearray = field(default_factory=bytearray)
-    ended: bool = False
-    reset: int | None = None  # the error code of the proxy's RST_STREAM
-    unacked: int = 0  # bytes received and not yet credited back (a held stream)
-
-
-class H2Client:
-    """One HTTP/2 connection to the proxy over TLS with a client certificate. ``window``: the client's
-    SETTINGS_INITIAL_WINDOW_SIZE (the send window of every stream, as the proxy sees it); the connection
-    window is opened wide at once, so only stream windows shape the tests. Data is credited back as it
-    arrives, except on streams ``hold``-ed (a reader that stopped, or credits by hand)."""
-
-    def __init__(self, px: Any, user: str, roles: list[str], *, window: int | None = None) -> None:
-        self.cert, self.key = px.issue_user(user, roles)
-        ctx = ssl.create_default_context(cafile=str(px.ca_pem_path))
-        ctx.load_cert_chain(str(self.cert), str(self.key))
-        ctx.set_alpn_protocols(["h2"])
-        raw = socket.create_connection(("127.0.0.1", px.port), timeout=30)
-        self.sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
-        assert self.sock.selected_alpn_protocol() == "h2"
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-        if window is not None:
-            self.h2.local_settings = h2.settings.Settings(
-                client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
-        self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(1 << 28)
-        self.streams: dict[int, _Stream] = {}
-        self.held: set[int] = set()
-        self.flush()
-
-    def flush(self) -> None:
-        data = self.h2.data_to_send()
-        if data:
-            self.sock.sendall(data)
-
-    def send(self, path: str, extra: list[tuple[str, str]] | None = None, *, flush: bool = True) -> int:
-        """A GET on a new stream (HEADERS with END_STREAM); returns the stream id."""
-        sid = self.h2.get_next_available_stream_id()
-        fields = [(":method", "GET"), (":scheme", "https"), (":authority", "127.0.0.1"), (":path", path),
-                  ("accept", "application/json"), *(extra or [])]  # fmt: skip
-        self.h2.send_headers(sid, [(k.encode(), v.encode()) for k, v in fields], end_stream=True)
-        self.streams[sid] = _Stream()
-        if flush:
-            self.flush()
-        return sid
-
-    def pump(self) -> None:
-        """One read from the socket, its events applied to the streams."""
-        data = self.sock.recv(1 << 20)
-        if not data:
-            raise ConnectionError("the proxy closed the connection")
-        for event in self.h2.receive_data(data):
-            if isinstance(event, h2.events.ResponseReceived):
-                stream = self.streams[event.stream_id]
-                stream.status = int(dict(event.headers)[b":status"])
-                stream.headers = [(k.decode(), v.decode()) for k, v in event.headers if not k.startswith(b":")]
-            elif isinstance(event, h2.events.DataReceived):
-                stream = self.streams[event.stream_id]
-                stream.body.extend(event.data)
-                if event.stream_id in self.held:
-                    stream.unacked += event.flow_controlled_length
-                elif not stream.reset:
-                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            elif isinstance(event, h2.events.StreamEnded):
-                self.streams[event.stream_id].ended = True
-            elif isinstance(event, h2.events.StreamReset):
-                self.streams[event.stream_id].reset = event.error_code
-            elif isinstance(event, h2.events.ConnectionTerminated):
-                raise ConnectionError(f"the proxy ended the connection: {event}")
-        self.flush()
-
-    def until(self, done: Callable[[], bool], timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not done():
-            assert time.monotonic() < deadline, "no answer in time"
-            self.pump()
-
-    def response(self, sid: int) -> Response:
-        stream = self.streams[sid]
-        self.until(lambda: stream.ended or stream.reset is not None)
-        assert stream.reset is None, f"stream {sid} was reset ({stream.reset})"
-        return Response(stream.status, stream.headers, bytes(stream.body))
-
-    def get(self, path: str, extra: list[tuple[str, str]] | None = None) -> Response:
-        return self.response(self.send(path, extra))
-
-    def concurrent(self, path: str, n: int) -> list[tuple[int, Response]]:
-        """``n`` identical GETs on ``n`` streams sent in one write, with their answers."""
-        sids = [self.send(path, flush=False) for _ in range(n)]
-        self.flush()
-        return [(sid, self.response(sid)) for sid in sids]
-
-    def credit(self, sid: int) -> None:
-        """Credit back what a held stream received."""
-        stream = self.streams[sid]
-        if stream.unacked:
-            self.h2.acknowledge_received_data(stream.unacked, sid)
-            stream.unacked = 0
-            self.flush()
-
-    def cancel(self, sid: int) -> None:
-        self.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
-        self.flush()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -176,16 +60,8 @@ def fast_starts(monkeypatch: pytest.MonkeyPatch) -> list[FastH2Exchange]:
 @pytest.fixture
 def client(gate: Gate) -> Iterator[Callable[..., H2Client]]:
     """``client(user, roles, **kw)`` → an ``H2Client`` closed at teardown."""
-    opened: list[H2Client] = []
-
-    def make(user: str = "alice", roles: list[str] | None = None, **kw: Any) -> H2Client:
-        c = H2Client(gate.px, user, roles or ["admin"], **kw)
-        opened.append(c)
-        return c
-
-    yield make
-    for c in opened:
-        c.close()
+    with opened_clients(gate, H2Client) as make:
+        yield make
 
 
 def _request_ids(answers: list[Response]) -> list[str]:
@@ -253,97 +129,10 @@ def test_sixteen_concurrent_identical_streams_each_get_their_own_fast_answer(gat
     assert c.get(POD).body == body  # and the connection goes on
 
 
-# --- 2. locks, roles, clusters, health ------------------------------------------------------------
-
-
-def test_a_lock_added_between_two_identical_requests_refuses_the_second(gate, client, fast_starts):
-    c = client("mallory")
-    assert c.get(POD).status == 200
-    assert c.get(POD).status == 200 and len(fast_starts) == 1
-    gate.locks.lock_user("mallory", reason="left the team")
-    try:
-        refused = c.get(POD)
-        assert refused.status == 403, refused
-        assert refused.json["kind"] == "Status" and "left the team" in refused.json["message"]
-        assert len(fast_starts) == 1
-        assert gate.audit(refused.header("x-kubegate-request-id"))["code"] == 403
-    finally:
-        gate.locks.unlock_user("mallory")
-    assert c.get(POD).status == 200  # unlocked: served again
-
-
-def test_a_role_change_refuses_the_next_identical_request(gate, client, fast_starts):
-    c = client("erin", ["reader"])
-    role_file = gate.roles_dir / "reader.yaml"
-    assert c.get(POD).status == 200
-    assert c.get(POD).status == 200 and len(fast_starts) == 1
-    old = gate.role_set()
-    role_file.write_text(READER_ROLE.replace("NAMESPACE", "prod"))  # no longer dev
-    try:
-        wait_for(lambda: gate.role_set() is not old, timeout=10)
-        refused = c.get(POD)
-        assert refused.status == 403, refused
-        assert refused.json["kind"] == "Status" and refused.json["reason"] == "Forbidden"
-        assert len(fast_starts) == 1
-        assert gate.audit(refused.header("x-kubegate-request-id"))["code"] == 403
-    finally:
-        changed = gate.role_set()
-        role_file.write_text(READER_ROLE.replace("NAMESPACE", "dev"))
-        wait_for(lambda: gate.role_set() is not changed, timeout=10)
-    assert c.get(POD).status == 200
-
-
-def test_a_removed_cluster_is_not_found_on_the_next_identical_request(gate, client, fast_starts):
-    gate.add_cluster("gone")
-    path = "/k8s/clusters/gone/api/v1/namespaces/dev/pods/web-1"
-    c = client("frank")
-    try:
-        assert c.get(path).status == 200
-        assert c.get(path).status == 200 and len(fast_starts) == 1
-    finally:
-        gate.registry.remove("gone", "test-fast")
-    missing = c.get(path)
-    assert missing.status == 404, missing
-    assert missing.json["kind"] == "Status" and "gone" in missing.json["message"]
-    assert len(fast_starts) == 1
-
-
-def test_an_unhealthy_cluster_answers_503_on_the_next_identical_request(gate, client, fast_starts):
-    gate.add_cluster("sick")
-    path = "/k8s/clusters/sick/api/v1/namespaces/dev/pods/web-1"
-    c = client("grace")
-    try:
-        assert c.get(path).status == 200
-        assert c.get(path).status == 200 and len(fast_starts) == 1
-        gate.registry.set_health("sick", "unhealthy", "unreachable: connection refused")
-        refused = c.get(path)
-        assert refused.status == 503, refused
-        assert refused.json["kind"] == "Status" and "sick" in refused.json["message"]
-        assert "unhealthy" in refused.json["message"]
-        assert len(fast_starts) == 1
-        gate.registry.set_health("sick", "healthy")
-        assert c.get(path).status == 200  # recovered: the full pipeline, which plans again
-        assert c.get(path).status == 200 and len(fast_starts) == 2
-    finally:
-        gate.registry.remove("sick", "test-fast")
+# --- 2. locks, roles, clusters, health: in test_proxy_fast_path.py, for both protocols ([h2]) -------
 
 
 # --- 3. the upstream closing its keep-alive connection ---------------------------------------------
-
-
-def test_an_idle_upstream_connection_closed_by_the_server_between_requests(gate, client, fast_starts):
-    c = client("heidi")
-    first = c.get(POD)
-    assert c.get(POD).body == first.body and len(fast_starts) == 1
-
-    async def close() -> None:
-        gate.close_upstream_connections()
-
-    gate.sandbox.call(close)
-    wait_for(lambda: gate.sandbox.counts()[0] == 0, timeout=10)
-    again = c.get(POD)
-    assert again.status == 200 and again.body == first.body
-    assert gate.audit(again.header("x-kubegate-request-id"))["code"] == 200
 
 
 def test_a_request_the_server_closes_on_unanswered_is_replayed_through_the_full_pipeline(
@@ -497,33 +286,10 @@ def test_a_client_reset_ends_the_fast_exchange_and_its_upstream_connection_and_t
     wait_for(lambda: gate.px.stats()["exchanges"] == 0, timeout=10)
 
 
-# --- 6. client-sent impersonation ----------------------------------------------------------------
+# --- 6. client-sent impersonation: in test_proxy_fast_path.py, for both protocols ([h2]) ------------
 
 
-def test_client_sent_impersonation_on_a_repeated_request_is_decided_as_by_the_full_pipeline(gate, client, fast_starts):
-    """A request that differs by one header field is another request: it never rides the plan of the
-    first."""
-    as_mallory = [("impersonate-user", "mallory")]
-    fresh = client("olivia").get(POD, as_mallory)  # the full pipeline's answer on a connection with no plans
-    assert fresh.status == 403 and "mallory" in fresh.json["message"]
-
-    c = client("olivia")
-    plain = c.get(POD)
-    assert c.get(POD).status == 200 and len(fast_starts) == 1
-    for _ in range(2):
-        refused = c.get(POD, as_mallory)
-        assert (refused.status, refused.json["message"]) == (fresh.status, fresh.json["message"])
-        assert gate.audit(refused.header("x-kubegate-request-id"))["code"] == 403
-    assert len(fast_starts) == 1
-    assert all((b"impersonate-user", b"mallory") not in fields for _, _, fields in gate.plans(c))
-
-    # Impersonating oneself is allowed: remembered as its own plan, repeated on the fast path.
-    as_self = [("impersonate-user", "olivia")]
-    assert c.get(POD, as_self).body == plain.body
-    answer = c.get(POD, as_self)
-    assert answer.body == plain.body and len(fast_starts) == 2
-    assert gate.audit(answer.header("x-kubegate-request-id"))["impersonated_user"] == "olivia"
-    assert c.get(POD).body == plain.body and len(fast_starts) == 3
+# --- 7. the order of the header fields -------------------------------------------------------------
 
 
 def test_the_same_fields_in_another_order_are_the_same_request(gate, client, fast_starts):
@@ -545,7 +311,7 @@ def test_the_same_fields_in_another_order_are_the_same_request(gate, client, fas
     assert c.get(POD, values[::-1]).body == first.body and len(fast_starts) == 2
 
 
-# --- 7. kubectl -----------------------------------------------------------------------------------
+# --- 8. kubectl -----------------------------------------------------------------------------------
 
 
 def test_kubectl_getting_the_same_pod_twice_in_one_run_is_served_by_the_fast_path(gate, kubectl, fast_starts):
