@@ -214,13 +214,17 @@ def running_gate(base: Path, *, long_list: bool = False) -> Iterator[Gate]:
 
 
 def record_starts(monkeypatch: pytest.MonkeyPatch, *classes: type) -> list[Any]:
-    """Every exchange of these classes started from now until the test ends, in order (a wrapper of
-    each class's ``start`` set with monkeypatch: no product code for it)."""
+    """Every exchange of these classes started from a plan from now until the test ends, in order (the
+    fast path taken: a wrapper of each class's ``start`` set with monkeypatch, no product code for it).
+    A ``CodecFastExchange`` the direct path starts for a request with no plan (its plan is new, not one
+    of the connection's) is not counted."""
     started: list[Any] = []
 
     def recording(original: Callable[[Any], None]) -> Callable[[Any], None]:
         def start(self: Any) -> None:
-            started.append(self)
+            conn = self.conn
+            if any(self.plan is plan for plan in (conn.plans or conn.h2_plans or {}).values()):
+                started.append(self)
             original(self)
 
         return start

@@ -8,7 +8,7 @@ request bytes on one connection (what kubectl's polling, informer relists and cl
 the ``kubernetes`` Python client (urllib3 keep-alive). Which requests took the fast path is observed by
 counting ``FastExchange.start`` calls in the test (a wrapper set with monkeypatch: no product code for
 it) and by the plans the proxy's client connection holds. The tests taking ``wire_client`` run for
-HTTP/2 clients too (``[h2]``: ``fast_gate.H2Client``, ``FastH2Exchange``); what only HTTP/2 has is in
+HTTP/2 clients too (``[h2]``: ``fast_gate.H2Client``, ``CodecFastExchange``); what only HTTP/2 has is in
 ``test_proxy_fast_path_h2.py``.
 """
 
@@ -26,7 +26,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from proxy.connection import ClientConnection
-from proxy.fastpath import FastExchange, FastH2Exchange
+from proxy.fastpath import CodecFastExchange, FastExchange
 from proxy.testing import wait_for
 from tests.proxy.fast_gate import (
     BULK_ITEMS,
@@ -81,7 +81,7 @@ def wire_client(gate: Gate, wire: str) -> Iterator[Callable[..., Client | H2Clie
 @pytest.fixture
 def wire_fast_starts(monkeypatch: pytest.MonkeyPatch) -> list[FastExchange]:
     """Every fast exchange (HTTP/1.1 or HTTP/2) started while the test runs, in order."""
-    return record_starts(monkeypatch, FastExchange, FastH2Exchange)
+    return record_starts(monkeypatch, FastExchange, CodecFastExchange)
 
 
 # --- 1. the same answers, ids, audit lines and metrics -------------------------------------------------
