@@ -1,24 +1,29 @@
-"""The HTTP/1.1 fast path: a request a connection sends again is answered with no codec, no task and no
-new decision.
+"""The fast path: a GET without a body answered with no asyncio Task, no future and no event object.
 
-A request that arrived whole in one read (a GET without a body: kubectl's and client libraries'
-polling, informer relists, health probes, a benchmark) goes through the full pipeline
-(``forward.Exchange``) the first time: parsed, routed, authorized, rewritten, forwarded. When that
-exchange was plain (allowed with no response filter or review, not long-lived, the target unchanged,
-forwarded over a pooled HTTP/1.1 upstream connection), its outcome is remembered on the client connection
-as a ``Plan``, keyed by the request's exact bytes: the upstream request head and the decision.
+A GET a connection sends again is answered from a ``Plan``: what the full pipeline (``forward.Exchange``,
+or its direct path) made of it the first time, the encoded upstream request head and the decision, kept
+on the client connection when that exchange was plain (allowed with no response filter or review, not
+long-lived, the target unchanged, forwarded over a pooled HTTP/1.1 upstream connection). On HTTP/1.1
+the plan is keyed by the request's exact bytes (a read holding one whole bodiless head, e.g. kubectl's
+and client libraries' polling, health probes, a benchmark) and answered by ``FastExchange``, the bytes
+never reaching the codec; on HTTP/2 by the decoded head (``h2_key``) and answered by
+``CodecFastExchange`` on the request's stream, through the codec.
 
-The same bytes again on the same connection (so the same certificate) are the same request. The fast path
-checks everything that may have changed since: the certificate's expiry, the lock list, the role set,
-the cluster (removed, changed, unhealthy), its catalog and upstream credentials, each by object identity.
-Then it writes the remembered head to an idle upstream connection and relays the answer from the
-upstream parser's callbacks straight to the client's socket: no asyncio Task, no future, no event
-object per request. Metrics and the audit line are the same as the full pipeline's.
+The same request again on the same connection (so the same certificate) is checked for everything that
+may have changed since (``usable``): the certificate's expiry, the lock list, the role set, the cluster
+(removed, changed, unhealthy), its catalog and upstream credentials, each by object identity. Then the
+remembered head goes to an idle upstream connection, and the exchange is that connection's sink: the
+answer is relayed from the upstream parser's callbacks. Metrics and the audit line are the full
+pipeline's.
+
+``forward.Exchange.start_direct`` uses ``CodecFastExchange`` too, for a GET with no plan whose decision
+it reaches without waiting (a memoised or synchronous one), with the head rewritten for it; that exchange
+leaves the plan behind.
 
 Whatever is unusual takes the full pipeline before a byte is written: a check that does not hold, no
-idle upstream connection, another request in flight on the connection, a client whose clock is faked
-(tests). An upstream connection that fails before any answer reached the client (the server had closed
-a pooled connection) hands the request bytes to the full pipeline, which retries as for any GET.
+idle upstream connection, another request in flight on an HTTP/1.1 connection, a client whose clock is
+faked (tests). An upstream connection that fails before any answer reached the client (the server had
+closed a pooled connection) hands the request to the full pipeline, which retries as for any GET.
 """
 
 from __future__ import annotations
