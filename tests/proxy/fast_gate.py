@@ -328,9 +328,17 @@ class Client:
         self.send(data)
         return self.response()
 
+    def begin(self, path: str, fields: list[tuple[str, str]] | None = None) -> None:
+        """Send a GET of ``path`` with these header fields besides Host and Accept (``answer`` reads it)."""
+        self.send(get(path, "".join(f"{name}: {value}\r\n" for name, value in fields or [])))
+
+    def answer(self, _: None = None) -> Response:
+        return self.response()
+
     def get(self, path: str, fields: list[tuple[str, str]] | None = None) -> Response:
         """A GET of ``path`` with these header fields besides Host and Accept, and its answer."""
-        return self.ask(get(path, "".join(f"{name}: {value}\r\n" for name, value in fields or [])))
+        self.begin(path, fields)
+        return self.response()
 
     def close(self) -> None:
         self.sock.close()
@@ -375,7 +383,7 @@ class H2Client:
         if data:
             self.sock.sendall(data)
 
-    def send(self, path: str, extra: list[tuple[str, str]] | None = None, *, flush: bool = True) -> int:
+    def begin(self, path: str, extra: list[tuple[str, str]] | None = None, *, flush: bool = True) -> int:
         """A GET on a new stream (HEADERS with END_STREAM); returns the stream id."""
         sid = self.h2.get_next_available_stream_id()
         fields = [(":method", "GET"), (":scheme", "https"), (":authority", "127.0.0.1"), (":path", path),
@@ -417,20 +425,20 @@ class H2Client:
             assert time.monotonic() < deadline, "no answer in time"
             self.pump()
 
-    def response(self, sid: int) -> Response:
+    def answer(self, sid: int) -> Response:
         stream = self.streams[sid]
         self.until(lambda: stream.ended or stream.reset is not None)
         assert stream.reset is None, f"stream {sid} was reset ({stream.reset})"
         return Response(stream.status, stream.headers, bytes(stream.body))
 
     def get(self, path: str, extra: list[tuple[str, str]] | None = None) -> Response:
-        return self.response(self.send(path, extra))
+        return self.answer(self.begin(path, extra))
 
     def concurrent(self, path: str, n: int) -> list[tuple[int, Response]]:
         """``n`` identical GETs on ``n`` streams sent in one write, with their answers."""
-        sids = [self.send(path, flush=False) for _ in range(n)]
+        sids = [self.begin(path, flush=False) for _ in range(n)]
         self.flush()
-        return [(sid, self.response(sid)) for sid in sids]
+        return [(sid, self.answer(sid)) for sid in sids]
 
     def credit(self, sid: int) -> None:
         """Credit back what a held stream received."""

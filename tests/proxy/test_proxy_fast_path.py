@@ -271,23 +271,25 @@ def test_a_request_the_server_closes_on_unanswered_is_replayed_through_the_full_
     assert c.ask(get(POD)).body == first.body  # and the connection goes on
 
 
-def test_a_cluster_removed_while_a_fast_request_waits_for_its_answer_gets_a_404_status(gate, client, fast_starts):
+def test_a_cluster_removed_while_a_fast_request_waits_for_its_answer_gets_a_404_status(
+    gate, wire_client, wire_fast_starts
+):
     gate.add_cluster("leaving")
-    request = get("/k8s/clusters/leaving/api/v1/namespaces/dev/pods/web-1")
-    c = client("nina")
+    path = "/k8s/clusters/leaving/api/v1/namespaces/dev/pods/web-1"
+    c = wire_client("nina")
     try:
-        assert c.ask(request).status == 200
+        assert c.get(path).status == 200
         with gate.sandbox_held():
-            c.send(request)
-            wait_for(lambda: len(fast_starts) == 1, timeout=10)
+            sent = c.begin(path)
+            wait_for(lambda: len(wire_fast_starts) == 1, timeout=10)
             gate.registry.remove("leaving", "test-fast")
-            ended = c.response()
+            ended = c.answer(sent)
         assert ended.status == 404, ended
         assert ended.json["kind"] == "Status" and "leaving was removed" in ended.json["message"]
         assert gate.audit(ended.header("x-kubegate-request-id"))["code"] == 404
     finally:
         gate.registry.remove("leaving", "test-fast")
-    assert c.ask(get(POD)).status == 200  # the connection goes on
+    assert c.get(POD).status == 200  # the connection goes on
 
 
 def test_a_fast_request_whose_upstream_does_not_answer_in_time_gets_a_504_status(

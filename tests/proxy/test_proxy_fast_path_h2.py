@@ -30,6 +30,8 @@ from proxy.testing import wait_for
 from tests.proxy.fast_gate import (
     BULK_ITEMS,
     BULK_LIST,
+    BULK_NAMESPACE,
+    CLUSTER,
     OTHER_POD,
     POD,
     SEND_TIMEOUT,
@@ -89,8 +91,8 @@ def test_repeated_gets_on_one_h2_connection_are_answered_by_the_fast_path(gate, 
     target, authority, fields = key
     assert (target, authority) == (POD, "127.0.0.1") and (b"accept", b"application/json") in fields
     assert fast_starts == []
-    sids = [c.send(POD) for _ in range(4)]
-    repeats = [c.response(sid) for sid in sids]
+    sids = [c.begin(POD) for _ in range(4)]
+    repeats = [c.answer(sid) for sid in sids]
     assert [fx.sid for fx in fast_starts] == sids  # each repeat took the fast path, on its own stream
 
     for answer in repeats:
@@ -151,13 +153,13 @@ def test_a_request_the_server_closes_on_unanswered_is_replayed_through_the_full_
     lines_before = len(gate.audited("ivan"))
 
     with gate.sandbox_held(then=gate.close_upstream_connections):
-        sid = c.send(POD)
+        sid = c.begin(POD)
         wait_for(lambda: len(fast_starts) == 2, timeout=10)  # written to the pooled connection
-        other = c.send(OTHER_POD)  # no plan for this one: served meanwhile (direct path or full pipeline)
+        other = c.begin(OTHER_POD)  # no plan for this one: served meanwhile (direct path or full pipeline)
         time.sleep(0.2)
-    again = c.response(sid)
+    again = c.answer(sid)
     assert again.status == 200 and again.body == first.body
-    assert c.response(other).json["metadata"]["name"] == "web-2"
+    assert c.answer(other).json["metadata"]["name"] == "web-2"
     assert sid in replayed and len(fast_starts) == 2
     # Served once: one audit line, by the full pipeline (the fast exchange handed it over uncounted).
     request_id = again.header("x-kubegate-request-id")
@@ -210,7 +212,7 @@ def test_a_large_answer_through_a_small_stream_window_credited_slowly_arrives_wh
     assert names == [f"cm-{n:04d}" for n in range(BULK_ITEMS)]
 
     drains.clear()
-    sid = c.send(BULK_LIST)
+    sid = c.begin(BULK_LIST)
     c.held.add(sid)
     stream = c.streams[sid]
     deadline = time.monotonic() + 60
@@ -236,7 +238,7 @@ def test_a_stream_whose_window_never_opens_is_reset_after_the_send_timeout_while
     c = client("ken", window=16384)
     pod = c.concurrent(POD, 2)[0][1]  # two upstream connections for what follows: one stays idle
     full = c.get(BULK_LIST)
-    stuck = c.send(BULK_LIST)
+    stuck = c.begin(BULK_LIST)
     c.held.add(stuck)  # never credited: its window stays shut after the first 16 KiB
     started = time.monotonic()
     wait_for(lambda: len(fast_starts) == 1, timeout=10)
@@ -265,7 +267,7 @@ def test_a_client_reset_ends_the_fast_exchange_and_its_upstream_connection_and_t
     c = client("leo", window=16384)
     full = c.get(BULK_LIST)
     pod = c.get(POD)
-    sid = c.send(BULK_LIST)
+    sid = c.begin(BULK_LIST)
     c.held.add(sid)  # the answer stays in flight: the window shuts after 16 KiB
     c.until(lambda: len(c.streams[sid].body) == 16384)
     (exchange,) = fast_starts
@@ -286,6 +288,61 @@ def test_a_client_reset_ends_the_fast_exchange_and_its_upstream_connection_and_t
     assert fast_starts[-1].upstream is not exchange.upstream
     assert c.get(BULK_LIST).body == full.body  # held no more: credited as it comes
     wait_for(lambda: gate.px.stats()["exchanges"] == 0, timeout=10)
+
+
+def test_a_cluster_removed_mid_answer_resets_that_stream_only(gate, client, fast_starts):
+    """HTTP/2 can say that an answer was cut short without closing the connection: the stream is reset
+    (HTTP/1.1 has to close the connection), and the client's other requests go on."""
+    gate.add_cluster("dropped")
+    path = f"/k8s/clusters/dropped/api/v1/namespaces/{BULK_NAMESPACE}/configmaps"
+    c = client("tess", window=16384)
+    try:
+        total = len(c.get(path).body)
+        pod = c.get(POD)
+        sid = c.begin(path)
+        c.held.add(sid)  # the answer stays in flight: the window shuts after 16 KiB
+        c.until(lambda: len(c.streams[sid].body) == 16384)
+        (exchange,) = fast_starts
+        gate.registry.remove("dropped", "test-fast")
+        c.until(lambda: c.streams[sid].reset is not None)
+        assert not c.streams[sid].ended
+        event = gate.audit(exchange.request_id)
+        assert event["stopped"] == "kubegate ended this stream: cluster dropped was removed"
+        assert 0 < event["bytes_out"] < total
+        wait_for(lambda: gate.px.stats()["exchanges"] == 0, timeout=10)
+        assert "dropped" not in gate.px.stats()["pools"]
+    finally:
+        gate.registry.remove("dropped", "test-fast")
+    assert c.get(POD).body == pod.body  # the connection goes on
+
+
+def test_an_upstream_that_fails_mid_answer_resets_that_stream_only(gate, client, fast_starts):
+    def resets() -> float:
+        return REGISTRY.get_sample_value("kubegate_upstream_errors_total", {"cluster": CLUSTER, "kind": "reset"}) or 0.0
+
+    before = resets()
+    c = client("uma", window=16384)
+    total = len(c.get(BULK_LIST).body)
+    pod = c.get(POD)
+    sid = c.begin(BULK_LIST)
+    c.held.add(sid)
+    c.until(lambda: len(c.streams[sid].body) == 16384)
+    (exchange,) = fast_starts
+
+    async def reset_all() -> None:  # the API server's connections end abruptly (a crash, a RST)
+        for conn in list(gate.sandbox.server._connections):
+            conn.transport.abort()
+
+    gate.sandbox.call(reset_all)
+    c.held.discard(sid)
+    c.credit(sid)  # reading again: the proxy reads the upstream again, and finds it gone
+    c.until(lambda: c.streams[sid].reset is not None or c.streams[sid].ended)
+    assert c.streams[sid].reset is not None and len(c.streams[sid].body) < total
+    event = gate.audit(exchange.request_id)
+    assert event["code"] == 200 and 0 < event["bytes_out"] < total
+    assert resets() == before + 1
+    wait_for(lambda: gate.px.stats()["exchanges"] == 0, timeout=10)
+    assert c.get(POD).body == pod.body  # the connection goes on
 
 
 # --- 6. client-sent impersonation: in test_proxy_fast_path.py, for both protocols ([h2]) ------------
