@@ -290,6 +290,28 @@ def test_a_client_reset_ends_the_fast_exchange_and_its_upstream_connection_and_t
     wait_for(lambda: gate.px.stats()["exchanges"] == 0, timeout=10)
 
 
+def test_a_client_reset_before_the_answer_began_ends_the_exchange_and_its_upstream_request(
+    gate, client, fast_starts
+):
+    """The stream is reset while the upstream has not answered yet (its loop held): the exchange ends,
+    audited, its upstream connection is closed rather than left with an answer nobody reads, and the
+    connection and the cluster's pool serve on."""
+    c = client("max")
+    first = c.get(POD)
+    with gate.sandbox_held():
+        sid = c.begin(POD)
+        wait_for(lambda: len(fast_starts) == 1, timeout=10)
+        (exchange,) = fast_starts
+        c.cancel(sid)
+        wait_for(lambda: exchange.finished, timeout=10)
+        assert exchange.upstream.closed
+    assert gate.audit(exchange.request_id)["bytes_out"] == 0
+    wait_for(lambda: gate.px.stats()["exchanges"] == 0, timeout=10)
+    wait_for(lambda: all(p["http1_busy"] == 0 for p in gate.px.stats()["pools"].values()), timeout=10)
+    again = c.get(POD)
+    assert again.body == first.body and c.streams[sid].status == 0  # nothing was sent on the reset stream
+
+
 def test_a_cluster_removed_mid_answer_resets_that_stream_only(gate, client, fast_starts):
     """HTTP/2 can say that an answer was cut short without closing the connection: the stream is reset
     (HTTP/1.1 has to close the connection), and the client's other requests go on."""
