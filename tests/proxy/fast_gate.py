@@ -213,6 +213,52 @@ def running_gate(base: Path, *, long_list: bool = False) -> Iterator[Gate]:
             yield Gate(sb, px, registry, roles_dir, locks)
 
 
+# The sandbox frames every answer that is not a stream (watch, logs -f: never on the fast path) with a
+# content-length and has no ETag: these answers come from nginx (a real server, the benchmarks' upstream)
+# in front of the sandbox, as cluster ``edge``. nginx serves one pod from a file captured from the sandbox
+# (ETag: a 304 on If-None-Match; gzip for a client that accepts it: a chunked answer), a 204, and proxies
+# everything else (discovery) to the sandbox.
+EDGE_POD = "/api/v1/namespaces/dev/pods/web-1"
+EDGE_EMPTY = "/api/v1/namespaces/dev/configmaps/nothing"
+EDGE_EXTRA = f"""
+        gzip on; gzip_types application/json; gzip_min_length 1; gzip_proxied any;
+        location = {EDGE_EMPTY} {{ return 204; }}
+"""
+
+
+@contextlib.contextmanager
+def running_edge(gate: Gate, base: Path) -> Iterator[bytes]:
+    """Cluster ``edge``: nginx in front of the gate's sandbox; yields the pod file nginx serves."""
+    import dataclasses
+    import os
+
+    from benchmarks.nginx import NginxProcess, UpstreamTLS, fast_upstream_conf, fetch_raw, find_nginx
+    from kubegate.demo import free_port
+    from proxy.testing import cluster_for_sandbox
+
+    binary = find_nginx()
+    assert binary is not None, "nginx is not installed: scripts/install-tools.sh installs it into .tools/bin"
+    sb = gate.sandbox
+    cert, key = sb.issue_client_cert("edge-nginx", ["system:masters"])
+    pod, ctype = fetch_raw(sb.port, EDGE_POD, str(sb.ca_pem_path), str(cert), str(key))
+    (base / "web-1.json").write_bytes(pod)
+    pki = Path(sb.ca_pem_path).parent
+    port = free_port()
+    conf = fast_upstream_conf(base / "nginx", port, str(pki / "server.crt"), str(pki / "server.key"),
+                              {EDGE_POD: (base / "web-1.json", ctype)},
+                              UpstreamTLS("sandbox", sb.port, str(sb.ca_pem_path), str(cert), str(key)), EDGE_EXTRA)
+    if os.geteuid() == 0:  # nginx's worker would run as nobody, who cannot read a private temp dir
+        conf = "user root;\n" + conf
+    nginx = NginxProcess(binary, base / "nginx", conf, port, None)
+    try:
+        cluster = dataclasses.replace(cluster_for_sandbox(sb, name="edge"), server=f"https://127.0.0.1:{port}")
+        gate.registry.upsert(cluster, "test-edge")
+        yield pod
+    finally:
+        gate.registry.remove("edge", "test-edge")
+        nginx.close()
+
+
 def record_starts(monkeypatch: pytest.MonkeyPatch, *classes: type) -> list[Any]:
     """Every exchange of these classes started from a plan from now until the test ends, in order (the
     fast path taken: a wrapper of each class's ``start`` set with monkeypatch, no product code for it).

@@ -32,6 +32,8 @@ from tests.proxy.fast_gate import (
     BULK_LIST,
     BULK_NAMESPACE,
     CLUSTER,
+    EDGE_EMPTY,
+    EDGE_POD,
     OTHER_POD,
     POD,
     SEND_TIMEOUT,
@@ -41,6 +43,7 @@ from tests.proxy.fast_gate import (
     comparable,
     opened_clients,
     record_starts,
+    running_edge,
     running_gate,
     same_fields,
 )
@@ -367,10 +370,46 @@ def test_an_upstream_that_fails_mid_answer_resets_that_stream_only(gate, client,
     assert c.get(POD).body == pod.body  # the connection goes on
 
 
-# --- 6. client-sent impersonation: in test_proxy_fast_path.py, for both protocols ([h2]) ------------
+# --- 6. chunked, 304 and 204 answers (nginx before the sandbox: ``fast_gate.running_edge``) ------------
 
 
-# --- 7. the order of the header fields -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def edge(gate: Gate, tmp_path_factory: pytest.TempPathFactory) -> Iterator[bytes]:
+    with running_edge(gate, tmp_path_factory.mktemp("edge")) as pod:
+        yield pod
+
+
+def test_chunked_304_and_204_answers_are_framed_by_h2_on_the_fast_path(gate, edge, client, fast_starts):
+    """The upstream's HTTP/1.1 framing (chunks, a bodiless 304 or 204) becomes h2 framing: DATA frames
+    and END_STREAM, no transfer-encoding, a content-length only where the upstream gave one. The ``h2``
+    client checks the framing against the fields (a content-length that does not match is an error)."""
+    import gzip
+
+    pod = f"/k8s/clusters/edge{EDGE_POD}"
+    c = client("quinn")
+    plain = c.get(pod)
+    assert plain.status == 200 and plain.body == edge and plain.header("etag")
+    gzipped = [c.get(pod, [("accept-encoding", "gzip")]) for _ in range(3)]
+    not_modified = [c.get(pod, [("if-none-match", plain.header("etag"))]) for _ in range(2)]
+    empty = [c.get(f"/k8s/clusters/edge{EDGE_EMPTY}") for _ in range(2)]
+    assert len(fast_starts) == 4  # the second of each
+    for answer in gzipped:
+        assert answer.status == 200 and answer.header("content-encoding") == "gzip"
+        assert gzip.decompress(answer.body) == edge
+        assert answer.header("transfer-encoding") is None and answer.header("content-length") is None
+    assert same_fields(gzipped[1]) == same_fields(gzipped[0])
+    assert [(a.status, a.body) for a in not_modified + empty] == [(304, b""), (304, b""), (204, b""), (204, b"")]
+    for first, again in (not_modified, empty):
+        assert same_fields(again) == same_fields(first)
+    codes = [gate.audit(a.header("x-kubegate-request-id"))["code"] for a in gzipped + not_modified + empty]
+    assert codes == [200, 200, 200, 304, 304, 204, 204]
+    assert c.get(pod).body == edge  # the connection goes on
+
+
+# --- 7. client-sent impersonation: in test_proxy_fast_path.py, for both protocols ([h2]) ------------
+
+
+# --- 8. the order of the header fields -------------------------------------------------------------
 
 
 def test_the_same_fields_in_another_order_are_the_same_request(gate, client, fast_starts):
@@ -392,7 +431,7 @@ def test_the_same_fields_in_another_order_are_the_same_request(gate, client, fas
     assert c.get(POD, values[::-1]).body == first.body and len(fast_starts) == 2
 
 
-# --- 8. kubectl -----------------------------------------------------------------------------------
+# --- 9. kubectl -----------------------------------------------------------------------------------
 
 
 def test_kubectl_getting_the_same_pod_twice_in_one_run_is_served_by_the_fast_path(gate, kubectl, fast_starts):
