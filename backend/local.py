@@ -293,10 +293,13 @@ class _LocalWatch(Watch):
                     last_expiry = now
                     if backend.has_leases():
                         backend.expire_leases()
-                store_revision = backend.current_revision()
-                if store_revision != seen_store_revision:
-                    seen_store_revision = store_revision
-                    events = backend.changes_since(self.prefix, self.revision)
+                if backend.current_revision() != seen_store_revision:
+                    # A writer bumps the revision before it writes the record: read both under its lock,
+                    # or a revision whose record was not written yet would be taken as seen (and its
+                    # event missed until the next write).
+                    with backend._exclusive():
+                        seen_store_revision = backend.current_revision()
+                        events = backend.changes_since(self.prefix, self.revision)
                     if events and not self._cancelled.is_set():
                         self.revision = events[-1].revision
                         self.on_events(events)

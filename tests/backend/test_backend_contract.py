@@ -146,3 +146,30 @@ def test_local_backend_survives_a_writer_killed_mid_write(tmp_path):
     assert backend.get("locks").value == b"old"
     assert [i.key for i in backend.get_range("")[0]] == ["locks"]
     assert backend.put("locks", b"new").revision == 2
+
+
+def test_a_local_watch_polling_between_a_writers_revision_and_its_record_still_sees_the_event(tmp_path, monkeypatch):
+    """A writer bumps the store's revision, then writes the record. A watch that polled in between used
+    to take the new revision as seen with no record for it yet, and missed the event until some later
+    write (seen as a flaky contract test under load). The writer here pauses 0.3 s between the two
+    steps, so the watch (polling every 20 ms) polls in that window many times."""
+    backend = LocalBackend(tmp_path / "b", poll_interval=0.02)
+    backend.put("clusters/before", b"0")
+    _, revision = backend.get_range("clusters/")
+    real_next_revision = backend._next_revision
+
+    def slow_next_revision() -> int:
+        bumped = real_next_revision()
+        time.sleep(0.3)  # the record is written after this
+        return bumped
+
+    seen = Collector()
+    watch = backend.watch("clusters/", revision, seen.on_events, seen.on_error)
+    try:
+        monkeypatch.setattr(backend, "_next_revision", slow_next_revision)
+        backend.put("clusters/a", b"1")
+        monkeypatch.setattr(backend, "_next_revision", real_next_revision)
+        seen.wait_for(lambda: any(e.key == "clusters/a" for e in seen.events), timeout=5.0)
+    finally:
+        watch.cancel()
+    assert [e.key for e in seen.events] == ["clusters/a"] and not seen.errors
