@@ -465,6 +465,33 @@ def test_a_get_sent_while_a_fast_answer_is_in_flight_is_answered_after_it(gate, 
     assert [e["code"] for e in gate.px.audit_events if e.get("user") == "mia"] == [200] * 5
 
 
+def test_pipelined_big_and_small_answers_served_at_once_keep_their_order(gate, client, monkeypatch):
+    """A large answer and small ones pipelined in one write, each served at once through the codec (the
+    direct path: decisions at hand, idle upstream connections): the small answers come back from the API
+    server first and wait for the large one, each byte in its place; a slow reader changes nothing."""
+    from proxy.fastpath import CodecFastExchange
+
+    direct: list[CodecFastExchange] = []
+    original = CodecFastExchange.start
+
+    def start(self: CodecFastExchange) -> None:
+        direct.append(self)
+        original(self)
+
+    monkeypatch.setattr(CodecFastExchange, "start", start)
+    c = client("rob", rcvbuf=16384)
+    big, small, other = c.ask(get(BULK_LIST)), c.ask(get(POD)), c.ask(get(OTHER_POD))
+    gate.shrink_send_buffer(c)
+    for _ in range(3):  # three upstream connections idle for what follows
+        c.send(get(BULK_LIST) + get(POD) + get(OTHER_POD))
+        answers = [c.response(pause=0.002, chunk=16384) for _ in range(3)]
+        assert [a.body for a in answers] == [big.body, small.body, other.body]
+        ids = [a.header("x-kubegate-request-id") for a in answers]
+        assert [gate.audit(i)["path"] for i in ids] == [BULK_LIST, POD, OTHER_POD]
+    assert direct, "the direct path was not taken"
+    assert c.ask(get(POD)).body == small.body
+
+
 # --- 7. chunked, 304 and 204 answers ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
