@@ -229,6 +229,48 @@ def test_an_unhealthy_cluster_answers_503_on_the_next_identical_request(gate, wi
         gate.registry.remove("sick", "test-fast")
 
 
+LABELLED_ROLE = """
+kind: role
+version: v8
+metadata: {name: test-clusters}
+spec:
+  allow:
+    kubernetes_labels: {env: test}
+    kubernetes_resources:
+      - {kind: pods, api_group: '', namespace: dev, name: '*', verbs: [get]}
+    kubernetes_groups: ['system:masters']
+"""
+
+
+def test_a_cluster_relabelled_out_of_the_roles_reach_refuses_the_next_identical_request(
+    gate, wire_client, wire_fast_starts
+):
+    """Same name, same address and credentials (the pool stays), other labels: the role that matched
+    ``env: test`` no longer gives access to the cluster."""
+    from proxy.testing import cluster_for_sandbox
+
+    role_file = gate.roles_dir / "test-clusters.yaml"
+    old_roles = gate.role_set()
+    role_file.write_text(LABELLED_ROLE)
+    gate.registry.upsert(cluster_for_sandbox(gate.sandbox, name="moving", labels={"env": "test"}), "test-fast")
+    path = "/k8s/clusters/moving/api/v1/namespaces/dev/pods/web-1"
+    try:
+        wait_for(lambda: gate.role_set() is not old_roles, timeout=10)
+        c = wire_client("ursula", ["test-clusters"])
+        assert c.get(path).status == 200
+        assert c.get(path).status == 200 and len(wire_fast_starts) == 1
+        gate.registry.upsert(cluster_for_sandbox(gate.sandbox, name="moving", labels={"env": "prod"}), "test-fast")
+        refused = c.get(path)
+        assert refused.status in (403, 404), refused
+        assert refused.json["kind"] == "Status" and "moving" in refused.json["message"]
+        assert len(wire_fast_starts) == 1
+    finally:
+        gate.registry.remove("moving", "test-fast")
+        changed = gate.role_set()
+        role_file.unlink()
+        wait_for(lambda: gate.role_set() is not changed, timeout=10)
+
+
 # --- 4. the upstream closing its keep-alive connection ---------------------------------------------
 
 
