@@ -220,9 +220,11 @@ def running_gate(base: Path, *, long_list: bool = False) -> Iterator[Gate]:
 # everything else (discovery) to the sandbox.
 EDGE_POD = "/api/v1/namespaces/dev/pods/web-1"
 EDGE_EMPTY = "/api/v1/namespaces/dev/configmaps/nothing"
+EDGE_BLANK = "/api/v1/namespaces/dev/configmaps/blank"  # a 200 with Content-Length: 0
 EDGE_EXTRA = f"""
         gzip on; gzip_types application/json; gzip_min_length 1; gzip_proxied any;
         location = {EDGE_EMPTY} {{ return 204; }}
+        location = {EDGE_BLANK} {{ default_type application/json; return 200 ""; }}
 """
 
 

@@ -32,6 +32,7 @@ from tests.proxy.fast_gate import (
     BULK_LIST,
     BULK_NAMESPACE,
     CLUSTER,
+    EDGE_BLANK,
     EDGE_EMPTY,
     EDGE_POD,
     LONG_ITEMS,
@@ -576,6 +577,11 @@ def test_304_and_204_answers_have_no_body_on_the_fast_path(gate, edge, client, f
     assert c.ask(get(f"/k8s/clusters/edge{EDGE_POD}")).body == edge  # nothing stray on the connection
     codes = [gate.audit(a.header("x-kubegate-request-id"))["code"] for a in answers]
     assert codes == [304, 304, 204, 204, 304]
+    # A 200 whose body is empty (Content-Length: 0): its head is all there is, on the fast path too.
+    blank = [c.ask(get(f"/k8s/clusters/edge{EDGE_BLANK}")) for _ in range(3)]
+    assert [(a.status, a.body, a.header("content-length")) for a in blank] == [(200, b"", "0")] * 3
+    assert len(fast_starts) == 3 + 1 + 2  # the 304s and 204, the pod again, the blank 200 twice
+    assert c.ask(get(f"/k8s/clusters/edge{EDGE_POD}")).body == edge
 
 
 def test_answers_relayed_fast_carry_the_same_fields_as_the_full_pipelines(gate, edge, client, fast_starts):
