@@ -134,6 +134,21 @@ def test_the_kubernetes_python_client_repeating_a_get_is_served_by_the_fast_path
     assert len(fast_starts) == 4 + 2
 
 
+def test_kubectl_over_http1_getting_the_same_pod_twice_in_one_run_is_served_by_the_fast_path(gate, kubectl, fast_starts):
+    """kubectl (each version) with HTTP/2 off keeps one HTTP/1.1 keep-alive connection for a run: asked for
+    the same pod twice, it sends the same bytes twice, and the second rides the first's plan."""
+    import os
+    import subprocess
+
+    kubeconfig = gate.px.kubeconfig("pat", ["admin"], ["fast"])
+    run = subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "get", "pods", "web-1", "web-1", "-n", "dev",
+                          "-o", "json"], capture_output=True, timeout=60, env=dict(os.environ, DISABLE_HTTP2="1"))  # fmt: skip
+    assert run.returncode == 0, run.stderr.decode()
+    listed = json.loads(run.stdout)
+    assert [item["metadata"]["name"] for item in listed["items"]] == ["web-1", "web-1"]
+    assert len(fast_starts) == 1
+
+
 # --- 2. locks and certificate expiry ---------------------------------------------------------------
 
 
