@@ -342,6 +342,11 @@ class ClientConnection(asyncio.Protocol):
         if not self.closed:
             self.codec.send_response_head(head, end_stream=end_stream)
 
+    def send_relayed_head(self, stream_id: int, head: bytes, content_length: int) -> None:
+        """An HTTP/1.1 response head made elsewhere (see ``Http1ServerConnection.send_relayed_head``)."""
+        if not self.closed:
+            self.codec.send_relayed_head(stream_id, head, content_length)
+
     def send_body(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         if not self.closed:
             self.codec.send_body(stream_id, data, end_stream=end_stream)

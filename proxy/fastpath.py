@@ -61,14 +61,14 @@ _UNRELAYED = re.compile(
     re.IGNORECASE,
 )
 _KEEP_ALIVE = re.compile(rb"\r\nconnection:[ \t]*keep-alive[ \t]*(?=\r\n)", re.IGNORECASE)
-_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:", re.IGNORECASE)
+_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([0-9]{1,18})[ \t]*\r\n", re.IGNORECASE)
 
 MAX_PLANNED_REQUEST = 8192  # longest request (bytes) remembered; longer ones always take the full pipeline
 PLANS_PER_CONNECTION = 64  # remembered requests per connection (all forgotten when full)
 FAST_SID = 0  # the key of a fast exchange in ``ClientConnection.exchanges`` (codec streams are odd)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Plan:
     """What the full pipeline made of one request, and the objects it was made from."""
 
@@ -117,7 +117,7 @@ class FastExchange:
     __slots__ = (
         "fwd", "conn", "plan", "raw", "identity", "cluster", "verdict", "request_id", "started", "status",
         "bytes_out", "upstream", "finished", "kind", "stream", "head_deadline", "_done", "_ended", "_head",
-        "_chunked", "_written", "_stop_reason", "_stall_timer",
+        "_chunked", "_written", "_stop_reason", "_stall_timer", "_length",
     )  # fmt: skip
 
     def __init__(self, fwd: Forwarder, conn: ClientConnection, plan: Plan, raw: bytes, upstream: Http1Upstream) -> None:
@@ -141,6 +141,7 @@ class FastExchange:
         self._ended = True  # the request (a GET without a body) is sent whole with its head
         self._head: bytes | None = None  # the response head, written with the first body bytes
         self._chunked = False
+        self._length = 0  # the body's length when the head is relayed as bytes
         self._written = False  # a byte of the answer reached the client's transport
         self._stop_reason: str | None = None
         self._stall_timer: Any = None
@@ -165,7 +166,8 @@ class FastExchange:
         if self.finished or not head.startswith(b"HTTP/1.1 "):
             return False
         head = _KEEP_ALIVE.sub(b"", head, 1)  # "Connection: keep-alive" (nginx, for one) says nothing to drop
-        if _UNRELAYED.search(head) or not _LENGTH.search(head):
+        length = _LENGTH.search(head)
+        if length is None or _UNRELAYED.search(head):
             return False
         try:
             status = int(head[9:12])
@@ -174,6 +176,7 @@ class FastExchange:
         if status < 200 or status == 204 or status == 304:
             return False
         self.status = status
+        self._length = int(length.group(1))
         self._head = b"%bx-kubegate-request-id: %b\r\n\r\n" % (head[:-2], self.request_id.encode("ascii"))
         metrics.observe_latency(self.cluster.name, self.verdict.verb, time.perf_counter() - self.started)
         return True
@@ -370,7 +373,19 @@ class CodecFastExchange(FastExchange):
         pass
 
     def raw_head(self, head: bytes) -> bool:
-        return False  # the codec encodes the answer from the parsed fields
+        """As ``FastExchange.raw_head`` when the codec can write such a head for this request (HTTP/1.1,
+        keep-alive, no HEAD; ``Http1ServerConnection.takes_relayed_head``); h2 encodes the parsed fields."""
+        codec = self.conn.codec
+        if codec.http_version == "2" or not codec.takes_relayed_head(self.sid):
+            return False
+        return FastExchange.raw_head(self, head)
+
+    def _send_relayed_head(self) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._written = True
+            self.conn.send_relayed_head(self.sid, head, self._length)
 
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self.finished:
@@ -389,6 +404,8 @@ class CodecFastExchange(FastExchange):
         if self.finished:
             return False
         self.bytes_out += len(data)
+        if self._head is not None:
+            self._send_relayed_head()
         conn = self.conn
         conn.send_body(self.sid, data)
         conn.flush_soon()
@@ -409,6 +426,8 @@ class CodecFastExchange(FastExchange):
     def on_done(self) -> None:
         if self.finished:
             return
+        if self._head is not None:
+            self._send_relayed_head()
         self._written = True
         self.conn.send_end(self.sid)
         self.conn.flush_soon()

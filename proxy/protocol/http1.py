@@ -507,6 +507,30 @@ class Http1ServerConnection:
         if end_stream:
             self.send_end(sid)
 
+    def takes_relayed_head(self, stream_id: int) -> bool:
+        """Whether ``send_relayed_head`` may answer this request: a keep-alive HTTP/1.1 request, not HEAD or
+        an upgrade, whose answer has not begun, on a connection that is not closing."""
+        stream = self._streams.get(stream_id)
+        return (
+            stream is not None
+            and stream.keep_alive
+            and not (stream.head_sent or stream.dropped or stream.http10 or stream.head_request or stream.upgrade)
+            and not self._must_close
+        )
+
+    def send_relayed_head(self, stream_id: int, head: bytes, content_length: int) -> None:
+        """Write a whole response head made elsewhere: the status line and fields of a keep-alive answer
+        whose body is framed by the ``content-length`` it holds (``content_length``), with no field the
+        codec owns, ending with the blank line. Only after ``takes_relayed_head`` said yes; the body
+        follows with ``send_body``/``send_end`` as for any head."""
+        stream = self._streams[stream_id]
+        if stream.head_sent:
+            raise RuntimeError(f"response head already sent on stream {stream_id}")
+        stream.head_sent = True
+        stream.mode = 1
+        stream.remaining = content_length
+        self._write(stream_id, head)
+
     def send_body(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
         stream = self._streams.get(stream_id)
         if stream is None or stream.dropped or stream.ended:

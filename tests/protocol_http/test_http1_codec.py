@@ -332,3 +332,48 @@ def test_chunked_trailers_count_against_the_header_limit() -> None:
         ServerLimits(max_header_bytes=1024),
     )
     assert any(isinstance(e, ProtocolError) and e.status == 431 for e in events), events
+
+
+RELAYED = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nx-kubegate-request-id: r1\r\n\r\n"
+
+
+def test_a_relayed_head_is_written_as_given_and_frames_the_body_by_its_length() -> None:
+    """``send_relayed_head``: a head made elsewhere (the fast path relays the upstream's bytes) is
+    written as it is, the body framed by the length it declares; pipelined answers keep their order."""
+    conn, _ = feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert conn.takes_relayed_head(1) and conn.takes_relayed_head(3)
+    conn.send_relayed_head(3, RELAYED, 2)
+    conn.send_body(3, b"{}", end_stream=True)
+    assert conn.data_to_send() == b""  # the first answer has not ended
+    conn.send_relayed_head(1, RELAYED, 2)
+    assert not conn.takes_relayed_head(1)  # its head went out
+    conn.send_body(1, b"{}")
+    conn.send_end(1)
+    assert conn.data_to_send() == RELAYED + b"{}" + RELAYED + b"{}"
+    assert not conn.must_close
+
+
+def test_a_relayed_head_body_longer_than_declared_is_refused() -> None:
+    conn, _ = feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.send_relayed_head(1, RELAYED, 2)
+    with pytest.raises(ValueError):
+        conn.send_body(1, b"{}x")
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /a HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",  # HTTP/1.0: framing differs
+        b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n",  # no body follows a HEAD answer
+        b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",  # the answer must say close
+    ],
+)
+def test_no_relayed_head_for_requests_whose_answer_the_codec_must_shape(request_bytes: bytes) -> None:
+    conn, _ = feed(request_bytes)
+    assert not conn.takes_relayed_head(1)
+
+
+def test_no_relayed_head_once_the_connection_is_closing() -> None:
+    conn, _ = feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.close()
+    assert not conn.takes_relayed_head(1)
