@@ -408,7 +408,12 @@ class CodecFastExchange(FastExchange):
             self._send_relayed_head()
         conn = self.conn
         conn.send_body(self.sid, data)
-        conn.flush_soon()
+        if conn.codec.http_version == "2":
+            conn.flush_soon()  # answers of several streams finished in one loop iteration leave in one write
+        else:
+            # One answer at a time: written now, so that the transport says whether it takes more (one read
+            # of the upstream's TLS can bring a whole large answer; batched, it bypassed the pause).
+            conn.flush()
         if conn.writable(self.sid) or conn.closed:
             return False
         if self._drainer is None:  # the client (or the stream's window) is behind: wait for it, upstream paused

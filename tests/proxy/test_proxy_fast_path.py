@@ -496,6 +496,46 @@ def test_a_client_that_stops_reading_a_fast_answer_is_cut_after_the_send_timeout
     wait_for(lambda: gate.px.stats()["exchanges"] == 0, timeout=10)
 
 
+def test_a_client_that_stops_reading_an_answer_served_at_once_is_cut_and_its_upstream_paused(
+    gate, client, monkeypatch
+):
+    """The direct path (a request with no plan yet, its decision at hand) relays through the codec: a
+    client that reads nothing holds up the upstream once the socket's buffers are full (the API server's
+    answer does not pile up in kubegate) and is cut after ``client_send_timeout``, like the full pipeline."""
+    from proxy.fastpath import CodecFastExchange
+
+    direct: list[CodecFastExchange] = []
+    original = CodecFastExchange.start
+
+    def start(self: CodecFastExchange) -> None:
+        direct.append(self)
+        original(self)
+
+    monkeypatch.setattr(CodecFastExchange, "start", start)
+
+    def cut_count() -> float:
+        return REGISTRY.get_sample_value(
+            "kubegate_client_connections_rejected_total", {"reason": "client_send_timeout"}) or 0.0
+
+    total = len(client("kim").ask(get(BULK_LIST)).body)  # the decision is at hand from now on
+    before = cut_count()
+    c = client("kim", rcvbuf=8192)
+    assert c.ask(get(POD)).status == 200
+    gate.shrink_send_buffer(c)
+    conn = gate.proxy_connection(c)
+    served = len(direct)
+    c.send(get(BULK_LIST + "?limit=0"))  # bytes with no plan: served at once, and read no more
+    started = time.monotonic()
+    wait_for(lambda: len(direct) == served + 1, timeout=10)
+    exchange = direct[-1]
+    wait_for(lambda: conn.closed, timeout=SEND_TIMEOUT + 20)
+    assert time.monotonic() - started >= SEND_TIMEOUT - 0.1
+    assert cut_count() == before + 1
+    event = gate.audit(exchange.request_id)
+    assert event["code"] == 200 and 0 < event["bytes_out"] < total // 2  # the upstream was held up
+    wait_for(lambda: gate.px.stats()["exchanges"] == 0, timeout=10)
+
+
 # --- 6. pipelining -------------------------------------------------------------------------------
 
 
