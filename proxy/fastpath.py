@@ -397,7 +397,9 @@ class CodecFastExchange(FastExchange):
         self.status = status
         out = rewrite_response_headers(headers, request_id=self.request_id)
         self._written = True
-        self.conn.send_head(ResponseHead(self.sid, status, out, content_length=content_length(out)))
+        length = content_length(out)
+        self._length = -1 if length is None else length
+        self.conn.send_head(ResponseHead(self.sid, status, out, content_length=length))
         metrics.observe_latency(self.cluster.name, self.verdict.verb, time.perf_counter() - self.started)
 
     def on_data(self, data: bytes) -> bool:
@@ -407,6 +409,10 @@ class CodecFastExchange(FastExchange):
         if self._head is not None:
             self._send_relayed_head()
         conn = self.conn
+        if self.bytes_out == self._length:  # the last bytes end the stream (no frame of its own)
+            conn.send_body(self.sid, data, True)
+            conn.flush_soon()
+            return False
         conn.send_body(self.sid, data)
         if conn.codec.http_version == "2":
             conn.flush_soon()  # answers of several streams finished in one loop iteration leave in one write
