@@ -44,6 +44,7 @@ from tests.proxy.fast_gate import (
     Client,
     Gate,
     H2Client,
+    Response,
     comparable,
     get,
     opened_clients,
@@ -641,8 +642,24 @@ def test_304_and_204_answers_have_no_body_on_the_fast_path(gate, edge, client, f
 
 def test_answers_relayed_fast_carry_the_same_fields_as_the_full_pipelines(gate, edge, client, fast_starts):
     """Whatever the upstream frames its answer with (nginx's ``Connection: keep-alive``, a content-length,
-    chunks), a repeated request gets the fields the full pipeline gave the first: hop-by-hop ones dropped,
-    one request id of kubegate's."""
+    chunks), a repeated request gets the fields the first got (the full pipeline's, or the direct path's
+    when its decision was at hand): hop-by-hop ones dropped, one request id of kubegate's. The full
+    pipeline's own answer (an HTTP/1.0 request, which only it serves) has the same fields and body, save
+    the framing HTTP/1.0 gets."""
+
+    def framed_alike(answer: Response) -> list[tuple[str, str]]:
+        return [f for f in same_fields(answer) if f[0] not in ("connection", "keep-alive", "content-length")]
+
+    for path in (f"/k8s/clusters/edge{EDGE_POD}", f"/k8s/clusters/edge/api/v1/namespaces/{BULK_NAMESPACE}/configmaps/cm-0001",
+                 "/k8s/clusters/edge/api/v1/namespaces/dev/pods/nobody", POD):  # fmt: skip
+        full = client("sam").ask(get(path).replace(b"HTTP/1.1", b"HTTP/1.0"))
+        c = client("sam")
+        answers = [c.ask(get(path)) for _ in range(2)]
+        for answer in answers:
+            assert (answer.status, answer.body) == (full.status, full.body)
+            assert framed_alike(answer) == framed_alike(full)
+    fast_starts.clear()
+
     c = client("sam")
     requests = [
         get(f"/k8s/clusters/edge{EDGE_POD}"),  # nginx, content-length
