@@ -46,6 +46,8 @@ _HOP_BY_HOP = frozenset(
 )
 # Dropped from every request whatever the decision says: kubegate sets its own.
 _CLIENT_CREDENTIALS = frozenset({b"authorization", b"cookie"})
+# Connection values that name no other field (keep-alive and close are dropped as hop-by-hop anyway).
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 _IDENTITY_PREFIXES = (b"impersonate-", b"x-remote-")
 
 
@@ -134,8 +136,8 @@ def rewrite_request_headers(
         if action == _KEEP:
             out.append((key, value))
         elif action == _DROP:
-            if key == b"connection":
-                declared = True
+            if key == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                declared = True  # names other fields as hop-by-hop
         elif action == _XFF:
             forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
         elif action == _UPGRADE:
@@ -184,8 +186,8 @@ def rewrite_response_headers(
         elif action == _UPGRADE:
             if upgrade:
                 out.append((key, value))
-            elif key == b"connection":
-                declared = True
+            elif key == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                declared = True  # names other fields as hop-by-hop
         elif action == _LENGTH:
             if not body_rewritten:
                 out.append((key, value))

@@ -70,6 +70,18 @@ def test_names_listed_in_connection_are_hop_by_hop():
     assert (b"x-kept", b"2") in out
 
 
+@pytest.mark.parametrize("value", [b"keep-alive", b"Keep-Alive", b"close", b"keep-alive, x-secret-hop"])
+def test_connection_is_dropped_and_only_the_fields_it_names_go_with_it(value):
+    fields = [(b"connection", value), (b"x-secret-hop", b"1"), (b"keep-alive", b"timeout=5"), (b"x-kept", b"2")]
+    named = b"x-secret-hop" in value
+    out = rewrite(fields)
+    assert (b"x-secret-hop" in names(out)) is not named and (b"x-kept", b"2") in out
+    assert b"connection" not in names(out) and b"keep-alive" not in names(out)
+    back = rewrite_response_headers(fields, request_id="r1")
+    assert (b"x-secret-hop" in names(back)) is not named and (b"x-kept", b"2") in back
+    assert b"connection" not in names(back) and b"keep-alive" not in names(back)
+
+
 def test_host_is_the_upstream_authority_and_first():
     out = rewrite([(b"host", b"kubegate.example.com:3026"), (b"accept", b"*/*")])
     assert out[0] == (b"host", b"api:6443")
