@@ -63,6 +63,7 @@ _UNRELAYED = re.compile(
 _KEEP_ALIVE = re.compile(rb"\r\nconnection:[ \t]*keep-alive[ \t]*(?=\r\n)", re.IGNORECASE)
 _LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([0-9]{1,18})[ \t]*\r\n", re.IGNORECASE)
 
+_FLUSH_AT_ONCE = 64 * 1024  # an h2 answer's piece this large is written at once, not with the iteration's batch
 MAX_PLANNED_REQUEST = 8192  # longest request (bytes) remembered; longer ones always take the full pipeline
 PLANS_PER_CONNECTION = 64  # remembered requests per connection (all forgotten when full)
 FAST_SID = 0  # the key of a fast exchange in ``ClientConnection.exchanges`` (codec streams are odd)
@@ -414,11 +415,12 @@ class CodecFastExchange(FastExchange):
             conn.flush_soon()
             return False
         conn.send_body(self.sid, data)
-        if conn.codec.http_version == "2":
+        if conn.codec.http_version == "2" and len(data) < _FLUSH_AT_ONCE:
             conn.flush_soon()  # answers of several streams finished in one loop iteration leave in one write
         else:
-            # One answer at a time: written now, so that the transport says whether it takes more (one read
-            # of the upstream's TLS can bring a whole large answer; batched, it bypassed the pause).
+            # Written now, so that the transport says whether it takes more: one read of the upstream's TLS
+            # can bring a whole large answer, and batched (HTTP/1.1 answers one at a time; h2 pieces this
+            # large, or a client granting huge windows) it would go past the pause into kubegate's memory.
             conn.flush()
         if conn.writable(self.sid) or conn.closed:
             return False

@@ -458,3 +458,36 @@ def test_kubectl_getting_the_same_pod_twice_in_one_run_is_served_by_the_fast_pat
     listed = json.loads(run.stdout)
     assert [item["metadata"]["name"] for item in listed["items"]] == ["web-1", "web-1"]
     assert len(fast_starts) == 1
+
+
+def test_a_client_granting_huge_windows_that_reads_nothing_does_not_fill_kubegate(gate, client, monkeypatch):
+    """Four ~1.2 MB answers to a client whose stream and connection windows are ~2 GiB and that reads
+    nothing: h2 flow control never stops them, so only the socket's pause can. Large pieces are written
+    at once (not batched to the end of the loop iteration) so that the pause is seen and the upstreams
+    wait: what kubegate holds for the client stays around one upstream read per stream (≤ 256 KiB each),
+    not the four answers."""
+    warm = client("nia")
+    # The decision and catalog at hand, and (four answers at once) four idle upstream connections.
+    assert all(len(answer.body) > 1_100_000 for _, answer in warm.concurrent(BULK_LIST, 4))
+    c = client("nia", window=(1 << 31) - 1)
+    assert c.get(POD).status == 200
+    gate.shrink_send_buffer(c)
+    started: list[CodecFastExchange] = []
+    original = CodecFastExchange.start
+
+    def start(self: CodecFastExchange) -> None:  # every CodecFastExchange, the direct path's too
+        started.append(self)
+        original(self)
+
+    monkeypatch.setattr(CodecFastExchange, "start", start)
+    sids = [c.begin(BULK_LIST) for _ in range(4)]  # and read no more
+    wait_for(lambda: sorted(exchange.sid for exchange in started) == sids, timeout=10)  # all served at once
+
+    def held() -> int:
+        stats = gate.px.stats()
+        return stats["to_clients_bytes"] + stats["from_upstreams_bytes"]
+
+    time.sleep(1.5)
+    assert held() < 4 * 256 * 1024 + 2 * 65536
+    c.close()
+    wait_for(lambda: gate.px.stats()["exchanges"] == 0, timeout=SEND_TIMEOUT + 20)
