@@ -76,7 +76,7 @@ class AuditLog:
         self._flush_interval = flush_interval
         self._max_queued = max_queued
         self._max_retained = max_retained
-        self._queue: deque[dict[str, Any]] = deque()  # append (data path) / popleft (writer): thread-safe
+        self._queue: deque[dict[str, Any] | bytes] = deque()  # append (data path) / popleft (writer): thread-safe
         self._retained = b""  # formatted bytes a failed write left for the next flush
         self._failing = False
         self._fd = 1 if path == "-" else self._open()
@@ -88,6 +88,15 @@ class AuditLog:
         self._thread.start()
 
     # ---- the data path
+
+    def append_line(self, line: bytes) -> None:
+        """A request's audit line already encoded (``request_line``; no newline): queued like an event."""
+        queue = self._queue
+        if len(queue) >= self._max_queued:
+            self.dropped += 1
+            metrics.AUDIT_DROPPED.inc()
+            return
+        queue.append(line)
 
     def __call__(self, event: dict[str, Any]) -> None:
         queue = self._queue
@@ -143,7 +152,7 @@ class AuditLog:
             except IndexError:
                 break
             try:
-                lines.append(dumps(event))
+                lines.append(event if type(event) is bytes else dumps(event))
             except (TypeError, ValueError) as exc:  # never lose the rest of the batch to one bad event
                 log.error("audit event not serialisable", extra={"problem": str(exc)})
                 self._drop(1)
@@ -265,3 +274,42 @@ def request_audit_event(
         "client_ip": client_ip,
         "stopped": stopped,
     }
+
+
+def request_line_parts(
+    identity: Identity, verdict: Verdict, cluster: str, method: str, path: str, client_ip: str
+) -> tuple[bytes, bytes, bytes]:
+    """The parts of ``request_audit_event``'s line that do not change between requests that are the same
+    request on the same connection (a fast-path plan's), encoded once; ``request_line`` puts the rest in
+    between. Same fields, same order, same encoding as the event's line, for an allowed request with no
+    body that kubegate did not stop."""
+    allowed = bool(verdict.allowed)
+    who = {
+        "user": identity.user,
+        "roles": list(identity.roles),
+        "impersonated_user": verdict.user if allowed else None,
+        "impersonated_groups": list(verdict.groups) if allowed else None,
+        "cluster": cluster,
+        "method": method,
+        "path": path,
+        "verb": verdict.verb,
+        "resource": verdict.resource,
+        "namespace": verdict.namespace,
+        "name": verdict.name,
+    }
+    outcome = {"allowed": allowed, "reason": verdict.reason}
+    rest = {"bytes_in": 0, "client_ip": client_ip, "stopped": None}
+    return (
+        b"," + orjson.dumps(who)[1:-1] + b',"code":',
+        b"," + orjson.dumps(outcome)[1:-1] + b',"latency_ms":',
+        b"," + orjson.dumps(rest)[1:-1] + b"}",
+    )
+
+
+def request_line(parts: tuple[bytes, bytes, bytes], request_id: str, status: int, started: float, bytes_out: int) -> bytes:
+    """The audit line of one request from its ``request_line_parts`` (``started``: its perf_counter)."""
+    latency = round((time.perf_counter() - started) * 1000, 3)
+    return b'{"event":"request","time":"%s","request_id":"%s"%s%d%s%s,"bytes_out":%d%s' % (
+        rfc3339_micro(time.time()).encode(), request_id.encode(), parts[0], status, parts[1],
+        orjson.dumps(latency), bytes_out, parts[2],
+    )

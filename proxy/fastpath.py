@@ -37,7 +37,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
-from proxy.audit import request_audit_event
+from proxy.audit import request_audit_event, request_line, request_line_parts
 from proxy.headers import content_length, rewrite_response_headers
 from proxy.protocol.events import RequestHead, ResponseHead
 from proxy.protocol.http1 import response_head_bytes
@@ -83,6 +83,7 @@ class Plan:
     head: bytes  # the upstream request head
     verdict: Verdict
     path: str  # for the audit line
+    audit_parts: tuple[bytes, bytes, bytes] | None = None  # audit.request_line_parts, made at first use
 
 
 def usable(fwd: Forwarder, conn: ClientConnection, plan: Plan) -> Http1Upstream | None:
@@ -336,7 +337,14 @@ class FastExchange:
         fwd = self.fwd
         fwd.exchanges.discard(self)
         metrics.request_finished(self.cluster.name, self.verdict.verb, self.status, self.bytes_out)
-        if fwd.audit is not None:
+        if fwd.audit_line is not None and self._stop_reason is None:
+            plan = self.plan
+            parts = plan.audit_parts
+            if parts is None:
+                parts = plan.audit_parts = request_line_parts(
+                    self.identity, self.verdict, self.cluster.name, "GET", plan.path, self.conn.peer_ip)
+            fwd.audit_line(request_line(parts, self.request_id, self.status, self.started, self.bytes_out))
+        elif fwd.audit is not None:
             fwd.audit(self.audit_event())
         self._release_client(counted=True)
 

@@ -125,6 +125,8 @@ class Forwarder:
         self.catalogs = catalogs
         self.settings = settings
         self.audit = audit
+        # Audit lines the fast path encodes itself (proxy.audit.request_line), when the sink takes them.
+        self.audit_line: Callable[[bytes], None] | None = getattr(audit, "append_line", None)
         self.recordings = recordings  # proxy.recording.Recordings, or None: sessions are not recorded
         self.locks = locks
         self.identities = identity_cache or IdentityCache()

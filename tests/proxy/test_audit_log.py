@@ -226,3 +226,32 @@ def test_a_writer_stuck_on_a_hung_disk_does_not_hang_the_caller_nor_the_shutdown
         assert any("audit writer stuck" in r.getMessage() for r in caplog.records)
     finally:
         os.close(reader)  # the pipe breaks: the stuck write ends (EPIPE is counted, not raised)
+
+
+def test_a_fast_path_line_encoded_from_its_parts_is_the_events_line(tmp_path):
+    """``request_line`` (the fast path: the parts that do not change between repeats of one request
+    encoded once) writes the same line as ``request_audit_event`` would: the same fields in the same order
+    with the same values (but the time and latency of the moment), non-ASCII names included."""
+    from proxy.audit import request_audit_event, request_line, request_line_parts
+    from proxy.policy import Verdict
+    from rbac.identity import Identity
+
+    class Cluster:
+        name = "prod-ü"
+
+    identity = Identity(user="zoë", roles=("admin", "dev"))
+    verdict = Verdict(True, user="zoë", groups=("ops", "system:authenticated"), verb="get", resource="pods",
+                      namespace="default", name="web-1")
+    path = "/api/v1/namespaces/default/pods/web-1"
+    started = time.perf_counter()
+    event = request_audit_event("r-1", identity, verdict, Cluster, "GET", path, 200, started, 2410, 0, "::1", None)
+    parts = request_line_parts(identity, verdict, "prod-ü", "GET", path, "::1")
+    audit = AuditLog(str(tmp_path / "audit.log"))
+    audit.append_line(request_line(parts, "r-1", 200, started, 2410))
+    audit(event)
+    audit.close()
+    fast, full = (json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines())
+    assert list(fast) == list(full)
+    assert {k: v for k, v in fast.items() if k not in ("time", "latency_ms")} == {
+        k: v for k, v in full.items() if k not in ("time", "latency_ms")}
+    assert isinstance(fast["latency_ms"], float) and fast["time"].endswith("Z")
