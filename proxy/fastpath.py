@@ -65,7 +65,7 @@ _LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([0-9]{1,18})[ \t]*\r\n",
 
 _FLUSH_AT_ONCE = 64 * 1024  # an h2 answer's piece this large is written at once, not with the iteration's batch
 MAX_PLANNED_REQUEST = 8192  # longest request (bytes) remembered; longer ones always take the full pipeline
-PLANS_PER_CONNECTION = 64  # remembered requests per connection (all forgotten when full)
+PLANS_PER_CONNECTION = 16  # remembered requests per connection (all forgotten when full): ~1 KB each
 FAST_SID = 0  # the key of a fast exchange in ``ClientConnection.exchanges`` (codec streams are odd)
 
 
