@@ -106,8 +106,8 @@ def run(mb: int, rounds: int) -> dict:
         return {"mb": mb, "rounds": rounds, "cpu_seconds_per_gb": {"off": round(off, 3), "on": round(on, 3)},
                 "samples": {k: [round(v, 3) for v in vals] for k, vals in samples.items()},
                 "wall_seconds": {k: [round(v, 3) for v in vals] for k, vals in seconds.items()},
-                # CPU time is read in clock ticks (10 ms): a tiny run may measure none with recording off
-                "ratio_on_to_off": round(on / off, 3) if off > 0 else None, "recorded_bytes": recorded}
+                # CPU time is read in clock ticks (10 ms): a tiny run may measure none on either side
+                "ratio_on_to_off": round(on / off, 3) if off > 0 and on > 0 else None, "recorded_bytes": recorded}
     finally:
         if proxy is not None:
             proxy.terminate()

@@ -143,8 +143,15 @@ def test_the_readme_real_use_section_works_as_written(tmp_path, sandbox_cluster,
         secrets = subprocess.run([kubectl_new, "--kubeconfig", "alice.kubeconfig", "get", "secrets", "-n", "dev"],
                                  cwd=clone, capture_output=True, text=True, timeout=60)
         assert secrets.returncode != 0 and "forbidden" in secrets.stderr.lower()
-        with urllib.request.urlopen("http://127.0.0.1:3081/metrics", timeout=5) as response:
-            metrics = response.read().decode()
+        # Workers fold their request tallies into the shared metrics once a second (proxy/metrics.py): a
+        # scrape sees them at most one sweep late.
+        deadline = time.monotonic() + 10
+        while True:
+            with urllib.request.urlopen("http://127.0.0.1:3081/metrics", timeout=5) as response:
+                metrics = response.read().decode()
+            if 'kubegate_requests_total{cluster="kubernetes"' in metrics or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert 'kubegate_requests_total{cluster="kubernetes"' in metrics
         assert 'kubegate_workers{state="ready"} 2.0' in metrics
     finally:
