@@ -56,6 +56,22 @@ _REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
 _UNPLANNED_HEADERS = frozenset({b"connection", b"expect", b"transfer-encoding", b"content-length", b"upgrade", b"te"})
 
 
+def _bodiless_get(head: RequestHead) -> bool:
+    """A GET with no body, over HTTP/1.1 or h2: what the fast path serves."""
+    return head.method == "GET" and head.content_length == 0 and head.http_version != "1.0"
+
+
+def _answered_as_is(verdict: Verdict) -> bool:
+    """The decision needs nothing of kubegate between the upstream and the client: no response filter, no
+    review to take part in, the query unchanged, the resource known to the catalog."""
+    return verdict.filter is None and verdict.review is None and verdict.query is None and not verdict.catalog_miss
+
+
+def _plannable_fields(head: RequestHead) -> bool:
+    """No field that makes a request's framing or connection handling other than the plain case."""
+    return not any(name in _UNPLANNED_HEADERS for name, _ in head.headers)
+
+
 class RequestBodyTimeout(Exception):
     """The request body kubegate waits for whole did not arrive within ``request_body_timeout``."""
 # Largest create body read to find the object's name when max_body_bytes is not set (the apiserver's own
@@ -359,7 +375,7 @@ class Exchange:
         through a ``fastpath.CodecFastExchange`` (no task); or refuse it at once when the checks before the
         decision refuse it. False: nothing was done, the full pipeline serves it."""
         head = self.head
-        if head.method != "GET" or head.content_length != 0 or head.http_version == "1.0":
+        if not _bodiless_get(head):
             return False
         fwd = self.fwd
         first = self.authorize()
@@ -379,10 +395,7 @@ class Exchange:
         verdict = fwd.policy.decide(self.identity, cluster, "GET", route.path, route.query, head.headers, catalog)  # type: ignore[arg-type, union-attr]
         if (
             not verdict.allowed
-            or verdict.catalog_miss
-            or verdict.filter is not None
-            or verdict.review is not None
-            or verdict.query is not None
+            or not _answered_as_is(verdict)
             or stream_kind(verdict, head, route.path, route.query) is not None  # type: ignore[union-attr]
             or fwd.role_source.current() is not roles
         ):
@@ -390,19 +403,9 @@ class Exchange:
         upstream = pool.idle_http1()
         if upstream is None:
             return False
-        headers = rewrite_request_headers(
-            head.headers,
-            user=verdict.user or self.identity.user,
-            groups=verdict.groups,
-            client_ip=self.conn.peer_ip,
-            upstream_authority=pool.authority,
-            bearer_token=pool.bearer_token,
-            accept=verdict.accept,
-        )
+        headers = self._upstream_headers(verdict, pool)
         plan = self._plan(cluster, roles, catalog, pool, encode_request_head("GET", upstream_target(cluster, route), headers), verdict)  # type: ignore[arg-type]
-        key = self.plan_key
-        if key is not None and any(name in _UNPLANNED_HEADERS for name, _ in head.headers):
-            key = None
+        key = self.plan_key if _plannable_fields(head) else None
         CodecFastExchange(fwd, self.conn, plan, head, upstream, key).start()
         return True
 
@@ -648,15 +651,7 @@ class Exchange:
                     if answer is not None:
                         self._respond(201, answer)
                         return
-                headers = rewrite_request_headers(
-                    head.headers,
-                    user=verdict.user or self.identity.user,
-                    groups=verdict.groups,
-                    client_ip=conn.peer_ip,
-                    upstream_authority=pool.authority,
-                    bearer_token=pool.bearer_token,
-                    accept=verdict.accept,
-                )
+                headers = self._upstream_headers(verdict, pool)
                 body = await self._whole_body_if_ready()
                 for attempt in (1, 2):
                     stream = await pool.open(
@@ -722,22 +717,29 @@ class Exchange:
             type(stream) is not Http1Exchange
             or verdict is None
             or self.kind is not None
-            or verdict.filter is not None
-            or verdict.review is not None
-            or verdict.query is not None
-            or verdict.catalog_miss
-            or head.method != "GET"
-            or head.content_length != 0
-            or head.http_version == "1.0"
+            or not _answered_as_is(verdict)
+            or not _bodiless_get(head)
             or self._roles is None
             or self._stop_reason is not None
             or self.reset
             or self.cluster is None
-            or any(key in _UNPLANNED_HEADERS for key, _ in head.headers)
+            or not _plannable_fields(head)
         ):
             return
         plan = self._plan(self.cluster, self._roles, self.catalog, pool, encode_request_head("GET", target, headers), verdict)
         self.conn.remember(self.plan_key, plan)
+
+    def _upstream_headers(self, verdict: Verdict, pool: ClusterPool) -> Headers:
+        """The request's header fields as the upstream gets them (``headers.rewrite_request_headers``)."""
+        return rewrite_request_headers(
+            self.head.headers,
+            user=verdict.user or self.identity.user,
+            groups=verdict.groups,
+            client_ip=self.conn.peer_ip,
+            upstream_authority=pool.authority,
+            bearer_token=pool.bearer_token,
+            accept=verdict.accept,
+        )
 
     def _plan(self, cluster: Cluster, roles: Any, catalog: Any, pool: ClusterPool, upstream_head: bytes, verdict: Verdict) -> Plan:
         credentials = pool.bearer_credentials
