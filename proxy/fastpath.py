@@ -191,10 +191,12 @@ class FastExchange:
             self._answer(502, f"cluster {self.cluster.name} switched protocols on a plain GET")
             return
         self.status = status
-        out = rewrite_response_headers(headers, request_id=self.request_id)
-        head, self._chunked = response_head_bytes(status, out)
-        self._head = head
+        self._send_head(status, rewrite_response_headers(headers, request_id=self.request_id))
         metrics.observe_latency(self.cluster.name, self.verdict.verb, time.perf_counter() - self.started)
+
+    def _send_head(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
+        """The answer's head from its rewritten fields: written with the first body bytes."""
+        self._head, self._chunked = response_head_bytes(status, fields)
 
     def on_data(self, data: bytes) -> bool:
         if self.finished:
@@ -286,12 +288,18 @@ class FastExchange:
         )
 
     # --- internals ------------------------------------------------------------------------------------
-    def _answer(self, code: int, message: str) -> None:
+    def _status_answer(self, code: int, message: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """kubegate's own answer: a Kubernetes ``Status`` body and its fields."""
         body = status_body(code, REASONS.get(code, "InternalError"), message)
-        head, _ = response_head_bytes(code, [
+        fields = [
             (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
             (b"x-kubegate-request-id", self.request_id.encode("ascii")),
-        ])
+        ]
+        return body, fields
+
+    def _answer(self, code: int, message: str) -> None:
+        body, fields = self._status_answer(code, message)
+        head, _ = response_head_bytes(code, fields)
         self.status = code
         if not self.conn.closed and self.conn.transport is not None:
             self._written = True
@@ -396,20 +404,11 @@ class CodecFastExchange(FastExchange):
             self._written = True
             self.conn.send_relayed_head(self.sid, head, self._length)
 
-    def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        if self.finished:
-            return
-        if status == 101:
-            self.upstream.close()
-            self._answer(502, f"cluster {self.cluster.name} switched protocols on a plain GET")
-            return
-        self.status = status
-        out = rewrite_response_headers(headers, request_id=self.request_id)
+    def _send_head(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
         self._written = True
-        length = content_length(out)
+        length = content_length(fields)
         self._length = -1 if length is None else length
-        self.conn.send_head(ResponseHead(self.sid, status, out, content_length=length))
-        metrics.observe_latency(self.cluster.name, self.verdict.verb, time.perf_counter() - self.started)
+        self.conn.send_head(ResponseHead(self.sid, status, fields, content_length=length))
 
     def on_data(self, data: bytes) -> bool:
         if self.finished:
@@ -462,15 +461,11 @@ class CodecFastExchange(FastExchange):
         self.conn.reset(self.sid)
 
     def _answer(self, code: int, message: str) -> None:
-        body = status_body(code, REASONS.get(code, "InternalError"), message)
-        headers = [
-            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-            (b"x-kubegate-request-id", self.request_id.encode("ascii")),
-        ]
+        body, fields = self._status_answer(code, message)
         self.status = code
         self._written = True
         conn = self.conn
-        conn.send_head(ResponseHead(self.sid, code, headers, content_length=len(body)))
+        conn.send_head(ResponseHead(self.sid, code, fields, content_length=len(body)))
         conn.send_body(self.sid, body, end_stream=True)
         conn.flush()
         self._finish()
