@@ -261,17 +261,17 @@ def running_edge(gate: Gate, base: Path) -> Iterator[bytes]:
         nginx.close()
 
 
-def record_starts(monkeypatch: pytest.MonkeyPatch, *classes: type) -> list[Any]:
+def record_starts(monkeypatch: pytest.MonkeyPatch, *classes: type, planned: bool = True) -> list[Any]:
     """Every exchange of these classes started from a plan from now until the test ends, in order (the
     fast path taken: a wrapper of each class's ``start`` set with monkeypatch, no product code for it).
     A ``CodecFastExchange`` the direct path starts for a request with no plan (its plan is new, not one
-    of the connection's) is not counted."""
+    of the connection's) is counted only with ``planned=False`` (then every start is)."""
     started: list[Any] = []
 
     def recording(original: Callable[[Any], None]) -> Callable[[Any], None]:
         def start(self: Any) -> None:
             conn = self.conn
-            if any(self.plan is plan for plan in (conn.plans or conn.h2_plans or {}).values()):
+            if not planned or any(self.plan is plan for plan in (conn.plans or conn.h2_plans or {}).values()):
                 started.append(self)
             original(self)
 

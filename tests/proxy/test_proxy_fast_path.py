@@ -505,14 +505,7 @@ def test_a_client_that_stops_reading_an_answer_served_at_once_is_cut_and_its_ups
     answer does not pile up in kubegate) and is cut after ``client_send_timeout``, like the full pipeline."""
     from proxy.fastpath import CodecFastExchange
 
-    direct: list[CodecFastExchange] = []
-    original = CodecFastExchange.start
-
-    def start(self: CodecFastExchange) -> None:
-        direct.append(self)
-        original(self)
-
-    monkeypatch.setattr(CodecFastExchange, "start", start)
+    direct = record_starts(monkeypatch, CodecFastExchange, planned=False)  # the direct path's too
 
     def cut_count() -> float:
         return REGISTRY.get_sample_value(
@@ -570,14 +563,7 @@ def test_pipelined_big_and_small_answers_served_at_once_keep_their_order(gate, c
     server first and wait for the large one, each byte in its place; a slow reader changes nothing."""
     from proxy.fastpath import CodecFastExchange
 
-    direct: list[CodecFastExchange] = []
-    original = CodecFastExchange.start
-
-    def start(self: CodecFastExchange) -> None:
-        direct.append(self)
-        original(self)
-
-    monkeypatch.setattr(CodecFastExchange, "start", start)
+    direct = record_starts(monkeypatch, CodecFastExchange, planned=False)  # the direct path's too
     c = client("rob", rcvbuf=16384)
     big, small, other = c.ask(get(BULK_LIST)), c.ask(get(POD)), c.ask(get(OTHER_POD))
     gate.shrink_send_buffer(c)

@@ -472,14 +472,7 @@ def test_a_client_granting_huge_windows_that_reads_nothing_does_not_fill_kubegat
     c = client("nia", window=(1 << 31) - 1)
     assert c.get(POD).status == 200
     gate.shrink_send_buffer(c)
-    started: list[CodecFastExchange] = []
-    original = CodecFastExchange.start
-
-    def start(self: CodecFastExchange) -> None:  # every CodecFastExchange, the direct path's too
-        started.append(self)
-        original(self)
-
-    monkeypatch.setattr(CodecFastExchange, "start", start)
+    started = record_starts(monkeypatch, CodecFastExchange, planned=False)  # the direct path's too
     sids = [c.begin(BULK_LIST) for _ in range(4)]  # and read no more
     wait_for(lambda: sorted(exchange.sid for exchange in started) == sids, timeout=10)  # all served at once
 
