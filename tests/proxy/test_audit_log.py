@@ -21,7 +21,11 @@ from proxy.audit import AuditLog
 
 
 def _lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    """The complete lines written so far (a line the writer is still writing is not one yet)."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
 
 
 def _wait_for(predicate, timeout: float = 10.0) -> bool:
