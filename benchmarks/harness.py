@@ -94,6 +94,25 @@ class Settings:
 
 # ------------------------------------------------------------------------------------ /proc helpers
 
+def wait_ready(metrics_port: int, proxy: subprocess.Popen, timeout: float = 60.0, log: Path | None = None) -> None:
+    """Until kubegate's ``/readyz`` on ``metrics_port`` answers 200; RuntimeError (with the end of ``log``)
+    when the ``proxy`` process exits first or ``timeout`` seconds pass."""
+    def tail() -> str:
+        return log.read_text()[-3000:] if log is not None and log.exists() else ""
+
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{metrics_port}/readyz"
+    while time.monotonic() < deadline:
+        if proxy.poll() is not None:
+            raise RuntimeError(f"kubegate exited ({proxy.returncode}):\n{tail()}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.1)
+    raise RuntimeError(f"kubegate not ready after {timeout}s:\n{tail()}")
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), in seconds."""
     with open(f"/proc/{pid}/stat", "rb") as f:
@@ -262,18 +281,8 @@ class Processes:
                                   wrap=self.settings.wrap)
 
     def _wait_ready(self, metrics_port: int, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        url = f"http://127.0.0.1:{metrics_port}/readyz"
-        while time.monotonic() < deadline:
-            assert self.proxy is not None
-            if self.proxy.poll() is not None:
-                raise RuntimeError(f"kubegate exited ({self.proxy.returncode}):\n{self.proxy_log.read_text()[-3000:]}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
-                        return
-            time.sleep(0.1)
-        raise RuntimeError(f"kubegate not ready after {timeout}s:\n{self.proxy_log.read_text()[-3000:]}")
+        assert self.proxy is not None
+        wait_ready(metrics_port, self.proxy, timeout, self.proxy_log)
 
     @property
     def proxy_pid(self) -> int:

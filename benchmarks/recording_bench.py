@@ -46,7 +46,7 @@ def text_command(nbytes: int) -> list[str]:
 
 
 def run(mb: int, rounds: int) -> dict:
-    from benchmarks.harness import cpu_seconds
+    from benchmarks.harness import cpu_seconds, wait_ready
     from benchmarks.load import Endpoint, exec_stdout, install_uvloop
     from certs.ca import CertificateAuthority
     from kubegate.demo import free_port, prepare_demo_state
@@ -77,7 +77,7 @@ def run(mb: int, rounds: int) -> dict:
                                        prefix=f"/k8s/clusters/{state.cluster_name}")
         proxy = subprocess.Popen([sys.executable, "-m", "kubegate", "start", "-c", str(state.config_path)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
-        _wait_ready(metrics_port)
+        wait_ready(metrics_port, proxy)
         nbytes = mb * 1024 * 1024
         samples: dict[str, list[float]] = {"rec-off": [], "rec-on": []}
         seconds: dict[str, list[float]] = {"rec-off": [], "rec-on": []}
@@ -115,20 +115,6 @@ def run(mb: int, rounds: int) -> dict:
         if sandbox.stdin is not None:
             sandbox.stdin.close()
         sandbox.wait(30)
-
-
-def _wait_ready(metrics_port: int, timeout: float = 60.0) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("kubegate did not become ready")
 
 
 def main(argv: list[str] | None = None) -> int:
