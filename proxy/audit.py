@@ -91,22 +91,21 @@ class AuditLog:
 
     def append_line(self, line: bytes) -> None:
         """A request's audit line already encoded (``request_line``; no newline): queued like an event."""
-        queue = self._queue
-        if len(queue) >= self._max_queued:
-            self.dropped += 1
-            metrics.AUDIT_DROPPED.inc()
-            return
-        queue.append(line)
+        self._enqueue(line)
 
     def __call__(self, event: dict[str, Any]) -> None:
+        if self._enqueue(event) and event.get("event") != "request":  # session start/end: written at once
+            self._wake.set()
+
+    def _enqueue(self, item: dict[str, Any] | bytes) -> bool:
+        """Queue ``item`` for the writer; False when the queue is full (the item is dropped and counted)."""
         queue = self._queue
         if len(queue) >= self._max_queued:
             self.dropped += 1
             metrics.AUDIT_DROPPED.inc()
-            return
-        queue.append(event)
-        if event.get("event") != "request":  # session start/end: written at once
-            self._wake.set()
+            return False
+        queue.append(item)
+        return True
 
     # ---- the writer
 
