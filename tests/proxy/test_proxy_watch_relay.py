@@ -72,6 +72,17 @@ def create_configmaps(conn: http.client.HTTPSConnection, names: list[str], size:
         assert status == 201, answer
 
 
+def configmaps_namespace(api: http.client.HTTPSConnection) -> dict:
+    """The test namespace (created if it is not there yet) and a list of its configmaps (for its
+    resourceVersion: the watch starts there)."""
+    status, _ = call(api, "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                         "metadata": {"name": NAMESPACE}})  # fmt: skip
+    assert status in (201, 409)
+    status, listed = call(api, "GET", f"/api/v1/namespaces/{NAMESPACE}/configmaps?limit=1")
+    assert status == 200
+    return listed
+
+
 def read_events(resp: http.client.HTTPResponse, n: int) -> list[str]:
     names = []
     while len(names) < n:
@@ -85,11 +96,7 @@ def read_events(resp: http.client.HTTPResponse, n: int) -> list[str]:
 
 def test_a_watcher_that_stops_reading_holds_the_server_back_then_gets_every_event_in_order(rp, creds):
     api = connect(rp, creds)
-    status, _ = call(api, "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                                         "metadata": {"name": NAMESPACE}})  # fmt: skip
-    assert status in (201, 409)
-    status, listed = call(api, "GET", f"/api/v1/namespaces/{NAMESPACE}/configmaps?limit=1")
-    assert status == 200
+    listed = configmaps_namespace(api)
     watcher = connect(rp, creds, rcvbuf=32 * 1024)
     watcher.request("GET", f"/k8s/clusters/sandbox/api/v1/namespaces/{NAMESPACE}/configmaps?watch=true"
                            f"&resourceVersion={listed['metadata']['resourceVersion']}")
@@ -128,11 +135,7 @@ def test_an_h2_watcher_with_its_window_shut_holds_the_server_back_then_gets_ever
     import h2.settings
 
     api = connect(rp, creds)
-    status, _ = call(api, "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                                         "metadata": {"name": NAMESPACE}})  # fmt: skip
-    assert status in (201, 409)
-    status, listed = call(api, "GET", f"/api/v1/namespaces/{NAMESPACE}/configmaps?limit=1")
-    assert status == 200
+    listed = configmaps_namespace(api)
     ctx = ssl.create_default_context(cafile=str(rp.ca_pem_path))
     ctx.load_cert_chain(str(creds[0]), str(creds[1]))
     ctx.set_alpn_protocols(["h2"])
