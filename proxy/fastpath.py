@@ -78,7 +78,6 @@ class Plan:
     catalog: Any
     pool: ClusterPool
     credentials: UpstreamCredentials | None
-    credentials_expire: float  # unix time; inf when the credentials do not expire
     not_after: float  # unix time the client certificate expires; inf when it does not
     head: bytes  # the upstream request head
     verdict: Verdict
@@ -104,7 +103,7 @@ def usable(fwd: Forwarder, conn: ClientConnection, plan: Plan) -> Http1Upstream 
     if (
         fwd.pools.pools.get(cluster.name) is not pool
         or pool.bearer_credentials is not plan.credentials
-        or plan.credentials_expire - now <= pool.settings.credentials_refresh_margin
+        or not pool.credentials_fresh
         or fwd.catalogs.cached(cluster, pool) is not plan.catalog
     ):
         return None

@@ -742,16 +742,13 @@ class Exchange:
         )
 
     def _plan(self, cluster: Cluster, roles: Any, catalog: Any, pool: ClusterPool, upstream_head: bytes, verdict: Verdict) -> Plan:
-        credentials = pool.bearer_credentials
-        expires = credentials.expires_at if credentials is not None else None
         not_after = self.identity.not_after
         return Plan(
             cluster=cluster,
             roles=roles,
             catalog=catalog,
             pool=pool,
-            credentials=credentials,
-            credentials_expire=math.inf if expires is None else expires,
+            credentials=pool.bearer_credentials,
             not_after=math.inf if not_after is None else not_after.timestamp(),
             head=upstream_head,
             verdict=verdict,
