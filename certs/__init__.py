@@ -28,8 +28,13 @@ Modules and their API
     extension → roles from O, no traits, kind "user".
 ``certs.locks``
     ``LockList(path, clock=time.time)`` on ``Config.locks_file`` (``<state_dir>/locks``, JSON):
-    ``is_locked(identity) -> str | None`` (one ``stat`` per call, re-read on change), ``lock_user``,
-    ``lock_serial``, ``unlock_user``, ``unlock_serial``, ``locks()``; ``error`` when the file is broken.
+    ``is_locked(identity) -> str | None`` (one ``stat`` per call, re-read on change; with
+    ``watch(loop)`` no system call until an inotify event names the file; ``generation``: a new object
+    per change while watched), ``lock_user``, ``lock_serial``, ``unlock_user``, ``unlock_serial``,
+    ``locks()``; ``error`` when the file is broken.
+``certs.file_watch``
+    ``FileWatch.open(path, loop, on_change, on_lost)``: inotify on a file's directory, read by an asyncio
+    loop; ``WatchUnavailable`` when it cannot be set up.
 ``certs.kubeconfig``
     ``write_kubeconfig(path, server_url, clusters, ca_pem, cert_pem, key_pem, current=None)``;
     ``build_kubeconfig(server_url, clusters, credentials, ca_pem=|ca_file=, user_name=, current=)`` with

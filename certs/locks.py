@@ -9,8 +9,31 @@ Stored as JSON in ``<state_dir>/locks`` (``Config.locks_file``)::
 
 - Writers (``kubegate users lock`` / ``unlock``) take an ``flock`` on ``<file>.flock`` for the
   read-modify-write and replace the file atomically (mode 0600), dropping locks that have expired.
-- Readers (the proxy, on every request) call ``is_locked(identity)``: one ``os.stat``; the file is
-  re-read only when its inode, size or mtime changed, so a new lock takes effect on the next request.
+- Readers call ``is_locked(identity)``. Without a watch that is one ``os.stat`` per call; the file is
+  re-read only when its inode, size or mtime changed. The proxy watches it (``watch(loop)``: inotify on
+  the file's directory, read by the proxy's event loop, ``certs.file_watch``): an event naming the file
+  makes the next call do that ``stat`` (and re-read on a changed signature); while nothing changed
+  ``is_locked`` makes no system call at all, and ``generation`` (a new object per change) lets the
+  proxy's fast path skip the call for a request it already let through under the same generation.
+- A lock written by ``kubegate users lock`` refuses the next request. Without a watch: the ``stat``
+  happens after the rename. With one: the kernel queues the inotify event inside ``rename(2)``, before
+  the command returns, so before the client can send anything more; the bytes of its next request make
+  the client's socket ready later than the inotify descriptor. epoll (level-triggered, as both uvloop's
+  libuv and asyncio's ``EpollSelector`` use it) reports ready descriptors in the order they became ready,
+  and both loops run the callbacks of one ``epoll_wait`` in that order: libuv calls each watcher as it
+  walks the returned array; asyncio queues the handles in that order behind what was queued before. So
+  the event's callback marks the list changed before the request's bytes are read. One case is looser:
+  epoll puts a level-triggered descriptor it has just reported back at the tail of its ready list, so a
+  connection read in the loop iteration during which the lock was written is reported again ahead of
+  the inotify descriptor, and bytes read from it in that iteration or the next can precede the event
+  (checked with a bare epoll: socket read, lock written, request sent → [socket, inotify]). So the
+  next request is refused when nothing was read from its connection in the loop iteration during which
+  the lock was written — a client that waited for its previous answer (answers from a cluster come in a
+  later iteration than the request), kubectl's next command; a client sending requests while the lock
+  is written (HTTP/2 streams in flight, pipelining) can get requests in for at most the rest of that
+  iteration and the next one (microseconds idle, milliseconds under load), as it gets through those
+  already read. ``stat`` per call has no such window; its price is a system call and a ``stat_result``
+  per request.
 - A lock with ``until`` in the past is inactive. ``until`` null: until unlocked.
 - A file that cannot be parsed keeps the last good list in force (``error`` says what is wrong); if
   no good list was ever read, every identity is refused (fail closed) until the file is fixed.
@@ -18,8 +41,10 @@ Stored as JSON in ``<state_dir>/locks`` (``Config.locks_file``)::
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -29,12 +54,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from certs.file_watch import FileWatch, WatchUnavailable
 from certs.files import write_atomic
 from rbac.identity import Identity
 
 __all__ = ["Lock", "LockList", "LockError", "StateUnavailable", "normalize_serial", "format_time", "parse_time"]
 
 LOCKS_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 class LockError(ValueError):
@@ -144,6 +172,10 @@ def _parse_document(data: bytes, source: str) -> tuple[Lock, ...]:
 class LockList:
     """Locks persisted in ``path``; ``clock()`` gives unix seconds (injected for tests)."""
 
+    # A new object each time the list may have changed, while a watch reports every change; None when
+    # nothing does (no watch, or the shared list's watch is broken): then every caller must ask.
+    generation: object | None = None
+
     def __init__(self, path: str | os.PathLike[str], clock: Any = time.time) -> None:
         self.path = Path(path)
         self._spath = os.fspath(self.path)  # os.stat on a str skips Path.__fspath__ on every request
@@ -152,6 +184,9 @@ class LockList:
         self._locks: tuple[Lock, ...] = ()
         self._ever_loaded = False
         self.error: str | None = None
+        self._watch: FileWatch | None = None
+        self._watch_refused = False
+        self._look = True  # look at the file on the next read: always without a watch
 
     # ------------------------------------------------------------------------------------ reading
     def _now(self) -> datetime:
@@ -171,22 +206,77 @@ class LockList:
             locks = _parse_document(data, str(self.path))
         except OSError as exc:
             self.error = f"{self.path}: cannot read: {exc.strerror or exc}"
-            return  # retried on the next call (the signature is not remembered)
+            self._look = True  # retried on the next call (the signature is not remembered)
+            return
         except LockError as exc:
             self.error = str(exc)
             self._signature = signature  # broken content: keep the last good list until it changes
             return
         self._signature, self._locks, self._ever_loaded, self.error = signature, locks, True, None
 
+    def _current(self) -> None:
+        """Bring the list up to date: a look at the file (``_refresh``) when it may have changed — on every
+        call without a watch, once after each change event with one."""
+        if self._look:
+            if self._watch is not None:
+                self._look = False  # set again by the next event (or by a read that failed)
+                if os.path.islink(self._spath):  # now a link: re-pointing it would name no event for it
+                    self.unwatch()
+                    log.warning("the lock list became a symbolic link: the file is checked on every request",
+                                extra={"path": self._spath})
+            self._refresh()
+
+    # ------------------------------------------------------------------------------------ watching
+    def watch(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Follow the file by inotify from ``loop`` (the proxy's event loop, from its own thread): from then
+        on ``is_locked`` looks at the file only after a change event. False when that cannot be done (it is
+        logged): every call ``stat``s the file, as without a watch. A list watched from one loop and then
+        asked to watch from another is ``stat``-ed per call from then on (a loop that does not read the
+        events could answer before the other loop has seen them)."""
+        if self._watch is not None or self._watch_refused:
+            if self._watch is not None and self._watch.loop is loop:
+                return True
+            self.unwatch()
+            self._watch_refused = True
+            log.warning("the lock list is used from several event loops: the file is checked on every request",
+                        extra={"path": self._spath})
+            return False
+        try:
+            self._watch = FileWatch.open(self._spath, loop, self._changed, self._watch_lost)
+        except WatchUnavailable as exc:
+            log.warning("the lock list cannot be watched: the file is checked on every request",
+                        extra={"path": self._spath, "problem": str(exc)})
+            return False
+        self._changed()  # one look at the file now: a change before the watch began has no event
+        return True
+
+    def unwatch(self) -> None:
+        """Stop following the file (on the watching loop's thread); every call ``stat``s it again."""
+        watch, self._watch = self._watch, None
+        self.generation, self._look = None, True
+        if watch is not None:
+            watch.close()
+
+    def _changed(self) -> None:
+        """The file may have changed (an inotify event, on the loop): look at it on the next read."""
+        self._look = True
+        self.generation = object()
+
+    def _watch_lost(self, reason: str) -> None:
+        log.warning("the lock list's watch ended: the file is checked on every request",
+                    extra={"path": self._spath, "problem": reason})
+        self._watch = None
+        self.generation, self._look = None, True
+
     def locks(self, include_expired: bool = False) -> list[Lock]:
         """The current locks (active ones only unless ``include_expired``)."""
-        self._refresh()
+        self._current()
         now = self._now()
         return [lock for lock in self._locks if include_expired or lock.active(now)]
 
     def is_locked(self, identity: Identity) -> str | None:
         """Why ``identity`` is refused (a sentence naming the lock), or None when it is not locked."""
-        self._refresh()
+        self._current()
         if not self._ever_loaded:
             return f"the lock list cannot be read, refusing everyone: {self.error}"
         if not self._locks:

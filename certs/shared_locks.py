@@ -27,6 +27,7 @@ from rbac.identity import Identity
 
 KEY = "locks/list"
 ATTEMPTS = 20
+_ABSENT = object()  # the generation of a list that has no key in the backend
 
 
 class _Conflict(Exception):
@@ -49,6 +50,23 @@ class SharedLockList(LockList):
     def stop(self) -> None:
         if self.cache is not None:
             self.cache.stop()
+
+    @property  # type: ignore[override]
+    def generation(self) -> object | None:
+        """The watched item itself while the watch is healthy (a new ``Item`` with each change of the
+        list); None while it is broken: ``StateUnavailable`` comes with time, not with an event, so every
+        caller must ask ``is_locked`` then."""
+        cache = self.cache
+        if cache is None or not cache.healthy:
+            return None
+        return cache.items.get(KEY, _ABSENT)
+
+    def watch(self, loop: Any) -> bool:
+        """Nothing to follow on ``loop``: the backend's watch (``watch=True``) keeps the copy current."""
+        return self.cache is not None
+
+    def unwatch(self) -> None:
+        pass
 
     def _refresh(self) -> None:
         if self.cache is not None:

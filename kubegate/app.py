@@ -323,6 +323,9 @@ class ProxyService:
                     await self._election_task
         if self.discovery is not None:
             await self.discovery.stop()
+        unwatch = getattr(self.locks, "unwatch", None)
+        if unwatch is not None:  # the proxy's shutdown did it, unless the start failed before it ran
+            unwatch()
         for holder in (self.locks, self.roles):
             stop = getattr(holder, "stop", None)
             if callable(stop):

@@ -142,6 +142,9 @@ class Proxy:
             sock = listening_socket(self.host, self.port, reuse_port=self.reuse_port)
             self._own_sockets.append(sock)
             sockets = [sock]
+        watch = getattr(self.locks, "watch", None)
+        if watch is not None:  # the lock list follows its file from this loop (certs.locks)
+            watch(loop)
         self.listener = Listener(self.fwd, self.ssl_context)
         await self.listener.listen(sockets)
         self.port = self.listener.ports[0]
@@ -194,6 +197,9 @@ class Proxy:
             except asyncio.CancelledError:
                 pass
         fwd.pools.close()
+        unwatch = getattr(self.locks, "unwatch", None)
+        if unwatch is not None:
+            unwatch()  # closes the inotify descriptor
         if self.recordings is not None:
             await loop.run_in_executor(None, self.recordings.close)  # queued writes, fsync, index
         for sock in self._own_sockets:

@@ -10,8 +10,10 @@ never reaching the codec; on HTTP/2 by the decoded head (``h2_key``) and answere
 ``CodecFastExchange`` on the request's stream, through the codec.
 
 The same request again on the same connection (so the same certificate) is checked for everything that
-may have changed since (``usable``): the certificate's expiry, the lock list, the role set, the cluster
-(removed, changed, unhealthy), its catalog and upstream credentials, each by object identity. Then the
+may have changed since (``usable``): the certificate's expiry, the lock list (asked only when its
+``generation`` is not the one the identity was last found unlocked under, or when it has none: no watch,
+or a shared list whose backend watch is broken), the role set, the cluster (removed, changed,
+unhealthy), its catalog and upstream credentials, each by object identity. Then the
 remembered head goes to an idle upstream connection, and the exchange is that connection's sink: the
 answer is relayed from the upstream parser's callbacks. Metrics and the audit line are the full
 pipeline's.
@@ -82,6 +84,7 @@ class Plan:
     head: bytes  # the upstream request head
     verdict: Verdict
     path: str  # for the audit line
+    locks_generation: object | None  # the lock list's generation when the identity was last found unlocked
     audit_parts: tuple[bytes, bytes, bytes] | None = None  # audit.request_line_parts, made at first use
 
 
@@ -92,8 +95,14 @@ def usable(fwd: Forwarder, conn: ClientConnection, plan: Plan) -> Http1Upstream 
     if plan.not_after <= now or fwd.shutting_down:
         return None
     locks = fwd.locks
-    if locks is not None and locks.is_locked(conn.identity):
-        return None
+    if locks is not None:
+        # The identity was not locked under plan.locks_generation, and a lock becomes active only by a
+        # change of the list (``until`` only ends one): the same generation needs no check.
+        generation = locks.generation
+        if generation is None or generation is not plan.locks_generation:
+            if locks.is_locked(conn.identity):
+                return None
+            plan.locks_generation = generation
     cluster = plan.cluster
     if fwd.clusters.get(cluster.name) is not cluster or cluster.health == "unhealthy":
         return None

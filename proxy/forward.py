@@ -307,7 +307,7 @@ class Exchange:
         "bytes_out", "bytes_in", "_body_waiter", "reset", "_response_started", "_stop_reason", "_stop_code",
         "_stop_note", "_at_line_end", "_frames", "upgrade",
         "catalog", "full_body", "_unacked", "_ack_task", "error_headers", "plan_key", "_roles",
-        "_filter", "_relay_waiter", "_held",
+        "_filter", "_relay_waiter", "_held", "_locks_generation",
     )  # fmt: skip
 
     def __init__(self, fwd: Forwarder, conn: Any, head: RequestHead) -> None:
@@ -349,6 +349,7 @@ class Exchange:
         # the request's bytes (HTTP/1.1) or decoded head (HTTP/2), when the fast path may remember it
         self.plan_key: bytes | tuple[Any, ...] | None = None
         self._roles: Any = None  # the role set the decision was made with (for the fast path's plan)
+        self._locks_generation: object | None = None  # the lock list's generation the lock check saw
         # The body relay of a long-lived response by callbacks (_relay_live): the response filter, the
         # relay task's waiter, the bytes passed on but not yet credited upstream (the client is slow).
         self._filter: Any = None
@@ -563,8 +564,10 @@ class Exchange:
             # Warning headers: the person sees why either way.
             self.error_headers = [(b"warning", warning_header(message))]
             return 401, status_body(401, "Unauthorized", message)
-        if fwd.locks is not None:
-            reason = fwd.locks.is_locked(identity)
+        locks = fwd.locks
+        if locks is not None:
+            self._locks_generation = locks.generation  # read before the check: a change after it is a new one
+            reason = locks.is_locked(identity)
             if reason:
                 if isinstance(reason, StateUnavailable):  # shared state out of reach too long: fail closed
                     metrics.DENIALS.labels("state_unavailable").inc()
@@ -753,6 +756,7 @@ class Exchange:
             head=upstream_head,
             verdict=verdict,
             path=self.head.path,
+            locks_generation=self._locks_generation,
         )
 
     async def _whole_body_if_ready(self) -> bytes | None:

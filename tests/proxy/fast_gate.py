@@ -181,10 +181,11 @@ class Gate:
 
 
 @contextlib.contextmanager
-def running_gate(base: Path, *, long_list: bool = False) -> Iterator[Gate]:
-    """The proxy (``client_send_timeout`` = ``SEND_TIMEOUT``, roles from files, a lock list) and its
-    sandbox as cluster ``fast``, with pods web-1..3 in ``dev``, ``BULK_ITEMS`` configmaps in ``bulk``
-    and, with ``long_list``, ``LONG_ITEMS`` in ``long``."""
+def running_gate(base: Path, *, long_list: bool = False, locks: Any = None) -> Iterator[Gate]:
+    """The proxy (``client_send_timeout`` = ``SEND_TIMEOUT``, roles from files, a lock list: ``locks``, by
+    default the file ``base/locks``, which the proxy watches) and its sandbox as cluster ``fast``, with
+    pods web-1..3 in ``dev``, ``BULK_ITEMS`` configmaps in ``bulk`` and, with ``long_list``,
+    ``LONG_ITEMS`` in ``long``."""
     from certs.locks import LockList
     from discovery.registry import ClusterRegistry
     from proxy.forward import ProxySettings
@@ -196,7 +197,7 @@ def running_gate(base: Path, *, long_list: bool = False) -> Iterator[Gate]:
     roles_dir = write_roles(base / "roles")
     (roles_dir / "reader.yaml").write_text(READER_ROLE.replace("NAMESPACE", "dev"))
     roles = RoleWatcher(str(roles_dir), time.time, min_check_interval=0.0)
-    locks = LockList(base / "locks")
+    locks = LockList(base / "locks") if locks is None else locks
     with running_sandbox(base / "sandbox") as sb:
         lists = ((BULK_NAMESPACE, BULK_ITEMS), (LONG_NAMESPACE, LONG_ITEMS))
         for namespace, items in lists if long_list else lists[:1]:
