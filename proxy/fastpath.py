@@ -56,14 +56,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kubegate.proxy")
 
-# Response fields that stop an answer's head from being relayed as bytes (hop-by-hop, or set by kubegate).
+# Response fields that stop an answer's head from being relayed as bytes (hop-by-hop, or set by kubegate), in
+# a head already lower-cased; a Connection field passes only as "keep-alive" (nginx sends it), dropped.
 _UNRELAYED = re.compile(
-    rb"\r\n(?:connection|keep-alive|transfer-encoding|te|trailers?|upgrade|proxy-[!-9;-~]*|http2-settings"
-    rb"|x-kubegate-request-id)[ \t]*:",
-    re.IGNORECASE,
+    rb"\r\n(?:connection(?!:[ \t]*keep-alive[ \t]*\r\n)|keep-alive|transfer-encoding|te|trailers?|upgrade"
+    rb"|proxy-[!-9;-~]*|http2-settings|x-kubegate-request-id)[ \t]*:"
 )
-_KEEP_ALIVE = re.compile(rb"\r\nconnection:[ \t]*keep-alive[ \t]*(?=\r\n)", re.IGNORECASE)
-_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([0-9]{1,18})[ \t]*\r\n", re.IGNORECASE)
+_CONNECTION = b"\r\nconnection:"
+_CONTENT_LENGTH = b"\r\ncontent-length:"
 
 _FLUSH_AT_ONCE = 64 * 1024  # an h2 answer's piece this large is written at once, not with the iteration's batch
 MAX_PLANNED_REQUEST = 8192  # longest request (bytes) remembered; longer ones always take the full pipeline
@@ -86,6 +86,36 @@ class Plan:
     path: str  # for the audit line
     locks_generation: object | None  # the lock list's generation when the identity was last found unlocked
     audit_parts: tuple[bytes, bytes, bytes] | None = None  # audit.request_line_parts, made at first use
+
+
+def relayable_head(head: bytes) -> tuple[bytes, int, int] | None:
+    """An answer's head (the upstream's bytes, ending with the blank line) that may be relayed as it is:
+    (the head, "Connection: keep-alive" dropped; its status; its body's length), or None. Only HTTP/1.1, a
+    final status with a body framed by one Content-Length, and no hop-by-hop field (nor one kubegate
+    sets). Read lower-cased once, in a few scans of C code; the upstream's parser checks its syntax."""
+    if not head.startswith(b"HTTP/1.1 "):
+        return None
+    low = head.lower()
+    if _UNRELAYED.search(low) is not None:
+        return None
+    at = low.find(_CONTENT_LENGTH)
+    if at < 0:
+        return None
+    start = at + len(_CONTENT_LENGTH)
+    end = low.find(b"\r\n", start)
+    value = low[start:end].strip(b" \t")
+    if not value.isdigit() or len(value) > 18 or low.find(_CONTENT_LENGTH, end) >= 0:
+        return None
+    code = head[9:12]
+    if not code.isdigit() or head[12:13] not in (b" ", b"\r"):
+        return None
+    status = int(code)
+    if status < 200 or status == 204 or status == 304:
+        return None
+    at = low.find(_CONNECTION)
+    if at >= 0:  # "Connection: keep-alive" (nginx, for one) says nothing to relay
+        head = head[:at] + head[low.find(b"\r\n", at + 2) :]
+    return head, status, int(value)
 
 
 def usable(fwd: Forwarder, conn: ClientConnection, plan: Plan) -> Http1Upstream | None:
@@ -168,28 +198,19 @@ class FastExchange:
     def complete(self) -> bool:
         return self._done
 
-    def raw_head(self, head: bytes) -> bool:
+    def raw_head(self, head: bytes) -> int:
         """Take the answer's head as the bytes the upstream sent (``head`` ends with the blank line) when
-        they can be relayed as they are: HTTP/1.1, a final status with a body framed by Content-Length, no
-        hop-by-hop field (nor one kubegate sets); the request id is added. False: ``on_head`` gets the
-        parsed fields instead."""
-        if self.finished or not head.startswith(b"HTTP/1.1 "):
-            return False
-        head = _KEEP_ALIVE.sub(b"", head, 1)  # "Connection: keep-alive" (nginx, for one) says nothing to drop
-        length = _LENGTH.search(head)
-        if length is None or _UNRELAYED.search(head):
-            return False
-        try:
-            status = int(head[9:12])
-        except ValueError:
-            return False
-        if status < 200 or status == 204 or status == 304:
-            return False
-        self.status = status
-        self._length = int(length.group(1))
+        ``relayable_head`` allows it, the request id added. Returns the body's length, or -1: ``on_head``
+        gets the parsed fields instead."""
+        if self.finished:
+            return -1
+        relayable = relayable_head(head)
+        if relayable is None:
+            return -1
+        head, self.status, self._length = relayable
         self._head = b"%bx-kubegate-request-id: %b\r\n\r\n" % (head[:-2], self.request_id.encode("ascii"))
         metrics.observe_latency(self.cluster.name, self.verdict.verb, time.perf_counter() - self.started)
-        return True
+        return self._length
 
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self.finished:
@@ -397,12 +418,12 @@ class CodecFastExchange(FastExchange):
     def on_end(self) -> None:
         pass
 
-    def raw_head(self, head: bytes) -> bool:
+    def raw_head(self, head: bytes) -> int:
         """As ``FastExchange.raw_head`` when the codec can write such a head for this request (HTTP/1.1,
         keep-alive, no HEAD; ``Http1ServerConnection.takes_relayed_head``); h2 encodes the parsed fields."""
         codec = self.conn.codec
         if codec.http_version == "2" or not codec.takes_relayed_head(self.sid):
-            return False
+            return -1
         return FastExchange.raw_head(self, head)
 
     def _send_relayed_head(self) -> None:

@@ -128,11 +128,14 @@ class Http1Upstream(asyncio.Protocol):
         self._on_idle = on_idle  # callable(conn) when it can serve another request
         self.raw_protocol: asyncio.Protocol | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # set by connection_made
-        # A fast-path answer whose head came whole in the first read is parsed for framing only (no
-        # per-header callbacks: the sink relays the head's bytes). ``_active`` parses the current answer.
-        self._framing: httptools.HttpResponseParser | None = None
+        # A fast-path answer whose head came whole in the first read and whose sink took it as bytes
+        # (``raw_head``: HTTP/1.1, one Content-Length, no Connection field but keep-alive) is framed here by
+        # counting its body; ``_framing``, a parser with no callbacks at all, still checks its syntax (and
+        # stays in step for the next answer) in C. ``_active`` parses the current answer.
+        self._framing = httptools.HttpResponseParser(_NO_CALLBACKS)
         self._active = self.parser
         self._fresh = False  # the next read starts the answer to a fast-path request
+        self._left = 0  # bytes of a counted answer still to come
 
     # --- asyncio.Protocol -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -143,23 +146,29 @@ class Http1Upstream(asyncio.Protocol):
         if self.raw_protocol is not None:
             self.raw_protocol.data_received(data)
             return
+        body = data
         if self._fresh:
             self._fresh = False
             self._active = self.parser
             end = data.find(b"\r\n\r\n")
-            if end > 0 and self.exchange is not None and self.exchange.raw_head(data[: end + 4]):
-                framing = self._framing
-                if framing is None:
-                    framing = self._framing = httptools.HttpResponseParser(_FramingCallbacks(self))
-                self._active = framing
+            if end > 0 and self.exchange is not None:
+                length = self.exchange.raw_head(data[: end + 4])
+                if length >= 0:
+                    self._active = self._framing
+                    self._left = length
+                    body = data[end + 4 :]
+        active = self._active
         try:
-            self._active.feed_data(data)
+            active.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args else len(data)
             self._upgrade_data = data[offset:]
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError(502, f"cluster {self.cluster_name} sent an invalid HTTP response: {exc}", "protocol"))
             self.close()
+        else:
+            if active is self._framing:
+                self._counted_body(body)
 
     def eof_received(self) -> bool | None:
         if self.raw_protocol is not None:
@@ -214,15 +223,22 @@ class Http1Upstream(asyncio.Protocol):
                 if self._head_request:
                     self.parser = httptools.HttpResponseParser(self)
 
-    def _framed_head(self) -> None:
-        """``on_headers_complete`` of an answer whose head the sink took as bytes (``raw_head``)."""
-        framing = self._framing
-        assert framing is not None
-        self._keep_alive = framing.should_keep_alive()
-        status = framing.get_status_code()
-        if status in (204, 304) and self.exchange is not None:  # raw_head takes none of these; for safety
-            self._message_done = True
-            self.exchange.on_done()
+    def _counted_body(self, body: bytes) -> None:
+        """A piece of an answer framed by counting (see ``_framing``)."""
+        left = self._left - len(body)
+        self._left = left
+        exchange = self.exchange
+        if exchange is None:
+            return
+        if left < 0:  # bytes past the answer's end: nothing was asked for them
+            self._fail(UpstreamError(502, f"cluster {self.cluster_name} sent more than its Content-Length", "protocol"))
+            self.close()
+            return
+        if body and exchange.on_data(body) and not self.reading_paused:
+            self.pause()
+        if left == 0:
+            self._keep_alive = True  # HTTP/1.1 with no Connection field but keep-alive (``raw_head``)
+            self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange
@@ -334,13 +350,10 @@ class Http1Upstream(asyncio.Protocol):
             waiter.set_result(None)
 
 
-class _FramingCallbacks:
-    """The callbacks of a framing-only response parser: httptools calls only the ones that exist (here no
-    ``on_message_begin``, ``on_status`` or ``on_header``), taken from the connection once."""
+class _NoCallbacks:
+    """httptools calls only the callbacks its target has: none here (``Http1Upstream._framing``)."""
 
-    __slots__ = ("on_headers_complete", "on_body", "on_message_complete")
+    __slots__ = ()
 
-    def __init__(self, conn: Http1Upstream) -> None:
-        self.on_headers_complete = conn._framed_head
-        self.on_body = conn.on_body
-        self.on_message_complete = conn.on_message_complete
+
+_NO_CALLBACKS = _NoCallbacks()

@@ -163,3 +163,104 @@ def test_pools_survive_label_changes_but_not_address_changes():
     assert pools.get(Cluster(name="c", labels={"env": "prod"}, server="https://a:6443", credentials=first.credentials)) is pool
     moved = pools.get(Cluster(name="c", labels={}, server="https://b:6443"))
     assert moved is not pool and pool.closed
+
+
+class CountingSink:
+    """A fast-path sink (``start_raw``) that takes every head ``relayable_head`` allows as bytes."""
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.body = b""
+        self.done = False
+        self.error: UpstreamError | None = None
+        self.status = 0
+        self.complete = False
+        self.parsed: tuple[int, list] | None = None
+        self._ended = True  # the request went whole with its head
+        self._done = False  # the answer ended: the connection may serve another request
+
+    def raw_head(self, head: bytes) -> int:
+        from proxy.fastpath import relayable_head
+
+        relayable = relayable_head(head)
+        if relayable is None:
+            return -1
+        self.head, self.status, length = relayable
+        return length
+
+    def on_head(self, status: int, headers: list) -> None:
+        self.status, self.parsed = status, (status, headers)
+
+    def on_data(self, data: bytes) -> bool:
+        self.body += data
+        return False
+
+    def on_done(self) -> None:
+        self.done = self.complete = self._done = True
+
+    def on_error(self, error: UpstreamError) -> None:
+        self.error = error
+
+
+def test_a_relayed_answer_is_framed_by_counting_its_body_across_reads_and_the_connection_is_reused():
+    async def scenario() -> None:
+        conn, transport, idle = connected()
+        sink = CountingSink()
+        conn.start_raw(b"GET /x HTTP/1.1\r\nhost: api\r\n\r\n", sink)
+        conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{\"a\"")
+        assert sink.head.startswith(b"HTTP/1.1 200 OK") and sink.parsed is None and sink.body == b'{"a"'
+        assert not sink.done
+        conn.data_received(b':"bc"')
+        assert not sink.done
+        conn.data_received(b"}")
+        assert sink.body == b'{"a":"bc"}' and sink.done and sink.error is None
+        conn.exchange_released(sink)
+        assert idle == [conn] and conn.reusable and not transport.closed
+        # the next answer, to a request through the full pipeline, is parsed as usual on the same connection
+        ex = conn.start("GET", "/y", [], chunked=False)
+        ex.end_request()
+        conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+
+        await ex.response_head()
+        assert await ex.read() == b"ok"
+
+    run(scenario())
+
+
+def test_a_relayed_answer_with_bytes_past_its_content_length_is_a_502_and_the_connection_closes():
+    async def scenario() -> None:
+        conn, transport, idle = connected()
+        sink = CountingSink()
+        conn.start_raw(b"GET /x HTTP/1.1\r\nhost: api\r\n\r\n", sink)
+        conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        assert sink.error is not None and sink.error.status == 502 and sink.error.kind == "protocol"
+        assert "more than its Content-Length" in sink.error.message
+        assert transport.closed and idle == [] and not sink.done
+
+    run(scenario())
+
+
+def test_a_relayed_head_the_parser_finds_invalid_is_a_502():
+    async def scenario() -> None:
+        conn, transport, _ = connected()
+        sink = CountingSink()
+        conn.start_raw(b"GET /x HTTP/1.1\r\nhost: api\r\n\r\n", sink)
+        conn.data_received(b"HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 2\r\n\r\n{}")
+        assert sink.error is not None and sink.error.status == 502 and "invalid HTTP response" in sink.error.message
+        assert transport.closed and not sink.done
+
+    run(scenario())
+
+
+def test_an_answer_the_sink_does_not_relay_as_bytes_is_parsed_field_by_field():
+    async def scenario() -> None:
+        conn, _, idle = connected()
+        sink = CountingSink()
+        conn.start_raw(b"GET /x HTTP/1.1\r\nhost: api\r\n\r\n", sink)
+        conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+        assert sink.parsed == (200, [(b"transfer-encoding", b"chunked")]) and sink.head == b""
+        assert sink.body == b"ok" and sink.done
+        conn.exchange_released(sink)
+        assert idle == [conn]
+
+    run(scenario())
