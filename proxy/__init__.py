@@ -23,7 +23,9 @@ Modules (one job each)::
 
     Proxy(clusters=ClusterSource, roles=<has .current() -> RoleSet> | policy=Policy,
           ssl_context=... | cert_file=, key_file=, client_ca_file=,
-          host="127.0.0.1", port=0, reuse_port=False, locks=<has .is_locked(identity)>,
+          host="127.0.0.1", port=0, reuse_port=False,
+          locks=<has .is_locked(identity), .generation (None: ask on every request); optional
+                 .watch(loop) / .unwatch(), called by start / shutdown: certs.locks.LockList>,
           audit=<callable(dict)>, settings=ProxySettings(...), pool_settings=PoolSettings(...),
           sweep_interval=1.0, clock=None)
     Proxy.from_config(cfg, **same keywords)  # reads cfg.proxy.limits.* (already validated)
