@@ -89,10 +89,6 @@ class AuditLog:
 
     # ---- the data path
 
-    def append_line(self, line: bytes) -> None:
-        """A request's audit line already encoded (``request_line``; no newline): queued like an event."""
-        self._enqueue(line)
-
     def __call__(self, event: dict[str, Any]) -> None:
         if self._enqueue(event) and event.get("event") != "request":  # session start/end: written at once
             self._wake.set()
@@ -106,6 +102,8 @@ class AuditLog:
             return False
         queue.append(item)
         return True
+
+    append_line = _enqueue  # a request's audit line already encoded (``request_line``; no newline): queued like an event
 
     # ---- the writer
 

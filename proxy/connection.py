@@ -70,7 +70,7 @@ class _Cut(Exception):
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
-        "fwd", "peer_ip", "transport", "codec", "identity", "exchanges", "closed", "_write_paused", "_read_paused",
+        "fwd", "peer_ip", "transport", "codec", "identity", "exchanges", "closed", "write_paused", "_read_paused",
         "_drain_waiters", "_window_waiters", "_header_timer", "_idle_timer", "_closing_after_flush", "upgraded",
         "detached", "_served", "_idle_since", "_frame_marks", "_max_pipelined", "plans", "h2_plans", "fast", "_held_data", "_flush_due", "_plan_candidate",
         "_writable_hooks", "__weakref__",
@@ -84,7 +84,7 @@ class ClientConnection(asyncio.Protocol):
         self.identity: Identity | None = None
         self.exchanges: dict[int, Exchange] = {}
         self.closed = False
-        self._write_paused = False
+        self.write_paused = False
         self._read_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._window_waiters: dict[int, asyncio.Future[None]] = {}
@@ -263,10 +263,10 @@ class ClientConnection(asyncio.Protocol):
         self._close_all()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.write_paused = False
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -276,10 +276,6 @@ class ClientConnection(asyncio.Protocol):
             hook()
 
     # --- used by the fast path (proxy.fastpath) ---------------------------------------------------------
-    @property
-    def write_paused(self) -> bool:
-        return self._write_paused
-
     def when_writable(self, hook: Callable[[], None]) -> None:
         """Call ``hook`` once the transport takes writes again (after ``pause_writing``)."""
         self._writable_hooks.append(hook)
@@ -381,7 +377,7 @@ class ClientConnection(asyncio.Protocol):
     def writable(self, stream_id: int) -> bool:
         """Whether ``drain(stream_id)`` would return at once: the socket takes more and, on HTTP/2, the
         stream has send window."""
-        if self._write_paused or self.closed:
+        if self.write_paused or self.closed:
             return False
         return self.codec.http_version != "2" or self.codec.send_window(stream_id) > 0
 
@@ -392,7 +388,7 @@ class ClientConnection(asyncio.Protocol):
         loop = self.fwd.loop
         timeout = self.fwd.settings.client_send_timeout
         while not self.closed:
-            if self._write_paused:
+            if self.write_paused:
                 waiter = loop.create_future()
                 self._drain_waiters.append(waiter)
                 timer = loop.call_later(timeout, _stall, waiter)
@@ -495,7 +491,7 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if data and transport is not None:
             transport.write(data)
-            if self._write_paused and transport.get_write_buffer_size() > self.fwd.settings.client_write_buffer_max:
+            if self.write_paused and transport.get_write_buffer_size() > self.fwd.settings.client_write_buffer_max:
                 self.cut("write_buffer_full")
                 return
         if (self._closing_after_flush or self.codec.must_close) and transport is not None:

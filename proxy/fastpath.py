@@ -139,10 +139,11 @@ def usable(fwd: Forwarder, conn: ClientConnection, plan: Plan) -> Http1Upstream 
     if fwd.role_source.current() is not plan.roles:
         return None
     pool = plan.pool
+    credentials = pool.fresh_credentials()
     if (
-        fwd.pools.pools.get(cluster.name) is not pool
-        or pool.bearer_credentials is not plan.credentials
-        or not pool.credentials_fresh
+        credentials is None
+        or credentials is not plan.credentials
+        or fwd.pools.pools.get(cluster.name) is not pool
         or fwd.catalogs.cached(cluster, pool) is not plan.catalog
     ):
         return None

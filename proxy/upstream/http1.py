@@ -238,7 +238,9 @@ class Http1Upstream(asyncio.Protocol):
             self.pause()
         if left == 0:
             self._keep_alive = True  # HTTP/1.1 with no Connection field but keep-alive (``raw_head``)
-            self.on_message_complete()
+            self._message_done = True
+            exchange.on_done()
+            self._maybe_idle()
 
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange

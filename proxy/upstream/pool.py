@@ -77,10 +77,17 @@ class ClusterPool:
     @property
     def credentials_fresh(self) -> bool:
         """Whether requests may go out with the credentials held now (``ensure_credentials`` would not wait)."""
+        return self.fresh_credentials() is not None
+
+    def fresh_credentials(self) -> UpstreamCredentials | None:
+        """The credentials held now when requests may go out with them, else None (one call for the fast
+        path's check: ``proxy.fastpath.usable``)."""
         creds = self._creds
-        return creds is not None and (
+        if creds is not None and (
             creds.expires_at is None or creds.expires_at - time.time() > self.settings.credentials_refresh_margin
-        )
+        ):
+            return creds
+        return None
 
     async def ensure_credentials(self) -> None:
         if self.credentials_fresh:
