@@ -37,10 +37,12 @@ from tests.proxy.fast_gate import (
     OTHER_POD,
     POD,
     SEND_TIMEOUT,
+    Client,
     Gate,
     H2Client,
     Response,
     comparable,
+    get,
     opened_clients,
     record_starts,
     running_edge,
@@ -415,6 +417,28 @@ def test_chunked_304_and_204_answers_are_framed_by_h2_on_the_fast_path(gate, edg
     codes = [gate.audit(a.header("x-kubegate-request-id"))["code"] for a in gzipped + not_modified + empty]
     assert codes == [200, 200, 200, 304, 304, 204, 204]
     assert c.get(pod).body == edge  # the connection goes on
+
+
+def test_answers_relayed_fast_over_h2_carry_the_same_fields_as_the_full_pipelines(gate, edge, client, fast_starts):
+    """Whatever the upstream frames its answer with (nginx's ``Connection: keep-alive``, a content-length),
+    an answer on the h2 fast path has the same fields and body as the full pipeline's answer to the same
+    request (an HTTP/1.0 one, which only it serves), a content-length that matches the body, one request
+    id: hop-by-hop fields dropped."""
+    paths = [f"/k8s/clusters/edge{EDGE_POD}",  # nginx, from a file: content-length, keep-alive, etag
+             f"/k8s/clusters/edge/api/v1/namespaces/{BULK_NAMESPACE}/configmaps/cm-0001",  # nginx proxying
+             "/k8s/clusters/edge/api/v1/namespaces/dev/pods/nobody",  # the sandbox's 404 through nginx
+             POD, f"/k8s/clusters/{CLUSTER}/api/v1/namespaces/dev/pods/nobody"]  # the sandbox itself
+    with opened_clients(gate, Client) as http1:
+        full = [http1("sam").ask(get(path).replace(b"HTTP/1.1", b"HTTP/1.0")) for path in paths]
+    c = client("sam")
+    for path, expected in zip(paths, full, strict=True):
+        answers = [c.get(path) for _ in range(3)]
+        for answer in answers:
+            assert (answer.status, answer.body) == (expected.status, expected.body)
+            assert answer.header("content-length") == str(len(answer.body))
+            assert [f for f in same_fields(answer) if f[0] != "content-length"] == [
+                f for f in same_fields(expected) if f[0] not in ("connection", "keep-alive", "content-length")]
+    assert len(fast_starts) == 2 * len(paths)
 
 
 # --- 7. client-sent impersonation: in test_proxy_fast_path.py, for both protocols ([h2]) ------------
