@@ -12,6 +12,10 @@ connections opened, GETs of the benchmark pod to warm up, the counters dumped (w
 ``callgrind_control --dump``), ``--requests`` GETs, the counters dumped again; instructions ÷ requests. Everything the process
 did in that window counts (its timers, a health check that fell in it): a few per cent at most.
 
+The HTTP/1.1 cell also counts ``benchmarks.bare_relay`` doing the same GETs over the same connections:
+a bare uvloop + httptools relay with no policy, the floor for a Python proxy of this job (nginx is the
+floor for any proxy).
+
 Watch events (``--cells events``): the setup of the ``events`` cell of ``python -m benchmarks``
 (``harness._watch_event_cost``): one HTTP/1.1 watch of configmaps in ``bench-watch`` through the proxy
 (kubegate reaches the sandbox over h2, nginx over HTTP/1.1), configmaps created directly on the sandbox.
@@ -68,6 +72,25 @@ async def _requests(conns: list, protocol: str, path: str, authority: str, n: in
 
     await asyncio.gather(*(client(conns[i % len(conns)]) for i in range(len(conns) if protocol == "h1" else 16)))
     return statuses
+
+
+def start_bare_relay(procs: harness.Processes, wrap: tuple[str, ...]) -> tuple[subprocess.Popen[bytes], load.Endpoint]:
+    """``benchmarks.bare_relay`` under ``wrap`` in front of the fast upstream, with kubegate's serving
+    certificate and client CA and the fast upstream's client credentials: the process and its endpoint."""
+    from kubegate.demo import free_port
+
+    info, st = procs.sandbox_info, procs.state
+    assert st is not None and procs.fast is not None
+    port, ca_dir, prefix = free_port(), st.state_dir / "ca", f"/k8s/clusters/{harness.FAST_CLUSTER}"
+    cmd = [*wrap, sys.executable, "-m", "benchmarks.bare_relay", str(port), str(ca_dir / "server.pem"),
+           str(ca_dir / "server-key.pem"), str(st.ca_file), prefix, str(procs.fast.port), info["ca_file"],
+           info["cert_file"], info["key_file"]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=harness.ROOT, env=procs._env())
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != b"ready":
+        proc.kill()
+        raise RuntimeError("the bare relay did not start")
+    return proc, load.Endpoint("127.0.0.1", port, str(st.ca_file), str(st.cert_file), str(st.key_file), prefix=prefix)
 
 
 def _zero_counters(procs: harness.Processes, pid: int) -> None:
@@ -194,9 +217,19 @@ def run(requests: int, warmup: int, clients: int, keep: str | None = None, cells
                                  requests, warmup, clients)
                 cell = {"protocol": protocol, "kubegate": kg, "nginx": ng,
                         "ratio": round(kg["instructions_per_request"] / max(1, ng["instructions_per_request"]), 2)}
+                if protocol == "h1":
+                    relay, ep = start_bare_relay(procs, settings.wrap)
+                    try:
+                        cell["bare_relay"] = await count(procs, relay.pid, ep, protocol, requests, warmup, clients)
+                    finally:
+                        relay.terminate()
+                        relay.wait(30)
                 report["cells"].append(cell)
+                bare = cell.get("bare_relay")
                 print(f"  GET {protocol}: kubegate {kg['instructions_per_request']:,} instructions/request, "
-                      f"nginx {ng['instructions_per_request']:,} ({cell['ratio']}×)", file=sys.stderr, flush=True)
+                      f"nginx {ng['instructions_per_request']:,} ({cell['ratio']}×)"
+                      + (f", bare Python relay {bare['instructions_per_request']:,}" if bare else ""),
+                      file=sys.stderr, flush=True)
 
         asyncio.run(main())
     finally:
@@ -214,11 +247,14 @@ def render(report: dict) -> str:
     if report["cells"]:
         lines += [f"GET of one pod, {report['requests']} requests from {report['clients']} clients, "
                   f"counted by callgrind (commit {report['commit']}):", "",
-                  "| client protocol | kubegate instructions/request | nginx instructions/request | kubegate ÷ nginx |",
-                  "|---|---:|---:|---:|"]
+                  "| client protocol | kubegate instructions/request | nginx instructions/request | kubegate ÷ nginx "
+                  "| bare Python relay (``benchmarks.bare_relay``) |",
+                  "|---|---:|---:|---:|---:|"]
         for c in report["cells"]:
+            bare = c.get("bare_relay")
             lines.append(f"| {'HTTP/1.1' if c['protocol'] == 'h1' else 'h2'} | {c['kubegate']['instructions_per_request']:,} | "
-                         f"{c['nginx']['instructions_per_request']:,} | {c['ratio']:.2f}× |")
+                         f"{c['nginx']['instructions_per_request']:,} | {c['ratio']:.2f}× | "
+                         f"{format(bare['instructions_per_request'], ',') if bare else '—'} |")
     w = report.get("watch_events")
     if w:
         if lines:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,54 @@ def test_several_runs_are_reported_as_each_figures_median():
     assert cell["proxy_cpu_us_per_request"] == 130 and cell["cpu_ratio_to_nginx"] == 3.5
     assert merged["idle_watches"][0]["kib_per_watch"] == 7.0
     assert merged["meta"]["runs"] == 3 and len(merged["meta"]["json_paths"]) == 3
+
+
+@pytest.mark.e2e
+def test_the_bare_relay_answers_as_the_upstream_does_and_refuses_clients_without_a_certificate():
+    """``benchmarks.bare_relay`` (the floor the instruction counts compare with) does the job it is
+    counted for: the benchmark pod through it is the answer the fast upstream gives, three times on one
+    keep-alive connection; a client without a certificate from kubegate's CA gets no TLS session."""
+    import asyncio
+    import dataclasses
+    import shutil
+    import ssl
+    import tempfile
+
+    from benchmarks import harness, instructions, load
+
+    workdir = Path(tempfile.mkdtemp(prefix="kubegate-bare-"))  # as the harness's (nginx's worker reads in it)
+    procs = harness.Processes(dataclasses.replace(harness.Settings.quick(), pin=False), workdir)
+    try:
+        procs.start()
+        relay, ep = instructions.start_bare_relay(procs, ())
+        try:
+            async def gets() -> tuple[list[tuple[int, int]], tuple[int, int]]:
+                relayed = await load.h1_connect(ep)
+                direct = await load.h1_connect(procs.fast_direct())
+                try:
+                    answers = [await relayed.request(load.h1_request_bytes("GET", ep.prefix + harness.GET_PATH, ep.authority))
+                               for _ in range(3)]
+                    return answers, await direct.request(load.h1_request_bytes("GET", harness.GET_PATH, "127.0.0.1"))
+                finally:
+                    for conn in (relayed, direct):
+                        if conn.transport is not None:
+                            conn.transport.close()
+
+            answers, direct = asyncio.run(gets())  # (status, body bytes)
+            assert direct[0] == 200 and direct[1] > 1000
+            assert answers == [direct] * 3
+
+            anonymous = ssl.create_default_context(cafile=ep.ca_file)
+            anonymous.check_hostname = False
+            with pytest.raises((ssl.SSLError, ConnectionError)):  # noqa: PT012 - the handshake or the first read fails
+                with socket.create_connection((ep.host, ep.port), timeout=10) as raw, \
+                        anonymous.wrap_socket(raw) as tls:
+                    tls.sendall(load.h1_request_bytes("GET", ep.prefix + harness.GET_PATH, ep.authority))
+                    if not tls.recv(1):
+                        raise ConnectionError("closed without an answer")
+        finally:
+            relay.terminate()
+            relay.wait(30)
+    finally:
+        procs.close()
+        shutil.rmtree(workdir, ignore_errors=True)
