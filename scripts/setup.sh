@@ -17,4 +17,7 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   .venv/bin/python -m pip install --quiet -e '.[test]'
   touch "$STAMP"
 fi
+# The compiled HTTP/2 codec (setup.py): rebuilt when a source changed since the install; without a C
+# compiler the .py modules are used (one line says so) and setup goes on.
+.venv/bin/python scripts/build_compiled.py || true
 scripts/install-tools.sh

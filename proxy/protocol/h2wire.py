@@ -170,7 +170,9 @@ def encode_response_block(status: int, headers: Headers, content_length: int | N
         if prefix is _CONTENT_LENGTH:
             content_length = None
         size = len(value)
-        append(prefix + (_SMALL_LENGTH[size] if size < 127 else _hpack_int(size, 7, 0x00)) + value)
+        append(prefix)  # three parts joined once below: no intermediate bytes per field
+        append(_SMALL_LENGTH[size] if size < 127 else _hpack_int(size, 7, 0x00))
+        append(value)
     if content_length is not None:
         value = b"%d" % content_length
         append(_CONTENT_LENGTH + _SMALL_LENGTH[len(value)] + value)

@@ -55,7 +55,43 @@ from proxy.protocol.events import (
     WindowOpened,
 )
 from proxy.protocol.h2fields import FieldDecoder
-from proxy.protocol.h2wire import encode_response_block
+from proxy.protocol.h2wire import (
+    ACK,
+    CANCEL,
+    COMPRESSION_ERROR,
+    CONTINUATION,
+    DATA,
+    DEFAULT_MAX_FRAME,
+    DEFAULT_WINDOW,
+    ENABLE_CONNECT_PROTOCOL,
+    ENABLE_PUSH,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADERS,
+    INITIAL_WINDOW_SIZE,
+    MAX_CONCURRENT_STREAMS,
+    MAX_FRAME_CEILING,
+    MAX_FRAME_SIZE,
+    MAX_HEADER_LIST_SIZE,
+    MAX_WINDOW,
+    NO_ERROR,
+    PADDED,
+    PING,
+    PRIORITY,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RST_STREAM,
+    SETTINGS,
+    STREAM_CLOSED,
+    WINDOW_UPDATE,
+    encode_response_block,
+)
 from proxy.protocol.http1 import status_json
 
 __all__ = ["Http2ServerConnection", "encode_response_block"]
@@ -123,13 +159,13 @@ class Http2ServerConnection:
         window = limits.h2_initial_window
         self._window = window  # our SETTINGS_INITIAL_WINDOW_SIZE: each stream's receive window
         # Until the peer acknowledges our SETTINGS it may still count on the default window.
-        self._stream_recv_initial = max(window, w.DEFAULT_WINDOW)
-        self._conn_max = max(window, w.DEFAULT_WINDOW)
+        self._stream_recv_initial = max(window, DEFAULT_WINDOW)
+        self._conn_max = max(window, DEFAULT_WINDOW)
         self._recv_window = self._conn_max  # what the peer may still send on the connection
         self._recv_owed = 0
-        self._send_window = w.DEFAULT_WINDOW  # the peer's connection window for our DATA
-        self._peer_initial = w.DEFAULT_WINDOW  # the peer's SETTINGS_INITIAL_WINDOW_SIZE
-        self._max_send_frame = w.DEFAULT_MAX_FRAME
+        self._send_window = DEFAULT_WINDOW  # the peer's connection window for our DATA
+        self._peer_initial = DEFAULT_WINDOW  # the peer's SETTINGS_INITIAL_WINDOW_SIZE
+        self._max_send_frame = DEFAULT_MAX_FRAME
         self._streams: dict[int, _Stream] = {}
         self._holding: dict[int, _Stream] = {}  # streams with response bytes held for lack of window
         self._reset_by_us: dict[int, None] = {}  # recently reset streams whose late frames are ignored
@@ -152,11 +188,11 @@ class Http2ServerConnection:
         self._resets = 0
         self._pings = 0
         self._settings = 0
-        ours = {w.MAX_CONCURRENT_STREAMS: self._max_streams, w.INITIAL_WINDOW_SIZE: window,
-                w.MAX_HEADER_LIST_SIZE: self._max_head}  # fmt: skip
+        ours = {MAX_CONCURRENT_STREAMS: self._max_streams, INITIAL_WINDOW_SIZE: window,
+                MAX_HEADER_LIST_SIZE: self._max_head}  # fmt: skip
         self._out: list[bytes | memoryview] = [w.settings(ours)]
-        if self._conn_max > w.DEFAULT_WINDOW:
-            self._out.append(w.window_update(0, self._conn_max - w.DEFAULT_WINDOW))
+        if self._conn_max > DEFAULT_WINDOW:
+            self._out.append(w.window_update(0, self._conn_max - DEFAULT_WINDOW))
 
     @property
     def held_bytes(self) -> int:
@@ -184,19 +220,19 @@ class Http2ServerConnection:
             if self._preface:
                 if len(buf) < 24:
                     if not w.PREFACE.startswith(buf):
-                        raise _Failed(w.PROTOCOL_ERROR, "invalid connection preface")
+                        raise _Failed(PROTOCOL_ERROR, "invalid connection preface")
                     self._buf = buf
                     return out
                 if buf[:24] != w.PREFACE:
-                    raise _Failed(w.PROTOCOL_ERROR, "invalid connection preface")
+                    raise _Failed(PROTOCOL_ERROR, "invalid connection preface")
                 self._preface = False
                 pos = 24
             end = len(buf)
             while end - pos >= 9:
                 high, low, kind, flags, sid = _unpack_header(buf, pos)
                 length = (high << 8) | low
-                if length > w.DEFAULT_MAX_FRAME:
-                    raise _Failed(w.FRAME_SIZE_ERROR, f"frame of {length} bytes exceeds SETTINGS_MAX_FRAME_SIZE")
+                if length > DEFAULT_MAX_FRAME:
+                    raise _Failed(FRAME_SIZE_ERROR, f"frame of {length} bytes exceeds SETTINGS_MAX_FRAME_SIZE")
                 stop = pos + 9 + length
                 if stop > end:
                     break
@@ -204,36 +240,36 @@ class Http2ServerConnection:
                 start = pos + 9
                 pos = stop
                 if self._block is not None:
-                    if kind != w.CONTINUATION or sid != self._block_sid:
-                        raise _Failed(w.PROTOCOL_ERROR, "header block interrupted by another frame")
+                    if kind != CONTINUATION or sid != self._block_sid:
+                        raise _Failed(PROTOCOL_ERROR, "header block interrupted by another frame")
                     self._continuation(flags, buf[start:stop], out)
-                elif kind == w.HEADERS:
+                elif kind == HEADERS:
                     self._headers(sid, flags, buf[start:stop], out)
-                elif kind == w.DATA:
+                elif kind == DATA:
                     self._data(sid, flags, buf[start:stop], out)
-                elif kind == w.WINDOW_UPDATE:
+                elif kind == WINDOW_UPDATE:
                     if length != 4:
-                        raise _Failed(w.FRAME_SIZE_ERROR, "WINDOW_UPDATE of a size other than 4")
+                        raise _Failed(FRAME_SIZE_ERROR, "WINDOW_UPDATE of a size other than 4")
                     self._window_update(sid, _unpack_u32(buf, start)[0] & 0x7FFFFFFF, out)
-                elif kind == w.SETTINGS:
+                elif kind == SETTINGS:
                     self._on_settings(sid, flags, buf[start:stop], out)
-                elif kind == w.PING:
+                elif kind == PING:
                     self._ping(sid, flags, buf[start:stop], out)
-                elif kind == w.RST_STREAM:
+                elif kind == RST_STREAM:
                     if length != 4:
-                        raise _Failed(w.FRAME_SIZE_ERROR, "RST_STREAM of a size other than 4")
+                        raise _Failed(FRAME_SIZE_ERROR, "RST_STREAM of a size other than 4")
                     self._rst_stream(sid, _unpack_u32(buf, start)[0], out)
-                elif kind == w.PRIORITY:
+                elif kind == PRIORITY:
                     self._priority(sid, buf[start:stop], out)
-                elif kind == w.GOAWAY:
+                elif kind == GOAWAY:
                     self._on_goaway(sid, buf[start:stop], out)
                     return out
-                elif kind == w.CONTINUATION:
-                    raise _Failed(w.PROTOCOL_ERROR, "CONTINUATION without a header block")
-                elif kind == w.PUSH_PROMISE:
-                    raise _Failed(w.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
+                elif kind == CONTINUATION:
+                    raise _Failed(PROTOCOL_ERROR, "CONTINUATION without a header block")
+                elif kind == PUSH_PROMISE:
+                    raise _Failed(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
                 if not self._settings_seen:
-                    raise _Failed(w.PROTOCOL_ERROR, "the client's first frame is not SETTINGS")
+                    raise _Failed(PROTOCOL_ERROR, "the client's first frame is not SETTINGS")
                 # other frame types are ignored (§5.5)
             self._buf = buf[pos:] if pos < end else b""
         except _Failed as exc:
@@ -242,22 +278,22 @@ class Http2ServerConnection:
 
     def _headers(self, sid: int, flags: int, payload: bytes, out: list[Event]) -> None:
         if sid == 0 or not sid & 1:
-            raise _Failed(w.PROTOCOL_ERROR, f"HEADERS on stream {sid}")
+            raise _Failed(PROTOCOL_ERROR, f"HEADERS on stream {sid}")
         start = 0
         stop = len(payload)
-        if flags & w.PADDED:
+        if flags & PADDED:
             if not stop or payload[0] >= stop:
-                raise _Failed(w.PROTOCOL_ERROR, "padding as long as the HEADERS frame")
+                raise _Failed(PROTOCOL_ERROR, "padding as long as the HEADERS frame")
             start = 1
             stop -= payload[0]
         bad_priority = False
-        if flags & w.PRIORITY_FLAG:
+        if flags & PRIORITY_FLAG:
             if stop - start < 5:
-                raise _Failed(w.FRAME_SIZE_ERROR, "HEADERS too short for its priority")
+                raise _Failed(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
             bad_priority = _unpack_u32(payload, start)[0] & 0x7FFFFFFF == sid
             start += 5
         block = payload[start:stop] if start or stop != len(payload) else payload
-        if flags & w.END_HEADERS:
+        if flags & END_HEADERS:
             self._header_block(sid, flags, block, bad_priority, out)
             return
         self._block = [block]
@@ -272,8 +308,8 @@ class Http2ServerConnection:
         block.append(payload)
         self._block_size += len(payload)
         if len(block) > _MAX_CONTINUATIONS + 1 or self._block_size > self._max_block:
-            raise _Failed(w.ENHANCE_YOUR_CALM, "header block of too many CONTINUATION frames")
-        if flags & w.END_HEADERS:
+            raise _Failed(ENHANCE_YOUR_CALM, "header block of too many CONTINUATION frames")
+        if flags & END_HEADERS:
             self._block = None
             self._header_block(self._block_sid, self._block_flags, b"".join(block), self._block_bad_priority, out)
 
@@ -281,9 +317,9 @@ class Http2ServerConnection:
         try:
             fields = self._decoder.decode(block)
         except OversizedHeaderListError as exc:
-            raise _Failed(w.ENHANCE_YOUR_CALM, f"header list too large: {exc}") from None
+            raise _Failed(ENHANCE_YOUR_CALM, f"header list too large: {exc}") from None
         except HPACKError as exc:
-            raise _Failed(w.COMPRESSION_ERROR, f"cannot decode header block: {exc}") from None
+            raise _Failed(COMPRESSION_ERROR, f"cannot decode header block: {exc}") from None
         return fields
 
     def _header_block(self, sid: int, flags: int, block: bytes, bad_priority: bool, out: list[Event]) -> None:
@@ -299,8 +335,8 @@ class Http2ServerConnection:
             return
         self._highest = sid
         if len(self._streams) >= self._max_streams:
-            raise _Failed(w.PROTOCOL_ERROR, f"more than {self._max_streams} concurrent streams")
-        end_stream = bool(flags & w.END_STREAM)
+            raise _Failed(PROTOCOL_ERROR, f"more than {self._max_streams} concurrent streams")
+        end_stream = bool(flags & END_STREAM)
         parsed = self._memo.get(block)
         if parsed is None:
             fields = self._decode(block)
@@ -316,7 +352,7 @@ class Http2ServerConnection:
         else:
             checked = parsed
         if self._goaway_sent:
-            self._reset(sid, w.REFUSED_STREAM)
+            self._reset(sid, REFUSED_STREAM)
             self._count_reset(out)
             return
         if bad_priority:
@@ -341,7 +377,7 @@ class Http2ServerConnection:
         if refusal.status == 431:
             self._answer(sid, end_stream, 431, refusal.message)
         else:
-            self._reset(sid, w.PROTOCOL_ERROR)
+            self._reset(sid, PROTOCOL_ERROR)
         out.append(ProtocolError(refusal.message, refusal.status, sid))
         self._count_reset(out)
 
@@ -350,53 +386,53 @@ class Http2ServerConnection:
         there must not count); the request ends with them."""
         self._memo.clear()
         if stream.remote_ended:
-            self._stream_error(stream, w.STREAM_CLOSED, out)
+            self._stream_error(stream, STREAM_CLOSED, out)
             return
         expected = stream.expected
         if (
-            not flags & w.END_STREAM
+            not flags & END_STREAM
             or w.trailer_problem(fields) is not None
             or (expected is not None and stream.received != expected)
         ):
-            self._stream_error(stream, w.PROTOCOL_ERROR, out)
+            self._stream_error(stream, PROTOCOL_ERROR, out)
             return
         self._remote_end(stream, out)
 
     def _data(self, sid: int, flags: int, payload: bytes, out: list[Event]) -> None:
         if sid == 0:
-            raise _Failed(w.PROTOCOL_ERROR, "DATA on stream 0")
+            raise _Failed(PROTOCOL_ERROR, "DATA on stream 0")
         size = len(payload)
         if size > self._recv_window:
-            raise _Failed(w.FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+            raise _Failed(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
         self._recv_window -= size
         stream = self._streams.get(sid)
         if stream is None:
             if sid > self._highest:
-                raise _Failed(w.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
+                raise _Failed(PROTOCOL_ERROR, f"DATA on idle stream {sid}")
             self._credit(size)
             if sid not in self._reset_by_us:
                 self._closed_stream(sid, out)
             return
         if stream.remote_ended:
             self._credit(size)
-            self._stream_error(stream, w.STREAM_CLOSED, out)
+            self._stream_error(stream, STREAM_CLOSED, out)
             return
         if size > stream.recv_window:
-            raise _Failed(w.FLOW_CONTROL_ERROR, f"DATA beyond the window of stream {sid}")
+            raise _Failed(FLOW_CONTROL_ERROR, f"DATA beyond the window of stream {sid}")
         stream.recv_window -= size
         data = payload
-        if flags & w.PADDED:
+        if flags & PADDED:
             if not size or payload[0] >= size:
-                raise _Failed(w.PROTOCOL_ERROR, "padding as long as the DATA frame")
+                raise _Failed(PROTOCOL_ERROR, "padding as long as the DATA frame")
             data = payload[1 : size - payload[0]]
             self._credit(size - len(data), stream)
         received = stream.received + len(data)
         stream.received = received
         expected = stream.expected
-        end = flags & w.END_STREAM
+        end = flags & END_STREAM
         if expected is not None and (received > expected or (end and received != expected)):
             self._credit(len(data))
-            self._stream_error(stream, w.PROTOCOL_ERROR, out)
+            self._stream_error(stream, PROTOCOL_ERROR, out)
             return
         if self._max_body is not None and received > self._max_body:
             self._credit(len(data))
@@ -404,7 +440,7 @@ class Http2ServerConnection:
             self._remove(sid)
             self._answer(sid, bool(end), 413, message)
             out.append(ProtocolError("request body too large", 413, sid))
-            out.append(StreamReset(sid, w.CANCEL))
+            out.append(StreamReset(sid, CANCEL))
             self._closed_app_stream()
             return
         if data:
@@ -421,54 +457,54 @@ class Http2ServerConnection:
     def _window_update(self, sid: int, increment: int, out: list[Event]) -> None:
         if sid == 0:
             if not increment:
-                raise _Failed(w.PROTOCOL_ERROR, "WINDOW_UPDATE of 0 on the connection")
+                raise _Failed(PROTOCOL_ERROR, "WINDOW_UPDATE of 0 on the connection")
             self._send_window += increment
-            if self._send_window > w.MAX_WINDOW:
-                raise _Failed(w.FLOW_CONTROL_ERROR, "connection window above 2^31-1")
+            if self._send_window > MAX_WINDOW:
+                raise _Failed(FLOW_CONTROL_ERROR, "connection window above 2^31-1")
             self._flush_held(0, out)
             return
         stream = self._streams.get(sid)
         if stream is None:
             if sid > self._highest or not sid & 1:
-                raise _Failed(w.PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {sid}")
+                raise _Failed(PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {sid}")
             return  # a closed stream: credit that arrived late
         if not increment:
-            self._stream_error(stream, w.PROTOCOL_ERROR, out)
+            self._stream_error(stream, PROTOCOL_ERROR, out)
             return
         stream.send_window += increment
-        if stream.send_window > w.MAX_WINDOW:
-            self._stream_error(stream, w.FLOW_CONTROL_ERROR, out)
+        if stream.send_window > MAX_WINDOW:
+            self._stream_error(stream, FLOW_CONTROL_ERROR, out)
             return
         self._flush_held(sid, out)
 
     def _on_settings(self, sid: int, flags: int, payload: bytes, out: list[Event]) -> None:
         if sid != 0:
-            raise _Failed(w.PROTOCOL_ERROR, "SETTINGS on a stream")
+            raise _Failed(PROTOCOL_ERROR, "SETTINGS on a stream")
         size = len(payload)
-        if flags & w.ACK:
+        if flags & ACK:
             if size:
-                raise _Failed(w.FRAME_SIZE_ERROR, "SETTINGS acknowledgement with a payload")
+                raise _Failed(FRAME_SIZE_ERROR, "SETTINGS acknowledgement with a payload")
             if not self._settings_seen:
-                raise _Failed(w.PROTOCOL_ERROR, "the client's first frame is not SETTINGS")
+                raise _Failed(PROTOCOL_ERROR, "the client's first frame is not SETTINGS")
             self._stream_recv_initial = self._window  # the peer now counts with our window
             return
         if size % 6:
-            raise _Failed(w.FRAME_SIZE_ERROR, "SETTINGS of a size not a multiple of 6")
+            raise _Failed(FRAME_SIZE_ERROR, "SETTINGS of a size not a multiple of 6")
         self._settings_seen = True
         initial = None
         for offset in range(0, size, 6):
             ident, value = w.SETTING.unpack_from(payload, offset)
-            if ident == w.INITIAL_WINDOW_SIZE:
-                if value > w.MAX_WINDOW:
-                    raise _Failed(w.FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1")
+            if ident == INITIAL_WINDOW_SIZE:
+                if value > MAX_WINDOW:
+                    raise _Failed(FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1")
                 initial = value  # applied once below: a frame repeating it costs one pass over the streams
-            elif ident == w.MAX_FRAME_SIZE:
-                if not w.DEFAULT_MAX_FRAME <= value <= w.MAX_FRAME_CEILING:
-                    raise _Failed(w.PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
+            elif ident == MAX_FRAME_SIZE:
+                if not DEFAULT_MAX_FRAME <= value <= MAX_FRAME_CEILING:
+                    raise _Failed(PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
                 self._max_send_frame = value
-            elif ident == w.ENABLE_PUSH or ident == w.ENABLE_CONNECT_PROTOCOL:
+            elif ident == ENABLE_PUSH or ident == ENABLE_CONNECT_PROTOCOL:
                 if value > 1:
-                    raise _Failed(w.PROTOCOL_ERROR, f"setting {ident} is neither 0 nor 1")
+                    raise _Failed(PROTOCOL_ERROR, f"setting {ident} is neither 0 nor 1")
             # HEADER_TABLE_SIZE: responses never use the dynamic table; the others bind a client only
         window_changed = False
         if initial is not None and initial != self._peer_initial:
@@ -476,10 +512,10 @@ class Http2ServerConnection:
             self._peer_initial = initial
             for stream in self._streams.values():
                 stream.send_window += delta
-                if stream.send_window > w.MAX_WINDOW:
-                    raise _Failed(w.FLOW_CONTROL_ERROR, "a stream window above 2^31-1")
+                if stream.send_window > MAX_WINDOW:
+                    raise _Failed(FLOW_CONTROL_ERROR, "a stream window above 2^31-1")
             window_changed = True
-        self._out.append(w.frame(w.SETTINGS, w.ACK, 0))
+        self._out.append(w.frame(SETTINGS, ACK, 0))
         if window_changed:
             self._flush_held(0, out)
         self._settings += 1
@@ -489,11 +525,11 @@ class Http2ServerConnection:
 
     def _ping(self, sid: int, flags: int, payload: bytes, out: list[Event]) -> None:
         if sid != 0:
-            raise _Failed(w.PROTOCOL_ERROR, "PING on a stream")
+            raise _Failed(PROTOCOL_ERROR, "PING on a stream")
         if len(payload) != 8:
-            raise _Failed(w.FRAME_SIZE_ERROR, "PING of a size other than 8")
-        if not flags & w.ACK:
-            self._out.append(w.frame(w.PING, w.ACK, 0, payload))
+            raise _Failed(FRAME_SIZE_ERROR, "PING of a size other than 8")
+        if not flags & ACK:
+            self._out.append(w.frame(PING, ACK, 0, payload))
         self._pings += 1
         if self._pings >= self._control_quantum:
             self._pings = 0
@@ -501,11 +537,11 @@ class Http2ServerConnection:
 
     def _rst_stream(self, sid: int, code: int, out: list[Event]) -> None:
         if sid == 0:
-            raise _Failed(w.PROTOCOL_ERROR, "RST_STREAM on stream 0")
+            raise _Failed(PROTOCOL_ERROR, "RST_STREAM on stream 0")
         stream = self._remove(sid)
         if stream is None:
             if sid > self._highest or not sid & 1:
-                raise _Failed(w.PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
+                raise _Failed(PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
             return  # already closed
         out.append(StreamReset(sid, code))
         self._count_reset(out)
@@ -515,18 +551,18 @@ class Http2ServerConnection:
     def _priority(self, sid: int, payload: bytes, out: list[Event]) -> None:
         """PRIORITY is deprecated (RFC 9113 §5.3.2) and ignored, but still checked."""
         if sid == 0:
-            raise _Failed(w.PROTOCOL_ERROR, "PRIORITY on stream 0")
+            raise _Failed(PROTOCOL_ERROR, "PRIORITY on stream 0")
         if len(payload) != 5:
-            raise _Failed(w.FRAME_SIZE_ERROR, "PRIORITY of a size other than 5")
+            raise _Failed(FRAME_SIZE_ERROR, "PRIORITY of a size other than 5")
         stream = self._streams.get(sid)
         if stream is not None and _unpack_u32(payload)[0] & 0x7FFFFFFF == sid:
-            self._stream_error(stream, w.PROTOCOL_ERROR, out)
+            self._stream_error(stream, PROTOCOL_ERROR, out)
 
     def _on_goaway(self, sid: int, payload: bytes, out: list[Event]) -> None:
         if sid != 0:
-            raise _Failed(w.PROTOCOL_ERROR, "GOAWAY on a stream")
+            raise _Failed(PROTOCOL_ERROR, "GOAWAY on a stream")
         if len(payload) < 8:
-            raise _Failed(w.FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
+            raise _Failed(FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
         code = w.GOAWAY_BODY.unpack_from(payload)[1]
         self._terminated = True
         self._must_close = True
@@ -534,7 +570,7 @@ class Http2ServerConnection:
 
     def _closed_stream(self, sid: int, out: list[Event]) -> None:
         """DATA or HEADERS on a stream closed without a reset from us: a stream error (STREAM_CLOSED)."""
-        self._out.append(w.rst_stream(sid, w.STREAM_CLOSED))
+        self._out.append(w.rst_stream(sid, STREAM_CLOSED))
         self._count_reset(out)
 
     def _stream_error(self, stream: _Stream, code: int, out: list[Event]) -> None:
@@ -584,15 +620,15 @@ class Http2ServerConnection:
         body = status_json(status, message)
         window = min(self._send_window, self._peer_initial)
         if len(body) > window or len(body) > self._max_send_frame:
-            self._reset(sid, w.REFUSED_STREAM)
+            self._reset(sid, REFUSED_STREAM)
             return
         block = encode_response_block(status, [(b"content-type", b"application/json"),
                                                (b"content-length", b"%d" % len(body))])  # fmt: skip
-        self._out.append(w.frame(w.HEADERS, w.END_HEADERS, sid, block))
-        self._out.append(w.frame(w.DATA, w.END_STREAM, sid, body))
+        self._out.append(w.frame(HEADERS, END_HEADERS, sid, block))
+        self._out.append(w.frame(DATA, END_STREAM, sid, body))
         self._send_window -= len(body)
         if not peer_ended:
-            self._reset(sid, w.NO_ERROR)
+            self._reset(sid, NO_ERROR)
 
     def _connection_error(self, code: int, message: str) -> list[Event]:
         self._terminated = True
@@ -615,16 +651,16 @@ class Http2ServerConnection:
             return
         block = encode_response_block(head.status, head.headers, head.content_length)
         sid = stream.sid
-        flags = w.END_STREAM if end_stream else 0
+        flags = END_STREAM if end_stream else 0
         max_frame = self._max_send_frame
         size = len(block)
         if size <= max_frame:
-            self._out.append(_pack_header(size >> 8, size & 0xFF, w.HEADERS, flags | w.END_HEADERS, sid) + block)
+            self._out.append(_pack_header(size >> 8, size & 0xFF, HEADERS, flags | END_HEADERS, sid) + block)
         else:
-            self._out.append(w.frame(w.HEADERS, flags, sid, block[:max_frame]))
+            self._out.append(w.frame(HEADERS, flags, sid, block[:max_frame]))
             for pos in range(max_frame, size, max_frame):
-                last = w.END_HEADERS if pos + max_frame >= size else 0
-                self._out.append(w.frame(w.CONTINUATION, last, sid, block[pos : pos + max_frame]))
+                last = END_HEADERS if pos + max_frame >= size else 0
+                self._out.append(w.frame(CONTINUATION, last, sid, block[pos : pos + max_frame]))
         if end_stream:
             self._local_end(stream)
 
@@ -656,13 +692,13 @@ class Http2ServerConnection:
         buffer, referencing (never copying) immutable ``bytes``."""
         size = len(data)
         sid = stream.sid
-        flag = w.END_STREAM if end_stream else 0
+        flag = END_STREAM if end_stream else 0
         window = min(self._send_window, stream.send_window)
         max_frame = self._max_send_frame
         if size <= window and size <= max_frame:
             self._send_window -= size
             stream.send_window -= size
-            header = _pack_header(size >> 8, size & 0xFF, w.DATA, flag, sid)
+            header = _pack_header(size >> 8, size & 0xFF, DATA, flag, sid)
             if size < 4096:
                 self._out.append(header + data)
             else:
@@ -671,7 +707,7 @@ class Http2ServerConnection:
             return size
         if not size:  # END_STREAM alone takes no window
             if end_stream:
-                self._out.append(_pack_header(0, 0, w.DATA, flag, sid))
+                self._out.append(_pack_header(0, 0, DATA, flag, sid))
             return 0
         total = min(size, max(window, 0))
         view = memoryview(data if type(data) is bytes else bytes(data))
@@ -680,7 +716,7 @@ class Http2ServerConnection:
         while pos < total:
             n = min(max_frame, total - pos)
             last = flag if pos + n == size else 0
-            append(_pack_header(n >> 8, n & 0xFF, w.DATA, last, sid))
+            append(_pack_header(n >> 8, n & 0xFF, DATA, last, sid))
             append(view[pos : pos + n])
             pos += n
         self._send_window -= pos
@@ -694,7 +730,7 @@ class Http2ServerConnection:
         if stream.held is not None:
             stream.held.end = True
             return
-        self._out.append(_pack_header(0, 0, w.DATA, w.END_STREAM, stream_id))
+        self._out.append(_pack_header(0, 0, DATA, END_STREAM, stream_id))
         self._local_end(stream)
 
     def _flush_held(self, sid: int, out: list[Event]) -> None:
@@ -752,7 +788,7 @@ class Http2ServerConnection:
         stream = self._remove(stream_id)
         if stream is None or self._terminated:
             return
-        self._reset(stream_id, error_code or w.CANCEL)
+        self._reset(stream_id, error_code or CANCEL)
         self._closed_app_stream()
 
     def acknowledge_received(self, stream_id: int, nbytes: int) -> None:
@@ -772,7 +808,7 @@ class Http2ServerConnection:
             return
         self._terminated = True
         self._must_close = True
-        self._out.append(w.goaway(self._highest, w.ENHANCE_YOUR_CALM))
+        self._out.append(w.goaway(self._highest, ENHANCE_YOUR_CALM))
 
     def close(self) -> None:
         """Send GOAWAY now; let open streams finish; ``must_close`` once none is left."""
@@ -780,7 +816,7 @@ class Http2ServerConnection:
             self._must_close = self._must_close or not self._responding()
             return
         self._goaway_sent = True
-        self._out.append(w.goaway(self._highest, w.NO_ERROR))
+        self._out.append(w.goaway(self._highest, NO_ERROR))
         self._closed_app_stream()
 
     def data_to_send(self) -> bytes:
