@@ -8,7 +8,7 @@ cimport cython
 cpdef bint all_indexed(object block)
 
 
-@cython.locals(size=Py_ssize_t)
+@cython.locals(size=Py_ssize_t, names=dict, parts=list)
 cpdef bytes encode_response_block(object status, object headers, object content_length=*)
 
 

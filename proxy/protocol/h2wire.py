@@ -158,8 +158,7 @@ def _name_prefix(name: bytes) -> bytes:
 def encode_response_block(status: int, headers: Headers, content_length: int | None = None) -> bytes:
     """An HPACK header block for a response head (see above); names are lower-cased, connection-specific
     fields left out, and ``content_length`` added unless the headers carry a content-length."""
-    parts = [_STATUS_FIELD[status]]
-    append = parts.append
+    parts = [_STATUS_FIELD[status]]  # a field's parts are joined once with the rest: no bytes per field
     names = _NAME_PREFIX
     for name, value in headers:
         prefix = names.get(name)
@@ -170,12 +169,14 @@ def encode_response_block(status: int, headers: Headers, content_length: int | N
         if prefix is _CONTENT_LENGTH:
             content_length = None
         size = len(value)
-        append(prefix)  # three parts joined once below: no intermediate bytes per field
-        append(_SMALL_LENGTH[size] if size < 127 else _hpack_int(size, 7, 0x00))
-        append(value)
+        parts.append(prefix)
+        parts.append(_SMALL_LENGTH[size] if size < 127 else _hpack_int(size, 7, 0x00))
+        parts.append(value)
     if content_length is not None:
         value = b"%d" % content_length
-        append(_CONTENT_LENGTH + _SMALL_LENGTH[len(value)] + value)
+        parts.append(_CONTENT_LENGTH)
+        parts.append(_SMALL_LENGTH[len(value)])
+        parts.append(value)
     return b"".join(parts)
 
 

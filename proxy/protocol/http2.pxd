@@ -144,3 +144,17 @@ cdef class Http2ServerConnection:
 
     cdef _closed_app_stream(self)
     cdef bint _responding(self) except -1
+
+    # ServerConnection methods without keyword-only arguments (cpdef takes none): typed locals
+    @cython.locals(stream=_Stream)
+    cpdef send_end(self, object stream_id)
+
+    @cython.locals(stream=_Stream)
+    cpdef reset_stream(self, object stream_id, object error_code=*)
+
+    cpdef acknowledge_received(self, object stream_id, object nbytes)
+
+    @cython.locals(stream=_Stream)
+    cpdef send_window(self, object stream_id)
+
+    cpdef data_to_send(self)
