@@ -38,7 +38,7 @@ def test_the_codec_modules_are_the_compiled_ones_unless_pure_python_is_asked_for
         if not _can_compile():
             pytest.skip("no C compiler or Python headers here: the pure-Python modules are what runs")
         assert path.name == name + importlib.machinery.EXTENSION_SUFFIXES[0], (
-            f"{path}: the compiled {name} is not in use (scripts/build_compiled.py says why)"
+            f"{path}: the compiled {name} is not in use: scripts/setup.sh builds it (scripts/build_compiled.py says why not)"
         )
         built = path.stat().st_mtime
         for source in (PROTOCOL / f"{name}.py", PROTOCOL / f"{name}.pxd"):
