@@ -1,10 +1,10 @@
 """Sans-IO protocol codecs (bytes in, events out).
 
-Some of these modules may be compiled (``setup.py``: the HTTP/2 server codec, by Cython, from these
-same ``.py`` files). ``KUBEGATE_PURE_PYTHON=1`` in the environment makes this process import every
-module of this package from its ``.py`` file even where a compiled one was built: the fallback the
-compiled build must agree with (``tests/protocol_http/test_compiled_codec.py``), and a way to rule the
-compiled build out when something looks wrong.
+Some of these modules may be compiled (``setup.py``: the HTTP/2 and HTTP/1.1 server codecs, by Cython,
+from these same ``.py`` files). ``KUBEGATE_PURE_PYTHON=1`` in the environment makes this process
+import every module of this package from its ``.py`` file even where a compiled one was built: the
+fallback the compiled build must agree with (``tests/protocol_http/test_compiled_codec.py``), and a
+way to rule the compiled build out when something looks wrong.
 """
 
 from __future__ import annotations

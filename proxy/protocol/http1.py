@@ -100,13 +100,12 @@ def _field_block(status: int, reason: bytes | None, headers: Headers) -> tuple[b
     (framing, connection management) are left out; a line break inside a field is refused."""
     length: int | None = None
     fields = [b"HTTP/1.1 %d %s" % (status, reason or REASONS.get(status, b"Unknown"))]
-    append = fields.append
     for key, value in headers:
         if key in _OWNED:
             continue
         if key == b"content-length":
             length = int(value)
-        append(key + b": " + value)
+        fields.append(key + b": " + value)
     fields.append(b"")
     block = b"\r\n".join(fields)
     lines = len(fields) - 1
@@ -453,7 +452,7 @@ class Http1ServerConnection:
             else:
                 held.append(data)
 
-    def send_response_head(self, head: ResponseHead, *, end_stream: bool = False) -> None:
+    def send_response_head(self, head: ResponseHead, end_stream: bool = False) -> None:
         sid = head.stream_id
         stream = self._streams.get(sid)
         if stream is None or stream.dropped or (self._must_close and sid != self._resp_sid):
@@ -531,23 +530,24 @@ class Http1ServerConnection:
         stream.remaining = content_length
         self._write(stream_id, head)
 
-    def send_body(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
+    def send_body(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         stream = self._streams.get(stream_id)
         if stream is None or stream.dropped or stream.ended:
             return
-        if data:
+        size = len(data)
+        if size:
             mode = stream.mode
             if mode == 2:
-                if len(data) < 4096:
-                    self._write(stream_id, b"%x\r\n%s\r\n" % (len(data), data))
+                if size < 4096:
+                    self._write(stream_id, b"%x\r\n%s\r\n" % (size, data))
                 else:  # no copy of a large chunk here: three pieces, joined once on output
-                    self._write(stream_id, b"%x\r\n" % len(data))
+                    self._write(stream_id, b"%x\r\n" % size)
                     self._write(stream_id, data)
                     self._write(stream_id, b"\r\n")
             elif mode == 1:
-                if len(data) > stream.remaining:
+                if size > stream.remaining:
                     raise ValueError(f"response body longer than its content-length on stream {stream_id}")
-                stream.remaining -= len(data)
+                stream.remaining -= size
                 self._write(stream_id, data)
             elif mode in (3, 4):
                 self._write(stream_id, data)

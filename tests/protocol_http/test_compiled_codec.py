@@ -1,6 +1,7 @@
-"""The HTTP/2 server codec is compiled (setup.py: Cython, from the same ``.py`` files, typed by the
-``.pxd`` beside each), the suite runs against that build, and the pure-Python modules — what runs
-where nothing could be compiled, or with ``KUBEGATE_PURE_PYTHON=1`` — pass the same codec tests."""
+"""The HTTP/2 and HTTP/1.1 server codecs are compiled (setup.py: Cython, from the same ``.py`` files,
+typed by the ``.pxd`` beside each), the suite runs against that build, and the pure-Python modules —
+what runs where nothing could be compiled, or with ``KUBEGATE_PURE_PYTHON=1`` — pass the same codec
+tests."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def _can_compile() -> bool:
 
 
 def test_the_codec_modules_are_the_compiled_ones_unless_pure_python_is_asked_for():
-    assert COMPILED == ["h2fields", "h2wire", "http2"]
+    assert COMPILED == ["h2fields", "h2wire", "http1", "http2"]
     for name in COMPILED:
         module = importlib.import_module(f"proxy.protocol.{name}")
         path = Path(module.__file__)
@@ -58,6 +59,29 @@ def test_the_compiled_codec_classes_are_extension_types_with_the_python_interfac
     assert codec.http_version == "2" and not codec.must_close and codec.held_bytes == 0
     decoder = FieldDecoder(100)
     assert decoder.max_header_list_size == 100 and decoder.max_allowed_table_size == 4096
+
+
+def test_the_compiled_http1_codec_keeps_its_python_interface():
+    """httptools calls the parser callbacks by name, callers read properties and pass ``end_stream`` by
+    keyword: all of it works on the extension type as on the ``.py`` class."""
+    from proxy.protocol.events import RequestEnd, RequestHead, ResponseHead
+    from proxy.protocol.http1 import Http1ServerConnection
+
+    if not PURE and Path(sys.modules[Http1ServerConnection.__module__].__file__).name.endswith(".so"):
+        assert "__dict__" not in dir(Http1ServerConnection)  # an extension type: attributes in the .pxd
+    codec = Http1ServerConnection()
+    assert codec.http_version == "1.1" and codec.idle and not codec.must_close and not codec.upgraded
+    events = codec.receive_data(b"GET /a HTTP/1.1\r\nHost: k\r\n\r\nGET /b HTTP/1.1\r\nHost: k\r\n\r\n")
+    assert [(type(e), e.stream_id) for e in events] == [(RequestHead, 1), (RequestEnd, 1), (RequestHead, 3), (RequestEnd, 3)]
+    assert events[0].target == "/a" and events[0].authority == "k" and not codec.idle
+    codec.send_response_head(ResponseHead(3, 200, [(b"x", b"1")]), end_stream=True)  # held: /a is unanswered
+    assert codec.held_bytes > 0 and codec.data_to_send() == b""
+    assert codec.takes_relayed_head(1)
+    codec.send_relayed_head(1, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n", 2)
+    codec.send_body(1, b"ok", end_stream=True)
+    assert codec.data_to_send() == (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                                    b"HTTP/1.1 200 OK\r\nx: 1\r\ncontent-length: 0\r\n\r\n")
+    assert codec.idle and codec.held_bytes == 0 and not codec.must_close
 
 
 @pytest.mark.skipif(PURE, reason="this run already uses the pure-Python modules")
