@@ -27,6 +27,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from discovery.errors import DiscoveryError
 from discovery.model import Cluster, ClusterListener
@@ -62,6 +63,9 @@ class ClusterRegistry:
         self._selectors: tuple[Selector, ...] = tuple(selectors) if selectors is not None else MATCH_ALL
         self._entries: dict[str, _Entry] = {}
         self._served: dict[str, Cluster] = {}
+        # The clusters served, by name: a read-only live view, whose ``get`` is C code (the fast path asks it
+        # per request: ``proxy.fastpath.usable``).
+        self.served: Mapping[str, Cluster] = MappingProxyType(self._served)
         self._listeners: list[ClusterListener] = []
         self._lock = threading.RLock()
         self._generation = 0

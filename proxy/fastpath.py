@@ -80,7 +80,9 @@ class Plan:
     catalog: Any
     pool: ClusterPool
     credentials: UpstreamCredentials | None
-    not_after: float  # unix time the client certificate expires; inf when it does not
+    # Unix time the plan holds until: the client certificate's expiry or, earlier, the end of its
+    # credentials' freshness (``ClusterPool.fresh_until``); inf when neither expires.
+    usable_until: float
     head: bytes  # the upstream request head
     verdict: Verdict
     path: str  # for the audit line
@@ -92,19 +94,19 @@ def relayable_head(head: bytes) -> tuple[bytes, int, int] | None:
     """An answer's head (the upstream's bytes, ending with the blank line) that may be relayed as it is:
     (the head, "Connection: keep-alive" dropped; its status; its body's length), or None. Only HTTP/1.1, a
     final status with a body framed by one Content-Length, and no hop-by-hop field (nor one kubegate
-    sets). Read lower-cased once, in a few scans of C code; the upstream's parser checks its syntax."""
+    sets). Read lower-cased once, in a few scans of C code (each ~1,000 instructions for a head of a few
+    hundred bytes: as few as it takes); the upstream's parser checks its syntax."""
     if not head.startswith(b"HTTP/1.1 "):
         return None
     low = head.lower()
     if _UNRELAYED.search(low) is not None:
         return None
-    at = low.find(_CONTENT_LENGTH)
-    if at < 0:
+    pieces = low.split(_CONTENT_LENGTH, 2)  # one scan: [before, after] when there is exactly one
+    if len(pieces) != 2:
         return None
-    start = at + len(_CONTENT_LENGTH)
-    end = low.find(b"\r\n", start)
-    value = low[start:end].strip(b" \t")
-    if not value.isdigit() or len(value) > 18 or low.find(_CONTENT_LENGTH, end) >= 0:
+    after = pieces[1]
+    value = after[: after.find(b"\r\n")].strip(b" \t")
+    if not value.isdigit() or len(value) > 18:
         return None
     code = head[9:12]
     if not code.isdigit() or head[12:13] not in (b" ", b"\r"):
@@ -121,8 +123,7 @@ def relayable_head(head: bytes) -> tuple[bytes, int, int] | None:
 def usable(fwd: Forwarder, conn: ClientConnection, plan: Plan) -> Http1Upstream | None:
     """An idle upstream connection to send ``plan``'s request on when nothing decided since has changed,
     else None (the request takes the full pipeline, which answers whatever changed)."""
-    now = time.time()
-    if plan.not_after <= now or fwd.shutting_down:
+    if plan.usable_until <= time.time() or fwd.shutting_down:
         return None
     locks = fwd.locks
     if locks is not None:
@@ -134,15 +135,13 @@ def usable(fwd: Forwarder, conn: ClientConnection, plan: Plan) -> Http1Upstream 
                 return None
             plan.locks_generation = generation
     cluster = plan.cluster
-    if fwd.clusters.get(cluster.name) is not cluster or cluster.health == "unhealthy":
+    if fwd.served_cluster(cluster.name) is not cluster or cluster.health == "unhealthy":
         return None
     if fwd.role_source.current() is not plan.roles:
         return None
     pool = plan.pool
-    credentials = pool.fresh_credentials()
     if (
-        credentials is None
-        or credentials is not plan.credentials
+        pool.credentials is not plan.credentials  # refreshed (their freshness: ``usable_until``)
         or fwd.pools.pools.get(cluster.name) is not pool
         or fwd.catalogs.cached(cluster, pool) is not plan.catalog
     ):
@@ -153,15 +152,30 @@ def usable(fwd: Forwarder, conn: ClientConnection, plan: Plan) -> Http1Upstream 
 class FastExchange:
     """One request on the fast path: the sink of an ``Http1Upstream`` (``on_head``/``on_data``/``on_done``/
     ``on_error``) that writes the answer to the client's transport, and an exchange to the forwarder
-    (``stop``, ``on_reset``, ``audit_event``) like ``forward.Exchange``."""
+    (``stop``, ``on_reset``, ``audit_event``) like ``forward.Exchange``.
+
+    Made for one request and started as it is made (``__init__``). Each step of a planned request is one
+    Python call where it can be: a call costs ~1,000 instructions with its frame and attribute traffic,
+    about as much as the work of most steps, so construction and start are one call, and the end of an
+    answer (``_finish``: metrics, audit line, the client connection's bookkeeping) another."""
 
     __slots__ = (
         "fwd", "conn", "plan", "raw", "identity", "cluster", "verdict", "request_id", "started", "status",
-        "bytes_out", "upstream", "finished", "kind", "stream", "head_deadline", "_done", "_ended", "_head",
-        "_chunked", "_written", "_stop_reason", "_stall_timer", "_length",
+        "bytes_out", "upstream", "finished", "head_deadline", "sid", "_done", "_head", "_chunked", "_written",
+        "_stop_reason", "_stall_timer", "_length", "_drainer",
     )  # fmt: skip
+    # The same for every fast exchange (class attributes: nothing to store per request)
+    kind: str | None = None  # never long-lived
+    stream: Any = None
+    _ended = True  # the request (a GET without a body) is sent whole with its head
 
-    def __init__(self, fwd: Forwarder, conn: ClientConnection, plan: Plan, raw: bytes, upstream: Http1Upstream) -> None:
+    def __init__(
+        self, fwd: Forwarder, conn: ClientConnection, plan: Plan, raw: bytes, upstream: Http1Upstream,
+        sid: int = FAST_SID,
+    ) -> None:
+        """Start the request: registered with the forwarder and the client connection (as stream ``sid``:
+        ``FAST_SID``, the connection's one fast exchange, on HTTP/1.1), counted in flight, and its remembered
+        head sent on ``upstream`` (idle, from ``usable``)."""
         self.fwd = fwd
         self.conn = conn
         self.plan = plan
@@ -170,29 +184,27 @@ class FastExchange:
         self.cluster = plan.cluster
         self.verdict = plan.verdict
         self.request_id = fwd.next_request_id()
-        self.started = time.perf_counter()
-        self.head_deadline = self.started + fwd.settings.response_head_timeout
+        self.started = started = time.perf_counter()
+        self.head_deadline = started + fwd.settings.response_head_timeout
         self.status = 0
         self.bytes_out = 0
         self.upstream = upstream
         self.finished = False
-        self.kind: str | None = None  # never long-lived
-        self.stream = None
         self._done = False  # released: the upstream connection may serve another request once the answer ended
-        self._ended = True  # the request (a GET without a body) is sent whole with its head
         self._head: bytes | None = None  # the response head, written with the first body bytes
         self._chunked = False
         self._length = 0  # the body's length when the head is relayed as bytes
         self._written = False  # a byte of the answer reached the client's transport
         self._stop_reason: str | None = None
-        self._stall_timer: Any = None
-
-    def start(self) -> None:
-        self.fwd.exchanges.add(self)
-        self.conn.exchanges[FAST_SID] = self
-        self.conn.fast = self
+        self._stall_timer: Any = None  # HTTP/1.1: the client has this long to take what was written
+        self._drainer: asyncio.Task[None] | None = None  # through the codec: waits for the client (``_drain``)
+        self.sid = sid
+        fwd.exchanges.add(self)
+        conn.exchanges[sid] = self
+        if sid == FAST_SID:
+            conn.fast = self
         metrics.request_started()
-        self.upstream.start_raw(self.plan.head, self)
+        upstream.start_raw(plan.head, self)
 
     # --- the upstream connection's sink --------------------------------------------------------------
     @property
@@ -262,8 +274,7 @@ class FastExchange:
         if tail and not self.conn.closed and self.conn.transport is not None:
             self._written = True
             self.conn.transport.write(tail)
-        self._done = True
-        self.upstream.exchange_released(self)
+        self._done = True  # the upstream connection gives itself back to its pool on return (``_maybe_idle``)
         self._finish()
 
     def on_error(self, error: UpstreamError) -> None:
@@ -360,18 +371,23 @@ class FastExchange:
         self.finished = True
         self.fwd.exchanges.discard(self)
         metrics.request_abandoned()
-        self._release_client(counted=False)
+        self._forget_client()
 
-    def _release_client(self, counted: bool) -> None:
-        self.conn.fast_done(counted=counted)
+    def _forget_client(self) -> None:
+        self.conn.fast_done()
 
     def _finish(self) -> None:
+        """The exchange ended (answered, failed, cut or stopped): counted, audited, and the client connection
+        told (``exchange_done``, which also ends the connection's fast exchange on HTTP/1.1)."""
         if self.finished:
             return
         self.finished = True
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None
+        if self._drainer is not None:
+            self._drainer.cancel()
+            self._drainer = None
         fwd = self.fwd
         fwd.exchanges.discard(self)
         metrics.request_finished(self.cluster.name, self.verdict.verb, self.status, self.bytes_out)
@@ -384,7 +400,7 @@ class FastExchange:
             fwd.audit_line(request_line(parts, self.request_id, self.status, self.started, self.bytes_out))
         elif fwd.audit is not None:
             fwd.audit(self.audit_event())
-        self._release_client(counted=True)
+        self.conn.exchange_done(self.sid)
 
 
 class CodecFastExchange(FastExchange):
@@ -395,23 +411,16 @@ class CodecFastExchange(FastExchange):
     HTTP/2 streams go on meanwhile. A stream that may not be written (a full socket buffer, a shut
     window) waits like the full pipeline (``ClientConnection.drain``), the upstream paused meanwhile."""
 
-    __slots__ = ("sid", "key", "request", "_drainer")
+    __slots__ = ("key", "request")
 
     def __init__(
         self, fwd: Forwarder, conn: ClientConnection, plan: Plan, request: RequestHead, upstream: Http1Upstream,
         key: bytes | tuple[Any, ...] | None = None,
     ) -> None:
-        super().__init__(fwd, conn, plan, b"", upstream)
-        self.sid = request.stream_id
+        """Start the request (``FastExchange.__init__``) on its own stream."""
         self.request = request  # served again by the full pipeline if the upstream fails before answering
         self.key = key  # remembered with ``plan`` once answered
-        self._drainer: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.fwd.exchanges.add(self)
-        self.conn.exchanges[self.sid] = self
-        metrics.request_started()
-        self.upstream.start_raw(self.plan.head, self)
+        FastExchange.__init__(self, fwd, conn, plan, b"", upstream, request.stream_id)
 
     def on_body(self, data: bytes) -> None:  # pragma: no cover - a planned request has no body (content-length 0)
         pass
@@ -481,8 +490,7 @@ class CodecFastExchange(FastExchange):
         self._written = True
         self.conn.send_end(self.sid)
         self.conn.flush_soon()
-        self._done = True
-        self.upstream.exchange_released(self)
+        self._done = True  # the upstream connection gives itself back to its pool on return (``_maybe_idle``)
         self._finish()
         if self.key is not None:
             self.conn.remember(self.key, self.plan)
@@ -503,14 +511,11 @@ class CodecFastExchange(FastExchange):
     def _replay(self) -> None:
         self.conn.start_exchange(self.request, ended=True)
 
-    def _release_client(self, counted: bool) -> None:
+    def _forget_client(self) -> None:
         if self._drainer is not None:
             self._drainer.cancel()
             self._drainer = None
-        if counted:
-            self.conn.exchange_done(self.sid)
-        else:
-            self.conn.exchanges.pop(self.sid, None)
+        self.conn.exchanges.pop(self.sid, None)
 
 
 _FIELD_NAME = itemgetter(0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import ssl
 import time
 from collections.abc import Callable
@@ -52,7 +53,8 @@ class ClusterPool:
         self.host, self.port, self.authority = upstream_address(cluster.server)
         self.server_hostname = cluster.tls_server_name or self.host
         self._on_error = on_error
-        self._creds: UpstreamCredentials | None = None
+        # The credentials requests are made with now: a new object after each refresh (``ensure_credentials``).
+        self.credentials: UpstreamCredentials | None = None
         self._creds_at = 0.0
         self._ctx: ssl.SSLContext | None = None
         self._ctx_h1: ssl.SSLContext | None = None
@@ -67,12 +69,7 @@ class ClusterPool:
     # --- credentials / TLS ------------------------------------------------------------------------
     @property
     def bearer_token(self) -> str | None:
-        return self._creds.bearer_token if self._creds else None
-
-    @property
-    def bearer_credentials(self) -> UpstreamCredentials | None:
-        """The credentials requests are made with now (a new object after each refresh)."""
-        return self._creds
+        return self.credentials.bearer_token if self.credentials else None
 
     @property
     def credentials_fresh(self) -> bool:
@@ -80,26 +77,29 @@ class ClusterPool:
         return self.fresh_credentials() is not None
 
     def fresh_credentials(self) -> UpstreamCredentials | None:
-        """The credentials held now when requests may go out with them, else None (one call for the fast
-        path's check: ``proxy.fastpath.usable``)."""
-        creds = self._creds
-        if creds is not None and (
-            creds.expires_at is None or creds.expires_at - time.time() > self.settings.credentials_refresh_margin
-        ):
+        """The credentials held now when requests may go out with them, else None."""
+        creds = self.credentials
+        if creds is not None and time.time() < self.fresh_until(creds):
             return creds
         return None
+
+    def fresh_until(self, creds: UpstreamCredentials) -> float:
+        """Unix time until which requests may go out with ``creds`` (``credentials_refresh_margin`` before
+        they expire; inf when they do not). A fast-path plan made with them is usable until then."""
+        expires_at = creds.expires_at
+        return math.inf if expires_at is None else expires_at - self.settings.credentials_refresh_margin
 
     async def ensure_credentials(self) -> None:
         if self.credentials_fresh:
             return
         try:
-            self._creds = await self.cluster.credentials.get()
+            self.credentials = await self.cluster.credentials.get()
         except Exception as exc:  # a provider failure (EKS/AKS token) must not crash the request
             raise UpstreamError(503, f"cannot get credentials for cluster {self.cluster.name}: {exc}", "credentials") from exc
         self._creds_at = time.time()
 
     def _contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-        creds = self._creds or UpstreamCredentials()
+        creds = self.credentials or UpstreamCredentials()
         key = (creds.client_cert_pem, creds.client_key_pem)
         if self._ctx is None or self._ctx_h1 is None or key != self._ctx_key:
             alpn: tuple[str, ...] = ("h2", "http/1.1") if self.settings.use_h2 else ("http/1.1",)
@@ -272,7 +272,8 @@ class ClusterPool:
         return None
 
     def _h1_idle(self, conn: Http1Upstream) -> None:
-        self.h1_busy = max(0, self.h1_busy - 1)
+        if self.h1_busy > 0:  # never below 0 (a plain test: ``max`` is a call, on every request's end)
+            self.h1_busy -= 1
         if self.closed or conn.closed or len(self.h1_idle) >= self.settings.max_idle_http1:
             conn.close()
         else:

@@ -264,22 +264,25 @@ def running_edge(gate: Gate, base: Path) -> Iterator[bytes]:
 
 def record_starts(monkeypatch: pytest.MonkeyPatch, *classes: type, planned: bool = True) -> list[Any]:
     """Every exchange of these classes started from a plan from now until the test ends, in order (the
-    fast path taken: a wrapper of each class's ``start`` set with monkeypatch, no product code for it).
-    A ``CodecFastExchange`` the direct path starts for a request with no plan (its plan is new, not one
-    of the connection's) is counted only with ``planned=False`` (then every start is)."""
+    fast path taken: a wrapper of each class's ``__init__``, which starts the exchange, set with
+    monkeypatch, no product code for it). A ``CodecFastExchange`` the direct path starts for a request
+    with no plan (its plan is new, not one of the connection's) is counted only with ``planned=False``
+    (then every start is)."""
     started: list[Any] = []
 
-    def recording(original: Callable[[Any], None]) -> Callable[[Any], None]:
-        def start(self: Any) -> None:
+    def recording(cls: type, original: Callable[..., None]) -> Callable[..., None]:
+        def init(self: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            if type(self) is not cls:  # a CodecFastExchange runs FastExchange.__init__ too: counted once
+                return
             conn = self.conn
             if not planned or any(self.plan is plan for plan in (conn.plans or conn.h2_plans or {}).values()):
                 started.append(self)
-            original(self)
 
-        return start
+        return init
 
     for cls in classes:
-        monkeypatch.setattr(cls, "start", recording(cls.start))
+        monkeypatch.setattr(cls, "__init__", recording(cls, cls.__init__))
     return started
 
 

@@ -259,3 +259,28 @@ def test_a_fast_path_line_encoded_from_its_parts_is_the_events_line(tmp_path):
     assert {k: v for k, v in fast.items() if k not in ("time", "latency_ms")} == {
         k: v for k, v in full.items() if k not in ("time", "latency_ms")}
     assert isinstance(fast["latency_ms"], float) and fast["time"].endswith("Z")
+
+
+def test_a_fast_path_line_writes_its_time_and_latency_as_the_event_would(monkeypatch):
+    """``request_line`` formats the time and the latency straight into the line (no ``rfc3339_micro``
+    string, ``round`` or ``orjson.dumps`` per request): the same text as the event's ``time``
+    (``rfc3339_micro``) and ``latency_ms`` (``round(ms, 3)`` as orjson writes it), at the edges of rounding
+    (half a microsecond of latency either side, whole milliseconds, zero) and of the second."""
+    import types
+
+    import orjson
+
+    from proxy import audit
+    from proxy.audit import request_line
+    from proxy.timestamps import rfc3339_micro
+
+    latencies = [0.0, 1e-7, 0.0004999, 0.0005, 0.0005000001, 0.001, 0.0015, 0.0025, 0.9995, 1.0, 0.0123, 99.9995]
+    instants = [1_765_000_000.0, 1_765_000_000.999999, 1_765_000_001.0000005, 1_765_123_456.5]
+    for latency in latencies:
+        for now in instants:
+            clock = types.SimpleNamespace(perf_counter=lambda latency=latency: 50.0 + latency, time=lambda now=now: now)
+            monkeypatch.setattr(audit, "time", clock)
+            raw = request_line((b',"code":', b',"latency_ms":', b"}"), "r-1", 200, 50.0, 1)
+            assert json.loads(raw)["time"] == rfc3339_micro(now)
+            measured = (50.0 + latency) - 50.0  # what request_line computes from the two perf_counter readings
+            assert b'"latency_ms":' + orjson.dumps(round(measured * 1000, 3)) + b',"bytes_out"' in raw

@@ -6,7 +6,7 @@ A real kubegate proxy (its own, so locks, roles and clusters can change under it
 session's) in front of its own sandbox API server; the clients are raw TLS sockets sending the same
 request bytes on one connection (what kubectl's polling, informer relists and client libraries do) and
 the ``kubernetes`` Python client (urllib3 keep-alive). Which requests took the fast path is observed by
-counting ``FastExchange.start`` calls in the test (a wrapper set with monkeypatch: no product code for
+counting the ``FastExchange`` objects made (each starts as it is made) in the test (a wrapper set with monkeypatch: no product code for
 it) and by the plans the proxy's client connection holds. The tests taking ``wire_client`` run for
 HTTP/2 clients too (``[h2]``: ``fast_gate.H2Client``, ``CodecFastExchange``); what only HTTP/2 has is in
 ``test_proxy_fast_path_h2.py``.

@@ -9,7 +9,7 @@ control, the stream windows set per test), and kubectl, which speaks h2 to kubeg
 locks, roles, clusters or health, an upstream that closes or does not answer, and client-sent
 impersonation do to a repeated request is specified once for both protocols in
 ``test_proxy_fast_path.py`` (the tests taking ``wire_client``, run ``[h2]`` and ``[http1]``). Which
-requests took the fast path is observed by counting ``CodecFastExchange.start`` calls with one of the
+requests took the fast path is observed by counting the ``CodecFastExchange`` objects made (each starts as it is made) with one of the
 connection's plans (a wrapper set with monkeypatch: no product code for it; the direct path's exchanges,
 for a request with no plan yet, are not counted) and by the plans the proxy's connection holds
 (``ClientConnection.h2_plans``).
