@@ -53,7 +53,11 @@ def _extensions() -> list:
     except ImportError:
         print("kubegate: Cython is not installed; the pure-Python modules will be used", file=sys.stderr)
         return []
-    return cythonize(COMPILED, compiler_directives=DIRECTIVES, quiet=True)
+    try:
+        return cythonize(COMPILED, compiler_directives=DIRECTIVES, quiet=True)
+    except Exception as exc:  # noqa: BLE001 - a module Cython cannot translate: install the .py modules
+        print(f"kubegate: compiled codec not built ({exc}); the pure-Python modules will be used", file=sys.stderr)
+        return []
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})

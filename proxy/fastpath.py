@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from dataclasses import dataclass
 from operator import itemgetter
@@ -43,6 +42,7 @@ from proxy.audit import request_audit_event, request_line, request_line_parts
 from proxy.headers import content_length, rewrite_response_headers
 from proxy.protocol.events import RequestHead, ResponseHead
 from proxy.protocol.http1 import response_head_bytes
+from proxy.protocol.relayed_head import relayable_head
 from proxy.upstream.base import UpstreamError
 from rbac.status import REASONS, status_body
 
@@ -55,15 +55,6 @@ if TYPE_CHECKING:
     from proxy.upstream.pool import ClusterPool
 
 log = logging.getLogger("kubegate.proxy")
-
-# Response fields that stop an answer's head from being relayed as bytes (hop-by-hop, or set by kubegate), in
-# a head already lower-cased; a Connection field passes only as "keep-alive" (nginx sends it), dropped.
-_UNRELAYED = re.compile(
-    rb"\r\n(?:connection(?!:[ \t]*keep-alive[ \t]*\r\n)|keep-alive|transfer-encoding|te|trailers?|upgrade"
-    rb"|proxy-[!-9;-~]*|http2-settings|x-kubegate-request-id)[ \t]*:"
-)
-_CONNECTION = b"\r\nconnection:"
-_CONTENT_LENGTH = b"\r\ncontent-length:"
 
 _FLUSH_AT_ONCE = 64 * 1024  # an h2 answer's piece this large is written at once, not with the iteration's batch
 MAX_PLANNED_REQUEST = 8192  # longest request (bytes) remembered; longer ones always take the full pipeline
@@ -88,36 +79,6 @@ class Plan:
     path: str  # for the audit line
     locks_generation: object | None  # the lock list's generation when the identity was last found unlocked
     audit_parts: tuple[bytes, bytes, bytes] | None = None  # audit.request_line_parts, made at first use
-
-
-def relayable_head(head: bytes) -> tuple[bytes, int, int] | None:
-    """An answer's head (the upstream's bytes, ending with the blank line) that may be relayed as it is:
-    (the head, "Connection: keep-alive" dropped; its status; its body's length), or None. Only HTTP/1.1, a
-    final status with a body framed by one Content-Length, and no hop-by-hop field (nor one kubegate
-    sets). Read lower-cased once, in a few scans of C code (each ~1,000 instructions for a head of a few
-    hundred bytes: as few as it takes); the upstream's parser checks its syntax."""
-    if not head.startswith(b"HTTP/1.1 "):
-        return None
-    low = head.lower()
-    if _UNRELAYED.search(low) is not None:
-        return None
-    pieces = low.split(_CONTENT_LENGTH, 2)  # one scan: [before, after] when there is exactly one
-    if len(pieces) != 2:
-        return None
-    after = pieces[1]
-    value = after[: after.find(b"\r\n")].strip(b" \t")
-    if not value.isdigit() or len(value) > 18:
-        return None
-    code = head[9:12]
-    if not code.isdigit() or head[12:13] not in (b" ", b"\r"):
-        return None
-    status = int(code)
-    if status < 200 or status == 204 or status == 304:
-        return None
-    at = low.find(_CONNECTION)
-    if at >= 0:  # "Connection: keep-alive" (nginx, for one) says nothing to relay
-        head = head[:at] + head[low.find(b"\r\n", at + 2) :]
-    return head, status, int(value)
 
 
 def usable(fwd: Forwarder, conn: ClientConnection, plan: Plan) -> Http1Upstream | None:
