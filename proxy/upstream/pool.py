@@ -74,14 +74,8 @@ class ClusterPool:
     @property
     def credentials_fresh(self) -> bool:
         """Whether requests may go out with the credentials held now (``ensure_credentials`` would not wait)."""
-        return self.fresh_credentials() is not None
-
-    def fresh_credentials(self) -> UpstreamCredentials | None:
-        """The credentials held now when requests may go out with them, else None."""
         creds = self.credentials
-        if creds is not None and time.time() < self.fresh_until(creds):
-            return creds
-        return None
+        return creds is not None and time.time() < self.fresh_until(creds)
 
     def fresh_until(self, creds: UpstreamCredentials) -> float:
         """Unix time until which requests may go out with ``creds`` (``credentials_refresh_margin`` before
