@@ -58,13 +58,7 @@ def window_update(stream_id: int, increment: int) -> bytes:
 
 
 def _push(exchange: H2Exchange, parts: list[bytes]) -> None:
-    data = parts[0] if len(parts) == 1 else b"".join(parts)
-    body = exchange.body
-    sink = body.sink
-    if sink is not None:  # the callback relay of a long-lived body: what BodyBuffer.push does, one call less per event
-        sink.body_chunk(data)
-    else:
-        body.push(data)
+    exchange.body.push(parts[0] if len(parts) == 1 else b"".join(parts))
 
 
 class H2Exchange(UpstreamStream):
