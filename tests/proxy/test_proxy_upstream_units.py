@@ -180,7 +180,7 @@ class CountingSink:
         self._done = False  # the answer ended: the connection may serve another request
 
     def raw_head(self, head: bytes) -> int:
-        from proxy.fastpath import relayable_head
+        from proxy.protocol.relayed_head import relayable_head
 
         relayable = relayable_head(head)
         if relayable is None:
@@ -202,11 +202,17 @@ class CountingSink:
         self.error = error
 
 
+def started_raw() -> tuple[Http1Upstream, FakeTransport, list[Http1Upstream], CountingSink]:
+    """A connection with a fast-path request sent on it (``start_raw``) whose answer goes to a sink."""
+    conn, transport, idle = connected()
+    sink = CountingSink()
+    conn.start_raw(b"GET /x HTTP/1.1\r\nhost: api\r\n\r\n", sink)
+    return conn, transport, idle, sink
+
+
 def test_a_relayed_answer_is_framed_by_counting_its_body_across_reads_and_the_connection_is_reused():
     async def scenario() -> None:
-        conn, transport, idle = connected()
-        sink = CountingSink()
-        conn.start_raw(b"GET /x HTTP/1.1\r\nhost: api\r\n\r\n", sink)
+        conn, transport, idle, sink = started_raw()
         conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{\"a\"")
         assert sink.head.startswith(b"HTTP/1.1 200 OK") and sink.parsed is None and sink.body == b'{"a"'
         assert not sink.done
@@ -229,9 +235,7 @@ def test_a_relayed_answer_is_framed_by_counting_its_body_across_reads_and_the_co
 
 def test_a_relayed_answer_with_bytes_past_its_content_length_is_a_502_and_the_connection_closes():
     async def scenario() -> None:
-        conn, transport, idle = connected()
-        sink = CountingSink()
-        conn.start_raw(b"GET /x HTTP/1.1\r\nhost: api\r\n\r\n", sink)
+        conn, transport, idle, sink = started_raw()
         conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
         assert sink.error is not None and sink.error.status == 502 and sink.error.kind == "protocol"
         assert "more than its Content-Length" in sink.error.message
@@ -242,9 +246,7 @@ def test_a_relayed_answer_with_bytes_past_its_content_length_is_a_502_and_the_co
 
 def test_a_relayed_head_the_parser_finds_invalid_is_a_502():
     async def scenario() -> None:
-        conn, transport, _ = connected()
-        sink = CountingSink()
-        conn.start_raw(b"GET /x HTTP/1.1\r\nhost: api\r\n\r\n", sink)
+        conn, transport, _, sink = started_raw()
         conn.data_received(b"HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 2\r\n\r\n{}")
         assert sink.error is not None and sink.error.status == 502 and "invalid HTTP response" in sink.error.message
         assert transport.closed and not sink.done
@@ -254,9 +256,7 @@ def test_a_relayed_head_the_parser_finds_invalid_is_a_502():
 
 def test_an_answer_the_sink_does_not_relay_as_bytes_is_parsed_field_by_field():
     async def scenario() -> None:
-        conn, _, idle = connected()
-        sink = CountingSink()
-        conn.start_raw(b"GET /x HTTP/1.1\r\nhost: api\r\n\r\n", sink)
+        conn, _, idle, sink = started_raw()
         conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
         assert sink.parsed == (200, [(b"transfer-encoding", b"chunked")]) and sink.head == b""
         assert sink.body == b"ok" and sink.done
