@@ -29,7 +29,7 @@ from proxy.protocol.events import Headers
 
 REQUEST_ID_HEADER = b"x-kubegate-request-id"
 
-_HOP_BY_HOP = frozenset(
+HOP_BY_HOP = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -71,7 +71,7 @@ def connection_tokens(headers: Headers) -> frozenset[bytes]:
 
 
 def _is_hop_by_hop(name: bytes) -> bool:
-    return name in _HOP_BY_HOP or name.startswith(b"proxy-")
+    return name in HOP_BY_HOP or name.startswith(b"proxy-")
 
 
 # What each header name means to the rewrite, decided once per name: header names repeat from a small

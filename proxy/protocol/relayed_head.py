@@ -18,6 +18,8 @@ which also checks it against the same rules written as regular expressions.
 
 from __future__ import annotations
 
+from proxy.headers import HOP_BY_HOP, REQUEST_ID_HEADER
+
 try:
     import cython
 except ImportError:  # run as Python where Cython is not installed: the same as Cython's own shadow module says
@@ -25,10 +27,10 @@ except ImportError:  # run as Python where Cython is not installed: the same as 
 
     cython = SimpleNamespace(compiled=False)  # type: ignore[assignment]
 
-_REFUSED_NAMES = frozenset((
-    b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"trailers", b"upgrade", b"http2-settings",
-    b"x-kubegate-request-id",
-))  # fmt: skip
+# What the parsed path drops from an answer (``proxy.headers``): the hop-by-hop names and kubegate's
+# request id. A Connection field is looked at on its own (a plain keep-alive passes), and "proxy-*" by
+# its prefix below.
+_REFUSED_NAMES = (HOP_BY_HOP - {b"connection"}) | {REQUEST_ID_HEADER}
 _PROXY_NAME_BYTES = frozenset(range(0x21, 0x7F)) - {0x3A}  # what may follow "proxy-" in a refused name
 _SPACE, _TAB, _COLON, _CR = 0x20, 0x09, 0x3A, 0x0D
 _FIRST_LETTERS = frozenset(b"cktuphxCKTUPHX")  # the first letters of every name looked at
