@@ -178,11 +178,10 @@ class FastExchange:
         gets the parsed fields instead."""
         if self.finished:
             return -1
-        relayable = relayable_head(head)
+        relayable = relayable_head(head, self.request_id.encode("ascii"))
         if relayable is None:
             return -1
-        head, self.status, self._length = relayable
-        self._head = b"%bx-kubegate-request-id: %b\r\n\r\n" % (head[:-2], self.request_id.encode("ascii"))
+        self._head, self.status, self._length = relayable
         metrics.observe_latency(self.cluster.name, self.verdict.verb, time.perf_counter() - self.started)
         return self._length
 

@@ -1,18 +1,20 @@
+# cython: boundscheck=False, wraparound=False
 """Which upstream answer heads the HTTP/1.1 fast path relays as the upstream's bytes (sans-IO: bytes in,
 a decision out).
 
-``relayable_head(head)``: ``head`` is an answer's head as the upstream sent it, ending with the blank
-line. It may be relayed as it is when it says HTTP/1.1, has a final status with a body (not 1xx, 204 or
+``relayable_head(head, request_id)``: ``head`` is an answer's head as the upstream sent it, ending with
+the blank line. It may be relayed as it is when it says HTTP/1.1, has a final status with a body (not 1xx, 204 or
 304), frames its body by exactly one ``Content-Length`` (digits only, at most 18), and holds no
 hop-by-hop field (``Connection`` other than a plain ``keep-alive``, ``Keep-Alive``,
 ``Transfer-Encoding``, ``TE``, ``Trailer(s)``, ``Upgrade``, ``Proxy-*``, ``HTTP2-Settings``) nor the
 request id kubegate sets. The answer: (the head with its first ``Connection: keep-alive`` line
-dropped, the status, the body's length), or None (the parsed path takes the answer). The upstream's
+dropped and, when ``request_id`` is given, the field ``x-kubegate-request-id: <request_id>`` added last;
+the status; the body's length), or None (the parsed path takes the answer). The upstream's
 own parser checks the head's syntax; this only reads it.
 
 One pass over the head's lines, each looked at by its name (up to its first colon): compiled by
 Cython (``relayed_head.pxd``) the positions are C integers and the bytes are read in place; run as
-Python, the scans are ``bytes.find`` calls. Specified by ``tests/proxy/test_proxy_relayable_heads.py``,
+Python, the scans are ``bytes.find`` calls, and the relayed head is written once, in place. Specified by ``tests/proxy/test_proxy_relayable_heads.py``,
 which also checks it against the same rules written as regular expressions.
 """
 
@@ -31,9 +33,17 @@ except ImportError:  # run as Python where Cython is not installed: the same as 
 # request id. A Connection field is looked at on its own (a plain keep-alive passes), and "proxy-*" by
 # its prefix below.
 _REFUSED_NAMES = (HOP_BY_HOP - {b"connection"}) | {REQUEST_ID_HEADER}
+_REFUSED_LIST = tuple(sorted(_REFUSED_NAMES))  # the same, walked by the compiled name check
 _PROXY_NAME_BYTES = frozenset(range(0x21, 0x7F)) - {0x3A}  # what may follow "proxy-" in a refused name
+_PROXY_NAME_TABLE = bytes(sorted(_PROXY_NAME_BYTES))  # the same, for bytes.translate
 _SPACE, _TAB, _COLON, _CR = 0x20, 0x09, 0x3A, 0x0D
-_FIRST_LETTERS = frozenset(b"cktuphxCKTUPHX")  # the first letters of every name looked at
+_ID_FIELD = REQUEST_ID_HEADER + b": "  # the field ``request_id`` is given in
+# Whether a line's first byte may begin a name looked at (the names above, "content-length", "connection",
+# "proxy-"), by byte: one index, compiled or not.
+_FIRST_LETTERS = frozenset(bytes([name[0] for name in (*_REFUSED_NAMES, b"content-length", b"connection", b"proxy-")]))
+_LOOKED_AT = bytes([byte | 0x20 in _FIRST_LETTERS if 0x41 <= byte <= 0x5A else byte in _FIRST_LETTERS for byte in range(256)])
+# What ``_field_kind`` says of a field's name
+_OTHER, _CONTENT_LENGTH, _CONNECTION, _REFUSED = 0, 1, 2, 3
 
 
 def _line_end(head: bytes, start: int, n: int) -> int:
@@ -59,16 +69,92 @@ def _colon(head: bytes, start: int, end: int) -> int:
     return head.find(b":", start, end)
 
 
-def relayable_head(head: bytes) -> tuple[bytes, int, int] | None:
+def _lower_is(head: bytes, start: int, stop: int, word: bytes) -> bool:
+    """Whether ``head[start:stop]``, lower-cased, is ``word`` (lower case): compared in place compiled."""
+    if cython.compiled:
+        n = len(word)
+        if stop - start != n:
+            return False
+        for i in range(n):
+            byte = head[start + i]
+            if 0x41 <= byte <= 0x5A:
+                byte += 0x20
+            if byte != word[i]:
+                return False
+        return True
+    return head[start:stop].lower() == word
+
+
+def _field_kind(head: bytes, start: int, stop: int) -> int:
+    """What the field named ``head[start:stop]`` (no blanks at its end) is to ``relayable_head``:
+    ``_CONTENT_LENGTH``, ``_CONNECTION``, ``_REFUSED`` (a hop-by-hop name, "proxy-" and a token, or
+    kubegate's request id) or ``_OTHER``. Compiled, the name is compared in place; as Python, it is
+    lower-cased once and looked up."""
+    if cython.compiled:
+        if _lower_is(head, start, stop, b"content-length"):
+            return _CONTENT_LENGTH
+        if _lower_is(head, start, stop, b"connection"):
+            return _CONNECTION
+        for word in _REFUSED_LIST:
+            if _lower_is(head, start, stop, word):
+                return _REFUSED
+        if stop - start >= 6 and _lower_is(head, start, start + 6, b"proxy-"):
+            for i in range(start + 6, stop):
+                byte = head[i]
+                if byte < 0x21 or byte > 0x7E or byte == _COLON:
+                    return _OTHER
+            return _REFUSED  # "proxy-" and a token: a proxy's hop-by-hop field
+        return _OTHER
+    name = head[start:stop].lower()
+    if name == b"content-length":
+        return _CONTENT_LENGTH
+    if name == b"connection":
+        return _CONNECTION
+    if name in _REFUSED_NAMES:
+        return _REFUSED
+    if name.startswith(b"proxy-") and not name[6:].translate(None, _PROXY_NAME_TABLE):
+        return _REFUSED  # "proxy-" and a token (nothing left once its bytes are deleted)
+    return _OTHER
+
+
+def _value_start(head: bytes, start: int, end: int) -> int:
+    """Where a field's value in ``head[start:end]`` begins: past its leading blanks."""
+    while start < end and (head[start] == _SPACE or head[start] == _TAB):
+        start += 1
+    return start
+
+
+def _value_end(head: bytes, start: int, end: int) -> int:
+    """Where a field's value in ``head[start:end]`` ends: before its trailing blanks."""
+    while end > start and (head[end - 1] == _SPACE or head[end - 1] == _TAB):
+        end -= 1
+    return end
+
+
+def _length_value(head: bytes, start: int, end: int) -> int:
+    """The number a Content-Length value in ``head[start:end]`` (blanks stripped) is: digits only, at most
+    18 of them; -1 for anything else."""
+    if end <= start or end - start > 18:
+        return -1
+    if cython.compiled:
+        length = 0
+        for i in range(start, end):
+            byte = head[i]
+            if byte < 0x30 or byte > 0x39:
+                return -1
+            length = length * 10 + (byte - 0x30)
+        return length
+    value = head[start:end]
+    return int(value) if value.isdigit() else -1
+
+
+def relayable_head(head: bytes, request_id: bytes = b"") -> tuple[bytes, int, int] | None:
     """See the module docstring."""
     n = len(head)
     if n < 13 or not head.startswith(b"HTTP/1.1 "):
         return None
-    code = head[9:12]
-    if not code.isdigit() or head[12] not in (_SPACE, _CR):
-        return None
-    status = int(code)
-    if status < 200 or status == 204 or status == 304:
+    status = _length_value(head, 9, 12)  # three digits
+    if status < 200 or status == 204 or status == 304 or (head[12] != _SPACE and head[12] != _CR):
         return None
     length = -1
     keep_alive_at = -1  # where the first "Connection: keep-alive" line starts (its "\r\n")
@@ -78,36 +164,62 @@ def relayable_head(head: bytes) -> tuple[bytes, int, int] | None:
         end = _line_end(head, start, n)
         if end <= start:  # the blank line: the end of the head
             break
-        if head[start] in _FIRST_LETTERS:
+        if _LOOKED_AT[head[start]]:
             colon = _colon(head, start, end)
             if colon > start:
                 stop = colon
-                while stop > start and head[stop - 1] in (_SPACE, _TAB):
+                while stop > start and (head[stop - 1] == _SPACE or head[stop - 1] == _TAB):
                     stop -= 1
-                name = head[start:stop].lower()
-                if name == b"content-length":
+                kind = _field_kind(head, start, stop)
+                if kind == _CONTENT_LENGTH:
                     if stop != colon or length != -1:  # "content-length :" or a second one
                         return None
-                    value = head[colon + 1 : end].strip(b" \t")
-                    if not value.isdigit() or len(value) > 18:
+                    value_start = _value_start(head, colon + 1, end)
+                    length = _length_value(head, value_start, _value_end(head, value_start, end))
+                    if length < 0:
                         return None
-                    length = int(value)
-                elif name == b"connection":
-                    if stop != colon or head[colon + 1 : end].strip(b" \t").lower() != b"keep-alive":
+                elif kind == _CONNECTION:
+                    value_start = _value_start(head, colon + 1, end)
+                    if stop != colon or not _lower_is(
+                        head, value_start, _value_end(head, value_start, end), b"keep-alive"
+                    ):
                         return None
                     if keep_alive_at < 0:
                         keep_alive_at = at
-                elif name in _REFUSED_NAMES:
+                elif kind == _REFUSED:
                     return None
-                elif name.startswith(b"proxy-"):
-                    for byte in name[6:]:
-                        if byte not in _PROXY_NAME_BYTES:
-                            break
-                    else:  # "proxy-" and a token: a proxy's hop-by-hop field
-                        return None
         at = end
     if length < 0:
         return None
-    if keep_alive_at >= 0:
-        head = head[:keep_alive_at] + head[_line_end(head, keep_alive_at + 2, n) :]
-    return head, status, length
+    if keep_alive_at < 0:
+        if not request_id:
+            return head, status, length
+        return _spliced(head, n - 2, n - 2, request_id), status, length
+    return _spliced(head, keep_alive_at, _line_end(head, keep_alive_at + 2, n), request_id), status, length
+
+
+def _spliced(head: bytes, cut_from: int, cut_to: int, request_id: bytes) -> bytes:
+    """``head`` without ``head[cut_from:cut_to]``, with the field ``x-kubegate-request-id: request_id`` added
+    last when ``request_id`` is given: compiled, the one new head is written in place."""
+    if cython.compiled:
+        n = len(head)
+        extra = len(_ID_FIELD) + len(request_id) + 2 if request_id else 0
+        size = n - (cut_to - cut_from) + extra
+        spliced = PyBytes_FromStringAndSize(cython.NULL, size)  # noqa: F821 - cimported by the .pxd
+        out = PyBytes_AS_STRING(spliced)  # noqa: F821 - written before anything else sees it
+        src = PyBytes_AS_STRING(head)  # noqa: F821
+        memcpy(out, src, cut_from)  # noqa: F821
+        tail = n - cut_to - 2  # the rest of the head but its blank line's "\r\n"
+        memcpy(out + cut_from, src + cut_to, tail)  # noqa: F821
+        at = cut_from + tail
+        if request_id:
+            memcpy(out + at, PyBytes_AS_STRING(_ID_FIELD), len(_ID_FIELD))  # noqa: F821
+            at += len(_ID_FIELD)
+            memcpy(out + at, PyBytes_AS_STRING(request_id), len(request_id))  # noqa: F821
+            at += len(request_id)
+            memcpy(out + at, b"\r\n", 2)  # noqa: F821
+            at += 2
+        memcpy(out + at, b"\r\n", 2)  # noqa: F821
+        return spliced
+    added = _ID_FIELD + request_id + b"\r\n" if request_id else b""
+    return head[:cut_from] + head[cut_to:-2] + added + b"\r\n"

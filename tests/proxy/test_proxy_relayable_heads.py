@@ -37,6 +37,17 @@ def test_nginxs_connection_keep_alive_is_dropped_and_nothing_else():
     assert relayable_head(NGINX.replace(b"Connection: keep-alive", b"CONNECTION:  Keep-Alive "))[0] == head
 
 
+def test_the_request_id_is_added_as_the_heads_last_field():
+    assert relayable_head(APISERVER, b"7f3a-19") == (
+        APISERVER[:-2] + b"x-kubegate-request-id: 7f3a-19\r\n\r\n", 200, 2)
+    head, _, _ = relayable_head(NGINX, b"7f3a-19")
+    assert head == NGINX.replace(b"Connection: keep-alive\r\n", b"")[:-2] + b"x-kubegate-request-id: 7f3a-19\r\n\r\n"
+
+
+def test_a_head_with_nothing_to_change_is_the_upstreams_own_bytes():
+    assert relayable_head(APISERVER)[0] is APISERVER
+
+
 def test_field_names_are_matched_whatever_their_case():
     assert relayable_head(APISERVER.replace(b"Content-Length: 2", b"CONTENT-LENGTH:   2  ")) is not None
     assert relayable_head(APISERVER.replace(b"Cache-Control", b"TRANSFER-ENCODING")) is None
@@ -127,5 +138,9 @@ def test_the_one_pass_scan_agrees_with_the_rules_written_as_patterns():
         head = b"HTTP/1.1 " + rng.choice(statuses) + b"".join(b"\r\n" + line for line in lines) + b"\r\n\r\n"
         expected = _by_patterns(head)
         assert relayable_head(head) == expected, head
+        request_id = b"%x" % rng.getrandbits(32)
+        with_id = None if expected is None else (
+            expected[0][:-2] + b"x-kubegate-request-id: " + request_id + b"\r\n\r\n", *expected[1:])
+        assert relayable_head(head, request_id) == with_id, head
         relayed += expected is not None
     assert relayed > 100  # the corpus reaches both answers
