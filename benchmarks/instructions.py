@@ -23,6 +23,16 @@ They are created one at a time, the next once the watcher has seen the previous 
 reaches the proxy on its own (as in the timed cell, where the sandbox is the slower side) and the count
 does not depend on how many events a slow proxy under callgrind would find batched in one read.
 After ``--warmup`` ÷ 4 events: dump, ``--events`` events, dump; instructions ÷ events.
+
+Paced GETs (``--cells paced``): the paced cell of ``python -m benchmarks`` sends GETs at 1,000/s over
+10 keep-alive HTTP/1.1 connections, so each request arrives alone and pays in full what a loop
+iteration and a wake-up cost. Here ``--requests`` GETs go one at a time, round-robin over
+``--clients`` connections, each ``--gap`` ms after the previous answer arrived (the proxy has gone back
+to waiting for events): instructions in that window ÷ requests. The window also holds the work a proxy
+does with no request at all (timers, sweeps, threads waking), which callgrind's slowed-down run spreads
+over fewer requests per second than 1,000; so the same connections are then left idle for
+``--idle`` seconds, counted, and that rate is taken out: the report gives the instructions of one lone
+request, the idle instructions per second, and the two added up as at 1,000 requests/s.
 """
 
 from __future__ import annotations
@@ -183,8 +193,50 @@ async def count_watch_events(procs: harness.Processes, pid: int, ep: load.Endpoi
     return {"events": relayed, "instructions": instructions, "instructions_per_event": round(instructions / max(1, relayed))}
 
 
+async def count_paced(procs: harness.Processes, pid: int, ep: load.Endpoint, requests: int, warmup: int,
+                      clients: int, gap: float, idle: float) -> dict:
+    """Instructions per lone GET and per second of idle (see the module docstring, ``--cells paced``)."""
+    conns = [await load.h1_connect(ep) for _ in range(clients)]
+    raw = load.h1_request_bytes("GET", ep.prefix + harness.GET_PATH, ep.authority)
+    statuses: dict[int, int] = {}
+
+    async def one_at_a_time(n: int) -> None:
+        for i in range(n):
+            await asyncio.sleep(gap)
+            status, _ = await conns[i % clients].request(raw)
+            statuses[status] = statuses.get(status, 0) + 1
+
+    try:
+        await one_at_a_time(max(warmup, clients))
+        statuses.clear()
+        _zero_counters(procs, pid)
+        t0 = time.monotonic()
+        await one_at_a_time(requests)
+        busy = _counted_since_zero(procs, pid)
+        elapsed = time.monotonic() - t0
+        await asyncio.sleep(0.5)
+        _zero_counters(procs, pid)
+        t1 = time.monotonic()
+        await asyncio.sleep(idle)
+        idle_instructions = _counted_since_zero(procs, pid)
+        idle_elapsed = time.monotonic() - t1
+    finally:
+        for conn in conns:
+            if conn.transport is not None:
+                conn.transport.close()
+    ok = statuses.get(200, 0)
+    if ok != requests:
+        raise RuntimeError(f"GET through {ep.authority} answered {statuses}")
+    per_second = idle_instructions / idle_elapsed
+    lone = (busy - per_second * elapsed) / ok
+    return {"requests": ok, "seconds": round(elapsed, 2), "instructions": busy,
+            "idle_instructions_per_second": round(per_second),
+            "instructions_per_lone_request": round(lone),
+            "instructions_per_request_at_1000_per_s": round(lone + per_second / 1000)}
+
+
 def run(requests: int, warmup: int, clients: int, keep: str | None = None, cells: tuple[str, ...] = ("requests",),
-        events: int = 500) -> dict:
+        events: int = 500, gap: float = 0.005, idle: float = 10.0) -> dict:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind (with callgrind_control) is not installed")
     load.install_uvloop()
@@ -201,6 +253,18 @@ def run(requests: int, warmup: int, clients: int, keep: str | None = None, cells
         kubegate_pid = harness.process_tree(procs.proxy_pid)[-1]
 
         async def main() -> None:
+            if "paced" in cells:
+                kg = await count_paced(procs, kubegate_pid, procs.through_proxy(harness.FAST_CLUSTER), requests,
+                                       warmup, clients, gap, idle)
+                ng = await count_paced(procs, procs.nginx_pid, procs.through_nginx(harness.FAST_CLUSTER), requests,
+                                       warmup, clients, gap, idle)
+                report["paced"] = {"clients": clients, "gap_ms": gap * 1000, "kubegate": kg, "nginx": ng,
+                                   "ratio": round(kg["instructions_per_request_at_1000_per_s"]
+                                                  / max(1, ng["instructions_per_request_at_1000_per_s"]), 2)}
+                print(f"  paced GET: kubegate {kg['instructions_per_lone_request']:,} instructions/lone request + "
+                      f"{kg['idle_instructions_per_second']:,}/s idle; nginx {ng['instructions_per_lone_request']:,} + "
+                      f"{ng['idle_instructions_per_second']:,}/s ({report['paced']['ratio']}× at 1,000/s)",
+                      file=sys.stderr, flush=True)
             if "events" in cells:
                 warm = max(10, warmup // 4)
                 kg = await count_watch_events(procs, kubegate_pid, procs.through_proxy(), events, warm, "kubegate")
@@ -244,6 +308,17 @@ def run(requests: int, warmup: int, clients: int, keep: str | None = None, cells
 
 def render(report: dict) -> str:
     lines: list[str] = []
+    p = report.get("paced")
+    if p:
+        kg, ng = p["kubegate"], p["nginx"]
+        lines += [f"Paced GET: {kg['requests']} requests one at a time over {p['clients']} HTTP/1.1 connections, "
+                  f"{p['gap_ms']:g} ms apart, counted by callgrind (commit {report['commit']}):", "",
+                  "| | instructions per lone request | idle instructions per second | per request at 1,000/s |",
+                  "|---|---:|---:|---:|"]
+        for name, c in (("kubegate", kg), ("nginx", ng)):
+            lines.append(f"| {name} | {c['instructions_per_lone_request']:,} | {c['idle_instructions_per_second']:,} | "
+                         f"{c['instructions_per_request_at_1000_per_s']:,} |")
+        lines += [f"| kubegate ÷ nginx | | | {p['ratio']:.2f}× |", ""]
     if report["cells"]:
         lines += [f"GET of one pod, {report['requests']} requests from {report['clients']} clients, "
                   f"counted by callgrind (commit {report['commit']}):", "",
@@ -272,16 +347,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--cells", default="requests", help="comma-separated: requests (GET cells), events (watch events)")
+    parser.add_argument("--cells", default="requests",
+                        help="comma-separated: requests (GET cells), events (watch events), paced (lone GETs)")
     parser.add_argument("--events", type=int, default=500, help="watch events counted (--cells events)")
+    parser.add_argument("--gap", type=float, default=5.0, help="ms between an answer and the next lone GET (--cells paced)")
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle counted (--cells paced)")
     parser.add_argument("--json", help="also write the report here")
     parser.add_argument("--keep", help="copy callgrind's dumps into this directory (for callgrind_annotate)")
     args = parser.parse_args(argv)
     cells = tuple(c.strip() for c in args.cells.split(",") if c.strip())
-    unknown = set(cells) - {"requests", "events"}
+    unknown = set(cells) - {"requests", "events", "paced"}
     if unknown:
         parser.error(f"unknown cells: {', '.join(sorted(unknown))}")
-    report = run(args.requests, args.warmup, args.clients, args.keep, cells, args.events)
+    report = run(args.requests, args.warmup, args.clients, args.keep, cells, args.events, args.gap / 1000, args.idle)
     print(render(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 from kubegate.config import Config, load_config
 from kubegate.metrics_server import MULTIPROC_ENV, FunctionCollector, MetricsServer
+from proxy.memory import tune_allocator
 
 log = logging.getLogger("kubegate.workers")
 
@@ -179,6 +180,7 @@ def process_families(pids: Sequence[int]) -> list[Any]:
 
 def run_single(cfg: Config, factory: ServiceFactory, collectors: Sequence[Any] = ()) -> int:
     install_uvloop()
+    tune_allocator()
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -407,6 +409,7 @@ def worker_main(argv: list[str] | None = None, factory: ServiceFactory | None = 
         factory = ProxyService.factory
     ready = os.fdopen(args.ready_fd, "wb", buffering=0)
     install_uvloop()
+    tune_allocator()
 
     async def main() -> None:
         stop = asyncio.Event()

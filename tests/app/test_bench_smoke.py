@@ -79,6 +79,31 @@ def test_several_runs_are_reported_as_each_figures_median():
     assert merged["meta"]["runs"] == 3 and len(merged["meta"]["json_paths"]) == 3
 
 
+def test_system_calls_are_read_per_thread_from_perf_trace_summary():
+    from benchmarks.syscalls import parse_perf_summary
+
+    text = """
+ Summary of events:
+
+ python (4210), 5321 events, 71.2%
+
+   syscall            calls  errors  total       min       avg       max       stddev
+                                     (msec)    (msec)    (msec)    (msec)        (%)
+   --------------- --------  ------ -------- --------- --------- ---------     ------
+   read                2020      0    30.379     0.011     0.015     0.808      2.75%
+   epoll_pwait         1810      0   830.567     0.000     0.271     4.028      9.21%
+
+ audit-writer (4212), 40 events, 0.5%
+
+   syscall            calls  errors  total       min       avg       max       stddev
+                                     (msec)    (msec)    (msec)    (msec)        (%)
+   --------------- --------  ------ -------- --------- --------- ---------     ------
+   futex                 20      2   800.003     0.010     0.016     0.061      1.36%
+"""
+    assert parse_perf_summary(text) == {"python (4210)": {"read": 2020, "epoll_pwait": 1810},
+                                        "audit-writer (4212)": {"futex": 20}}
+
+
 @pytest.mark.e2e
 def test_the_bare_relay_answers_as_the_upstream_does_and_refuses_clients_without_a_certificate():
     """``benchmarks.bare_relay`` (the floor the instruction counts compare with) does the job it is
