@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from proxy import metrics
-from proxy.timestamps import date_and_second, rfc3339_micro
+from proxy.timestamps import rfc3339_micro
 
 if TYPE_CHECKING:
     from discovery.model import Cluster
@@ -103,7 +103,7 @@ class AuditLog:
         queue.append(item)
         return True
 
-    append_line = _enqueue  # a request's audit line already encoded (``request_line``; no newline): queued like an event
+    append_line = _enqueue  # a request's audit line already encoded (``proxy.protocol.audit_line.request_line``; no newline): queued like an event
 
     # ---- the writer
 
@@ -277,7 +277,7 @@ def request_line_parts(
     identity: Identity, verdict: Verdict, cluster: str, method: str, path: str, client_ip: str
 ) -> tuple[bytes, bytes, bytes]:
     """The parts of ``request_audit_event``'s line that do not change between requests that are the same
-    request on the same connection (a fast-path plan's), encoded once; ``request_line`` puts the rest in
+    request on the same connection (a fast-path plan's), encoded once; ``proxy.protocol.audit_line.request_line`` puts the rest in
     between. Same fields, same order, same encoding as the event's line, for an allowed request with no
     body that kubegate did not stop."""
     allowed = bool(verdict.allowed)
@@ -300,23 +300,4 @@ def request_line_parts(
         b"," + orjson.dumps(who)[1:-1] + b',"code":',
         b"," + orjson.dumps(outcome)[1:-1] + b',"latency_ms":',
         b"," + orjson.dumps(rest)[1:-1] + b"}",
-    )
-
-
-def request_line(parts: tuple[bytes, bytes, bytes], request_id: str, status: int, started: float, bytes_out: int) -> bytes:
-    """The audit line of one request from its ``request_line_parts`` (``started``: its perf_counter).
-
-    The time and the latency are the event's (``rfc3339_micro(time.time())``; ``round(ms, 3)`` as orjson
-    writes it) formatted straight into the line: the time's microseconds by ``%06d`` after its cached
-    date-and-second, the latency by ``%.3f`` (the same correctly rounded digits as ``round``) without its
-    trailing zeros (orjson's shortest form of the rounded float: ``12.3``, ``0.0``). The separate string,
-    encoding, ``round`` and ``orjson.dumps`` cost ~5,000 instructions more per request."""
-    latency = (b"%.3f" % ((time.perf_counter() - started) * 1000)).rstrip(b"0")
-    if latency[-1] == 46:  # b".": a whole number of milliseconds is written "12.0"
-        latency += b"0"
-    now = time.time()
-    second = int(now)
-    return b'{"event":"request","time":"%s.%06dZ","request_id":"%s"%s%d%s%s,"bytes_out":%d%s' % (
-        date_and_second(second), int((now - second) * 1_000_000), request_id.encode(), parts[0], status, parts[1],
-        latency, bytes_out, parts[2],
     )

@@ -38,8 +38,9 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
-from proxy.audit import request_audit_event, request_line, request_line_parts
+from proxy.audit import request_audit_event, request_line_parts
 from proxy.headers import content_length, rewrite_response_headers
+from proxy.protocol.audit_line import request_line
 from proxy.protocol.events import RequestHead, ResponseHead
 from proxy.protocol.http1 import response_head_bytes
 from proxy.protocol.relayed_head import relayable_head
@@ -357,7 +358,9 @@ class FastExchange:
             if parts is None:
                 parts = plan.audit_parts = request_line_parts(
                     self.identity, self.verdict, self.cluster.name, "GET", plan.path, self.conn.peer_ip)
-            fwd.audit_line(request_line(parts, self.request_id, self.status, self.started, self.bytes_out))
+            fwd.audit_line(request_line(
+                parts, self.request_id.encode("ascii"), self.status, (time.perf_counter() - self.started) * 1000,
+                time.time(), self.bytes_out))
         elif fwd.audit is not None:
             fwd.audit(self.audit_event())
         self.conn.exchange_done(self.sid)

@@ -29,7 +29,7 @@ def _can_compile() -> bool:
 
 
 def test_the_codec_modules_are_the_compiled_ones_unless_pure_python_is_asked_for():
-    assert COMPILED == ["h2fields", "h2wire", "http1", "http2", "relayed_head"]
+    assert COMPILED == ["audit_line", "h2fields", "h2wire", "http1", "http2", "relayed_head"]
     for name in COMPILED:
         module = importlib.import_module(f"proxy.protocol.{name}")
         path = Path(module.__file__)
@@ -87,13 +87,15 @@ def test_the_compiled_http1_codec_keeps_its_python_interface():
 @pytest.mark.skipif(PURE, reason="this run already uses the pure-Python modules")
 def test_the_codec_tests_pass_on_the_pure_python_modules():
     """The codec's own tests (frames, hostile input, HPACK against hpack's decoder, response blocks)
-    and the relayed-head rules once more, in a process that imports the ``.py`` files."""
+    the relayed-head rules and the audit log's fast-path line once more, in a process that imports the
+    ``.py`` files."""
     env = {**os.environ, "KUBEGATE_PURE_PYTHON": "1"}
     env.pop("PYTEST_XDIST_WORKER", None)
     env.pop("PYTEST_XDIST_TESTRUNUID", None)
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", "-p", "no:randomly",
-         str(Path(__file__).parent), str(ROOT / "tests" / "proxy" / "test_proxy_relayable_heads.py")],
+         str(Path(__file__).parent), str(ROOT / "tests" / "proxy" / "test_proxy_relayable_heads.py"),
+         str(ROOT / "tests" / "proxy" / "test_audit_log.py")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]

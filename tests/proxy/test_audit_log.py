@@ -236,8 +236,9 @@ def test_a_fast_path_line_encoded_from_its_parts_is_the_events_line(tmp_path):
     """``request_line`` (the fast path: the parts that do not change between repeats of one request
     encoded once) writes the same line as ``request_audit_event`` would: the same fields in the same order
     with the same values (but the time and latency of the moment), non-ASCII names included."""
-    from proxy.audit import request_audit_event, request_line, request_line_parts
+    from proxy.audit import request_audit_event, request_line_parts
     from proxy.policy import Verdict
+    from proxy.protocol.audit_line import request_line
     from rbac.identity import Identity
 
     class Cluster:
@@ -251,7 +252,7 @@ def test_a_fast_path_line_encoded_from_its_parts_is_the_events_line(tmp_path):
     event = request_audit_event("r-1", identity, verdict, Cluster, "GET", path, 200, started, 2410, 0, "::1", None)
     parts = request_line_parts(identity, verdict, "prod-ü", "GET", path, "::1")
     audit = AuditLog(str(tmp_path / "audit.log"))
-    audit.append_line(request_line(parts, "r-1", 200, started, 2410))
+    audit.append_line(request_line(parts, b"r-1", 200, (time.perf_counter() - started) * 1000, time.time(), 2410))
     audit(event)
     audit.close()
     fast, full = (json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines())
@@ -261,26 +262,48 @@ def test_a_fast_path_line_encoded_from_its_parts_is_the_events_line(tmp_path):
     assert isinstance(fast["latency_ms"], float) and fast["time"].endswith("Z")
 
 
-def test_a_fast_path_line_writes_its_time_and_latency_as_the_event_would(monkeypatch):
+def test_a_fast_path_line_writes_its_time_and_latency_as_the_event_would():
     """``request_line`` formats the time and the latency straight into the line (no ``rfc3339_micro``
     string, ``round`` or ``orjson.dumps`` per request): the same text as the event's ``time``
     (``rfc3339_micro``) and ``latency_ms`` (``round(ms, 3)`` as orjson writes it), at the edges of rounding
-    (half a microsecond of latency either side, whole milliseconds, zero) and of the second."""
-    import types
-
+    (half a microsecond of latency either side, whole milliseconds, zero, long ones) and of the second."""
     import orjson
 
-    from proxy import audit
-    from proxy.audit import request_line
+    from proxy.protocol.audit_line import request_line
     from proxy.timestamps import rfc3339_micro
 
-    latencies = [0.0, 1e-7, 0.0004999, 0.0005, 0.0005000001, 0.001, 0.0015, 0.0025, 0.9995, 1.0, 0.0123, 99.9995]
+    latencies = [0.0, 1e-7, 0.0004999, 0.0005, 0.0005000001, 0.001, 0.0015, 0.0025, 0.9995, 1.0, 0.0123, 99.9995,
+                 3600.0, 12345.6785]
     instants = [1_765_000_000.0, 1_765_000_000.999999, 1_765_000_001.0000005, 1_765_123_456.5]
     for latency in latencies:
         for now in instants:
-            clock = types.SimpleNamespace(perf_counter=lambda latency=latency: 50.0 + latency, time=lambda now=now: now)
-            monkeypatch.setattr(audit, "time", clock)
-            raw = request_line((b',"code":', b',"latency_ms":', b"}"), "r-1", 200, 50.0, 1)
+            raw = request_line((b',"code":', b',"latency_ms":', b"}"), b"r-1", 200, latency * 1000, now, 1)
             assert json.loads(raw)["time"] == rfc3339_micro(now)
-            measured = (50.0 + latency) - 50.0  # what request_line computes from the two perf_counter readings
-            assert b'"latency_ms":' + orjson.dumps(round(measured * 1000, 3)) + b',"bytes_out"' in raw
+            assert b'"latency_ms":' + orjson.dumps(round(latency * 1000, 3)) + b',"bytes_out"' in raw
+
+
+def test_a_fast_path_lines_latency_is_rounded_as_round_rounds_it_near_every_half():
+    """Latencies of every size, and a thousandth and a half ± the error of a multiplication (where the
+    compiled build's rounding in integers hands over to C's ``%.3f``), written as ``round(ms, 3)`` is."""
+    import random
+
+    import orjson
+
+    from proxy.protocol.audit_line import request_line
+
+    rng = random.Random(3)
+    latencies = [rng.uniform(0, 10 ** rng.randint(-3, 11)) for _ in range(3000)]
+    latencies += [(rng.randint(0, 10**9) + 0.5) / 1000 * (1 + rng.choice((-1, 0, 1)) * 2e-16) for _ in range(3000)]
+    for ms in latencies:
+        raw = request_line((b',"code":', b',"latency_ms":', b"}"), b"r-1", 200, ms, 1_765_000_000.5, 1)
+        assert b'"latency_ms":' + orjson.dumps(round(ms, 3)) + b',"bytes_out"' in raw, ms
+
+
+def test_a_long_fast_path_line_is_written_whole():
+    """A line of several KiB (a long path, many groups) is written whole: the compiled build sizes the line
+    by its pieces."""
+    from proxy.protocol.audit_line import request_line
+
+    parts = (b',"path":"/' + b"a" * 3000 + b'","code":', b',"latency_ms":', b"}")
+    line = json.loads(request_line(parts, b"r-1", 200, 1.5, 1_765_000_000.5, 7))
+    assert (line["path"], line["code"], line["latency_ms"], line["bytes_out"]) == ("/" + "a" * 3000, 200, 1.5, 7)
