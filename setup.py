@@ -1,7 +1,7 @@
 """Build of kubegate's compiled modules; everything else about the package is in pyproject.toml.
 
 The HTTP/2 server codec (``proxy/protocol/http2.py``, ``h2wire.py``, ``h2fields.py``) and the HTTP/1.1
-server codec (``proxy/protocol/http1.py``) are compiled by Cython from the same ``.py`` files, in
+server codec (``proxy/protocol/http1.py``), and the live body relay (``proxy/relay/live.py``) are compiled by Cython from the same ``.py`` files, in
 pure-Python mode: the ``.pxd`` file beside each module declares its classes as extension types and
 its counters as C integers. The ``.py`` files stay the one source:
 where no compiled module was built (no C compiler, or ``KUBEGATE_PURE_PYTHON=1`` at install time)
@@ -23,8 +23,9 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
-# Every module with a .pxd beside its .py in proxy/protocol is compiled.
-COMPILED = sorted(str(pxd.with_suffix(".py").relative_to(ROOT)) for pxd in (ROOT / "proxy" / "protocol").glob("*.pxd"))
+# Every module with a .pxd beside its .py in these packages is compiled.
+PACKAGES = ("proxy/protocol", "proxy/relay")
+COMPILED = sorted(str(pxd.with_suffix(".py").relative_to(ROOT)) for package in PACKAGES for pxd in (ROOT / package).glob("*.pxd"))
 DIRECTIVES = {
     "language_level": 3,
     "annotation_typing": False,  # annotations never become run-time checks: behaviour stays the .py's

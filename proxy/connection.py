@@ -499,13 +499,21 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if data and transport is not None:
             transport.write(data)
-            if self.write_paused and transport.get_write_buffer_size() > self.fwd.settings.client_write_buffer_max:
-                self.cut("write_buffer_full")
+            if self.write_paused and self.check_write_buffer():
                 return
         if (self._closing_after_flush or self.codec.must_close) and transport is not None:
             if not self.exchanges:
                 transport.close()
                 self._close_all()
+
+    def check_write_buffer(self) -> bool:
+        """While writing is paused: cut a client that leaves more than ``client_write_buffer_max`` bytes
+        unread (True if it was cut)."""
+        transport = self.transport
+        if transport is not None and transport.get_write_buffer_size() > self.fwd.settings.client_write_buffer_max:
+            self.cut("write_buffer_full")
+            return True
+        return False
 
     def _window_opened(self, stream_id: int) -> None:
         if stream_id == 0:

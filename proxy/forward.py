@@ -35,6 +35,7 @@ from proxy.policy import Policy, Verdict
 from proxy.protocol import protobuf_watch
 from proxy.protocol.events import Headers, ProtocolError, RequestHead, ResponseHead, ServerLimits
 from proxy.recording.join import SESSIONS_PREFIX
+from proxy.relay.live import LiveRelay
 from proxy.routing import Route, pinned_route, split_target, upstream_target
 from proxy.throttled_log import ThrottledLog
 from proxy.tls import check_client_certificate
@@ -311,7 +312,7 @@ class Exchange:
         "bytes_out", "bytes_in", "_body_waiter", "reset", "_response_started", "_stop_reason", "_stop_code",
         "_stop_note", "_at_line_end", "_frames", "upgrade",
         "catalog", "full_body", "_unacked", "_ack_task", "error_headers", "plan_key", "_roles",
-        "_filter", "_relay_waiter", "_held", "_locks_generation",
+        "_relay_waiter", "_locks_generation",
     )  # fmt: skip
 
     def __init__(self, fwd: Forwarder, conn: Any, head: RequestHead) -> None:
@@ -354,11 +355,8 @@ class Exchange:
         self.plan_key: bytes | tuple[Any, ...] | None = None
         self._roles: Any = None  # the role set the decision was made with (for the fast path's plan)
         self._locks_generation: object | None = None  # the lock list's generation the lock check saw
-        # The body relay of a long-lived response by callbacks (_relay_live): the response filter, the
-        # relay task's waiter, the bytes passed on but not yet credited upstream (the client is slow).
-        self._filter: Any = None
+        # The body relay of a long-lived response by callbacks (_relay_live): the relay task's waiter.
         self._relay_waiter: asyncio.Future[None] | None = None
-        self._held = 0
 
     # --- events from the client codec -------------------------------------------------------------
     def start(self) -> None:
@@ -852,62 +850,50 @@ class Exchange:
 
     async def _relay_live(self, stream: UpstreamStream, body: BodyBuffer, filt: Any) -> None:
         """The body of a long-lived response (watch, ``logs -f``) by callbacks: while the client keeps up,
-        the upstream protocol hands each chunk to ``body_chunk`` (it goes out and is credited upstream at
+        the upstream protocol hands each chunk to a ``LiveRelay`` (it goes out and is credited upstream at
         once: no future, no task wakeup per event); this task wakes only when the client falls behind (it
         waits for the client, credits the held bytes, then relays what was buffered meanwhile) and at the end."""
         conn, sid = self.conn, self.sid
-        self._filter = filt
-        while True:
-            while body.size:  # buffered before the sink was set, or while the client was behind
-                data = await stream.read()
-                n = len(data)
-                if self._pass_on(data, filt):
-                    conn.flush()
+        relay = LiveRelay(self, stream, filt, self._frames, bool(self._stop_note))
+        relay.at_line_end = self._at_line_end
+        try:
+            while True:
+                while body.size:  # buffered before the relay was attached, or while the client was behind
+                    data = await stream.read()
+                    n = len(data)
+                    if relay.pass_on(data):
+                        conn.flush()
+                        await conn.drain(sid)
+                    stream.consumed(n)
+                if body.eof:
+                    break
+                self._relay_waiter = self.fwd.loop.create_future()
+                body.sink = relay
+                try:
+                    await self._relay_waiter
+                finally:  # woken (the client is behind, the body ended) or cancelled (stop, client reset)
+                    body.sink = None
+                    self._relay_waiter = None
+                if relay.held:
                     await conn.drain(sid)
-                stream.consumed(n)
-            if body.eof:
-                break
-            self._relay_waiter = self.fwd.loop.create_future()
-            body.sink = self
-            try:
-                await self._relay_waiter
-            finally:  # woken (the client is behind, the body ended) or cancelled (stop, client reset)
-                body.sink = None
-                self._relay_waiter = None
-            if self._held:
-                await conn.drain(sid)
-                held, self._held = self._held, 0
-                stream.consumed(held)
+                    held, relay.held = relay.held, 0
+                    stream.consumed(held)
+        finally:  # what a stop tells the client (_tell_stop) and the audit line count on these
+            self.bytes_out += relay.bytes_out
+            self._at_line_end = relay.at_line_end
         await stream.read()  # at the end: b"", or the upstream's error raised
 
-    def body_chunk(self, data: bytes) -> None:
-        """A chunk of a long-lived body, straight from the upstream protocol (``_relay_live``)."""
-        stream = self.stream
-        assert stream is not None
-        try:
-            n = len(data)
-            if self._pass_on(data, self._filter):
-                conn = self.conn
-                conn.flush()
-                if not conn.writable(self.sid):  # the client is behind: the task waits for it, then credits
-                    stream.body.sink = None  # type: ignore[attr-defined]
-                    self._held = n
-                    self._wake_relay()
-                    return
-            stream.consumed(n)
-        except Exception as exc:  # the exchange fails (as its task would), not the upstream connection
-            stream.body.sink = None  # type: ignore[attr-defined]
-            waiter = self._relay_waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(exc)
-
-    def body_ended(self) -> None:
-        self._wake_relay()
-
-    def _wake_relay(self) -> None:
+    def wake_relay(self) -> None:
+        """The ``LiveRelay`` detached itself (the client is behind) or the body ended: the task takes over."""
         waiter = self._relay_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def relay_failed(self, exc: Exception) -> None:
+        """The ``LiveRelay`` failed on a chunk: the exchange fails (its task raises ``exc``), not the upstream connection."""
+        waiter = self._relay_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
 
     async def _relay_rules_review(self, stream: UpstreamStream, status: int, up_headers: list[tuple[bytes, bytes]]) -> None:
         chunks = []
