@@ -12,6 +12,8 @@ cimport cython
 cdef object _BIG_WINDOW
 cdef bytes _CONTINUE
 cdef frozenset _OWNED
+cdef dict _CHUNK_HEADS
+cdef Py_ssize_t _CHUNK_HEAD_SIZES
 
 
 cdef class _Stream:
@@ -72,7 +74,7 @@ cdef class Http1ServerConnection:
     @cython.locals(stream=_Stream)
     cpdef send_relayed_head(self, object stream_id, object head, object content_length)
 
-    @cython.locals(stream=_Stream, mode=Py_ssize_t, size=Py_ssize_t)
+    @cython.locals(stream=_Stream, mode=Py_ssize_t, size=Py_ssize_t, head=bytes)
     cpdef send_body(self, object stream_id, object data, bint end_stream=*)
 
     @cython.locals(stream=_Stream)

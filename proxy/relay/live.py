@@ -61,7 +61,7 @@ class LiveRelay:
         if frames is not None:
             frames.feed(data)
         elif self.note_lines:
-            self.at_line_end = data.endswith(b"\n")
+            self.at_line_end = data[len(data) - 1] == 10  # b"\n" (data is not empty)
         return True
 
     def body_chunk(self, data: bytes) -> None:
