@@ -230,6 +230,16 @@ class H2Upstream(asyncio.Protocol):
             data = self._inbox + data
             self._inbox = b""
         size = len(data)
+        if size > _FRAME_HEAD and not self._header_block:  # the common read of a watch: one whole event
+            high, low, kind, flags, stream_id = _UNPACK_HEAD(data)
+            length = high << 16 | low
+            if kind == _DATA and not flags and length == size - _FRAME_HEAD and length <= self.h2.max_inbound_frame_size:
+                exchange = self.streams.get(stream_id & 0x7FFFFFFF)
+                if exchange is not None and exchange.direct and length <= exchange.window:
+                    exchange.window -= length
+                    exchange.owed += length
+                    exchange.body.push(data[_FRAME_HEAD:])
+                    return
         pos = fed = 0
         to_h2 = False  # whether h2 was given frames (it may have frames to send in return)
         gathering: H2Exchange | None = None  # the stream whose consecutive direct payloads are in ``parts``

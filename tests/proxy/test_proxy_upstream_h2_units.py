@@ -179,6 +179,26 @@ def test_a_server_sending_beyond_the_stream_window_breaks_the_connection_with_fl
     run(scenario())
 
 
+def test_a_data_frame_larger_than_the_frame_size_kubegate_allows_is_refused_even_alone_in_its_read():
+    """A read holding exactly one DATA frame of a watch takes a shorter path to the exchange; a frame
+    above SETTINGS_MAX_FRAME_SIZE (16 KiB: kubegate never raises it) is still a FRAME_SIZE_ERROR there,
+    and none of its bytes reach the reader."""
+
+    async def scenario():
+        p = Peer()
+        ex = p.watch()
+        await ex.response_head()
+        p.up.data_received((16385).to_bytes(3, "big") + b"\x00\x00" + ex.stream_id.to_bytes(4, "big") + b"z" * 16385)
+        with pytest.raises(UpstreamError) as err:
+            await ex.read()
+        assert err.value.status == 502
+        goaway = [e for e in p.to_server() if isinstance(e, h2.events.ConnectionTerminated)]
+        assert goaway and goaway[0].error_code == h2.errors.ErrorCodes.FRAME_SIZE_ERROR
+        assert p.up.closed
+
+    run(scenario())
+
+
 def test_a_sized_response_is_checked_by_h2_so_a_short_body_is_an_error():
     async def scenario():
         p = Peer()
