@@ -13,6 +13,10 @@ the paced cell's 1,000/s by default: each request still arrives alone, the count
 same. Then ``--idle`` seconds with the connections open and no request: each proxy's CPU time and
 system calls per second while idle (timers, threads waking), which the paced cell spreads over its
 requests (at 1,000 requests/s, 1 ms of CPU per second is 1 µs per request).
+
+Before the traced run, the same paced GETs untraced: page faults and context switches per request (and
+CPU time from the scheduler's nanosecond count, ``/proc/<pid>/task/*/schedstat``: unlike the counts, it
+moves with whatever else runs on the machine).
 """
 
 from __future__ import annotations
@@ -48,6 +52,28 @@ def parse_perf_summary(text: str) -> dict[str, dict[str, int]]:
         if m and current is not None and m.group(1) != "syscall":
             current[m.group(1)] = current.get(m.group(1), 0) + int(m.group(2))
     return threads
+
+
+def task_counters(pid: int) -> dict[str, int]:
+    """Summed over ``pid``'s threads: minor and major page faults, voluntary and involuntary context
+    switches, and CPU time in nanoseconds (the scheduler's count)."""
+    out = {"minor_faults": 0, "major_faults": 0, "voluntary_switches": 0, "involuntary_switches": 0, "cpu_ns": 0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            status = (task / "status").read_text()
+            cpu_ns = int((task / "schedstat").read_text().split()[0])
+        except OSError:  # the thread ended meanwhile
+            continue
+        out["minor_faults"] += int(fields[7])
+        out["major_faults"] += int(fields[9])
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                out["voluntary_switches"] += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                out["involuntary_switches"] += int(line.split()[1])
+        out["cpu_ns"] += cpu_ns
+    return out
 
 
 def _pids_of(pid: int) -> list[int]:
@@ -104,6 +130,13 @@ async def measure(pid: int, ep: load.Endpoint, label: str, requests: int, rate: 
     raw = load.h1_request_bytes("GET", ep.prefix + harness.GET_PATH, ep.authority)
     try:
         await paced(conns, raw, clients * 20, rate)  # warm: plans, upstream connections
+        before = task_counters(worker)
+        untraced = await paced(conns, raw, requests, rate)
+        after = task_counters(worker)
+        if untraced.get(200, 0) != requests:
+            raise RuntimeError(f"{label}: answers {untraced}")
+        per_request_untraced = {k: round((after[k] - before[k]) / requests, 3) for k in before}
+        per_request_untraced["cpu_us"] = round(per_request_untraced.pop("cpu_ns") / 1000, 1)
         traced = Traced(worker, workdir / f"{label}.perf")
         cpu0 = harness.cpu_seconds(worker)
         statuses = await paced(conns, raw, requests, rate)
@@ -116,9 +149,9 @@ async def measure(pid: int, ep: load.Endpoint, label: str, requests: int, rate: 
                        for t, c in threads.items()}
         # idle: connections open, nothing sent
         traced = Traced(worker, workdir / f"{label}-idle.perf")
-        cpu0 = harness.cpu_seconds(worker)
+        idle0 = task_counters(worker)
         await asyncio.sleep(idle)
-        idle_cpu = harness.cpu_seconds(worker) - cpu0
+        idle1 = task_counters(worker)
         idle_threads = traced.stop()
     finally:
         for conn in conns:
@@ -129,7 +162,8 @@ async def measure(pid: int, ep: load.Endpoint, label: str, requests: int, rate: 
         "syscalls_per_request": round(sum(sum(c.values()) for c in threads.values()) / ok, 2),
         "by_thread": per_request,
         "cpu_us_per_request_traced": round(cpu / ok * 1e6, 1),
-        "idle_seconds": idle, "idle_cpu_ms_per_second": round(idle_cpu / idle * 1e3, 2),
+        "untraced_per_request": per_request_untraced,
+        "idle_seconds": idle, "idle_per_second": {k: round((idle1[k] - idle0[k]) / idle, 1) for k in idle0},
         "idle_syscalls_per_second": {t: {k: round(v / idle, 1) for k, v in c.items()} for t, c in idle_threads.items()},
     }
 

@@ -7,7 +7,11 @@ open for a client certificate (key usage allows signatures; extended key usage, 
 clientAuth). Why: an expired certificate then reaches the HTTP layer and gets a 401 ``Status`` saying
 it expired and how to get a new one (kubectl prints it), where a TLS alert shows as a bare "EOF"; and a
 client without a certificate can reach kubegate's own sign-in endpoints (``/kubegate/auth/``) on the
-same port — every other path answers it 401. ALPN offers ``h2`` and ``http/1.1``.
+same port — every other path answers it 401. ALPN offers ``h2`` and ``http/1.1``. No session tickets
+(``OP_NO_TICKET``, ``num_tickets = 0``): kubectl and client-go (Go's TLS client has no session cache
+unless one is configured) and Python's clients never resume, and the two TLS 1.3 tickets OpenSSL sends
+by default cost ~2 M instructions of every handshake; a client that would resume makes a full
+handshake instead (TLS 1.2 session ids still resume from OpenSSL's session cache).
 
 Upstream: one ``SSLContext`` per (cluster, credentials) with the cluster's CA (or the system store), the
 client certificate and key when the kubeconfig has one, ALPN, and session reuse (``SSLContext`` keeps a
@@ -47,7 +51,8 @@ def server_context(
     ctx.verify_mode = ssl.CERT_OPTIONAL
     ctx.verify_flags |= VERIFY_NO_CHECK_TIME
     ctx.set_alpn_protocols(list(alpn))
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_TICKET
+    ctx.num_tickets = 0  # TLS 1.3: no session tickets (see the module docstring)
     return ctx
 
 
