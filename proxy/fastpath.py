@@ -173,18 +173,20 @@ class FastExchange:
     def complete(self) -> bool:
         return self._done
 
-    def raw_head(self, head: bytes) -> int:
-        """Take the answer's head as the bytes the upstream sent (``head`` ends with the blank line) when
-        ``relayable_head`` allows it, the request id added. Returns the body's length, or -1: ``on_head``
-        gets the parsed fields instead."""
+    def raw_head(self, data: bytes) -> tuple[int, int] | None:
+        """Take the answer's head as the bytes the upstream sent (the first read of the answer, ``data``:
+        the head and what body came with it) when ``relayable_head`` allows it, the request id added.
+        Returns where the body begins in ``data`` and the body's length, or None: ``on_head`` gets the
+        parsed fields instead."""
         if self.finished:
-            return -1
-        relayable = relayable_head(head, self.request_id.encode("ascii"))
+            return None
+        relayable = relayable_head(data, self.request_id.encode("ascii"))
         if relayable is None:
-            return -1
-        self._head, self.status, self._length = relayable
+            return None
+        self._head, self.status, length, body_at = relayable
+        self._length = length
         metrics.observe_latency(self.cluster.name, self.verdict.verb, time.perf_counter() - self.started)
-        return self._length
+        return body_at, length
 
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self.finished:
@@ -391,13 +393,13 @@ class CodecFastExchange(FastExchange):
     def on_end(self) -> None:
         pass
 
-    def raw_head(self, head: bytes) -> int:
+    def raw_head(self, data: bytes) -> tuple[int, int] | None:
         """As ``FastExchange.raw_head`` when the codec can write such a head for this request (HTTP/1.1,
         keep-alive, no HEAD; ``Http1ServerConnection.takes_relayed_head``); h2 encodes the parsed fields."""
         codec = self.conn.codec
         if codec.http_version == "2" or not codec.takes_relayed_head(self.sid):
-            return -1
-        return FastExchange.raw_head(self, head)
+            return None
+        return FastExchange.raw_head(self, data)
 
     def _send_relayed_head(self) -> None:
         head = self._head

@@ -150,13 +150,12 @@ class Http1Upstream(asyncio.Protocol):
         if self._fresh:
             self._fresh = False
             self._active = self.parser
-            end = data.find(b"\r\n\r\n")
-            if end > 0 and self.exchange is not None:
-                length = self.exchange.raw_head(data[: end + 4])
-                if length >= 0:
+            if self.exchange is not None:
+                taken = self.exchange.raw_head(data)
+                if taken is not None:
                     self._active = self._framing
-                    self._left = length
-                    body = data[end + 4 :]
+                    body_at, self._left = taken
+                    body = data[body_at:]
         active = self._active
         try:
             active.feed_data(data)

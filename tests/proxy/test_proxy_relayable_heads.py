@@ -25,13 +25,25 @@ APISERVER = (
 
 
 def test_an_api_servers_head_is_relayed_as_it_is_with_its_status_and_length():
-    assert relayable_head(APISERVER) == (APISERVER, 200, 2)
-    assert relayable_head(APISERVER.replace(b"200 OK", b"404 Not Found")) == (
-        APISERVER.replace(b"200 OK", b"404 Not Found"), 404, 2)
+    assert relayable_head(APISERVER) == (APISERVER, 200, 2, len(APISERVER))
+    not_found = APISERVER.replace(b"200 OK", b"404 Not Found")
+    assert relayable_head(not_found) == (not_found, 404, 2, len(not_found))
+
+
+def test_the_body_bytes_that_came_with_the_head_are_left_where_they_are():
+    head, status, length, body_at = relayable_head(APISERVER + b"{}")
+    assert (head, status, length) == (APISERVER, 200, 2) and (APISERVER + b"{}")[body_at:] == b"{}"
+    head, _, _, body_at = relayable_head(NGINX + b'{"kind"', b"7f3a-19")
+    assert head.endswith(b"x-kubegate-request-id: 7f3a-19\r\n\r\n") and (NGINX + b'{"kind"')[body_at:] == b'{"kind"'
+
+
+@pytest.mark.parametrize("cut", [12, 40, len(APISERVER) - 2, len(APISERVER) - 1])
+def test_bytes_that_hold_no_whole_head_are_left_to_the_parsed_path(cut):
+    assert relayable_head(APISERVER[:cut]) is None
 
 
 def test_nginxs_connection_keep_alive_is_dropped_and_nothing_else():
-    head, status, length = relayable_head(NGINX)
+    head, status, length, _ = relayable_head(NGINX)
     assert (status, length) == (200, 1157)
     assert head == NGINX.replace(b"Connection: keep-alive\r\n", b"")
     assert relayable_head(NGINX.replace(b"Connection: keep-alive", b"CONNECTION:  Keep-Alive "))[0] == head
@@ -39,8 +51,8 @@ def test_nginxs_connection_keep_alive_is_dropped_and_nothing_else():
 
 def test_the_request_id_is_added_as_the_heads_last_field():
     assert relayable_head(APISERVER, b"7f3a-19") == (
-        APISERVER[:-2] + b"x-kubegate-request-id: 7f3a-19\r\n\r\n", 200, 2)
-    head, _, _ = relayable_head(NGINX, b"7f3a-19")
+        APISERVER[:-2] + b"x-kubegate-request-id: 7f3a-19\r\n\r\n", 200, 2, len(APISERVER))
+    head, _, _, _ = relayable_head(NGINX, b"7f3a-19")
     assert head == NGINX.replace(b"Connection: keep-alive\r\n", b"")[:-2] + b"x-kubegate-request-id: 7f3a-19\r\n\r\n"
 
 
@@ -82,7 +94,7 @@ def test_answers_not_framed_by_one_plain_content_length_are_left_to_the_parsed_p
 
 def test_names_that_only_begin_like_a_hop_by_hop_one_are_relayed():
     head = APISERVER.replace(b"Cache-Control: no-cache, private", b"Tech-Contact: ops\r\nUpgrade-Insecure: 1")
-    assert relayable_head(head) == (head, 200, 2)
+    assert relayable_head(head) == (head, 200, 2, len(head))
 
 
 # The same rules as regular expressions over the lower-cased head: the definition the one-pass scan
@@ -94,7 +106,7 @@ _REFUSED = re.compile(
 )
 
 
-def _by_patterns(head: bytes) -> tuple[bytes, int, int] | None:
+def _by_patterns(head: bytes) -> tuple[bytes, int, int, int] | None:
     if not head.startswith(b"HTTP/1.1 "):
         return None
     low = head.lower()
@@ -112,7 +124,7 @@ def _by_patterns(head: bytes) -> tuple[bytes, int, int] | None:
     at = low.find(b"\r\nconnection:")
     if at >= 0:
         head = head[:at] + head[low.find(b"\r\n", at + 2) :]
-    return head, int(code), int(value)
+    return head, int(code), int(value), len(head) if at < 0 else len(head) + low.find(b"\r\n", at + 2) - at
 
 
 _LINES = [
@@ -142,5 +154,7 @@ def test_the_one_pass_scan_agrees_with_the_rules_written_as_patterns():
         with_id = None if expected is None else (
             expected[0][:-2] + b"x-kubegate-request-id: " + request_id + b"\r\n\r\n", *expected[1:])
         assert relayable_head(head, request_id) == with_id, head
+        body = b'{"kind":"Pod"}'[: rng.randint(0, 14)]  # the body's first bytes in the same read
+        assert relayable_head(head + body, request_id) == with_id, head + body
         relayed += expected is not None
     assert relayed > 100  # the corpus reaches both answers

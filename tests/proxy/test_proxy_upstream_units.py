@@ -179,14 +179,14 @@ class CountingSink:
         self._ended = True  # the request went whole with its head
         self._done = False  # the answer ended: the connection may serve another request
 
-    def raw_head(self, head: bytes) -> int:
+    def raw_head(self, data: bytes) -> tuple[int, int] | None:
         from proxy.protocol.relayed_head import relayable_head
 
-        relayable = relayable_head(head)
+        relayable = relayable_head(data)
         if relayable is None:
-            return -1
-        self.head, self.status, length = relayable
-        return length
+            return None
+        self.head, self.status, length, body_at = relayable
+        return body_at, length
 
     def on_head(self, status: int, headers: list) -> None:
         self.status, self.parsed = status, (status, headers)
