@@ -123,7 +123,7 @@ class FastExchange:
 
     __slots__ = (
         "fwd", "conn", "plan", "raw", "identity", "cluster", "verdict", "request_id", "started", "status",
-        "bytes_out", "upstream", "finished", "head_deadline", "sid", "_done", "_head", "_chunked", "_written",
+        "bytes_out", "upstream", "finished", "head_seconds", "sid", "_done", "_head", "_chunked", "_written",
         "_stop_reason", "_stall_timer", "_length", "_drainer",
     )  # fmt: skip
     # The same for every fast exchange (class attributes: nothing to store per request)
@@ -146,8 +146,8 @@ class FastExchange:
         self.cluster = plan.cluster
         self.verdict = plan.verdict
         self.request_id = fwd.next_request_id()
-        self.started = started = time.perf_counter()
-        self.head_deadline = started + fwd.settings.response_head_timeout
+        self.started = time.perf_counter()  # the sweep answers 504 after response_head_timeout without a head
+        self.head_seconds = -1.0  # the time to the answer's head, observed with the rest at the end
         self.status = 0
         self.bytes_out = 0
         self.upstream = upstream
@@ -185,7 +185,7 @@ class FastExchange:
             return None
         self._head, self.status, length, body_at = relayable
         self._length = length
-        metrics.observe_latency(self.cluster.name, self.verdict.verb, time.perf_counter() - self.started)
+        self.head_seconds = time.perf_counter() - self.started
         return body_at, length
 
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -197,7 +197,7 @@ class FastExchange:
             return
         self.status = status
         self._send_head(status, rewrite_response_headers(headers, request_id=self.request_id))
-        metrics.observe_latency(self.cluster.name, self.verdict.verb, time.perf_counter() - self.started)
+        self.head_seconds = time.perf_counter() - self.started
 
     def _send_head(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
         """The answer's head from its rewritten fields: written with the first body bytes."""
@@ -353,7 +353,7 @@ class FastExchange:
             self._drainer = None
         fwd = self.fwd
         fwd.exchanges.discard(self)
-        metrics.request_finished(self.cluster.name, self.verdict.verb, self.status, self.bytes_out)
+        metrics.request_finished(self.cluster.name, self.verdict.verb, self.status, self.bytes_out, self.head_seconds)
         if fwd.audit_line is not None and self._stop_reason is None:
             plan = self.plan
             parts = plan.audit_parts

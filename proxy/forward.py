@@ -250,10 +250,10 @@ class Forwarder:
         role_set = watcher.current() if watcher is not None else object()  # another policy: always decide
         recheck = role_set is not self._swept_roles
         self._swept_roles = role_set
-        perf_now = time.perf_counter()
+        head_started_before = time.perf_counter() - self.settings.response_head_timeout
         for ex in list(self.exchanges):
             if ex.kind is None or ex.finished:
-                if isinstance(ex, FastExchange) and perf_now > ex.head_deadline:
+                if isinstance(ex, FastExchange) and ex.started < head_started_before:
                     ex.head_timed_out()
                 continue
             identity = ex.identity

@@ -154,11 +154,19 @@ def request_abandoned() -> None:
     _pending[1] -= 1
 
 
-def request_finished(cluster: str, verb: str, code: int, bytes_out: int) -> None:
+def request_finished(cluster: str, verb: str, code: int, bytes_out: int, head_seconds: float = -1.0) -> None:
+    """A request ended; ``head_seconds`` (≥ 0): the time to its answer's head, not yet observed (the fast
+    path tells both at the end, in one call: ``observe_latency``'s work is repeated here for it)."""
     key = (cluster, verb, code)
     _request_counts[key] = _request_counts.get(key, 0) + 1
     _pending[0] += bytes_out
     _pending[1] -= 1
+    if head_seconds >= 0:
+        counts = _latency.get((cluster, verb))
+        if counts is None:
+            counts = _latency[(cluster, verb)] = [0.0] * (len(_LATENCY_BOUNDS) + 1)
+        counts[bisect_left(_LATENCY_BOUNDS, head_seconds)] += 1
+        counts[-1] += head_seconds
 
 
 def observe_latency(cluster: str, verb: str, seconds: float) -> None:

@@ -260,7 +260,8 @@ class ClusterPool:
         idle = self.h1_idle
         while idle:
             conn = idle.pop()
-            if conn.reusable:
+            # ``conn.reusable``, without the property's call (on every fast-path request)
+            if not conn.closed and conn.exchange is None and conn._keep_alive and conn.raw_protocol is None:
                 self.h1_busy += 1
                 return conn
         return None

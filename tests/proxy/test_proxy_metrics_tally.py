@@ -4,6 +4,7 @@ would have produced."""
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 from proxy import metrics
@@ -20,17 +21,27 @@ def _series(registry: CollectorRegistry, name: str, labels: dict[str, str]) -> d
     return out
 
 
-def test_flushed_histogram_equals_observing_each_request():
+@pytest.mark.parametrize("told", ["at the head", "at the end"])
+def test_flushed_histogram_equals_observing_each_request(told):
+    """Told at the head (``observe_latency``: the full pipeline) or with the request's end
+    (``request_finished(..., head_seconds)``: the fast path), the latencies make the same histogram."""
+    cluster = f"tally-{told[3:]}"
     reference_registry = CollectorRegistry()
     reference = Histogram("ref_seconds", "reference", ["cluster", "verb"], registry=reference_registry,
                           buckets=metrics._LATENCY_BOUNDS[:-1])
-    before = _series(REGISTRY, "kubegate_request_duration_seconds", {"cluster": "tally-c", "verb": "get"})
+    before = _series(REGISTRY, "kubegate_request_duration_seconds", {"cluster": cluster, "verb": "get"})
     for seconds in LATENCIES:
-        metrics.observe_latency("tally-c", "get", seconds)
-        reference.labels("tally-c", "get").observe(seconds)
+        if told == "at the head":
+            metrics.observe_latency(cluster, "get", seconds)
+        else:
+            metrics.request_started()
+            metrics.request_finished(cluster, "get", 200, 0, seconds)
+        reference.labels(cluster, "get").observe(seconds)
+    metrics.request_started()
+    metrics.request_finished(cluster, "get", 504, 0)  # no head came (kubegate answered): no latency
     metrics.flush()
-    after = _series(REGISTRY, "kubegate_request_duration_seconds", {"cluster": "tally-c", "verb": "get"})
-    expected = _series(reference_registry, "ref_seconds", {"cluster": "tally-c", "verb": "get"})
+    after = _series(REGISTRY, "kubegate_request_duration_seconds", {"cluster": cluster, "verb": "get"})
+    expected = _series(reference_registry, "ref_seconds", {"cluster": cluster, "verb": "get"})
     got = {key.replace("kubegate_request_duration_seconds", "ref_seconds"): value - before.get(key, 0.0)
            for key, value in after.items() if not key.split("|")[0].endswith("_created")}
     expected = {k: v for k, v in expected.items() if not k.split("|")[0].endswith("_created")}
