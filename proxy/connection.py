@@ -442,8 +442,11 @@ class ClientConnection(asyncio.Protocol):
                 self._flush()
             elif self.fwd.shutting_down:
                 self.close()
-            else:
-                self._arm_idle()
+            elif not self.closed:  # ``_arm_idle`` in place: once per request
+                loop = self.fwd.loop
+                self._idle_since = loop.time()
+                if self._idle_timer is None:
+                    self._idle_timer = loop.call_later(self.fwd.settings.idle_timeout, self._idle_timeout)
         if stream_id == FAST_SID:
             self.fast = None
             if self._held_data:

@@ -185,7 +185,12 @@ class Http1Upstream(asyncio.Protocol):
             self._keep_alive = True  # HTTP/1.1 with no Connection field but keep-alive (``raw_head``)
             self._message_done = True
             exchange.on_done()
-            self._maybe_idle()
+            if exchange._done and self.exchange is exchange:  # ``_maybe_idle`` in place (keep-alive, message done)
+                self.exchange = None
+                if self.reading_paused:
+                    self.resume()
+                if self._on_idle is not None:
+                    self._on_idle(self)  # type: ignore[operator]
 
     def eof_received(self) -> bool | None:
         if self.raw_protocol is not None:
