@@ -173,20 +173,22 @@ class FastExchange:
     def complete(self) -> bool:
         return self._done
 
-    def raw_head(self, data: bytes) -> tuple[int, int] | None:
-        """Take the answer's head as the bytes the upstream sent (the first read of the answer, ``data``:
-        the head and what body came with it) when ``relayable_head`` allows it, the request id added.
-        Returns where the body begins in ``data`` and the body's length, or None: ``on_head`` gets the
-        parsed fields instead."""
+    def raw_head(self, data: bytes) -> int | None:
+        """Take the answer's first read (``data``: its head and the body's first bytes) as the bytes the
+        upstream sent when ``relayable_head`` allows it, the request id added: written with the next body
+        bytes or the answer's end. Returns how many of the body's bytes are still to come, or None:
+        ``on_head`` gets the parsed fields instead."""
         if self.finished:
             return None
         relayable = relayable_head(data, self.request_id.encode("ascii"))
         if relayable is None:
             return None
-        self._head, self.status, length, body_at = relayable
+        relayed, self.status, length, head_size = relayable
+        self._head = relayed
         self._length = length
+        self.bytes_out = received = len(relayed) - head_size
         self.head_seconds = time.perf_counter() - self.started
-        return body_at, length
+        return length - received
 
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self.finished:
@@ -393,7 +395,7 @@ class CodecFastExchange(FastExchange):
     def on_end(self) -> None:
         pass
 
-    def raw_head(self, data: bytes) -> tuple[int, int] | None:
+    def raw_head(self, data: bytes) -> int | None:
         """As ``FastExchange.raw_head`` when the codec can write such a head for this request (HTTP/1.1,
         keep-alive, no HEAD; ``Http1ServerConnection.takes_relayed_head``); h2 encodes the parsed fields."""
         codec = self.conn.codec
@@ -402,11 +404,18 @@ class CodecFastExchange(FastExchange):
         return FastExchange.raw_head(self, data)
 
     def _send_relayed_head(self) -> None:
-        head = self._head
-        if head is not None:
+        """The relayed head to the codec, then the body's bytes that came with it (``raw_head``)."""
+        relayed = self._head
+        if relayed is not None:
             self._head = None
             self._written = True
-            self.conn.send_relayed_head(self.sid, head, self._length)
+            received = self.bytes_out  # the body's bytes in the relayed bytes (no more counted yet)
+            conn = self.conn
+            if received:
+                conn.send_relayed_head(self.sid, relayed[:-received], self._length)
+                conn.send_body(self.sid, relayed[-received:])
+            else:
+                conn.send_relayed_head(self.sid, relayed, self._length)
 
     def _send_head(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
         self._written = True
@@ -417,9 +426,9 @@ class CodecFastExchange(FastExchange):
     def on_data(self, data: bytes) -> bool:
         if self.finished:
             return False
-        self.bytes_out += len(data)
         if self._head is not None:
             self._send_relayed_head()
+        self.bytes_out += len(data)
         conn = self.conn
         if self.bytes_out == self._length:  # the last bytes end the stream (no frame of its own)
             conn.send_body(self.sid, data, True)

@@ -31,8 +31,9 @@ cdef Py_ssize_t _length_value(bytes head, Py_ssize_t start, Py_ssize_t end)
 
 @cython.locals(n=Py_ssize_t, at=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, colon=Py_ssize_t,
                stop=Py_ssize_t, keep_alive_at=Py_ssize_t, length=Py_ssize_t, status=Py_ssize_t, kind=int,
-               value_start=Py_ssize_t, body_at=Py_ssize_t, cut_to=Py_ssize_t)
+               value_start=Py_ssize_t, body_at=Py_ssize_t, cut_from=Py_ssize_t, cut_to=Py_ssize_t,
+               relayed=bytes)
 cpdef object relayable_head(bytes head, bytes request_id=*)
-@cython.locals(extra=Py_ssize_t, size=Py_ssize_t, tail=Py_ssize_t, at=Py_ssize_t, out=cython.p_char,
+@cython.locals(n=Py_ssize_t, extra=Py_ssize_t, size=Py_ssize_t, tail=Py_ssize_t, at=Py_ssize_t, out=cython.p_char,
                src=cython.p_char, spliced=bytes)
 cdef bytes _spliced(bytes head, Py_ssize_t body_at, Py_ssize_t cut_from, Py_ssize_t cut_to, bytes request_id)

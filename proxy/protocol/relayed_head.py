@@ -2,15 +2,16 @@
 """Which upstream answer heads the HTTP/1.1 fast path relays as the upstream's bytes (sans-IO: bytes in,
 a decision out).
 
-``relayable_head(head, request_id)``: ``head`` is an answer's head as the upstream sent it, up to and
+``relayable_head(data, request_id)``: ``data`` is an answer's head as the upstream sent it, up to and
 with its blank line, and whatever followed it in the same read (the body's first bytes). It may be relayed as it is when it says HTTP/1.1, has a final status with a body (not 1xx, 204 or
 304), frames its body by exactly one ``Content-Length`` (digits only, at most 18), and holds no
 hop-by-hop field (``Connection`` other than a plain ``keep-alive``, ``Keep-Alive``,
 ``Transfer-Encoding``, ``TE``, ``Trailer(s)``, ``Upgrade``, ``Proxy-*``, ``HTTP2-Settings``) nor the
 request id kubegate sets. The answer: (the head with its first ``Connection: keep-alive`` line
 dropped and, when ``request_id`` is given, the field ``x-kubegate-request-id: <request_id>`` added last;
-the status; the body's length; where the body begins in ``head``), or None (the parsed path takes the
-answer; so for bytes that hold no whole head). The upstream's
+then the body's bytes that followed it in ``data``, as they are; the status; the body's length; the
+size of the relayed head), or None (the parsed path takes the answer; so for bytes that hold no whole
+head). The upstream's
 own parser checks the head's syntax; this only reads it.
 
 One pass over the head's lines, each looked at by its name (up to its first colon): compiled by
@@ -195,21 +196,24 @@ def relayable_head(head: bytes, request_id: bytes = b"") -> tuple[bytes, int, in
     if length < 0 or at < 0:
         return None
     body_at = at + 4  # past the blank line
-    if keep_alive_at < 0:
-        if not request_id:
-            return (head if body_at == n else head[:body_at]), status, length, body_at
-        return _spliced(head, body_at, body_at - 2, body_at - 2, request_id), status, length, body_at
-    cut_to = _line_end(head, keep_alive_at + 2, n)
-    return _spliced(head, body_at, keep_alive_at, cut_to, request_id), status, length, body_at
+    if keep_alive_at >= 0:
+        cut_from, cut_to = keep_alive_at, _line_end(head, keep_alive_at + 2, n)
+    elif request_id:
+        cut_from = cut_to = body_at - 2
+    else:
+        return head, status, length, body_at
+    relayed = _spliced(head, body_at, cut_from, cut_to, request_id)
+    return relayed, status, length, len(relayed) - (n - body_at)
 
 
 def _spliced(head: bytes, body_at: int, cut_from: int, cut_to: int, request_id: bytes) -> bytes:
     """The head (``head[:body_at]``) without ``head[cut_from:cut_to]``, with the field
-    ``x-kubegate-request-id: request_id`` added last when ``request_id`` is given: compiled, the one new
-    head is written in place."""
+    ``x-kubegate-request-id: request_id`` added last when ``request_id`` is given, then the body's bytes
+    that followed it (``head[body_at:]``): compiled, written once, in place."""
+    n = len(head)
     if cython.compiled:
         extra = len(_ID_FIELD) + len(request_id) + 2 if request_id else 0
-        size = body_at - (cut_to - cut_from) + extra
+        size = n - (cut_to - cut_from) + extra
         spliced = PyBytes_FromStringAndSize(cython.NULL, size)  # noqa: F821 - cimported by the .pxd
         out = PyBytes_AS_STRING(spliced)  # noqa: F821 - written before anything else sees it
         src = PyBytes_AS_STRING(head)  # noqa: F821
@@ -225,6 +229,7 @@ def _spliced(head: bytes, body_at: int, cut_from: int, cut_to: int, request_id: 
             memcpy(out + at, b"\r\n", 2)  # noqa: F821
             at += 2
         memcpy(out + at, b"\r\n", 2)  # noqa: F821
+        memcpy(out + at + 2, src + body_at, n - body_at)  # noqa: F821
         return spliced
     added = _ID_FIELD + request_id + b"\r\n" if request_id else b""
-    return head[:cut_from] + head[cut_to : body_at - 2] + added + b"\r\n"
+    return head[:cut_from] + head[cut_to : body_at - 2] + added + b"\r\n" + head[body_at:]

@@ -151,11 +151,11 @@ class Http1Upstream(asyncio.Protocol):
             self._fresh = False
             self._active = self.parser
             if self.exchange is not None:
-                taken = self.exchange.raw_head(data)
-                if taken is not None:
+                left = self.exchange.raw_head(data)
+                if left is not None:  # the sink took the head and the body's bytes of this read
                     self._active = self._framing
-                    body_at, self._left = taken
-                    body = data[body_at:]
+                    self._left = left
+                    body = b""
         active = self._active
         try:
             active.feed_data(data)
@@ -179,7 +179,9 @@ class Http1Upstream(asyncio.Protocol):
             self._fail(UpstreamError(502, f"cluster {self.cluster_name} sent more than its Content-Length", "protocol"))
             self.close()
             return
-        if body and exchange.on_data(body) and not self.reading_paused:
+        # ``body`` is empty only for the read the sink took (``raw_head``): what it holds is written now
+        # (``on_data(b"")``) when more is to come, with the answer's end otherwise.
+        if (body or left) and exchange.on_data(body) and not self.reading_paused:
             self.pause()
         if left == 0:
             self._keep_alive = True  # HTTP/1.1 with no Connection field but keep-alive (``raw_head``)
@@ -273,7 +275,8 @@ class Http1Upstream(asyncio.Protocol):
     def start_raw(self, head: bytes, sink: Any) -> None:
         """Send a complete bodiless request (``head``, already encoded); the answer goes to ``sink``, which
         has ``Http1Exchange``'s callbacks (``on_head``, ``on_data``, ``on_done``, ``on_error``,
-        ``complete``, ``status``) and ``raw_head`` (``proxy.fastpath``). A sink that sets ``_done`` in
+        ``complete``, ``status``) and ``raw_head`` (``proxy.fastpath``: it takes the answer's first read and
+        writes it with ``on_data(b"")`` when more is to come, or ``on_done``). A sink that sets ``_done`` in
         ``on_done`` is done with the connection: it goes back to its pool when ``on_done`` returns
         (``_maybe_idle``), with no ``exchange_released`` call."""
         assert self.transport is not None and self.exchange is None

@@ -178,24 +178,28 @@ class CountingSink:
         self.parsed: tuple[int, list] | None = None
         self._ended = True  # the request went whole with its head
         self._done = False  # the answer ended: the connection may serve another request
+        self.calls: list[str] = []  # on_data (with its size) and on_done, in order
 
-    def raw_head(self, data: bytes) -> tuple[int, int] | None:
+    def raw_head(self, data: bytes) -> int | None:
         from proxy.protocol.relayed_head import relayable_head
 
         relayable = relayable_head(data)
         if relayable is None:
             return None
-        self.head, self.status, length, body_at = relayable
-        return body_at, length
+        relayed, self.status, length, head_size = relayable
+        self.head, self.body = relayed[:head_size], relayed[head_size:]
+        return length - len(self.body)
 
     def on_head(self, status: int, headers: list) -> None:
         self.status, self.parsed = status, (status, headers)
 
     def on_data(self, data: bytes) -> bool:
+        self.calls.append(f"on_data({len(data)})")
         self.body += data
         return False
 
     def on_done(self) -> None:
+        self.calls.append("on_done")
         self.done = self.complete = self._done = True
 
     def on_error(self, error: UpstreamError) -> None:
@@ -215,11 +219,13 @@ def test_a_relayed_answer_is_framed_by_counting_its_body_across_reads_and_the_co
         conn, transport, idle, sink = started_raw()
         conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{\"a\"")
         assert sink.head.startswith(b"HTTP/1.1 200 OK") and sink.parsed is None and sink.body == b'{"a"'
-        assert not sink.done
+        # what the sink took with the head is to be written now, not with the next read: on_data(b"")
+        assert not sink.done and sink.calls == ["on_data(0)"]
         conn.data_received(b':"bc"')
         assert not sink.done
         conn.data_received(b"}")
         assert sink.body == b'{"a":"bc"}' and sink.done and sink.error is None
+        assert sink.calls == ["on_data(0)", "on_data(5)", "on_data(1)", "on_done"]
         conn.exchange_released(sink)
         assert idle == [conn] and conn.reusable and not transport.closed
         # the next answer, to a request through the full pipeline, is parsed as usual on the same connection
@@ -250,6 +256,16 @@ def test_a_relayed_head_the_parser_finds_invalid_is_a_502():
         conn.data_received(b"HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 2\r\n\r\n{}")
         assert sink.error is not None and sink.error.status == 502 and "invalid HTTP response" in sink.error.message
         assert transport.closed and not sink.done
+
+    run(scenario())
+
+
+def test_an_answer_whole_in_its_first_read_is_written_once_with_its_end():
+    async def scenario() -> None:
+        conn, _, idle, sink = started_raw()
+        conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        assert (sink.head, sink.body, sink.calls) == (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", b"ok", ["on_done"])
+        assert idle == [conn]  # given back to the pool as the answer ended
 
     run(scenario())
 
