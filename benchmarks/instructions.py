@@ -24,6 +24,14 @@ reaches the proxy on its own (as in the timed cell, where the sandbox is the slo
 does not depend on how many events a slow proxy under callgrind would find batched in one read.
 After ``--warmup`` ÷ 4 events: dump, ``--events`` events, dump; instructions ÷ events.
 
+exec stdout relay (``--cells exec``): the ``exec`` cell of ``python -m benchmarks``
+(``harness.measure_exec``): ``head -c N /dev/zero`` in the sandbox's pod over WebSocket (v5), stdout
+read to the end, through each proxy (both reach the Python sandbox over HTTP/1.1 and relay the upgraded
+connection's bytes). After one warm-up session: a session of ``--exec-small`` bytes and one of
+``--exec-mib`` MiB, each counted from its request to its end; the difference ÷ the difference in bytes
+is the relay's cost per MiB, with the session's own cost (routing, decision, audit, the 101, set-up
+and close) taken out; the small session's count is that per-session cost.
+
 Paced GETs (``--cells paced``): the paced cell of ``python -m benchmarks`` sends GETs at 1,000/s over
 10 keep-alive HTTP/1.1 connections, so each request arrives alone and pays in full what a loop
 iteration and a wake-up cost. Here ``--requests`` GETs go one at a time, round-robin over
@@ -196,6 +204,26 @@ async def count_watch_events(procs: harness.Processes, pid: int, ep: load.Endpoi
     return {"events": relayed, "instructions": instructions, "instructions_per_event": round(instructions / max(1, relayed))}
 
 
+async def count_exec(procs: harness.Processes, pid: int, ep: load.Endpoint, mib: int, small: int) -> dict:
+    """Instructions per MiB of exec stdout relayed by ``pid``, and per session (see the module docstring)."""
+    pod = harness.GET_PATH
+
+    async def session(nbytes: int) -> tuple[int, int]:
+        _zero_counters(procs, pid)
+        received, _ = await load.exec_stdout(ep, pod, nbytes)
+        await asyncio.sleep(0.5)  # the proxy sees both ends close
+        if received != nbytes:
+            raise RuntimeError(f"exec through {ep.authority} relayed {received} of {nbytes} bytes")
+        return received, _counted_since_zero(procs, pid)
+
+    await session(small)  # warm-up: the upstream connection's first use, imports, caches
+    small_bytes, small_instructions = await session(small)
+    big_bytes, big_instructions = await session(mib * 2**20)
+    per_mib = (big_instructions - small_instructions) / (big_bytes - small_bytes) * 2**20
+    return {"bytes": big_bytes, "instructions": big_instructions, "instructions_per_session": small_instructions,
+            "instructions_per_mib": round(per_mib)}
+
+
 async def count_paced(procs: harness.Processes, pid: int, ep: load.Endpoint, requests: int, warmup: int,
                       clients: int, gap: float, idle: float) -> dict:
     """Instructions per lone GET and per second of idle (see the module docstring, ``--cells paced``)."""
@@ -258,7 +286,7 @@ async def count_paced(procs: harness.Processes, pid: int, ep: load.Endpoint, req
 
 
 def run(requests: int, warmup: int, clients: int, keep: str | None = None, cells: tuple[str, ...] = ("requests",),
-        events: int = 500, gap: float = 0.005, idle: float = 10.0) -> dict:
+        events: int = 500, gap: float = 0.005, idle: float = 10.0, exec_mib: int = 32, exec_small: int = 1024) -> dict:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind (with callgrind_control) is not installed")
     load.install_uvloop()
@@ -287,6 +315,15 @@ def run(requests: int, warmup: int, clients: int, keep: str | None = None, cells
                       f"{kg['idle_instructions_per_second']:,}/s idle, {kg['instructions_per_connection']:,}/connection; "
                       f"nginx {ng['instructions_per_lone_request']:,}, {ng['idle_instructions_per_second']:,}/s, "
                       f"{ng['instructions_per_connection']:,} ({report['paced']['ratio']}× in the paced cell)",
+                      file=sys.stderr, flush=True)
+            if "exec" in cells:
+                kg = await count_exec(procs, kubegate_pid, procs.through_proxy(), exec_mib, exec_small)
+                ng = await count_exec(procs, procs.nginx_pid, procs.through_nginx(), exec_mib, exec_small)
+                report["exec"] = {"mib": exec_mib, "kubegate": kg, "nginx": ng,
+                                  "ratio": round(kg["instructions_per_mib"] / max(1, ng["instructions_per_mib"]), 2)}
+                print(f"  exec stdout: kubegate {kg['instructions_per_mib']:,} instructions/MiB "
+                      f"({kg['instructions_per_session']:,}/session), nginx {ng['instructions_per_mib']:,} "
+                      f"({ng['instructions_per_session']:,}/session) ({report['exec']['ratio']}×)",
                       file=sys.stderr, flush=True)
             if "events" in cells:
                 warm = max(10, warmup // 4)
@@ -355,6 +392,14 @@ def render(report: dict) -> str:
             lines.append(f"| {'HTTP/1.1' if c['protocol'] == 'h1' else 'h2'} | {c['kubegate']['instructions_per_request']:,} | "
                          f"{c['nginx']['instructions_per_request']:,} | {c['ratio']:.2f}× | "
                          f"{format(bare['instructions_per_request'], ',') if bare else '—'} |")
+    e = report.get("exec")
+    if e:
+        if lines:
+            lines.append("")
+        lines += [f"exec stdout relay over WebSocket, {e['mib']} MiB, counted by callgrind (commit {report['commit']}): "
+                  f"kubegate {e['kubegate']['instructions_per_mib']:,} instructions/MiB "
+                  f"({e['kubegate']['instructions_per_session']:,} per session), nginx "
+                  f"{e['nginx']['instructions_per_mib']:,} ({e['nginx']['instructions_per_session']:,}) ({e['ratio']:.2f}×)"]
     w = report.get("watch_events")
     if w:
         if lines:
@@ -373,7 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--cells", default="requests",
-                        help="comma-separated: requests (GET cells), events (watch events), paced (lone GETs)")
+                        help="comma-separated: requests (GET cells), events (watch events), paced (lone GETs), "
+                             "exec (exec stdout relay)")
+    parser.add_argument("--exec-mib", type=int, default=32, help="MiB of exec stdout counted (--cells exec)")
+    parser.add_argument("--exec-small", type=int, default=1024,
+                        help="bytes of the small exec session whose count is taken out (--cells exec)")
     parser.add_argument("--events", type=int, default=500, help="watch events counted (--cells events)")
     parser.add_argument("--gap", type=float, default=5.0, help="ms between an answer and the next lone GET (--cells paced)")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle counted (--cells paced)")
@@ -381,10 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", help="copy callgrind's dumps into this directory (for callgrind_annotate)")
     args = parser.parse_args(argv)
     cells = tuple(c.strip() for c in args.cells.split(",") if c.strip())
-    unknown = set(cells) - {"requests", "events", "paced"}
+    unknown = set(cells) - {"requests", "events", "paced", "exec"}
     if unknown:
         parser.error(f"unknown cells: {', '.join(sorted(unknown))}")
-    report = run(args.requests, args.warmup, args.clients, args.keep, cells, args.events, args.gap / 1000, args.idle)
+    report = run(args.requests, args.warmup, args.clients, args.keep, cells, args.events, args.gap / 1000, args.idle,
+                 args.exec_mib, args.exec_small)
     print(render(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

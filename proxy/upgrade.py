@@ -42,8 +42,19 @@ def encode_101(headers: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join(parts)
 
 
-class _Side(asyncio.Protocol):
-    """One end of the relay: bytes received here are written to ``peer``'s transport."""
+READ_BUFFER_MIN = 16 * 1024  # a side's first read buffer; it grows to what the transport has ready
+READ_BUFFER_MAX = 256 * 1024 + 256  # uvloop's TLS reads ask for what is pending (at most 256 KiB) + 256
+
+
+class _Side(asyncio.BufferedProtocol):
+    """One end of the relay: bytes read here are written to ``peer``'s transport.
+
+    A buffered protocol: the transport reads (a TLS transport: decrypts) straight into this side's
+    buffer, and the peer's transport is written a view of it; no bytes object per read or per TLS
+    record, no join of a read's records. The buffer is used again for the next read only when the
+    peer's transport kept nothing of the write (``get_write_buffer_size()`` is 0: a TLS transport
+    encrypts what it is given at once); otherwise the next read gets a new one and the old stays with
+    the bytes queued in it."""
 
     def __init__(self, session: UpgradeSession, name: str) -> None:
         self.session = session
@@ -53,8 +64,28 @@ class _Side(asyncio.Protocol):
         self.bytes = 0
         self.eof = False
         self.lost = False
+        self._buffer: memoryview | None = None
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        buffer = self._buffer
+        if buffer is None or len(buffer) < sizehint:
+            size = len(buffer) * 2 if buffer is not None else READ_BUFFER_MIN
+            size = min(max(size, sizehint), READ_BUFFER_MAX)
+            buffer = self._buffer = memoryview(bytearray(size))
+        return buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        buffer = self._buffer
+        assert buffer is not None
+        data = buffer[:nbytes]
+        self.data_received(data)
+        peer = self.peer
+        if nbytes == len(buffer) and nbytes < READ_BUFFER_MAX:
+            self._buffer = None  # filled: the next read gets a larger buffer
+        elif peer is not None and peer.transport is not None and peer.transport.get_write_buffer_size():
+            self._buffer = None  # the peer's transport may still hold the view: never write over it
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self.bytes += len(data)
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.lost:
@@ -68,6 +99,7 @@ class _Side(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self._buffer = None
         self.session.side_ended(self)
 
     def pause_writing(self) -> None:
@@ -231,6 +263,7 @@ class UpgradeSession:
         self.upstream.transport = up.transport
         client_transport.set_protocol(self.client)
         up.take_over(self.upstream)
+        up.transport.set_protocol(self.upstream)  # reads go straight to the relay (a buffered protocol)
         if up.reading_paused:
             up.resume()
         # The tap must exist before the first relayed bytes: a SPDY tap that misses a header block loses

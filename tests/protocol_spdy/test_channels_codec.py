@@ -276,3 +276,55 @@ def test_channel_tap_counts_match_the_messages_sent(messages, chunk):
         tap.feed_client(raw[i : i + chunk])
     assert not tap.failed, tap.failure
     assert tap.bytes_from_client == expected
+
+
+def _tap_state(tap: ch.ChannelTap) -> tuple:
+    return (tap.failed, tap.failure, tap.bytes_from_client, tap.bytes_from_server, bytes(tap.error_data),
+            tap.closed_channels, tap.close_seen, tap.exit_code(), tap.server_at_boundary())
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    messages=st.lists(st.tuples(st.sampled_from(["client", "server"]), st.sampled_from([0, 1, 2, 3, 4, 255]),
+                                st.sampled_from([0, 1, 2, 124, 125, 126, 300, 65535, 65536]),
+                                st.booleans(), st.booleans()), max_size=8),
+    cuts=st.lists(st.integers(1, 70_000), min_size=1, max_size=4),
+    garbage=st.booleans(),
+)
+def test_channel_tap_whole_frames_skimmed_count_as_when_every_payload_is_read(messages, cuts, garbage):
+    """Reads holding whole one-frame messages take a shorter way through the tap (headers parsed in place,
+    payloads only counted) unless something reads the payloads (a content observer, as for a recorded
+    session). Whatever the messages (every channel, the three length encodings, fragments, pings, masked
+    client frames, bytes that are not WebSocket) and wherever reads cut them, a tap ends in the same state
+    as one with an observer, which takes every frame the long way."""
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import BytesMessage, Ping
+
+    client = Connection(ConnectionType.CLIENT)
+    server = _server_side()
+    raw = {"client": b"", "server": b""}
+    for side, channel, size, fragmented, ping in messages:
+        payload = bytes((channel,)) + bytes(range(256)) * (size // 256) + b"q" * (size % 256)
+        if side == "client":
+            if fragmented and size > 1:
+                raw[side] += client.send(BytesMessage(data=payload[: size // 2], message_finished=False))
+                raw[side] += client.send(BytesMessage(data=payload[size // 2 :], message_finished=True))
+            else:
+                raw[side] += client.send(BytesMessage(data=payload))
+            if ping:
+                raw[side] += client.send(Ping(b"p"))
+        else:
+            raw[side] += server.send(payload if channel != 3 else b'\x03{"metadata":{},"status":"Success"}')
+    if garbage:
+        raw["server"] += b"\xf3\x80abcd"
+    skimmed = ch.ChannelTap("v5.channel.k8s.io")
+    read = ch.ChannelTap("v5.channel.k8s.io", on_data=lambda side, stream, chunk: None)
+    for side in ("client", "server"):
+        data, i, k = raw[side], 0, 0
+        while i < len(data):
+            step = cuts[k % len(cuts)]
+            for tap in (skimmed, read):
+                (tap.feed_client if side == "client" else tap.feed_server)(data[i : i + step])
+            i, k = i + step, k + 1
+    assert _tap_state(skimmed) == _tap_state(read)
+    assert garbage == skimmed.failed

@@ -179,7 +179,8 @@ def test_channel_tap_copies_only_frame_headers_in_tiny_reads():
         tap.feed_server(chunk)
     assert not tap.failed, tap.failure
     assert tap.bytes_from_server[1] == MEGABYTES * 16 * 65_000
-    assert tap.copied_bytes == 4 * MEGABYTES * 16  # a 4-byte header per frame, nothing else
+    # at most a 4-byte header per frame, nothing else (a header whole in a read is read in place)
+    assert tap.copied_bytes <= 4 * MEGABYTES * 16
 
 
 @pytest.mark.parametrize("read_size", [1, 3, 1 << 20])

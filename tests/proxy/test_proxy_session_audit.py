@@ -217,3 +217,22 @@ def test_a_port_forward_is_audited_with_the_bytes_of_its_data_streams(k, kubectl
             assert "tap_failed" not in end
         finally:
             k("delete", "pod", name, "-n", "dev", "--wait=false")
+
+
+def test_a_client_reading_slowly_gets_every_byte_in_order_and_the_counts_match(popen_kubectl, kubectl, px):
+    """Backpressure on the relay's reused read buffers: kubectl's stdout is a pipe nobody reads for a while,
+    so kubectl stops reading, kubegate's writes toward it queue up and the upstream's reads pause; then the
+    pipe is drained. Every byte of ``seq`` (a different byte at every offset, so a read buffer written over
+    while a write still held it would show) arrives in order, and the tap counted them all."""
+    count = 400_000
+    expected = b"".join(b"%d\n" % i for i in range(1, count + 1))  # ~2.7 MB, several MB-sized TCP windows
+    marker = uuid.uuid4().hex
+    proc = popen_kubectl("exec", "-n", "dev", "web-1", "--", "sh", "-c", f"seq 1 {count}; echo {marker} >&2")
+    assert proc.stdout is not None
+    time.sleep(3)  # the pipe (64 KiB) and the socket buffers fill; kubegate holds the rest back
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out == expected
+    _, end = _session(px, marker)
+    assert end["stream_bytes"]["stdout"]["from_server"] == len(expected)
+    assert len(expected) < end["bytes_to_client"] < len(expected) + 40_000
