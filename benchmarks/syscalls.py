@@ -10,9 +10,10 @@ thread) while ``--requests`` GETs of the benchmark pod are sent at ``--rate`` pe
 client on its own schedule (as ``load.run_load`` paces them); the system calls each thread made ÷
 requests. ``perf trace`` costs the traced process a little per system call, so the rate is lower than
 the paced cell's 1,000/s by default: each request still arrives alone, the count per request is the
-same. Then ``--idle`` seconds with the connections open and no request: each proxy's CPU time and
-system calls per second while idle (timers, threads waking), which the paced cell spreads over its
-requests (at 1,000 requests/s, 1 ms of CPU per second is 1 µs per request).
+same. Then ``--idle`` seconds with the connections open and no request, untraced, and as long again
+traced: each proxy's CPU time, wake-ups and system calls per second while idle (timers, threads
+waking), which the paced cell spreads over its requests (at 1,000 requests/s, 1 ms of CPU per second
+is 1 µs per request).
 
 Before the traced run, the same paced GETs untraced: page faults and context switches per request (and
 CPU time from the scheduler's nanosecond count, ``/proc/<pid>/task/*/schedstat``: unlike the counts, it
@@ -148,10 +149,11 @@ async def measure(pid: int, ep: load.Endpoint, label: str, requests: int, rate: 
         per_request = {t: {k: round(v / ok, 2) for k, v in sorted(c.items(), key=lambda kv: -kv[1])}
                        for t, c in threads.items()}
         # idle: connections open, nothing sent
-        traced = Traced(worker, workdir / f"{label}-idle.perf")
-        idle0 = task_counters(worker)
+        idle0 = task_counters(worker)  # untraced (perf's own cost would count), then traced for the calls
         await asyncio.sleep(idle)
         idle1 = task_counters(worker)
+        traced = Traced(worker, workdir / f"{label}-idle.perf")
+        await asyncio.sleep(idle)
         idle_threads = traced.stop()
     finally:
         for conn in conns:
