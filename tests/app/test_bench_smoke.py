@@ -79,6 +79,23 @@ def test_several_runs_are_reported_as_each_figures_median():
     assert merged["meta"]["runs"] == 3 and len(merged["meta"]["json_paths"]) == 3
 
 
+def test_the_paced_instruction_cell_is_rendered_per_part_and_as_the_cells_ratio():
+    from benchmarks.instructions import render
+
+    def part(lone: int, idle: int, connection: int, cell: int) -> dict:
+        return {"requests": 500, "instructions_per_lone_request": lone, "idle_instructions_per_second": idle,
+                "instructions_per_connection": connection, "instructions_per_request_in_paced_cell": cell}
+
+    report = {"commit": "abc1234", "cells": [], "paced": {
+        "clients": 10, "gap_ms": 5.0, "ratio": 1.35, "kubegate": part(121_794, 643_682, 9_081_667, 152_710),
+        "nginx": part(83_533, 36, 8_911_086, 113_237)}}
+    text = render(report)
+    assert "Paced GET: 500 requests one at a time over 10 HTTP/1.1 connections, 5 ms apart" in text
+    assert "| kubegate | 121,794 | 643,682 | 9,081,667 | 152,710 |" in text
+    assert "| nginx | 83,533 | 36 | 8,911,086 | 113,237 |" in text
+    assert "| kubegate ÷ nginx | | | | 1.35× |" in text
+
+
 def test_system_calls_are_read_per_thread_from_perf_trace_summary():
     from benchmarks.syscalls import parse_perf_summary
 
