@@ -10,6 +10,7 @@ are held.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import subprocess
 import sys
@@ -73,7 +74,14 @@ def _read_once(mode: str) -> dict:
     return json.loads(done.stdout)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def _glibc_with_mallinfo2() -> bool:
+    try:
+        return hasattr(ctypes.CDLL(None), "mallinfo2")  # glibc 2.33+
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="glibc's allocator (mallinfo2: glibc 2.33+)")
 def test_a_tls_read_is_a_mapping_of_its_own_by_default_and_comes_from_the_heap_once_tuned():
     default = _read_once("default")
     assert default["read"] == 2400
