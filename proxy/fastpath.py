@@ -43,7 +43,7 @@ from proxy.headers import content_length, rewrite_response_headers
 from proxy.protocol.audit_line import request_line
 from proxy.protocol.events import RequestHead, ResponseHead
 from proxy.protocol.http1 import response_head_bytes
-from proxy.protocol.relayed_head import relayable_head
+from proxy.protocol.relayed_head import relayable_head, relayed_fields
 from proxy.upstream.base import UpstreamError
 from rbac.status import REASONS, status_body
 
@@ -378,7 +378,7 @@ class CodecFastExchange(FastExchange):
     HTTP/2 streams go on meanwhile. A stream that may not be written (a full socket buffer, a shut
     window) waits like the full pipeline (``ClientConnection.drain``), the upstream paused meanwhile."""
 
-    __slots__ = ("key", "request")
+    __slots__ = ("key", "request", "_fields")
 
     def __init__(
         self, fwd: Forwarder, conn: ClientConnection, plan: Plan, request: RequestHead, upstream: Http1Upstream,
@@ -387,6 +387,7 @@ class CodecFastExchange(FastExchange):
         """Start the request (``FastExchange.__init__``) on its own stream."""
         self.request = request  # served again by the full pipeline if the upstream fails before answering
         self.key = key  # remembered with ``plan`` once answered
+        self._fields: list[tuple[bytes, bytes]] | None = None  # HTTP/2: the answer's fields (``raw_head``)
         FastExchange.__init__(self, fwd, conn, plan, b"", upstream, request.stream_id)
 
     def on_body(self, data: bytes) -> None:  # pragma: no cover - a planned request has no body (content-length 0)
@@ -397,25 +398,47 @@ class CodecFastExchange(FastExchange):
 
     def raw_head(self, data: bytes) -> int | None:
         """As ``FastExchange.raw_head`` when the codec can write such a head for this request (HTTP/1.1,
-        keep-alive, no HEAD; ``Http1ServerConnection.takes_relayed_head``); h2 encodes the parsed fields."""
+        keep-alive, no HEAD; ``Http1ServerConnection.takes_relayed_head``). HTTP/2 takes the same answers
+        as their fields (``relayed_fields``: split in C, without the parser's call per field), which its
+        codec encodes."""
         codec = self.conn.codec
-        if codec.http_version == "2" or not codec.takes_relayed_head(self.sid):
+        if codec.http_version == "2":
+            if self.finished:
+                return None
+            taken = relayed_fields(data, self.request_id.encode("ascii"))
+            if taken is None:
+                return None
+            self._fields, self.status, length, body = taken
+            self._head = body  # the body's bytes that came with the head, sent after it
+            self._length = length
+            self.bytes_out = len(body)
+            self.head_seconds = time.perf_counter() - self.started
+            return length - len(body)
+        if not codec.takes_relayed_head(self.sid):
             return None
         return FastExchange.raw_head(self, data)
 
-    def _send_relayed_head(self) -> None:
-        """The relayed head to the codec, then the body's bytes that came with it (``raw_head``)."""
+    def _send_relayed_head(self, end: bool = False) -> None:
+        """The head ``raw_head`` took to the codec (HTTP/1.1: as bytes; HTTP/2: its fields), then the body's
+        bytes that came with it; ``end``: they are the whole answer (the stream ends with them)."""
         relayed = self._head
-        if relayed is not None:
-            self._head = None
-            self._written = True
-            received = self.bytes_out  # the body's bytes in the relayed bytes (no more counted yet)
-            conn = self.conn
+        if relayed is None:
+            return
+        self._head = None
+        self._written = True
+        received = self.bytes_out  # the body's bytes that came with the head (no more counted yet)
+        conn = self.conn
+        fields = self._fields
+        if fields is not None:
+            self._fields = None
+            conn.send_head(ResponseHead(self.sid, self.status, fields, content_length=self._length), end and not received)
             if received:
-                conn.send_relayed_head(self.sid, relayed[:-received], self._length)
-                conn.send_body(self.sid, relayed[-received:])
-            else:
-                conn.send_relayed_head(self.sid, relayed, self._length)
+                conn.send_body(self.sid, relayed, end)
+        elif received:
+            conn.send_relayed_head(self.sid, relayed[:-received], self._length)
+            conn.send_body(self.sid, relayed[-received:], end)
+        else:
+            conn.send_relayed_head(self.sid, relayed, self._length)
 
     def _send_head(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
         self._written = True
@@ -460,9 +483,9 @@ class CodecFastExchange(FastExchange):
         if self.finished:
             return
         if self._head is not None:
-            self._send_relayed_head()
+            self._send_relayed_head(True)
         self._written = True
-        self.conn.send_end(self.sid)
+        self.conn.send_end(self.sid)  # nothing more when the answer's last bytes ended the stream
         self.conn.flush_soon()
         self._done = True  # the upstream connection gives itself back to its pool on return (``_maybe_idle``)
         self._finish()

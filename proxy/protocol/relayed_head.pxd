@@ -37,3 +37,11 @@ cpdef object relayable_head(bytes head, bytes request_id=*)
 @cython.locals(n=Py_ssize_t, extra=Py_ssize_t, size=Py_ssize_t, tail=Py_ssize_t, at=Py_ssize_t, out=cython.p_char,
                src=cython.p_char, spliced=bytes)
 cdef bytes _spliced(bytes head, Py_ssize_t body_at, Py_ssize_t cut_from, Py_ssize_t cut_to, bytes request_id)
+
+@cython.locals(head_size=Py_ssize_t, fields=list)
+cpdef object relayed_fields(bytes data, bytes request_id)
+@cython.locals(fields=list, at=Py_ssize_t, end_of_fields=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t,
+               colon=Py_ssize_t, stop=Py_ssize_t, value_start=Py_ssize_t)
+cdef list _fields(bytes head, Py_ssize_t head_size)
+@cython.locals(lowered=bytes, out=cython.p_char, i=Py_ssize_t, byte=cython.uchar)
+cdef bytes _lowered(bytes head, Py_ssize_t start, Py_ssize_t stop)

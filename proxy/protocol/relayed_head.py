@@ -233,3 +233,54 @@ def _spliced(head: bytes, body_at: int, cut_from: int, cut_to: int, request_id: 
         return spliced
     added = _ID_FIELD + request_id + b"\r\n" if request_id else b""
     return head[:cut_from] + head[cut_to : body_at - 2] + added + b"\r\n" + head[body_at:]
+
+
+def relayed_fields(data: bytes, request_id: bytes) -> tuple[list[tuple[bytes, bytes]], int, int, bytes] | None:
+    """The answer ``relayable_head`` allows in ``data`` (its first read) as fields, for a codec that writes
+    its own head (HTTP/2): (the head's fields, names lower-cased and values without their surrounding blanks
+    as the parsed path has them,
+    a plain ``Connection: keep-alive`` left out and ``x-kubegate-request-id: request_id`` added last; the
+    status; the body's length; the body's bytes that came in ``data``), or None (``relayable_head`` says
+    no, or a line is not ``name: value``, e.g. a folded one: the parsed path takes the answer)."""
+    relayable = relayable_head(data)
+    if relayable is None:
+        return None
+    head, status, length, head_size = relayable
+    fields = _fields(head, head_size)
+    if fields is None:
+        return None
+    fields.append((REQUEST_ID_HEADER, request_id))
+    return fields, status, length, head[head_size:] if head_size < len(head) else b""
+
+
+def _fields(head: bytes, head_size: int) -> list[tuple[bytes, bytes]] | None:
+    """The ``name: value`` lines of ``head[:head_size]`` past its status line (see ``relayed_fields``)."""
+    fields = []
+    at = _line_end(head, 0, head_size)
+    end_of_fields = head_size - 4  # the last field line's "\r\n" (the blank line's follows it)
+    while at < end_of_fields:
+        start = at + 2
+        end = _line_end(head, start, head_size)
+        colon = _colon(head, start, end)
+        if colon <= start or head[start] == _SPACE or head[start] == _TAB:
+            return None
+        stop = colon
+        while head[stop - 1] == _SPACE or head[stop - 1] == _TAB:
+            stop -= 1
+        value_start = _value_start(head, colon + 1, end)
+        fields.append((_lowered(head, start, stop), head[value_start : _value_end(head, value_start, end)]))
+        at = end
+    return fields
+
+
+def _lowered(head: bytes, start: int, stop: int) -> bytes:
+    """``head[start:stop].lower()``: compiled, made in place."""
+    if cython.compiled:
+        lowered = PyBytes_FromStringAndSize(cython.NULL, stop - start)  # noqa: F821 - cimported by the .pxd
+        out = PyBytes_AS_STRING(lowered)  # noqa: F821 - written before anything else sees it
+        for i in range(stop - start):
+            byte = head[start + i]
+            out[i] = byte + 0x20 if 0x41 <= byte <= 0x5A else byte
+        return lowered
+    return head[start:stop].lower()
+

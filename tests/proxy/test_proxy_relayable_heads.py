@@ -8,9 +8,10 @@ from __future__ import annotations
 import random
 import re
 
+import httptools
 import pytest
 
-from proxy.protocol.relayed_head import relayable_head
+from proxy.protocol.relayed_head import relayable_head, relayed_fields
 
 NGINX = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 07 Dec 2026 03:40:00 GMT\r\n"
@@ -160,3 +161,56 @@ def test_the_one_pass_scan_agrees_with_the_rules_written_as_patterns():
         assert relayable_head(head + body, request_id) == with_body, head + body
         relayed += expected is not None
     assert relayed > 100  # the corpus reaches both answers
+
+
+def _parsed_fields(head: bytes) -> list[tuple[bytes, bytes]] | None:
+    """The fields of ``head`` as the parsed path has them: httptools' callbacks, names lower-cased (and
+    values without trailing blanks, which httptools leaves and HTTP/2 forbids: RFC 9113 §8.2.1); None
+    for a head httptools refuses (the upstream connection's parser refuses it on every path)."""
+
+    class Fields:
+        def __init__(self) -> None:
+            self.fields: list[tuple[bytes, bytes]] = []
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.fields.append((name.lower(), value.strip(b" \t")))  # a value's blanks are not part of it
+
+    sink = Fields()
+    try:
+        httptools.HttpResponseParser(sink).feed_data(head)
+    except httptools.HttpParserError:
+        return None
+    return sink.fields
+
+
+def test_http2_takes_the_same_answers_as_fields_the_parsed_path_would_have():
+    """``relayed_fields`` (an HTTP/2 client's answer, whose head its codec encodes): every head
+    ``relayable_head`` takes, as the fields httptools gives the parsed path, less a plain
+    ``Connection: keep-alive``, plus the request id; and the body's bytes that came with it. (The parsed
+    path keeps a value's trailing blanks, which an HTTP/2 field may not have: these are stripped.)"""
+    rng = random.Random(11)
+    taken = 0
+    for _ in range(2000):
+        lines = rng.sample(_LINES[:-3] + _LINES[-1:], rng.randint(0, 7))  # no folded or colon-less line
+        lines.insert(rng.randint(0, len(lines)), b"Content-Length: 14")
+        head = b"HTTP/1.1 200 OK" + b"".join(b"\r\n" + line for line in lines) + b"\r\n\r\n"
+        body = b'{"kind":"Pod"}'[: rng.randint(0, 14)]
+        relayable = relayable_head(head)
+        got = relayed_fields(head + body, b"r-9")
+        if relayable is None:
+            assert got is None, head
+            continue
+        parsed = _parsed_fields(head)
+        if parsed is None:  # e.g. "Te : x": no path relays it (the framing parser fails the answer)
+            continue
+        taken += 1
+        dropped = [f for f in parsed if f[0] == b"connection"][:1]  # the first plain keep-alive
+        expected = [f for f in parsed if not (dropped and f is dropped[0])] + [(b"x-kubegate-request-id", b"r-9")]
+        assert got == (expected, 200, 14, body), head
+    assert taken > 200
+
+
+@pytest.mark.parametrize("line", [b" folded: x", b"NoColon", b":empty-name"])
+def test_a_head_with_a_line_that_is_not_a_field_is_left_to_the_parsed_path_on_http2(line):
+    assert relayed_fields(APISERVER.replace(b"Cache-Control: no-cache, private", line), b"r-1") is None
+
