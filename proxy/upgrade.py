@@ -42,8 +42,9 @@ def encode_101(headers: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join(parts)
 
 
-READ_BUFFER_MIN = 16 * 1024  # a side's first read buffer; it grows to what the transport has ready
-READ_BUFFER_MAX = 256 * 1024 + 256  # uvloop's TLS reads ask for what is pending (at most 256 KiB) + 256
+BULK_READ = 16 * 1024  # reads from this size on are bulk transfer: their buffer is kept for the next read
+READ_BUFFER_BULK = 256 * 1024 + 256  # uvloop's TLS reads ask for what is pending (at most 256 KiB) + 256
+READ_BUFFER_UNSIZED = 64 * 1024  # a transport that does not say what it has (plain TCP asks with -1)
 
 
 class _Side(asyncio.BufferedProtocol):
@@ -51,10 +52,10 @@ class _Side(asyncio.BufferedProtocol):
 
     A buffered protocol: the transport reads (a TLS transport: decrypts) straight into this side's
     buffer, and the peer's transport is written a view of it; no bytes object per read or per TLS
-    record, no join of a read's records. The buffer is used again for the next read only when the
-    peer's transport kept nothing of the write (``get_write_buffer_size()`` is 0: a TLS transport
-    encrypts what it is given at once); otherwise the next read gets a new one and the old stays with
-    the bytes queued in it."""
+    record, no join of a read's records. During bulk transfer the buffer is used again for the next read,
+    but only when the peer's transport kept nothing of the write (``get_write_buffer_size()`` is 0: a TLS
+    transport encrypts what it is given at once); otherwise the next read gets a new one and the old stays
+    with the bytes queued in it. After a small read (an interactive or idle session) none is kept."""
 
     def __init__(self, session: UpgradeSession, name: str) -> None:
         self.session = session
@@ -68,22 +69,22 @@ class _Side(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         buffer = self._buffer
-        if buffer is None or len(buffer) < sizehint:
-            size = len(buffer) * 2 if buffer is not None else READ_BUFFER_MIN
-            size = min(max(size, sizehint), READ_BUFFER_MAX)
+        if buffer is None or len(buffer) < min(sizehint, READ_BUFFER_BULK):  # (the transport reads what fits)
+            if sizehint <= 0:
+                size = READ_BUFFER_UNSIZED
+            else:
+                size = READ_BUFFER_BULK if sizehint > BULK_READ else sizehint
             buffer = self._buffer = memoryview(bytearray(size))
         return buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         buffer = self._buffer
         assert buffer is not None
-        data = buffer[:nbytes]
-        self.data_received(data)
+        self.data_received(buffer[:nbytes])
         peer = self.peer
-        if nbytes == len(buffer) and nbytes < READ_BUFFER_MAX:
-            self._buffer = None  # filled: the next read gets a larger buffer
-        elif peer is not None and peer.transport is not None and peer.transport.get_write_buffer_size():
-            self._buffer = None  # the peer's transport may still hold the view: never write over it
+        if nbytes < BULK_READ or (peer is not None and peer.transport is not None
+                                  and peer.transport.get_write_buffer_size()):
+            self._buffer = None  # a small read, or the peer's transport may still hold the view
 
     def data_received(self, data: bytes | memoryview) -> None:
         self.bytes += len(data)
