@@ -96,6 +96,20 @@ def test_the_paced_instruction_cell_is_rendered_per_part_and_as_the_cells_ratio(
     assert "| kubegate ÷ nginx | | | | 1.35× |" in text
 
 
+def test_the_exec_instruction_cell_is_rendered_per_mib_with_the_session_cost_apart():
+    from benchmarks.instructions import render
+
+    def proxy(per_mib: int, per_session: int) -> dict:
+        return {"bytes": 32 << 20, "instructions": 0, "instructions_per_mib": per_mib,
+                "instructions_per_session": per_session}
+
+    report = {"commit": "abc1234", "cells": [], "vector_copies": True, "exec": {
+        "mib": 32, "ratio": 0.96, "kubegate": proxy(7_782_245, 20_596_276), "nginx": proxy(8_145_221, 9_322_523)}}
+    text = render(report)
+    assert "exec stdout relay over WebSocket, 32 MiB, counted by callgrind (commit abc1234, copies as vector loops)" in text
+    assert "kubegate 7,782,245 instructions/MiB (20,596,276 per session), nginx 8,145,221 (9,322,523) (0.96×)" in text
+
+
 def test_system_calls_are_read_per_thread_from_perf_trace_summary():
     from benchmarks.syscalls import parse_perf_summary
 
