@@ -134,7 +134,7 @@ class UpgradeSession:
         self._notices: list[bytes] = []  # frames for the client's stdout, written at a frame boundary
         self.told = False  # the client was told why kubegate ends the session (see stop)
 
-    def observe(self, direction: str, data: bytes) -> None:
+    def observe(self, direction: str, data: bytes | memoryview) -> None:
         tap = self.tap
         if tap is not None and self.tapping:
             try:

@@ -431,10 +431,10 @@ class ChannelTap:
         inner = self.spdy_tap.copied_bytes if self.spdy_tap is not None else 0
         return self._scan["client"].copied + self._scan["server"].copied + inner
 
-    def feed_client(self, data: bytes) -> None:
+    def feed_client(self, data: bytes | memoryview) -> None:
         self._feed(self._scan["client"], data)
 
-    def feed_server(self, data: bytes) -> None:
+    def feed_server(self, data: bytes | memoryview) -> None:
         self._feed(self._scan["server"], data)
 
     def exit_code(self) -> int | None:
@@ -452,7 +452,7 @@ class ChannelTap:
 
     # ---- scanning
 
-    def _feed(self, d: _WsScan, data: bytes) -> None:
+    def _feed(self, d: _WsScan, data: bytes | memoryview) -> None:
         if self._failed or not data:
             return
         try:
@@ -593,7 +593,7 @@ class ChannelTap:
             d.mask_offset += len(chunk)
             return
         if self.spdy_tap is not None:
-            data = _unmask(chunk, d.mask, d.mask_offset) if d.mask else bytes(chunk)
+            data = _unmask(chunk, d.mask, d.mask_offset) if d.mask else chunk  # (the SPDY tap copies what it keeps)
             d.mask_offset += len(chunk)
             (self.spdy_tap.feed_client if d.side == "client" else self.spdy_tap.feed_server)(data)
             return
@@ -765,7 +765,7 @@ class SessionTap:
             return self.tap.ending(message, status, status_errors=status_errors)
         return self.tap.ending(message, status)
 
-    def __call__(self, direction: str, data: bytes) -> None:
+    def __call__(self, direction: str, data: bytes | memoryview) -> None:
         if direction == "client":
             self.tap.feed_client(data)
         else:

@@ -672,10 +672,10 @@ class SpdyTap:
         self._highest_stream = 0
         self._folded: dict[str, list[int]] = {}  # stream type -> [from_client, from_server] of forgotten streams
 
-    def feed_client(self, data: bytes) -> None:
+    def feed_client(self, data: bytes | memoryview) -> None:
         self._feed(self._dirs["client"], data)
 
-    def feed_server(self, data: bytes) -> None:
+    def feed_server(self, data: bytes | memoryview) -> None:
         self._feed(self._dirs["server"], data)
 
     @property
@@ -748,7 +748,7 @@ class SpdyTap:
                 return data_frame_header(stream.stream_id, 0, len(data)) + data
         return None
 
-    def _feed(self, d: _TapDirection, data: bytes) -> None:
+    def _feed(self, d: _TapDirection, data: bytes | memoryview) -> None:
         if self.failed or not data:
             return
         try:
