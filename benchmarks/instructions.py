@@ -447,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the report here")
     parser.add_argument("--keep", help="copy callgrind's dumps into this directory (for callgrind_annotate)")
     args = parser.parse_args(argv)
+    harness.rebuild_compiled()
     cells = tuple(c.strip() for c in args.cells.split(",") if c.strip())
     unknown = set(cells) - {"requests", "events", "paced", "exec"}
     if unknown:

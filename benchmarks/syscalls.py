@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle measured")
     args = parser.parse_args(argv)
+    harness.rebuild_compiled()
     print(json.dumps(run(args.requests, args.rate, args.clients, args.idle), indent=1))
     return 0
 
