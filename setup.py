@@ -24,7 +24,7 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 # Every module with a .pxd beside its .py in these packages is compiled.
-PACKAGES = ("proxy/protocol", "proxy/relay")
+PACKAGES = ("proxy", "proxy/protocol", "proxy/relay", "proxy/upstream")
 COMPILED = sorted(str(pxd.with_suffix(".py").relative_to(ROOT)) for package in PACKAGES for pxd in (ROOT / package).glob("*.pxd"))
 DIRECTIVES = {
     "language_level": 3,

@@ -35,3 +35,11 @@ Modules (one job each)::
 
 Without ``roles`` or ``policy`` the constructor raises: kubegate never allows everything by default.
 """
+
+from pathlib import Path as _Path
+
+from proxy.protocol import use_sources as _use_sources
+
+# The fast path's modules (fastpath, connection) are compiled where the build made them (setup.py, typed
+# by the .pxd beside each); KUBEGATE_PURE_PYTHON=1 makes a process import their .py files.
+_use_sources(__name__, _Path(__file__).resolve().parent)

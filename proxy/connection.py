@@ -23,13 +23,14 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from proxy import fastpath
 from proxy.fastpath import (
     FAST_SID,
     MAX_PLANNED_REQUEST,
     PLANS_PER_CONNECTION,
     CodecFastExchange,
     FastExchange,
+    h2_key,
+    usable,
 )
 from proxy.forward import Exchange
 from proxy.protocol.events import (
@@ -68,7 +69,10 @@ class _Cut(Exception):
     """Raised from ``_dispatch`` once the connection was cut for abuse: the rest of the events are dropped."""
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection:
+    """An asyncio protocol (every method an event loop calls is defined here; no ``asyncio.Protocol`` base,
+    which the compiled build, an extension type, cannot have)."""
+
     __slots__ = (
         "fwd", "peer_ip", "transport", "codec", "identity", "exchanges", "closed", "write_paused", "_read_paused",
         "_drain_waiters", "_window_waiters", "_header_timer", "_idle_timer", "_closing_after_flush", "upgraded",
@@ -134,7 +138,7 @@ class ClientConnection(asyncio.Protocol):
         self._flush()
         self._arm_idle()
 
-    # --- asyncio.Protocol -------------------------------------------------------------------------
+    # --- the asyncio protocol -------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         codec = self.codec
         if codec is None:
@@ -149,7 +153,7 @@ class ClientConnection(asyncio.Protocol):
             if not self.exchanges and len(data) <= MAX_PLANNED_REQUEST and codec.idle:
                 plan = plans.get(data)
                 if plan is not None:
-                    upstream = fastpath.usable(self.fwd, self, plan)
+                    upstream = usable(self.fwd, self, plan)
                     if upstream is not None:
                         self._served = True
                         FastExchange(self.fwd, self, plan, data, upstream)  # started as it is made
@@ -196,11 +200,11 @@ class ClientConnection(asyncio.Protocol):
             h2_plans = self.h2_plans
             key = self._plan_candidate  # HTTP/1.1: the request's bytes when it came whole and alone
             if h2_plans is not None:
-                key = fastpath.h2_key(event)
+                key = h2_key(event)
                 if key is not None:
                     plan = h2_plans.get(key)
                     if plan is not None:
-                        upstream = fastpath.usable(self.fwd, self, plan)
+                        upstream = usable(self.fwd, self, plan)
                         if upstream is not None:
                             CodecFastExchange(self.fwd, self, plan, event, upstream)  # started as it is made
                             return

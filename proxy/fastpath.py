@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -63,23 +62,32 @@ PLANS_PER_CONNECTION = 16  # remembered requests per connection (all forgotten w
 FAST_SID = 0  # the key of a fast exchange in ``ClientConnection.exchanges`` (codec streams are odd)
 
 
-@dataclass(slots=True)
 class Plan:
     """What the full pipeline made of one request, and the objects it was made from."""
 
-    cluster: Cluster
-    roles: Any
-    catalog: Any
-    pool: ClusterPool
-    credentials: UpstreamCredentials | None
-    # Unix time the plan holds until: the client certificate's expiry or, earlier, the end of its
-    # credentials' freshness (``ClusterPool.fresh_until``); inf when neither expires.
-    usable_until: float
-    head: bytes  # the upstream request head
-    verdict: Verdict
-    path: str  # for the audit line
-    locks_generation: object | None  # the lock list's generation when the identity was last found unlocked
-    audit_parts: tuple[bytes, bytes, bytes] | None = None  # audit.request_line_parts, made at first use
+    __slots__ = (
+        "cluster", "roles", "catalog", "pool", "credentials", "usable_until", "head", "verdict", "path",
+        "locks_generation", "audit_parts",
+    )  # fmt: skip
+
+    def __init__(
+        self, cluster: Cluster, roles: Any, catalog: Any, pool: ClusterPool, credentials: UpstreamCredentials | None,
+        usable_until: float, head: bytes, verdict: Verdict, path: str, locks_generation: object | None,
+        audit_parts: tuple[bytes, bytes, bytes] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.roles = roles
+        self.catalog = catalog
+        self.pool = pool
+        self.credentials = credentials
+        # Unix time the plan holds until: the client certificate's expiry or, earlier, the end of its
+        # credentials' freshness (``ClusterPool.fresh_until``); inf when neither expires.
+        self.usable_until = usable_until
+        self.head = head  # the upstream request head
+        self.verdict = verdict
+        self.path = path  # for the audit line
+        self.locks_generation = locks_generation  # the lock list's generation when the identity was last found unlocked
+        self.audit_parts = audit_parts  # audit.request_line_parts, made at first use
 
 
 def usable(fwd: Forwarder, conn: ClientConnection, plan: Plan) -> Http1Upstream | None:
@@ -127,8 +135,8 @@ class FastExchange:
         "_stop_reason", "_stall_timer", "_length", "_drainer",
     )  # fmt: skip
     # The same for every fast exchange (class attributes: nothing to store per request)
-    kind: str | None = None  # never long-lived
-    stream: Any = None
+    kind = None  # never long-lived
+    stream = None
     _ended = True  # the request (a GET without a body) is sent whole with its head
 
     def __init__(

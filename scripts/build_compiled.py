@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def compiled_sources() -> list[Path]:
     """The ``.py`` modules that ``setup.py`` compiles: those with a ``.pxd`` beside them."""
-    return sorted(pxd.with_suffix(".py") for package in ("protocol", "relay") for pxd in (ROOT / "proxy" / package).glob("*.pxd"))
+    return sorted(pxd.with_suffix(".py") for package in ("", "protocol", "relay", "upstream") for pxd in (ROOT / "proxy" / package).glob("*.pxd"))
 
 
 def built_module(source: Path) -> Path:

@@ -107,8 +107,9 @@ class Http1Exchange(UpstreamStream):
         return self.body.eof
 
 
-class Http1Upstream(asyncio.Protocol):
-    """One HTTP/1.1 connection to an API server."""
+class Http1Upstream:
+    """One HTTP/1.1 connection to an API server: an asyncio protocol (every method an event loop calls is
+    defined here; no ``asyncio.Protocol`` base, which the compiled build, an extension type, cannot have)."""
 
     def __init__(self, cluster_name: str, high_water: int, on_idle: object = None) -> None:
         self.cluster_name = cluster_name
@@ -137,7 +138,7 @@ class Http1Upstream(asyncio.Protocol):
         self._fresh = False  # the next read starts the answer to a fast-path request
         self._left = 0  # bytes of a counted answer still to come
 
-    # --- asyncio.Protocol -------------------------------------------------------------------------
+    # --- the asyncio protocol -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.loop = asyncio.get_running_loop()

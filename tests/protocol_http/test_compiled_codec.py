@@ -1,6 +1,7 @@
-"""The HTTP/2 and HTTP/1.1 server codecs are compiled (setup.py: Cython, from the same ``.py`` files,
-typed by the ``.pxd`` beside each), the suite runs against that build, and the pure-Python modules —
-what runs where nothing could be compiled, or with ``KUBEGATE_PURE_PYTHON=1`` — pass the same codec
+"""The HTTP/2 and HTTP/1.1 server codecs, the live relay and the HTTP/1.1 fast path's modules (fastpath,
+connection, upstream http1 and pool) are compiled (setup.py: Cython, from the same ``.py`` files, typed
+by the ``.pxd`` beside each), the suite runs against that build, and the pure-Python modules — what runs
+where nothing could be compiled, or with ``KUBEGATE_PURE_PYTHON=1`` — pass the same codec and fast-path
 tests."""
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTOCOL = ROOT / "proxy" / "protocol"
-COMPILED = sorted(pxd.stem for pxd in PROTOCOL.glob("*.pxd"))  # setup.py compiles each of them
+# setup.py compiles each module with a .pxd in these packages
+PACKAGES = ("proxy", "proxy.protocol", "proxy.relay", "proxy.upstream")
+COMPILED = sorted(f"{package}.{pxd.stem}" for package in PACKAGES for pxd in ROOT.joinpath(*package.split(".")).glob("*.pxd"))
 PURE = os.environ.get("KUBEGATE_PURE_PYTHON") == "1"
 
 
@@ -29,21 +32,49 @@ def _can_compile() -> bool:
 
 
 def test_the_codec_modules_are_the_compiled_ones_unless_pure_python_is_asked_for():
-    assert COMPILED == ["audit_line", "h2fields", "h2wire", "http1", "http2", "relayed_head"]
+    assert COMPILED == [
+        "proxy.connection", "proxy.fastpath", "proxy.protocol.audit_line", "proxy.protocol.h2fields",
+        "proxy.protocol.h2wire", "proxy.protocol.http1", "proxy.protocol.http2", "proxy.protocol.relayed_head",
+        "proxy.relay.live", "proxy.upstream.http1", "proxy.upstream.pool",
+    ]  # fmt: skip
     for name in COMPILED:
-        module = importlib.import_module(f"proxy.protocol.{name}")
+        module = importlib.import_module(name)
         path = Path(module.__file__)
+        source = ROOT.joinpath(*name.split(".")).with_suffix(".py")
         if PURE:
-            assert path == PROTOCOL / f"{name}.py"
+            assert path == source
             continue
         if not _can_compile():
             pytest.skip("no C compiler or Python headers here: the pure-Python modules are what runs")
-        assert path.name == name + importlib.machinery.EXTENSION_SUFFIXES[0], (
+        assert path.name == source.stem + importlib.machinery.EXTENSION_SUFFIXES[0], (
             f"{path}: the compiled {name} is not in use: scripts/setup.sh builds it (scripts/build_compiled.py says why not)"
         )
         built = path.stat().st_mtime
-        for source in (PROTOCOL / f"{name}.py", PROTOCOL / f"{name}.pxd"):
-            assert built >= source.stat().st_mtime, f"{path.name} is older than {source.name}"
+        for given in (source, source.with_suffix(".pxd")):
+            assert built >= given.stat().st_mtime, f"{path.name} is older than {given.name}"
+
+
+def test_the_fast_path_classes_are_extension_types_that_take_no_other_attribute():
+    """Compiled, the per-request objects of the HTTP/1.1 fast path hold only the attributes their ``.pxd``
+    declares (an attribute added to the ``.py`` alone fails there, at its first assignment), keep the
+    names callers read, and take weak references where the ``.py`` did."""
+    import weakref
+
+    from proxy.connection import ClientConnection
+    from proxy.fastpath import CodecFastExchange, FastExchange, Plan
+    from proxy.upstream.http1 import Http1Upstream
+    from proxy.upstream.pool import ClusterPool
+
+    if PURE or not Path(sys.modules[FastExchange.__module__].__file__).name.endswith(".so"):
+        pytest.skip("the pure-Python modules are in use")
+    for cls in (ClientConnection, FastExchange, CodecFastExchange, Plan, Http1Upstream, ClusterPool):
+        assert "__dict__" not in dir(cls), cls
+    upstream = Http1Upstream("c1", 1024)
+    assert not upstream.closed and upstream.exchange is None and upstream.reading_paused is False
+    with pytest.raises(AttributeError):
+        upstream.unknown = 1  # type: ignore[attr-defined]
+    weakref.ref(upstream)
+    assert (FastExchange.kind, FastExchange.stream, FastExchange._ended) == (None, None, True)
 
 
 def test_the_compiled_codec_classes_are_extension_types_with_the_python_interface():
@@ -87,15 +118,17 @@ def test_the_compiled_http1_codec_keeps_its_python_interface():
 @pytest.mark.skipif(PURE, reason="this run already uses the pure-Python modules")
 def test_the_codec_tests_pass_on_the_pure_python_modules():
     """The codec's own tests (frames, hostile input, HPACK against hpack's decoder, response blocks)
-    the relayed-head rules and the audit log's fast-path line once more, in a process that imports the
-    ``.py`` files."""
+    the relayed-head rules, the audit log's fast-path line, the upstream HTTP/1.1 connection's and the
+    client connection's units and the HTTP/1.1 and HTTP/2 fast path end to end once more, in a process that
+    imports the ``.py`` files."""
     env = {**os.environ, "KUBEGATE_PURE_PYTHON": "1"}
     env.pop("PYTEST_XDIST_WORKER", None)
     env.pop("PYTEST_XDIST_TESTRUNUID", None)
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", "-p", "no:randomly",
          str(Path(__file__).parent), str(ROOT / "tests" / "proxy" / "test_proxy_relayable_heads.py"),
-         str(ROOT / "tests" / "proxy" / "test_audit_log.py")],
+         str(ROOT / "tests" / "proxy" / "test_audit_log.py"), str(ROOT / "tests" / "proxy" / "test_proxy_upstream_units.py"),
+         str(ROOT / "tests" / "proxy" / "test_connection_timers.py"), str(ROOT / "tests" / "proxy" / "test_proxy_fast_path.py")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]

@@ -32,6 +32,7 @@ import httptools
 import pytest
 from prometheus_client import REGISTRY
 
+import proxy.server
 from proxy import metrics
 from proxy.connection import ClientConnection
 from proxy.testing import wait_for
@@ -262,28 +263,53 @@ def running_edge(gate: Gate, base: Path) -> Iterator[bytes]:
         nginx.close()
 
 
-def record_starts(monkeypatch: pytest.MonkeyPatch, *classes: type, planned: bool = True) -> list[Any]:
-    """Every exchange of these classes started from a plan from now until the test ends, in order (the
-    fast path taken: a wrapper of each class's ``__init__``, which starts the exchange, set with
-    monkeypatch, no product code for it). A ``CodecFastExchange`` the direct path starts for a request
-    with no plan (its plan is new, not one of the connection's) is counted only with ``planned=False``
-    (then every start is)."""
+class _ObservedExchanges(set):  # type: ignore[type-arg]
+    """The forwarder's set of exchanges in flight (``Forwarder.exchanges``), which also shows each exchange
+    added to it to the ``listeners`` (tests only: every exchange, the fast ones included, is added as it
+    starts)."""
+
+    def __init__(self, items: set[Any]) -> None:
+        super().__init__(items)
+        self.listeners: list[Callable[[Any], None]] = []
+
+    def add(self, exchange: Any) -> None:
+        super().add(exchange)
+        for listener in self.listeners:
+            listener(exchange)
+
+
+def record_starts(monkeypatch: pytest.MonkeyPatch, gate: Gate, *classes: type, planned: bool = True) -> list[Any]:
+    """Every exchange of exactly these classes started from a plan from now until the test ends, in order
+    (the fast path taken): seen as it registers with the forwarder (``Forwarder.exchanges``, replaced once
+    by a set that shows what is added to it; a listener set with monkeypatch, no product code for it; the
+    compiled fast exchanges are extension types whose ``__init__`` cannot be wrapped). A
+    ``CodecFastExchange`` the direct path starts for a request with no plan (its plan is new, not one of
+    the connection's) is counted only with ``planned=False`` (then every start is)."""
     started: list[Any] = []
+    fwd = gate.px.proxy.fwd
 
-    def recording(cls: type, original: Callable[..., None]) -> Callable[..., None]:
-        def init(self: Any, *args: Any, **kwargs: Any) -> None:
-            original(self, *args, **kwargs)
-            if type(self) is not cls:  # a CodecFastExchange runs FastExchange.__init__ too: counted once
-                return
-            conn = self.conn
-            if not planned or any(self.plan is plan for plan in (conn.plans or conn.h2_plans or {}).values()):
-                started.append(self)
+    async def observed() -> _ObservedExchanges:
+        if type(fwd.exchanges) is not _ObservedExchanges:
+            fwd.exchanges = _ObservedExchanges(fwd.exchanges)  # on the proxy's loop: no start missed
+        return fwd.exchanges
 
-        return init
+    def seen(self: Any) -> None:
+        if type(self) not in classes:  # a CodecFastExchange is a FastExchange too: only the classes named
+            return
+        conn = self.conn
+        if not planned or any(self.plan is plan for plan in (conn.plans or conn.h2_plans or {}).values()):
+            started.append(self)
 
-    for cls in classes:
-        monkeypatch.setattr(cls, "__init__", recording(cls, cls.__init__))
+    exchanges = gate.px.call(observed)
+    monkeypatch.setattr(exchanges, "listeners", [*exchanges.listeners, seen])
     return started
+
+
+def connections_made_as(monkeypatch: pytest.MonkeyPatch, cls: type[ClientConnection]) -> None:
+    """The proxy makes the client connections accepted from now until the test ends as ``cls``: a subclass
+    of ``ClientConnection`` that observes one of its methods (set with monkeypatch where ``proxy.server``
+    makes them; the compiled class is an extension type whose methods cannot be replaced)."""
+    monkeypatch.setattr(proxy.server, "ClientConnection", cls)
 
 
 @contextlib.contextmanager

@@ -46,6 +46,7 @@ from tests.proxy.fast_gate import (
     H2Client,
     Response,
     comparable,
+    connections_made_as,
     get,
     opened_clients,
     record_starts,
@@ -63,9 +64,9 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
 
 
 @pytest.fixture
-def fast_starts(monkeypatch: pytest.MonkeyPatch) -> list[FastExchange]:
+def fast_starts(monkeypatch: pytest.MonkeyPatch, gate: Gate) -> list[FastExchange]:
     """Every ``FastExchange`` started while the test runs (the fast path taken), in order."""
-    return record_starts(monkeypatch, FastExchange)
+    return record_starts(monkeypatch, gate, FastExchange)
 
 
 @pytest.fixture
@@ -83,9 +84,9 @@ def wire_client(gate: Gate, wire: str) -> Iterator[Callable[..., Client | H2Clie
 
 
 @pytest.fixture
-def wire_fast_starts(monkeypatch: pytest.MonkeyPatch) -> list[FastExchange]:
+def wire_fast_starts(monkeypatch: pytest.MonkeyPatch, gate: Gate) -> list[FastExchange]:
     """Every fast exchange (HTTP/1.1 or HTTP/2) started while the test runs, in order."""
-    return record_starts(monkeypatch, FastExchange, CodecFastExchange)
+    return record_starts(monkeypatch, gate, FastExchange, CodecFastExchange)
 
 
 # --- 1. the same answers, ids, audit lines and metrics -------------------------------------------------
@@ -455,13 +456,13 @@ def test_a_client_that_goes_away_mid_answer_leaves_nothing_busy(gate, client, fa
 
 def test_a_large_list_reaches_a_slow_reader_whole_through_the_fast_path(gate, client, fast_starts, monkeypatch):
     paused: list[int] = []
-    original = ClientConnection.when_writable
 
-    def when_writable(self: ClientConnection, hook: Any) -> None:
-        paused.append(1)
-        original(self, hook)
+    class Observed(ClientConnection):
+        def when_writable(self, hook: Any) -> None:
+            paused.append(1)
+            super().when_writable(hook)
 
-    monkeypatch.setattr(ClientConnection, "when_writable", when_writable)
+    connections_made_as(monkeypatch, Observed)
     c = client("judy", rcvbuf=16384)
     first = c.ask(get(BULK_LIST))
     gate.shrink_send_buffer(c)
@@ -505,7 +506,7 @@ def test_a_client_that_stops_reading_an_answer_served_at_once_is_cut_and_its_ups
     answer does not pile up in kubegate) and is cut after ``client_send_timeout``, like the full pipeline."""
     from proxy.fastpath import CodecFastExchange
 
-    direct = record_starts(monkeypatch, CodecFastExchange, planned=False)  # the direct path's too
+    direct = record_starts(monkeypatch, gate, CodecFastExchange, planned=False)  # the direct path's too
 
     def cut_count() -> float:
         return REGISTRY.get_sample_value(
@@ -563,7 +564,7 @@ def test_pipelined_big_and_small_answers_served_at_once_keep_their_order(gate, c
     server first and wait for the large one, each byte in its place; a slow reader changes nothing."""
     from proxy.fastpath import CodecFastExchange
 
-    direct = record_starts(monkeypatch, CodecFastExchange, planned=False)  # the direct path's too
+    direct = record_starts(monkeypatch, gate, CodecFastExchange, planned=False)  # the direct path's too
     c = client("rob", rcvbuf=16384)
     big, small, other = c.ask(get(BULK_LIST)), c.ask(get(POD)), c.ask(get(OTHER_POD))
     gate.shrink_send_buffer(c)

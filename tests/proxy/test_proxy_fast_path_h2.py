@@ -42,6 +42,7 @@ from tests.proxy.fast_gate import (
     H2Client,
     Response,
     comparable,
+    connections_made_as,
     get,
     opened_clients,
     record_starts,
@@ -60,9 +61,9 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
 
 
 @pytest.fixture
-def fast_starts(monkeypatch: pytest.MonkeyPatch) -> list[CodecFastExchange]:
+def fast_starts(monkeypatch: pytest.MonkeyPatch, gate: Gate) -> list[CodecFastExchange]:
     """Every ``CodecFastExchange`` started from a plan while the test runs (the fast path taken), in order."""
-    return record_starts(monkeypatch, CodecFastExchange)
+    return record_starts(monkeypatch, gate, CodecFastExchange)
 
 
 @pytest.fixture
@@ -189,13 +190,13 @@ def test_a_request_the_server_closes_on_unanswered_is_replayed_through_the_full_
 def record_starts_exchange(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The stream ids ``ClientConnection.start_exchange`` serves (requests a fast exchange gave up on)."""
     replayed: list[int] = []
-    original = ClientConnection.start_exchange
 
-    def start_exchange(self: ClientConnection, head: Any, *, ended: bool) -> None:
-        replayed.append(head.stream_id)
-        original(self, head, ended=ended)
+    class Observed(ClientConnection):
+        def start_exchange(self, head: Any, *, ended: bool) -> None:
+            replayed.append(head.stream_id)
+            super().start_exchange(head, ended=ended)
 
-    monkeypatch.setattr(ClientConnection, "start_exchange", start_exchange)
+    connections_made_as(monkeypatch, Observed)
     return replayed
 
 
@@ -212,15 +213,16 @@ def test_a_large_answer_through_a_small_stream_window_credited_slowly_arrives_wh
 ):
     """The client's streams have a 16 KiB window, credited back 8 KiB at a time after a pause: the fast
     exchange stops reading the upstream whenever the window shuts with data held for the stream
-    (``CodecFastExchange._drain``) and goes on once the client took it, over and over for ~1.2 MB."""
+    (``CodecFastExchange._drain``, which waits in ``ClientConnection.drain``) and goes on once the client
+    took it, over and over for ~1.2 MB."""
     drains: list[int] = []
-    original = CodecFastExchange._drain
 
-    async def drain(self: CodecFastExchange) -> None:
-        drains.append(self.sid)
-        await original(self)
+    class Observed(ClientConnection):
+        async def drain(self, stream_id: int) -> None:
+            drains.append(stream_id)
+            await super().drain(stream_id)
 
-    monkeypatch.setattr(CodecFastExchange, "_drain", drain)
+    connections_made_as(monkeypatch, Observed)
     c = client("judy", window=16384)
     first = c.get(BULK_LIST)
     assert first.status == 200 and len(first.body) > 1_100_000
@@ -496,7 +498,7 @@ def test_a_client_granting_huge_windows_that_reads_nothing_does_not_fill_kubegat
     c = client("nia", window=(1 << 31) - 1)
     assert c.get(POD).status == 200
     gate.shrink_send_buffer(c)
-    started = record_starts(monkeypatch, CodecFastExchange, planned=False)  # the direct path's too
+    started = record_starts(monkeypatch, gate, CodecFastExchange, planned=False)  # the direct path's too
     sids = [c.begin(BULK_LIST) for _ in range(4)]  # and read no more
     wait_for(lambda: sorted(exchange.sid for exchange in started) == sids, timeout=10)  # all served at once
 

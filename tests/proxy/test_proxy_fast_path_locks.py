@@ -61,9 +61,9 @@ def client(gate: Gate) -> Iterator[Callable[..., Client]]:
 
 
 @pytest.fixture
-def planned(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every exchange started from a connection's plan while the test runs."""
-    return record_starts(monkeypatch, FastExchange, CodecFastExchange)
+def planned(monkeypatch: pytest.MonkeyPatch, gate: Gate) -> list[Any]:
+    """Every exchange started from a connection's plan on ``gate`` while the test runs."""
+    return record_starts(monkeypatch, gate, FastExchange, CodecFastExchange)
 
 
 def get_plan(gate: Gate, c: Client) -> Any:
@@ -107,7 +107,7 @@ def test_a_lock_written_by_the_cli_refuses_the_next_planned_request(gate, wire_c
 def test_a_lock_written_by_the_cli_refuses_the_next_request_on_the_direct_path(gate, client, monkeypatch) -> None:
     """Requests that differ in one field each time never ride a plan: the direct path serves them (their
     decision memoised after the first), and the lock refuses the next of them."""
-    direct = record_starts(monkeypatch, CodecFastExchange, planned=False)
+    direct = record_starts(monkeypatch, gate, CodecFastExchange, planned=False)
     c = client("oscar")
     assert c.get(POD, [("x-attempt", "0")]).status == 200
     assert c.get(POD, [("x-attempt", "1")]).status == 200
@@ -165,9 +165,10 @@ def unwatched_gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
 
 
 def test_without_inotify_each_planned_request_stats_the_file_and_a_lock_still_holds_at_once(
-    unwatched_gate, monkeypatch, planned
+    unwatched_gate, monkeypatch
 ) -> None:
     gate = unwatched_gate
+    planned = record_starts(monkeypatch, gate, FastExchange, CodecFastExchange)
     assert gate.locks.generation is None
     with opened_clients(gate, Client) as make:
         c = make("quentin")
@@ -209,11 +210,12 @@ def shared_gate(tmp_path_factory: pytest.TempPathFactory, etcd: Any) -> Iterator
         locks.stop()
 
 
-def test_the_shared_list_going_stale_refuses_requests_that_have_a_plan(shared_gate, etcd, planned, monkeypatch) -> None:
+def test_the_shared_list_going_stale_refuses_requests_that_have_a_plan(shared_gate, etcd, monkeypatch) -> None:
     from backend.etcd import EtcdBackend
     from certs.shared_locks import SharedLockList
 
     gate = shared_gate
+    planned = record_starts(monkeypatch, gate, FastExchange, CodecFastExchange)
     with opened_clients(gate, Client) as make:
         c = make("rita")
         assert c.get(POD).status == 200
