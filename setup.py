@@ -1,7 +1,9 @@
 """Build of kubegate's compiled modules; everything else about the package is in pyproject.toml.
 
-The HTTP/2 server codec (``proxy/protocol/http2.py``, ``h2wire.py``, ``h2fields.py``) and the HTTP/1.1
-server codec (``proxy/protocol/http1.py``), and the live body relay (``proxy/relay/live.py``) are compiled by Cython from the same ``.py`` files, in
+The HTTP/2 server codec (``proxy/protocol/http2.py``, ``h2wire.py``, ``h2fields.py``), the HTTP/1.1
+server codec (``proxy/protocol/http1.py``), the live body relay (``proxy/relay/live.py``) and the HTTP/1.1
+fast path's per-request objects (``proxy/fastpath.py``, ``proxy/connection.py``, ``proxy/upstream/http1.py``,
+``proxy/upstream/pool.py``) are compiled by Cython from the same ``.py`` files, in
 pure-Python mode: the ``.pxd`` file beside each module declares its classes as extension types and
 its counters as C integers. The ``.py`` files stay the one source:
 where no compiled module was built (no C compiler, or ``KUBEGATE_PURE_PYTHON=1`` at install time)
