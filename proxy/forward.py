@@ -874,6 +874,7 @@ class Exchange:
                 finally:  # woken (the client is behind, the body ended) or cancelled (stop, client reset)
                     body.sink = None
                     self._relay_waiter = None
+                    relay.settle()
                 if relay.held:
                     await conn.drain(sid)
                     held, relay.held = relay.held, 0

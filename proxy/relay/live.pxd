@@ -20,8 +20,10 @@ cdef class LiveRelay:
     cdef public bint at_line_end
     cdef public Py_ssize_t bytes_out
     cdef public Py_ssize_t held
+    cdef public Py_ssize_t owed
 
     cpdef bint pass_on(self, object data) except -1
     cpdef body_chunk(self, object data)
     cpdef body_ended(self)
+    cpdef settle(self)
     cdef _detach(self, Py_ssize_t held)

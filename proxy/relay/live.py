@@ -3,7 +3,7 @@ upstream protocol to the client connection (issue 9: the cost per relayed watch 
 
 A ``LiveRelay`` is the ``BodySink`` of one exchange's upstream body (``proxy.upstream.base``) while the
 client keeps up: each chunk goes through the response filter, to the client codec, out in one transport
-write, and is credited upstream at once: no future, task wakeup or coroutine step per event, and no
+write, and is credited upstream (in batches of ``CREDIT_BATCH``): no future, task wakeup or coroutine step per event, and no
 attribute of the exchange or of the connection looked up by name (the relay keeps what it needs,
 typed by ``live.pxd`` where compiled). When the client falls behind (the transport paused writing, or
 the h2 stream's send window shut) the relay detaches itself from the body (later chunks are buffered
@@ -20,6 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.protocol.http1 import Http1ServerConnection
+
+# Credit for the bytes passed on is handed upstream (``consumed``) once this much is owed, not per chunk
+# (a Python call per watch event saved): far below an h2 stream's window (1 MiB, announced by quarters).
+CREDIT_BATCH = 16 * 1024
 
 
 class LiveRelay:
@@ -42,6 +46,7 @@ class LiveRelay:
         self.at_line_end = True
         self.bytes_out = 0
         self.held = 0  # bytes passed on but not credited upstream: the client fell behind
+        self.owed = 0  # bytes passed on while the client kept up, not credited yet (``CREDIT_BATCH``)
 
     def pass_on(self, data: bytes) -> bool:
         """One chunk to the client codec, through the response filter if any; False if it kept it all back."""
@@ -85,7 +90,11 @@ class LiveRelay:
                 if h1 is None and self.codec.send_window(self.sid) <= 0:
                     self._detach(n)
                     return
-            self.credit(n)
+            owed = self.owed + n
+            if owed >= CREDIT_BATCH:
+                owed = 0
+                self.credit(self.owed + n)
+            self.owed = owed
         except Exception as exc:  # the exchange fails (as its task would), not the upstream connection
             self.body.sink = None
             self.exchange.relay_failed(exc)
@@ -93,9 +102,18 @@ class LiveRelay:
     def body_ended(self) -> None:
         self.exchange.wake_relay()
 
+    def settle(self) -> None:
+        """Credit upstream what was passed on and is still owed (the exchange's task takes over, or the
+        relay ends)."""
+        owed = self.owed
+        if owed:
+            self.owed = 0
+            self.credit(owed)
+
     def _detach(self, held: int) -> None:
         """The client is behind: later chunks wait in the body buffer; the exchange's task waits for the
         client, credits the ``held`` bytes and relays the backlog."""
         self.body.sink = None
+        self.settle()  # what went out before this chunk was taken by the client's transport
         self.held = held
         self.exchange.wake_relay()

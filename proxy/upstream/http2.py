@@ -238,7 +238,12 @@ class H2Upstream(asyncio.Protocol):
                 if exchange is not None and exchange.direct and length <= exchange.window:
                     exchange.window -= length
                     exchange.owed += length
-                    exchange.body.push(data[_FRAME_HEAD:])
+                    body = exchange.body
+                    sink = body.sink
+                    if sink is not None:  # ``BodyBuffer.push``'s first case, without its call
+                        sink.body_chunk(data[_FRAME_HEAD:])
+                    else:
+                        body.push(data[_FRAME_HEAD:])
                     return
         pos = fed = 0
         to_h2 = False  # whether h2 was given frames (it may have frames to send in return)

@@ -194,3 +194,30 @@ def test_an_h2_watcher_with_its_window_shut_holds_the_server_back_then_gets_ever
         sock.close()
         api.close()
     wait_for(lambda: rp.stats()["exchanges"] == 0, 30, rp.stats)
+
+
+def test_a_watcher_that_keeps_up_gets_more_than_a_stream_window_of_small_events(rp, creds):
+    """While the watcher keeps up, the relay credits the upstream in batches (``live.CREDIT_BATCH``), not
+    per event: more than one stream window of small events (which the server may send only once credit
+    for the earlier ones came back) all arrive, and nothing stays held in kubegate."""
+    from proxy.relay.live import CREDIT_BATCH
+
+    size = 8000  # ~8 KB per event: ~150 events make more than the 1 MiB window, each below a batch
+    count = _STREAM_WINDOW // size + 20
+    assert size < CREDIT_BATCH < _STREAM_WINDOW // 4
+    api = connect(rp, creds)
+    listed = configmaps_namespace(api)
+    watcher = connect(rp, creds)
+    watcher.request("GET", f"/k8s/clusters/sandbox/api/v1/namespaces/{NAMESPACE}/configmaps?watch=true"
+                           f"&resourceVersion={listed['metadata']['resourceVersion']}")
+    resp = watcher.getresponse()
+    assert resp.status == 200
+    names = [f"many-{i}" for i in range(count)]
+    try:
+        create_configmaps(api, names, size)
+        assert read_events(resp, count) == names
+        wait_for(lambda: rp.stats()["from_upstreams_bytes"] == 0, 30, rp.stats)
+    finally:
+        watcher.close()
+        api.close()
+    wait_for(lambda: rp.stats()["exchanges"] == 0, 30, rp.stats)
