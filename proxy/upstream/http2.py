@@ -34,7 +34,14 @@ import h2.settings
 
 from proxy.protocol import h2lib
 from proxy.protocol.events import Headers
-from proxy.upstream.base import BodyBuffer, UpstreamError, UpstreamStream
+from proxy.upstream.base import BodyBuffer, UpstreamError
+
+try:
+    import cython
+except ImportError:  # run as Python where Cython is not installed: the same as Cython's own shadow module says
+    from types import SimpleNamespace
+
+    cython = SimpleNamespace(compiled=False)  # type: ignore[assignment]
 
 h2lib.speed_up_h2()
 
@@ -61,7 +68,10 @@ def _push(exchange: H2Exchange, parts: list[bytes]) -> None:
     exchange.body.push(parts[0] if len(parts) == 1 else b"".join(parts))
 
 
-class H2Exchange(UpstreamStream):
+class H2Exchange:
+    """One request/response on an ``H2Upstream``: an ``UpstreamStream`` (``proxy.upstream.base``) by its
+    methods, not by inheritance, which the compiled build (an extension type, ``http2.pxd``) cannot have."""
+
     __slots__ = (
         "conn", "stream_id", "status", "headers", "body", "_head", "_pending", "_end_pending", "_drain", "_closed",
         "direct", "window", "owed", "unannounced",
@@ -148,8 +158,10 @@ class H2Exchange(UpstreamStream):
         self.wake_drain()
 
 
-class H2Upstream(asyncio.Protocol):
-    """One multiplexed HTTP/2 connection to an API server."""
+class H2Upstream:
+    """One multiplexed HTTP/2 connection to an API server: an asyncio protocol (every method an event loop
+    calls is defined here; no ``asyncio.Protocol`` base, which the compiled build, an extension type
+    declared by ``http2.pxd``, cannot have)."""
 
     def __init__(self, cluster_name: str, authority: str, high_water: int) -> None:
         self.cluster_name = cluster_name
@@ -231,10 +243,17 @@ class H2Upstream(asyncio.Protocol):
             self._inbox = b""
         size = len(data)
         if size > _FRAME_HEAD and not self._header_block:  # the common read of a watch: one whole event
-            high, low, kind, flags, stream_id = _UNPACK_HEAD(data)
-            length = high << 16 | low
+            if cython.compiled:  # the frame head read in place (C integers)
+                length = data[0] << 16 | data[1] << 8 | data[2]
+                kind = data[3]
+                flags = data[4]
+                stream_id = (data[5] & 0x7F) << 24 | data[6] << 16 | data[7] << 8 | data[8]
+            else:
+                high, low, kind, flags, stream_id = _UNPACK_HEAD(data)
+                length = high << 16 | low
+                stream_id &= 0x7FFFFFFF
             if kind == _DATA and not flags and length == size - _FRAME_HEAD and length <= self.h2.max_inbound_frame_size:
-                exchange = self.streams.get(stream_id & 0x7FFFFFFF)
+                exchange = self.streams.get(stream_id)
                 if exchange is not None and exchange.direct and length <= exchange.window:
                     exchange.window -= length
                     exchange.owed += length
@@ -371,6 +390,9 @@ class H2Upstream(asyncio.Protocol):
                 for sid in [s for s in self.streams if s > last]:
                     self.streams.pop(sid).fail(UpstreamError(502, f"cluster {self.cluster_name} refused the stream (GOAWAY)", "reset"))
         return True
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes itself; connection_lost fails the open streams
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
