@@ -76,6 +76,7 @@ class Settings:
     idle_watches_h1: tuple[int, ...] = (1000,)  # one HTTP/1.1 connection per watch
     exec_bytes: int = 256 * 1024 * 1024
     watch_events: int = 20000  # CPU time is read in 10 ms ticks: ~0.3 s of it for ~2 % resolution
+    watch_event_rounds: int = 4  # … through each proxy in turn, in this many rounds (measure_watch_events)
     only: tuple[str, ...] = ("requests", "watches", "exec", "events")
     workers: int = 1
     out_dir: str = str(RESULTS_DIR)
@@ -507,12 +508,12 @@ async def measure_exec(procs: Processes, settings: Settings) -> dict:
     return out
 
 
-async def _watch_event_cost(procs: Processes, settings: Settings, ep: load.Endpoint, pid: int, tag: str) -> dict:
-    """One watch through ``ep`` counting ``watch_events`` configmaps created directly on the sandbox:
-    the CPU of ``pid``'s process tree per 1,000 events relayed."""
+async def _watch_event_cost(procs: Processes, events: int, ep: load.Endpoint, pid: int, tag: str) -> dict:
+    """One watch through ``ep`` counting ``events`` configmaps created directly on the sandbox: the
+    events seen, the seconds they took and the CPU seconds of ``pid``'s process tree meanwhile."""
     direct = procs.direct()
     run = f"{int(time.time() * 1000) % 10**9}-{tag}"
-    n = settings.watch_events
+    n = events
     conns = [await load.h1_connect(direct) for _ in range(8)]
     rv = await load.current_resource_version(direct, "/api/v1/namespaces/bench-watch/configmaps")
 
@@ -528,22 +529,41 @@ async def _watch_event_cost(procs: Processes, settings: Settings, ep: load.Endpo
         await asyncio.gather(*(creator(k) for k in range(len(conns))))
 
     cpu0 = tree_cpu_seconds(pid)
-    events, secs = await load.watch_events(ep, f"{EVENT_WATCH_PATH}&resourceVersion={rv}", expect=n, trigger=trigger)
+    seen, secs = await load.watch_events(ep, f"{EVENT_WATCH_PATH}&resourceVersion={rv}", expect=n, trigger=trigger)
     cpu = tree_cpu_seconds(pid) - cpu0
     for conn in conns:
         assert conn.transport is not None
         conn.transport.close()
-    return {"events": events, "seconds": round(secs, 3), "cpu_seconds": round(cpu, 4),
-            "cpu_ms_per_1000_events": round(cpu / max(1, events) * 1000 * 1000, 2)}
+    return {"events": seen, "seconds": secs, "cpu_seconds": cpu}
+
+
+def _per_1000_events(total: dict) -> dict:
+    events = max(1, total["events"])
+    return {"events": total["events"], "seconds": round(total["seconds"], 3), "cpu_seconds": round(total["cpu_seconds"], 4),
+            "cpu_ms_per_1000_events": round(total["cpu_seconds"] / events * 1000 * 1000, 2)}
 
 
 async def measure_watch_events(procs: Processes, settings: Settings) -> dict:
-    proxy = await _watch_event_cost(procs, settings, procs.through_proxy(), procs.proxy_pid, "kubegate")
-    nginx = await _watch_event_cost(procs, settings, procs.through_nginx(), procs.nginx_pid, "nginx")
-    result = {"events": proxy["events"], "seconds": proxy["seconds"], "proxy_cpu_seconds": proxy["cpu_seconds"],
+    """``watch_events`` events through kubegate and as many through the reference nginx, in
+    ``watch_event_rounds`` rounds that alternate the two (kubegate, nginx, kubegate, ...), each round a
+    watch of its own: a change in the shared machine's load during the cell falls on both alike
+    instead of on whichever proxy's share ran then. Each proxy's CPU per 1,000 events is its rounds'
+    CPU over their events."""
+    rounds = max(1, settings.watch_event_rounds)
+    per_round = max(1, -(-settings.watch_events // rounds))  # at least watch_events in all
+    totals = {key: {"events": 0, "seconds": 0.0, "cpu_seconds": 0.0} for key in ("kubegate", "nginx")}
+    for r in range(rounds):
+        for key, ep, pid in (("kubegate", procs.through_proxy(), procs.proxy_pid),
+                             ("nginx", procs.through_nginx(), procs.nginx_pid)):
+            got = await _watch_event_cost(procs, per_round, ep, pid, f"{key}{r}")
+            for name in ("events", "seconds", "cpu_seconds"):
+                totals[key][name] += got[name]
+    proxy, nginx = _per_1000_events(totals["kubegate"]), _per_1000_events(totals["nginx"])
+    result = {"events": proxy["events"], "rounds": rounds, "seconds": proxy["seconds"],
+              "proxy_cpu_seconds": proxy["cpu_seconds"],
               "proxy_cpu_ms_per_1000_events": proxy["cpu_ms_per_1000_events"], "nginx": nginx,
               "ratio_to_nginx": round(proxy["cpu_ms_per_1000_events"] / max(0.01, nginx["cpu_ms_per_1000_events"]), 2)}
-    print(f"  watch events: {proxy['events']} in {proxy['seconds']} s, kubegate "
+    print(f"  watch events: {proxy['events']} in {rounds} rounds, {proxy['seconds']} s, kubegate "
           f"{proxy['cpu_ms_per_1000_events']} ms CPU / 1000 events, nginx {nginx['cpu_ms_per_1000_events']}",
           file=sys.stderr, flush=True)
     return result
@@ -628,7 +648,8 @@ def render_table(report: dict) -> str:
     if report.get("watch_events"):
         w = report["watch_events"]
         ng = w.get("nginx") or {}
-        lines.append(f"watch event relay ({w['events']} events): kubegate {w['proxy_cpu_ms_per_1000_events']} ms CPU "
+        alternated = f", kubegate and nginx alternated in {w['rounds']} rounds" if w.get("rounds", 1) > 1 else ""
+        lines.append(f"watch event relay ({w['events']} events{alternated}): kubegate {w['proxy_cpu_ms_per_1000_events']} ms CPU "
                      f"per 1,000 events, nginx {ng.get('cpu_ms_per_1000_events')} ms "
                      f"(kubegate ÷ nginx {w.get('ratio_to_nginx')}×)")
     prof = report.get("profile")
@@ -711,6 +732,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--duration", type=float, help="seconds per request cell (default 3, quick 0.3)")
     parser.add_argument("--concurrency", help="comma-separated client counts (default 1,16,64)")
     parser.add_argument("--only", help="comma-separated parts: requests,watches,exec,events (default all)")
+    parser.add_argument("--event-rounds", type=int,
+                        help="rounds the events cell alternates kubegate and nginx in (default 4)")
     parser.add_argument("--idle-watches", help="comma-separated idle watch counts (default 1000,10000)")
     parser.add_argument("--workers", type=int, default=1, help="kubegate worker processes (default 1)")
     parser.add_argument("--profile", action="store_true",
@@ -734,6 +757,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         settings.concurrencies = tuple(int(x) for x in args.concurrency.split(","))
     if args.only:
         settings.only = tuple(x.strip() for x in args.only.split(","))
+    if args.event_rounds:
+        settings.watch_event_rounds = args.event_rounds
     if args.idle_watches:
         settings.idle_watches = tuple(int(x) for x in args.idle_watches.split(","))
     settings.workers = args.workers
