@@ -11,9 +11,12 @@ What it does:
 3. measures, for GET one pod and LIST 500 pods, over HTTP/1.1 and h2, at 1/16/64 concurrent clients,
    against the sandbox directly and through kubegate: requests/s, p50/p99 latency, and the proxy's CPU
    time per request (its utime+stime from ``/proc/<pid>/stat`` ÷ requests: robust on a noisy machine);
+   then GET at a paced 1,000/s over 10 clients, kubegate and nginx alternated in ``paced_rounds``
+   rounds of ``duration`` each (a change in the shared machine's load falls on both alike);
 4. proxy memory (RSS delta) with 1,000 and 10,000 idle watches (raises ``ulimit -n`` first);
 5. exec stdout relay (``head -c N /dev/zero`` over WebSocket) MB/s and proxy CPU-seconds per GB;
-6. watch event relay: proxy CPU per 1,000 events;
+6. watch event relay: proxy CPU per 1,000 events, kubegate and nginx alternated in
+   ``watch_event_rounds`` rounds;
 then prints a table and writes ``benchmarks/results/<timestamp>.json`` (gitignored).
 
 Everything is bounded: each request cell runs ``duration`` seconds; counts are fixed.
@@ -85,12 +88,14 @@ class Settings:
     wrap: tuple[str, ...] = ()  # a command prefix for kubegate and the reference nginx (benchmarks.instructions)
     paced_rate: float = 1000.0  # the paced cell: GET over HTTP/1.1 at this total rate …
     paced_clients: int = 10     # … spread over this many keep-alive clients
+    paced_rounds: int = 3       # … kubegate and nginx alternated, each round ``duration`` long
     backend: str = "local"      # "etcd": kubegate keeps its shared state in a 3-member etcd on loopback
 
     @classmethod
     def quick(cls) -> Settings:
         return cls(mode="quick", duration=0.3, concurrencies=(1, 4), pods=20, idle_watches=(20,), idle_watches_h1=(10,),
-                   exec_bytes=1024 * 1024, watch_events=50, paced_rate=200.0, paced_clients=2)
+                   exec_bytes=1024 * 1024, watch_events=50, paced_rate=200.0, paced_clients=2,
+                   paced_rounds=1)
 
 
 # ------------------------------------------------------------------------------------ /proc helpers
@@ -372,6 +377,40 @@ async def _measured(ep: load.Endpoint, pid: int, path: str, protocol: str, conc:
     return res.summary(), round(cpu / ok * 1e6, 1)
 
 
+def _merged(results: list[load.LoadResult]) -> load.LoadResult:
+    """Several load runs of the same kind as one: counts and seconds added, latencies pooled."""
+    out = load.LoadResult()
+    for res in results:
+        out.requests += res.requests
+        out.errors += res.errors
+        out.bytes += res.bytes
+        out.elapsed += res.elapsed
+        out.latencies.extend(res.latencies)
+        for status, n in res.statuses.items():
+            out.statuses[status] = out.statuses.get(status, 0) + n
+    return out
+
+
+async def _measured_alternately(sides: list[tuple[load.Endpoint, int]], path: str, protocol: str, conc: int,
+                                duration: float, rate: float | None, rounds: int) -> list[tuple[dict, float]]:
+    """``rounds`` load runs of ``duration`` against each of ``sides`` (endpoint, pid) in turn (A, B, A,
+    B, ...): a change in the shared machine's load during the cell falls on every side alike. Per side:
+    the pooled summary and its tree's CPU µs per successful request over all its rounds."""
+    results: list[list[load.LoadResult]] = [[] for _ in sides]
+    cpu = [0.0 for _ in sides]
+    for _ in range(rounds):
+        for i, (ep, pid) in enumerate(sides):
+            cpu0 = tree_cpu_seconds(pid)
+            results[i].append(await load.run_load(ep, path, protocol=protocol, concurrency=conc,
+                                                  duration=duration, rate=rate))
+            cpu[i] += tree_cpu_seconds(pid) - cpu0
+    out = []
+    for i in range(len(sides)):
+        res = _merged(results[i])
+        out.append((res.summary(), round(cpu[i] / max(1, res.requests - res.errors) * 1e6, 1)))
+    return out
+
+
 async def measure_requests(procs: Processes, settings: Settings) -> list[Cell]:
     """Request cells against the fast (nginx) upstream: directly, through kubegate and through the
     reference nginx proxy, one after the other in the same run; then the paced cell."""
@@ -393,10 +432,15 @@ async def measure_requests(procs: Processes, settings: Settings) -> list[Cell]:
         res = await load.run_load(direct, paths[op], protocol=protocol, concurrency=conc,
                                   duration=settings.duration, rate=rate)
         cell.direct = res.summary()
-        cell.proxy, cell.proxy_cpu_us_per_request = await _measured(
-            proxied, procs.proxy_pid, paths[op], protocol, conc, settings.duration, rate)
-        cell.nginx, cell.nginx_cpu_us_per_request = await _measured(
-            nginx, procs.nginx_pid, paths[op], protocol, conc, settings.duration, rate)
+        if rate:  # the paced cell: kubegate and nginx alternated in rounds (settings.paced_rounds)
+            (cell.proxy, cell.proxy_cpu_us_per_request), (cell.nginx, cell.nginx_cpu_us_per_request) = \
+                await _measured_alternately([(proxied, procs.proxy_pid), (nginx, procs.nginx_pid)], paths[op],
+                                            protocol, conc, settings.duration, rate, settings.paced_rounds)
+        else:
+            cell.proxy, cell.proxy_cpu_us_per_request = await _measured(
+                proxied, procs.proxy_pid, paths[op], protocol, conc, settings.duration, rate)
+            cell.nginx, cell.nginx_cpu_us_per_request = await _measured(
+                nginx, procs.nginx_pid, paths[op], protocol, conc, settings.duration, rate)
         cell.cpu_ratio_to_nginx = round(cell.proxy_cpu_us_per_request / max(0.1, cell.nginx_cpu_us_per_request), 2)
         cell.added_p50_ms = round(cell.proxy["p50_ms"] - cell.direct["p50_ms"], 3)
         cell.nginx_added_p50_ms = round(cell.nginx["p50_ms"] - cell.direct["p50_ms"], 3)
@@ -827,7 +871,9 @@ def write_readme_table(report: dict, readme: Path) -> None:
     intro = (f"Measured {meta['started'][:10]} on {meta['cpus']} vCPUs ({meta['cpu_model']}), CPython "
              f"{meta['python']}, uvloop, {meta['proxy_workers']} kubegate worker, "
              f"{'pinned with taskset' if meta.get('pinned') else 'not pinned'}, "
-             f"{meta['settings']['duration']:g} s per cell, commit {meta['commit']}{runs}:")
+             f"{meta['settings']['duration']:g} s per cell (the paced cell: "
+             f"{meta['settings'].get('paced_rounds', 1)} rounds of it, kubegate and nginx alternated), "
+             f"commit {meta['commit']}{runs}:")
     text = readme.read_text()
     start, end = text.index(README_START) + len(README_START), text.index(README_END)
     readme.write_text(text[:start] + "\n" + intro + "\n\n" + render_table(report) + "\n" + text[end:])
