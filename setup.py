@@ -1,7 +1,8 @@
 """Build of kubegate's compiled modules; everything else about the package is in pyproject.toml.
 
 The HTTP/2 server codec (``proxy/protocol/http2.py``, ``h2wire.py``, ``h2fields.py``), the HTTP/1.1
-server codec (``proxy/protocol/http1.py``), the live body relay (``proxy/relay/live.py``) and the HTTP/1.1
+server codec (``proxy/protocol/http1.py``), the live body relay (``proxy/relay/live.py``), the upstream
+HTTP/2 client (``proxy/upstream/http2.py``) and the HTTP/1.1
 fast path's per-request objects (``proxy/fastpath.py``, ``proxy/connection.py``, ``proxy/upstream/http1.py``,
 ``proxy/upstream/pool.py``) are compiled by Cython from the same ``.py`` files, in
 pure-Python mode: the ``.pxd`` file beside each module declares its classes as extension types and

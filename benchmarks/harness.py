@@ -615,14 +615,17 @@ async def measure_watch_events(procs: Processes, settings: Settings) -> dict:
 
 async def profile_proxy(procs: Processes, settings: Settings) -> dict:
     """Sample kubegate with py-spy while it serves GET one pod over HTTP/1.1 at 16 clients; the
-    functions with the most samples (self and inclusive)."""
+    functions with the most samples (self and inclusive). ``--native``: most of the per-request work
+    runs in compiled code (kubegate's Cython modules, uvloop, OpenSSL), which Python frames alone would
+    show as time spent in the loop's ``run_forever``; py-spy pauses the process for each native sample,
+    so the load's rate drops meanwhile (the shares are what count)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not os.path.exists(spy):
         return {"error": "py-spy is not installed (pip install py-spy)"}
     seconds = max(2, int(settings.duration * 2))
     out = procs.workdir / "profile.txt"
     spy_proc = await asyncio.create_subprocess_exec(
-        spy, "record", "--format", "raw", "--rate", "250", "--nonblocking", "--pid", str(process_tree(procs.proxy_pid)[-1]),
+        spy, "record", "--format", "raw", "--rate", "250", "--native", "--pid", str(process_tree(procs.proxy_pid)[-1]),
         "--duration", str(seconds), "--output", str(out), stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE)
     await asyncio.sleep(0.5)
