@@ -622,10 +622,12 @@ async def profile_proxy(procs: Processes, settings: Settings) -> dict:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not os.path.exists(spy):
         return {"error": "py-spy is not installed (pip install py-spy)"}
-    seconds = max(2, int(settings.duration * 2))
+    seconds = max(4, int(settings.duration * 3))
     out = procs.workdir / "profile.txt"
+    # warmed first (upstream pools, catalogs, memoised decisions), so the samples are of the steady state
+    await load.run_load(procs.through_proxy(), GET_PATH, protocol="h1", concurrency=16, duration=1.0)
     spy_proc = await asyncio.create_subprocess_exec(
-        spy, "record", "--format", "raw", "--rate", "250", "--native", "--pid", str(process_tree(procs.proxy_pid)[-1]),
+        spy, "record", "--format", "raw", "--rate", "100", "--native", "--pid", str(process_tree(procs.proxy_pid)[-1]),
         "--duration", str(seconds), "--output", str(out), stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE)
     await asyncio.sleep(0.5)
@@ -633,17 +635,24 @@ async def profile_proxy(procs: Processes, settings: Settings) -> dict:
     _, err = await spy_proc.communicate()
     if spy_proc.returncode != 0 or not out.exists():
         return {"error": f"py-spy failed: {err.decode(errors='replace')[-500:]}"}
-    return summarize_collapsed(out.read_text())
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    kept = RESULTS_DIR / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-profile.txt"
+    shutil.copy(out, kept)  # the stacks as py-spy wrote them (flamegraph tools read this format)
+    return summarize_collapsed(out.read_text(), thread_frame="uv_run")  # the event loop's thread
 
 
-def summarize_collapsed(text: str, top: int = 15) -> dict:
-    """Self and inclusive sample counts per function from py-spy's collapsed ("raw") stacks."""
+def summarize_collapsed(text: str, top: int = 15, thread_frame: str | None = None) -> dict:
+    """Self and inclusive sample counts per function from py-spy's collapsed ("raw") stacks; with
+    ``thread_frame``, only the stacks that hold a frame of that name (one thread's: a native profile
+    also samples the threads that only wait, the executor's and the audit writer's)."""
     self_counts: dict[str, int] = {}
     incl_counts: dict[str, int] = {}
     total = 0
     for line in text.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
+            continue
+        if thread_frame is not None and f";{thread_frame} (" not in stack:
             continue
         count = int(count_text)
         total += count
