@@ -7,6 +7,8 @@
 # name, so they stay def methods; what only the class calls is cdef; the other ServerConnection methods
 # are cpdef (Python-callable, a C call inside the class).
 cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.string cimport memcpy
 
 
 cdef object _BIG_WINDOW
@@ -14,6 +16,10 @@ cdef bytes _CONTINUE
 cdef frozenset _OWNED
 cdef dict _CHUNK_HEADS
 cdef Py_ssize_t _CHUNK_HEAD_SIZES
+
+
+@cython.locals(hn=Py_ssize_t, dn=Py_ssize_t, out=bytes, buf=cython.p_char)
+cdef bytes _chunk(bytes head, bytes data)
 
 
 cdef class _Stream:

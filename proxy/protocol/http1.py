@@ -32,6 +32,13 @@ import json
 
 import httptools
 
+try:
+    import cython
+except ImportError:  # run as Python where Cython is not installed: the same as Cython's own shadow module says
+    from types import SimpleNamespace
+
+    cython = SimpleNamespace(compiled=False)  # type: ignore[assignment]
+
 from proxy.protocol.events import (
     ConnectionClosed,
     Event,
@@ -97,6 +104,22 @@ _OWNED = frozenset((b"connection", b"transfer-encoding", b"keep-alive"))
 # formatted each time (the memory stays bounded: at most _CHUNK_HEAD_SIZES small bytes objects).
 _CHUNK_HEADS: dict[int, bytes] = {}
 _CHUNK_HEAD_SIZES = 8192
+
+
+def _chunk(head: bytes, data: bytes) -> bytes:
+    """One chunk of a chunked body as one ``bytes``: its head, the data and the CRLF (compiled: one
+    allocation and three copies; a watch event goes out as this one piece, with no join later)."""
+    if cython.compiled:
+        hn = len(head)
+        dn = len(data)
+        out = PyBytes_FromStringAndSize(cython.NULL, hn + dn + 2)  # noqa: F821 - cimported by the .pxd
+        buf = PyBytes_AS_STRING(out)  # noqa: F821
+        memcpy(buf, PyBytes_AS_STRING(head), hn)  # noqa: F821
+        memcpy(buf + hn, PyBytes_AS_STRING(data), dn)  # noqa: F821
+        buf[hn + dn] = 13
+        buf[hn + dn + 1] = 10
+        return out
+    return b"".join((head, data, b"\r\n"))
 
 
 def _field_block(status: int, reason: bytes | None, headers: Headers) -> tuple[bytes, int | None]:
@@ -542,15 +565,13 @@ class Http1ServerConnection:
         size = len(data)
         if size:
             mode = stream.mode
-            if mode == 2:  # three pieces, joined once on output (data_to_send)
+            if mode == 2:  # the chunk as one piece
                 head = _CHUNK_HEADS.get(size)
                 if head is None:
                     head = b"%x\r\n" % size
                     if size < _CHUNK_HEAD_SIZES:
                         _CHUNK_HEADS[size] = head
-                self._write(stream_id, head)
-                self._write(stream_id, data)
-                self._write(stream_id, b"\r\n")
+                self._write(stream_id, _chunk(head, data if type(data) is bytes else bytes(data)))
             elif mode == 1:
                 if size > stream.remaining:
                     raise ValueError(f"response body longer than its content-length on stream {stream_id}")

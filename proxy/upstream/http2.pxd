@@ -5,6 +5,11 @@
 # watch's DATA frames are read in place, issue 9).
 cimport cython
 
+# the frame layout's constants as C integers (compared with the frame head's, read in place)
+cdef Py_ssize_t _FRAME_HEAD
+cdef int _DATA, _HEADERS, _PUSH_PROMISE, _CONTINUATION
+cdef int _END_STREAM, _END_HEADERS, _PADDED
+
 
 cdef class H2Exchange:
     cdef public object conn
