@@ -4,7 +4,7 @@ The HTTP/2 server codec (``proxy/protocol/http2.py``, ``h2wire.py``, ``h2fields.
 server codec (``proxy/protocol/http1.py``), the live body relay (``proxy/relay/live.py``), the upstream
 HTTP/2 client (``proxy/upstream/http2.py``) and the HTTP/1.1
 fast path's per-request objects (``proxy/fastpath.py``, ``proxy/connection.py``, ``proxy/upstream/http1.py``,
-``proxy/upstream/pool.py``) are compiled by Cython from the same ``.py`` files, in
+``proxy/upstream/pool.py``) and the per-request metric tallies (``proxy/tally.py``) are compiled by Cython from the same ``.py`` files, in
 pure-Python mode: the ``.pxd`` file beside each module declares its classes as extension types and
 its counters as C integers. The ``.py`` files stay the one source:
 where no compiled module was built (no C compiler, or ``KUBEGATE_PURE_PYTHON=1`` at install time)

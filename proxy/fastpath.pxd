@@ -10,6 +10,7 @@ from proxy.upstream.pool cimport ClusterPool
 from proxy.protocol.audit_line cimport request_line
 from proxy.protocol.relayed_head cimport relayable_head, relayed_fields
 from proxy.protocol.http1 cimport response_head_bytes
+from proxy.tally cimport request_abandoned, request_finished, request_started
 
 
 cdef class Plan:

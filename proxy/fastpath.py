@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from operator import itemgetter
+from time import perf_counter
+from time import time as wall_time
 from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
@@ -43,6 +44,7 @@ from proxy.protocol.audit_line import request_line
 from proxy.protocol.events import RequestHead, ResponseHead
 from proxy.protocol.http1 import response_head_bytes
 from proxy.protocol.relayed_head import relayable_head, relayed_fields
+from proxy.tally import request_abandoned, request_finished, request_started
 from proxy.upstream.base import UpstreamError
 from rbac.status import REASONS, status_body
 
@@ -93,7 +95,7 @@ class Plan:
 def usable(fwd: Forwarder, conn: ClientConnection, plan: Plan) -> Http1Upstream | None:
     """An idle upstream connection to send ``plan``'s request on when nothing decided since has changed,
     else None (the request takes the full pipeline, which answers whatever changed)."""
-    if plan.usable_until <= time.time() or fwd.shutting_down:
+    if plan.usable_until <= wall_time() or fwd.shutting_down:
         return None
     locks = fwd.locks
     if locks is not None:
@@ -154,7 +156,7 @@ class FastExchange:
         self.cluster = plan.cluster
         self.verdict = plan.verdict
         self.request_id = fwd.next_request_id()
-        self.started = time.perf_counter()  # the sweep answers 504 after response_head_timeout without a head
+        self.started = perf_counter()  # the sweep answers 504 after response_head_timeout without a head
         self.head_seconds = -1.0  # the time to the answer's head, observed with the rest at the end
         self.status = 0
         self.bytes_out = 0
@@ -173,7 +175,7 @@ class FastExchange:
         conn.exchanges[sid] = self
         if sid == FAST_SID:
             conn.fast = self
-        metrics.request_started()
+        request_started()
         upstream.start_raw(plan.head, self)
 
     # --- the upstream connection's sink --------------------------------------------------------------
@@ -195,7 +197,7 @@ class FastExchange:
         self._head = relayed
         self._length = length
         self.bytes_out = received = len(relayed) - head_size
-        self.head_seconds = time.perf_counter() - self.started
+        self.head_seconds = perf_counter() - self.started
         return length - received
 
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -207,7 +209,7 @@ class FastExchange:
             return
         self.status = status
         self._send_head(status, rewrite_response_headers(headers, request_id=self.request_id))
-        self.head_seconds = time.perf_counter() - self.started
+        self.head_seconds = perf_counter() - self.started
 
     def _send_head(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
         """The answer's head from its rewritten fields: written with the first body bytes."""
@@ -343,7 +345,7 @@ class FastExchange:
         """Forget this exchange without counting it (its request is served again by the full pipeline)."""
         self.finished = True
         self.fwd.exchanges.discard(self)
-        metrics.request_abandoned()
+        request_abandoned()
         self._forget_client()
 
     def _forget_client(self) -> None:
@@ -363,7 +365,7 @@ class FastExchange:
             self._drainer = None
         fwd = self.fwd
         fwd.exchanges.discard(self)
-        metrics.request_finished(self.cluster.name, self.verdict.verb, self.status, self.bytes_out, self.head_seconds)
+        request_finished(self.cluster.name, self.verdict.verb, self.status, self.bytes_out, self.head_seconds)
         if fwd.audit_line is not None and self._stop_reason is None:
             plan = self.plan
             parts = plan.audit_parts
@@ -371,8 +373,8 @@ class FastExchange:
                 parts = plan.audit_parts = request_line_parts(
                     self.identity, self.verdict, self.cluster.name, "GET", plan.path, self.conn.peer_ip)
             fwd.audit_line(request_line(
-                parts, self.request_id.encode("ascii"), self.status, (time.perf_counter() - self.started) * 1000,
-                time.time(), self.bytes_out))
+                parts, self.request_id.encode("ascii"), self.status, (perf_counter() - self.started) * 1000,
+                wall_time(), self.bytes_out))
         elif fwd.audit is not None:
             fwd.audit(self.audit_event())
         self.conn.exchange_done(self.sid)
@@ -420,7 +422,7 @@ class CodecFastExchange(FastExchange):
             self._head = body  # the body's bytes that came with the head, sent after it
             self._length = length
             self.bytes_out = len(body)
-            self.head_seconds = time.perf_counter() - self.started
+            self.head_seconds = perf_counter() - self.started
             return length - len(body)
         if not codec.takes_relayed_head(self.sid):
             return None

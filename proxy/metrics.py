@@ -5,8 +5,9 @@ Defined once at import; with several worker processes prometheus-client's multip
 gauges use ``livesum`` so a dead worker's values disappear.
 
 The per-request figures (requests by cluster/verb/code, the latency histogram, bytes to clients,
-requests in flight) are counted on the hot path in plain Python ints (``request_started``,
-``request_finished``, ``observe_latency``: a dict update each, no lock, no mmap write) and folded
+requests in flight) are counted on the hot path in plain ints (``request_started``,
+``request_finished``, ``observe_latency``, from ``proxy.tally``: a dict update each, no lock, no mmap
+write) and folded
 into the prometheus-client metrics by ``flush()``: every second by the proxy's sweep and right
 before every scrape of a single-process proxy (``kubegate.metrics_server.render_metrics``). A scrape
 of workers sees figures at most one sweep old.
@@ -14,10 +15,11 @@ of workers sees figures at most one sweep old.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Mapping
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from proxy import tally
 
 REQUESTS = Counter(
     "kubegate_requests_total", "Requests answered, by cluster, verb and HTTP code.", ["cluster", "verb", "code"]
@@ -140,63 +142,29 @@ def child(metric: object, *labels: str) -> object:
 # ------------------------------------------------------------------------ hot-path tallies (see top)
 
 _LATENCY_BOUNDS: tuple[float, ...] = tuple(REQUEST_SECONDS._upper_bounds)  # ascending, ends with +Inf
-_request_counts: dict[tuple[str, str, int], int] = {}
-_latency: dict[tuple[str, str], list[float]] = {}  # per bucket (not cumulative), then the sum
-_pending = [0, 0]  # [bytes to clients, in-flight change] since the last flush
-
-
-def request_started() -> None:
-    _pending[1] += 1
-
-
-def request_abandoned() -> None:
-    """A started request handed over to be served again (and counted then)."""
-    _pending[1] -= 1
-
-
-def request_finished(cluster: str, verb: str, code: int, bytes_out: int, head_seconds: float = -1.0) -> None:
-    """A request ended; ``head_seconds`` (≥ 0): the time to its answer's head, not yet observed (the fast
-    path tells both at the end, in one call: ``observe_latency``'s work is repeated here for it)."""
-    key = (cluster, verb, code)
-    _request_counts[key] = _request_counts.get(key, 0) + 1
-    _pending[0] += bytes_out
-    _pending[1] -= 1
-    if head_seconds >= 0:
-        counts = _latency.get((cluster, verb))
-        if counts is None:
-            counts = _latency[(cluster, verb)] = [0.0] * (len(_LATENCY_BOUNDS) + 1)
-        counts[bisect_left(_LATENCY_BOUNDS, head_seconds)] += 1
-        counts[-1] += head_seconds
-
-
-def observe_latency(cluster: str, verb: str, seconds: float) -> None:
-    counts = _latency.get((cluster, verb))
-    if counts is None:
-        counts = _latency[(cluster, verb)] = [0.0] * (len(_LATENCY_BOUNDS) + 1)
-    counts[bisect_left(_LATENCY_BOUNDS, seconds)] += 1
-    counts[-1] += seconds
+tally.configure(_LATENCY_BOUNDS)
+# counted in ``proxy.tally`` (compiled: C calls from the fast path), folded here by ``flush``
+request_started = tally.request_started
+request_abandoned = tally.request_abandoned
+request_finished = tally.request_finished
+observe_latency = tally.observe_latency
 
 
 def flush() -> None:
     """Fold the tallies into the prometheus-client metrics (the same series ``observe``/``inc``
     would have produced: a histogram observation counts in the first bucket whose bound is >= it)."""
-    if _request_counts:
-        counts = list(_request_counts.items())
-        _request_counts.clear()
-        for (cluster, verb, code), n in counts:
-            child(REQUESTS, cluster, verb, str(code)).inc(n)  # type: ignore[attr-defined]
-    if _latency:
-        latencies = list(_latency.items())
-        _latency.clear()
-        for (cluster, verb), per_bucket in latencies:
+    counts, latencies = tally.take_requests()
+    for (cluster, verb, code), n in counts.items():
+        child(REQUESTS, cluster, verb, str(code)).inc(n)  # type: ignore[attr-defined]
+    if latencies:
+        for (cluster, verb), per_bucket in latencies.items():
             hist = child(REQUEST_SECONDS, cluster, verb)
             buckets = hist._buckets  # type: ignore[attr-defined]
             for i, n in enumerate(per_bucket[:-1]):
                 if n:
                     buckets[i].inc(n)
             hist._sum.inc(per_bucket[-1])  # type: ignore[attr-defined]
-    to_client, in_flight = _pending
-    _pending[0] = _pending[1] = 0
+    to_client, in_flight = tally.take_pending()
     if to_client:
         child(BYTES_RELAYED, "to_client").inc(to_client)  # type: ignore[attr-defined]
     if in_flight:

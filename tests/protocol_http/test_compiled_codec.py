@@ -35,7 +35,7 @@ def test_the_codec_modules_are_the_compiled_ones_unless_pure_python_is_asked_for
     assert COMPILED == [
         "proxy.connection", "proxy.fastpath", "proxy.protocol.audit_line", "proxy.protocol.h2fields",
         "proxy.protocol.h2wire", "proxy.protocol.http1", "proxy.protocol.http2", "proxy.protocol.relayed_head",
-        "proxy.relay.live", "proxy.upstream.http1", "proxy.upstream.http2", "proxy.upstream.pool",
+        "proxy.relay.live", "proxy.tally", "proxy.upstream.http1", "proxy.upstream.http2", "proxy.upstream.pool",
     ]  # fmt: skip
     for name in COMPILED:
         module = importlib.import_module(name)
@@ -129,6 +129,7 @@ def test_the_codec_tests_pass_on_the_pure_python_modules():
          str(Path(__file__).parent), str(ROOT / "tests" / "proxy" / "test_proxy_relayable_heads.py"),
          str(ROOT / "tests" / "proxy" / "test_audit_log.py"), str(ROOT / "tests" / "proxy" / "test_proxy_upstream_units.py"),
          str(ROOT / "tests" / "proxy" / "test_proxy_upstream_h2_units.py"),
+         str(ROOT / "tests" / "proxy" / "test_proxy_metrics_tally.py"),
          str(ROOT / "tests" / "proxy" / "test_connection_timers.py"), str(ROOT / "tests" / "proxy" / "test_proxy_fast_path.py")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
