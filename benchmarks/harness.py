@@ -367,16 +367,6 @@ class Cell:
     rate: float | None = None  # paced cells: requests per second offered in total
 
 
-async def _measured(ep: load.Endpoint, pid: int, path: str, protocol: str, conc: int, duration: float,
-                    rate: float | None) -> tuple[dict, float]:
-    """One load run against ``ep``: its summary and the CPU µs per successful request of ``pid``'s tree."""
-    cpu0 = tree_cpu_seconds(pid)
-    res = await load.run_load(ep, path, protocol=protocol, concurrency=conc, duration=duration, rate=rate)
-    cpu = tree_cpu_seconds(pid) - cpu0
-    ok = max(1, res.requests - res.errors)
-    return res.summary(), round(cpu / ok * 1e6, 1)
-
-
 def _merged(results: list[load.LoadResult]) -> load.LoadResult:
     """Several load runs of the same kind as one: counts and seconds added, latencies pooled."""
     out = load.LoadResult()
@@ -432,15 +422,10 @@ async def measure_requests(procs: Processes, settings: Settings) -> list[Cell]:
         res = await load.run_load(direct, paths[op], protocol=protocol, concurrency=conc,
                                   duration=settings.duration, rate=rate)
         cell.direct = res.summary()
-        if rate:  # the paced cell: kubegate and nginx alternated in rounds (settings.paced_rounds)
-            (cell.proxy, cell.proxy_cpu_us_per_request), (cell.nginx, cell.nginx_cpu_us_per_request) = \
-                await _measured_alternately([(proxied, procs.proxy_pid), (nginx, procs.nginx_pid)], paths[op],
-                                            protocol, conc, settings.duration, rate, settings.paced_rounds)
-        else:
-            cell.proxy, cell.proxy_cpu_us_per_request = await _measured(
-                proxied, procs.proxy_pid, paths[op], protocol, conc, settings.duration, rate)
-            cell.nginx, cell.nginx_cpu_us_per_request = await _measured(
-                nginx, procs.nginx_pid, paths[op], protocol, conc, settings.duration, rate)
+        rounds = settings.paced_rounds if rate else 1  # the paced cell: kubegate and nginx alternated in rounds
+        (cell.proxy, cell.proxy_cpu_us_per_request), (cell.nginx, cell.nginx_cpu_us_per_request) = \
+            await _measured_alternately([(proxied, procs.proxy_pid), (nginx, procs.nginx_pid)], paths[op],
+                                        protocol, conc, settings.duration, rate, rounds)
         cell.cpu_ratio_to_nginx = round(cell.proxy_cpu_us_per_request / max(0.1, cell.nginx_cpu_us_per_request), 2)
         cell.added_p50_ms = round(cell.proxy["p50_ms"] - cell.direct["p50_ms"], 3)
         cell.nginx_added_p50_ms = round(cell.nginx["p50_ms"] - cell.direct["p50_ms"], 3)
@@ -552,12 +537,11 @@ async def measure_exec(procs: Processes, settings: Settings) -> dict:
     return out
 
 
-async def _watch_event_cost(procs: Processes, events: int, ep: load.Endpoint, pid: int, tag: str) -> dict:
-    """One watch through ``ep`` counting ``events`` configmaps created directly on the sandbox: the
-    events seen, the seconds they took and the CPU seconds of ``pid``'s process tree meanwhile."""
+async def _watch_event_cost(procs: Processes, n: int, ep: load.Endpoint, pid: int, tag: str) -> dict:
+    """One watch through ``ep`` counting ``n`` configmaps created directly on the sandbox: the events
+    seen, the seconds they took and the CPU seconds of ``pid``'s process tree meanwhile."""
     direct = procs.direct()
     run = f"{int(time.time() * 1000) % 10**9}-{tag}"
-    n = events
     conns = [await load.h1_connect(direct) for _ in range(8)]
     rv = await load.current_resource_version(direct, "/api/v1/namespaces/bench-watch/configmaps")
 
@@ -635,8 +619,9 @@ async def profile_proxy(procs: Processes, settings: Settings) -> dict:
     _, err = await spy_proc.communicate()
     if spy_proc.returncode != 0 or not out.exists():
         return {"error": f"py-spy failed: {err.decode(errors='replace')[-500:]}"}
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    kept = RESULTS_DIR / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-profile.txt"
+    out_dir = Path(settings.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kept = out_dir / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-profile.txt"
     shutil.copy(out, kept)  # the stacks as py-spy wrote them (flamegraph tools read this format)
     return summarize_collapsed(out.read_text(), thread_frame="uv_run")  # the event loop's thread
 

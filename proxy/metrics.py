@@ -156,14 +156,13 @@ def flush() -> None:
     counts, latencies = tally.take_requests()
     for (cluster, verb, code), n in counts.items():
         child(REQUESTS, cluster, verb, str(code)).inc(n)  # type: ignore[attr-defined]
-    if latencies:
-        for (cluster, verb), per_bucket in latencies.items():
-            hist = child(REQUEST_SECONDS, cluster, verb)
-            buckets = hist._buckets  # type: ignore[attr-defined]
-            for i, n in enumerate(per_bucket[:-1]):
-                if n:
-                    buckets[i].inc(n)
-            hist._sum.inc(per_bucket[-1])  # type: ignore[attr-defined]
+    for (cluster, verb), per_bucket in latencies.items():
+        hist = child(REQUEST_SECONDS, cluster, verb)
+        buckets = hist._buckets  # type: ignore[attr-defined]
+        for i, n in enumerate(per_bucket[:-1]):
+            if n:
+                buckets[i].inc(n)
+        hist._sum.inc(per_bucket[-1])  # type: ignore[attr-defined]
     to_client, in_flight = tally.take_pending()
     if to_client:
         child(BYTES_RELAYED, "to_client").inc(to_client)  # type: ignore[attr-defined]

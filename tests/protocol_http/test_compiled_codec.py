@@ -1,5 +1,5 @@
-"""The HTTP/2 and HTTP/1.1 server codecs, the live relay, the upstream HTTP/2 client and the HTTP/1.1 fast
-path's modules (fastpath, connection, upstream http1 and pool) are compiled (setup.py: Cython, from the same ``.py`` files, typed
+"""The HTTP/2 and HTTP/1.1 server codecs, the live relay, the upstream HTTP/2 client, the metrics tallies
+and the HTTP/1.1 fast path's modules (fastpath, connection, upstream http1 and pool) are compiled (setup.py: Cython, from the same ``.py`` files, typed
 by the ``.pxd`` beside each), the suite runs against that build, and the pure-Python modules — what runs
 where nothing could be compiled, or with ``KUBEGATE_PURE_PYTHON=1`` — pass the same codec and fast-path
 tests."""
@@ -118,9 +118,9 @@ def test_the_compiled_http1_codec_keeps_its_python_interface():
 @pytest.mark.skipif(PURE, reason="this run already uses the pure-Python modules")
 def test_the_codec_tests_pass_on_the_pure_python_modules():
     """The codec's own tests (frames, hostile input, HPACK against hpack's decoder, response blocks)
-    the relayed-head rules, the audit log's fast-path line, the upstream HTTP/1.1 and HTTP/2 connections'
-    and the client connection's units and the HTTP/1.1 and HTTP/2 fast path end to end once more, in a
-    process that imports the ``.py`` files."""
+    the relayed-head rules, the audit log's fast-path line, the upstream HTTP/1.1 and HTTP/2 connections',
+    the metrics tallies' and the client connection's units and the HTTP/1.1 and HTTP/2 fast path end to
+    end once more, in a process that imports the ``.py`` files."""
     env = {**os.environ, "KUBEGATE_PURE_PYTHON": "1"}
     env.pop("PYTEST_XDIST_WORKER", None)
     env.pop("PYTEST_XDIST_TESTRUNUID", None)
