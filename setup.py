@@ -29,6 +29,9 @@ ROOT = Path(__file__).resolve().parent
 # Every module with a .pxd beside its .py in these packages is compiled.
 PACKAGES = ("proxy", "proxy/protocol", "proxy/relay", "proxy/upstream")
 COMPILED = sorted(str(pxd.with_suffix(".py").relative_to(ROOT)) for package in PACKAGES for pxd in (ROOT / package).glob("*.pxd"))
+# Cython proper, with no .py twin: an accelerator whose absence changes no answer (``proxy/tls_direct.pyx``:
+# without it ``proxy.tls`` uses the ``_ssl`` module's own methods). ``dl``: it looks OpenSSL up at run time.
+ACCELERATORS = {"proxy.tls_direct": "proxy/tls_direct.pyx"}
 DIRECTIVES = {
     "language_level": 3,
     "annotation_typing": False,  # annotations never become run-time checks: behaviour stays the .py's
@@ -58,7 +61,10 @@ def _extensions() -> list:
         print("kubegate: Cython is not installed; the pure-Python modules will be used", file=sys.stderr)
         return []
     try:
-        return cythonize(COMPILED, compiler_directives=DIRECTIVES, quiet=True)
+        from setuptools import Extension
+
+        accelerators = [Extension(name, [source], libraries=["dl"]) for name, source in ACCELERATORS.items()]
+        return cythonize([*COMPILED, *accelerators], compiler_directives=DIRECTIVES, quiet=True)
     except Exception as exc:  # noqa: BLE001 - a module Cython cannot translate: install the .py modules
         print(f"kubegate: compiled codec not built ({exc}); the pure-Python modules will be used", file=sys.stderr)
         return []

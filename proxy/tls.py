@@ -22,8 +22,11 @@ when the cluster says so, with a warning.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -39,23 +42,42 @@ ALPN_SERVER = ("h2", "http/1.1")
 VERIFY_NO_CHECK_TIME = 0x200000
 
 
+def _direct_tls() -> Callable[[object], Any] | None:
+    """``proxy.tls_direct.attach`` when that accelerator was built, its OpenSSL functions were found and
+    the process is not held to the pure-Python modules (``KUBEGATE_PURE_PYTHON=1``); else None."""
+    if os.environ.get("KUBEGATE_PURE_PYTHON") == "1":
+        return None
+    try:
+        from proxy import tls_direct  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return tls_direct.attach if tls_direct.resolve() else None
+
+
+_ATTACH_DIRECT = _direct_tls()
+
+
 class DirectSSLObject(ssl.SSLObject):
-    """An ``SSLObject`` whose ``read``, ``write`` and ``pending`` are the C methods of the OpenSSL
-    connection it wraps, not the ``ssl`` module's Python methods that only pass their arguments on
-    (uvloop calls each at least once per TLS record in and out: three Python calls, ~1,500
-    instructions, per relayed watch event; ~2,500 per GET). Made by ``SSLContext.wrap_bio`` once a
-    context's ``sslobject_class`` is this class (``direct_ssl_objects``); the same calls with the same
-    arguments reach the same C methods. Where a Python version names its internals differently (its
-    ``_create`` or ``_sslobj``), the object is a plain ``SSLObject``."""
+    """An ``SSLObject`` whose ``read``, ``write`` and ``pending`` are C functions, not the ``ssl``
+    module's Python methods that only pass their arguments on (uvloop calls each at least once per TLS
+    record in and out: three Python calls, ~1,500 instructions, per relayed watch event; ~2,500 per
+    GET). Made by ``SSLContext.wrap_bio`` once a context's ``sslobject_class`` is this class
+    (``direct_ssl_objects``). The functions are ``proxy.tls_direct``'s, which call OpenSSL without
+    letting go of the GIL and read a record without a 256 KiB allocation, where that accelerator is
+    available; else the C methods of the ``_ssl`` connection the object wraps. Either way the same calls
+    with the same arguments give the ``ssl`` module's answers. Where a Python version names its
+    internals differently (its ``_create`` or ``_sslobj``), the object is a plain ``SSLObject``."""
 
     @classmethod
     def _create(cls, *args: object, **kwargs: object) -> ssl.SSLObject:
         sslobj = super()._create(*args, **kwargs)  # type: ignore[misc]
         inner = getattr(sslobj, "_sslobj", None)
         if inner is not None:
-            sslobj.read = inner.read  # type: ignore[method-assign]
-            sslobj.write = inner.write  # type: ignore[method-assign]
-            sslobj.pending = inner.pending  # type: ignore[method-assign]
+            direct = _ATTACH_DIRECT(inner) if _ATTACH_DIRECT is not None else None
+            methods = direct if direct is not None else inner
+            sslobj.read = methods.read  # type: ignore[method-assign]
+            sslobj.write = methods.write  # type: ignore[method-assign]
+            sslobj.pending = methods.pending  # type: ignore[method-assign]
         return sslobj
 
 

@@ -22,8 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def compiled_sources() -> list[Path]:
-    """The ``.py`` modules that ``setup.py`` compiles: those with a ``.pxd`` beside them."""
-    return sorted(pxd.with_suffix(".py") for package in ("", "protocol", "relay", "upstream") for pxd in (ROOT / "proxy" / package).glob("*.pxd"))
+    """The modules that ``setup.py`` compiles: the ``.py`` files with a ``.pxd`` beside them, and the
+    ``.pyx`` accelerators."""
+    packages = [ROOT / "proxy" / package for package in ("", "protocol", "relay", "upstream")]
+    return sorted([pxd.with_suffix(".py") for package in packages for pxd in package.glob("*.pxd")]
+                  + [pyx for package in packages for pyx in package.glob("*.pyx")])
 
 
 def built_module(source: Path) -> Path:
@@ -36,7 +39,8 @@ def stale() -> list[Path]:
     out = []
     for source in compiled_sources():
         built = built_module(source)
-        newest = max(source.stat().st_mtime, source.with_suffix(".pxd").stat().st_mtime)
+        pxd = source.with_suffix(".pxd")
+        newest = max(source.stat().st_mtime, pxd.stat().st_mtime if pxd.exists() else 0.0)
         if not built.exists() or built.stat().st_mtime < newest:
             out.append(source)
     return out

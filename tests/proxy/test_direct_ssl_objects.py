@@ -1,13 +1,18 @@
 """``proxy.tls.DirectSSLObject``: the TLS connections kubegate's contexts make over memory BIOs (what
-uvloop uses) call OpenSSL's C methods for ``read``, ``write`` and ``pending`` directly, and behave
-exactly as the ``ssl`` module's own objects: a real TLS 1.3 session between two of them, bytes both
-ways, reads into a caller's buffer, what is pending, and the session's close."""
+uvloop uses) call C functions for ``read``, ``write`` and ``pending`` directly (``proxy.tls_direct``'s,
+which call OpenSSL themselves, where that accelerator is built; else the ``_ssl`` module's C methods),
+and behave exactly as the ``ssl`` module's own objects: a real TLS 1.3 session between two of them,
+bytes both ways, reads into a caller's buffer, what is pending, the errors of a read with nothing to
+read and of a broken record, and the session's close."""
 
 from __future__ import annotations
 
 import ssl
 from pathlib import Path
 
+import pytest
+
+from proxy import tls
 from proxy.tls import DirectSSLObject, direct_ssl_objects
 
 
@@ -44,9 +49,12 @@ def test_a_session_between_direct_objects_carries_bytes_both_ways_as_the_ssl_mod
     client = client_ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
     server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
     assert isinstance(client, DirectSSLObject) and isinstance(server, DirectSSLObject)
-    # the C methods themselves, as uvloop binds them right after wrap_bio
-    assert type(client.read).__name__ == "builtin_function_or_method"
-    assert client.read.__self__ is client._sslobj and server.pending.__self__ is server._sslobj
+    # C functions, as uvloop binds them right after wrap_bio: the accelerator's, or the _ssl object's own
+    if tls._ATTACH_DIRECT is not None:
+        assert type(client.read).__name__ == "builtin_function_or_method"
+        assert type(client.read.__self__).__name__ == "DirectTLS"
+    else:
+        assert client.read.__self__ is client._sslobj and server.pending.__self__ is server._sslobj
     for _ in range(10):  # the handshake, record by record
         done = 0
         for side in (client, server):
@@ -84,3 +92,88 @@ def test_kubegates_contexts_make_direct_objects(tmp_path):
 
     ca_file, cert_file, key_file = _server_files(tmp_path)
     assert server_context(cert_file, key_file, ca_file).sslobject_class is DirectSSLObject
+
+
+@pytest.fixture(params=["accelerated", "ssl-module-methods"])
+def direct_kind(request, monkeypatch):
+    """Each test below runs with ``proxy.tls_direct`` (where it was built) and with the ``_ssl`` methods."""
+    if request.param == "ssl-module-methods":
+        monkeypatch.setattr(tls, "_ATTACH_DIRECT", None)
+    elif tls._ATTACH_DIRECT is None:
+        pytest.skip("proxy.tls_direct is not built here (KUBEGATE_PURE_PYTHON=1 or no C compiler)")
+    return request.param
+
+
+def _outcome(call) -> object:  # noqa: ANN001
+    try:
+        return ("value", call())
+    except ssl.SSLError as exc:
+        return ("raised", type(exc).__name__, exc.reason)
+    except (ValueError, OverflowError) as exc:
+        return ("raised", type(exc).__name__, str(exc))
+
+
+def _session_transcript(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> list[object]:
+    """What a session's edge cases answer: reads with nothing to read, empty and zero-size calls, a record
+    split across two arrivals, a read into a smaller buffer, a tampered record, then the close."""
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    seen: list[object] = [_outcome(lambda: server.read(10))]  # before the handshake: wants to read
+    for _ in range(10):
+        done = 0
+        for side in (client, server):
+            try:
+                side.do_handshake()
+                done += 1
+            except ssl.SSLWantReadError:
+                pass
+        _pump(c_out, s_in)
+        _pump(s_out, c_in)
+        if done == 2:
+            break
+    seen.append(_outcome(lambda: server.read(10)))  # nothing sent yet
+    seen.append(_outcome(lambda: server.read(0)))
+    seen.append(_outcome(lambda: server.read(-1)))
+    seen.append(_outcome(lambda: server.pending()))
+    seen.append(_outcome(lambda: client.write(b"")))
+    seen.append(_outcome(lambda: client.write(memoryview(b"abcdef")[2:])))
+    record = c_out.read()
+    s_in.write(record[:7])  # half a record: nothing to read yet
+    seen.append(_outcome(lambda: server.read(100)))
+    s_in.write(record[7:])
+    buffer = bytearray(3)
+    seen.append(_outcome(lambda: server.read(100, buffer)))
+    seen.append(bytes(buffer))
+    seen.append(_outcome(lambda: server.pending()))
+    seen.append(_outcome(lambda: server.read(100)))
+    seen.append(_outcome(lambda: server.write(bytearray(b"y" * 20000))))
+    _pump(s_out, c_in)
+    seen.append(_outcome(lambda: len(client.read(100000))))  # one record's worth at most
+    seen.append(_outcome(lambda: len(client.read(100000))))
+    client.write(b"tampered")
+    tampered = bytearray(c_out.read())
+    tampered[-1] ^= 0xFF
+    s_in.write(bytes(tampered))
+    seen.append(_outcome(lambda: server.read(100)))  # the record's tag does not verify: a fatal alert
+    seen.append(_outcome(lambda: server.read(100)))
+    return seen
+
+
+def test_direct_objects_answer_every_edge_case_as_the_ssl_modules_own(tmp_path, direct_kind):
+    ca_file, cert_file, key_file = _server_files(tmp_path)
+
+    def contexts(direct: bool) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(cert_file, key_file)
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.load_verify_locations(cafile=ca_file)
+        return (direct_ssl_objects(server), direct_ssl_objects(client)) if direct else (server, client)
+
+    reference = _session_transcript(*contexts(False))
+    assert reference[0][0] == "raised" and reference[-2][0] == "raised"  # the transcript has its errors
+    assert _session_transcript(*contexts(True)) == reference
+
+
+def test_kubegates_session_works_with_each_kind_of_direct_object(tmp_path, direct_kind):
+    test_a_session_between_direct_objects_carries_bytes_both_ways_as_the_ssl_modules_own(tmp_path)
