@@ -141,25 +141,38 @@ class AuditLog:
 
     def _write_queued(self) -> None:
         queue = self._queue
-        lines: list[bytes] = []
-        dumps = _dumps
-        while queue:
-            try:
-                event = queue.popleft()
-            except IndexError:
-                break
-            try:
-                lines.append(event if type(event) is bytes else dumps(event))
-            except (TypeError, ValueError) as exc:  # never lose the rest of the batch to one bad event
-                log.error("audit event not serialisable", extra={"problem": str(exc)})
-                self._drop(1)
-        if not lines and not self._retained:
+        popleft = queue.popleft
+        # Only the writer (or close/flush, under ``_io``) takes from the queue; the data path only appends.
+        items = [popleft() for _ in range(len(queue))]
+        if not items and not self._retained:
             return
-        data = self._retained + b"\n".join(lines) + b"\n" if lines else self._retained
+        lines = b""
+        if items:
+            try:  # requests' lines come encoded already (``append_line``): one join, no work per line
+                lines = b"\n".join(items) + b"\n"  # type: ignore[arg-type]
+            except TypeError:  # events among them
+                encoded = self._encoded(items)
+                lines = b"\n".join(encoded) + b"\n" if encoded else b""
+        data = self._retained + lines
         self._retained = b""
+        if not data:
+            return
         if self.max_size:
             self._maybe_rotate(len(data))
         self._write(data)
+
+    def _encoded(self, items: list[dict[str, Any] | bytes]) -> list[bytes]:
+        """Each item as its JSON line (bytes stay as they are); an event that cannot be encoded is dropped
+        (counted and logged), never the rest of the batch."""
+        lines: list[bytes] = []
+        dumps = _dumps
+        for item in items:
+            try:
+                lines.append(item if type(item) is bytes else dumps(item))
+            except (TypeError, ValueError) as exc:
+                log.error("audit event not serialisable", extra={"problem": str(exc)})
+                self._drop(1)
+        return lines
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)

@@ -307,3 +307,20 @@ def test_a_long_fast_path_line_is_written_whole():
     parts = (b',"path":"/' + b"a" * 3000 + b'","code":', b',"latency_ms":', b"}")
     line = json.loads(request_line(parts, b"r-1", 200, 1.5, 1_765_000_000.5, 7))
     assert (line["path"], line["code"], line["latency_ms"], line["bytes_out"]) == ("/" + "a" * 3000, 200, 1.5, 7)
+
+
+def test_a_batch_mixing_encoded_lines_events_and_an_unencodable_event_loses_only_that_event(tmp_path, caplog):
+    """The writer joins a batch of encoded request lines at once; when events are among them each item is
+    encoded on its own, and one that cannot be (here: an integer too large for JSON) is dropped, counted
+    and logged while every other line is written in its order."""
+    audit = AuditLog(str(tmp_path / "audit.log"), flush_interval=3600)
+    audit.append_line(b'{"n":1}')
+    audit({"event": "request", "n": 2})
+    audit({"event": "request", "n": 1 << 70})  # orjson refuses integers beyond 64 bits
+    audit.append_line(b'{"n":4}')
+    audit.flush()
+    audit.append_line(b'{"n":5}')  # a batch of encoded lines only
+    audit.close()
+    lines = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    assert [line["n"] for line in lines] == [1, 2, 4, 5]
+    assert audit.dropped == 1 and "not serialisable" in caplog.text

@@ -9,7 +9,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 from proxy import metrics
 
-LATENCIES = [0.0001, 0.0005, 0.0007, 0.001, 0.003, 0.02, 0.5, 4.0, 31.0, 0.0]
+# between bounds, exactly on bounds (a bucket's bound is inclusive: ``le``), zero, past the last bound
+LATENCIES = [0.0001, 0.0005, 0.0007, 0.001, 0.003, 0.02, 0.5, 4.0, 31.0, 0.0, *metrics._LATENCY_BOUNDS[:-1], 1e9]
 
 
 def _series(registry: CollectorRegistry, name: str, labels: dict[str, str]) -> dict[str, float]:
