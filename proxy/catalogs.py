@@ -31,14 +31,16 @@ class CatalogCache:
         self.max_age = max_age
         self.miss_interval = miss_interval
         self.fetch_timeout = fetch_timeout
-        self._entries: dict[str, tuple[int, float, Any]] = {}  # name -> (generation, fetched_at, catalog)
+        # name -> (generation, fetched_at (monotonic), catalog). An entry is replaced by ``put``, never changed:
+        # the fast path (``proxy.fastpath.usable``) holds on to the one its plan was made with and compares.
+        self.entries: dict[str, tuple[int, float, Any]] = {}
         self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._refreshing: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def cached(self, cluster: Cluster, pool: Any = None) -> Any:
         """The cached catalog or None; a stale one is returned while a refresh runs in the background."""
-        entry = self._entries.get(cluster.name)
+        entry = self.entries.get(cluster.name)
         if entry is None or entry[0] != cluster.generation:
             return None
         if pool is not None and time.monotonic() - entry[1] > self.max_age and cluster.name not in self._refreshing:
@@ -49,11 +51,11 @@ class CatalogCache:
         return entry[2]
 
     def may_refresh(self, cluster: Cluster) -> bool:
-        entry = self._entries.get(cluster.name)
+        entry = self.entries.get(cluster.name)
         return entry is None or time.monotonic() - entry[1] >= self.miss_interval
 
     def put(self, cluster: Cluster, catalog: Any) -> None:
-        self._entries[cluster.name] = (cluster.generation, time.monotonic(), catalog)
+        self.entries[cluster.name] = (cluster.generation, time.monotonic(), catalog)
 
     async def fetch(self, cluster: Cluster, pool: Any, force: bool = False) -> Any:
         if not force:
@@ -85,7 +87,7 @@ class CatalogCache:
             log.warning("discovery of cluster %s failed; using the built-in catalog", cluster.name, extra={"problem": str(exc)})
             catalog = cls.builtin()
             # Remember it only briefly: retry on the next miss interval.
-            self._entries[cluster.name] = (cluster.generation, time.monotonic() - self.max_age + self.miss_interval, catalog)
+            self.entries[cluster.name] = (cluster.generation, time.monotonic() - self.max_age + self.miss_interval, catalog)
             return catalog
         catalog = cls.from_discovery(docs).merged(cls.builtin()) if hasattr(cls, "merged") else cls.from_discovery(docs)
         self.put(cluster, catalog)

@@ -25,9 +25,10 @@ cdef class Plan:
     cdef public object path
     cdef public object locks_generation
     cdef public object audit_parts
+    cdef public object catalog_entry
 
 
-@cython.locals(pool=ClusterPool)
+@cython.locals(pool=ClusterPool, entry=tuple)
 cpdef Http1Upstream usable(object fwd, object conn, Plan plan)
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from operator import itemgetter
-from time import perf_counter
+from time import monotonic, perf_counter
 from time import time as wall_time
 from typing import TYPE_CHECKING, Any
 
@@ -69,13 +69,13 @@ class Plan:
 
     __slots__ = (
         "cluster", "roles", "catalog", "pool", "credentials", "usable_until", "head", "verdict", "path",
-        "locks_generation", "audit_parts",
+        "locks_generation", "audit_parts", "catalog_entry",
     )  # fmt: skip
 
     def __init__(
         self, cluster: Cluster, roles: Any, catalog: Any, pool: ClusterPool, credentials: UpstreamCredentials | None,
         usable_until: float, head: bytes, verdict: Verdict, path: str, locks_generation: object | None,
-        audit_parts: tuple[bytes, bytes, bytes] | None = None,
+        audit_parts: tuple[bytes, bytes, bytes] | None = None, catalog_entry: tuple[int, float, Any] | None = None,
     ) -> None:
         self.cluster = cluster
         self.roles = roles
@@ -90,6 +90,9 @@ class Plan:
         self.path = path  # for the audit line
         self.locks_generation = locks_generation  # the lock list's generation when the identity was last found unlocked
         self.audit_parts = audit_parts  # audit.request_line_parts, made at first use
+        # The catalog cache's entry ``catalog`` came from (``CatalogCache.entries``), or None: while the
+        # cache holds that same entry and it is not due for a refresh, the catalog is still the one.
+        self.catalog_entry = catalog_entry
 
 
 def usable(fwd: Forwarder, conn: ClientConnection, plan: Plan) -> Http1Upstream | None:
@@ -112,12 +115,16 @@ def usable(fwd: Forwarder, conn: ClientConnection, plan: Plan) -> Http1Upstream 
     if fwd.role_source.current() is not plan.roles:
         return None
     pool = plan.pool
-    if (
-        pool.credentials is not plan.credentials  # refreshed (their freshness: ``usable_until``)
-        or fwd.pools.pools.get(cluster.name) is not pool
-        or fwd.catalogs.cached(cluster, pool) is not plan.catalog
-    ):
-        return None
+    if pool.credentials is not plan.credentials or fwd.pools.pools.get(cluster.name) is not pool:
+        return None  # credentials refreshed (their freshness: ``usable_until``), or another pool
+    # ``catalogs.cached`` answers the plan's catalog without a Python call while the cache holds the entry
+    # the plan was made from (a frozen cluster's generation, the same catalog) and it is not due for a
+    # refresh; else ``cached`` itself answers (and starts the refresh it is due).
+    catalogs = fwd.catalogs
+    entry = catalogs.entries.get(cluster.name)
+    if entry is None or entry is not plan.catalog_entry or monotonic() - entry[1] > catalogs.max_age:
+        if catalogs.cached(cluster, pool) is not plan.catalog:
+            return None
     return pool.idle_http1()
 
 

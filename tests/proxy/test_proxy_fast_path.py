@@ -718,3 +718,52 @@ def test_client_sent_impersonation_on_a_repeated_request_is_decided_as_by_the_fu
     assert c.get(POD).body == plain.body and len(wire_fast_starts) == 3
 
 
+
+
+def _catalogs(gate: Gate) -> Any:
+    return gate.px.proxy.fwd.catalogs
+
+
+def test_a_catalog_refreshed_between_two_identical_requests_makes_the_second_take_the_full_pipeline(
+    gate, client, fast_starts
+):
+    """The plan holds the catalog cache's entry it was made from; a new entry with another catalog (what a
+    refresh installs) sends the next identical request through the full pipeline, which plans again."""
+    import copy
+
+    c = client("ivan")
+    assert c.get(POD).status == 200
+    assert c.get(POD).status == 200 and len(fast_starts) == 1
+
+    async def refresh() -> None:
+        catalogs = _catalogs(gate)
+        cluster = gate.px.proxy.fwd.served_cluster(CLUSTER)
+        catalogs.put(cluster, copy.copy(catalogs.cached(cluster)))
+
+    gate.px.call(refresh)
+    assert c.get(POD).status == 200 and len(fast_starts) == 1  # replanned with the new catalog
+    assert c.get(POD).status == 200 and len(fast_starts) == 2
+
+
+def test_a_catalog_due_for_refresh_still_serves_the_identical_request_fast_and_starts_the_refresh(
+    gate, client, fast_starts
+):
+    c = client("judy")
+    assert c.get(POD).status == 200
+    assert c.get(POD).status == 200 and len(fast_starts) == 1
+    entry = gate.px.call(_async(lambda: _catalogs(gate).entries[CLUSTER]))
+    max_age = _catalogs(gate).max_age
+    gate.px.call(_async(lambda: setattr(_catalogs(gate), "max_age", 0.0)))
+    try:
+        assert c.get(POD).status == 200 and len(fast_starts) == 2  # the old catalog meanwhile
+        # the refresh ran in the background and installed a new entry
+        wait_for(lambda: gate.px.call(_async(lambda: _catalogs(gate).entries[CLUSTER])) is not entry, timeout=10)
+    finally:
+        gate.px.call(_async(lambda: setattr(_catalogs(gate), "max_age", max_age)))
+
+
+def _async(read: Callable[[], Any]) -> Callable[[], Any]:
+    async def call() -> Any:
+        return read()
+
+    return call
