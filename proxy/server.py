@@ -2,8 +2,10 @@
 header timeout) and count its failures by reason, then hand the TLS transport to a ``ClientConnection``.
 
 Accepting is done by hand (``add_reader`` on the listening socket) and the handshake with
-``loop.connect_accepted_socket(ssl=...)`` so that a failed handshake surfaces here and is classified
-(uvloop's ``create_server(ssl=...)`` swallows those silently).
+``loop.connect_accepted_socket`` so that a failed handshake surfaces here and is classified
+(uvloop's ``create_server(ssl=...)`` swallows those silently). The TLS layer is kubegate's
+``proxy.tls_direct.TLSTransport`` over uvloop's TCP transport where that accelerator runs (records
+handled by OpenSSL called from C), else uvloop's own (``connect_accepted_socket(ssl=...)``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import ssl
 
 from proxy.connection import ClientConnection
 from proxy.forward import Forwarder
-from proxy.tls import classify_handshake_error
+from proxy.tls import classify_handshake_error, tls_layer
+
+# ``proxy.tls_direct.TLSTransport`` where it runs here (else None: uvloop's own TLS transport).
+_TLS_LAYER = tls_layer()
 
 log = logging.getLogger("kubegate.proxy.server")
 
@@ -76,9 +81,18 @@ class Listener:
         peer_ip = str(addr[0]) if isinstance(addr, tuple) and addr else ""
         conn = ClientConnection(fwd, peer_ip)
         try:
-            await fwd.loop.connect_accepted_socket(
-                lambda: conn, sock, ssl=self.ssl_context, ssl_handshake_timeout=fwd.settings.header_timeout
-            )
+            if _TLS_LAYER is not None:
+                layer = _TLS_LAYER(self.ssl_context, conn, fwd.loop)
+                transport, _ = await fwd.loop.connect_accepted_socket(lambda: layer, sock)
+                try:
+                    await asyncio.wait_for(layer.handshake_done, fwd.settings.header_timeout)
+                except BaseException:
+                    transport.abort()
+                    raise
+            else:
+                await fwd.loop.connect_accepted_socket(
+                    lambda: conn, sock, ssl=self.ssl_context, ssl_handshake_timeout=fwd.settings.header_timeout
+                )
         except (asyncio.CancelledError, Exception) as exc:
             reason = "shutdown" if isinstance(exc, asyncio.CancelledError) else classify_handshake_error(exc)
             fwd.handshake_failed(reason)

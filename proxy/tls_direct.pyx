@@ -26,9 +26,11 @@ in, ``attach`` answers None and ``proxy.tls`` keeps the ``_ssl`` methods.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.limits cimport INT_MAX
 
+import asyncio
+import ssl
 import sys
 
 cdef extern from *:
@@ -44,6 +46,22 @@ cdef extern from *:
     static kg_of_ssl_fn kg_SSL_pending = NULL;
     static kg_of_ssl_fn kg_SSL_is_server = NULL;
     static kg_ctx_of_ssl_fn kg_SSL_get_SSL_CTX = NULL;
+    /* for TLSTransport: the memory BIOs driven from here (libcrypto's, found through libssl) */
+    typedef int (*kg_get_error_fn)(const void *, int);
+    typedef int (*kg_shutdown_fn)(void *);
+    typedef void *(*kg_get_bio_fn)(const void *);
+    typedef int (*kg_bio_rw_fn)(void *, void *, int);
+    typedef long (*kg_bio_ctrl_fn)(void *, int, long, void *);
+    typedef void (*kg_void_fn)(void);
+    static kg_get_error_fn kg_SSL_get_error = NULL;
+    static kg_shutdown_fn kg_SSL_shutdown = NULL;
+    static kg_get_bio_fn kg_SSL_get_rbio = NULL;
+    static kg_get_bio_fn kg_SSL_get_wbio = NULL;
+    static kg_bio_rw_fn kg_BIO_write = NULL;
+    static kg_bio_rw_fn kg_BIO_read = NULL;
+    static kg_bio_ctrl_fn kg_BIO_ctrl = NULL;
+    static kg_void_fn kg_ERR_clear_error = NULL;
+    static int kg_layer_resolved = 0;
 
     static int kg_resolve(const char *path) {
         void *lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
@@ -53,6 +71,16 @@ cdef extern from *:
         kg_SSL_pending = (kg_of_ssl_fn)dlsym(lib, "SSL_pending");
         kg_SSL_is_server = (kg_of_ssl_fn)dlsym(lib, "SSL_is_server");
         kg_SSL_get_SSL_CTX = (kg_ctx_of_ssl_fn)dlsym(lib, "SSL_get_SSL_CTX");
+        kg_SSL_get_error = (kg_get_error_fn)dlsym(lib, "SSL_get_error");
+        kg_SSL_shutdown = (kg_shutdown_fn)dlsym(lib, "SSL_shutdown");
+        kg_SSL_get_rbio = (kg_get_bio_fn)dlsym(lib, "SSL_get_rbio");
+        kg_SSL_get_wbio = (kg_get_bio_fn)dlsym(lib, "SSL_get_wbio");
+        kg_BIO_write = (kg_bio_rw_fn)dlsym(lib, "BIO_write");
+        kg_BIO_read = (kg_bio_rw_fn)dlsym(lib, "BIO_read");
+        kg_BIO_ctrl = (kg_bio_ctrl_fn)dlsym(lib, "BIO_ctrl");
+        kg_ERR_clear_error = (kg_void_fn)dlsym(lib, "ERR_clear_error");
+        kg_layer_resolved = kg_SSL_get_error && kg_SSL_shutdown && kg_SSL_get_rbio && kg_SSL_get_wbio
+            && kg_BIO_write && kg_BIO_read && kg_BIO_ctrl && kg_ERR_clear_error;
         return kg_SSL_read_ex && kg_SSL_write_ex && kg_SSL_pending && kg_SSL_is_server && kg_SSL_get_SSL_CTX;
     }
     static void *kg_ssl_of(PyObject *o) { return ((kg_ssl_socket_head *)o)->ssl; }
@@ -61,14 +89,26 @@ cdef extern from *:
     int kg_resolve(const char *path)
     void *kg_ssl_of(object o)
     void *kg_ctx_of(object o)
-    int kg_SSL_read_ex(void *ssl, void *buf, size_t num, size_t *done) nogil
-    int kg_SSL_write_ex(void *ssl, const void *buf, size_t num, size_t *done) nogil
-    int kg_SSL_pending(const void *ssl) nogil
-    int kg_SSL_is_server(const void *ssl) nogil
-    void *kg_SSL_get_SSL_CTX(const void *ssl) nogil
+    int kg_SSL_read_ex(void *s, void *buf, size_t num, size_t *done) nogil
+    int kg_SSL_write_ex(void *s, const void *buf, size_t num, size_t *done) nogil
+    int kg_SSL_pending(const void *s) nogil
+    int kg_SSL_is_server(const void *s) nogil
+    void *kg_SSL_get_SSL_CTX(const void *s) nogil
+    int kg_layer_resolved
+    int kg_SSL_get_error(const void *s, int ret) nogil
+    int kg_SSL_shutdown(void *s) nogil
+    void *kg_SSL_get_rbio(const void *s) nogil
+    void *kg_SSL_get_wbio(const void *s) nogil
+    int kg_BIO_write(void *bio, const void *data, int size) nogil
+    int kg_BIO_read(void *bio, void *data, int size) nogil
+    long kg_BIO_ctrl(void *bio, int cmd, long larg, void *parg) nogil
+    void kg_ERR_clear_error() nogil
 
 cdef enum:
     RECORD_PLAINTEXT = 16384  # the most plaintext one TLS record carries (RFC 8446 5.1)
+    BIO_CTRL_PENDING = 10  # OpenSSL's bio.h
+    SSL_ERROR_WANT_READ = 2  # OpenSSL's ssl.h
+    SSL_ERROR_ZERO_RETURN = 6
 
 cdef bint _resolved = False
 
@@ -154,19 +194,404 @@ cdef class DirectTLS:
         return kg_SSL_pending(self.ssl)
 
 
-def attach(inner: object) -> DirectTLS | None:
-    """A ``DirectTLS`` for ``inner`` (an ``_ssl._SSLSocket``, before its handshake), or None where the
-    OpenSSL functions or its ``SSL *`` cannot be trusted (see the module docstring)."""
+cdef void *_checked_ssl(object inner) except? NULL:
+    """The ``SSL *`` of ``inner`` (an ``_ssl._SSLSocket``), or NULL where it cannot be trusted (see the
+    module docstring)."""
     import _ssl
 
     if not resolve() or type(inner) is not _ssl._SSLSocket:
-        return None
+        return NULL
     context = inner.context
     if not isinstance(context, _ssl._SSLContext):
-        return None
-    cdef void *ssl = kg_ssl_of(inner)
-    if ssl == NULL or kg_SSL_get_SSL_CTX(ssl) != kg_ctx_of(context):
-        return None
-    if (kg_SSL_is_server(ssl) != 0) != bool(inner.server_side):
+        return NULL
+    cdef void *ptr = kg_ssl_of(inner)
+    if ptr == NULL or kg_SSL_get_SSL_CTX(ptr) != kg_ctx_of(context):
+        return NULL
+    if (kg_SSL_is_server(ptr) != 0) != bool(inner.server_side):
+        return NULL
+    return ptr
+
+
+def attach(inner: object) -> DirectTLS | None:
+    """A ``DirectTLS`` for ``inner`` (an ``_ssl._SSLSocket``, before its handshake), or None where the
+    OpenSSL functions or its ``SSL *`` cannot be trusted (see the module docstring)."""
+    if _checked_ssl(inner) == NULL:
         return None
     return DirectTLS(inner)
+
+
+def layer_available() -> bool:
+    """True when ``TLSTransport`` can run here: every OpenSSL function it calls was found."""
+    return resolve() and kg_layer_resolved != 0
+
+
+cdef enum:
+    HANDSHAKING = 0
+    WRAPPED = 1
+    SHUTTING_DOWN = 2  # close_notify sent: nothing more to read or write
+    CLOSED = 3
+
+
+cdef class TLSTransport:
+    """A server-side TLS connection between uvloop's TCP transport and a protocol: the TCP transport's
+    protocol on one side, the protocol's transport on the other (what ``loop.connect_accepted_socket(...,
+    ssl=...)`` makes with uvloop's ``SSLProtocol``, with the records' work done here in C).
+
+    The connection is an ``ssl`` module ``SSLObject`` over two ``MemoryBIO``s; the handshake is run
+    through it (``do_handshake``, in Python: once per connection). After that every record is OpenSSL's
+    work called from here: bytes read from the socket go into the incoming BIO (``BIO_write``), records
+    come out of ``SSL_read_ex`` (into a stack buffer, or straight into a buffered protocol's buffer), a
+    write is one ``SSL_write_ex`` and the outgoing BIO's bytes go to the TCP transport as one ``bytes``
+    (``BIO_read``). uvloop's ``SSLProtocol`` does the same through a dozen Python-level calls per record.
+
+    Behaviour, as uvloop's TLS transport: the protocol's ``connection_made`` once the handshake is done
+    (``handshake_done``: resolved then, or failed with the handshake's error); ``eof_received`` when the
+    peer sends close_notify (then the connection is closed) or its TCP stream ends; ``close()`` sends
+    close_notify and closes the TCP transport once its queued bytes are written (without waiting for the
+    peer's close_notify); ``abort()`` drops everything; ``pause_writing``/``resume_writing`` are the TCP
+    transport's (every record is encrypted at once: what waits is ciphertext in the TCP transport);
+    ``pause_reading`` stops reading the socket and the records already received wait in the incoming
+    BIO; a record that does not decrypt, or an alert, fails the connection (``connection_lost`` with the
+    ``ssl`` module's own exception, made by asking the ``SSLObject`` again); ``write_eof`` is not
+    supported (TLS has no half-close), as there. Writes after ``close()`` are dropped."""
+
+    cdef object context
+    cdef object loop
+    cdef object raw
+    cdef object app
+    cdef object sslobj
+    cdef object incoming
+    cdef object outgoing
+    cdef readonly object handshake_done
+    cdef object _error
+    cdef object _read_soon
+    cdef void *ssl
+    cdef void *rbio
+    cdef void *wbio
+    cdef int state
+    cdef bint app_buffered
+    cdef bint app_made
+    cdef bint eof_told
+    cdef bint closing
+    cdef bint reading_paused
+
+    def __init__(self, context: ssl.SSLContext, app: asyncio.BaseProtocol, loop: asyncio.AbstractEventLoop) -> None:
+        self.context = context
+        self.loop = loop
+        self.app = app
+        self.app_buffered = isinstance(app, asyncio.BufferedProtocol)
+        self.handshake_done = loop.create_future()
+        self.state = HANDSHAKING
+
+    # ---- the TCP transport's protocol
+
+    def connection_made(self, raw: asyncio.Transport) -> None:
+        self.raw = raw
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        try:
+            self.sslobj = self.context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+            self.ssl = _checked_ssl(self.sslobj._sslobj)
+            if self.ssl == NULL:
+                raise RuntimeError("the TLS connection's OpenSSL object cannot be used directly")
+        except Exception as exc:  # noqa: BLE001 - the handshake fails with it
+            self._handshake_failed(exc)
+            return
+        self.rbio = kg_SSL_get_rbio(self.ssl)
+        self.wbio = kg_SSL_get_wbio(self.ssl)
+        self._handshake_step()
+
+    def data_received(self, data: bytes) -> None:
+        cdef Py_buffer view
+        cdef int state = self.state
+        if state != HANDSHAKING and state != WRAPPED:
+            return  # after close_notify or a failure: nothing more is read
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            if view.len > 0:
+                kg_BIO_write(self.rbio, view.buf, <int>view.len)
+        finally:
+            PyBuffer_Release(&view)
+        if state == HANDSHAKING:
+            self._handshake_step()
+        else:
+            self._read_records()
+
+    def eof_received(self) -> bool:
+        if self.state == HANDSHAKING:
+            self._handshake_failed(ConnectionResetError("the connection ended during the TLS handshake"))
+        elif self.app_made and not self.eof_told:
+            self.eof_told = True
+            self.app.eof_received()  # a TLS connection cannot stay half open: closed whatever it answers
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.state = CLOSED
+        if self._read_soon is not None:
+            self._read_soon.cancel()
+            self._read_soon = None
+        if exc is None:
+            exc = self._error
+        if not self.handshake_done.done():
+            self.handshake_done.set_exception(exc or ConnectionResetError("the connection ended during the TLS handshake"))
+        app = self.app
+        made = self.app_made
+        # Let go of the OpenSSL state and of the objects that refer back to this one (the protocol holds
+        # it as its transport, the TCP transport as its protocol) now, not at the next garbage collection:
+        # thousands of idle connections closing at once give their memory back (proxy.memory.Trimmer).
+        self.app_made = False
+        self.app = None
+        self.raw = None
+        self.sslobj = self.incoming = self.outgoing = None
+        self.ssl = self.rbio = self.wbio = NULL
+        if made:
+            app.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.app_made:
+            self.app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.app_made:
+            self.app.resume_writing()
+
+    # ---- the handshake
+
+    cdef _handshake_step(self):
+        try:
+            self.sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush_out()
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure fails the handshake
+            self._flush_out()  # the alert, for the client to see why
+            self._handshake_failed(exc)
+            return
+        self._flush_out()
+        self.state = WRAPPED
+        if self.handshake_done.done():  # given up on meanwhile (the handshake's time ran out)
+            self.abort()
+            return
+        self.handshake_done.set_result(None)
+        self.app_made = True
+        self.app.connection_made(self)
+        if self.state == WRAPPED:
+            self._read_records()  # what came with the handshake's last flight
+
+    cdef _handshake_failed(self, exc):
+        self.state = CLOSED
+        if not self.handshake_done.done():
+            self.handshake_done.set_exception(exc)
+        if self.raw is not None:
+            self.raw.close()  # after the alert is written
+
+    # ---- records
+
+    cdef _flush_out(self):
+        """The outgoing BIO's bytes to the TCP transport, as one ``bytes``."""
+        cdef long pending
+        cdef int got
+        if self.wbio == NULL or self.raw is None:
+            return
+        pending = kg_BIO_ctrl(self.wbio, BIO_CTRL_PENDING, 0, NULL)
+        if pending <= 0:
+            return
+        out = PyBytes_FromStringAndSize(NULL, pending)
+        got = kg_BIO_read(self.wbio, PyBytes_AS_STRING(out), <int>pending)
+        if got <= 0:
+            return
+        self.raw.write(out if got == pending else out[:got])
+
+    cdef _read_records(self):
+        """Every whole record received, to the protocol (one ``data_received`` for all of them, as uvloop
+        does; a buffered protocol gets each record in its own buffer)."""
+        cdef char stack[RECORD_PLAINTEXT]
+        cdef size_t done = 0
+        cdef int ok = 1
+        cdef int error = SSL_ERROR_WANT_READ
+        cdef list chunks = None
+        cdef object first = None
+        if self.reading_paused or self.state != WRAPPED:
+            return
+        kg_ERR_clear_error()
+        if self.app_buffered:
+            error = self._read_into_buffers()
+        else:
+            while True:
+                ok = kg_SSL_read_ex(self.ssl, stack, RECORD_PLAINTEXT, &done)
+                if ok != 1:
+                    error = kg_SSL_get_error(self.ssl, 0)
+                    break
+                chunk = PyBytes_FromStringAndSize(stack, <Py_ssize_t>done)
+                if first is None:
+                    first = chunk
+                else:
+                    if chunks is None:
+                        chunks = [first]
+                    chunks.append(chunk)
+            if chunks is not None:
+                self.app.data_received(b"".join(chunks))
+            elif first is not None:
+                self.app.data_received(first)
+        if self.state != WRAPPED:
+            return  # the protocol closed or aborted the connection meanwhile
+        self._flush_out()  # what reading produced: a key update's answer, an alert
+        if error == SSL_ERROR_WANT_READ or error == -1:
+            return
+        if error == SSL_ERROR_ZERO_RETURN:  # the peer's close_notify
+            if self.app_made and not self.eof_told:
+                self.eof_told = True
+                self.app.eof_received()
+            self.close()
+            return
+        self._read_failed()
+
+    cdef int _read_into_buffers(self) except -2:
+        """Records straight into a buffered protocol's buffers; the error that stopped it (or -1: the
+        protocol paused reading)."""
+        cdef Py_buffer view
+        cdef size_t done = 0
+        cdef int ok
+        cdef long pending
+        while True:
+            if self.reading_paused or self.state != WRAPPED:
+                return -1
+            pending = kg_BIO_ctrl(self.rbio, BIO_CTRL_PENDING, 0, NULL) + kg_SSL_pending(self.ssl)
+            if pending <= 0:
+                return SSL_ERROR_WANT_READ
+            buffer = self.app.get_buffer(pending + 256)
+            PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)
+            try:
+                ok = kg_SSL_read_ex(self.ssl, view.buf, <size_t>view.len, &done) if view.len > 0 else 0
+            finally:
+                PyBuffer_Release(&view)
+            if ok != 1:
+                return kg_SSL_get_error(self.ssl, 0)
+            self.app.buffer_updated(<Py_ssize_t>done)
+
+    cdef _read_failed(self):
+        """A record that does not decrypt, an alert, a protocol error: the connection fails with the
+        ``ssl`` module's own exception for it (the ``SSLObject`` asked again)."""
+        try:
+            self.sslobj.read(1)
+            error = ssl.SSLError("TLS read failed")
+        except Exception as exc:  # noqa: BLE001 - the exception is the answer
+            error = exc
+        self._fail(error)
+
+    cdef _fail(self, exc):
+        self._error = exc
+        self.state = CLOSED
+        self.closing = True
+        if self.raw is not None:
+            self.raw.abort()
+
+    def _read_resumed(self) -> None:
+        self._read_soon = None
+        self._read_records()
+
+    # ---- the protocol's transport
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        cdef Py_buffer view
+        cdef size_t done = 0
+        cdef int ok = 1
+        if self.state != WRAPPED:
+            return  # closed or closing: dropped, as uvloop drops them
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            if view.len > 0:
+                kg_ERR_clear_error()
+                ok = kg_SSL_write_ex(self.ssl, view.buf, <size_t>view.len, &done)
+        finally:
+            PyBuffer_Release(&view)
+        if ok != 1:
+            try:
+                self.sslobj.write(data)
+                error = ssl.SSLError("TLS write failed")
+            except Exception as exc:  # noqa: BLE001 - the exception is the answer
+                error = exc
+            self._fail(error)
+            return
+        self._flush_out()
+
+    def writelines(self, list_of_data) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("TLS connections cannot be half closed")
+
+    def close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        if self.state == WRAPPED:
+            self.state = SHUTTING_DOWN
+            kg_ERR_clear_error()
+            kg_SSL_shutdown(self.ssl)  # our close_notify
+            self._flush_out()
+        if self.raw is not None:
+            self.raw.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.state != CLOSED:
+            self.state = SHUTTING_DOWN
+        if self.raw is not None:
+            self.raw.abort()
+
+    def is_closing(self) -> bool:
+        return self.closing or self.state >= SHUTTING_DOWN
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused:
+            self.reading_paused = True
+            if self.raw is not None and not self.raw.is_closing():
+                self.raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused:
+            self.reading_paused = False
+            if self.raw is not None and not self.raw.is_closing():
+                self.raw.resume_reading()
+            if self.state == WRAPPED and self._read_soon is None:
+                self._read_soon = self.loop.call_soon(self._read_resumed)  # records received meanwhile
+
+    def is_reading(self) -> bool:
+        return not self.reading_paused and not self.is_closing()
+
+    def get_write_buffer_size(self) -> int:
+        return self.raw.get_write_buffer_size() if self.raw is not None else 0
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self.raw.get_write_buffer_limits() if self.raw is not None else (0, 0)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if self.raw is not None:
+            self.raw.set_write_buffer_limits(high, low)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.app = protocol
+        self.app_buffered = isinstance(protocol, asyncio.BufferedProtocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.app
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        sslobj = self.sslobj
+        if name == "ssl_object":
+            return sslobj
+        if name == "sslcontext":
+            return self.context
+        if sslobj is not None and self.state != HANDSHAKING:
+            if name == "peercert":
+                return sslobj.getpeercert()
+            if name == "cipher":
+                return sslobj.cipher()
+            if name == "compression":
+                return sslobj.compression()
+        return self.raw.get_extra_info(name, default) if self.raw is not None else default

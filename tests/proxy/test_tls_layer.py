@@ -1,0 +1,297 @@
+"""``proxy.tls_direct.TLSTransport``, the listener's TLS layer over uvloop's TCP transport: against a
+real TLS client (the ``ssl`` module's, through asyncio streams on loopback) it behaves as uvloop's own
+TLS transport does — the handshake's outcome (ALPN, the client's certificate, the failures a listener
+classifies), bytes both ways in records of every size, a buffered protocol, paused and resumed reading,
+write flow control, close with close_notify from either side, abort. The whole test suite also runs
+through it: the listener uses it wherever the accelerator is built."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from proxy import tls
+
+pytestmark = pytest.mark.skipif(tls.tls_layer() is None, reason="proxy.tls_direct is not built here")
+
+
+def _files(tmp_path: Path) -> tuple[str, str, str, str, str]:
+    """CA file, server cert and key for localhost, a client cert and key from the same CA."""
+    from certs.ca import CertificateAuthority
+
+    ca = CertificateAuthority.create_in_memory()
+    server = ca.issue_server_certificate(["localhost"])
+    client = ca.issue_user_certificate("alice", ["reader"], timedelta(hours=1))
+    paths = [tmp_path / n for n in ("ca.pem", "s.pem", "s.key", "c.pem", "c.key")]
+    for path, pem in zip(paths, (ca.cert_pem, server.cert_pem, server.key_pem, client.cert_pem, client.key_pem),
+                         strict=True):
+        path.write_bytes(pem)
+    return tuple(str(p) for p in paths)  # type: ignore[return-value]
+
+
+class Recorder(asyncio.Protocol):
+    """The protocol under the layer: records what it is told; echoes when ``echo``."""
+
+    def __init__(self, echo: bool = True) -> None:
+        self.echo = echo
+        self.transport: asyncio.Transport | None = None
+        self.received = bytearray()
+        self.events: list[str] = []
+        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.events.append("made")
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+        if self.echo:
+            assert self.transport is not None
+            self.transport.write(data)
+
+    def eof_received(self) -> bool | None:
+        self.events.append("eof")
+        return None
+
+    def pause_writing(self) -> None:
+        self.events.append("pause_writing")
+
+    def resume_writing(self) -> None:
+        self.events.append("resume_writing")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.events.append("lost")
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+class Buffered(asyncio.BufferedProtocol, Recorder):
+    def __init__(self) -> None:
+        Recorder.__init__(self, echo=False)
+        self.buffer = bytearray(4096)
+        self.updates = 0
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self.buffer)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.updates += 1
+        self.received += self.buffer[:nbytes]
+
+
+def run(coro_fn, tmp_path: Path):  # noqa: ANN001, ANN201
+    files = _files(tmp_path)
+
+    async def main():  # noqa: ANN202
+        return await coro_fn(files)
+
+    return uvloop.run(main())
+
+
+async def _serve(files: tuple[str, ...], protocol: asyncio.BaseProtocol, *, require_cert: bool = True):  # noqa: ANN202
+    """A listening socket whose first connection gets a ``TLSTransport`` around ``protocol``; returns
+    (port, task resolving to the layer once its handshake is done or failed)."""
+    ca, cert, key, _, _ = files
+    ctx = tls.server_context(cert, key, ca)
+    if require_cert:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    loop = asyncio.get_running_loop()
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen()
+    lsock.setblocking(False)
+    layer_class = tls.tls_layer()
+
+    async def accept():  # noqa: ANN202
+        sock, _ = await loop.sock_accept(lsock)
+        lsock.close()
+        layer = layer_class(ctx, protocol, loop)
+        await loop.connect_accepted_socket(lambda: layer, sock)
+        await asyncio.wait_for(layer.handshake_done, 5)
+        return layer
+
+    return lsock.getsockname()[1], asyncio.ensure_future(accept())
+
+
+def _client_context(files: tuple[str, ...], *, alpn: list[str] | None = None, cert: bool = True) -> ssl.SSLContext:
+    ca, _, _, ccert, ckey = files
+    ctx = ssl.create_default_context(cafile=ca)
+    if cert:
+        ctx.load_cert_chain(ccert, ckey)
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def test_bytes_both_ways_in_records_of_every_size_with_alpn_and_the_clients_certificate(tmp_path):
+    async def scenario(files):  # noqa: ANN001, ANN202
+        app = Recorder(echo=True)
+        port, accepted = await _serve(files, app)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=_client_context(files, alpn=["h2", "http/1.1"]), server_hostname="localhost")
+        layer = await accepted
+        sslobj = layer.get_extra_info("ssl_object")
+        assert sslobj.selected_alpn_protocol() == "h2"
+        assert sslobj.getpeercert(binary_form=True)  # the client's certificate, as the listener reads it
+        assert layer.get_extra_info("peername")[0] == "127.0.0.1"
+        sent = b""
+        for size in (1, 100, 16383, 16384, 16385, 200_000):
+            data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+            writer.write(data)
+            sent += data
+        await writer.drain()
+        echoed = await reader.readexactly(len(sent))
+        assert echoed == sent and bytes(app.received) == sent
+        writer.close()
+        await app.lost
+        return app.events
+
+    events = run(scenario, tmp_path)
+    assert events[0] == "made" and events[-1] == "lost" and "eof" in events
+
+
+def test_close_sends_close_notify_and_the_client_sees_a_clean_end(tmp_path):
+    async def scenario(files):  # noqa: ANN001, ANN202
+        app = Recorder(echo=False)
+        port, accepted = await _serve(files, app)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=_client_context(files), server_hostname="localhost")
+        layer = await accepted
+        layer.write(b"bye")
+        layer.close()
+        assert layer.is_closing()
+        layer.write(b"dropped")  # after close: dropped, as uvloop drops it
+        data = await reader.read()  # a close_notify ends the stream without an error
+        assert await app.lost is None
+        writer.close()
+        return data
+
+    assert run(scenario, tmp_path) == b"bye"
+
+
+def test_a_buffered_protocol_gets_the_records_in_its_buffer_and_reading_pauses_and_resumes(tmp_path):
+    async def scenario(files):  # noqa: ANN001, ANN202
+        app = Recorder(echo=False)
+        port, accepted = await _serve(files, app)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=_client_context(files), server_hostname="localhost")
+        layer = await accepted
+        buffered = Buffered()
+        layer.set_protocol(buffered)
+        assert layer.get_protocol() is buffered
+        buffered.transport = layer
+        writer.write(b"x" * 10_000)
+        await writer.drain()
+        for _ in range(100):
+            if len(buffered.received) == 10_000:
+                break
+            await asyncio.sleep(0.01)
+        assert bytes(buffered.received) == b"x" * 10_000 and buffered.updates >= 3  # 4 KiB buffers
+        layer.pause_reading()
+        assert not layer.is_reading()
+        writer.write(b"held")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        assert len(buffered.received) == 10_000  # nothing while paused
+        layer.resume_reading()
+        for _ in range(100):
+            if len(buffered.received) == 10_004:
+                break
+            await asyncio.sleep(0.01)
+        assert bytes(buffered.received[-4:]) == b"held"
+        layer.abort()
+        writer.close()
+        return await buffered.lost
+
+    assert run(scenario, tmp_path) is None
+
+
+def test_writes_beyond_the_high_water_mark_pause_the_protocol_until_the_client_reads(tmp_path):
+    async def scenario(files):  # noqa: ANN001, ANN202
+        app = Recorder(echo=False)
+        port, accepted = await _serve(files, app)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=_client_context(files), server_hostname="localhost", limit=1 << 16)
+        layer = await accepted
+        layer.set_write_buffer_limits(high=64 * 1024)
+        layer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        for _ in range(200):
+            layer.write(b"y" * 16384)
+        assert "pause_writing" in app.events and layer.get_write_buffer_size() > 0
+        got = await reader.readexactly(200 * 16384)
+        assert got == b"y" * (200 * 16384)
+        for _ in range(100):
+            if "resume_writing" in app.events:
+                break
+            await asyncio.sleep(0.01)
+        assert "resume_writing" in app.events
+        layer.close()
+        writer.close()
+        await app.lost
+
+    run(scenario, tmp_path)
+
+
+@pytest.mark.parametrize("case", ["untrusted client", "no client certificate", "plain http", "silence"])
+def test_failed_handshakes_fail_with_the_errors_the_listener_classifies(tmp_path, case):
+    async def scenario(files):  # noqa: ANN001, ANN202
+        app = Recorder()
+        port, accepted = await _serve(files, app)
+        if case == "untrusted client":
+            from certs.ca import CertificateAuthority
+
+            other = CertificateAuthority.create_in_memory().issue_user_certificate("mallory", [], timedelta(hours=1))
+            (tmp_path / "m.pem").write_bytes(other.cert_pem)
+            (tmp_path / "m.key").write_bytes(other.key_pem)
+            ctx = _client_context(files, cert=False)
+            ctx.load_cert_chain(str(tmp_path / "m.pem"), str(tmp_path / "m.key"))
+        else:
+            ctx = _client_context(files, cert=False)
+        if case == "plain http":
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        elif case == "silence":
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        else:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
+                await reader.read()  # TLS 1.3: the client learns of the refusal on its first read
+            except (ssl.SSLError, ConnectionError):
+                pass
+        if case == "silence":
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(accepted), 0.3)
+            accepted.cancel()
+            return "timeout", app.events
+        with pytest.raises(Exception) as caught:  # noqa: PT011 - which one is the point of the test
+            await accepted
+        return tls.classify_handshake_error(caught.value), app.events
+
+    reason, events = run(scenario, tmp_path)
+    assert events == []  # the protocol never heard of the connection
+    assert reason == {"untrusted client": "client_cert_untrusted", "no client certificate": "no_client_cert",
+                      "plain http": "plain_http", "silence": "timeout"}[case]
+
+
+def test_the_peers_close_notify_tells_the_protocol_of_the_end_and_closes(tmp_path):
+    async def scenario(files):  # noqa: ANN001, ANN202
+        app = Recorder(echo=False)
+        port, accepted = await _serve(files, app)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=_client_context(files), server_hostname="localhost")
+        await accepted
+        writer.write(b"last words")
+        await writer.drain()
+        writer.close()  # asyncio's TLS client sends close_notify
+        await writer.wait_closed()
+        exc = await app.lost
+        return bytes(app.received), app.events, exc
+
+    received, events, exc = run(scenario, tmp_path)
+    assert received == b"last words" and events == ["made", "eof", "lost"] and exc is None
