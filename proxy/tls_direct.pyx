@@ -274,6 +274,7 @@ cdef class TLSTransport:
     cdef bint eof_told
     cdef bint closing
     cdef bint reading_paused
+    cdef bint eof_pending  # the TCP stream ended while records waited for a paused protocol
 
     def __init__(self, context: ssl.SSLContext, app: asyncio.BaseProtocol, loop: asyncio.AbstractEventLoop) -> None:
         self.context = context
@@ -321,6 +322,11 @@ cdef class TLSTransport:
         if self.state == HANDSHAKING:
             self._handshake_failed(ConnectionResetError("the connection ended during the TLS handshake"))
         elif self.app_made and not self.eof_told:
+            if self.reading_paused and kg_BIO_ctrl(self.rbio, BIO_CTRL_PENDING, 0, NULL) + kg_SSL_pending(self.ssl) > 0:
+                # Records received before the end wait for the protocol to read again: the end is told
+                # after them (``_read_records``), and the TCP transport stays open until then.
+                self.eof_pending = True
+                return True
             self.eof_told = True
             self.app.eof_received()  # a TLS connection cannot stay half open: closed whatever it answers
         return False
@@ -436,7 +442,15 @@ cdef class TLSTransport:
         if self.state != WRAPPED:
             return  # the protocol closed or aborted the connection meanwhile
         self._flush_out()  # what reading produced: a key update's answer, an alert
-        if error == SSL_ERROR_WANT_READ or error == -1:
+        if error == -1:
+            return  # the protocol paused reading
+        if error == SSL_ERROR_WANT_READ:
+            if self.eof_pending and not self.reading_paused:  # the records before the end are read
+                self.eof_pending = False
+                if self.app_made and not self.eof_told:
+                    self.eof_told = True
+                    self.app.eof_received()
+                self.close()
             return
         if error == SSL_ERROR_ZERO_RETURN:  # the peer's close_notify
             if self.app_made and not self.eof_told:

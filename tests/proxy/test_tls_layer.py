@@ -72,6 +72,8 @@ class Recorder(asyncio.Protocol):
 
 
 class Buffered(asyncio.BufferedProtocol, Recorder):
+    eof_received = Recorder.eof_received  # (asyncio.BufferedProtocol's own would come first)
+
     def __init__(self) -> None:
         Recorder.__init__(self, echo=False)
         self.buffer = bytearray(4096)
@@ -295,3 +297,74 @@ def test_the_peers_close_notify_tells_the_protocol_of_the_end_and_closes(tmp_pat
 
     received, events, exc = run(scenario, tmp_path)
     assert received == b"last words" and events == ["made", "eof", "lost"] and exc is None
+
+
+class _TCPTransportStandIn:
+    """What the layer needs of uvloop's TCP transport, recorded, so a test can hand it bytes and the end of
+    the stream exactly when it wants to (uvloop itself reads no more once reading is paused)."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def take(self) -> bytes:
+        data, self.written = bytes(self.written), bytearray()
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+def test_the_end_of_the_stream_is_told_after_the_records_a_paused_protocol_had_not_read(tmp_path):
+    async def scenario(files):  # noqa: ANN001, ANN202
+        ca, cert, key, _, _ = files
+        loop = asyncio.get_running_loop()
+        app = Buffered()
+        app.buffer = bytearray(1000)
+        tcp = _TCPTransportStandIn()
+        layer = tls.tls_layer()(tls.server_context(cert, key, ca), app, loop)
+        layer.connection_made(tcp)
+        c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        client = _client_context(files).wrap_bio(c_in, c_out, server_hostname="localhost")
+        for _ in range(10):
+            try:
+                client.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                layer.data_received(c_out.read())
+                c_in.write(tcp.take())
+        layer.data_received(c_out.read())  # the client's last flight
+        await layer.handshake_done
+        layer.pause_reading()
+        client.write(b"a" * 3000)
+        layer.data_received(c_out.read())  # received while the protocol does not read
+        assert layer.eof_received() is True  # the TCP stream ends: kept open for what waits
+        assert app.events == ["made"] and len(app.received) == 0
+        layer.resume_reading()
+        await asyncio.sleep(0)  # the records are read at the next turn of the loop
+        assert bytes(app.received) == b"a" * 3000 and app.events == ["made", "eof"]
+        assert tcp.closed  # then the connection is closed, with our close_notify
+        c_in.write(tcp.take())
+        assert client.read(10) == b""  # the client sees a clean end
+        layer.connection_lost(None)
+        return app.events
+
+    assert run(scenario, tmp_path) == ["made", "eof", "lost"]
