@@ -50,6 +50,12 @@ class CatalogCache:
             task.add_done_callback(self._tasks.discard)
         return entry[2]
 
+    def entry_holding(self, cluster: Cluster, catalog: Any) -> tuple[int, float, Any] | None:
+        """The entry that holds ``catalog`` for ``cluster`` as it is now (``Plan.catalog_entry``), or None
+        when the cache holds another (a plan without one asks ``cached`` each time)."""
+        entry = self.entries.get(cluster.name)
+        return entry if entry is not None and entry[2] is catalog and entry[0] == cluster.generation else None
+
     def may_refresh(self, cluster: Cluster) -> bool:
         entry = self.entries.get(cluster.name)
         return entry is None or time.monotonic() - entry[1] >= self.miss_interval

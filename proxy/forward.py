@@ -763,14 +763,8 @@ class Exchange:
             verdict=verdict,
             path=self.head.path,
             locks_generation=self._locks_generation,
-            catalog_entry=self._catalog_entry(cluster, catalog),
+            catalog_entry=self.fwd.catalogs.entry_holding(cluster, catalog),
         )
-
-    def _catalog_entry(self, cluster: Cluster, catalog: Any) -> tuple[int, float, Any] | None:
-        """The catalog cache's entry ``catalog`` is, for the plan (``Plan.catalog_entry``); None when the
-        cache holds another (a plan without one asks ``CatalogCache.cached`` each time)."""
-        entry = self.fwd.catalogs.entries.get(cluster.name)
-        return entry if entry is not None and entry[2] is catalog and entry[0] == cluster.generation else None
 
     async def _whole_body_if_ready(self) -> bytes | None:
         """The request body when it is all here already (or declared small); None to stream it."""

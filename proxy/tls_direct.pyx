@@ -33,6 +33,8 @@ import asyncio
 import ssl
 import sys
 
+import _ssl  # loads libssl (``_libssl_path``); its types are checked in ``_checked_ssl``
+
 cdef extern from *:
     """
     #include <dlfcn.h>
@@ -115,8 +117,6 @@ cdef bint _resolved = False
 
 def _libssl_path() -> str | None:
     """The file of the libssl this process loaded for the ``_ssl`` module, or None (built in)."""
-    import _ssl  # noqa: F401 - loads libssl
-
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
@@ -327,9 +327,14 @@ cdef class TLSTransport:
                 # after them (``_read_records``), and the TCP transport stays open until then.
                 self.eof_pending = True
                 return True
-            self.eof_told = True
-            self.app.eof_received()  # a TLS connection cannot stay half open: closed whatever it answers
+            self._tell_eof()  # a TLS connection cannot stay half open: closed whatever it answers
         return False
+
+    cdef _tell_eof(self):
+        """The protocol's ``eof_received``, once."""
+        if self.app_made and not self.eof_told:
+            self.eof_told = True
+            self.app.eof_received()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.state = CLOSED
@@ -447,18 +452,14 @@ cdef class TLSTransport:
         if error == SSL_ERROR_WANT_READ:
             if self.eof_pending and not self.reading_paused:  # the records before the end are read
                 self.eof_pending = False
-                if self.app_made and not self.eof_told:
-                    self.eof_told = True
-                    self.app.eof_received()
+                self._tell_eof()
                 self.close()
             return
         if error == SSL_ERROR_ZERO_RETURN:  # the peer's close_notify
-            if self.app_made and not self.eof_told:
-                self.eof_told = True
-                self.app.eof_received()
+            self._tell_eof()
             self.close()
             return
-        self._read_failed()
+        self._failed_as_sslobj_says(self.sslobj.read, 1, "read")
 
     cdef int _read_into_buffers(self) except -2:
         """Records straight into a buffered protocol's buffers; the error that stopped it (or -1: the
@@ -483,18 +484,16 @@ cdef class TLSTransport:
                 return kg_SSL_get_error(self.ssl, 0)
             self.app.buffer_updated(<Py_ssize_t>done)
 
-    cdef _read_failed(self):
-        """A record that does not decrypt, an alert, a protocol error: the connection fails with the
-        ``ssl`` module's own exception for it (the ``SSLObject`` asked again)."""
+    cdef _failed_as_sslobj_says(self, method, arg, str what):
+        """A read or write OpenSSL refused (a record that does not decrypt, an alert, a protocol error):
+        the connection fails with the ``ssl`` module's own exception for it — ``method`` of the
+        ``SSLObject``, asked again with ``arg``, raises it."""
         try:
-            self.sslobj.read(1)
-            error = ssl.SSLError("TLS read failed")
+            method(arg)
+            error = ssl.SSLError(f"TLS {what} failed")
         except Exception as exc:  # noqa: BLE001 - the exception is the answer
             error = exc
-        self._fail(error)
-
-    cdef _fail(self, exc):
-        self._error = exc
+        self._error = error
         self.state = CLOSED
         self.closing = True
         if self.raw is not None:
@@ -520,12 +519,7 @@ cdef class TLSTransport:
         finally:
             PyBuffer_Release(&view)
         if ok != 1:
-            try:
-                self.sslobj.write(data)
-                error = ssl.SSLError("TLS write failed")
-            except Exception as exc:  # noqa: BLE001 - the exception is the answer
-                error = exc
-            self._fail(error)
+            self._failed_as_sslobj_says(self.sslobj.write, data, "write")
             return
         self._flush_out()
 

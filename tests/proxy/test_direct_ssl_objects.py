@@ -28,13 +28,15 @@ def _server_files(tmp_path: Path) -> tuple[str, str, str]:
     return str(files[0]), str(files[1]), str(files[2])
 
 
-def _contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    ca_file, cert_file, key_file = _server_files(tmp_path)
+def _contexts(files: tuple[str, str, str], *, direct: bool = True) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """Server and client contexts for the CA and server certificate in ``files``, making
+    ``DirectSSLObject``s when ``direct``, the ``ssl`` module's own ``SSLObject``s otherwise."""
+    ca_file, cert_file, key_file = files
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(cert_file, key_file)
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.load_verify_locations(cafile=ca_file)
-    return direct_ssl_objects(server), direct_ssl_objects(client)
+    return (direct_ssl_objects(server), direct_ssl_objects(client)) if direct else (server, client)
 
 
 def _pump(src: ssl.MemoryBIO, dst: ssl.MemoryBIO) -> None:
@@ -43,19 +45,10 @@ def _pump(src: ssl.MemoryBIO, dst: ssl.MemoryBIO) -> None:
         dst.write(data)
 
 
-def test_a_session_between_direct_objects_carries_bytes_both_ways_as_the_ssl_modules_own(tmp_path):
-    server_ctx, client_ctx = _contexts(tmp_path)
-    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
-    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
-    assert isinstance(client, DirectSSLObject) and isinstance(server, DirectSSLObject)
-    # C functions, as uvloop binds them right after wrap_bio: the accelerator's, or the _ssl object's own
-    if tls._ATTACH_DIRECT is not None:
-        assert type(client.read).__name__ == "builtin_function_or_method"
-        assert type(client.read.__self__).__name__ == "DirectTLS"
-    else:
-        assert client.read.__self__ is client._sslobj and server.pending.__self__ is server._sslobj
-    for _ in range(10):  # the handshake, record by record
+def _handshake(client: ssl.SSLObject, server: ssl.SSLObject, c_in: ssl.MemoryBIO, c_out: ssl.MemoryBIO,
+               s_in: ssl.MemoryBIO, s_out: ssl.MemoryBIO) -> None:
+    """The handshake between ``client`` and ``server``, record by record over their BIOs."""
+    for _ in range(10):
         done = 0
         for side in (client, server):
             try:
@@ -66,7 +59,22 @@ def test_a_session_between_direct_objects_carries_bytes_both_ways_as_the_ssl_mod
         _pump(c_out, s_in)
         _pump(s_out, c_in)
         if done == 2:
-            break
+            return
+
+
+def test_a_session_between_direct_objects_carries_bytes_both_ways_as_the_ssl_modules_own(tmp_path):
+    server_ctx, client_ctx = _contexts(_server_files(tmp_path))
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    assert isinstance(client, DirectSSLObject) and isinstance(server, DirectSSLObject)
+    # C functions, as uvloop binds them right after wrap_bio: the accelerator's, or the _ssl object's own
+    if tls._ATTACH_DIRECT is not None:
+        assert type(client.read).__name__ == "builtin_function_or_method"
+        assert type(client.read.__self__).__name__ == "DirectTLS"
+    else:
+        assert client.read.__self__ is client._sslobj and server.pending.__self__ is server._sslobj
+    _handshake(client, server, c_in, c_out, s_in, s_out)
     assert client.version() == server.version() == "TLSv1.3"
     assert client.write(b"GET / HTTP/1.1\r\n\r\n") == 18
     _pump(c_out, s_in)
@@ -120,18 +128,7 @@ def _session_transcript(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) 
     client = client_ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
     server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
     seen: list[object] = [_outcome(lambda: server.read(10))]  # before the handshake: wants to read
-    for _ in range(10):
-        done = 0
-        for side in (client, server):
-            try:
-                side.do_handshake()
-                done += 1
-            except ssl.SSLWantReadError:
-                pass
-        _pump(c_out, s_in)
-        _pump(s_out, c_in)
-        if done == 2:
-            break
+    _handshake(client, server, c_in, c_out, s_in, s_out)
     seen.append(_outcome(lambda: server.read(10)))  # nothing sent yet
     seen.append(_outcome(lambda: server.read(0)))
     seen.append(_outcome(lambda: server.read(-1)))
@@ -161,18 +158,10 @@ def _session_transcript(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) 
 
 
 def test_direct_objects_answer_every_edge_case_as_the_ssl_modules_own(tmp_path, direct_kind):
-    ca_file, cert_file, key_file = _server_files(tmp_path)
-
-    def contexts(direct: bool) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        server.load_cert_chain(cert_file, key_file)
-        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        client.load_verify_locations(cafile=ca_file)
-        return (direct_ssl_objects(server), direct_ssl_objects(client)) if direct else (server, client)
-
-    reference = _session_transcript(*contexts(False))
+    files = _server_files(tmp_path)
+    reference = _session_transcript(*_contexts(files, direct=False))
     assert reference[0][0] == "raised" and reference[-2][0] == "raised"  # the transcript has its errors
-    assert _session_transcript(*contexts(True)) == reference
+    assert _session_transcript(*_contexts(files)) == reference
 
 
 def test_kubegates_session_works_with_each_kind_of_direct_object(tmp_path, direct_kind):

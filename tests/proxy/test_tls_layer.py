@@ -131,13 +131,19 @@ def _client_context(files: tuple[str, ...], *, alpn: list[str] | None = None, ce
     return ctx
 
 
+async def _connected(files: tuple[str, ...], app: asyncio.BaseProtocol, *, alpn: list[str] | None = None):  # noqa: ANN202
+    """A TLS client (asyncio streams, with the client certificate) connected to a ``TLSTransport`` around
+    ``app``: (reader, writer, the layer once its handshake is done)."""
+    port, accepted = await _serve(files, app)
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=_client_context(files, alpn=alpn), server_hostname="localhost")
+    return reader, writer, await accepted
+
+
 def test_bytes_both_ways_in_records_of_every_size_with_alpn_and_the_clients_certificate(tmp_path):
     async def scenario(files):  # noqa: ANN001, ANN202
         app = Recorder(echo=True)
-        port, accepted = await _serve(files, app)
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=_client_context(files, alpn=["h2", "http/1.1"]), server_hostname="localhost")
-        layer = await accepted
+        reader, writer, layer = await _connected(files, app, alpn=["h2", "http/1.1"])
         sslobj = layer.get_extra_info("ssl_object")
         assert sslobj.selected_alpn_protocol() == "h2"
         assert sslobj.getpeercert(binary_form=True)  # the client's certificate, as the listener reads it
@@ -161,10 +167,7 @@ def test_bytes_both_ways_in_records_of_every_size_with_alpn_and_the_clients_cert
 def test_close_sends_close_notify_and_the_client_sees_a_clean_end(tmp_path):
     async def scenario(files):  # noqa: ANN001, ANN202
         app = Recorder(echo=False)
-        port, accepted = await _serve(files, app)
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=_client_context(files), server_hostname="localhost")
-        layer = await accepted
+        reader, writer, layer = await _connected(files, app)
         layer.write(b"bye")
         layer.close()
         assert layer.is_closing()
@@ -180,10 +183,7 @@ def test_close_sends_close_notify_and_the_client_sees_a_clean_end(tmp_path):
 def test_a_buffered_protocol_gets_the_records_in_its_buffer_and_reading_pauses_and_resumes(tmp_path):
     async def scenario(files):  # noqa: ANN001, ANN202
         app = Recorder(echo=False)
-        port, accepted = await _serve(files, app)
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=_client_context(files), server_hostname="localhost")
-        layer = await accepted
+        reader, writer, layer = await _connected(files, app)
         buffered = Buffered()
         layer.set_protocol(buffered)
         assert layer.get_protocol() is buffered
@@ -217,10 +217,7 @@ def test_a_buffered_protocol_gets_the_records_in_its_buffer_and_reading_pauses_a
 def test_writes_beyond_the_high_water_mark_pause_the_protocol_until_the_client_reads(tmp_path):
     async def scenario(files):  # noqa: ANN001, ANN202
         app = Recorder(echo=False)
-        port, accepted = await _serve(files, app)
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=_client_context(files), server_hostname="localhost", limit=1 << 16)
-        layer = await accepted
+        reader, writer, layer = await _connected(files, app)  # the reader's limit: asyncio's 64 KiB
         layer.set_write_buffer_limits(high=64 * 1024)
         layer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
         for _ in range(200):
@@ -284,10 +281,7 @@ def test_failed_handshakes_fail_with_the_errors_the_listener_classifies(tmp_path
 def test_the_peers_close_notify_tells_the_protocol_of_the_end_and_closes(tmp_path):
     async def scenario(files):  # noqa: ANN001, ANN202
         app = Recorder(echo=False)
-        port, accepted = await _serve(files, app)
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=_client_context(files), server_hostname="localhost")
-        await accepted
+        reader, writer, _ = await _connected(files, app)
         writer.write(b"last words")
         await writer.drain()
         writer.close()  # asyncio's TLS client sends close_notify
@@ -333,26 +327,32 @@ class _TCPTransportStandIn:
         return default
 
 
+async def _over_stand_in(files: tuple[str, ...], app: asyncio.BaseProtocol):  # noqa: ANN202
+    """A ``TLSTransport`` around ``app`` over the stand-in, its handshake done with a client ``SSLObject``
+    over memory BIOs: (layer, stand-in, client, client's incoming BIO, client's outgoing BIO)."""
+    ca, cert, key, _, _ = files
+    tcp = _TCPTransportStandIn()
+    layer = tls.tls_layer()(tls.server_context(cert, key, ca), app, asyncio.get_running_loop())
+    layer.connection_made(tcp)
+    c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = _client_context(files).wrap_bio(c_in, c_out, server_hostname="localhost")
+    for _ in range(10):
+        try:
+            client.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            layer.data_received(c_out.read())
+            c_in.write(tcp.take())
+    layer.data_received(c_out.read())  # the client's last flight
+    await layer.handshake_done
+    return layer, tcp, client, c_in, c_out
+
+
 def test_the_end_of_the_stream_is_told_after_the_records_a_paused_protocol_had_not_read(tmp_path):
     async def scenario(files):  # noqa: ANN001, ANN202
-        ca, cert, key, _, _ = files
-        loop = asyncio.get_running_loop()
         app = Buffered()
         app.buffer = bytearray(1000)
-        tcp = _TCPTransportStandIn()
-        layer = tls.tls_layer()(tls.server_context(cert, key, ca), app, loop)
-        layer.connection_made(tcp)
-        c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        client = _client_context(files).wrap_bio(c_in, c_out, server_hostname="localhost")
-        for _ in range(10):
-            try:
-                client.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                layer.data_received(c_out.read())
-                c_in.write(tcp.take())
-        layer.data_received(c_out.read())  # the client's last flight
-        await layer.handshake_done
+        layer, tcp, client, c_in, c_out = await _over_stand_in(files, app)
         layer.pause_reading()
         client.write(b"a" * 3000)
         layer.data_received(c_out.read())  # received while the protocol does not read
@@ -368,3 +368,22 @@ def test_the_end_of_the_stream_is_told_after_the_records_a_paused_protocol_had_n
         return app.events
 
     assert run(scenario, tmp_path) == ["made", "eof", "lost"]
+
+
+def test_a_record_that_does_not_decrypt_fails_the_connection_with_the_ssl_modules_error(tmp_path):
+    async def scenario(files):  # noqa: ANN001, ANN202
+        app = Recorder(echo=False)
+        layer, tcp, client, c_in, c_out = await _over_stand_in(files, app)
+        client.write(b"tampered")
+        record = bytearray(c_out.read())
+        record[-1] ^= 0xFF
+        layer.data_received(bytes(record))
+        assert tcp.closed and layer.is_closing()  # aborted
+        layer.write(b"dropped")  # after the failure: dropped
+        layer.connection_lost(None)  # what the TCP transport then reports
+        return await app.lost, bytes(app.received), app.events
+
+    exc, received, events = run(scenario, tmp_path)
+    # the ssl module's own exception (the SSLObject asked again), not a stand-in of the layer's
+    assert isinstance(exc, ssl.SSLError) and exc.reason == "DECRYPTION_FAILED_OR_BAD_RECORD_MAC"
+    assert received == b"" and events == ["made", "lost"]
