@@ -57,10 +57,11 @@ def _direct_tls() -> Callable[[object], Any] | None:
 _ATTACH_DIRECT = _direct_tls()
 
 
-def tls_layer() -> Callable[[ssl.SSLContext, Any, Any], Any] | None:
-    """``proxy.tls_direct.TLSTransport`` (the listener's TLS layer over uvloop's TCP transport) where the
-    accelerator was built and every OpenSSL function it calls was found, unless the process is held to
-    the pure-Python modules (``KUBEGATE_PURE_PYTHON=1``); else None: uvloop's own TLS transport."""
+def tls_layer() -> Callable[..., Any] | None:
+    """``proxy.tls_direct.TLSTransport`` (the TLS layer over uvloop's TCP transport of the listener and of
+    the upstream connections) where the accelerator was built and every OpenSSL function it calls was
+    found, unless the process is held to the pure-Python modules (``KUBEGATE_PURE_PYTHON=1``); else
+    None: uvloop's own TLS transport."""
     if _ATTACH_DIRECT is None:
         return None
     from proxy import tls_direct  # type: ignore[attr-defined]

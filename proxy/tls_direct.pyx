@@ -63,6 +63,7 @@ cdef extern from *:
     static kg_bio_rw_fn kg_BIO_read = NULL;
     static kg_bio_ctrl_fn kg_BIO_ctrl = NULL;
     static kg_void_fn kg_ERR_clear_error = NULL;
+    static kg_of_ssl_fn kg_SSL_has_pending = NULL;
     static int kg_layer_resolved = 0;
 
     static int kg_resolve(const char *path) {
@@ -81,8 +82,9 @@ cdef extern from *:
         kg_BIO_read = (kg_bio_rw_fn)dlsym(lib, "BIO_read");
         kg_BIO_ctrl = (kg_bio_ctrl_fn)dlsym(lib, "BIO_ctrl");
         kg_ERR_clear_error = (kg_void_fn)dlsym(lib, "ERR_clear_error");
+        kg_SSL_has_pending = (kg_of_ssl_fn)dlsym(lib, "SSL_has_pending");
         kg_layer_resolved = kg_SSL_get_error && kg_SSL_shutdown && kg_SSL_get_rbio && kg_SSL_get_wbio
-            && kg_BIO_write && kg_BIO_read && kg_BIO_ctrl && kg_ERR_clear_error;
+            && kg_BIO_write && kg_BIO_read && kg_BIO_ctrl && kg_ERR_clear_error && kg_SSL_has_pending;
         return kg_SSL_read_ex && kg_SSL_write_ex && kg_SSL_pending && kg_SSL_is_server && kg_SSL_get_SSL_CTX;
     }
     static void *kg_ssl_of(PyObject *o) { return ((kg_ssl_socket_head *)o)->ssl; }
@@ -105,6 +107,7 @@ cdef extern from *:
     int kg_BIO_read(void *bio, void *data, int size) nogil
     long kg_BIO_ctrl(void *bio, int cmd, long larg, void *parg) nogil
     void kg_ERR_clear_error() nogil
+    int kg_SSL_has_pending(const void *s) nogil
 
 cdef enum:
     RECORD_PLAINTEXT = 16384  # the most plaintext one TLS record carries (RFC 8446 5.1)
@@ -233,9 +236,12 @@ cdef enum:
 
 
 cdef class TLSTransport:
-    """A server-side TLS connection between uvloop's TCP transport and a protocol: the TCP transport's
-    protocol on one side, the protocol's transport on the other (what ``loop.connect_accepted_socket(...,
-    ssl=...)`` makes with uvloop's ``SSLProtocol``, with the records' work done here in C).
+    """A TLS connection between uvloop's TCP transport and a protocol: the TCP transport's protocol on
+    one side, the protocol's transport on the other (what ``loop.connect_accepted_socket(..., ssl=...)``
+    or ``loop.create_connection(..., ssl=..., server_hostname=...)`` makes with uvloop's ``SSLProtocol``,
+    with the records' work done here in C). The server side is the listener's (``server_side=True``);
+    the client side, with ``server_hostname`` for SNI and the certificate's name check, the upstream
+    connections' (``proxy.upstream.pool``).
 
     The connection is an ``ssl`` module ``SSLObject`` over two ``MemoryBIO``s; the handshake is run
     through it (``do_handshake``, in Python: once per connection). After that every record is OpenSSL's
@@ -256,6 +262,7 @@ cdef class TLSTransport:
     supported (TLS has no half-close), as there. Writes after ``close()`` are dropped."""
 
     cdef object context
+    cdef object server_hostname
     cdef object loop
     cdef object raw
     cdef object app
@@ -274,10 +281,16 @@ cdef class TLSTransport:
     cdef bint eof_told
     cdef bint closing
     cdef bint reading_paused
+    cdef bint server_side
     cdef bint eof_pending  # the TCP stream ended while records waited for a paused protocol
 
-    def __init__(self, context: ssl.SSLContext, app: asyncio.BaseProtocol, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, context: ssl.SSLContext, app: asyncio.BaseProtocol, loop: asyncio.AbstractEventLoop,
+                 server_side: bool = True, server_hostname: str | None = None) -> None:
+        if not server_side and server_hostname is None and context.check_hostname:
+            raise ValueError("a client TLS connection whose context checks the host name needs server_hostname")
         self.context = context
+        self.server_side = server_side
+        self.server_hostname = server_hostname
         self.loop = loop
         self.app = app
         self.app_buffered = isinstance(app, asyncio.BufferedProtocol)
@@ -291,7 +304,8 @@ cdef class TLSTransport:
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         try:
-            self.sslobj = self.context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+            self.sslobj = self.context.wrap_bio(self.incoming, self.outgoing, server_side=self.server_side,
+                                                server_hostname=self.server_hostname)
             self.ssl = _checked_ssl(self.sslobj._sslobj)
             if self.ssl == NULL:
                 raise RuntimeError("the TLS connection's OpenSSL object cannot be used directly")
@@ -440,6 +454,8 @@ cdef class TLSTransport:
                     if chunks is None:
                         chunks = [first]
                     chunks.append(chunk)
+                if not self._more_to_read():
+                    break  # error stays WANT_READ: a read now would only say so, at a few hundred instructions
             if chunks is not None:
                 self.app.data_received(b"".join(chunks))
             elif first is not None:
@@ -461,6 +477,11 @@ cdef class TLSTransport:
             return
         self._failed_as_sslobj_says(self.sslobj.read, 1, "read")
 
+    cdef inline bint _more_to_read(self):
+        """Whether a read could give anything: bytes received and not yet taken by OpenSSL, or a record
+        OpenSSL holds (decrypted or not) — without either, ``SSL_read_ex`` can only want more to read."""
+        return kg_BIO_ctrl(self.rbio, BIO_CTRL_PENDING, 0, NULL) > 0 or kg_SSL_has_pending(self.ssl) != 0
+
     cdef int _read_into_buffers(self) except -2:
         """Records straight into a buffered protocol's buffers; the error that stopped it (or -1: the
         protocol paused reading)."""
@@ -471,9 +492,9 @@ cdef class TLSTransport:
         while True:
             if self.reading_paused or self.state != WRAPPED:
                 return -1
-            pending = kg_BIO_ctrl(self.rbio, BIO_CTRL_PENDING, 0, NULL) + kg_SSL_pending(self.ssl)
-            if pending <= 0:
+            if not self._more_to_read():
                 return SSL_ERROR_WANT_READ
+            pending = kg_BIO_ctrl(self.rbio, BIO_CTRL_PENDING, 0, NULL) + kg_SSL_pending(self.ssl)
             buffer = self.app.get_buffer(pending + 256)
             PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)
             try:

@@ -24,12 +24,15 @@ from discovery.model import Cluster, UpstreamCredentials
 from discovery.tls import ClusterTLSError
 from proxy.protocol.events import Headers
 from proxy.routing import upstream_address
-from proxy.tls import upstream_context
+from proxy.tls import tls_layer, upstream_context
 from proxy.upstream.base import UpstreamError, UpstreamStream
 from proxy.upstream.http1 import Http1Upstream
 from proxy.upstream.http2 import H2Upstream
 
 log = logging.getLogger("kubegate.proxy.upstream")
+
+# ``proxy.tls_direct.TLSTransport`` where it runs here (else None: uvloop's own TLS transport).
+_TLS_LAYER = tls_layer()
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,18 +112,22 @@ class ClusterPool:
     async def _connect(self, factory: Callable[[], asyncio.Protocol], ctx: ssl.SSLContext) -> tuple[asyncio.Transport, asyncio.Protocol]:
         loop = asyncio.get_running_loop()
         name = self.cluster.name
+        timeout = self.settings.connect_timeout
         try:
-            transport, protocol = await asyncio.wait_for(
-                loop.create_connection(
-                    factory,
-                    self.host,
-                    self.port,
-                    ssl=ctx,
-                    server_hostname=self.server_hostname,
-                    ssl_handshake_timeout=self.settings.connect_timeout,
-                ),
-                self.settings.connect_timeout,
-            )
+            if _TLS_LAYER is not None:
+                transport, protocol = await self._connect_through_layer(loop, factory(), ctx, timeout)
+            else:
+                transport, protocol = await asyncio.wait_for(
+                    loop.create_connection(
+                        factory,
+                        self.host,
+                        self.port,
+                        ssl=ctx,
+                        server_hostname=self.server_hostname,
+                        ssl_handshake_timeout=timeout,
+                    ),
+                    timeout,
+                )
         except TimeoutError as exc:
             self._error("timeout")
             raise UpstreamError(504, f"timed out connecting to cluster {name} at {self.authority}", "timeout") from exc
@@ -132,6 +139,23 @@ class ClusterPool:
             self._error("connect")
             raise UpstreamError(503, f"cluster {name} is unreachable at {self.authority}: {exc.strerror or exc}", "connect") from exc
         return transport, protocol  # type: ignore[return-value]
+
+    async def _connect_through_layer(
+        self, loop: asyncio.AbstractEventLoop, app: asyncio.Protocol, ctx: ssl.SSLContext, timeout: float
+    ) -> tuple[asyncio.Transport, asyncio.Protocol]:
+        """TCP by uvloop, TLS by ``proxy.tls_direct.TLSTransport`` (the client side of the listener's
+        layer): ``app`` made the connection's protocol once the handshake is done, all within ``timeout``.
+        A failed handshake raises what uvloop's would (the ``ssl`` module's exception)."""
+        assert _TLS_LAYER is not None
+        layer = _TLS_LAYER(ctx, app, loop, False, self.server_hostname)
+        deadline = loop.time() + timeout
+        raw, _ = await asyncio.wait_for(loop.create_connection(lambda: layer, self.host, self.port), timeout)
+        try:
+            await asyncio.wait_for(layer.handshake_done, max(0.0, deadline - loop.time()))
+        except BaseException:
+            raw.abort()
+            raise
+        return layer, app
 
     def _error(self, kind: str) -> None:
         if self._on_error is not None:

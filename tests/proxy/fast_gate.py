@@ -113,6 +113,17 @@ class Gate:
 
         self.px.call(shrink)
 
+    def shrink_upstream_send_buffers(self, size: int = 16384) -> None:
+        """Give the sandbox's sockets to the proxy small kernel send buffers: what the proxy does not read
+        of an answer then stays in the sandbox's transport (not in kernel buffers, which loopback
+        autotunes to megabytes), so an answer can be cut off by ending the connection mid-answer."""
+
+        async def shrink() -> None:
+            for conn in self.sandbox.server._connections:
+                conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+        self.sandbox.call(shrink)
+
     def plans(self, client: HasSocket) -> dict[Any, Any]:
         """The plans the proxy's connection for ``client`` holds: keyed by request bytes (HTTP/1.1) or
         by decoded request head (HTTP/2)."""

@@ -418,6 +418,7 @@ def test_an_upstream_that_fails_mid_answer_ends_the_connection_with_a_short_body
     c = client("uma", rcvbuf=16384)
     total = len(c.ask(get(BULK_LIST)).body)
     gate.shrink_send_buffer(c)
+    gate.shrink_upstream_send_buffers()
     c.send(get(BULK_LIST))
     assert c.sock.recv(16384)
     wait_for(lambda: len(fast_starts) == 1, timeout=10)

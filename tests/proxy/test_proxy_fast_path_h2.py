@@ -285,6 +285,7 @@ def test_a_client_reset_ends_the_fast_exchange_and_its_upstream_connection_and_t
     c = client("leo", window=16384)
     full = c.get(BULK_LIST)
     pod = c.get(POD)
+    gate.shrink_upstream_send_buffers()
     sid = c.begin(BULK_LIST)
     c.held.add(sid)  # the answer stays in flight: the window shuts after 16 KiB
     c.until(lambda: len(c.streams[sid].body) == 16384)
@@ -364,6 +365,7 @@ def test_an_upstream_that_fails_mid_answer_resets_that_stream_only(gate, client,
     c = client("uma", window=16384)
     total = len(c.get(BULK_LIST).body)
     pod = c.get(POD)
+    gate.shrink_upstream_send_buffers()
     sid = c.begin(BULK_LIST)
     c.held.add(sid)
     c.until(lambda: len(c.streams[sid].body) == 16384)

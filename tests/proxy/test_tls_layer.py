@@ -1,9 +1,13 @@
-"""``proxy.tls_direct.TLSTransport``, the listener's TLS layer over uvloop's TCP transport: against a
-real TLS client (the ``ssl`` module's, through asyncio streams on loopback) it behaves as uvloop's own
-TLS transport does — the handshake's outcome (ALPN, the client's certificate, the failures a listener
-classifies), bytes both ways in records of every size, a buffered protocol, paused and resumed reading,
-write flow control, close with close_notify from either side, abort. The whole test suite also runs
-through it: the listener uses it wherever the accelerator is built."""
+"""``proxy.tls_direct.TLSTransport``, the TLS layer over uvloop's TCP transport of the listener (server
+side) and of the upstream connections (client side). Against a real TLS client (the ``ssl`` module's,
+through asyncio streams on loopback) the server side behaves as uvloop's own TLS transport does — the
+handshake's outcome (ALPN, the client's certificate, the failures a listener classifies), bytes both
+ways in records of every size, a buffered protocol, paused and resumed reading, write flow control,
+close with close_notify from either side, abort. Against a real TLS server (uvloop's) the client side
+sends the server name (SNI), checks the server's certificate against it and the CA, presents its own
+certificate, and fails a handshake with the ``ssl`` module's own errors, which the upstream pool turns
+into the statuses it answers. The whole test suite also runs through both sides wherever the
+accelerator is built."""
 
 from __future__ import annotations
 
@@ -387,3 +391,107 @@ def test_a_record_that_does_not_decrypt_fails_the_connection_with_the_ssl_module
     # the ssl module's own exception (the SSLObject asked again), not a stand-in of the layer's
     assert isinstance(exc, ssl.SSLError) and exc.reason == "DECRYPTION_FAILED_OR_BAD_RECORD_MAC"
     assert received == b"" and events == ["made", "lost"]
+
+
+# --- the client side (upstream connections) ------------------------------------------------------------
+
+
+async def _tls_echo_server(files: tuple[str, ...], *, alpn: list[str] | None = None):  # noqa: ANN202
+    """A TLS echo server (uvloop's TLS transport) for localhost requiring a client certificate from the
+    CA: (port, the server names clients sent by SNI, the client certificates seen, the server)."""
+    ca, cert, key, _, _ = files
+    ctx = tls.server_context(cert, key, ca)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    names: list[str | None] = []
+    peers: list[dict] = []
+    ctx.sni_callback = lambda _obj, name, _ctx: names.append(name)
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append(writer.get_extra_info("peercert"))
+        while data := await reader.read(65536):
+            if data == b"bye":
+                break
+            writer.write(data)
+        writer.close()  # with close_notify
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=ctx)
+    return server.sockets[0].getsockname()[1], names, peers, server
+
+
+async def _dial(files: tuple[str, ...], app: asyncio.BaseProtocol, port: int, *, hostname: str = "localhost",
+                alpn: list[str] | None = None, ca: str | None = None):  # noqa: ANN202
+    """A client-side ``TLSTransport`` around ``app`` over a TCP connection to ``port``, as the upstream pool
+    makes it: the layer once its handshake is done (or the handshake's error raised)."""
+    ctx = _client_context(files, alpn=alpn)
+    if ca is not None:
+        ctx = ssl.create_default_context(cafile=ca)
+    loop = asyncio.get_running_loop()
+    layer = tls.tls_layer()(ctx, app, loop, False, hostname)
+    raw, _ = await loop.create_connection(lambda: layer, "127.0.0.1", port)
+    try:
+        await asyncio.wait_for(layer.handshake_done, 5)
+    except BaseException:
+        raw.abort()
+        raise
+    return layer
+
+
+def test_the_client_side_sends_the_server_name_shows_its_certificate_and_relays_both_ways(tmp_path):
+    async def scenario(files):  # noqa: ANN001, ANN202
+        port, names, peers, server = await _tls_echo_server(files, alpn=["http/1.1"])
+        app = Recorder(echo=False)
+        layer = await _dial(files, app, port, alpn=["h2", "http/1.1"])
+        assert app.events == ["made"] and app.transport is layer
+        assert layer.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"  # the server's choice
+        assert layer.get_extra_info("peercert")["subjectAltName"] == (("DNS", "localhost"),)
+        sent = b""
+        for size in (1, 16384, 16385, 300_000):  # answers of many records, several in one TCP read
+            data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+            layer.write(data)
+            sent += data
+        for _ in range(200):
+            if len(app.received) == len(sent):
+                break
+            await asyncio.sleep(0.01)
+        assert bytes(app.received) == sent
+        layer.write(b"bye")  # the server ends the connection with close_notify
+        exc = await asyncio.wait_for(app.lost, 5)
+        server.close()
+        return names, peers, app.events, exc
+
+    names, peers, events, exc = run(scenario, tmp_path)
+    assert names == ["localhost"]  # SNI
+    assert dict(x[0] for x in peers[0]["subject"])["commonName"] == "alice"  # the client certificate
+    assert events == ["made", "eof", "lost"] and exc is None
+
+
+@pytest.mark.parametrize("case", ["another name", "another CA"])
+def test_the_client_side_refuses_a_server_it_cannot_verify_with_the_ssl_modules_error(tmp_path, case):
+    async def scenario(files):  # noqa: ANN001, ANN202
+        port, _, _, server = await _tls_echo_server(files)
+        app = Recorder()
+        kwargs: dict = {"hostname": "api.other.example"} if case == "another name" else {}
+        if case == "another CA":
+            from certs.ca import CertificateAuthority
+
+            (tmp_path / "other-ca.pem").write_bytes(CertificateAuthority.create_in_memory().cert_pem)
+            kwargs["ca"] = str(tmp_path / "other-ca.pem")
+        with pytest.raises(ssl.SSLCertVerificationError) as caught:
+            await _dial(files, app, port, **kwargs)
+        server.close()
+        return caught.value.verify_message, app.events
+
+    message, events = run(scenario, tmp_path)
+    assert events == []  # the protocol never heard of the connection
+    # the server's chain ends in a CA that is not the one trusted here
+    assert ("Hostname mismatch" in message) if case == "another name" else ("self-signed" in message)
+
+
+def test_a_client_side_whose_context_checks_names_needs_the_server_name(tmp_path):
+    async def scenario(files):  # noqa: ANN001, ANN202
+        with pytest.raises(ValueError, match="server_hostname"):
+            tls.tls_layer()(_client_context(files), Recorder(), asyncio.get_running_loop(), False, None)
+
+    run(scenario, tmp_path)
