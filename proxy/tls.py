@@ -14,9 +14,12 @@ by default cost ~2 M instructions of every handshake; a client that would resume
 handshake instead (TLS 1.2 session ids still resume from OpenSSL's session cache).
 
 Upstream: one ``SSLContext`` per (cluster, credentials) with the cluster's CA (or the system store), the
-client certificate and key when the kubeconfig has one, ALPN, and session reuse (``SSLContext`` keeps a
-session cache; the pools also pass the last session back explicitly). ``insecure_skip_tls_verify`` only
-when the cluster says so, with a warning.
+client certificate and key when the kubeconfig has one, and ALPN. A client ``SSLContext`` resumes no
+session by itself (OpenSSL keeps no client-side session cache unless asked): where the upstream
+connections run through kubegate's TLS layer (``tls_layer``), the pool offers each new connection the
+session of the last one made with the same context (``ClusterPool._resumable_session``); through
+uvloop's TLS transport (no session argument) every connection is a full handshake.
+``insecure_skip_tls_verify`` only when the cluster says so, with a warning.
 """
 
 from __future__ import annotations

@@ -240,8 +240,8 @@ cdef class TLSTransport:
     one side, the protocol's transport on the other (what ``loop.connect_accepted_socket(..., ssl=...)``
     or ``loop.create_connection(..., ssl=..., server_hostname=...)`` makes with uvloop's ``SSLProtocol``,
     with the records' work done here in C). The server side is the listener's (``server_side=True``);
-    the client side, with ``server_hostname`` for SNI and the certificate's name check, the upstream
-    connections' (``proxy.upstream.pool``).
+    the client side, with ``server_hostname`` for SNI and the certificate's name check and ``session``
+    to resume an earlier connection's TLS session, the upstream connections' (``proxy.upstream.pool``).
 
     The connection is an ``ssl`` module ``SSLObject`` over two ``MemoryBIO``s; the handshake is run
     through it (``do_handshake``, in Python: once per connection). After that every record is OpenSSL's
@@ -263,6 +263,7 @@ cdef class TLSTransport:
 
     cdef object context
     cdef object server_hostname
+    cdef object session  # the client side's session to resume (an earlier connection's), or None
     cdef object loop
     cdef object raw
     cdef object app
@@ -285,12 +286,14 @@ cdef class TLSTransport:
     cdef bint eof_pending  # the TCP stream ended while records waited for a paused protocol
 
     def __init__(self, context: ssl.SSLContext, app: asyncio.BaseProtocol, loop: asyncio.AbstractEventLoop,
-                 server_side: bool = True, server_hostname: str | None = None) -> None:
+                 server_side: bool = True, server_hostname: str | None = None,
+                 session: ssl.SSLSession | None = None) -> None:
         if not server_side and server_hostname is None and context.check_hostname:
             raise ValueError("a client TLS connection whose context checks the host name needs server_hostname")
         self.context = context
         self.server_side = server_side
         self.server_hostname = server_hostname
+        self.session = session
         self.loop = loop
         self.app = app
         self.app_buffered = isinstance(app, asyncio.BufferedProtocol)
@@ -305,7 +308,8 @@ cdef class TLSTransport:
         self.outgoing = ssl.MemoryBIO()
         try:
             self.sslobj = self.context.wrap_bio(self.incoming, self.outgoing, server_side=self.server_side,
-                                                server_hostname=self.server_hostname)
+                                                server_hostname=self.server_hostname, session=self.session)
+            self.session = None
             self.ssl = _checked_ssl(self.sslobj._sslobj)
             if self.ssl == NULL:
                 raise RuntimeError("the TLS connection's OpenSSL object cannot be used directly")

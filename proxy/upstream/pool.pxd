@@ -19,6 +19,7 @@ cdef class ClusterPool:
     cdef public object _ctx
     cdef public object _ctx_h1
     cdef public object _ctx_key
+    cdef public dict _session_sources
     cdef public object h2_mode
     cdef public list h2_conns
     cdef public list h1_idle

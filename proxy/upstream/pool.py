@@ -62,6 +62,9 @@ class ClusterPool:
         self._ctx: ssl.SSLContext | None = None
         self._ctx_h1: ssl.SSLContext | None = None
         self._ctx_key: tuple[bytes | None, bytes | None] | None = None
+        # For each of the two contexts (by id): the context and the TLS connection whose session the next
+        # connection made with it resumes (``_resumable_session``).
+        self._session_sources: dict[int, tuple[ssl.SSLContext, ssl.SSLObject]] = {}
         self.h2_mode: bool | None = None if settings.use_h2 else False
         self.h2_conns: list[H2Upstream] = []
         self.h1_idle: list[Http1Upstream] = []
@@ -106,6 +109,7 @@ class ClusterPool:
             except ClusterTLSError as exc:
                 raise UpstreamError(503, f"cluster {self.cluster.name} cannot be used: {exc}", "tls_config") from exc
             self._ctx_key = key
+            self._session_sources = {}  # sessions of other credentials are not resumed
         return self._ctx, self._ctx_h1
 
     # --- connecting -------------------------------------------------------------------------------
@@ -147,7 +151,7 @@ class ClusterPool:
         layer): ``app`` made the connection's protocol once the handshake is done, all within ``timeout``.
         A failed handshake raises what uvloop's would (the ``ssl`` module's exception)."""
         assert _TLS_LAYER is not None
-        layer = _TLS_LAYER(ctx, app, loop, False, self.server_hostname)
+        layer = _TLS_LAYER(ctx, app, loop, False, self.server_hostname, self._resumable_session(ctx))
         deadline = loop.time() + timeout
         raw, _ = await asyncio.wait_for(loop.create_connection(lambda: layer, self.host, self.port), timeout)
         try:
@@ -155,7 +159,20 @@ class ClusterPool:
         except BaseException:
             raw.abort()
             raise
+        self._session_sources[id(ctx)] = (ctx, layer.get_extra_info("ssl_object"))
         return layer, app
+
+    def _resumable_session(self, ctx: ssl.SSLContext) -> ssl.SSLSession | None:
+        """The TLS session a new connection made with ``ctx`` offers to resume: the one the last connection
+        made with it holds now (read now, not at its handshake: a TLS 1.3 server's ticket comes after
+        the handshake, with the first records read), or None. The API server decides: an expired or
+        unknown session is a full handshake, with the certificate checks. The session of a connection
+        made with other credentials (another context) is never offered."""
+        source = self._session_sources.get(id(ctx))
+        if source is None or source[0] is not ctx:
+            return None
+        session = source[1].session
+        return session if session is not None and (session.has_ticket or session.id) else None
 
     def _error(self, kind: str) -> None:
         if self._on_error is not None:

@@ -1,0 +1,77 @@
+"""Upstream TLS sessions: a new connection to an API server offers the session of the last connection
+made with the same context, and the API server (the sandbox: OpenSSL, two TLS 1.3 tickets per
+connection) resumes it — no certificate chain sent or checked again. A connection made with the other
+context of the pool (the one offering only HTTP/1.1 by ALPN, for upgrades) is never offered a session
+of the first one's. Through kubegate's TLS layer only (uvloop's TLS transport takes no session)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from proxy import tls
+from proxy.testing import cluster_for_sandbox
+from proxy.upstream import PoolSettings
+from proxy.upstream.pool import ClusterPool
+from sandbox.testing import running_sandbox
+
+pytestmark = pytest.mark.skipif(tls.tls_layer() is None, reason="proxy.tls_direct is not built here")
+
+
+def _ssl_object(conn: object) -> object:
+    return conn.transport.get_extra_info("ssl_object")  # type: ignore[attr-defined]
+
+
+async def _settled() -> None:
+    """Time for the API server's session tickets (sent after the handshake) to arrive and be read."""
+    await asyncio.sleep(0.2)
+
+
+def test_a_new_upstream_connection_resumes_the_session_of_the_last_one_made_with_its_context(tmp_path: Path):
+    with running_sandbox(tmp_path / "sandbox") as sb:
+        cluster = cluster_for_sandbox(sb)
+
+        async def scenario() -> list[bool]:
+            pool = ClusterPool(cluster, PoolSettings())
+            reused = []
+            try:
+                for http1 in (True, True, False, False, True):
+                    conn = await pool._new_connection(http1=http1)
+                    reused.append(_ssl_object(conn).session_reused)
+                    await _settled()
+            finally:
+                pool.close()
+            return reused
+
+        # first with the HTTP/1.1-only context: full, then resumed; then the h2 context: full (its own
+        # sessions only), then resumed; back to the first context: resumed from its last connection
+        assert uvloop.run(scenario()) == [False, True, False, True, True]
+
+
+def test_a_resumed_connection_carries_requests_as_a_full_one_does(tmp_path: Path):
+    with running_sandbox(tmp_path / "sandbox") as sb:
+        cluster = cluster_for_sandbox(sb)
+
+        async def scenario() -> list[tuple[bool, int]]:
+            pool = ClusterPool(cluster, PoolSettings(use_h2=False))
+            seen = []
+            try:
+                for _ in range(2):
+                    conn = await pool._new_connection(http1=True)
+                    pool.h1_idle.append(conn)
+                    stream = await pool.open("GET", "/api/v1/namespaces", [(b"host", pool.authority.encode())],
+                                             body=None, streaming_body=False)
+                    status, _ = await stream.response_head()
+                    while await stream.read():
+                        pass
+                    seen.append((_ssl_object(conn).session_reused, status))
+                    await _settled()
+                    pool.h1_idle.clear()
+            finally:
+                pool.close()
+            return seen
+
+        assert uvloop.run(scenario()) == [(False, 200), (True, 200)]
