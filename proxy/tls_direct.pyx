@@ -487,12 +487,16 @@ cdef class TLSTransport:
         return kg_BIO_ctrl(self.rbio, BIO_CTRL_PENDING, 0, NULL) > 0 or kg_SSL_has_pending(self.ssl) != 0
 
     cdef int _read_into_buffers(self) except -2:
-        """Records straight into a buffered protocol's buffers; the error that stopped it (or -1: the
+        """Records straight into a buffered protocol's buffers, each buffer filled with as many as fit
+        before ``buffer_updated`` (as uvloop does: a relay then writes what one read of the socket
+        brought as one write, not a write per 16 KiB record); the error that stopped it (or -1: the
         protocol paused reading)."""
         cdef Py_buffer view
         cdef size_t done = 0
-        cdef int ok
+        cdef Py_ssize_t filled
+        cdef int error
         cdef long pending
+        cdef char *into
         while True:
             if self.reading_paused or self.state != WRAPPED:
                 return -1
@@ -501,14 +505,26 @@ cdef class TLSTransport:
             pending = kg_BIO_ctrl(self.rbio, BIO_CTRL_PENDING, 0, NULL) + kg_SSL_pending(self.ssl)
             buffer = self.app.get_buffer(pending + 256)
             PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)
+            filled = 0
+            error = 0
             try:
-                ok = kg_SSL_read_ex(self.ssl, view.buf, <size_t>view.len, &done) if view.len > 0 else 0
+                into = <char *>view.buf
+                while filled < view.len:
+                    if kg_SSL_read_ex(self.ssl, into + filled, <size_t>(view.len - filled), &done) != 1:
+                        error = kg_SSL_get_error(self.ssl, 0)
+                        break
+                    filled += <Py_ssize_t>done
+                    if not self._more_to_read():
+                        error = SSL_ERROR_WANT_READ
+                        break
             finally:
                 PyBuffer_Release(&view)
-            if ok != 1:
-                return kg_SSL_get_error(self.ssl, 0)
-            self.app.buffer_updated(<Py_ssize_t>done)
-
+            if filled > 0:
+                self.app.buffer_updated(filled)
+            elif view.len <= 0:
+                raise RuntimeError("the protocol's get_buffer gave an empty buffer")
+            if error != 0:
+                return error
     cdef _failed_as_sslobj_says(self, method, arg, str what):
         """A read or write OpenSSL refused (a record that does not decrypt, an alert, a protocol error):
         the connection fails with the ``ssl`` module's own exception for it — ``method`` of the

@@ -495,3 +495,22 @@ def test_a_client_side_whose_context_checks_names_needs_the_server_name(tmp_path
             tls.tls_layer()(_client_context(files), Recorder(), asyncio.get_running_loop(), False, None)
 
     run(scenario, tmp_path)
+
+
+def test_a_buffered_protocol_gets_every_record_of_one_read_in_one_buffer_as_far_as_it_holds(tmp_path):
+    async def scenario(files):  # noqa: ANN001, ANN202
+        app = Buffered()
+        app.buffer = bytearray(256 * 1024)
+        layer, tcp, client, c_in, c_out = await _over_stand_in(files, app)
+        client.write(b"r" * 100_000)  # seven records
+        layer.data_received(c_out.read())  # in one read of the socket
+        one_read = app.updates
+        app.buffer = bytearray(40_000)  # a buffer smaller than what came: filled, then the next one
+        client.write(b"s" * 100_000)
+        layer.data_received(c_out.read())
+        layer.abort()
+        return one_read, app.updates - one_read, bytes(app.received)
+
+    first, second, received = run(scenario, tmp_path)
+    assert first == 1  # a relay writes it on as one write, not one per 16 KiB record
+    assert second == 3 and received == b"r" * 100_000 + b"s" * 100_000
