@@ -349,6 +349,23 @@ class Processes:
                 self.sandbox.wait()
 
 
+def start_bare_relay(procs: Processes, wrap: tuple[str, ...]) -> tuple[subprocess.Popen[bytes], load.Endpoint]:
+    """``benchmarks.bare_relay`` under ``wrap`` in front of the fast upstream, with kubegate's serving
+    certificate and client CA and the fast upstream's client credentials: the process and its endpoint."""
+    info, st = procs.sandbox_info, procs.state
+    assert st is not None and procs.fast is not None
+    port, ca_dir, prefix = free_port(), st.state_dir / "ca", f"/k8s/clusters/{FAST_CLUSTER}"
+    cmd = [*wrap, sys.executable, "-m", "benchmarks.bare_relay", str(port), str(ca_dir / "server.pem"),
+           str(ca_dir / "server-key.pem"), str(st.ca_file), prefix, str(procs.fast.port), info["ca_file"],
+           info["cert_file"], info["key_file"]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT, env=procs._env())
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != b"ready":
+        proc.kill()
+        raise RuntimeError("the bare relay did not start")
+    return proc, load.Endpoint("127.0.0.1", port, str(st.ca_file), str(st.cert_file), str(st.key_file), prefix=prefix)
+
+
 # -------------------------------------------------------------------------------------- measuring
 
 @dataclass
@@ -365,6 +382,10 @@ class Cell:
     added_p50_ms: float = 0.0
     nginx_added_p50_ms: float = 0.0
     rate: float | None = None  # paced cells: requests per second offered in total
+    # HTTP/1.1 GET cells: the bare Python relay (``benchmarks.bare_relay``, no policy) measured alike
+    bare: dict = field(default_factory=dict)
+    bare_cpu_us_per_request: float = 0.0
+    bare_added_p50_ms: float = 0.0
 
 
 def _merged(results: list[load.LoadResult]) -> load.LoadResult:
@@ -411,30 +432,49 @@ async def measure_requests(procs: Processes, settings: Settings) -> list[Cell]:
             for conc in settings.concurrencies]
     if settings.paced_rate:
         plan.append(("get", "h1", settings.paced_clients, settings.paced_rate))
-    warmed: set[str] = set()
-    for op, protocol, conc, rate in plan:
-        if protocol not in warmed:  # warm every path (connections, caches, upstream pools)
-            warmed.add(protocol)
-            for ep in (direct, proxied, nginx):
-                await load.run_load(ep, GET_PATH, protocol=protocol, concurrency=4,
-                                    duration=min(0.5, settings.duration))
-        cell = Cell(op, protocol, conc, rate=rate)
-        res = await load.run_load(direct, paths[op], protocol=protocol, concurrency=conc,
-                                  duration=settings.duration, rate=rate)
-        cell.direct = res.summary()
-        rounds = settings.paced_rounds if rate else 1  # the paced cell: kubegate and nginx alternated in rounds
-        (cell.proxy, cell.proxy_cpu_us_per_request), (cell.nginx, cell.nginx_cpu_us_per_request) = \
-            await _measured_alternately([(proxied, procs.proxy_pid), (nginx, procs.nginx_pid)], paths[op],
-                                        protocol, conc, settings.duration, rate, rounds)
-        cell.cpu_ratio_to_nginx = round(cell.proxy_cpu_us_per_request / max(0.1, cell.nginx_cpu_us_per_request), 2)
-        cell.added_p50_ms = round(cell.proxy["p50_ms"] - cell.direct["p50_ms"], 3)
-        cell.nginx_added_p50_ms = round(cell.nginx["p50_ms"] - cell.direct["p50_ms"], 3)
-        cells.append(cell)
-        label = f"{rate:g}/s" if rate else f"c={conc}"
-        print(f"  {op:4} {protocol} {label:<7} direct {cell.direct['rps']:>8} rps   "
-              f"kubegate {cell.proxy['rps']:>8} rps {cell.proxy_cpu_us_per_request:>7} µs CPU/req   "
-              f"nginx {cell.nginx['rps']:>8} rps {cell.nginx_cpu_us_per_request:>7} µs CPU/req   "
-              f"ratio {cell.cpu_ratio_to_nginx}", file=sys.stderr, flush=True)
+    # The bare Python relay (no policy: the floor for a Python proxy of this job), pinned as kubegate is,
+    # in the HTTP/1.1 GET cells beside kubegate and nginx.
+    relay: subprocess.Popen[bytes] | None = None
+    if any(op == "get" and protocol == "h1" for op, protocol, _, _ in plan):
+        relay, bare = start_bare_relay(procs, ("taskset", "-c", "0") if procs.pinned else ())
+    try:
+        warmed: set[str] = set()
+        for op, protocol, conc, rate in plan:
+            with_bare = relay is not None and op == "get" and protocol == "h1"
+            if protocol not in warmed:  # warm every path (connections, caches, upstream pools)
+                warmed.add(protocol)
+                for ep in (direct, proxied, nginx, *((bare,) if with_bare else ())):
+                    await load.run_load(ep, GET_PATH, protocol=protocol, concurrency=4,
+                                        duration=min(0.5, settings.duration))
+            cell = Cell(op, protocol, conc, rate=rate)
+            res = await load.run_load(direct, paths[op], protocol=protocol, concurrency=conc,
+                                      duration=settings.duration, rate=rate)
+            cell.direct = res.summary()
+            rounds = settings.paced_rounds if rate else 1  # the paced cell: the proxies alternated in rounds
+            sides = [(proxied, procs.proxy_pid), (nginx, procs.nginx_pid)]
+            if with_bare:
+                assert relay is not None
+                sides.append((bare, relay.pid))
+            measured = await _measured_alternately(sides, paths[op], protocol, conc, settings.duration, rate, rounds)
+            (cell.proxy, cell.proxy_cpu_us_per_request), (cell.nginx, cell.nginx_cpu_us_per_request) = measured[:2]
+            if with_bare:
+                cell.bare, cell.bare_cpu_us_per_request = measured[2]
+                cell.bare_added_p50_ms = round(cell.bare["p50_ms"] - cell.direct["p50_ms"], 3)
+            cell.cpu_ratio_to_nginx = round(cell.proxy_cpu_us_per_request / max(0.1, cell.nginx_cpu_us_per_request), 2)
+            cell.added_p50_ms = round(cell.proxy["p50_ms"] - cell.direct["p50_ms"], 3)
+            cell.nginx_added_p50_ms = round(cell.nginx["p50_ms"] - cell.direct["p50_ms"], 3)
+            cells.append(cell)
+            label = f"{rate:g}/s" if rate else f"c={conc}"
+            floor = (f"   bare relay {cell.bare_cpu_us_per_request:>7} µs CPU/req, +{cell.bare_added_p50_ms} ms p50"
+                     if with_bare else "")
+            print(f"  {op:4} {protocol} {label:<7} direct {cell.direct['rps']:>8} rps   "
+                  f"kubegate {cell.proxy['rps']:>8} rps {cell.proxy_cpu_us_per_request:>7} µs CPU/req   "
+                  f"nginx {cell.nginx['rps']:>8} rps {cell.nginx_cpu_us_per_request:>7} µs CPU/req   "
+                  f"ratio {cell.cpu_ratio_to_nginx}{floor}", file=sys.stderr, flush=True)
+    finally:
+        if relay is not None:
+            relay.terminate()
+            relay.wait(30)
     return cells
 
 
@@ -672,6 +712,24 @@ def render_table(report: dict) -> str:
                 f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f} | {c['added_p50_ms']:+.2f} / {c.get('nginx_added_p50_ms', 0):+.2f} | "
                 f"{c['proxy_cpu_us_per_request']:.0f} | {c.get('nginx_cpu_us_per_request', 0):.0f} | "
                 f"{c.get('cpu_ratio_to_nginx', 0):.2f}× |")
+    floor = [c for c in cells if c.get("bare")]
+    if floor:
+        lines.append("")
+        lines.append("The floor for a Python proxy of this job, measured in the same cells (`benchmarks/bare_relay.py`: "
+                     "uvloop and httptools, mTLS in, `Impersonate-*` from the certificate, keep-alive TLS upstream, "
+                     "answers relayed as bytes, no policy, pinned as kubegate is):")
+        lines.append("")
+        lines.append("| GET HTTP/1.1 clients | bare relay req/s | added p50 ms bare relay / kubegate / nginx | "
+                     "CPU µs/req bare relay | bare relay ÷ nginx | kubegate ÷ bare relay |")
+        lines.append("|---:|---:|---:|---:|---:|---:|")
+        for c in floor:
+            clients = f"{c['concurrency']} @ {c['rate']:g}/s" if c.get("rate") else str(c["concurrency"])
+            bare_cpu = c["bare_cpu_us_per_request"]
+            lines.append(
+                f"| {clients} | {c['bare']['rps']:.0f} | {c['bare_added_p50_ms']:+.2f} / {c['added_p50_ms']:+.2f} / "
+                f"{c.get('nginx_added_p50_ms', 0):+.2f} | {bare_cpu:.0f} | "
+                f"{bare_cpu / max(0.1, c.get('nginx_cpu_us_per_request', 0)):.2f}× | "
+                f"{c['proxy_cpu_us_per_request'] / max(0.1, bare_cpu):.2f}× |")
     if report.get("idle_watches"):
         lines.append("")
         lines.append("| idle watches | client protocol | opened | kubegate RSS delta MiB | KiB per watch |")

@@ -67,6 +67,7 @@ import time
 from pathlib import Path
 
 from benchmarks import harness, load
+from benchmarks.harness import start_bare_relay
 
 
 def _callgrind_control(*args: str) -> None:
@@ -101,25 +102,6 @@ async def _requests(conns: list, protocol: str, path: str, authority: str, n: in
 
     await asyncio.gather(*(client(conns[i % len(conns)]) for i in range(len(conns) if protocol == "h1" else 16)))
     return statuses
-
-
-def start_bare_relay(procs: harness.Processes, wrap: tuple[str, ...]) -> tuple[subprocess.Popen[bytes], load.Endpoint]:
-    """``benchmarks.bare_relay`` under ``wrap`` in front of the fast upstream, with kubegate's serving
-    certificate and client CA and the fast upstream's client credentials: the process and its endpoint."""
-    from kubegate.demo import free_port
-
-    info, st = procs.sandbox_info, procs.state
-    assert st is not None and procs.fast is not None
-    port, ca_dir, prefix = free_port(), st.state_dir / "ca", f"/k8s/clusters/{harness.FAST_CLUSTER}"
-    cmd = [*wrap, sys.executable, "-m", "benchmarks.bare_relay", str(port), str(ca_dir / "server.pem"),
-           str(ca_dir / "server-key.pem"), str(st.ca_file), prefix, str(procs.fast.port), info["ca_file"],
-           info["cert_file"], info["key_file"]]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=harness.ROOT, env=procs._env())
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() != b"ready":
-        proc.kill()
-        raise RuntimeError("the bare relay did not start")
-    return proc, load.Endpoint("127.0.0.1", port, str(st.ca_file), str(st.cert_file), str(st.key_file), prefix=prefix)
 
 
 def _zero_counters(procs: harness.Processes, pid: int) -> None:

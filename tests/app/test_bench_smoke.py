@@ -38,6 +38,12 @@ def test_quick_benchmark_produces_every_figure(tmp_path):
             assert figures["rps"] > 0 and figures["p50_ms"] > 0 and figures["p99_ms"] >= figures["p50_ms"]
         assert cell["proxy_cpu_us_per_request"] >= 0 and cell["nginx_cpu_us_per_request"] >= 0
         assert cell["cpu_ratio_to_nginx"] >= 0
+    for cell in cells:  # the bare Python relay beside them in the HTTP/1.1 GET cells, and only there
+        if cell["op"] == "get" and cell["protocol"] == "h1":
+            assert cell["bare"]["requests"] > 0 and cell["bare"]["errors"] == 0, cell
+            assert cell["bare_cpu_us_per_request"] > 0 and cell["bare"]["p50_ms"] > 0
+        else:
+            assert not cell["bare"], cell
     paced = next(c for c in cells if c["rate"])
     assert paced["proxy"]["rps"] <= 1.2 * paced["rate"]  # paced, not back to back
     list_cell = next(c for c in cells if c["op"] == "list")
@@ -59,6 +65,7 @@ def test_quick_benchmark_produces_every_figure(tmp_path):
     table = result.stdout
     assert "| GET | HTTP/1.1 | 1 |" in table and "| LIST | h2 | 4 |" in table and "| 2 @ 200/s |" in table
     assert "kubegate ÷ nginx" in table
+    assert "| GET HTTP/1.1 clients | bare relay req/s |" in table and "kubegate ÷ bare relay" in table
     assert "exec stdout relay" in table and "watch event relay" in table
 
 
@@ -146,13 +153,13 @@ def test_the_bare_relay_answers_as_the_upstream_does_and_refuses_clients_without
     import ssl
     import tempfile
 
-    from benchmarks import harness, instructions, load
+    from benchmarks import harness, load
 
     workdir = Path(tempfile.mkdtemp(prefix="kubegate-bare-"))  # as the harness's (nginx's worker reads in it)
     procs = harness.Processes(dataclasses.replace(harness.Settings.quick(), pin=False), workdir)
     try:
         procs.start()
-        relay, ep = instructions.start_bare_relay(procs, ())
+        relay, ep = harness.start_bare_relay(procs, ())
         try:
             async def gets() -> tuple[list[tuple[int, int]], tuple[int, int]]:
                 relayed = await load.h1_connect(ep)
