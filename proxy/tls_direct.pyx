@@ -263,7 +263,9 @@ cdef class TLSTransport:
 
     cdef object context
     cdef object server_hostname
-    cdef object session  # the client side's session to resume (an earlier connection's), or None
+    # The client side's session: before the handshake the one to resume (an earlier connection's), or
+    # None; after the connection is lost, the session it ended with (``tls_session``).
+    cdef object session
     cdef object loop
     cdef object raw
     cdef object app
@@ -365,6 +367,8 @@ cdef class TLSTransport:
             self.handshake_done.set_exception(exc or ConnectionResetError("the connection ended during the TLS handshake"))
         app = self.app
         made = self.app_made
+        if not self.server_side and made and self.sslobj is not None:
+            self.session = self.sslobj.session  # kept for a later connection to resume (``tls_session``)
         # Let go of the OpenSSL state and of the objects that refer back to this one (the protocol holds
         # it as its transport, the TCP transport as its protocol) now, not at the next garbage collection:
         # thousands of idle connections closing at once give their memory back (proxy.memory.Trimmer).
@@ -629,6 +633,15 @@ cdef class TLSTransport:
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self.app
+
+    def tls_session(self) -> ssl.SSLSession | None:
+        """The client side's TLS session, for a later connection to resume: the connection's own while it
+        is open (a TLS 1.3 server's ticket comes after the handshake, with the records read), the one it
+        ended with once it is lost — only that small object stays; the OpenSSL connection and its
+        buffers are let go of as ever."""
+        if self.sslobj is not None and self.state != HANDSHAKING:
+            return self.sslobj.session
+        return self.session if self.state == CLOSED else None
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         sslobj = self.sslobj

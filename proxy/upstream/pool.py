@@ -19,6 +19,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from discovery.model import Cluster, UpstreamCredentials
 from discovery.tls import ClusterTLSError
@@ -62,9 +63,9 @@ class ClusterPool:
         self._ctx: ssl.SSLContext | None = None
         self._ctx_h1: ssl.SSLContext | None = None
         self._ctx_key: tuple[bytes | None, bytes | None] | None = None
-        # For each of the two contexts (by id): the context and the TLS connection whose session the next
-        # connection made with it resumes (``_resumable_session``).
-        self._session_sources: dict[int, tuple[ssl.SSLContext, ssl.SSLObject]] = {}
+        # For each of the two contexts (by id): the context and the last TLS layer made with it, whose
+        # session the next connection made with it resumes (``_resumable_session``).
+        self._session_sources: dict[int, tuple[ssl.SSLContext, Any]] = {}
         self.h2_mode: bool | None = None if settings.use_h2 else False
         self.h2_conns: list[H2Upstream] = []
         self.h1_idle: list[Http1Upstream] = []
@@ -159,19 +160,19 @@ class ClusterPool:
         except BaseException:
             raw.abort()
             raise
-        self._session_sources[id(ctx)] = (ctx, layer.get_extra_info("ssl_object"))
+        self._session_sources[id(ctx)] = (ctx, layer)
         return layer, app
 
     def _resumable_session(self, ctx: ssl.SSLContext) -> ssl.SSLSession | None:
         """The TLS session a new connection made with ``ctx`` offers to resume: the one the last connection
-        made with it holds now (read now, not at its handshake: a TLS 1.3 server's ticket comes after
-        the handshake, with the first records read), or None. The API server decides: an expired or
-        unknown session is a full handshake, with the certificate checks. The session of a connection
-        made with other credentials (another context) is never offered."""
+        made with it holds now, or ended with (read now, not at its handshake: a TLS 1.3 server's ticket
+        comes after the handshake, with the first records read), or None. The API server decides: an
+        expired or unknown session is a full handshake, with the certificate checks. The session of a
+        connection made with other credentials (another context) is never offered."""
         source = self._session_sources.get(id(ctx))
         if source is None or source[0] is not ctx:
             return None
-        session = source[1].session
+        session = source[1].tls_session()
         return session if session is not None and (session.has_ticket or session.id) else None
 
     def _error(self, kind: str) -> None:

@@ -75,3 +75,33 @@ def test_a_resumed_connection_carries_requests_as_a_full_one_does(tmp_path: Path
             return seen
 
         assert uvloop.run(scenario()) == [(False, 200), (True, 200)]
+
+
+def test_a_connection_made_after_the_last_one_closed_resumes_the_session_it_ended_with(tmp_path: Path):
+    """What an exec does: a fresh HTTP/1.1 connection each time, the one before already closed (whose
+    layer then keeps only its session, not its OpenSSL connection and buffers)."""
+    with running_sandbox(tmp_path / "sandbox") as sb:
+        cluster = cluster_for_sandbox(sb)
+
+        async def scenario() -> list[bool]:
+            pool = ClusterPool(cluster, PoolSettings())
+            reused = []
+            try:
+                for _ in range(3):
+                    conn = await pool._new_connection(http1=True)
+                    reused.append(_ssl_object(conn).session_reused)
+                    await _settled()
+                    conn.transport.close()
+                    for _ in range(100):
+                        if conn.closed:
+                            break
+                        await asyncio.sleep(0.01)
+                    assert conn.closed
+                    layer = conn.transport
+                    # closed, it holds the session it ended with and no longer the OpenSSL connection
+                    assert layer.get_extra_info("ssl_object") is None and layer.tls_session() is not None
+            finally:
+                pool.close()
+            return reused
+
+        assert uvloop.run(scenario()) == [False, True, True]
