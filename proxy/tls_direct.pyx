@@ -529,6 +529,7 @@ cdef class TLSTransport:
                 raise RuntimeError("the protocol's get_buffer gave an empty buffer")
             if error != 0:
                 return error
+
     cdef _failed_as_sslobj_says(self, method, arg, str what):
         """A read or write OpenSSL refused (a record that does not decrypt, an alert, a protocol error):
         the connection fails with the ``ssl`` module's own exception for it — ``method`` of the

@@ -148,9 +148,10 @@ class ClusterPool:
     async def _connect_through_layer(
         self, loop: asyncio.AbstractEventLoop, app: asyncio.Protocol, ctx: ssl.SSLContext, timeout: float
     ) -> tuple[asyncio.Transport, asyncio.Protocol]:
-        """TCP by uvloop, TLS by ``proxy.tls_direct.TLSTransport`` (the client side of the listener's
-        layer): ``app`` made the connection's protocol once the handshake is done, all within ``timeout``.
-        A failed handshake raises what uvloop's would (the ``ssl`` module's exception)."""
+        """TCP by uvloop, TLS by ``proxy.tls_direct.TLSTransport`` (the listener's layer, its client side),
+        offering the session to resume: ``app`` made the connection's protocol once the handshake is
+        done, all within ``timeout``. A failed handshake raises what uvloop's would (the ``ssl``
+        module's exception)."""
         assert _TLS_LAYER is not None
         layer = _TLS_LAYER(ctx, app, loop, False, self.server_hostname, self._resumable_session(ctx))
         deadline = loop.time() + timeout
