@@ -53,6 +53,8 @@ class WatchedPrefix:
         self._mutex = threading.Lock()
         self._thread: threading.Thread | None = None
         self._listed = False
+        # True once the prefix was listed: ``items`` is then the last known state, even while unhealthy
+        self.loaded = False
 
     def start(self) -> None:
         """List once (synchronously) and start the watch thread; a backend that cannot be reached now
@@ -92,10 +94,11 @@ class WatchedPrefix:
             self._set_health(False, str(exc))
             return False
         fresh = {item.key: item for item in items}
-        self._set_health(True)
         with self._mutex:
             changed = fresh != self.items
             self.items, self.revision = fresh, revision
+        self.loaded = True
+        self._set_health(True)
         if changed and self.on_change is not None:
             self.on_change(fresh)
         return True

@@ -70,10 +70,13 @@ class SharedLockList(LockList):
 
     def _refresh(self) -> None:
         if self.cache is not None:
-            item = self.cache.items.get(KEY)
-            if not self.cache.healthy and self.cache.unreachable_since is not None and not self._ever_loaded:
-                self.error = f"the shared lock list cannot be read: {self.cache.error}"
+            # The watched copy is the last known list once the prefix was ever listed — whether or not
+            # this list was asked before the backend went away (a replica that served nothing until
+            # then serves it within ``stale_grace`` as the others do); never listed, there is none.
+            if not self.cache.loaded:
+                self.error = f"the shared lock list cannot be read: {self.cache.error or 'not listed yet'}"
                 return
+            item = self.cache.items.get(KEY)
         else:
             try:
                 item = self.backend.get(KEY)

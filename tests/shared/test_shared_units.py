@@ -95,3 +95,35 @@ def test_the_shared_ca_is_stored_encrypted_and_adopted_only_with_the_same_key_fi
         sync_ca(backend, tmp_path / "c" / "ca", str(wrong))
     with pytest.raises(CAError, match="ca_key_file is required"):
         sync_ca(backend, tmp_path / "d" / "ca", None)
+
+
+def test_a_replica_asked_nothing_before_etcd_went_down_serves_the_last_known_lock_list(tmp_path):
+    """The replica watched the list but served no request until the whole etcd went away: within
+    ``stale_grace`` it answers from its watched copy as the others do (a lock stays in force, everyone
+    else passes), not "cannot be read, refusing everyone"; after ``stale_grace`` it fails closed."""
+    from backend.etcd import EtcdBackend
+    from backend.testing import EtcdCluster
+    from certs.locks import StateUnavailable
+    from certs.shared_locks import SharedLockList
+    from rbac.identity import Identity
+
+    alice, mallory = Identity("alice", ("dev",)), Identity("mallory", ("dev",))
+    with EtcdCluster(tmp_path / "etcd", members=1) as etcd:
+        SharedLockList(EtcdBackend(etcd.endpoints, prefix="/locks-test/")).lock_user("mallory", reason="left")
+        clock = [0.0]
+        replica = SharedLockList(EtcdBackend(etcd.endpoints, prefix="/locks-test/", timeout=0.5), watch=True,
+                                 stale_grace=30, monotonic=lambda: clock[0])
+        try:
+            assert replica.cache is not None and replica.cache.loaded and replica.cache.healthy
+            etcd.stop_all()
+            deadline = time.monotonic() + 30
+            while replica.cache.healthy and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not replica.cache.healthy
+            clock[0] = replica.cache.unreachable_since or 0.0  # the outage has just begun
+            assert replica.is_locked(alice) is None
+            assert "left" in (replica.is_locked(mallory) or "")
+            clock[0] += 31  # past stale_grace: fail closed
+            assert isinstance(replica.is_locked(alice), StateUnavailable)
+        finally:
+            replica.stop()
