@@ -18,7 +18,7 @@ import ssl
 
 from proxy.connection import ClientConnection
 from proxy.forward import Forwarder
-from proxy.tls import classify_handshake_error, tls_layer
+from proxy.tls import classify_handshake_error, handshake_within, tls_layer
 
 # ``proxy.tls_direct.TLSTransport`` where it runs here (else None: uvloop's own TLS transport).
 _TLS_LAYER = tls_layer()
@@ -84,11 +84,7 @@ class Listener:
             if _TLS_LAYER is not None:
                 layer = _TLS_LAYER(self.ssl_context, conn, fwd.loop)
                 transport, _ = await fwd.loop.connect_accepted_socket(lambda: layer, sock)
-                try:
-                    await asyncio.wait_for(layer.handshake_done, fwd.settings.header_timeout)
-                except BaseException:
-                    transport.abort()
-                    raise
+                await handshake_within(layer, transport, fwd.settings.header_timeout)
             else:
                 await fwd.loop.connect_accepted_socket(
                     lambda: conn, sock, ssl=self.ssl_context, ssl_handshake_timeout=fwd.settings.header_timeout

@@ -24,6 +24,7 @@ uvloop's TLS transport (no session argument) every connection is a full handshak
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
@@ -70,6 +71,17 @@ def tls_layer() -> Callable[..., Any] | None:
     from proxy import tls_direct  # type: ignore[attr-defined]
 
     return tls_direct.TLSTransport if tls_direct.layer_available() else None  # type: ignore[no-any-return]
+
+
+async def handshake_within(layer: Any, raw: asyncio.BaseTransport, timeout: float) -> None:
+    """Wait until ``layer`` (a ``TLSTransport`` over the TCP transport ``raw``, either side) has done its
+    handshake, ``timeout`` seconds at most; on its failure, the timeout or a cancellation the TCP
+    connection is aborted and the error raised (the ``ssl`` module's, ``TimeoutError``...)."""
+    try:
+        await asyncio.wait_for(layer.handshake_done, timeout)
+    except BaseException:
+        raw.abort()
+        raise
 
 
 class DirectSSLObject(ssl.SSLObject):

@@ -342,7 +342,7 @@ cdef class TLSTransport:
         if self.state == HANDSHAKING:
             self._handshake_failed(ConnectionResetError("the connection ended during the TLS handshake"))
         elif self.app_made and not self.eof_told:
-            if self.reading_paused and kg_BIO_ctrl(self.rbio, BIO_CTRL_PENDING, 0, NULL) + kg_SSL_pending(self.ssl) > 0:
+            if self.reading_paused and self._more_to_read():
                 # Records received before the end wait for the protocol to read again: the end is told
                 # after them (``_read_records``), and the TCP transport stays open until then.
                 self.eof_pending = True

@@ -25,7 +25,7 @@ from discovery.model import Cluster, UpstreamCredentials
 from discovery.tls import ClusterTLSError
 from proxy.protocol.events import Headers
 from proxy.routing import upstream_address
-from proxy.tls import tls_layer, upstream_context
+from proxy.tls import handshake_within, tls_layer, upstream_context
 from proxy.upstream.base import UpstreamError, UpstreamStream
 from proxy.upstream.http1 import Http1Upstream
 from proxy.upstream.http2 import H2Upstream
@@ -63,9 +63,9 @@ class ClusterPool:
         self._ctx: ssl.SSLContext | None = None
         self._ctx_h1: ssl.SSLContext | None = None
         self._ctx_key: tuple[bytes | None, bytes | None] | None = None
-        # For each of the two contexts (by id): the context and the last TLS layer made with it, whose
-        # session the next connection made with it resumes (``_resumable_session``).
-        self._session_sources: dict[int, tuple[ssl.SSLContext, Any]] = {}
+        # For each of the two contexts: the last TLS layer made with it, whose session the next connection
+        # made with it resumes (``_resumable_session``); emptied when the contexts are made anew.
+        self._session_sources: dict[ssl.SSLContext, Any] = {}
         self.h2_mode: bool | None = None if settings.use_h2 else False
         self.h2_conns: list[H2Upstream] = []
         self.h1_idle: list[Http1Upstream] = []
@@ -156,12 +156,8 @@ class ClusterPool:
         layer = _TLS_LAYER(ctx, app, loop, False, self.server_hostname, self._resumable_session(ctx))
         deadline = loop.time() + timeout
         raw, _ = await asyncio.wait_for(loop.create_connection(lambda: layer, self.host, self.port), timeout)
-        try:
-            await asyncio.wait_for(layer.handshake_done, max(0.0, deadline - loop.time()))
-        except BaseException:
-            raw.abort()
-            raise
-        self._session_sources[id(ctx)] = (ctx, layer)
+        await handshake_within(layer, raw, max(0.0, deadline - loop.time()))
+        self._session_sources[ctx] = layer
         return layer, app
 
     def _resumable_session(self, ctx: ssl.SSLContext) -> ssl.SSLSession | None:
@@ -170,10 +166,10 @@ class ClusterPool:
         comes after the handshake, with the first records read), or None. The API server decides: an
         expired or unknown session is a full handshake, with the certificate checks. The session of a
         connection made with other credentials (another context) is never offered."""
-        source = self._session_sources.get(id(ctx))
-        if source is None or source[0] is not ctx:
+        source = self._session_sources.get(ctx)
+        if source is None:
             return None
-        session = source[1].tls_session()
+        session = source.tls_session()
         return session if session is not None and (session.has_ticket or session.id) else None
 
     def _error(self, kind: str) -> None:
