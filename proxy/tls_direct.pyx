@@ -25,8 +25,10 @@ The OpenSSL functions are looked up in the ``libssl`` the ``_ssl`` module loaded
 in, ``attach`` answers None and ``proxy.tls`` keeps the ``_ssl`` methods.
 """
 
+cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.object cimport PyObject
 from libc.limits cimport INT_MAX
 
 import asyncio
@@ -52,19 +54,150 @@ cdef extern from *:
     typedef int (*kg_get_error_fn)(const void *, int);
     typedef int (*kg_shutdown_fn)(void *);
     typedef void *(*kg_get_bio_fn)(const void *);
-    typedef int (*kg_bio_rw_fn)(void *, void *, int);
-    typedef long (*kg_bio_ctrl_fn)(void *, int, long, void *);
     typedef void (*kg_void_fn)(void);
     static kg_get_error_fn kg_SSL_get_error = NULL;
     static kg_shutdown_fn kg_SSL_shutdown = NULL;
     static kg_get_bio_fn kg_SSL_get_rbio = NULL;
     static kg_get_bio_fn kg_SSL_get_wbio = NULL;
-    static kg_bio_rw_fn kg_BIO_write = NULL;
-    static kg_bio_rw_fn kg_BIO_read = NULL;
-    static kg_bio_ctrl_fn kg_BIO_ctrl = NULL;
     static kg_void_fn kg_ERR_clear_error = NULL;
     static kg_of_ssl_fn kg_SSL_has_pending = NULL;
     static int kg_layer_resolved = 0;
+
+    /* TLSTransport's own BIOs (a BIO_METHOD each way): OpenSSL reads the received bytes where they are
+       (in the bytes object the TCP transport gave) and every record it writes becomes a bytes object at
+       once, appended to the connection's ``sent`` list. A memory BIO copies the bytes in, zero-fills as it
+       grows, and copies them out again: two copies and a memset more per byte each way. */
+    typedef void *(*kg_meth_new_fn)(int, const char *);
+    typedef int (*kg_meth_set_fn)(void *, void *);
+    typedef void *(*kg_bio_new_fn)(const void *);
+    typedef void (*kg_bio_set_data_fn)(void *, void *);
+    typedef void *(*kg_bio_get_data_fn)(void *);
+    typedef void (*kg_bio_set_int_fn)(void *, int);
+    typedef int (*kg_new_index_fn)(void);
+    typedef void (*kg_set_bio_fn)(void *, void *, void *);
+    typedef int (*kg_bio_free_fn)(void *);
+    static kg_meth_new_fn kg_BIO_meth_new = NULL;
+    static kg_meth_set_fn kg_BIO_meth_set_write_ex = NULL;
+    static kg_meth_set_fn kg_BIO_meth_set_read_ex = NULL;
+    static kg_meth_set_fn kg_BIO_meth_set_ctrl = NULL;
+    static kg_bio_new_fn kg_BIO_new = NULL;
+    static kg_bio_set_data_fn kg_BIO_set_data = NULL;
+    static kg_bio_get_data_fn kg_BIO_get_data = NULL;
+    static kg_bio_set_int_fn kg_BIO_set_init = NULL;
+    static kg_bio_set_int_fn kg_BIO_set_flags = NULL;
+    static kg_bio_set_int_fn kg_BIO_clear_flags = NULL;
+    static kg_new_index_fn kg_BIO_get_new_index = NULL;
+    static kg_set_bio_fn kg_SSL_set_bio = NULL;
+    static kg_bio_free_fn kg_BIO_free = NULL;
+    static void *kg_in_method = NULL;
+    static void *kg_out_method = NULL;
+
+    /* One connection's side of the BIOs, inside its TLSTransport. ``in_ptr``/``in_len``: the received
+       bytes OpenSSL has not read yet (the transport holds the object they are in); ``sent``: the list the
+       records go to (the transport's; NULL once it let go of the connection). */
+    typedef struct { const char *in_ptr; size_t in_len; PyObject *sent; } kg_tls_io;
+
+    #define KG_BIO_FLAGS_READ 0x01
+    #define KG_BIO_FLAGS_SHOULD_RETRY 0x08
+    #define KG_BIO_RETRY_FLAGS 0x0f
+
+    static int kg_in_read(void *b, char *buf, size_t size, size_t *got) {
+        kg_tls_io *io = (kg_tls_io *)kg_BIO_get_data(b);
+        kg_BIO_clear_flags(b, KG_BIO_RETRY_FLAGS);
+        *got = 0;
+        if (io == NULL || io->in_len == 0) {
+            kg_BIO_set_flags(b, KG_BIO_FLAGS_READ | KG_BIO_FLAGS_SHOULD_RETRY);  /* more later */
+            return 0;
+        }
+        size_t n = size < io->in_len ? size : io->in_len;
+        memcpy(buf, io->in_ptr, n);
+        io->in_ptr += n;
+        io->in_len -= n;
+        *got = n;
+        return 1;
+    }
+
+    static int kg_out_write(void *b, const char *data, size_t n, size_t *written) {
+        kg_tls_io *io = (kg_tls_io *)kg_BIO_get_data(b);
+        int ok = 0;
+        kg_BIO_clear_flags(b, KG_BIO_RETRY_FLAGS);
+        *written = 0;
+        if (io == NULL || io->sent == NULL || n > (size_t)PY_SSIZE_T_MAX) return 0;
+        /* The ``_ssl`` module lets go of the GIL around its calls (the handshake's); this side's own
+           calls hold it: either way it is held here. */
+        PyGILState_STATE gil = PyGILState_Ensure();
+        PyObject *chunk = PyBytes_FromStringAndSize(data, (Py_ssize_t)n);
+        if (chunk != NULL) {
+            ok = PyList_Append(io->sent, chunk) == 0;
+            Py_DECREF(chunk);
+        }
+        if (!ok) PyErr_Clear();  /* out of memory: the write fails, and with it the connection */
+        PyGILState_Release(gil);
+        if (ok) *written = n;
+        return ok;
+    }
+
+    static long kg_io_ctrl(int cmd, size_t pending) {
+        switch (cmd) {
+        case 10: /* BIO_CTRL_PENDING */
+            return (long)pending;
+        case 11: /* BIO_CTRL_FLUSH: records are handed over as they are written */
+        case 12: /* BIO_CTRL_DUP */
+            return 1;
+        default: /* BIO_CTRL_WPENDING (nothing waits in the BIO), kTLS and the rest: not supported */
+            return 0;
+        }
+    }
+    static long kg_in_ctrl(void *b, int cmd, long num, void *ptr) {
+        kg_tls_io *io = (kg_tls_io *)kg_BIO_get_data(b);
+        return kg_io_ctrl(cmd, io == NULL ? 0 : io->in_len);
+    }
+    static long kg_out_ctrl(void *b, int cmd, long num, void *ptr) {
+        return kg_io_ctrl(cmd, 0);
+    }
+
+    /* The two BIO_METHODs, made once; 0 where OpenSSL refused. */
+    static int kg_methods_made(void) {
+        if (kg_in_method != NULL && kg_out_method != NULL) return 1;
+        int type = kg_BIO_get_new_index();
+        if (type == -1) return 0;
+        type |= 0x0400;  /* BIO_TYPE_SOURCE_SINK */
+        void *in = kg_BIO_meth_new(type, "kubegate TLS received");
+        void *out = kg_BIO_meth_new(type, "kubegate TLS sent");
+        if (in == NULL || out == NULL) return 0;  /* (not freed: at most once per process) */
+        if (!kg_BIO_meth_set_read_ex(in, (void *)kg_in_read) || !kg_BIO_meth_set_ctrl(in, (void *)kg_in_ctrl)
+            || !kg_BIO_meth_set_write_ex(out, (void *)kg_out_write) || !kg_BIO_meth_set_ctrl(out, (void *)kg_out_ctrl))
+            return 0;
+        kg_in_method = in;
+        kg_out_method = out;
+        return 1;
+    }
+
+    /* Puts the two BIOs on ``ssl`` (in place of the memory BIOs the ``ssl`` module made, which keep only
+       the references their Python objects hold); 0 where a BIO could not be made. */
+    static int kg_attach_io(void *ssl, kg_tls_io *io) {
+        if (!kg_methods_made()) return 0;
+        void *rbio = kg_BIO_new(kg_in_method);
+        void *wbio = rbio == NULL ? NULL : kg_BIO_new(kg_out_method);
+        if (wbio == NULL) {
+            if (rbio != NULL) kg_BIO_free(rbio);
+            return 0;
+        }
+        kg_BIO_set_data(rbio, io);
+        kg_BIO_set_data(wbio, io);
+        kg_BIO_set_init(rbio, 1);
+        kg_BIO_set_init(wbio, 1);
+        kg_SSL_set_bio(ssl, rbio, wbio);
+        return 1;
+    }
+
+    /* The connection's BIOs no longer see ``io`` (the ``SSLObject`` may outlive the transport). */
+    static void kg_detach_io(void *ssl) {
+        void *rbio = kg_SSL_get_rbio(ssl);
+        void *wbio = kg_SSL_get_wbio(ssl);
+        if (rbio != NULL) kg_BIO_set_data(rbio, NULL);
+        if (wbio != NULL) kg_BIO_set_data(wbio, NULL);
+    }
 
     static int kg_resolve(const char *path) {
         void *lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
@@ -78,13 +211,26 @@ cdef extern from *:
         kg_SSL_shutdown = (kg_shutdown_fn)dlsym(lib, "SSL_shutdown");
         kg_SSL_get_rbio = (kg_get_bio_fn)dlsym(lib, "SSL_get_rbio");
         kg_SSL_get_wbio = (kg_get_bio_fn)dlsym(lib, "SSL_get_wbio");
-        kg_BIO_write = (kg_bio_rw_fn)dlsym(lib, "BIO_write");
-        kg_BIO_read = (kg_bio_rw_fn)dlsym(lib, "BIO_read");
-        kg_BIO_ctrl = (kg_bio_ctrl_fn)dlsym(lib, "BIO_ctrl");
         kg_ERR_clear_error = (kg_void_fn)dlsym(lib, "ERR_clear_error");
         kg_SSL_has_pending = (kg_of_ssl_fn)dlsym(lib, "SSL_has_pending");
+        kg_BIO_meth_new = (kg_meth_new_fn)dlsym(lib, "BIO_meth_new");
+        kg_BIO_meth_set_write_ex = (kg_meth_set_fn)dlsym(lib, "BIO_meth_set_write_ex");
+        kg_BIO_meth_set_read_ex = (kg_meth_set_fn)dlsym(lib, "BIO_meth_set_read_ex");
+        kg_BIO_meth_set_ctrl = (kg_meth_set_fn)dlsym(lib, "BIO_meth_set_ctrl");
+        kg_BIO_new = (kg_bio_new_fn)dlsym(lib, "BIO_new");
+        kg_BIO_set_data = (kg_bio_set_data_fn)dlsym(lib, "BIO_set_data");
+        kg_BIO_get_data = (kg_bio_get_data_fn)dlsym(lib, "BIO_get_data");
+        kg_BIO_set_init = (kg_bio_set_int_fn)dlsym(lib, "BIO_set_init");
+        kg_BIO_set_flags = (kg_bio_set_int_fn)dlsym(lib, "BIO_set_flags");
+        kg_BIO_clear_flags = (kg_bio_set_int_fn)dlsym(lib, "BIO_clear_flags");
+        kg_BIO_get_new_index = (kg_new_index_fn)dlsym(lib, "BIO_get_new_index");
+        kg_SSL_set_bio = (kg_set_bio_fn)dlsym(lib, "SSL_set_bio");
+        kg_BIO_free = (kg_bio_free_fn)dlsym(lib, "BIO_free");
         kg_layer_resolved = kg_SSL_get_error && kg_SSL_shutdown && kg_SSL_get_rbio && kg_SSL_get_wbio
-            && kg_BIO_write && kg_BIO_read && kg_BIO_ctrl && kg_ERR_clear_error && kg_SSL_has_pending;
+            && kg_ERR_clear_error && kg_SSL_has_pending && kg_BIO_meth_new && kg_BIO_meth_set_write_ex
+            && kg_BIO_meth_set_read_ex && kg_BIO_meth_set_ctrl && kg_BIO_new && kg_BIO_set_data
+            && kg_BIO_get_data && kg_BIO_set_init && kg_BIO_set_flags && kg_BIO_clear_flags
+            && kg_BIO_get_new_index && kg_SSL_set_bio && kg_BIO_free;
         return kg_SSL_read_ex && kg_SSL_write_ex && kg_SSL_pending && kg_SSL_is_server && kg_SSL_get_SSL_CTX;
     }
     static void *kg_ssl_of(PyObject *o) { return ((kg_ssl_socket_head *)o)->ssl; }
@@ -103,15 +249,17 @@ cdef extern from *:
     int kg_SSL_shutdown(void *s) nogil
     void *kg_SSL_get_rbio(const void *s) nogil
     void *kg_SSL_get_wbio(const void *s) nogil
-    int kg_BIO_write(void *bio, const void *data, int size) nogil
-    int kg_BIO_read(void *bio, void *data, int size) nogil
-    long kg_BIO_ctrl(void *bio, int cmd, long larg, void *parg) nogil
+    ctypedef struct kg_tls_io:
+        const char *in_ptr
+        size_t in_len
+        PyObject *sent
+    int kg_attach_io(void *s, kg_tls_io *io)
+    void kg_detach_io(void *s)
     void kg_ERR_clear_error() nogil
     int kg_SSL_has_pending(const void *s) nogil
 
 cdef enum:
     RECORD_PLAINTEXT = 16384  # the most plaintext one TLS record carries (RFC 8446 5.1)
-    BIO_CTRL_PENDING = 10  # OpenSSL's bio.h
     SSL_ERROR_WANT_READ = 2  # OpenSSL's ssl.h
     SSL_ERROR_ZERO_RETURN = 6
 
@@ -235,6 +383,7 @@ cdef enum:
     CLOSED = 3
 
 
+@cython.no_gc_clear  # __dealloc__ needs ssl_socket (see there)
 cdef class TLSTransport:
     """A TLS connection between uvloop's TCP transport and a protocol: the TCP transport's protocol on
     one side, the protocol's transport on the other (what ``loop.connect_accepted_socket(..., ssl=...)``
@@ -243,12 +392,14 @@ cdef class TLSTransport:
     the client side, with ``server_hostname`` for SNI and the certificate's name check and ``session``
     to resume an earlier connection's TLS session, the upstream connections' (``proxy.upstream.pool``).
 
-    The connection is an ``ssl`` module ``SSLObject`` over two ``MemoryBIO``s; the handshake is run
-    through it (``do_handshake``, in Python: once per connection). After that every record is OpenSSL's
-    work called from here: bytes read from the socket go into the incoming BIO (``BIO_write``), records
-    come out of ``SSL_read_ex`` (into a stack buffer, or straight into a buffered protocol's buffer), a
-    write is one ``SSL_write_ex`` and the outgoing BIO's bytes go to the TCP transport as one ``bytes``
-    (``BIO_read``). uvloop's ``SSLProtocol`` does the same through a dozen Python-level calls per record.
+    The connection is an ``ssl`` module ``SSLObject`` whose memory BIOs are replaced at once by the
+    layer's own two (``kg_attach_io``); the handshake is run through it (``do_handshake``, in Python: once
+    per connection). After that every record is OpenSSL's work called from here: OpenSSL reads the bytes
+    received where they are (``io.in_ptr``, in the bytes object the socket's read gave), records come out
+    of ``SSL_read_ex`` (into a stack buffer, or straight into a buffered protocol's buffer), a write is
+    one ``SSL_write_ex`` whose records become a bytes object each as OpenSSL writes them, handed to the
+    TCP transport in one write. uvloop's ``SSLProtocol`` does the same through a dozen Python-level calls
+    per record, and memory BIOs copy every byte in and out (and zero-fill as they grow).
 
     Behaviour, as uvloop's TLS transport: the protocol's ``connection_made`` once the handshake is done
     (``handshake_done``: resolved then, or failed with the handshake's error); ``eof_received`` when the
@@ -256,10 +407,10 @@ cdef class TLSTransport:
     close_notify and closes the TCP transport once its queued bytes are written (without waiting for the
     peer's close_notify); ``abort()`` drops everything; ``pause_writing``/``resume_writing`` are the TCP
     transport's (every record is encrypted at once: what waits is ciphertext in the TCP transport);
-    ``pause_reading`` stops reading the socket and the records already received wait in the incoming
-    BIO; a record that does not decrypt, or an alert, fails the connection (``connection_lost`` with the
-    ``ssl`` module's own exception, made by asking the ``SSLObject`` again); ``write_eof`` is not
-    supported (TLS has no half-close), as there. Writes after ``close()`` are dropped."""
+    ``pause_reading`` stops reading the socket and the records already received wait (``received``); a
+    record that does not decrypt, or an alert, fails the connection (``connection_lost`` with the ``ssl``
+    module's own exception, made by asking the ``SSLObject`` again); ``write_eof`` is not supported (TLS
+    has no half-close), as there. Writes after ``close()`` are dropped."""
 
     cdef object context
     cdef object server_hostname
@@ -270,14 +421,14 @@ cdef class TLSTransport:
     cdef object raw
     cdef object app
     cdef object sslobj
-    cdef object incoming
-    cdef object outgoing
+    cdef object ssl_socket  # the ``_ssl._SSLSocket`` whose ``SSL *`` is ``ssl``: the OpenSSL state lives as long
+    cdef object received  # the bytes object the unread received bytes (``io.in_ptr``) are in
+    cdef list sent  # the records written since the last flush, a bytes object each (``io.sent``)
+    cdef kg_tls_io io
     cdef readonly object handshake_done
     cdef object _error
     cdef object _read_soon
     cdef void *ssl
-    cdef void *rbio
-    cdef void *wbio
     cdef int state
     cdef bint app_buffered
     cdef bint app_made
@@ -305,38 +456,46 @@ cdef class TLSTransport:
     # ---- the TCP transport's protocol
 
     def connection_made(self, raw: asyncio.Transport) -> None:
+        cdef void *ssl_ptr
         self.raw = raw
-        self.incoming = ssl.MemoryBIO()
-        self.outgoing = ssl.MemoryBIO()
+        self.sent = []
         try:
-            self.sslobj = self.context.wrap_bio(self.incoming, self.outgoing, server_side=self.server_side,
-                                                server_hostname=self.server_hostname, session=self.session)
+            # The memory BIOs only to make the SSLObject: the connection's own BIOs replace them at once.
+            sslobj = self.context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=self.server_side,
+                                           server_hostname=self.server_hostname, session=self.session)
             self.session = None
-            self.ssl = _checked_ssl(self.sslobj._sslobj)
-            if self.ssl == NULL:
+            ssl_ptr = _checked_ssl(sslobj._sslobj)
+            if ssl_ptr == NULL:
                 raise RuntimeError("the TLS connection's OpenSSL object cannot be used directly")
+            self.io.sent = <PyObject *>self.sent
+            if not kg_attach_io(ssl_ptr, &self.io):
+                raise MemoryError("OpenSSL could not make the TLS connection's BIOs")
         except Exception as exc:  # noqa: BLE001 - the handshake fails with it
+            self.io.sent = NULL
             self._handshake_failed(exc)
             return
-        self.rbio = kg_SSL_get_rbio(self.ssl)
-        self.wbio = kg_SSL_get_wbio(self.ssl)
+        self.sslobj = sslobj
+        self.ssl_socket = sslobj._sslobj
+        self.ssl = ssl_ptr
         self._handshake_step()
 
     def data_received(self, data: bytes) -> None:
-        cdef Py_buffer view
         cdef int state = self.state
         if state != HANDSHAKING and state != WRAPPED:
             return  # after close_notify or a failure: nothing more is read
-        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-        try:
-            if view.len > 0:
-                kg_BIO_write(self.rbio, view.buf, <int>view.len)
-        finally:
-            PyBuffer_Release(&view)
+        if type(data) is not bytes:
+            data = bytes(data)
+        if self.io.in_len > 0:  # bytes not read yet (the protocol paused reading): these come after them
+            data = PyBytes_FromStringAndSize(self.io.in_ptr, <Py_ssize_t>self.io.in_len) + data
+        self.received = data
+        self.io.in_ptr = PyBytes_AS_STRING(data)
+        self.io.in_len = <size_t>PyBytes_GET_SIZE(data)
         if state == HANDSHAKING:
             self._handshake_step()
         else:
             self._read_records()
+        if self.io.in_len == 0:
+            self.received = None  # all read: the bytes object goes now, not with the next one
 
     def eof_received(self) -> bool:
         if self.state == HANDSHAKING:
@@ -375,10 +534,26 @@ cdef class TLSTransport:
         self.app_made = False
         self.app = None
         self.raw = None
-        self.sslobj = self.incoming = self.outgoing = None
-        self.ssl = self.rbio = self.wbio = NULL
+        self._let_go_of_ssl()
         if made:
             app.connection_lost(exc)
+
+    cdef _let_go_of_ssl(self):
+        """The OpenSSL connection no longer sees this object (its ``SSLObject``, which may live on, was
+        handed out as ``ssl_object``); its state and buffers go."""
+        if self.ssl != NULL:
+            kg_detach_io(self.ssl)
+            self.ssl = NULL
+        self.io.sent = NULL
+        self.io.in_ptr = NULL
+        self.io.in_len = 0
+        self.sslobj = self.ssl_socket = self.received = self.sent = None
+
+    def __dealloc__(self):
+        # Still held here (the class is ``no_gc_clear``, and the ``_SSLSocket``'s own clear leaves its
+        # ``SSL *``): ``ssl_socket``, so ``ssl`` is not freed yet, and its BIOs must stop pointing at ``io``.
+        if self.ssl != NULL:
+            kg_detach_io(self.ssl)
 
     def pause_writing(self) -> None:
         if self.app_made:
@@ -421,19 +596,19 @@ cdef class TLSTransport:
     # ---- records
 
     cdef _flush_out(self):
-        """The outgoing BIO's bytes to the TCP transport, as one ``bytes``."""
-        cdef long pending
-        cdef int got
-        if self.wbio == NULL or self.raw is None:
+        """The records written since the last flush to the TCP transport: one write (several records:
+        one ``writelines``, which uvloop sends with one ``writev``)."""
+        cdef list sent = self.sent
+        if not sent:
             return
-        pending = kg_BIO_ctrl(self.wbio, BIO_CTRL_PENDING, 0, NULL)
-        if pending <= 0:
-            return
-        out = PyBytes_FromStringAndSize(NULL, pending)
-        got = kg_BIO_read(self.wbio, PyBytes_AS_STRING(out), <int>pending)
-        if got <= 0:
-            return
-        self.raw.write(out if got == pending else out[:got])
+        if self.raw is None:
+            del sent[:]
+        elif len(sent) == 1:
+            self.raw.write(sent.pop())
+        else:
+            records = sent[:]
+            del sent[:]
+            self.raw.writelines(records)
 
     cdef _read_records(self):
         """Every whole record received, to the protocol (one ``data_received`` for all of them, as uvloop
@@ -488,7 +663,7 @@ cdef class TLSTransport:
     cdef inline bint _more_to_read(self):
         """Whether a read could give anything: bytes received and not yet taken by OpenSSL, or a record
         OpenSSL holds (decrypted or not) — without either, ``SSL_read_ex`` can only want more to read."""
-        return kg_BIO_ctrl(self.rbio, BIO_CTRL_PENDING, 0, NULL) > 0 or kg_SSL_has_pending(self.ssl) != 0
+        return self.io.in_len > 0 or kg_SSL_has_pending(self.ssl) != 0
 
     cdef int _read_into_buffers(self) except -2:
         """Records straight into a buffered protocol's buffers, each buffer filled with as many as fit
@@ -506,7 +681,7 @@ cdef class TLSTransport:
                 return -1
             if not self._more_to_read():
                 return SSL_ERROR_WANT_READ
-            pending = kg_BIO_ctrl(self.rbio, BIO_CTRL_PENDING, 0, NULL) + kg_SSL_pending(self.ssl)
+            pending = <long>self.io.in_len + kg_SSL_pending(self.ssl)
             buffer = self.app.get_buffer(pending + 256)
             PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)
             filled = 0

@@ -514,3 +514,28 @@ def test_a_buffered_protocol_gets_every_record_of_one_read_in_one_buffer_as_far_
     first, second, received = run(scenario, tmp_path)
     assert first == 1  # a relay writes it on as one write, not one per 16 KiB record
     assert second == 3 and received == b"r" * 100_000 + b"s" * 100_000
+
+
+def test_the_ssl_object_handed_out_outlives_the_connection_without_reaching_into_it(tmp_path):
+    """The layer's own BIOs point at the layer; the ``SSLObject`` it hands out (``ssl_object``) may live
+    on after the layer is gone, and then answers as a connection with nothing more to read or write."""
+
+    async def scenario(files):  # noqa: ANN001, ANN202
+        import gc
+
+        app = Recorder(echo=False)
+        layer, tcp, client, c_in, c_out = await _over_stand_in(files, app)
+        sslobj = layer.get_extra_info("ssl_object")
+        client.write(b"before")
+        layer.data_received(c_out.read())
+        assert bytes(app.received) == b"before"
+        layer.connection_lost(None)
+        del layer
+        gc.collect()
+        with pytest.raises(ssl.SSLWantReadError):
+            sslobj.read(10)
+        with pytest.raises(ssl.SSLError):
+            sslobj.write(b"after")
+        return await app.lost
+
+    assert run(scenario, tmp_path) is None
