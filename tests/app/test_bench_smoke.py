@@ -41,7 +41,8 @@ def test_quick_benchmark_produces_every_figure(tmp_path):
     for cell in cells:  # the bare Python relay beside them in the HTTP/1.1 GET cells, and only there
         if cell["op"] == "get" and cell["protocol"] == "h1":
             assert cell["bare"]["requests"] > 0 and cell["bare"]["errors"] == 0, cell
-            assert cell["bare_cpu_us_per_request"] > 0 and cell["bare"]["p50_ms"] > 0
+            # CPU time is read in clock ticks (10 ms): a smoke cell's few requests may cost less than one
+            assert cell["bare_cpu_us_per_request"] >= 0 and cell["bare"]["p50_ms"] > 0
         else:
             assert not cell["bare"], cell
     paced = next(c for c in cells if c["rate"])
