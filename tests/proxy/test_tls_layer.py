@@ -539,3 +539,34 @@ def test_the_ssl_object_handed_out_outlives_the_connection_without_reaching_into
         return await app.lost
 
     assert run(scenario, tmp_path) is None
+
+
+def test_an_error_another_caller_left_in_openssls_queue_does_not_fail_the_next_read(tmp_path):
+    """``SSL_get_error`` reads the thread's OpenSSL error queue: the layer empties it before its reads and
+    writes (it looks first, and clears only what is there), so an error some other code left behind is
+    not taken for this connection's."""
+    import ctypes
+
+    from proxy import tls_direct  # type: ignore[attr-defined]
+
+    libssl = ctypes.CDLL(tls_direct._libssl_path())  # the loaded one; libcrypto's symbols through it
+    libssl.ERR_new.restype = None
+    libssl.ERR_set_error.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p]
+    libssl.ERR_peek_error.restype = ctypes.c_ulong
+
+    async def scenario(files):  # noqa: ANN001, ANN202
+        app = Recorder(echo=False)
+        layer, tcp, client, c_in, c_out = await _over_stand_in(files, app)
+        client.write(b"x" * 5000)
+        record = c_out.read()
+        libssl.ERR_new()
+        libssl.ERR_set_error(20, 100, b"left behind by someone else")  # ERR_LIB_SSL, any reason
+        assert libssl.ERR_peek_error() != 0
+        layer.data_received(record[:100])  # part of a record: OpenSSL wants more
+        assert not tcp.closed and not layer.is_closing()
+        layer.data_received(record[100:])
+        assert bytes(app.received) == b"x" * 5000
+        layer.connection_lost(None)
+        return await app.lost
+
+    assert run(scenario, tmp_path) is None
