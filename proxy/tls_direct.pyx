@@ -50,7 +50,8 @@ cdef extern from *:
     static kg_of_ssl_fn kg_SSL_pending = NULL;
     static kg_of_ssl_fn kg_SSL_is_server = NULL;
     static kg_ctx_of_ssl_fn kg_SSL_get_SSL_CTX = NULL;
-    /* for TLSTransport: the memory BIOs driven from here (libcrypto's, found through libssl) */
+    /* for TLSTransport: the connection, its BIOs (below) and the error queue (libcrypto's functions are
+       found through libssl) */
     typedef int (*kg_get_error_fn)(const void *, int);
     typedef int (*kg_shutdown_fn)(void *);
     typedef void *(*kg_get_bio_fn)(const void *);
@@ -164,9 +165,10 @@ cdef extern from *:
         return kg_io_ctrl(cmd, 0);
     }
 
-    /* The two BIO_METHODs, made once; 0 where OpenSSL refused. */
-    static int kg_methods_made(void) {
-        if (kg_in_method != NULL && kg_out_method != NULL) return 1;
+    /* The two BIO_METHODs, made once when the functions are looked up (``kg_resolve``): 0 where OpenSSL
+       refused (then the layer is not used: uvloop's TLS transport is). */
+    static int kg_make_methods(void) {
+        if (kg_in_method != NULL && kg_out_method != NULL) return 1;  /* looked up again: made already */
         int type = kg_BIO_get_new_index();
         if (type == -1) return 0;
         type |= 0x0400;  /* BIO_TYPE_SOURCE_SINK */
@@ -184,7 +186,6 @@ cdef extern from *:
     /* Puts the two BIOs on ``ssl`` (in place of the memory BIOs the ``ssl`` module made, which keep only
        the references their Python objects hold); 0 where a BIO could not be made. */
     static int kg_attach_io(void *ssl, kg_tls_io *io) {
-        if (!kg_methods_made()) return 0;
         void *rbio = kg_BIO_new(kg_in_method);
         void *wbio = rbio == NULL ? NULL : kg_BIO_new(kg_out_method);
         if (wbio == NULL) {
@@ -239,7 +240,7 @@ cdef extern from *:
             && kg_ERR_clear_error && kg_ERR_peek_error && kg_SSL_has_pending && kg_BIO_meth_new && kg_BIO_meth_set_write_ex
             && kg_BIO_meth_set_read_ex && kg_BIO_meth_set_ctrl && kg_BIO_new && kg_BIO_set_data
             && kg_BIO_get_data && kg_BIO_set_init && kg_BIO_set_flags && kg_BIO_clear_flags
-            && kg_BIO_get_new_index && kg_SSL_set_bio && kg_BIO_free;
+            && kg_BIO_get_new_index && kg_SSL_set_bio && kg_BIO_free && kg_make_methods();
         return kg_SSL_read_ex && kg_SSL_write_ex && kg_SSL_pending && kg_SSL_is_server && kg_SSL_get_SSL_CTX;
     }
     static void *kg_ssl_of(PyObject *o) { return ((kg_ssl_socket_head *)o)->ssl; }
