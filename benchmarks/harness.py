@@ -77,7 +77,8 @@ class Settings:
     pods: int = 500
     idle_watches: tuple[int, ...] = (1000, 10000)
     idle_watches_h1: tuple[int, ...] = (1000,)  # one HTTP/1.1 connection per watch
-    exec_bytes: int = 256 * 1024 * 1024
+    exec_bytes: int = 256 * 1024 * 1024  # one exec session's stdout …
+    exec_rounds: int = 5  # … through each proxy in turn, in this many rounds (measure_exec)
     watch_events: int = 20000  # CPU time is read in 10 ms ticks: ~0.3 s of it for ~2 % resolution
     watch_event_rounds: int = 4  # … through each proxy in turn, in this many rounds (measure_watch_events)
     only: tuple[str, ...] = ("requests", "watches", "exec", "events")
@@ -94,7 +95,7 @@ class Settings:
     @classmethod
     def quick(cls) -> Settings:
         return cls(mode="quick", duration=0.3, concurrencies=(1, 4), pods=20, idle_watches=(20,), idle_watches_h1=(10,),
-                   exec_bytes=1024 * 1024, watch_events=50, paced_rate=200.0, paced_clients=2,
+                   exec_bytes=1024 * 1024, exec_rounds=2, watch_events=50, paced_rate=200.0, paced_clients=2,
                    paced_rounds=1)
 
 
@@ -557,23 +558,41 @@ async def _idle_watches(procs: Processes, settings: Settings, counts: tuple[int,
 
 
 async def measure_exec(procs: Processes, settings: Settings) -> dict:
-    """exec stdout relay (WebSocket v5) directly, through kubegate and through the reference nginx."""
+    """exec stdout relay (WebSocket v5) directly, then through kubegate and through the reference nginx
+    in ``exec_rounds`` rounds that alternate the two (kubegate, nginx, kubegate, ...), each round one
+    exec session of ``exec_bytes``. One session is ~0.5 s of a proxy's CPU, and the shared machine's load
+    moved a single session's CPU per GB by a third from one session to the next: alternated, a change in
+    that load falls on both proxies alike. Each proxy's CPU per GB is its rounds' CPU over their bytes;
+    ``rounds_cpu_seconds_per_gb`` keeps each round's."""
     pod = "/api/v1/namespaces/bench/pods/pod-0"
     nbytes, secs = await load.exec_stdout(procs.direct(), pod, settings.exec_bytes)
     direct = {"bytes": nbytes, "seconds": round(secs, 3), "mb_per_s": round(nbytes / secs / 1e6, 1) if secs else 0}
-    out = {"direct": direct, "requested_bytes": settings.exec_bytes}
-    for key, ep, pid in (("proxy", procs.through_proxy(), procs.proxy_pid),
-                         ("nginx", procs.through_nginx(), procs.nginx_pid)):
-        cpu0 = tree_cpu_seconds(pid)
-        nbytes, secs = await load.exec_stdout(ep, pod, settings.exec_bytes)
-        cpu = tree_cpu_seconds(pid) - cpu0
-        out[key] = {"bytes": nbytes, "seconds": round(secs, 3),
+    rounds = max(1, settings.exec_rounds)
+    out: dict = {"direct": direct, "requested_bytes": settings.exec_bytes, "rounds": rounds}
+    sides = (("proxy", procs.through_proxy(), procs.proxy_pid), ("nginx", procs.through_nginx(), procs.nginx_pid))
+    totals = {key: {"bytes": 0, "seconds": 0.0, "cpu": 0.0, "per_round": []} for key, _, _ in sides}
+    for _ in range(rounds):
+        for key, ep, pid in sides:
+            cpu0 = tree_cpu_seconds(pid)
+            nbytes, secs = await load.exec_stdout(ep, pod, settings.exec_bytes)
+            cpu = tree_cpu_seconds(pid) - cpu0
+            total = totals[key]
+            total["bytes"] += nbytes
+            total["seconds"] += secs
+            total["cpu"] += cpu
+            total["per_round"].append(round(cpu / nbytes * 1e9, 2) if nbytes else None)
+    for key, total in totals.items():
+        nbytes, secs, cpu = total["bytes"], total["seconds"], total["cpu"]
+        out[key] = {"bytes": nbytes // rounds, "seconds": round(secs / rounds, 3),
                     "mb_per_s": round(nbytes / secs / 1e6, 1) if secs else 0, "cpu_seconds": round(cpu, 3),
-                    "cpu_seconds_per_gb": round(cpu / nbytes * 1e9, 2) if nbytes else None}
+                    "cpu_seconds_per_gb": round(cpu / nbytes * 1e9, 2) if nbytes else None,
+                    "rounds_cpu_seconds_per_gb": total["per_round"]}
     out["proxy"]["proxy_cpu_seconds_per_gb"] = out["proxy"]["cpu_seconds_per_gb"]
     print(f"  exec stdout: direct {direct['mb_per_s']} MB/s, kubegate {out['proxy']['mb_per_s']} MB/s "
           f"{out['proxy']['cpu_seconds_per_gb']} CPU-s/GB, nginx {out['nginx']['mb_per_s']} MB/s "
-          f"{out['nginx']['cpu_seconds_per_gb']} CPU-s/GB", file=sys.stderr, flush=True)
+          f"{out['nginx']['cpu_seconds_per_gb']} CPU-s/GB ({rounds} rounds alternated; per round kubegate "
+          f"{out['proxy']['rounds_cpu_seconds_per_gb']}, nginx {out['nginx']['rounds_cpu_seconds_per_gb']})",
+          file=sys.stderr, flush=True)
     return out
 
 
@@ -741,7 +760,8 @@ def render_table(report: dict) -> str:
         e = report["exec"]
         ng = e.get("nginx") or {}
         lines.append("")
-        lines.append(f"exec stdout relay ({e['proxy']['bytes'] / 2**20:.0f} MiB): direct {e['direct']['mb_per_s']} MB/s; "
+        alternated = f" per session, kubegate and nginx alternated in {e['rounds']} rounds" if e.get("rounds", 1) > 1 else ""
+        lines.append(f"exec stdout relay ({e['proxy']['bytes'] / 2**20:.0f} MiB{alternated}): direct {e['direct']['mb_per_s']} MB/s; "
                      f"kubegate {e['proxy']['mb_per_s']} MB/s, {e['proxy']['proxy_cpu_seconds_per_gb']} CPU-s/GB; "
                      f"nginx {ng.get('mb_per_s')} MB/s, {ng.get('cpu_seconds_per_gb')} CPU-s/GB")
     if report.get("watch_events"):

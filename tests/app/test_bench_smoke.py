@@ -58,6 +58,9 @@ def test_quick_benchmark_produces_every_figure(tmp_path):
     assert report["exec"]["proxy"]["bytes"] == report["exec"]["requested_bytes"] == 1024 * 1024
     assert report["exec"]["proxy"]["mb_per_s"] > 0 and "proxy_cpu_seconds_per_gb" in report["exec"]["proxy"]
     assert report["exec"]["nginx"]["bytes"] == 1024 * 1024 and "cpu_seconds_per_gb" in report["exec"]["nginx"]
+    # two sessions through each proxy, alternated: each session's figure is kept beside the total's
+    assert report["exec"]["rounds"] == 2
+    assert len(report["exec"]["proxy"]["rounds_cpu_seconds_per_gb"]) == len(report["exec"]["nginx"]["rounds_cpu_seconds_per_gb"]) == 2
     assert report["watch_events"]["events"] >= 50
     assert "proxy_cpu_ms_per_1000_events" in report["watch_events"]
     assert report["watch_events"]["nginx"]["events"] >= 50 and "ratio_to_nginx" in report["watch_events"]
