@@ -194,13 +194,26 @@ async def count_watch_events(procs: harness.Processes, pid: int, ep: load.Endpoi
     return {"events": relayed, "instructions": instructions, "instructions_per_event": round(instructions / max(1, relayed))}
 
 
-async def count_exec(procs: harness.Processes, pid: int, ep: load.Endpoint, mib: int, small: int) -> dict:
-    """Instructions per MiB of exec stdout relayed by ``pid``, and per session (see the module docstring)."""
+# The pod's command with --exec-piece: stdout written in pieces of argv[2] bytes, argv[3] seconds apart,
+# argv[1] bytes in all.
+PACED_WRITER = ("import os, sys, time\n"
+                "left, piece, pause = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])\n"
+                "block = bytes(piece)\n"
+                "while left > 0:\n"
+                "    left -= os.write(1, block[:left])\n"
+                "    time.sleep(pause)\n")
+
+
+async def count_exec(procs: harness.Processes, pid: int, ep: load.Endpoint, mib: int, small: int,
+                     piece: int = 0, pause: float = 0.0) -> dict:
+    """Instructions per MiB of exec stdout relayed by ``pid``, and per session (see the module docstring).
+    ``piece``: the pod writes its stdout in pieces of that many bytes, ``pause`` seconds apart."""
     pod = harness.GET_PATH
 
     async def session(nbytes: int) -> tuple[int, int]:
         _zero_counters(procs, pid)
-        received, _ = await load.exec_stdout(ep, pod, nbytes)
+        command = [sys.executable, "-c", PACED_WRITER, str(nbytes), str(piece), str(pause)] if piece else None
+        received, _ = await load.exec_stdout(ep, pod, nbytes, command)
         await asyncio.sleep(0.5)  # the proxy sees both ends close
         if received != nbytes:
             raise RuntimeError(f"exec through {ep.authority} relayed {received} of {nbytes} bytes")
@@ -280,7 +293,7 @@ VECTOR_COPIES = "glibc.cpu.x86_rep_movsb_threshold=1000000000:glibc.cpu.x86_rep_
 
 def run(requests: int, warmup: int, clients: int, keep: str | None = None, cells: tuple[str, ...] = ("requests",),
         events: int = 500, gap: float = 0.005, idle: float = 10.0, exec_mib: int = 32, exec_small: int = 1024,
-        vector_copies: bool = False) -> dict:
+        vector_copies: bool = False, exec_piece: int = 0, exec_pause: float = 0.004) -> dict:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind (with callgrind_control) is not installed")
     if vector_copies:  # inherited by every process the harness starts (see the module docstring)
@@ -314,9 +327,11 @@ def run(requests: int, warmup: int, clients: int, keep: str | None = None, cells
                       f"{ng['instructions_per_connection']:,} ({report['paced']['ratio']}× in the paced cell)",
                       file=sys.stderr, flush=True)
             if "exec" in cells:
-                kg = await count_exec(procs, kubegate_pid, procs.through_proxy(), exec_mib, exec_small)
-                ng = await count_exec(procs, procs.nginx_pid, procs.through_nginx(), exec_mib, exec_small)
-                report["exec"] = {"mib": exec_mib, "kubegate": kg, "nginx": ng,
+                kg = await count_exec(procs, kubegate_pid, procs.through_proxy(), exec_mib, exec_small,
+                                      exec_piece, exec_pause)
+                ng = await count_exec(procs, procs.nginx_pid, procs.through_nginx(), exec_mib, exec_small,
+                                      exec_piece, exec_pause)
+                report["exec"] = {"mib": exec_mib, "piece": exec_piece, "kubegate": kg, "nginx": ng,
                                   "ratio": round(kg["instructions_per_mib"] / max(1, ng["instructions_per_mib"]), 2)}
                 print(f"  exec stdout: kubegate {kg['instructions_per_mib']:,} instructions/MiB "
                       f"({kg['instructions_per_session']:,}/session), nginx {ng['instructions_per_mib']:,} "
@@ -421,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exec-mib", type=int, default=32, help="MiB of exec stdout counted (--cells exec)")
     parser.add_argument("--exec-small", type=int, default=1024,
                         help="bytes of the small exec session whose count is taken out (--cells exec)")
+    parser.add_argument("--exec-piece", type=int, default=0,
+                        help="the pod writes stdout in pieces of this many bytes, --exec-pause ms apart, so that "
+                             "each reaches the proxy on its own (--cells exec; default: head -c at full speed)")
+    parser.add_argument("--exec-pause", type=float, default=4.0, help="ms between pieces (--exec-piece)")
     parser.add_argument("--events", type=int, default=500, help="watch events counted (--cells events)")
     parser.add_argument("--gap", type=float, default=5.0, help="ms between an answer and the next lone GET (--cells paced)")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle counted (--cells paced)")
@@ -435,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown cells: {', '.join(sorted(unknown))}")
     report = run(args.requests, args.warmup, args.clients, args.keep, cells, args.events, args.gap / 1000, args.idle,
-                 args.exec_mib, args.exec_small, args.vector_copies)
+                 args.exec_mib, args.exec_small, args.vector_copies, args.exec_piece, args.exec_pause / 1000)
     print(render(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
