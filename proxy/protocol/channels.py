@@ -455,8 +455,11 @@ class ChannelTap:
     def _feed(self, d: _WsScan, data: bytes | memoryview) -> None:
         if self._failed or not data:
             return
+        view = memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")  # bytes, whatever shape or item the object handed over has
         try:
-            self._scan_bytes(d, memoryview(data))
+            self._scan_bytes(d, view)
         except (ValueError, IndexError) as exc:
             self._failed = True
             self._failure = f"{d.side}: {exc}"
@@ -517,9 +520,9 @@ class ChannelTap:
             elif size == 127:
                 head = 10
                 if pos + 10 < n:
-                    size = int.from_bytes(view[pos + 2 : pos + 10], "big")
-                    if size >> 63:
+                    if view[pos + 2] & 0x80:  # a length with its top bit set: the general steps refuse it
                         return pos
+                    size = int.from_bytes(view[pos + 2 : pos + 10], "big")
             mask = b""
             if masked:
                 if pos + head + 4 < n:
