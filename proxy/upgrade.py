@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -42,20 +43,33 @@ def encode_101(headers: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join(parts)
 
 
-BULK_READ = 16 * 1024  # reads from this size on are bulk transfer: their buffer is kept for the next read
-READ_BUFFER_BULK = 256 * 1024 + 256  # uvloop's TLS reads ask for what is pending (at most 256 KiB) + 256
-READ_BUFFER_UNSIZED = 64 * 1024  # a transport that does not say what it has (plain TCP asks with -1)
+READ_BUFFER = 256 * 1024 + 256  # uvloop's TLS reads ask for what is pending (at most 256 KiB) + 256
+
+try:  # kubegate's TLS layer: a write is encrypted at once, and the transport keeps no view of it
+    from proxy.tls_direct import TLSTransport as _ConsumingTransport
+except ImportError:  # not built here: every transport may keep what it is written
+    _ConsumingTransport = ()  # type: ignore[assignment,misc]
+
+
+class _ReadBuffer(threading.local):
+    """The buffer every relay side of this thread reads into (one event loop per thread): a read is written
+    to the peer's transport before the next read starts, so one buffer serves every session."""
+
+    view: memoryview | None = None
+
+
+_read_buffer = _ReadBuffer()
 
 
 class _Side(asyncio.BufferedProtocol):
     """One end of the relay: bytes read here are written to ``peer``'s transport.
 
-    A buffered protocol: the transport reads (a TLS transport: decrypts) straight into this side's
-    buffer, and the peer's transport is written a view of it; no bytes object per read or per TLS
-    record, no join of a read's records. During bulk transfer the buffer is used again for the next read,
-    but only when the peer's transport kept nothing of the write (``get_write_buffer_size()`` is 0: a TLS
-    transport encrypts what it is given at once); otherwise the next read gets a new one and the old stays
-    with the bytes queued in it. After a small read (an interactive or idle session) none is kept."""
+    A buffered protocol: the transport reads (a TLS transport: decrypts) straight into the buffer, and the
+    peer's transport is written a view of it; no bytes object per read or per TLS record, no join of a
+    read's records. The buffer is the thread's (``_ReadBuffer``), shared by every side of every session:
+    no session holds one of its own, busy or idle, and none is allocated per read. A peer transport that
+    may keep the view it was written (any but kubegate's TLS layer, which encrypts a write at once) and
+    did keep something (``get_write_buffer_size()``) leaves the buffer to it: the next read gets a new one."""
 
     def __init__(self, session: UpgradeSession, name: str) -> None:
         self.session = session
@@ -65,26 +79,30 @@ class _Side(asyncio.BufferedProtocol):
         self.bytes = 0
         self.eof = False
         self.lost = False
-        self._buffer: memoryview | None = None
+        self.peer_may_keep_views = True  # set when the relay starts (``peer_transport_set``)
+        self._buffer: memoryview | None = None  # the buffer handed to the transport, until it says what it read
+
+    def peer_transport_set(self) -> None:
+        peer = self.peer
+        self.peer_may_keep_views = peer is None or not isinstance(peer.transport, _ConsumingTransport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        buffer = self._buffer
-        if buffer is None or len(buffer) < min(sizehint, READ_BUFFER_BULK):  # (the transport reads what fits)
-            if sizehint <= 0:
-                size = READ_BUFFER_UNSIZED
-            else:
-                size = READ_BUFFER_BULK if sizehint > BULK_READ else sizehint
-            buffer = self._buffer = memoryview(bytearray(size))
+        buffer = _read_buffer.view
+        if buffer is None:
+            buffer = _read_buffer.view = memoryview(bytearray(READ_BUFFER))
+        self._buffer = buffer
         return buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         buffer = self._buffer
         assert buffer is not None
+        self._buffer = None
         self.data_received(buffer[:nbytes])
-        peer = self.peer
-        if nbytes < BULK_READ or (peer is not None and peer.transport is not None
-                                  and peer.transport.get_write_buffer_size()):
-            self._buffer = None  # a small read, or the peer's transport may still hold the view
+        if self.peer_may_keep_views:
+            peer = self.peer
+            if peer is not None and peer.transport is not None and peer.transport.get_write_buffer_size():
+                if _read_buffer.view is buffer:
+                    _read_buffer.view = None  # the peer's transport may still hold the view
 
     def data_received(self, data: bytes | memoryview) -> None:
         self.bytes += len(data)
@@ -100,7 +118,6 @@ class _Side(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self._buffer = None
         self.session.side_ended(self)
 
     def pause_writing(self) -> None:
@@ -262,6 +279,8 @@ class UpgradeSession:
         assert up.transport is not None
         self.client.transport = client_transport
         self.upstream.transport = up.transport
+        self.client.peer_transport_set()
+        self.upstream.peer_transport_set()
         client_transport.set_protocol(self.client)
         up.take_over(self.upstream)
         up.transport.set_protocol(self.upstream)  # reads go straight to the relay (a buffered protocol)

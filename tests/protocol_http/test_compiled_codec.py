@@ -121,8 +121,8 @@ def test_the_compiled_http1_codec_keeps_its_python_interface():
 def test_the_codec_tests_pass_on_the_pure_python_modules():
     """The codec's own tests (frames, hostile input, HPACK against hpack's decoder, response blocks)
     the relayed-head rules, the audit log's fast-path line, the upstream HTTP/1.1 and HTTP/2 connections',
-    the metrics tallies' and the client connection's units, the WebSocket session tap's and the stream
-    relay with hostile upgraded bytes, and the HTTP/1.1 and HTTP/2 fast path end to
+    the metrics tallies' and the client connection's units, the WebSocket session tap's, the stream relay's
+    read buffer and the relay with hostile upgraded bytes, and the HTTP/1.1 and HTTP/2 fast path end to
     end once more, in a process that imports the ``.py`` files."""
     env = {**os.environ, "KUBEGATE_PURE_PYTHON": "1"}
     env.pop("PYTEST_XDIST_WORKER", None)
@@ -136,7 +136,8 @@ def test_the_codec_tests_pass_on_the_pure_python_modules():
          str(ROOT / "tests" / "proxy" / "test_connection_timers.py"), str(ROOT / "tests" / "proxy" / "test_proxy_fast_path.py"),
          str(ROOT / "tests" / "protocol_spdy" / "test_channels_codec.py"),
          str(ROOT / "tests" / "protocol_spdy" / "test_tap_hostile.py"),
-         str(ROOT / "tests" / "proxy" / "test_proxy_session_tap_hostile.py")],
+         str(ROOT / "tests" / "proxy" / "test_proxy_session_tap_hostile.py"),
+         str(ROOT / "tests" / "proxy" / "test_relay_read_buffer.py")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
