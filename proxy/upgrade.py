@@ -61,21 +61,15 @@ class _ReadBuffer(threading.local):
 _read_buffer = _ReadBuffer()
 
 
-class _Side(asyncio.BufferedProtocol):
-    """One end of the relay: bytes read here are written to ``peer``'s transport.
-
-    A buffered protocol: the transport reads (a TLS transport: decrypts) straight into the buffer, and the
-    peer's transport is written a view of it; no bytes object per read or per TLS record, no join of a
-    read's records. The buffer is the thread's (``_ReadBuffer``), shared by every side of every session:
-    no session holds one of its own, busy or idle, and none is allocated per read. A peer transport that
-    may keep the view it was written (any but kubegate's TLS layer, which encrypts a write at once) and
-    did keep something (``get_write_buffer_size()``) leaves the buffer to it: the next read gets a new one."""
+class _RelaySide:
+    """What a relay side does (``_Side`` is the protocol); compiled, an extension type (``upgrade.pxd``)
+    whose fields the per-read steps reach as C struct members."""
 
     def __init__(self, session: UpgradeSession, name: str) -> None:
         self.session = session
         self.name = name
         self.transport: asyncio.Transport | None = None
-        self.peer: _Side | None = None
+        self.peer: _RelaySide | None = None
         self.bytes = 0
         self.eof = False
         self.lost = False
@@ -129,6 +123,18 @@ class _Side(asyncio.BufferedProtocol):
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.lost:
             peer.transport.resume_reading()
+
+
+class _Side(_RelaySide, asyncio.BufferedProtocol):
+    """One end of the relay: bytes read here are written to ``peer``'s transport.
+
+    A buffered protocol: the transport reads (a TLS transport: decrypts) straight into the buffer, and the
+    peer's transport is written a view of it; no bytes object per read or per TLS record, no join of a
+    read's records. The buffer is the thread's (``_ReadBuffer``), shared by every side of every session:
+    no session holds one of its own, busy or idle, and none is allocated per read. A peer transport that
+    may keep the view it was written (any but kubegate's TLS layer, which encrypts a write at once) and
+    did keep something (``get_write_buffer_size()``) leaves the buffer to it: the next read gets a new one.
+    (``asyncio.BufferedProtocol`` is what transports check for; the steps are ``_RelaySide``'s.)"""
 
 
 class UpgradeSession:
