@@ -205,15 +205,17 @@ PACED_WRITER = ("import os, sys, time\n"
 
 
 async def count_exec(procs: harness.Processes, pid: int, ep: load.Endpoint, mib: int, small: int,
-                     piece: int = 0, pause: float = 0.0) -> dict:
+                     piece: int = 0, pause: float = 0.0, wire: str = "websocket") -> dict:
     """Instructions per MiB of exec stdout relayed by ``pid``, and per session (see the module docstring).
-    ``piece``: the pod writes its stdout in pieces of that many bytes, ``pause`` seconds apart."""
+    ``piece``: the pod writes its stdout in pieces of that many bytes, ``pause`` seconds apart; ``wire``:
+    ``websocket`` (v5, kubectl from 1.30) or ``spdy`` (SPDY/3.1, kubectl before)."""
     pod = harness.GET_PATH
+    exec_stdout = load.exec_stdout_spdy if wire == "spdy" else load.exec_stdout
 
     async def session(nbytes: int) -> tuple[int, int]:
         _zero_counters(procs, pid)
         command = [sys.executable, "-c", PACED_WRITER, str(nbytes), str(piece), str(pause)] if piece else None
-        received, _ = await load.exec_stdout(ep, pod, nbytes, command)
+        received, _ = await exec_stdout(ep, pod, nbytes, command)
         await asyncio.sleep(0.5)  # the proxy sees both ends close
         if received != nbytes:
             raise RuntimeError(f"exec through {ep.authority} relayed {received} of {nbytes} bytes")
@@ -293,7 +295,8 @@ VECTOR_COPIES = "glibc.cpu.x86_rep_movsb_threshold=1000000000:glibc.cpu.x86_rep_
 
 def run(requests: int, warmup: int, clients: int, keep: str | None = None, cells: tuple[str, ...] = ("requests",),
         events: int = 500, gap: float = 0.005, idle: float = 10.0, exec_mib: int = 32, exec_small: int = 1024,
-        vector_copies: bool = False, exec_piece: int = 0, exec_pause: float = 0.004) -> dict:
+        vector_copies: bool = False, exec_piece: int = 0, exec_pause: float = 0.004,
+        exec_wire: str = "websocket") -> dict:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind (with callgrind_control) is not installed")
     if vector_copies:  # inherited by every process the harness starts (see the module docstring)
@@ -328,10 +331,10 @@ def run(requests: int, warmup: int, clients: int, keep: str | None = None, cells
                       file=sys.stderr, flush=True)
             if "exec" in cells:
                 kg = await count_exec(procs, kubegate_pid, procs.through_proxy(), exec_mib, exec_small,
-                                      exec_piece, exec_pause)
+                                      exec_piece, exec_pause, exec_wire)
                 ng = await count_exec(procs, procs.nginx_pid, procs.through_nginx(), exec_mib, exec_small,
-                                      exec_piece, exec_pause)
-                report["exec"] = {"mib": exec_mib, "piece": exec_piece, "kubegate": kg, "nginx": ng,
+                                      exec_piece, exec_pause, exec_wire)
+                report["exec"] = {"mib": exec_mib, "piece": exec_piece, "wire": exec_wire, "kubegate": kg, "nginx": ng,
                                   "ratio": round(kg["instructions_per_mib"] / max(1, ng["instructions_per_mib"]), 2)}
                 print(f"  exec stdout: kubegate {kg['instructions_per_mib']:,} instructions/MiB "
                       f"({kg['instructions_per_session']:,}/session), nginx {ng['instructions_per_mib']:,} "
@@ -408,7 +411,7 @@ def render(report: dict) -> str:
     if e:
         if lines:
             lines.append("")
-        lines += [f"exec stdout relay over WebSocket, {e['mib']} MiB, counted by callgrind (commit {report['commit']}"
+        lines += [f"exec stdout relay over {'SPDY/3.1' if e.get('wire') == 'spdy' else 'WebSocket'}, {e['mib']} MiB, counted by callgrind (commit {report['commit']}"
                   f"{', copies as vector loops' if report.get('vector_copies') else ''}): "
                   f"kubegate {e['kubegate']['instructions_per_mib']:,} instructions/MiB "
                   f"({e['kubegate']['instructions_per_session']:,} per session), nginx "
@@ -440,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the pod writes stdout in pieces of this many bytes, --exec-pause ms apart, so that "
                              "each reaches the proxy on its own (--cells exec; default: head -c at full speed)")
     parser.add_argument("--exec-pause", type=float, default=4.0, help="ms between pieces (--exec-piece)")
+    parser.add_argument("--exec-wire", choices=("websocket", "spdy"), default="websocket",
+                        help="exec over WebSocket v5 (kubectl from 1.30) or SPDY/3.1 (before) (--cells exec)")
     parser.add_argument("--events", type=int, default=500, help="watch events counted (--cells events)")
     parser.add_argument("--gap", type=float, default=5.0, help="ms between an answer and the next lone GET (--cells paced)")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle counted (--cells paced)")
@@ -454,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown cells: {', '.join(sorted(unknown))}")
     report = run(args.requests, args.warmup, args.clients, args.keep, cells, args.events, args.gap / 1000, args.idle,
-                 args.exec_mib, args.exec_small, args.vector_copies, args.exec_piece, args.exec_pause / 1000)
+                 args.exec_mib, args.exec_small, args.vector_copies, args.exec_piece, args.exec_pause / 1000,
+                 args.exec_wire)
     print(render(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

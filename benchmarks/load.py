@@ -487,6 +487,54 @@ async def watch_events(ep: Endpoint, path: str, expect: int, trigger, timeout: f
 
 # -------------------------------------------------------------------------------------------- exec
 
+async def exec_stdout_spdy(ep: Endpoint, pod_path: str, total_bytes: int,
+                           command: list[str] | None = None) -> tuple[int, float]:
+    """Exec ``head -c total_bytes /dev/zero`` (or ``command``) over SPDY/3.1 (``v4.channel.k8s.io``, as
+    kubectl before 1.30) and read its stdout to the end. Returns (stdout bytes received, seconds from
+    the 101 to the end of the session: the error stream's end)."""
+    from urllib.parse import quote
+
+    from proxy.protocol import spdy
+
+    argv = command or ["head", "-c", str(total_bytes), "/dev/zero"]
+    query = "&".join(f"command={quote(arg, safe='')}" for arg in argv) + "&stdout=true&stderr=true"
+    reader, writer = await asyncio.open_connection(ep.host, ep.port, ssl=ep.ssl_context("http/1.1"),
+                                                   server_hostname=ep.server_hostname or ep.host,
+                                                   limit=1 << 20)
+    writer.write((f"POST {ep.prefix}{pod_path}/exec?{query} HTTP/1.1\r\nHost: {ep.authority}\r\n"
+                  "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n"
+                  "Content-Length: 0\r\n\r\n").encode())
+    try:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            more = await asyncio.wait_for(reader.read(65536), 120)
+            if not more:
+                raise RuntimeError("exec: the connection closed before the answer's head")
+            head += more
+        head, _, data = head.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise RuntimeError(f"exec refused: {head[:100]!r}")
+        t0 = time.perf_counter()
+        conn = spdy.SpdyConnection(client_side=True)
+        for kind in ("error", "stdout", "stderr"):  # stream ids 1, 3, 5
+            conn.send_syn_stream([("streamtype", kind)])
+        writer.write(conn.data_to_send())
+        received = 0
+        while True:
+            for event in conn.receive_data(data):
+                if isinstance(event, spdy.Data):
+                    if event.stream_id == 3:
+                        received += len(event.data)
+                    elif event.stream_id == 1 and event.fin:
+                        return received, time.perf_counter() - t0
+            writer.write(conn.data_to_send())  # window updates, ping answers
+            data = await asyncio.wait_for(reader.read(1 << 20), 120)
+            if not data:
+                return received, time.perf_counter() - t0
+    finally:
+        writer.close()
+
+
 async def exec_stdout(ep: Endpoint, pod_path: str, total_bytes: int,
                       command: list[str] | None = None) -> tuple[int, float]:
     """Exec ``head -c total_bytes /dev/zero`` (or ``command``) over WebSocket (``v5.channel.k8s.io``) and

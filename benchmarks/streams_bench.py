@@ -27,8 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.load import Endpoint
-from proxy.protocol import channels, spdy
+from benchmarks.load import Endpoint, exec_stdout_spdy
+from proxy.protocol import channels
 
 ROOT = Path(__file__).resolve().parent.parent
 POD_PATH = "/api/v1/namespaces/bench/pods/pod-0"
@@ -76,42 +76,7 @@ async def ws_exec_stdout(ep: Endpoint, total_bytes: int) -> tuple[int, float]:
 
 
 async def spdy_exec_stdout(ep: Endpoint, total_bytes: int) -> tuple[int, float]:
-    query = f"command=head&command=-c&command={total_bytes}&command=/dev/zero&stdout=true&stderr=true"
-    reader, writer = await asyncio.open_connection(ep.host, ep.port, ssl=ep.ssl_context("http/1.1"),
-                                                   server_hostname=ep.host, limit=1 << 20)
-    writer.write((f"POST {POD_PATH}/exec?{query} HTTP/1.1\r\nHost: {ep.authority}\r\nConnection: Upgrade\r\n"
-                  "Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n"
-                  "Content-Length: 0\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += await reader.read(65536)
-    head, _, rest = head.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise RuntimeError(f"exec refused: {head[:100]!r}")
-    t0 = time.perf_counter()
-    conn = spdy.SpdyConnection(client_side=True)
-    for kind in ("error", "stdout", "stderr"):
-        conn.send_syn_stream([("streamtype", kind)])
-    writer.write(conn.data_to_send())
-    received = 0
-    error_done = False
-    data = rest
-    try:
-        while not error_done:
-            for event in conn.receive_data(data):
-                if isinstance(event, spdy.Data):
-                    if event.stream_id == 3:
-                        received += len(event.data)
-                    elif event.stream_id == 1 and event.fin:
-                        error_done = True
-            if error_done:
-                break
-            data = await asyncio.wait_for(reader.read(1 << 20), 120)
-            if not data:
-                break
-        return received, time.perf_counter() - t0
-    finally:
-        writer.close()
+    return await exec_stdout_spdy(ep, POD_PATH, total_bytes)
 
 
 def kubectl_exec(kubectl: str, kubeconfig: str, total_bytes: int) -> tuple[int, float]:
