@@ -1,6 +1,6 @@
 """The HTTP/2 and HTTP/1.1 server codecs, the live relay, the upstream HTTP/2 client, the metrics tallies,
-the stream relay and its session tap (upgrade, channels) and the HTTP/1.1 fast path's modules (fastpath,
-connection, upstream http1 and pool) are compiled (setup.py: Cython, from the same ``.py`` files, typed
+the stream relay and its session taps (upgrade, channels, spdy) and the HTTP/1.1 fast path's modules
+(fastpath, connection, upstream http1 and pool) are compiled (setup.py: Cython, from the same ``.py`` files, typed
 by the ``.pxd`` beside each), the suite runs against that build, and the pure-Python modules — what runs
 where nothing could be compiled, or with ``KUBEGATE_PURE_PYTHON=1`` — pass the same codec and fast-path
 tests."""
@@ -36,7 +36,7 @@ def test_the_codec_modules_are_the_compiled_ones_unless_pure_python_is_asked_for
     assert COMPILED == [
         "proxy.connection", "proxy.fastpath", "proxy.protocol.audit_line", "proxy.protocol.channels",
         "proxy.protocol.h2fields", "proxy.protocol.h2wire", "proxy.protocol.http1", "proxy.protocol.http2",
-        "proxy.protocol.relayed_head", "proxy.relay.live", "proxy.tally", "proxy.upgrade", "proxy.upstream.http1",
+        "proxy.protocol.relayed_head", "proxy.protocol.spdy", "proxy.relay.live", "proxy.tally", "proxy.upgrade", "proxy.upstream.http1",
         "proxy.upstream.http2", "proxy.upstream.pool",
     ]  # fmt: skip
     for name in COMPILED:
@@ -121,9 +121,9 @@ def test_the_compiled_http1_codec_keeps_its_python_interface():
 def test_the_codec_tests_pass_on_the_pure_python_modules():
     """The codec's own tests (frames, hostile input, HPACK against hpack's decoder, response blocks)
     the relayed-head rules, the audit log's fast-path line, the upstream HTTP/1.1 and HTTP/2 connections',
-    the metrics tallies' and the client connection's units, the WebSocket session tap's, the stream relay's
-    read buffer and the relay with hostile upgraded bytes, and the HTTP/1.1 and HTTP/2 fast path end to
-    end once more, in a process that imports the ``.py`` files."""
+    the metrics tallies' and the client connection's units, the WebSocket and SPDY session taps' and the
+    SPDY codec's, the stream relay's read buffer and the relay with hostile upgraded bytes, and the
+    HTTP/1.1 and HTTP/2 fast path end to end once more, in a process that imports the ``.py`` files."""
     env = {**os.environ, "KUBEGATE_PURE_PYTHON": "1"}
     env.pop("PYTEST_XDIST_WORKER", None)
     env.pop("PYTEST_XDIST_TESTRUNUID", None)
@@ -136,6 +136,7 @@ def test_the_codec_tests_pass_on_the_pure_python_modules():
          str(ROOT / "tests" / "proxy" / "test_connection_timers.py"), str(ROOT / "tests" / "proxy" / "test_proxy_fast_path.py"),
          str(ROOT / "tests" / "protocol_spdy" / "test_channels_codec.py"),
          str(ROOT / "tests" / "protocol_spdy" / "test_tap_hostile.py"),
+         str(ROOT / "tests" / "protocol_spdy" / "test_spdy_codec.py"),
          str(ROOT / "tests" / "proxy" / "test_proxy_session_tap_hostile.py"),
          str(ROOT / "tests" / "proxy" / "test_relay_read_buffer.py")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
