@@ -8,7 +8,10 @@ and says nothing when the stream ends, and a backend must learn that its watch d
 went away) to resume from the next revision on another member.
 
 - ``endpoints``: ``https://10.0.0.1:2379`` …; a call that cannot reach one (connection refused, timeout,
-  "no leader") is retried on the next, once each, then ``BackendUnavailable``.
+  "no leader") is retried on the next, once each. When a member was there but did not answer (a timeout,
+  or etcd saying it has no leader: the cluster is electing one, after its leader died), the round is
+  tried again, 0.1 s apart, for up to ``election_wait`` seconds; then ``BackendUnavailable``. When every
+  member refuses the connection (etcd is down), that comes at once.
 - TLS: ``ca_file`` verifies the members, ``cert_file`` + ``key_file`` are the client certificate.
 - ``prefix``: every key lives under it (``/kubegate/``), so several deployments can share one etcd.
 """
@@ -21,6 +24,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +38,8 @@ from backend.base import Backend, BackendError, BackendUnavailable, Compacted, E
 log = logging.getLogger(__name__)
 
 API_PATH = "/v3/"  # etcd >= 3.4; set explicitly so that no /version round trip precedes the first call
+# What etcd answers while it has no leader (a member went away and the others are electing one).
+_ELECTING = ("no leader", "leader changed", "request timed out")
 _UNREACHABLE = (etcd_exceptions.ConnectionFailedError, etcd_exceptions.ConnectionTimeoutError)
 
 
@@ -57,6 +63,7 @@ class EtcdBackend(Backend):
         cert_file: str | None = None,
         key_file: str | None = None,
         timeout: float = 2.0,
+        election_wait: float = 5.0,
     ) -> None:
         if not endpoints:
             raise BackendError("backend.endpoints: at least one etcd endpoint is needed")
@@ -64,6 +71,7 @@ class EtcdBackend(Backend):
         self.prefix = prefix
         self.ca_file, self.cert_file, self.key_file = ca_file, cert_file, key_file
         self.timeout = timeout
+        self.election_wait = election_wait
         self._local = threading.local()  # one requests session per thread and endpoint
         self._preferred = 0  # index of the endpoint that answered last
 
@@ -96,23 +104,39 @@ class EtcdBackend(Backend):
                            timeout=self.timeout if timeout is None else timeout, api_path=API_PATH)
 
     def _call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        clients = self._clients()
-        start = self._preferred
-        last: Exception | None = None
-        for step in range(len(clients)):
-            index = (start + step) % len(clients)
-            client = clients[index]
-            try:
-                result = client.post(client.get_url(path), json=payload)
-            except _UNREACHABLE as exc:
-                last = exc
-                continue
-            except etcd_exceptions.Etcd3Exception as exc:
-                raise BackendError(f"etcd {path}: {exc.detail_text or exc}") from None
-            self._preferred = index
-            return result
-        raise BackendUnavailable(f"no etcd endpoint answered ({', '.join(self.describe_endpoints())}): "
-                                 f"{last}")
+        deadline: float | None = None
+        while True:
+            clients = self._clients()
+            start = self._preferred
+            last: Exception | None = None
+            electing = False  # a member was there but did not answer: the cluster may be electing a leader
+            for step in range(len(clients)):
+                index = (start + step) % len(clients)
+                client = clients[index]
+                try:
+                    result = client.post(client.get_url(path), json=payload)
+                except etcd_exceptions.ConnectionTimeoutError as exc:
+                    last, electing = exc, True
+                    continue
+                except etcd_exceptions.ConnectionFailedError as exc:
+                    last = exc
+                    continue
+                except etcd_exceptions.Etcd3Exception as exc:
+                    detail = str(exc.detail_text or exc)
+                    if any(text in detail for text in _ELECTING):
+                        last, electing = exc, True
+                        continue
+                    raise BackendError(f"etcd {path}: {detail}") from None
+                self._preferred = index
+                return result
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.election_wait
+            if not electing or now >= deadline:
+                reason = str(getattr(last, "detail_text", None) or last or "") or type(last).__name__
+                raise BackendUnavailable(f"no etcd endpoint answered ({', '.join(self.describe_endpoints())}): "
+                                         f"{reason}")
+            time.sleep(0.1)
 
     def close(self) -> None:
         for client in getattr(self._local, "clients", None) or []:
