@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 API_PATH = "/v3/"  # etcd >= 3.4; set explicitly so that no /version round trip precedes the first call
 # What etcd answers while it has no leader (a member went away and the others are electing one).
 _ELECTING = ("no leader", "leader changed", "request timed out")
-_UNREACHABLE = (etcd_exceptions.ConnectionFailedError, etcd_exceptions.ConnectionTimeoutError)
 
 
 def _b64(text: str | bytes) -> str:
@@ -133,7 +132,7 @@ class EtcdBackend(Backend):
             if deadline is None:
                 deadline = now + self.election_wait
             if not electing or now >= deadline:
-                reason = str(getattr(last, "detail_text", None) or last or "") or type(last).__name__
+                reason = str(getattr(last, "detail_text", None) or last) or type(last).__name__
                 raise BackendUnavailable(f"no etcd endpoint answered ({', '.join(self.describe_endpoints())}): "
                                          f"{reason}")
             time.sleep(0.1)
