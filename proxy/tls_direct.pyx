@@ -268,6 +268,8 @@ cdef extern from *:
     void kg_clear_errors() nogil
     int kg_SSL_has_pending(const void *s) nogil
 
+LINGER_SECONDS = 2.0  # how long a closed connection goes on reading (and discarding) the peer's bytes
+
 cdef enum:
     RECORD_PLAINTEXT = 16384  # the most plaintext one TLS record carries (RFC 8446 5.1)
     SSL_ERROR_WANT_READ = 2  # OpenSSL's ssl.h
@@ -414,8 +416,10 @@ cdef class TLSTransport:
     Behaviour, as uvloop's TLS transport: the protocol's ``connection_made`` once the handshake is done
     (``handshake_done``: resolved then, or failed with the handshake's error); ``eof_received`` when the
     peer sends close_notify (then the connection is closed) or its TCP stream ends; ``close()`` sends
-    close_notify and closes the TCP transport once its queued bytes are written (without waiting for the
-    peer's close_notify); ``abort()`` drops everything; ``pause_writing``/``resume_writing`` are the TCP
+    close_notify and ends the TCP transport's sending side once its queued bytes are written (without
+    waiting for the peer's close_notify), then reads on, discarding, until the peer ends too or
+    ``LINGER_SECONDS`` pass (a lingering close, where uvloop closes at once: a socket closed with unread
+    bytes answers with a reset, which can drop our last bytes at the peer); ``abort()`` drops everything; ``pause_writing``/``resume_writing`` are the TCP
     transport's (every record is encrypted at once: what waits is ciphertext in the TCP transport);
     ``pause_reading`` stops reading the socket and the records already received wait (``received``); a
     record that does not decrypt, or an alert, fails the connection (``connection_lost`` with the ``ssl``
@@ -438,6 +442,7 @@ cdef class TLSTransport:
     cdef readonly object handshake_done
     cdef object _error
     cdef object _read_soon
+    cdef object _linger  # the timer that closes the TCP transport after ``LINGER_SECONDS`` (see ``close``)
     cdef void *ssl
     cdef int state
     cdef bint app_buffered
@@ -508,6 +513,8 @@ cdef class TLSTransport:
             self.received = None  # all read: the bytes object goes now, not with the next one
 
     def eof_received(self) -> bool:
+        if self.closing:
+            return False  # the peer ended a connection we are closing (lingering): the TCP transport closes
         if self.state == HANDSHAKING:
             self._handshake_failed(ConnectionResetError("the connection ended during the TLS handshake"))
         elif self.app_made and not self.eof_told:
@@ -530,6 +537,9 @@ cdef class TLSTransport:
         if self._read_soon is not None:
             self._read_soon.cancel()
             self._read_soon = None
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         if exc is None:
             exc = self._error
         if not self.handshake_done.done():
@@ -767,14 +777,27 @@ cdef class TLSTransport:
     def close(self) -> None:
         if self.closing:
             return
+        cdef bint wrapped = self.state == WRAPPED
         self.closing = True
-        if self.state == WRAPPED:
+        if wrapped:
             self.state = SHUTTING_DOWN
             kg_clear_errors()
             kg_SSL_shutdown(self.ssl)  # our close_notify
             self._flush_out()
-        if self.raw is not None:
-            self.raw.close()
+        raw = self.raw
+        if raw is None:
+            return
+        if not wrapped or self.eof_told or self.eof_pending or raw.is_closing() or not raw.can_write_eof():
+            raw.close()  # (the peer has ended already: nothing more will come to read)
+            return
+        # A lingering close: the TCP transport ends its sending side once our last bytes are written (a GOAWAY,
+        # an error answer, the close_notify) and goes on reading, the reads thrown away, until the peer ends
+        # too or ``LINGER_SECONDS`` pass. Closed at once, a socket with unread bytes (a client that keeps
+        # sending) answers them with a reset, and the peer's kernel may drop what we wrote before it was read.
+        raw.write_eof()
+        if self.reading_paused:
+            raw.resume_reading()
+        self._linger = self.loop.call_later(LINGER_SECONDS, raw.close)
 
     def abort(self) -> None:
         self.closing = True
