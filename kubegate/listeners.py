@@ -14,7 +14,7 @@ import ipaddress
 import os
 from pathlib import Path
 
-__all__ = ["owner_problem", "socket_owner"]
+__all__ = ["held_by", "owner_problem", "socket_owner"]
 
 _LISTEN, _CLOSE = "0A", "07"  # /proc/net/tcp states: listening, and bound but not listening
 
@@ -87,3 +87,19 @@ def owner_problem(host: str, port: int) -> str | None:
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return (f"{address} is already served by {who} (pid {pid}); stop it or choose another address "
             "(SO_REUSEPORT is shared only between one kubegate's own workers)")
+
+
+def held_by(pid: int, host: str, *ports: int) -> bool:
+    """Whether process ``pid`` or one of its children (``kubegate start --workers N`` forks them) holds
+    the listener on each of ``ports``. What a caller checks before trusting an answer on a port it
+    picked free a moment ago: another process may have taken the port meanwhile."""
+    family = {pid}
+    try:
+        family.update(int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+    except OSError:
+        pass
+    for port in ports:
+        owner = socket_owner(host, port)
+        if owner is None or owner[0] not in family:
+            return False
+    return True

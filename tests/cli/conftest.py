@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from kubegate.demo import free_port
+from kubegate.listeners import held_by
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBEGATE = str(ROOT / ".venv" / "bin" / "kubegate")
@@ -89,7 +90,7 @@ def start_kubegate() -> Iterator[Callable[[Path, int], subprocess.Popen]]:
             assert proc.poll() is None, (cwd / "kubegate.stderr").read_text()
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2) as response:
-                    if response.status == 200:
+                    if response.status == 200 and held_by(proc.pid, "127.0.0.1", metrics_port):
                         return proc
             except OSError:
                 pass

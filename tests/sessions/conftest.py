@@ -292,12 +292,15 @@ kubernetes_service:
     def _ready(self, timeout: float = 60.0) -> None:
         import urllib.request
 
+        from kubegate.listeners import held_by
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else ""
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=2) as response:
-                    if response.status == 200:
+                    if response.status == 200 and held_by(self.proc.pid, "127.0.0.1", self.metrics_port,
+                                                          self.port):
                         return
             except OSError:
                 pass

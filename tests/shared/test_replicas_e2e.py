@@ -18,6 +18,7 @@ import yaml
 
 from backend.testing import EtcdCluster
 from kubegate.demo import free_port
+from kubegate.listeners import held_by
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_ROLES = ROOT / "examples" / "roles"
@@ -57,6 +58,12 @@ class Replica:
     def write_config(self) -> None:
         """A config with ports that were free a moment ago (again after a start lost one of them)."""
         self.port, self.metrics_port = free_port(), free_port()
+        if self.config.exists():  # keep what a test added to it
+            config = yaml.safe_load(self.config.read_text())
+            config["proxy"].update({"listen": f"127.0.0.1:{self.port}", "public_addr": f"127.0.0.1:{self.port}"})
+            config["metrics"]["listen"] = f"127.0.0.1:{self.metrics_port}"
+            self.config.write_text(yaml.safe_dump(config))
+            return
         endpoints, key_file = self.endpoints, self.key_file
         self.config.write_text(yaml.safe_dump({
             "version": "v1", "state_dir": "./state",
@@ -77,6 +84,28 @@ class Replica:
         self.proc = subprocess.Popen([sys.executable, "-m", "kubegate", "start", "-c", str(self.config),
                                       "--workers", str(workers)],
                                      cwd=self.dir, env=env or ENV, stdout=subprocess.DEVNULL, stderr=self.log)
+
+    def start_until_ready(self, env: dict[str, str] | None = None, workers: int = 1) -> None:
+        """Start, and wait until this process answers ``/readyz`` with 200 on its own ports. When a port
+        picked a moment ago was taken meanwhile (the start fails), start again on new ports, twice."""
+        for attempt in range(3):
+            self.start(env, workers)
+            wait_until(lambda: self.proc.poll() is not None or (http_status(
+                f"http://127.0.0.1:{self.metrics_port}/readyz") == 200 and self.serves_its_own_ports()),
+                f"replica {self.name} starts", timeout=120)
+            if self.proc.poll() is None:
+                return
+            self.stop()
+            assert attempt < 2, (self.dir / "kubegate.log").read_text()
+            self.write_config()
+
+    def serves_its_own_ports(self) -> bool:
+        """Whether this replica's process holds its metrics and proxy listeners. A port picked free a
+        moment ago may meanwhile have been taken by another test's process, and that one's ``/readyz``
+        would answer for a replica about to fail its start-up (seen in CI: a "ready" replica c that
+        never wrote its CA)."""
+        assert self.proc is not None
+        return held_by(self.proc.pid, "127.0.0.1", self.metrics_port, self.port)
 
     def readyz(self) -> int:
         assert self.proc is not None and self.proc.poll() is None, (self.dir / "kubegate.log").read_text()
@@ -126,16 +155,7 @@ def replicas(etcd, tmp_path_factory):
         assert applied.returncode == 0, applied.stderr
     try:
         for replica in group:
-            for attempt in range(3):
-                replica.start(workers=2 if replica.name == "b" else 1)  # b: a supervisor and two workers
-                wait_until(lambda r=replica: r.proc.poll() is not None or http_status(
-                    f"http://127.0.0.1:{r.metrics_port}/readyz") == 200, f"replica {replica.name} starts",
-                    timeout=120)
-                if replica.proc.poll() is None:
-                    break
-                replica.stop()  # a port picked a moment ago was taken meanwhile: new ports, once more
-                assert attempt < 2, (replica.dir / "kubegate.log").read_text()
-                replica.write_config()
+            replica.start_until_ready(workers=2 if replica.name == "b" else 1)  # b: a supervisor, two workers
         yield group
     finally:
         for replica in group:
@@ -366,9 +386,7 @@ def test_discovery_leadership_takeover_and_groups_that_leave_each_other_alone(et
     recorder.cache.start()
     try:
         for replica in group:
-            replica.start(env)
-        for replica in group:
-            wait_until(lambda r=replica: r.readyz() == 200, f"replica {replica.name} is ready", timeout=60)
+            replica.start_until_ready(env)
         wait_until(lambda: recorder.seen == {"one", "two", "three"}, "both groups' clusters are stored")
 
         def leader(name: str) -> str:

@@ -110,6 +110,7 @@ def running_gate(directory: Path, sandbox, auth_extra: str = "", workers: int = 
     """``kubegate start`` with clusters ``sandbox`` (env=dev) and ``prod`` (env=prod), both the sandbox;
     with ``workers`` > 1 the steps of one sign-in may land on different worker processes."""
     from kubegate.demo import free_port
+    from kubegate.listeners import held_by
 
     directory.mkdir(parents=True, exist_ok=True)
     roles = directory / "roles"
@@ -146,7 +147,7 @@ kubernetes_service:
             assert proc.poll() is None, (directory / "kubegate.log").read_text()
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2) as response:
-                    if response.status == 200:
+                    if response.status == 200 and held_by(proc.pid, "127.0.0.1", metrics_port, port):
                         break
             except OSError:
                 pass
