@@ -57,8 +57,9 @@ def parse_perf_summary(text: str) -> dict[str, dict[str, int]]:
 
 def task_counters(pid: int) -> dict[str, int]:
     """Summed over ``pid``'s threads: minor and major page faults, voluntary and involuntary context
-    switches, and CPU time in nanoseconds (the scheduler's count)."""
-    out = {"minor_faults": 0, "major_faults": 0, "voluntary_switches": 0, "involuntary_switches": 0, "cpu_ns": 0}
+    switches, CPU time in nanoseconds (the scheduler's count), and the user and system clock ticks (100 Hz)."""
+    out = {"minor_faults": 0, "major_faults": 0, "voluntary_switches": 0, "involuntary_switches": 0, "cpu_ns": 0,
+           "user_ticks": 0, "system_ticks": 0}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
@@ -68,6 +69,8 @@ def task_counters(pid: int) -> dict[str, int]:
             continue
         out["minor_faults"] += int(fields[7])
         out["major_faults"] += int(fields[9])
+        out["user_ticks"] += int(fields[11])
+        out["system_ticks"] += int(fields[12])
         for line in status.splitlines():
             if line.startswith("voluntary_ctxt_switches:"):
                 out["voluntary_switches"] += int(line.split()[1])
@@ -138,6 +141,11 @@ async def measure(pid: int, ep: load.Endpoint, label: str, requests: int, rate: 
             raise RuntimeError(f"{label}: answers {untraced}")
         per_request_untraced = {k: round((after[k] - before[k]) / requests, 3) for k in before}
         per_request_untraced["cpu_us"] = round(per_request_untraced.pop("cpu_ns") / 1000, 1)
+        ticks = (after["user_ticks"] - before["user_ticks"], after["system_ticks"] - before["system_ticks"])
+        per_request_untraced.pop("user_ticks"), per_request_untraced.pop("system_ticks")
+        per_request_untraced["user_share"] = round(ticks[0] / max(1, sum(ticks)), 2)  # of the CPU ticks
+        # what python -m benchmarks counts (utime + stime), beside the scheduler's nanoseconds
+        per_request_untraced["ticks_cpu_us"] = round(sum(ticks) / harness.CLK_TCK / requests * 1e6, 1)
         traced = Traced(worker, workdir / f"{label}.perf")
         cpu0 = harness.cpu_seconds(worker)
         statuses = await paced(conns, raw, requests, rate)
