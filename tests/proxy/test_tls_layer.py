@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -570,3 +571,65 @@ def test_an_error_another_caller_left_in_openssls_queue_does_not_fail_the_next_r
         return await app.lost
 
     assert run(scenario, tmp_path) is None
+
+
+def test_a_close_while_the_peer_keeps_sending_still_delivers_everything_written_before_it(tmp_path):
+    """A lingering close. The layer answers 4 MiB and closes while the client goes on sending (a flood,
+    a request body nobody reads). Had the TCP socket been closed with those bytes unread, the kernel
+    would answer them with a reset, and the client's kernel would drop the answer's tail not read yet:
+    the GOAWAY of an h2 flood was lost so (seen in CI). The layer instead ends its sending side after its
+    last bytes and reads on, discarding, until the client ends: the client reads all 4 MiB and then the
+    close_notify. The client is the ``ssl`` module's blocking socket in a thread; its flood goes on a
+    duplicate of the socket's descriptor, as raw bytes, once the layer has closed (no record is read then)."""
+    import os
+    import threading
+
+    answer = os.urandom(4 << 20)
+
+    def client(port: int, files: tuple[str, ...]) -> tuple[bytes, str]:
+        with socket.create_connection(("127.0.0.1", port)) as raw, \
+                _client_context(files).wrap_socket(raw, server_hostname="localhost",
+                                                   suppress_ragged_eofs=False) as conn:
+            conn.settimeout(10)
+            received = bytearray(conn.recv(65536))  # the layer has written everything and closed by now
+            flood = socket.socket(fileno=os.dup(conn.fileno()))
+            stop = threading.Event()
+
+            def send_junk() -> None:
+                flood.settimeout(0.2)
+                while not stop.is_set():
+                    try:
+                        flood.send(b"\x17" * 65536)
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        return
+
+            sender = threading.Thread(target=send_junk, daemon=True)
+            sender.start()
+            time.sleep(0.3)  # the junk fills the layer's socket while the answer waits to be read
+            end = "close_notify"
+            try:
+                while chunk := conn.recv(65536):
+                    received += chunk
+            except OSError as exc:
+                end = type(exc).__name__
+            stop.set()
+            sender.join(5)
+            flood.close()
+            return bytes(received), end
+
+    async def scenario(files):  # noqa: ANN001, ANN202
+        app = Recorder(echo=False)
+        port, accepted = await _serve(files, app)
+        answered = asyncio.ensure_future(asyncio.to_thread(client, port, files))
+        layer = await accepted
+        layer.write(answer)
+        layer.close()
+        received, end = await answered
+        await asyncio.wait_for(app.lost, 5)
+        return received, end
+
+    received, end = run(scenario, tmp_path)
+    assert (len(received), end) == (len(answer), "close_notify")
+    assert received == answer
