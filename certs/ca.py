@@ -50,7 +50,12 @@ from certs.building import (
     self_signed_ca,
     sign,
 )
-from certs.extension import ExtensionPayload, encode_identity_extension, normalize_traits
+from certs.extension import (
+    IDENTITY_EXTENSION_OID,
+    ExtensionPayload,
+    encode_identity_extension,
+    normalize_traits,
+)
 from certs.files import write_atomic
 
 __all__ = [
@@ -323,6 +328,33 @@ class CertificateAuthority:
         return IssuedCertificate(
             certificate, certificate.public_bytes(serialization.Encoding.PEM), private_key_pem(key) if key else None
         )
+
+    def reissue_client_certificate(self, certificate: x509.Certificate, ttl: timedelta) -> IssuedCertificate:
+        """A certificate naming whom ``certificate`` names, as it names them (its subject, extended key
+        usage and kubegate identity extension, copied), for a new key: what a replica presents to
+        another replica on behalf of a client whose own key it does not hold (``proxy.recording.peer``).
+        Valid for ``ttl``, never past ``certificate``'s own expiry. ``certificate`` must be a client
+        certificate of this CA."""
+        if certificate.issuer != self.certificate.subject:
+            raise ValueError("the certificate was not issued by this CA")
+        try:
+            usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            usage = x509.ExtendedKeyUsage([])
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in usage:
+            raise ValueError("not a client certificate")
+        now = _now(self.clock)
+        not_after = min(now + ttl, self.certificate.not_valid_after_utc, certificate.not_valid_after_utc)
+        if not_after <= now:
+            raise ValueError("the certificate has expired")
+        key = generate_private_key()
+        builder = leaf_builder(certificate.subject, key.public_key(), self.certificate, now - CLOCK_SKEW, not_after)
+        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        for extension in certificate.extensions:
+            if extension.oid == IDENTITY_EXTENSION_OID:
+                builder = builder.add_extension(extension.value, critical=extension.critical)
+        issued = sign(builder, self.private_key)
+        return IssuedCertificate(issued, issued.public_bytes(serialization.Encoding.PEM), private_key_pem(key))
 
     def issue_server_certificate(
         self, hosts: Sequence[str], ttl: timedelta = SERVER_TTL, common_name: str | None = None

@@ -69,7 +69,7 @@ def prepare(cfg: Config, backend: Any = None) -> TLSFiles:
         cert_file, key_file = tls.cert_file, tls.key_file
     else:
         assert ca is not None
-        hosts = server_hosts([cfg.proxy.public_address], str(cfg.proxy.listen))
+        hosts = server_hosts([cfg.proxy.public_address, cfg.proxy.peer_address], str(cfg.proxy.listen))
         cert_path, key_path, issued = ca.ensure_server_certificate(hosts)
         if issued:
             log.info("issued the proxy's serving certificate", extra={"hosts": hosts})
@@ -395,11 +395,20 @@ def session_index(cfg: Config, backend: Any = None) -> Any:
 
 
 def recordings_from_config(cfg: Config) -> Any:
+    """Session recording; each session's index record names this replica (``proxy.peer_addr``), and with a
+    shared backend (replicas on several hosts) a join of a session another replica holds is asked
+    of that one (``proxy.recording.peer``, signing as the joiner with the shared CA's key)."""
     from proxy.recording.recorder import Recordings
 
     rec = cfg.proxy.recording
+    peer = None
+    if cfg.backend.type == "etcd" and os.path.isfile(os.path.join(cfg.ca_dir, "ca-key.pem")):
+        from certs.ca import CertificateAuthority
+        from proxy.recording.peer import PeerSessions
+
+        peer = PeerSessions(CertificateAuthority.load(cfg.ca_dir))
     return Recordings(recording_store(cfg), session_index(cfg), mode=rec.mode, flush_interval=rec.flush_interval,
-                      max_buffered=rec.max_buffered)
+                      max_buffered=rec.max_buffered, origin=cfg.proxy.peer_address, peer=peer)
 
 
 def auth_store(cfg: Config, backend: Any = None) -> Any:

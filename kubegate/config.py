@@ -254,6 +254,10 @@ class RecordingConfig:
 class ProxyConfig:
     listen: Address = _f("address", Address("0.0.0.0", 3026))
     public_addr: str | None = _f("str", None, optional=True, help="default: derived from listen")
+    peer_addr: str | None = _f("str", None, optional=True,
+                               help="where the other replicas reach this one's listener (to follow a session it "
+                                    "holds); default: the listen address, a wildcard host replaced by this "
+                                    "host's name")
     workers: int = _f("int", 1, min=1, max=256)
     tls: TLSConfig = _section(TLSConfig)
     client_ca_file: str | None = _f("path", optional=True, help="default: the kubegate CA")
@@ -268,6 +272,19 @@ class ProxyConfig:
         host = self.listen.host
         if host in ("0.0.0.0", "::", ""):
             host = "localhost"
+        return str(Address(host, self.listen.port))
+
+    @property
+    def peer_address(self) -> str:
+        """``peer_addr``, or the listen address with a wildcard host replaced by this host's name: unlike
+        ``public_address`` (behind a load balancer, the same for every replica) it names this replica."""
+        if self.peer_addr:
+            return self.peer_addr
+        host = self.listen.host
+        if host in ("0.0.0.0", "::", ""):
+            import socket
+
+            host = socket.getfqdn()
         return str(Address(host, self.listen.port))
 
 

@@ -84,7 +84,7 @@ SESSION_RECORDINGS = Counter(
     ["outcome"],
 )
 SESSION_JOINS = Counter("kubegate_session_joins_total", "Live session joins (kubegate sessions join), by where the "
-                        "session was followed from: this_process | recording_file.", ["source"])
+                        "session was followed from: this_process | recording_file | another_replica.", ["source"])
 ENDPOINT_REQUESTS = Counter(
     "kubegate_endpoint_requests_total",
     "Requests answered by kubegate itself (/kubegate/<endpoint>/, 'unauthenticated': no client certificate), "

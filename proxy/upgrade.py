@@ -454,6 +454,8 @@ class UpgradeSession:
         if recordings is not None:
             entry = {**meta, **{k: record[k] for k in ("impersonated_user", "impersonated_groups", "protocol")},
                      "recording": recording, "state": "live" if event == "session.start" else "ended"}
+            if recordings.origin:
+                entry["proxy_addr"] = recordings.origin  # which replica holds it (a join elsewhere asks it)
             if event == "session.end":
                 entry.update({k: record.get(k) for k in ("duration_s", "bytes_to_client", "bytes_from_client",
                                                          "exit_code", "stopped")}, end_time=time.time())

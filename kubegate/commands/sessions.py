@@ -81,14 +81,18 @@ def _iso(ts: Any) -> str:
     return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def session_state(record: dict[str, Any]) -> str:
-    """``live`` / ``ended``, or ``interrupted`` for a live record whose proxy process (on this host) is gone
-    (killed before it could write the end)."""
+def session_state(record: dict[str, Any], origin: str) -> str:
+    """``live`` / ``ended``, or ``interrupted`` for a live record whose proxy process is gone (killed before
+    it could write the end). Its process is looked for only when the record is this replica's (its
+    ``proxy_addr`` is ``origin``, this config's public address, or it has none): a PID of another
+    replica's host says nothing here."""
     from proxy.recording.tail import process_alive
 
     state = str(record.get("state") or "")
     pid = record.get("proxy_pid")
-    if state == "live" and isinstance(pid, int) and pid > 0 and not process_alive(pid):
+    held_by = record.get("proxy_addr")
+    if state == "live" and isinstance(pid, int) and pid > 0 and held_by in (None, "", origin) \
+            and not process_alive(pid):
         return "interrupted"
     return state
 
@@ -115,7 +119,7 @@ def run_ls(args: argparse.Namespace) -> int:
         rows.append((
             r.get("session_id", ""), _iso(r.get("start_time")), r.get("user", ""), r.get("cluster", ""),
             r.get("kind", ""), f"{r.get('namespace', '')}/{r.get('pod', '')}", "yes" if r.get("tty") else "no",
-            session_state(r), "-" if r.get("exit_code") is None else str(r["exit_code"]),
+            session_state(r, cfg.proxy.peer_address), "-" if r.get("exit_code") is None else str(r["exit_code"]),
             "-" if duration is None else f"{float(duration):.1f}s", " ".join(r.get("command") or []),
         ))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]

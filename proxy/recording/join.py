@@ -9,13 +9,16 @@ end of the body when the session ends. The owner's terminal shows a line naming 
 A session recorded by this process is followed from its recorder (lines as they are made); one recorded
 by another worker process (``proxy.workers`` > 1) into the file store is followed from its file
 (:mod:`proxy.recording.tail`; the owner's process learns of the join from ``<cast>.joins``). A session
-recorded to object storage by another process cannot be joined (404 says so). A joiner that does not read fast enough (more than ``MAX_UNREAD`` bytes queued) is
+recorded to object storage by another worker process of the same replica cannot be joined (404 says
+so). A session held by another replica (``backend.type: etcd``; the index record's ``proxy_addr``) is
+asked of that replica, as the joiner (:mod:`proxy.recording.peer`), and relayed. A joiner that does not read fast enough (more than ``MAX_UNREAD`` bytes queued) is
 disconnected; the session is never slowed down by a watcher.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +27,7 @@ from proxy.headers import REQUEST_ID_HEADER
 from proxy.protocol.events import ResponseHead
 from proxy.recording import tail
 from proxy.recording.index import valid_session_id
+from proxy.recording.peer import PEER_HOP_HEADER
 from proxy.recording.tail import joined_notice
 from rbac.status import status_body
 
@@ -63,17 +67,25 @@ async def _serve(ex: Exchange) -> None:
     recordings = ex.fwd.recordings
     recorder = recordings.live.get(session_id) if recordings is not None else None
     meta: dict[str, Any] | None = recorder.encoder.meta if recorder is not None else None  # type: ignore[assignment]
+    elsewhere = ""  # the address of the replica that holds the session, when another one does
     if meta is None and recordings is not None:
-        # Held by another process (proxy.workers > 1): follow its recording file, if it is one.
         record = await ex.fwd.loop.run_in_executor(None, recordings.index.get, session_id)
-        if record and record.get("state") == "live" and _local_file(record.get("recording")):
-            meta = record
+        if record and record.get("state") == "live":
+            held_by = str(record.get("proxy_addr") or "")
+            relayed = head.header(PEER_HOP_HEADER) is not None  # asked by a replica: never asked on again
+            if held_by and held_by != recordings.origin and recordings.peer is not None and not relayed:
+                meta, elsewhere = record, held_by  # another replica: ask it for the stream, as the joiner
+            elif (not held_by or held_by == recordings.origin) and _local_file(record.get("recording")):
+                meta = record  # another worker process of this replica: follow its recording file
     if meta is None:
         ex._respond_error(404, status_body(404, "NotFound", f"session {session_id} is not live (ended, not recorded, or recorded by another kubegate process to object storage)", {"name": session_id, "kind": "sessions"}), "denied")
         return
     owner = str(meta.get("user") or "")
     if not ex.fwd.policy.may_join(ex.identity, owner, list(meta.get("roles") or [])):
         ex._respond_error(403, status_body(403, "Forbidden", f"user {ex.identity.user!r} may not join session {session_id}: no join_sessions rule of their roles covers the owner's roles", {"name": session_id, "kind": "sessions"}), "denied")
+        return
+    if elsewhere:
+        await _follow_peer(ex, session_id, owner, elsewhere)
         return
     conn = ex.conn
     ex.status = 200
@@ -92,6 +104,53 @@ async def _serve(ex: Exchange) -> None:
         await _follow_file(ex, meta, session_id)
     conn.send_end(ex.sid)
     conn.flush()
+
+
+async def _follow_peer(ex: Exchange, session_id: str, owner: str, address: str) -> None:
+    """A session another replica holds (:mod:`proxy.recording.peer`): its stream, asked for as the joiner,
+    relayed as it comes; its refusal (403, 404) relayed as it is; 502 when it cannot be reached."""
+    recordings = ex.fwd.recordings
+    assert recordings is not None and recordings.peer is not None
+    loop = ex.fwd.loop
+    transport = ex.conn.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    try:
+        if not der:
+            raise ValueError("the joiner's certificate is not at hand")
+        stream = await loop.run_in_executor(None, recordings.peer.open, address, session_id, der)
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        log.warning("the replica holding a session did not answer a join", extra={
+            "request_id": ex.request_id, "session_id": session_id, "replica": address, "error": str(exc)})
+        ex._respond_error(502, status_body(502, "ServiceUnavailable", f"session {session_id} is held by the kubegate replica at {address}, which did not answer: {exc}", {"name": session_id, "kind": "sessions"}), "peer_unreachable")
+        return
+    try:
+        if stream.status != 200:
+            body = await loop.run_in_executor(None, stream.body)
+            ex._respond_error(stream.status, body, "denied")
+            return
+        conn = ex.conn
+        ex.status = 200
+        ex.kind = "session-join"
+        conn.send_head(ResponseHead(ex.sid, 200, [(b"content-type", b"application/x-asciicast"), (b"cache-control", b"no-store"), (REQUEST_ID_HEADER, ex.request_id.encode())]))
+        ex._response_started = True
+        log.info("session joined", extra={"session_id": session_id, "user": ex.identity.user, "owner": owner, "replica": address})
+        if ex.fwd.audit is not None:
+            ex.fwd.audit({"event": "session.join", "session_id": session_id, "user": ex.identity.user,
+                          "roles": list(ex.identity.roles), "owner": owner, "mode": "observer",
+                          "client_ip": conn.peer_ip, "request_id": ex.request_id, "held_by": address})
+        metrics.SESSION_JOINS.labels("another_replica").inc()
+        while True:
+            data = await loop.run_in_executor(None, stream.read)
+            if not data or not _send(ex, data):
+                break
+        conn.send_end(ex.sid)
+        conn.flush()
+    except (OSError, http.client.HTTPException) as exc:  # the owner went away mid-stream: the join ends
+        log.info("a session followed from another replica ended early", extra={
+            "request_id": ex.request_id, "session_id": session_id, "replica": address, "error": str(exc)})
+    finally:
+        stream.close()
 
 
 def _local_file(location: object) -> bool:

@@ -21,13 +21,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
 from proxy.recording.cast import CastEncoder
 from proxy.recording.index import SessionIndex
 from proxy.recording.stores import RecordingStore, RecordingStoreError, Sink
 from proxy.recording.tail import JoinNotices, joined_notice
+
+if TYPE_CHECKING:
+    from proxy.recording.peer import PeerSessions
 
 log = logging.getLogger("kubegate.proxy.recording")
 
@@ -46,9 +49,15 @@ class Recordings:
         mode: str = "best_effort",
         flush_interval: float = 0.2,
         max_buffered: int = 64 * 1024 * 1024,
+        origin: str = "",
+        peer: PeerSessions | None = None,
     ) -> None:
         self.store = store
         self.index = index
+        # This replica's address (proxy.public_addr), written into each session's index record as
+        # ``proxy_addr``: a join reaching another replica asks this one, through ``peer`` there.
+        self.origin = origin
+        self.peer = peer
         self.strict = mode == "strict"
         self.flush_interval = flush_interval
         self.max_buffered = max_buffered

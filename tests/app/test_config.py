@@ -271,3 +271,32 @@ def test_start_with_workers_refuses_a_broken_roles_directory_before_starting_wor
     assert result.returncode == 1
     assert "cannot start:" in result.stderr and "auth.roles_dir: role file refused" in result.stderr
     assert "bad.yaml" in result.stderr and not (tmp_path / "state").exists()
+
+
+def test_the_peer_address_names_this_replica_where_the_public_address_names_them_all():
+    """Behind a load balancer every replica has the same ``public_addr``; ``peer_addr`` (where the other
+    replicas reach this one: joins of the sessions it holds) defaults to the listen address, a wildcard
+    host replaced by this host's name."""
+    import socket
+
+    shared = {"version": "v1", "proxy": {"listen": "0.0.0.0:3026", "public_addr": "kubegate.example.com:443"}}
+    assert _load(shared).proxy.peer_address == f"{socket.getfqdn()}:3026"
+    assert _load({**shared, "proxy": {**shared["proxy"], "listen": "10.0.0.5:3026"}}).proxy.peer_address == \
+        "10.0.0.5:3026"
+    named = _load({**shared, "proxy": {**shared["proxy"], "peer_addr": "kg-2.internal:3026"}})
+    assert (named.proxy.peer_address, named.proxy.public_address) == ("kg-2.internal:3026", "kubegate.example.com:443")
+
+
+def test_the_serving_certificate_names_the_peer_address_too(tmp_path):
+    """The other replicas verify this one's serving certificate against the address they reach it at."""
+    from cryptography import x509
+
+    from kubegate.app import prepare
+
+    cfg = _load({"version": "v1", "state_dir": str(tmp_path / "state"),
+                 "proxy": {"listen": "0.0.0.0:3026", "public_addr": "kubegate.example.com:443",
+                           "peer_addr": "kg-2.internal:3026"}})
+    tls = prepare(cfg)
+    certificate = x509.load_pem_x509_certificate(Path(tls.cert_file).read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"kubegate.example.com", "kg-2.internal"} <= set(names.get_values_for_type(x509.DNSName))

@@ -284,3 +284,40 @@ def test_handshake_refuses_foreign_and_expired_certificates(ca: CertificateAutho
     assert expired.not_after < datetime.now(tz=UTC)
     refused = _handshake(ca, tmp_path, expired.cert_pem, expired.key_pem or b"")
     assert refused is not None and "expired" in refused.lower()
+
+
+def test_a_client_certificate_reissued_names_the_same_identity_with_a_new_key_and_no_later_expiry(
+        ca: CertificateAuthority) -> None:
+    """What a replica presents to the replica holding a session on behalf of a joiner (whose key it does
+    not have): the joiner as their certificate names them, signed again, for a key of its own."""
+    from dataclasses import replace
+
+    from certs.identity import identity_from_certificate
+
+    own = ca.issue_user_certificate("bob", ["observer", "dev"], timedelta(hours=8), traits={"team": ["a"]},
+                                    cluster="prod").certificate
+    again = ca.reissue_client_certificate(own, timedelta(minutes=5))
+    cert = again.certificate
+    reissued, original = identity_from_certificate(cert), identity_from_certificate(own)
+    assert cert.subject == own.subject
+    assert replace(reissued, serial=original.serial, not_after=original.not_after) == original
+    assert cert.extensions.get_extension_for_oid(IDENTITY_EXTENSION_OID).value == \
+        own.extensions.get_extension_for_oid(IDENTITY_EXTENSION_OID).value
+    assert ExtendedKeyUsageOID.CLIENT_AUTH in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert cert.public_key() != own.public_key() and again.key_pem is not None
+    assert cert.serial_number != own.serial_number
+    assert cert.not_valid_after_utc - datetime.now(UTC) <= timedelta(minutes=5, seconds=1)
+    verify_client_chain(cert, ca.certificate)
+
+    short = ca.issue_user_certificate("bob", ["observer"], timedelta(minutes=2)).certificate
+    assert ca.reissue_client_certificate(short, timedelta(minutes=5)).certificate.not_valid_after_utc == \
+        short.not_valid_after_utc
+
+
+def test_only_this_cas_client_certificates_are_reissued(ca: CertificateAuthority) -> None:
+    other = CertificateAuthority.create_in_memory()
+    with pytest.raises(ValueError, match="not issued by this CA"):
+        ca.reissue_client_certificate(other.issue_user_certificate("bob", [], timedelta(hours=1)).certificate,
+                                      timedelta(minutes=5))
+    with pytest.raises(ValueError, match="not a client certificate"):
+        ca.reissue_client_certificate(ca.issue_server_certificate(["localhost"]).certificate, timedelta(minutes=5))

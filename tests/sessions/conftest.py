@@ -96,9 +96,34 @@ def rec_gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, An
     with running_sandbox(base / "sandbox") as sb:
         with running_proxy(base / "proxy", clusters=[cluster_for_sandbox(sb)], roles=roles,
                            recordings=recordings) as px:
+            # Both are one replica, at px's address: each session's index record names it.
+            recordings.origin = recordings2.origin = f"127.0.0.1:{px.port}"
             with running_proxy(base / "proxy2", clusters=[cluster_for_sandbox(sb)], roles=roles,
                                recordings=recordings2, ca=px.ca) as px2:
                 yield sb, px, sessions, px2
+
+
+@pytest.fixture(scope="session")
+def rpx_other_replica(rec_gate, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Another replica (another host, as far as sessions are concerned): the same CA and session index
+    (with ``backend.type: etcd`` the index is shared), recordings of its own elsewhere, its own address;
+    it asks the replica holding a session for its stream (``proxy.recording.peer``)."""
+    from proxy.recording.index import FileSessionIndex
+    from proxy.recording.peer import PeerSessions
+    from proxy.recording.recorder import Recordings
+    from proxy.recording.stores import FileStore
+    from proxy.testing import cluster_for_sandbox, running_proxy
+    from rbac import RoleWatcher
+
+    sb, px, sessions, _ = rec_gate
+    base = tmp_path_factory.mktemp("replica")
+    roles = RoleWatcher(str(write_roles(base / "roles")), time.time)
+    recordings = Recordings(FileStore(str(base / "recordings")), FileSessionIndex(str(sessions)), flush_interval=0.05,
+                            peer=PeerSessions(px.ca))
+    with running_proxy(base / "proxy", clusters=[cluster_for_sandbox(sb)], roles=roles, recordings=recordings,
+                       ca=px.ca) as replica:
+        recordings.origin = f"127.0.0.1:{replica.port}"
+        yield replica
 
 
 @pytest.fixture(scope="session")
@@ -126,6 +151,21 @@ def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def read_until(proc: subprocess.Popen[bytes], needle: bytes, timeout: float = 30) -> bytes:
+    """What ``proc`` (a joiner: ``kubegate sessions join``) wrote to its stdout, up to ``needle``."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while needle not in seen:
+        assert time.monotonic() < deadline, f"joiner never showed {needle!r}: {seen[-300:]!r}"
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            assert chunk, f"joiner ended before {needle!r}: {seen[-300:]!r} {proc.stderr.read() if proc.stderr else b''!r}"
+            seen += chunk
+    return seen
 
 
 def ended_session(sessions_dir: Path, marker: str, timeout: float = 30.0) -> dict[str, Any]:

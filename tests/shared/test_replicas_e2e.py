@@ -460,3 +460,73 @@ def test_etcd_member_loss_and_full_outage(replicas, sandbox, etcd, kubectl_new):
     wait_until(lambda: all(r.readyz() == 200 for r in replicas), "every replica is ready again", timeout=60)
     wait_until(lambda: kubectl(kubectl_new, admin, c, "outage", "get", "ns", "default").returncode == 0,
                "requests are served again")
+
+
+OBSERVER_ROLE = """
+kind: role
+version: v8
+metadata: {name: observer}
+spec:
+  allow:
+    kubernetes_labels: {'*': '*'}
+    kubernetes_resources: [{kind: pods, api_group: '', namespace: '*', name: '*', verbs: [get, list]}]
+    join_sessions: [{name: watch admins, roles: [admin], kinds: [k8s], modes: [observer]}]
+"""
+
+
+@pytest.mark.e2e
+def test_a_session_held_by_a_is_joined_through_c(replicas, sandbox, kubectl_new, tmp_path):
+    """Alice's interactive exec goes through replica a, which records it; bob's ``kubegate sessions join``
+    reaches replica c, which finds in the shared index that a holds the session and asks a for it as
+    bob: bob watches it live and alice's terminal says he joined."""
+    from tests.sessions.conftest import PtyKubectl, read_until
+
+    a, _, c = replicas
+    add_sandbox_cluster(a, sandbox, "joins")
+    role = tmp_path / "observer.yaml"
+    role.write_text(OBSERVER_ROLE)
+    applied = a.cli("roles", "apply", "-f", str(role))
+    assert applied.returncode == 0, applied.stderr
+    alice, bob = a.kubeconfig("alice", "admin"), c.kubeconfig("bob", "observer")
+    wait_until(lambda: kubectl(kubectl_new, alice, a, "joins", "get", "ns", "default").returncode == 0,
+               "the cluster is served by a")
+    marker = os.urandom(6).hex()
+    context = yaml.safe_load(alice.read_text())["contexts"][0]["name"]
+    term = PtyKubectl([kubectl_new, "--kubeconfig", str(alice), "--context", context, "--server",
+                       f"https://127.0.0.1:{a.port}/k8s/clusters/joins", "exec", "-it", "-n", "dev", "web-1", "--",
+                       "sh", "-c", f"echo ready-{marker}; exec sh -i"], dict(os.environ, TERM="xterm"))
+    joiner = None
+    try:
+        term.read_until(f"ready-{marker}".encode())
+
+        def live_session() -> dict | None:
+            import json
+
+            listed = c.cli("sessions", "ls", "--json")
+            records = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
+            return next((r for r in records if marker in " ".join(r.get("command") or [])
+                         and r.get("state") == "live"), None)
+
+        wait_until(lambda: live_session() is not None, "the live session is in the shared index")
+        session = live_session()
+        assert session is not None and session["proxy_addr"] == f"127.0.0.1:{a.port}"
+        joiner = subprocess.Popen([sys.executable, "-m", "kubegate", "sessions", "join", session["session_id"],
+                                   "--kubeconfig", str(bob)], cwd=c.dir, env=ENV, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        read_until(joiner, f"ready-{marker}".encode())  # the recent screen, from a through c
+        term.read_until(b"bob joined this session")
+        term.type("echo live-$((2+3))\r")
+        read_until(joiner, b"live-5")
+        term.type("exit\r")
+        assert term.wait() == 0
+        assert joiner.wait(timeout=30) == 0
+    finally:
+        term.close()
+        if joiner is not None and joiner.poll() is None:
+            joiner.kill()
+            joiner.wait()
+    import json
+
+    audited = [json.loads(line) for line in (c.dir / "state" / "audit.log").read_text().splitlines()]
+    assert [(e["user"], e["held_by"]) for e in audited if e.get("event") == "session.join"] == \
+        [("bob", f"127.0.0.1:{a.port}")]
