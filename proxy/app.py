@@ -145,6 +145,11 @@ class Proxy:
         watch = getattr(self.locks, "watch", None)
         if watch is not None:  # the lock list follows its file from this loop (certs.locks)
             watch(loop)
+        if self.recordings is not None:
+            try:
+                await loop.run_in_executor(None, self.recordings.sweep_interrupted)
+            except Exception:  # the index unreachable: the records stay live, which is what they said
+                log.exception("could not look for sessions left live by a process that is gone")
         self.listener = Listener(self.fwd, self.ssl_context)
         await self.listener.listen(sockets)
         self.port = self.listener.ports[0]

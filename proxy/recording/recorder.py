@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from proxy import metrics
 from proxy.recording.cast import CastEncoder
 from proxy.recording.index import SessionIndex
 from proxy.recording.stores import RecordingStore, RecordingStoreError, Sink
-from proxy.recording.tail import JoinNotices, joined_notice
+from proxy.recording.tail import JoinNotices, joined_notice, process_alive
 
 if TYPE_CHECKING:
     from proxy.recording.peer import PeerSessions
@@ -71,6 +72,26 @@ class Recordings:
             self._executor.submit(_logged, fn, *args)
         except RuntimeError:  # the executor is shut down
             _logged(fn, *args)
+
+    def sweep_interrupted(self) -> list[str]:
+        """Mark ``interrupted`` the index records this replica left ``live`` when a process of it was killed
+        before it could write their end (their ``proxy_addr`` is this replica's, their process is gone);
+        at start, so that every replica's ``sessions ls`` shows them so, not only this host's. Records of
+        other replicas are theirs to sweep. Returns the session ids marked. Blocking: run it off the loop."""
+        if not self.origin:
+            return []
+        marked = []
+        for record in self.index.list():
+            pid = record.get("proxy_pid")
+            if record.get("state") != "live" or record.get("proxy_addr") != self.origin \
+                    or not isinstance(pid, int) or pid <= 0 or pid == os.getpid() or process_alive(pid):
+                continue
+            self.index.put({**record, "state": "interrupted", "end_time": time.time()})
+            marked.append(str(record.get("session_id")))
+        if marked:
+            log.warning("sessions left live by a process of this replica that is gone: marked interrupted",
+                        extra={"sessions": marked})
+        return marked
 
     def put_index(self, record: dict[str, Any]) -> None:
         self.submit(self.index.put, dict(record))

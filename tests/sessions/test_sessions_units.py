@@ -250,3 +250,43 @@ def test_an_aborted_file_recording_leaves_nothing(tmp_path):
     sink.write_lines([b"{}\n"])
     sink.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_at_start_a_replica_marks_interrupted_the_sessions_its_gone_processes_left_live(tmp_path):
+    """A process of this replica killed mid-session leaves its record ``live``; the next start marks it
+    ``interrupted`` in the (shared) index, so that every replica shows it so. Records whose process is
+    alive, records of other replicas, and ended ones are left as they are."""
+    import subprocess
+    import sys
+
+    from kubegate.commands.sessions import session_state
+    from proxy.recording.recorder import Recordings
+    from proxy.recording.stores import FileStore
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        index = FileSessionIndex(str(tmp_path / "index"))
+        here, there = "kg-1.internal:3026", "kg-2.internal:3026"
+        records = {
+            "a" * 32: {"state": "live", "proxy_addr": here, "proxy_pid": gone.pid},
+            "b" * 32: {"state": "live", "proxy_addr": here, "proxy_pid": alive.pid},
+            "c" * 32: {"state": "live", "proxy_addr": there, "proxy_pid": gone.pid},
+            "d" * 32: {"state": "ended", "proxy_addr": here, "proxy_pid": gone.pid},
+        }
+        for session_id, fields in records.items():
+            index.put({"session_id": session_id, "user": "alice", "start_time": 1.0, **fields})
+        recordings = Recordings(FileStore(str(tmp_path / "casts")), index, origin=here)
+        try:
+            assert recordings.sweep_interrupted() == ["a" * 32]
+        finally:
+            recordings.close()
+        states = {session_id: index.get(session_id)["state"] for session_id in records}
+        assert states == {"a" * 32: "interrupted", "b" * 32: "live", "c" * 32: "live", "d" * 32: "ended"}
+        # What kubegate sessions ls on the other replica shows: the sweep's answer, not a guess from a PID
+        assert session_state(index.get("a" * 32), there) == "interrupted"
+        assert session_state(index.get("c" * 32), here) == "live"
+    finally:
+        alive.kill()
+        alive.wait()
