@@ -87,23 +87,30 @@ async def _serve(ex: Exchange) -> None:
     if elsewhere:
         await _follow_peer(ex, session_id, owner, elsewhere)
         return
+    _joined(ex, session_id, owner, "this_process" if recorder is not None else "recording_file")
     conn = ex.conn
-    ex.status = 200
-    ex.kind = "session-join"
-    conn.send_head(ResponseHead(ex.sid, 200, [(b"content-type", b"application/x-asciicast"), (b"cache-control", b"no-store"), (REQUEST_ID_HEADER, ex.request_id.encode())]))
-    ex._response_started = True
-    log.info("session joined", extra={"session_id": session_id, "user": ex.identity.user, "owner": owner})
-    if ex.fwd.audit is not None:
-        ex.fwd.audit({"event": "session.join", "session_id": session_id, "user": ex.identity.user,
-                      "roles": list(ex.identity.roles), "owner": owner, "mode": "observer",
-                      "client_ip": conn.peer_ip, "request_id": ex.request_id})
-    metrics.SESSION_JOINS.labels("this_process" if recorder is not None else "recording_file").inc()
     if recorder is not None:
         await _follow_live(ex, recorder, session_id)
     else:
         await _follow_file(ex, meta, session_id)
     conn.send_end(ex.sid)
     conn.flush()
+
+
+def _joined(ex: Exchange, session_id: str, owner: str, source: str, held_by: str = "") -> None:
+    """The join is on: the 200 head, the log line, the audit event, the metric."""
+    conn = ex.conn
+    ex.status = 200
+    ex.kind = "session-join"
+    conn.send_head(ResponseHead(ex.sid, 200, [(b"content-type", b"application/x-asciicast"), (b"cache-control", b"no-store"), (REQUEST_ID_HEADER, ex.request_id.encode())]))
+    ex._response_started = True
+    where = {"held_by": held_by} if held_by else {}
+    log.info("session joined", extra={"session_id": session_id, "user": ex.identity.user, "owner": owner, **where})
+    if ex.fwd.audit is not None:
+        ex.fwd.audit({"event": "session.join", "session_id": session_id, "user": ex.identity.user,
+                      "roles": list(ex.identity.roles), "owner": owner, "mode": "observer",
+                      "client_ip": conn.peer_ip, "request_id": ex.request_id, **where})
+    metrics.SESSION_JOINS.labels(source).inc()
 
 
 async def _follow_peer(ex: Exchange, session_id: str, owner: str, address: str) -> None:
@@ -129,17 +136,8 @@ async def _follow_peer(ex: Exchange, session_id: str, owner: str, address: str) 
             body = await loop.run_in_executor(None, stream.body)
             ex._respond_error(stream.status, body, "denied")
             return
+        _joined(ex, session_id, owner, "another_replica", held_by=address)
         conn = ex.conn
-        ex.status = 200
-        ex.kind = "session-join"
-        conn.send_head(ResponseHead(ex.sid, 200, [(b"content-type", b"application/x-asciicast"), (b"cache-control", b"no-store"), (REQUEST_ID_HEADER, ex.request_id.encode())]))
-        ex._response_started = True
-        log.info("session joined", extra={"session_id": session_id, "user": ex.identity.user, "owner": owner, "replica": address})
-        if ex.fwd.audit is not None:
-            ex.fwd.audit({"event": "session.join", "session_id": session_id, "user": ex.identity.user,
-                          "roles": list(ex.identity.roles), "owner": owner, "mode": "observer",
-                          "client_ip": conn.peer_ip, "request_id": ex.request_id, "held_by": address})
-        metrics.SESSION_JOINS.labels("another_replica").inc()
         while True:
             data = await loop.run_in_executor(None, stream.read)
             if not data or not _send(ex, data):

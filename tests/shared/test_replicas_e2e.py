@@ -462,29 +462,17 @@ def test_etcd_member_loss_and_full_outage(replicas, sandbox, etcd, kubectl_new):
                "requests are served again")
 
 
-OBSERVER_ROLE = """
-kind: role
-version: v8
-metadata: {name: observer}
-spec:
-  allow:
-    kubernetes_labels: {'*': '*'}
-    kubernetes_resources: [{kind: pods, api_group: '', namespace: '*', name: '*', verbs: [get, list]}]
-    join_sessions: [{name: watch admins, roles: [admin], kinds: [k8s], modes: [observer]}]
-"""
-
-
 @pytest.mark.e2e
 def test_a_session_held_by_a_is_joined_through_c(replicas, sandbox, kubectl_new, tmp_path):
     """Alice's interactive exec goes through replica a, which records it; bob's ``kubegate sessions join``
     reaches replica c, which finds in the shared index that a holds the session and asks a for it as
     bob: bob watches it live and alice's terminal says he joined."""
-    from tests.sessions.conftest import PtyKubectl, read_until
+    from tests.sessions.conftest import ROLES, PtyKubectl, read_until
 
     a, _, c = replicas
     add_sandbox_cluster(a, sandbox, "joins")
     role = tmp_path / "observer.yaml"
-    role.write_text(OBSERVER_ROLE)
+    role.write_text(ROLES["observer"])  # may watch the sessions of "admin" holders
     applied = a.cli("roles", "apply", "-f", str(role))
     assert applied.returncode == 0, applied.stderr
     alice, bob = a.kubeconfig("alice", "admin"), c.kubeconfig("bob", "observer")
