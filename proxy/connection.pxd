@@ -49,6 +49,7 @@ cdef class ClientConnection:
     cpdef replay(self, object raw)
     cpdef send_head(self, object head, bint end_stream=*)
     cpdef send_relayed_head(self, object stream_id, object head, object content_length)
+    cpdef send_head_block(self, object stream_id, object block, bint end_stream=*)
     cpdef send_body(self, object stream_id, object data, bint end_stream=*)
     cpdef send_end(self, object stream_id)
     cpdef reset(self, object stream_id)

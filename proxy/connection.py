@@ -343,6 +343,11 @@ class ClientConnection:
         if not self.closed:
             self.codec.send_response_head(head, end_stream=end_stream)
 
+    def send_head_block(self, stream_id: int, block: bytes, end_stream: bool = False) -> None:
+        """An HTTP/2 response head already encoded (see ``Http2ServerConnection.send_response_block``)."""
+        if not self.closed:
+            self.codec.send_response_block(stream_id, block, end_stream=end_stream)
+
     def send_relayed_head(self, stream_id: int, head: bytes, content_length: int) -> None:
         """An HTTP/1.1 response head made elsewhere (see ``Http1ServerConnection.send_relayed_head``)."""
         if not self.closed:

@@ -8,7 +8,7 @@ cimport cython
 from proxy.upstream.http1 cimport Http1Upstream
 from proxy.upstream.pool cimport ClusterPool
 from proxy.protocol.audit_line cimport request_line
-from proxy.protocol.relayed_head cimport relayable_head, relayed_fields
+from proxy.protocol.relayed_head cimport relayable_head, relayed_block
 from proxy.protocol.http1 cimport response_head_bytes
 from proxy.tally cimport request_abandoned, request_finished, request_started
 
@@ -79,7 +79,7 @@ cdef class FastExchange:
 cdef class CodecFastExchange(FastExchange):
     cdef public object key
     cdef public object request
-    cdef public object _fields
+    cdef public object _block
 
     cpdef raw_head(self, object data)
     cpdef _send_relayed_head(self, bint end=*)

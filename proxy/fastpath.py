@@ -43,7 +43,7 @@ from proxy.headers import content_length, rewrite_response_headers
 from proxy.protocol.audit_line import request_line
 from proxy.protocol.events import RequestHead, ResponseHead
 from proxy.protocol.http1 import response_head_bytes
-from proxy.protocol.relayed_head import relayable_head, relayed_fields
+from proxy.protocol.relayed_head import relayable_head, relayed_block
 from proxy.tally import request_abandoned, request_finished, request_started
 from proxy.upstream.base import UpstreamError
 from rbac.status import REASONS, status_body
@@ -395,7 +395,7 @@ class CodecFastExchange(FastExchange):
     HTTP/2 streams go on meanwhile. A stream that may not be written (a full socket buffer, a shut
     window) waits like the full pipeline (``ClientConnection.drain``), the upstream paused meanwhile."""
 
-    __slots__ = ("key", "request", "_fields")
+    __slots__ = ("key", "request", "_block")
 
     def __init__(
         self, fwd: Forwarder, conn: ClientConnection, plan: Plan, request: RequestHead, upstream: Http1Upstream,
@@ -404,7 +404,7 @@ class CodecFastExchange(FastExchange):
         """Start the request (``FastExchange.__init__``) on its own stream."""
         self.request = request  # served again by the full pipeline if the upstream fails before answering
         self.key = key  # remembered with ``plan`` once answered
-        self._fields: list[tuple[bytes, bytes]] | None = None  # HTTP/2: the answer's fields (``raw_head``)
+        self._block: bytes | None = None  # HTTP/2: the answer's head as an HPACK block (``raw_head``)
         FastExchange.__init__(self, fwd, conn, plan, b"", upstream, request.stream_id)
 
     def on_body(self, data: bytes) -> None:  # pragma: no cover - a planned request has no body (content-length 0)
@@ -416,16 +416,16 @@ class CodecFastExchange(FastExchange):
     def raw_head(self, data: bytes) -> int | None:
         """As ``FastExchange.raw_head`` when the codec can write such a head for this request (HTTP/1.1,
         keep-alive, no HEAD; ``Http1ServerConnection.takes_relayed_head``). HTTP/2 takes the same answers
-        as their fields (``relayed_fields``: split in C, without the parser's call per field), which its
-        codec encodes."""
+        as the HPACK block of their head (``relayed_block``: written in C in one pass over the head's lines,
+        without the parser's call per field), which its codec frames."""
         codec = self.conn.codec
         if codec.http_version == "2":
             if self.finished:
                 return None
-            taken = relayed_fields(data, self.request_id.encode("ascii"))
+            taken = relayed_block(data, self.request_id.encode("ascii"))
             if taken is None:
                 return None
-            self._fields, self.status, length, body = taken
+            self._block, self.status, length, body = taken
             self._head = body  # the body's bytes that came with the head, sent after it
             self._length = length
             self.bytes_out = len(body)
@@ -436,7 +436,7 @@ class CodecFastExchange(FastExchange):
         return FastExchange.raw_head(self, data)
 
     def _send_relayed_head(self, end: bool = False) -> None:
-        """The head ``raw_head`` took to the codec (HTTP/1.1: as bytes; HTTP/2: its fields), then the body's
+        """The head ``raw_head`` took to the codec (HTTP/1.1: as bytes; HTTP/2: its HPACK block), then the body's
         bytes that came with it; ``end``: they are the whole answer (the stream ends with them)."""
         relayed = self._head
         if relayed is None:
@@ -445,10 +445,10 @@ class CodecFastExchange(FastExchange):
         self._written = True
         received = self.bytes_out  # the body's bytes that came with the head (no more counted yet)
         conn = self.conn
-        fields = self._fields
-        if fields is not None:
-            self._fields = None
-            conn.send_head(ResponseHead(self.sid, self.status, fields, content_length=self._length), end and not received)
+        block = self._block
+        if block is not None:
+            self._block = None
+            conn.send_head_block(self.sid, block, end and not received)
             if received:
                 conn.send_body(self.sid, relayed, end)
         elif received:

@@ -155,6 +155,20 @@ def _name_prefix(name: bytes) -> bytes:
     return prefix
 
 
+# What ``relayed_head.relayed_block`` writes a block from (the same encoding, made in one pass from an
+# HTTP/1.1 answer's head): the status fields, the name prefixes remembered so far (lower-case name →
+# prefix; ``_SKIP``, empty, for a connection-specific name), the content-length prefix (told by identity).
+STATUS_FIELD = _STATUS_FIELD
+NAME_PREFIX = _NAME_PREFIX
+CONTENT_LENGTH_PREFIX = _CONTENT_LENGTH
+
+
+def field_name_prefix(name: bytes) -> bytes:
+    """The prefix a field named ``name`` starts with in a response block (remembered: ``NAME_PREFIX``)."""
+    prefix = _NAME_PREFIX.get(name)
+    return prefix if prefix is not None else _name_prefix(name)
+
+
 def encode_response_block(status: int, headers: Headers, content_length: int | None = None) -> bytes:
     """An HPACK header block for a response head (see above); names are lower-cased, connection-specific
     fields left out, and ``content_length`` added unless the headers carry a content-length."""

@@ -45,3 +45,14 @@ cpdef object relayed_fields(bytes data, bytes request_id)
 cdef list _fields(bytes head, Py_ssize_t head_size)
 @cython.locals(lowered=bytes, out=cython.p_char, i=Py_ssize_t, byte=cython.uchar)
 cdef bytes _lowered(bytes head, Py_ssize_t start, Py_ssize_t stop)
+
+@cython.locals(head_size=Py_ssize_t, block=object)
+cpdef object relayed_block(bytes data, bytes request_id)
+@cython.locals(bound=Py_ssize_t, block=bytes, out=cython.p_char, src=cython.p_char, pos=Py_ssize_t, names=dict,
+               counted=bint, at=Py_ssize_t, end_of_fields=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t,
+               colon=Py_ssize_t, stop=Py_ssize_t, value_start=Py_ssize_t, value_end=Py_ssize_t, name=bytes,
+               prefix=bytes, status_field=bytes, id_prefix=bytes, length_text=bytes)
+cdef object _encoded_block(bytes head, Py_ssize_t head_size, Py_ssize_t status, Py_ssize_t length, bytes request_id)
+cdef inline Py_ssize_t _put(char* out, Py_ssize_t pos, bytes data)
+@cython.locals(size=Py_ssize_t)
+cdef inline Py_ssize_t _put_length(char* out, Py_ssize_t pos, Py_ssize_t size)

@@ -120,7 +120,7 @@ def test_the_compiled_http1_codec_keeps_its_python_interface():
 @pytest.mark.skipif(PURE, reason="this run already uses the pure-Python modules")
 def test_the_codec_tests_pass_on_the_pure_python_modules():
     """The codec's own tests (frames, hostile input, HPACK against hpack's decoder, response blocks)
-    the relayed-head rules, the audit log's fast-path line, the upstream HTTP/1.1 and HTTP/2 connections',
+    the relayed-head rules and HTTP/2 blocks, the audit log's fast-path line, the upstream HTTP/1.1 and HTTP/2 connections',
     the metrics tallies' and the client connection's units, the WebSocket and SPDY session taps' and the
     SPDY codec's, the stream relay's read buffer and the relay with hostile upgraded bytes, and the
     HTTP/1.1 and HTTP/2 fast path end to end once more, in a process that imports the ``.py`` files."""
@@ -130,6 +130,7 @@ def test_the_codec_tests_pass_on_the_pure_python_modules():
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", "-p", "no:randomly",
          str(Path(__file__).parent), str(ROOT / "tests" / "proxy" / "test_proxy_relayable_heads.py"),
+         str(ROOT / "tests" / "proxy" / "test_proxy_relayed_block.py"),
          str(ROOT / "tests" / "proxy" / "test_audit_log.py"), str(ROOT / "tests" / "proxy" / "test_proxy_upstream_units.py"),
          str(ROOT / "tests" / "proxy" / "test_proxy_upstream_h2_units.py"),
          str(ROOT / "tests" / "proxy" / "test_proxy_metrics_tally.py"),
