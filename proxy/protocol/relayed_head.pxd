@@ -13,6 +13,7 @@ cdef bytes _PROXY_NAME_TABLE
 cdef frozenset _FIRST_LETTERS
 cdef bytes _LOOKED_AT
 cdef bytes _ID_FIELD
+cdef bytes _ID_PREFIX
 cdef int _SPACE, _TAB, _COLON, _CR
 cdef int _OTHER, _CONTENT_LENGTH, _CONNECTION, _REFUSED
 

@@ -47,6 +47,7 @@ _PROXY_NAME_BYTES = frozenset(range(0x21, 0x7F)) - {0x3A}  # what may follow "pr
 _PROXY_NAME_TABLE = bytes(sorted(_PROXY_NAME_BYTES))  # the same, for bytes.translate
 _SPACE, _TAB, _COLON, _CR = 0x20, 0x09, 0x3A, 0x0D
 _ID_FIELD = REQUEST_ID_HEADER + b": "  # the field ``request_id`` is given in
+_ID_PREFIX = field_name_prefix(REQUEST_ID_HEADER)  # its name's prefix in an HTTP/2 block (``relayed_block``)
 # Whether a line's first byte may begin a name looked at (the names above, "content-length", "connection",
 # "proxy-"), by byte: one index, compiled or not.
 _FIRST_LETTERS = frozenset(bytes([name[0] for name in (*_REFUSED_NAMES, b"content-length", b"connection", b"proxy-")]))
@@ -287,11 +288,10 @@ def relayed_block(data: bytes, request_id: bytes) -> tuple[bytes, int, int, byte
 def _encoded_block(head: bytes, head_size: int, status: int, length: int, request_id: bytes) -> bytes | None:
     """The block ``relayed_block`` gives, written in place (compiled only; see there)."""
     status_field = STATUS_FIELD[status]
-    id_prefix = field_name_prefix(REQUEST_ID_HEADER)
-    length_text = b"%d" % length
+    id_prefix = _ID_PREFIX
     # Each field's encoding is at most 5 bytes longer than its line (at least 3: ":" and "\r\n"), so
     # three times the head is room enough; then the status, the request id and a content-length.
-    bound = 3 * head_size + len(status_field) + len(id_prefix) + len(request_id) + 8 + 1 + 1 + len(length_text)
+    bound = 3 * head_size + len(status_field) + len(id_prefix) + len(request_id) + 8 + 1 + 1 + 20
     block = PyBytes_FromStringAndSize(cython.NULL, bound)  # noqa: F821 - cimported by the .pxd
     out = PyBytes_AS_STRING(block)  # noqa: F821 - written before anything else sees it
     src = PyBytes_AS_STRING(head)  # noqa: F821
@@ -328,6 +328,7 @@ def _encoded_block(head: bytes, head_size: int, status: int, length: int, reques
     pos = _put_length(out, pos, len(request_id))
     pos = _put(out, pos, request_id)
     if not counted:
+        length_text = b"%d" % length
         pos = _put(out, pos, CONTENT_LENGTH_PREFIX)
         pos = _put_length(out, pos, len(length_text))
         pos = _put(out, pos, length_text)
