@@ -284,7 +284,7 @@ class ProxyConfig:
         if host in ("0.0.0.0", "::", ""):
             import socket
 
-            host = socket.getfqdn()
+            host = socket.gethostname()  # no DNS look-up at start (getfqdn may wait on one)
         return str(Address(host, self.listen.port))
 
 
