@@ -146,6 +146,10 @@ def _recording(cfg: Config, session_id: str) -> tuple[dict[str, Any], bytes] | s
     try:
         return record, store.read(location)
     except RecordingStoreError as exc:
+        held_by = record.get("proxy_addr")
+        if not str(location).startswith("s3://") and held_by and held_by != cfg.proxy.peer_address:
+            return (f"session {session_id} was recorded to a file on the replica at {held_by}, not here: read it "
+                    "there, or record to S3 (proxy.recording.s3) so that every replica can")
         return str(exc)
 
 

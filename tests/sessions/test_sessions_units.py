@@ -290,3 +290,23 @@ def test_at_start_a_replica_marks_interrupted_the_sessions_its_gone_processes_le
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_a_recording_kept_in_a_file_on_another_replica_is_named_with_that_replica(tmp_path):
+    """``kubegate sessions play / export`` on one host, for a session another replica recorded to a file
+    on its own host: the message says where it is and how to have every replica read recordings."""
+    from kubegate.commands.sessions import _recording
+    from kubegate.config import load_config
+
+    config = tmp_path / "kubegate.yaml"
+    config.write_text("version: v1\nstate_dir: ./state\nproxy: {listen: '127.0.0.1:3026'}\n")
+    cfg = load_config(str(config))
+    index = FileSessionIndex(cfg.sessions_dir)
+    record = {"session_id": "e" * 32, "user": "alice", "start_time": 1.0, "state": "ended",
+              "recording": "/var/lib/kubegate/sessions/" + "e" * 32 + ".cast"}
+    index.put({**record, "proxy_addr": "kg-2.internal:3026"})
+    assert _recording(cfg, "e" * 32) == (
+        f"session {'e' * 32} was recorded to a file on the replica at kg-2.internal:3026, not here: read it "
+        "there, or record to S3 (proxy.recording.s3) so that every replica can")
+    index.put({**record, "proxy_addr": "127.0.0.1:3026"})  # this replica's own: the store's own message
+    assert "kg-2" not in _recording(cfg, "e" * 32)
