@@ -230,6 +230,8 @@ class ProxyService:
     election: Any = None
     locks: Any = None
     _election_task: Any = None
+    presence: Any = None  # backend.presence.Presence: this process's key, with a shared backend
+    _presence_task: Any = None
     _sockets: list[Any] = field(default_factory=list)
     _role_check: Any = None
     _started: bool = False
@@ -263,6 +265,11 @@ class ProxyService:
         endpoints = {"auth": auth.handler()} if auth is not None else {}
         self.proxy = _make_proxy(self.cfg, ssl_context, self.registry, self.roles, self.locks, self.audit,
                                  endpoints)
+        if self.backend is not None:  # other hosts can tell this process's live sessions from dead ones
+            from backend.presence import Presence
+
+            self.presence = Presence(self.backend, self.cfg.proxy.peer_address, ttl=self.cfg.backend.lease_ttl)
+            self._presence_task = asyncio.get_running_loop().create_task(self.presence.run(), name="presence")
         sock = reuseport_socket(self.host, self.port, listen=True, backlog=min(
             4096, self.cfg.proxy.limits.max_connections))
         self._sockets.append(sock)
@@ -321,6 +328,12 @@ class ProxyService:
                 self._election_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._election_task
+        if self.presence is not None:
+            await self.presence.stop()
+            if self._presence_task is not None:
+                self._presence_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._presence_task
         if self.discovery is not None:
             await self.discovery.stop()
         unwatch = getattr(self.locks, "unwatch", None)

@@ -16,6 +16,7 @@ import ssl
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import urlsplit
@@ -81,18 +82,23 @@ def _iso(ts: Any) -> str:
     return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def session_state(record: dict[str, Any], origin: str) -> str:
+def session_state(record: dict[str, Any], origin: str,
+                  present: Callable[[str, int], bool] | None = None) -> str:
     """``live`` / ``ended``, or ``interrupted`` for a live record whose proxy process is gone (killed before
-    it could write the end). Its process is looked for only when the record is this replica's (its
-    ``proxy_addr`` is ``origin``, this config's public address, or it has none): a PID of another
-    replica's host says nothing here."""
+    it could write the end). A record of this replica (its ``proxy_addr`` is ``origin``, this config's
+    peer address, or it has none): its process is looked for here. Another replica's: ``present(address,
+    pid)`` says whether its process holds its key in the shared backend (``backend.presence``); without
+    it (no shared backend) a PID of another host says nothing here, and the record's state stands."""
     from proxy.recording.tail import process_alive
 
     state = str(record.get("state") or "")
     pid = record.get("proxy_pid")
     held_by = record.get("proxy_addr")
-    if state == "live" and isinstance(pid, int) and pid > 0 and held_by in (None, "", origin) \
-            and not process_alive(pid):
+    if state != "live" or not isinstance(pid, int) or pid <= 0:
+        return state
+    if held_by in (None, "", origin):
+        return "interrupted" if not process_alive(pid) else state
+    if present is not None and not present(str(held_by), pid):
         return "interrupted"
     return state
 
@@ -108,7 +114,16 @@ def run_ls(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"kubegate sessions ls: {exc}", file=sys.stderr)
         return 2
-    records = session_index(cfg).list(user=args.user, cluster=args.cluster, since=since)
+    from kubegate.shared import open_backend
+
+    backend = open_backend(cfg)
+    records = session_index(cfg, backend).list(user=args.user, cluster=args.cluster, since=since)
+    present = None
+    if backend is not None:
+        from backend.presence import is_present
+
+        def present(address: str, pid: int) -> bool:
+            return is_present(backend, address, pid)
     if args.json:
         for record in records:
             print(json.dumps(record, separators=(",", ":"), default=str))
@@ -119,7 +134,7 @@ def run_ls(args: argparse.Namespace) -> int:
         rows.append((
             r.get("session_id", ""), _iso(r.get("start_time")), r.get("user", ""), r.get("cluster", ""),
             r.get("kind", ""), f"{r.get('namespace', '')}/{r.get('pod', '')}", "yes" if r.get("tty") else "no",
-            session_state(r, cfg.proxy.peer_address), "-" if r.get("exit_code") is None else str(r["exit_code"]),
+            session_state(r, cfg.proxy.peer_address, present), "-" if r.get("exit_code") is None else str(r["exit_code"]),
             "-" if duration is None else f"{float(duration):.1f}s", " ".join(r.get("command") or []),
         ))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]

@@ -518,3 +518,41 @@ def test_a_session_held_by_a_is_joined_through_c(replicas, sandbox, kubectl_new,
     audited = [json.loads(line) for line in (c.dir / "state" / "audit.log").read_text().splitlines()]
     assert [(e["user"], e["held_by"]) for e in audited if e.get("event") == "session.join"] == \
         [("bob", f"127.0.0.1:{a.port}")]
+
+
+@pytest.mark.e2e
+def test_a_live_session_of_a_killed_replica_shows_interrupted_everywhere(replicas, sandbox, kubectl_new):
+    """Replica a is killed (SIGKILL) during alice's interactive exec: within its presence lease (2 s here)
+    c's ``kubegate sessions ls`` calls the session ``interrupted`` (a's process no longer holds its key in
+    etcd; c cannot look for a PID of another host), and once a starts again it marks the record so in
+    the shared index itself."""
+    import json
+
+    from tests.sessions.conftest import PtyKubectl
+
+    a, _, c = replicas
+    add_sandbox_cluster(a, sandbox, "killed")
+    alice = a.kubeconfig("alice", "admin")
+    wait_until(lambda: kubectl(kubectl_new, alice, a, "killed", "get", "ns", "default").returncode == 0,
+               "the cluster is served by a")
+    marker = os.urandom(6).hex()
+    context = yaml.safe_load(alice.read_text())["contexts"][0]["name"]
+    term = PtyKubectl([kubectl_new, "--kubeconfig", str(alice), "--context", context, "--server",
+                       f"https://127.0.0.1:{a.port}/k8s/clusters/killed", "exec", "-it", "-n", "dev", "web-1", "--",
+                       "sh", "-c", f"echo ready-{marker}; exec sh -i"], dict(os.environ, TERM="xterm"))
+
+    def listed(*extra: str) -> list[str]:
+        return [line for line in c.cli("sessions", "ls", *extra).stdout.splitlines() if marker in line]
+
+    try:
+        term.read_until(f"ready-{marker}".encode())
+        wait_until(lambda: listed() and " live " in listed()[0], "c lists the session live")
+        a.proc.kill()
+        a.proc.wait(10)
+        wait_until(lambda: " interrupted " in listed()[0], "c lists the session interrupted", timeout=15)
+    finally:
+        term.close()
+        a.stop()
+    a.start_until_ready()  # the module's later tests (and its own sweep) need a again
+    record = json.loads(listed("--json")[0])
+    assert record["state"] == "interrupted" and record["proxy_addr"] == f"127.0.0.1:{a.port}"
