@@ -49,6 +49,7 @@ class Presence:
     async def run(self) -> None:
         """Hold the key until ``stop``: written under a new lease, renewed every ``ttl / 3``; written
         again under a new lease when a renewal finds the lease gone or the backend failed meanwhile."""
+        failing = False
         while not self._stopped:
             try:
                 if not self._lease:
@@ -58,8 +59,13 @@ class Presence:
                 elif not await asyncio.to_thread(self.backend.keep_alive, self._lease):
                     self._lease = 0  # expired (the backend was unreachable for a TTL): written again at once
                     continue
+                if failing:
+                    failing = False
+                    log.info("presence %s: held again", self.key)
             except BackendError as exc:
-                log.warning("presence %s: %s; trying again", self.key, exc)
+                if not failing:  # once per outage, not every ttl / 3
+                    failing = True
+                    log.warning("presence %s: %s; trying again every %g s", self.key, exc, self.ttl / 3)
                 self._lease = 0
             await asyncio.sleep(self.ttl / 3)
 
