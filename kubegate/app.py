@@ -411,17 +411,26 @@ def recordings_from_config(cfg: Config) -> Any:
     """Session recording; each session's index record names this replica (``proxy.peer_addr``), and with a
     shared backend (replicas on several hosts) a join of a session another replica holds is asked
     of that one (``proxy.recording.peer``, signing as the joiner with the shared CA's key)."""
+    import functools
+
+    from kubegate.shared import open_backend
     from proxy.recording.recorder import Recordings
 
     rec = cfg.proxy.recording
-    peer = None
-    if cfg.backend.type == "etcd" and os.path.isfile(os.path.join(cfg.ca_dir, "ca-key.pem")):
-        from certs.ca import CertificateAuthority
-        from proxy.recording.peer import PeerSessions
+    backend = open_backend(cfg)
+    peer = present = None
+    if backend is not None:
+        from backend.presence import is_present
 
-        peer = PeerSessions(CertificateAuthority.load(cfg.ca_dir))
-    return Recordings(recording_store(cfg), session_index(cfg), mode=rec.mode, flush_interval=rec.flush_interval,
-                      max_buffered=rec.max_buffered, origin=cfg.proxy.peer_address, peer=peer)
+        present = functools.partial(is_present, backend)
+        if os.path.isfile(os.path.join(cfg.ca_dir, "ca-key.pem")):
+            from certs.ca import CertificateAuthority
+            from proxy.recording.peer import PeerSessions
+
+            peer = PeerSessions(CertificateAuthority.load(cfg.ca_dir))
+    return Recordings(recording_store(cfg), session_index(cfg, backend), mode=rec.mode,
+                      flush_interval=rec.flush_interval, max_buffered=rec.max_buffered,
+                      origin=cfg.proxy.peer_address, peer=peer, present=present)
 
 
 def auth_store(cfg: Config, backend: Any = None) -> Any:

@@ -85,6 +85,10 @@ async def _serve(ex: Exchange) -> None:
         ex._respond_error(403, status_body(403, "Forbidden", f"user {ex.identity.user!r} may not join session {session_id}: no join_sessions rule of their roles covers the owner's roles", {"name": session_id, "kind": "sessions"}), "denied")
         return
     if elsewhere:
+        pid = meta.get("proxy_pid")
+        if isinstance(pid, int) and not await _holder_present(ex, elsewhere, pid):
+            ex._respond_error(404, status_body(404, "NotFound", f"session {session_id} is not live: the kubegate replica at {elsewhere} that held it is gone (the session was interrupted)", {"name": session_id, "kind": "sessions"}), "denied")
+            return
         await _follow_peer(ex, session_id, owner, elsewhere)
         return
     _joined(ex, session_id, owner, "this_process" if recorder is not None else "recording_file")
@@ -95,6 +99,19 @@ async def _serve(ex: Exchange) -> None:
         await _follow_file(ex, meta, session_id)
     conn.send_end(ex.sid)
     conn.flush()
+
+
+async def _holder_present(ex: Exchange, address: str, pid: int) -> bool:
+    """Whether the process holding a session on another replica is there (``backend.presence``); True when
+    that cannot be told (no shared backend, or it does not answer): the holder is then asked anyway."""
+    recordings = ex.fwd.recordings
+    if recordings is None or recordings.present is None:
+        return True
+    try:
+        return bool(await ex.fwd.loop.run_in_executor(None, recordings.present, address, pid))
+    except Exception as exc:  # noqa: BLE001 - the backend's trouble: ask the holder itself
+        log.info("cannot tell whether a session's replica is there", extra={"replica": address, "error": str(exc)})
+        return True
 
 
 def _joined(ex: Exchange, session_id: str, owner: str, source: str, held_by: str = "") -> None:

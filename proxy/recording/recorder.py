@@ -52,6 +52,7 @@ class Recordings:
         max_buffered: int = 64 * 1024 * 1024,
         origin: str = "",
         peer: PeerSessions | None = None,
+        present: Callable[[str, int], bool] | None = None,
     ) -> None:
         self.store = store
         self.index = index
@@ -59,6 +60,9 @@ class Recordings:
         # ``proxy_addr``: a join reaching another replica asks this one, through ``peer`` there.
         self.origin = origin
         self.peer = peer
+        # present(address, pid): whether that replica's process holds its presence key (backend.presence;
+        # blocking): a join of a session whose holder is gone is answered at once, not after a timeout.
+        self.present = present
         self.strict = mode == "strict"
         self.flush_interval = flush_interval
         self.max_buffered = max_buffered

@@ -99,18 +99,29 @@ def test_joining_a_session_that_is_not_live_is_a_404(rpx, sessions_dir):
 def test_a_join_through_another_replica_relays_the_holders_refusal_and_names_a_holder_that_does_not_answer(
         rpx, rpx_other_replica, sessions_dir):
     """The replica a join reaches relays what the holding replica answers (here its 404: it holds no such
-    session any more) and, when the holder cannot be reached, answers 502 naming it."""
+    session any more); when the holder cannot be reached, answers 502 naming it; and when the shared
+    backend says the holder's process is gone, 404 at once."""
     from kubegate.demo import free_port
 
     index = FileSessionIndex(str(sessions_dir))
     observer_config = rpx_other_replica.kubeconfig("bob", ["observer"], ["sandbox"])
     record = {"kind": "exec", "user": "alice", "roles": ["admin"], "cluster": "sandbox", "namespace": "dev",
-              "pod": "web-1", "command": [], "state": "live", "recording": None, "start_time": time.time()}
+              "pod": "web-1", "command": [], "state": "live", "recording": None, "start_time": time.time(),
+              "proxy_pid": 4242}
     gone, unreachable = uuid.uuid4().hex, uuid.uuid4().hex
     holders = {gone: f"127.0.0.1:{rpx.port}", unreachable: f"127.0.0.1:{free_port()}"}
     for session_id, holder in holders.items():
         index.put({**record, "session_id": session_id, "proxy_addr": holder})
     try:
+        # the holder's process gone from the shared backend (backend.presence): answered at once, not asked
+        rpx_other_replica.proxy.recordings.present = lambda address, pid: False
+        try:
+            vanished = subprocess.run([sys.executable, "-m", "kubegate", "sessions", "join", unreachable,
+                                       "--kubeconfig", str(observer_config)], capture_output=True, timeout=60)
+        finally:
+            rpx_other_replica.proxy.recordings.present = None
+        assert vanished.returncode == 1 and b"404" in vanished.stderr, vanished.stderr
+        assert f"the kubegate replica at {holders[unreachable]} that held it is gone".encode() in vanished.stderr
         relayed = subprocess.run([sys.executable, "-m", "kubegate", "sessions", "join", gone,
                                   "--kubeconfig", str(observer_config)], capture_output=True, timeout=60)
         assert relayed.returncode == 1 and b"404" in relayed.stderr and b"not live" in relayed.stderr, relayed.stderr
