@@ -298,6 +298,8 @@ def _encoded_block(head: bytes, head_size: int, status: int, length: int, reques
     pos = _put(out, 0, status_field)
     names = NAME_PREFIX
     counted = False
+    # The same walk over the lines as ``_fields`` (which the pure-Python path and ``relayed_fields`` use):
+    # kept as its own loop so that nothing per field is made here but the name looked up.
     at = _line_end(head, 0, head_size)
     end_of_fields = head_size - 4
     while at < end_of_fields:

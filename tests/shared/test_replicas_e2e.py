@@ -468,12 +468,25 @@ def test_etcd_member_loss_and_full_outage(replicas, sandbox, etcd, kubectl_new):
                "requests are served again")
 
 
+def interactive_exec(kubectl_new: str, kubeconfig: Path, replica: Replica, cluster: str, marker: str):  # noqa: ANN201
+    """``kubectl exec -it … -- sh`` through ``replica`` in a real pseudo-terminal (recorded: interactive),
+    once the cluster is served there; it prints ``ready-<marker>`` first."""
+    from tests.sessions.conftest import PtyKubectl
+
+    wait_until(lambda: kubectl(kubectl_new, kubeconfig, replica, cluster, "get", "ns", "default").returncode == 0,
+               f"the cluster is served by {replica.name}")
+    context = yaml.safe_load(kubeconfig.read_text())["contexts"][0]["name"]
+    return PtyKubectl([kubectl_new, "--kubeconfig", str(kubeconfig), "--context", context, "--server",
+                       f"https://127.0.0.1:{replica.port}/k8s/clusters/{cluster}", "exec", "-it", "-n", "dev",
+                       "web-1", "--", "sh", "-c", f"echo ready-{marker}; exec sh -i"], dict(os.environ, TERM="xterm"))
+
+
 @pytest.mark.e2e
 def test_a_session_held_by_a_is_joined_through_c(replicas, sandbox, kubectl_new, tmp_path):
     """Alice's interactive exec goes through replica a, which records it; bob's ``kubegate sessions join``
     reaches replica c, which finds in the shared index that a holds the session and asks a for it as
     bob: bob watches it live and alice's terminal says he joined."""
-    from tests.sessions.conftest import ROLES, PtyKubectl, read_until
+    from tests.sessions.conftest import ROLES, read_until
 
     a, _, c = replicas
     add_sandbox_cluster(a, sandbox, "joins")
@@ -482,13 +495,8 @@ def test_a_session_held_by_a_is_joined_through_c(replicas, sandbox, kubectl_new,
     applied = a.cli("roles", "apply", "-f", str(role))
     assert applied.returncode == 0, applied.stderr
     alice, bob = a.kubeconfig("alice", "admin"), c.kubeconfig("bob", "observer")
-    wait_until(lambda: kubectl(kubectl_new, alice, a, "joins", "get", "ns", "default").returncode == 0,
-               "the cluster is served by a")
     marker = os.urandom(6).hex()
-    context = yaml.safe_load(alice.read_text())["contexts"][0]["name"]
-    term = PtyKubectl([kubectl_new, "--kubeconfig", str(alice), "--context", context, "--server",
-                       f"https://127.0.0.1:{a.port}/k8s/clusters/joins", "exec", "-it", "-n", "dev", "web-1", "--",
-                       "sh", "-c", f"echo ready-{marker}; exec sh -i"], dict(os.environ, TERM="xterm"))
+    term = interactive_exec(kubectl_new, alice, a, "joins", marker)
     joiner = None
     try:
         term.read_until(f"ready-{marker}".encode())
@@ -534,18 +542,10 @@ def test_a_live_session_of_a_killed_replica_shows_interrupted_everywhere(replica
     the shared index itself."""
     import json
 
-    from tests.sessions.conftest import PtyKubectl
-
     a, _, c = replicas
     add_sandbox_cluster(a, sandbox, "killed")
-    alice = a.kubeconfig("alice", "admin")
-    wait_until(lambda: kubectl(kubectl_new, alice, a, "killed", "get", "ns", "default").returncode == 0,
-               "the cluster is served by a")
     marker = os.urandom(6).hex()
-    context = yaml.safe_load(alice.read_text())["contexts"][0]["name"]
-    term = PtyKubectl([kubectl_new, "--kubeconfig", str(alice), "--context", context, "--server",
-                       f"https://127.0.0.1:{a.port}/k8s/clusters/killed", "exec", "-it", "-n", "dev", "web-1", "--",
-                       "sh", "-c", f"echo ready-{marker}; exec sh -i"], dict(os.environ, TERM="xterm"))
+    term = interactive_exec(kubectl_new, a.kubeconfig("alice", "admin"), a, "killed", marker)
 
     def listed(*extra: str) -> list[str]:
         return [line for line in c.cli("sessions", "ls", *extra).stdout.splitlines() if marker in line]
