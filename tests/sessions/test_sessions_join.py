@@ -129,6 +129,20 @@ def test_a_join_through_another_replica_relays_the_holders_refusal_and_names_a_h
                                  "--kubeconfig", str(observer_config)], capture_output=True, timeout=60)
         assert failed.returncode == 1 and b"502" in failed.stderr, failed.stderr
         assert f"held by the kubegate replica at {holders[unreachable]}, which did not answer".encode() in failed.stderr
+        # a join that says a replica asked it (kubegate-replica-hop) is never asked on: a client setting the
+        # header only gets the 404 of a session not held here, where a relay would have answered 502
+        # (no chains, no loops between replicas)
+        import http.client
+        import ssl
+
+        cert, key = rpx_other_replica.issue_user("bob", ["observer"])
+        context = ssl.create_default_context(cafile=str(rpx_other_replica.ca_pem_path))
+        context.load_cert_chain(str(cert), str(key))
+        connection = http.client.HTTPSConnection("127.0.0.1", rpx_other_replica.port, context=context, timeout=30)
+        connection.request("GET", f"/kubegate/sessions/{unreachable}/stream", headers={"kubegate-replica-hop": "1"})
+        hop = connection.getresponse()
+        assert hop.status == 404 and b"not live" in hop.read()
+        connection.close()
     finally:
         for session_id in holders:
             index.put({**record, "session_id": session_id, "state": "ended", "proxy_addr": holders[session_id]})
