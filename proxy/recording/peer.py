@@ -46,6 +46,28 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def load_chain_from_memory(context: ssl.SSLContext, pem: bytes) -> None:
+    """``context.load_cert_chain`` of a certificate and key held in memory: ``load_cert_chain`` reads
+    files only, so the PEM goes to an anonymous in-memory file (``memfd_create``: no path, never on
+    disk) read through ``/proc/self/fd``; where there is none, to a private temporary directory that
+    lives for the call."""
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fd = os.memfd_create("kubegate-peer", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(pem)
+            while view:
+                view = view[os.write(fd, view):]
+            context.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="kubegate-peer-") as directory:
+        path = os.path.join(directory, "joiner.pem")
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            f.write(pem)
+        context.load_cert_chain(path)
+
+
 @dataclass
 class PeerStream:
     """The owning replica's answer: status, its body so far (``read`` gives the rest), and how to stop."""
@@ -87,13 +109,7 @@ class PeerSessions:
         issued = self.ca.reissue_client_certificate(joiner, self.lifetime)
         assert issued.key_pem is not None
         context = ssl.create_default_context(cadata=self.ca.cert_pem.decode())
-        # load_cert_chain reads files only: a private file that lives for the call
-        with tempfile.TemporaryDirectory(prefix="kubegate-peer-") as directory:
-            path = os.path.join(directory, "joiner.pem")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(issued.cert_pem + issued.key_pem)
-            context.load_cert_chain(path)
+        load_chain_from_memory(context, issued.cert_pem + issued.key_pem)
         return context
 
     def open(self, address: str, session_id: str, joiner_der: bytes) -> PeerStream:

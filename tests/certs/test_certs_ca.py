@@ -321,3 +321,24 @@ def test_only_this_cas_client_certificates_are_reissued(ca: CertificateAuthority
                                       timedelta(minutes=5))
     with pytest.raises(ValueError, match="not a client certificate"):
         ca.reissue_client_certificate(ca.issue_server_certificate(["localhost"]).certificate, timedelta(minutes=5))
+
+
+def test_a_reissued_certificate_and_key_load_from_memory_and_leave_no_file(ca: CertificateAuthority, tmp_path,
+                                                                         monkeypatch) -> None:
+    """``proxy.recording.peer.load_chain_from_memory``: the joiner's certificate and its new key go to an
+    anonymous in-memory file, not to the temporary directory (nor anywhere on disk)."""
+    import tempfile
+
+    from proxy.recording.peer import load_chain_from_memory
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    own = ca.issue_user_certificate("bob", ["observer"], timedelta(hours=1)).certificate
+    again = ca.reissue_client_certificate(own, timedelta(minutes=5))
+    context = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    load_chain_from_memory(context, again.cert_pem + again.key_pem)
+    assert list(scratch.iterdir()) == []
+    with pytest.raises(ssl.SSLError):  # a key that does not match the certificate is refused as from a file
+        load_chain_from_memory(ssl.create_default_context(), again.cert_pem + ca.issue_user_certificate(
+            "bob", [], timedelta(hours=1)).key_pem)
