@@ -62,10 +62,11 @@ class Presence:
                 if failing:
                     failing = False
                     log.info("presence %s: held again", self.key)
-            except BackendError as exc:
+            except Exception as exc:  # noqa: BLE001 - a BackendError, or anything else: never let the key go
                 if not failing:  # once per outage, not every ttl / 3
                     failing = True
-                    log.warning("presence %s: %s; trying again every %g s", self.key, exc, self.ttl / 3)
+                    log.warning("presence %s: %s; trying again every %g s", self.key, exc, self.ttl / 3,
+                                exc_info=not isinstance(exc, BackendError))
                 self._lease = 0
             await asyncio.sleep(self.ttl / 3)
 

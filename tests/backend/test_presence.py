@@ -67,3 +67,33 @@ def test_sessions_ls_calls_a_live_session_of_a_replica_whose_process_is_gone_int
         assert session_state({**live, "proxy_pid": 78}, "kg-1.internal:3026") == "live"  # no backend: unknown
     finally:
         backend.revoke(lease)
+
+
+def test_the_key_is_written_again_after_any_failure(backend):
+    """A failure of any kind (here an unexpected one from the backend client) is retried every
+    ``ttl / 3``: the task never ends while the process runs, or other hosts would call its sessions
+    interrupted."""
+    calls = {"n": 0}
+    real_grant = backend.grant
+
+    def flaky_grant(ttl: float) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a client bug, not a BackendError")
+        return real_grant(ttl)
+
+    backend.grant = flaky_grant
+
+    async def scenario() -> bool:
+        presence = Presence(backend, "kg-3.internal:3026", ttl=0.6, pid=99)
+        task = asyncio.get_running_loop().create_task(presence.run())
+        deadline = time.monotonic() + 5
+        while not await asyncio.to_thread(is_present, backend, "kg-3.internal:3026", 99):
+            assert not task.done(), task.exception()
+            assert time.monotonic() < deadline, "the key never came"
+            await asyncio.sleep(0.05)
+        await presence.stop()
+        task.cancel()
+        return calls["n"] >= 2
+
+    assert uvloop.run(scenario())
