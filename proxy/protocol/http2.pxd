@@ -137,6 +137,7 @@ cdef class Http2ServerConnection:
     @cython.locals(stream=_Stream, held=_Out, sent=Py_ssize_t, last=bint)
     cdef _flush_held(self, object sid, list out)
 
+    cdef _send_block(self, _Stream stream, object block, bint end_stream)
     cdef _local_end(self, _Stream stream)
 
     @cython.locals(stream=_Stream)

@@ -646,17 +646,19 @@ class Http2ServerConnection:
         return stream
 
     def send_response_head(self, head: ResponseHead, *, end_stream: bool = False) -> None:
-        if self._sendable(head.stream_id) is None:
-            return
-        self.send_response_block(head.stream_id, encode_response_block(head.status, head.headers, head.content_length),
-                                 end_stream=end_stream)
+        stream = self._sendable(head.stream_id)
+        if stream is not None:
+            self._send_block(stream, encode_response_block(head.status, head.headers, head.content_length), end_stream)
 
     def send_response_block(self, stream_id: int, block: bytes, *, end_stream: bool = False) -> None:
         """A response head already encoded as ``encode_response_block`` encodes one (the fast path's
-        ``relayed_head.relayed_block``), framed as HEADERS (and CONTINUATION beyond the peer's frame size)."""
+        ``relayed_head.relayed_block``)."""
         stream = self._sendable(stream_id)
-        if stream is None:
-            return
+        if stream is not None:
+            self._send_block(stream, block, end_stream)
+
+    def _send_block(self, stream: _Stream, block: bytes, end_stream: bool) -> None:
+        """A response head's block framed as HEADERS (and CONTINUATION beyond the peer's frame size)."""
         sid = stream.sid
         flags = END_STREAM if end_stream else 0
         max_frame = self._max_send_frame

@@ -47,7 +47,7 @@ cdef list _fields(bytes head, Py_ssize_t head_size)
 @cython.locals(lowered=bytes, out=cython.p_char, i=Py_ssize_t, byte=cython.uchar)
 cdef bytes _lowered(bytes head, Py_ssize_t start, Py_ssize_t stop)
 
-@cython.locals(head_size=Py_ssize_t, block=object)
+@cython.locals(head_size=Py_ssize_t, block=object, taken=object)
 cpdef object relayed_block(bytes data, bytes request_id)
 @cython.locals(bound=Py_ssize_t, block=bytes, out=cython.p_char, src=cython.p_char, pos=Py_ssize_t, names=dict,
                counted=bint, at=Py_ssize_t, end_of_fields=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t,

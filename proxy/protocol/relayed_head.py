@@ -267,19 +267,18 @@ def relayed_block(data: bytes, request_id: bytes) -> tuple[bytes, int, int, byte
     length, the body's bytes that came in ``data``), or None. Compiled, the block is written in one pass
     over the head's lines, each name's prefix looked up and each value copied from the head in place: no
     field list, no ``bytes`` per value (``tests/proxy/test_proxy_relayed_block.py`` checks it against the
-    two steps it replaces)."""
+    two steps it replaces); run as Python, it is those two steps."""
+    if not cython.compiled:
+        taken = relayed_fields(data, request_id)
+        if taken is None:
+            return None
+        fields, status, length, body = taken
+        return encode_response_block(status, fields, length), status, length, body
     relayable = relayable_head(data)
     if relayable is None:
         return None
     head, status, length, head_size = relayable
-    if cython.compiled:
-        block = _encoded_block(head, head_size, status, length, request_id)
-    else:
-        fields = _fields(head, head_size)
-        if fields is None:
-            return None
-        fields.append((REQUEST_ID_HEADER, request_id))
-        block = encode_response_block(status, fields, length)
+    block = _encoded_block(head, head_size, status, length, request_id)
     if block is None:
         return None
     return block, status, length, head[head_size:] if head_size < len(head) else b""
