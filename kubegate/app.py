@@ -324,16 +324,10 @@ class ProxyService:
         self._sockets.clear()
         if self.election is not None:
             await self.election.resign()
-            if self._election_task is not None:
-                self._election_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._election_task
+            await _cancelled(self._election_task)
         if self.presence is not None:
             await self.presence.stop()
-            if self._presence_task is not None:
-                self._presence_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._presence_task
+            await _cancelled(self._presence_task)
         if self.discovery is not None:
             await self.discovery.stop()
         unwatch = getattr(self.locks, "unwatch", None)
@@ -345,6 +339,14 @@ class ProxyService:
                 await asyncio.to_thread(stop)
         if self.audit is not None and hasattr(self.audit, "close"):
             self.audit.close()
+
+
+async def _cancelled(task: Any) -> None:
+    """``task`` (if any) cancelled and waited for, whatever it ends with."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 async def _check_roles(roles: Any, interval: float = 2.0) -> None:

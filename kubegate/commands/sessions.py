@@ -89,16 +89,17 @@ def session_state(record: dict[str, Any], origin: str,
     peer address, or it has none): its process is looked for here. Another replica's: ``present(address,
     pid)`` says whether its process holds its key in the shared backend (``backend.presence``); without
     it (no shared backend) a PID of another host says nothing here, and the record's state stands."""
+    from proxy.recording.index import held_elsewhere
     from proxy.recording.tail import process_alive
 
     state = str(record.get("state") or "")
     pid = record.get("proxy_pid")
-    held_by = record.get("proxy_addr")
     if state != "live" or not isinstance(pid, int) or pid <= 0:
         return state
-    if held_by in (None, "", origin):
+    held_by = held_elsewhere(record, origin)
+    if not held_by:
         return "interrupted" if not process_alive(pid) else state
-    if present is not None and not present(str(held_by), pid):
+    if present is not None and not present(held_by, pid):
         return "interrupted"
     return state
 
@@ -120,10 +121,11 @@ def run_ls(args: argparse.Namespace) -> int:
     records = session_index(cfg, backend).list(user=args.user, cluster=args.cluster, since=since)
     present = None
     if backend is not None:
+        import functools
+
         from backend.presence import is_present
 
-        def present(address: str, pid: int) -> bool:
-            return is_present(backend, address, pid)
+        present = functools.partial(is_present, backend)
     if args.json:
         for record in records:
             print(json.dumps(record, separators=(",", ":"), default=str))
@@ -161,8 +163,10 @@ def _recording(cfg: Config, session_id: str) -> tuple[dict[str, Any], bytes] | s
     try:
         return record, store.read(location)
     except RecordingStoreError as exc:
-        held_by = record.get("proxy_addr")
-        if not str(location).startswith("s3://") and held_by and held_by != cfg.proxy.peer_address:
+        from proxy.recording.index import held_elsewhere
+
+        held_by = held_elsewhere(record, cfg.proxy.peer_address)
+        if held_by and not str(location).startswith("s3://"):
             return (f"session {session_id} was recorded to a file on the replica at {held_by}, not here: read it "
                     "there, or record to S3 (proxy.recording.s3) so that every replica can")
         return str(exc)

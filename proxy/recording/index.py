@@ -22,6 +22,13 @@ def valid_session_id(text: str) -> bool:
     return bool(_SESSION_ID.fullmatch(text))
 
 
+def held_elsewhere(record: dict[str, Any], origin: str) -> str:
+    """The address of the replica holding ``record``'s session when it is not ``origin`` (this replica's
+    ``proxy.peer_addr``), else "": a record without ``proxy_addr`` is taken as this replica's."""
+    held_by = str(record.get("proxy_addr") or "")
+    return held_by if held_by and held_by != origin else ""
+
+
 class SessionIndex(Protocol):
     def put(self, record: dict[str, Any]) -> None:
         """Create or replace the record of ``record["session_id"]``."""

@@ -26,7 +26,7 @@ from proxy import metrics
 from proxy.headers import REQUEST_ID_HEADER
 from proxy.protocol.events import ResponseHead
 from proxy.recording import tail
-from proxy.recording.index import valid_session_id
+from proxy.recording.index import held_elsewhere, valid_session_id
 from proxy.recording.peer import PEER_HOP_HEADER
 from proxy.recording.tail import joined_notice
 from rbac.status import status_body
@@ -71,11 +71,11 @@ async def _serve(ex: Exchange) -> None:
     if meta is None and recordings is not None:
         record = await ex.fwd.loop.run_in_executor(None, recordings.index.get, session_id)
         if record and record.get("state") == "live":
-            held_by = str(record.get("proxy_addr") or "")
+            held_by = held_elsewhere(record, recordings.origin)
             relayed = head.header(PEER_HOP_HEADER) is not None  # asked by a replica: never asked on again
-            if held_by and held_by != recordings.origin and recordings.peer is not None and not relayed:
+            if held_by and recordings.peer is not None and not relayed:
                 meta, elsewhere = record, held_by  # another replica: ask it for the stream, as the joiner
-            elif (not held_by or held_by == recordings.origin) and _local_file(record.get("recording")):
+            elif not held_by and _local_file(record.get("recording")):
                 meta = record  # another worker process of this replica: follow its recording file
     if meta is None:
         ex._respond_error(404, status_body(404, "NotFound", f"session {session_id} is not live (ended, not recorded, or recorded by another kubegate process to object storage)", {"name": session_id, "kind": "sessions"}), "denied")

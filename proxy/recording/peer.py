@@ -73,7 +73,6 @@ class PeerStream:
     """The owning replica's answer: status, its body so far (``read`` gives the rest), and how to stop."""
 
     status: int
-    content_type: str
     response: http.client.HTTPResponse
     connection: http.client.HTTPSConnection
 
@@ -137,4 +136,4 @@ class PeerSessions:
         except BaseException:
             connection.close()
             raise
-        return PeerStream(response.status, response.getheader("Content-Type") or "", response, connection)
+        return PeerStream(response.status, response, connection)

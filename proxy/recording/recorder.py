@@ -56,7 +56,7 @@ class Recordings:
     ) -> None:
         self.store = store
         self.index = index
-        # This replica's address (proxy.public_addr), written into each session's index record as
+        # This replica's address (proxy.peer_addr), written into each session's index record as
         # ``proxy_addr``: a join reaching another replica asks this one, through ``peer`` there.
         self.origin = origin
         self.peer = peer
